@@ -1,0 +1,86 @@
+//! One guest instance's key state: its exchange key and its registry.
+//!
+//! Import opens a blob, rebuilds the key and admits it; export seals the
+//! exact state to another public key and consumes the handle.
+
+use crate::blob::{self, ExchangeKeyPair};
+use crate::error::{Error, Result};
+use crate::key_service::KeyService;
+use crate::mac::MacKey;
+use crate::record::TrafficKey;
+use crate::registry::{Position, Registry};
+
+/// An instance's keys and memory of the keys it has held.
+pub struct Instance {
+    exchange: ExchangeKeyPair,
+    registry: Registry,
+    service: Option<&'static dyn KeyService>,
+}
+
+impl Instance {
+    /// A new instance with a fresh exchange key. `service` is the host key
+    /// service, when this build links one.
+    pub fn new(service: Option<&'static dyn KeyService>) -> Self {
+        Self {
+            exchange: ExchangeKeyPair::generate(),
+            registry: Registry::default(),
+            service,
+        }
+    }
+
+    /// The exchange key pair.
+    pub fn exchange(&self) -> &ExchangeKeyPair {
+        &self.exchange
+    }
+
+    /// Whether host-resident keys can be used here.
+    pub fn has_key_service(&self) -> bool {
+        self.service.is_some()
+    }
+
+    /// CryptImportKey for a traffic key.
+    pub fn import_traffic_key(&mut self, sealed: &[u8]) -> Result<TrafficKey> {
+        let (blob_id, material) = blob::open_traffic_key(&self.exchange, sealed)?;
+        let key = TrafficKey::from_material(material, self.service)?;
+        self.registry
+            .admit_traffic(blob_id, key.connection_id, key.direction, position(&key))?;
+        Ok(key)
+    }
+
+    /// CryptImportKey for a MAC key.
+    pub fn import_mac_key(&mut self, sealed: &[u8]) -> Result<MacKey> {
+        let (blob_id, key) = blob::open_mac_key(&self.exchange, sealed)?;
+        self.registry.admit_mac(blob_id)?;
+        Ok(key)
+    }
+
+    /// CryptExportKey: seals the key's exact state to `recipient` and
+    /// consumes it. The key is released here whatever the outcome, so a
+    /// refused export still ends the handle.
+    pub fn export_traffic_key(&mut self, key: TrafficKey, recipient: &[u8]) -> Result<Vec<u8>> {
+        self.release(&key);
+        let material = key.into_material()?;
+        blob::seal_traffic_key(recipient, &material)
+    }
+
+    /// Exports a MAC key, consuming it.
+    pub fn export_mac_key(&mut self, key: MacKey, recipient: &[u8]) -> Result<Vec<u8>> {
+        if !key.exportable {
+            return Err(Error::NotExportable);
+        }
+        blob::seal_mac_key(recipient, &key)
+    }
+
+    /// Records a traffic key's final position when its handle goes away.
+    pub fn release(&mut self, key: &TrafficKey) {
+        self.registry
+            .release(key.connection_id, key.direction, position(key));
+    }
+}
+
+fn position(key: &TrafficKey) -> Position {
+    Position {
+        generation: key.generation,
+        sequence: key.sequence,
+    }
+}

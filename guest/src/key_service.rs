@@ -1,0 +1,34 @@
+//! The host key service: how the record layer reaches a host-resident key.
+//!
+//! In the component this is the `keyferry:dataplane/key-service` import; in
+//! the host it is the key store itself. The record layer frames records and
+//! keeps the sequence; the service derives nonces and runs the AEAD.
+
+use crate::error::KeyServiceError;
+
+/// A store of host-resident traffic keys.
+pub trait KeyService: Sync {
+    /// Seals one record body. `aad` is the record's additional data; the
+    /// result is what follows the header (explicit nonce, ciphertext, tag).
+    fn seal_record(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyServiceError>;
+
+    /// Opens one record body (everything after the header).
+    fn open_record(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: &[u8],
+        body: &[u8],
+    ) -> Result<Vec<u8>, KeyServiceError>;
+
+    /// Moves the key from `generation` to the next one.
+    fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError>;
+}

@@ -1,0 +1,56 @@
+//! keyferry's sandboxed TLS record layer.
+//!
+//! This crate is two things:
+//!
+//! - the reference data-plane **component** (built for `wasm32-wasip2`),
+//!   exporting the `keyferry:dataplane` WIT interfaces: traffic keys and MAC
+//!   keys imported from sealed blobs, record seal and open, KeyUpdate,
+//!   export and migration, and a self-check;
+//! - a plain **Rust library** with the same logic, free of WIT, so it is
+//!   unit-tested natively, so the host seals blobs with the one
+//!   implementation of the format, and so plugin authors can build their own
+//!   components on it.
+//!
+//! The modules are named after what they hold: [`record`] (TLS 1.3 and TLS
+//! 1.2 AEAD records), [`keyschedule`] (HKDF-Expand-Label and KeyUpdate),
+//! [`mac`] (HMAC keys), [`blob`] (the sealed key blob format), [`registry`]
+//! (single use and rollback checks), [`instance`] (one guest's keys).
+#![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
+#![warn(missing_docs, unreachable_pub, unused_qualifications)]
+
+pub mod blob;
+pub mod cipher;
+pub mod error;
+pub mod instance;
+pub mod key_service;
+pub mod keyschedule;
+pub mod mac;
+pub mod record;
+pub mod registry;
+pub mod selfcheck;
+pub mod suite;
+
+#[cfg(target_arch = "wasm32")]
+mod component;
+
+/// Generated WIT bindings. The world is chosen by the `host-keys` feature;
+/// both export the same interfaces, so one glue module serves both.
+#[cfg(target_arch = "wasm32")]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    unused_qualifications,
+    reason = "generated code"
+)]
+mod bindings {
+    #[cfg(not(feature = "host-keys"))]
+    wit_bindgen::generate!({ path: "../wit", world: "dataplane" });
+    #[cfg(feature = "host-keys")]
+    wit_bindgen::generate!({ path: "../wit", world: "dataplane-host-keys" });
+}
+
+#[cfg(test)]
+mod testutil;
+
+pub use error::{Alert, BlobError, Error, KeyServiceError, Result, UnusableReason};
+pub use suite::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};

@@ -1,0 +1,690 @@
+//! TLS 1.3 and TLS 1.2 AEAD record protection with one traffic key.
+//!
+//! A [`TrafficKey`] is one direction of one connection: it owns the key,
+//! the IV, the sequence number, and for TLS 1.3 the traffic secret, so it can
+//! move to the next generation (KeyUpdate) without help from the host.
+
+use zeroize::Zeroizing;
+
+use crate::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
+use crate::error::{Alert, BlobError, Error, KeyServiceError, Result, UnusableReason};
+use crate::key_service::KeyService;
+use crate::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
+use crate::suite::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
+
+/// RFC 8446 section 5.1: TLSPlaintext.length is at most 2^14.
+pub const MAX_PLAINTEXT: usize = 1 << 14;
+/// RFC 8446 section 5.2: TLSInnerPlaintext is at most 2^14 + 1 bytes.
+pub const MAX_INNER_PLAINTEXT: usize = MAX_PLAINTEXT + 1;
+/// RFC 8446 section 5.2: TLSCiphertext.length is at most 2^14 + 256.
+pub const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+/// The record header: type, legacy version, length.
+pub const HEADER_LEN: usize = 5;
+/// TLS 1.2 GCM sends 8 bytes of explicit nonce before the ciphertext.
+pub const TLS12_EXPLICIT_NONCE_LEN: usize = 8;
+/// Default automatic KeyUpdate point for AES-GCM: 2^24 records per
+/// generation, safely below the RFC 8446 section 5.5 limit of 2^24.5.
+pub const AES_GCM_RECORD_LIMIT: u64 = 1 << 24;
+
+/// Where a traffic key's material lives.
+pub enum Residency {
+    /// In this guest.
+    Software {
+        /// The keyed AEAD.
+        cipher: RecordCipher,
+        /// The raw key, kept for export: the AEAD types do not give it back.
+        key: Zeroizing<Vec<u8>>,
+        /// The record IV (TLS 1.2: 4-byte salt and 8 bytes rustls uses as an
+        /// explicit-nonce mask).
+        iv: Zeroizing<[u8; IV_LEN]>,
+        /// The TLS 1.3 traffic secret of the current generation.
+        secret: Option<Zeroizing<Vec<u8>>>,
+    },
+    /// In the host key store, used through the key service.
+    Host {
+        /// The store's reference.
+        key_ref: u64,
+        /// The store.
+        service: &'static dyn KeyService,
+    },
+}
+
+/// One direction of a connection's record protection with its exact state.
+pub struct TrafficKey {
+    pub(crate) version: ProtocolVersion,
+    pub(crate) aead: AeadAlgorithm,
+    pub(crate) direction: Direction,
+    pub(crate) residency: Residency,
+    pub(crate) sequence: u64,
+    pub(crate) generation: u32,
+    pub(crate) auto_update_limit: u64,
+    pub(crate) exportable: bool,
+    pub(crate) connection_id: u64,
+    pub(crate) buffered_plaintext: Zeroizing<Vec<u8>>,
+    pub(crate) buffered_ciphertext: Vec<u8>,
+    pub(crate) failed: bool,
+}
+
+/// The raw state a traffic key is made from: what the host exports from a
+/// handshake engine, and what a blob carries. Secret fields zeroize on drop;
+/// no `Debug` or `Clone`.
+pub struct TrafficKeyMaterial {
+    /// Record format.
+    pub version: ProtocolVersion,
+    /// Record AEAD.
+    pub aead: AeadAlgorithm,
+    /// Seal or open.
+    pub direction: Direction,
+    /// Key generation (TLS 1.3 KeyUpdates so far).
+    pub generation: u32,
+    /// Next record's sequence number.
+    pub sequence: u64,
+    /// Records per generation before an AES-GCM seal key updates itself
+    /// (TLS 1.3) or stops (TLS 1.2).
+    pub auto_update_limit: u64,
+    /// The AEAD key; empty for a host-resident key.
+    pub key: Zeroizing<Vec<u8>>,
+    /// The 12-byte IV; empty for a host-resident key.
+    pub iv: Zeroizing<Vec<u8>>,
+    /// The TLS 1.3 traffic secret; empty for TLS 1.2 and host-resident keys.
+    pub secret: Zeroizing<Vec<u8>>,
+    /// `Some(reference)` for a host-resident key.
+    pub host_key_ref: Option<u64>,
+    /// Whether the key may be exported again.
+    pub exportable: bool,
+    /// The connection the key belongs to.
+    pub connection_id: u64,
+    /// Plaintext already decrypted by the previous owner.
+    pub buffered_plaintext: Zeroizing<Vec<u8>>,
+    /// Ciphertext already received by the previous owner, not yet opened.
+    pub buffered_ciphertext: Vec<u8>,
+}
+
+impl TrafficKeyMaterial {
+    /// Material with the defaults a fresh handoff has: exportable, nothing
+    /// buffered, generation 0, the default AES-GCM limit.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "mirrors the raw state a handshake engine exports"
+    )]
+    pub fn new(
+        version: ProtocolVersion,
+        aead: AeadAlgorithm,
+        direction: Direction,
+        key: &[u8],
+        iv: &[u8],
+        secret: &[u8],
+        sequence: u64,
+        connection_id: u64,
+    ) -> Self {
+        Self {
+            version,
+            aead,
+            direction,
+            generation: 0,
+            sequence,
+            auto_update_limit: AES_GCM_RECORD_LIMIT,
+            key: Zeroizing::new(key.to_vec()),
+            iv: Zeroizing::new(iv.to_vec()),
+            secret: Zeroizing::new(secret.to_vec()),
+            host_key_ref: None,
+            exportable: true,
+            connection_id,
+            buffered_plaintext: Zeroizing::new(Vec::new()),
+            buffered_ciphertext: Vec::new(),
+        }
+    }
+}
+
+impl TrafficKeyMaterial {
+    /// TLS 1.3 material from a traffic secret alone: the key and IV are
+    /// derived (RFC 8446 section 7.3).
+    pub fn from_tls13_secret(
+        aead: AeadAlgorithm,
+        direction: Direction,
+        secret: &[u8],
+        sequence: u64,
+        connection_id: u64,
+    ) -> Result<Self> {
+        let (key, iv) = traffic_key_and_iv(aead, secret)?;
+        Ok(Self::new(
+            ProtocolVersion::Tls13,
+            aead,
+            direction,
+            &key,
+            &iv,
+            secret,
+            sequence,
+            connection_id,
+        ))
+    }
+}
+
+/// A snapshot of the non-secret state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrafficKeyState {
+    /// Record format.
+    pub version: ProtocolVersion,
+    /// Record AEAD.
+    pub aead: AeadAlgorithm,
+    /// Seal or open.
+    pub direction: Direction,
+    /// Next sequence number in this generation.
+    pub sequence: u64,
+    /// KeyUpdates so far.
+    pub generation: u32,
+    /// Whether export is allowed.
+    pub exportable: bool,
+    /// Whether the material lives in the host.
+    pub host_resident: bool,
+    /// Owning connection.
+    pub connection_id: u64,
+    /// Automatic update (or stop) point for AES-GCM.
+    pub auto_update_limit: u64,
+}
+
+impl TrafficKey {
+    /// Builds a usable key from material, checking that it holds together.
+    /// `service` must be given for a host-resident key.
+    pub fn from_material(
+        m: TrafficKeyMaterial,
+        service: Option<&'static dyn KeyService>,
+    ) -> Result<Self> {
+        let invalid = Error::Blob(BlobError::InvalidState);
+        if m.aead.is_aes_gcm() && !(1..=AES_GCM_RECORD_LIMIT).contains(&m.auto_update_limit) {
+            return Err(invalid);
+        }
+        let residency = match m.host_key_ref {
+            Some(key_ref) => {
+                if !m.key.is_empty() || !m.iv.is_empty() || !m.secret.is_empty() {
+                    return Err(invalid);
+                }
+                let service = service.ok_or(Error::Blob(BlobError::HostKeysUnavailable))?;
+                Residency::Host { key_ref, service }
+            }
+            None => {
+                if m.key.len() != m.aead.key_len() || m.iv.len() != IV_LEN {
+                    return Err(invalid);
+                }
+                let secret = match m.version {
+                    ProtocolVersion::Tls12 => {
+                        if !m.secret.is_empty() {
+                            return Err(invalid);
+                        }
+                        None
+                    }
+                    ProtocolVersion::Tls13 => {
+                        // The key and IV must be the ones the secret derives:
+                        // a blob that disagrees with itself is refused rather
+                        // than half-working until the first KeyUpdate.
+                        if m.secret.len() != m.aead.tls13_hash().output_len() {
+                            return Err(invalid);
+                        }
+                        let (key, iv) = traffic_key_and_iv(m.aead, &m.secret)?;
+                        let same = subtle::ConstantTimeEq::ct_eq(&key[..], &m.key[..])
+                            & subtle::ConstantTimeEq::ct_eq(&iv[..], &m.iv[..]);
+                        if !bool::from(same) {
+                            return Err(invalid);
+                        }
+                        Some(Zeroizing::new(m.secret.to_vec()))
+                    }
+                };
+                let mut iv = Zeroizing::new([0u8; IV_LEN]);
+                iv.copy_from_slice(&m.iv);
+                Residency::Software {
+                    cipher: RecordCipher::new(m.aead, &m.key)?,
+                    key: Zeroizing::new(m.key.to_vec()),
+                    iv,
+                    secret,
+                }
+            }
+        };
+        Ok(Self {
+            version: m.version,
+            aead: m.aead,
+            direction: m.direction,
+            residency,
+            sequence: m.sequence,
+            generation: m.generation,
+            auto_update_limit: if m.aead.is_aes_gcm() {
+                m.auto_update_limit
+            } else {
+                u64::MAX
+            },
+            exportable: m.exportable,
+            connection_id: m.connection_id,
+            buffered_plaintext: Zeroizing::new(m.buffered_plaintext.to_vec()),
+            buffered_ciphertext: m.buffered_ciphertext.clone(),
+            failed: false,
+        })
+    }
+
+    /// The exact material, for export. Consumes the key.
+    pub(crate) fn into_material(mut self) -> Result<TrafficKeyMaterial> {
+        if !self.exportable {
+            return Err(Error::NotExportable);
+        }
+        if self.failed {
+            return Err(Error::Unusable(UnusableReason::Failed));
+        }
+        let (key, iv, secret, host_key_ref) = match &self.residency {
+            Residency::Software {
+                key, iv, secret, ..
+            } => (
+                Zeroizing::new(key.to_vec()),
+                Zeroizing::new(iv.to_vec()),
+                Zeroizing::new(secret.as_ref().map(|s| s.to_vec()).unwrap_or_default()),
+                None,
+            ),
+            Residency::Host { key_ref, .. } => (
+                Zeroizing::new(Vec::new()),
+                Zeroizing::new(Vec::new()),
+                Zeroizing::new(Vec::new()),
+                Some(*key_ref),
+            ),
+        };
+        Ok(TrafficKeyMaterial {
+            version: self.version,
+            aead: self.aead,
+            direction: self.direction,
+            generation: self.generation,
+            sequence: self.sequence,
+            auto_update_limit: self.auto_update_limit.min(AES_GCM_RECORD_LIMIT),
+            key,
+            iv,
+            secret,
+            host_key_ref,
+            exportable: self.exportable,
+            connection_id: self.connection_id,
+            buffered_plaintext: core::mem::take(&mut self.buffered_plaintext),
+            buffered_ciphertext: core::mem::take(&mut self.buffered_ciphertext),
+        })
+    }
+
+    /// The non-secret state.
+    pub fn state(&self) -> TrafficKeyState {
+        TrafficKeyState {
+            version: self.version,
+            aead: self.aead,
+            direction: self.direction,
+            sequence: self.sequence,
+            generation: self.generation,
+            exportable: self.exportable,
+            host_resident: matches!(self.residency, Residency::Host { .. }),
+            connection_id: self.connection_id,
+            auto_update_limit: self.auto_update_limit,
+        }
+    }
+
+    /// Bytes buffered at handoff; empty after the first call.
+    pub fn take_buffered(&mut self) -> (Zeroizing<Vec<u8>>, Vec<u8>) {
+        (
+            core::mem::take(&mut self.buffered_plaintext),
+            core::mem::take(&mut self.buffered_ciphertext),
+        )
+    }
+
+    fn usable(&self, direction: Direction) -> Result<()> {
+        if self.failed {
+            return Err(Error::Unusable(UnusableReason::Failed));
+        }
+        if self.direction != direction {
+            return Err(Error::WrongKeyType);
+        }
+        Ok(())
+    }
+
+    /// Protects one record. A TLS 1.3 AES-GCM key at its limit first emits
+    /// a KeyUpdate record, so the output may hold two records.
+    pub fn seal(
+        &mut self,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+    ) -> Result<Vec<u8>> {
+        self.usable(Direction::Seal)?;
+        check_sendable(self.version, content_type, payload)?;
+        if self.version == ProtocolVersion::Tls13
+            && payload.len() + 1 + padding > MAX_INNER_PLAINTEXT
+        {
+            return Err(Error::Alert(Alert::RecordOverflow));
+        }
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + TLS12_EXPLICIT_NONCE_LEN + payload.len() + 1 + padding + TAG_LEN,
+        );
+        if self.sequence >= self.auto_update_limit {
+            if self.version == ProtocolVersion::Tls12 {
+                return Err(Error::Unusable(UnusableReason::Exhausted));
+            }
+            self.seal_into(
+                &mut out,
+                ContentType::Handshake,
+                &key_update_message(false),
+                0,
+            )?;
+            self.update()?;
+        }
+        self.seal_into(&mut out, content_type, payload, padding)?;
+        Ok(out)
+    }
+
+    /// Seals a KeyUpdate message, then moves to the next generation.
+    pub fn send_key_update(&mut self, request_update: bool) -> Result<Vec<u8>> {
+        self.usable(Direction::Seal)?;
+        if self.version != ProtocolVersion::Tls13 {
+            return Err(Error::WrongKeyType);
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + 5 + 1 + TAG_LEN);
+        self.seal_into(
+            &mut out,
+            ContentType::Handshake,
+            &key_update_message(request_update),
+            0,
+        )?;
+        self.update()?;
+        Ok(out)
+    }
+
+    fn next_sequence(&mut self) -> Result<u64> {
+        let seq = self.sequence;
+        // Sequence numbers never wrap: the last value is never used, so the
+        // counter cannot come back to one already used.
+        self.sequence = seq
+            .checked_add(1)
+            .filter(|s| *s != u64::MAX)
+            .ok_or(Error::Unusable(UnusableReason::Exhausted))?;
+        Ok(seq)
+    }
+
+    fn seal_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+    ) -> Result<()> {
+        let seq = self.next_sequence()?;
+        let start = out.len();
+        match self.version {
+            ProtocolVersion::Tls13 => {
+                let body_len = payload.len() + 1 + padding + TAG_LEN;
+                out.extend_from_slice(&[ContentType::ApplicationData.code(), 3, 3]);
+                out.extend_from_slice(&(body_len as u16).to_be_bytes());
+                out.extend_from_slice(payload);
+                out.push(content_type.code());
+                out.resize(out.len() + padding, 0);
+                let inner_start = start + HEADER_LEN;
+                match &self.residency {
+                    Residency::Software { cipher, iv, .. } => {
+                        let (header, inner) = out[start..].split_at_mut(HEADER_LEN);
+                        let tag = cipher.seal_in_place(&xor_nonce(iv, seq), header, inner)?;
+                        out.extend_from_slice(&tag);
+                    }
+                    Residency::Host { key_ref, service } => {
+                        let inner_len = out.len() - inner_start;
+                        let body = service.seal_record(
+                            *key_ref,
+                            self.generation,
+                            seq,
+                            &out[start..inner_start],
+                            &out[inner_start..],
+                        )?;
+                        if body.len() != inner_len + TAG_LEN {
+                            return Err(Error::KeyService(KeyServiceError::InvalidArgument));
+                        }
+                        out.truncate(inner_start);
+                        out.extend_from_slice(&body);
+                    }
+                }
+            }
+            ProtocolVersion::Tls12 => {
+                let explicit = self.aead.is_aes_gcm();
+                let body_len = payload.len()
+                    + TAG_LEN
+                    + if explicit {
+                        TLS12_EXPLICIT_NONCE_LEN
+                    } else {
+                        0
+                    };
+                out.extend_from_slice(&[content_type.code(), 3, 3]);
+                out.extend_from_slice(&(body_len as u16).to_be_bytes());
+                let aad = tls12_aad(seq, content_type.code(), [3, 3], payload.len());
+                let body_start = out.len();
+                if let Residency::Host { key_ref, service } = &self.residency {
+                    let body =
+                        service.seal_record(*key_ref, self.generation, seq, &aad, payload)?;
+                    if body.len() != body_len {
+                        return Err(Error::KeyService(KeyServiceError::InvalidArgument));
+                    }
+                    out.extend_from_slice(&body);
+                    return Ok(());
+                }
+                let Residency::Software { cipher, iv, .. } = &self.residency else {
+                    unreachable!()
+                };
+                let nonce = xor_nonce(iv, seq);
+                if explicit {
+                    out.extend_from_slice(&nonce[4..]);
+                }
+                let text_start = out.len();
+                out.extend_from_slice(payload);
+                let tag = cipher.seal_in_place(&nonce, &aad, &mut out[text_start..])?;
+                out.extend_from_slice(&tag);
+                debug_assert_eq!(out.len() - body_start, body_len);
+            }
+        }
+        Ok(())
+    }
+
+    /// Authenticates and decrypts one whole record, header included. Any
+    /// failure makes the key unusable: the connection must close.
+    pub fn open(&mut self, record: Vec<u8>) -> Result<(ContentType, Vec<u8>)> {
+        self.usable(Direction::Open)?;
+        let result = self.open_inner(record);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn open_inner(&mut self, mut record: Vec<u8>) -> Result<(ContentType, Vec<u8>)> {
+        if record.len() < HEADER_LEN {
+            return Err(Error::Alert(Alert::DecodeError));
+        }
+        let outer_type = record[0];
+        let version = [record[1], record[2]];
+        let length = u16::from_be_bytes([record[3], record[4]]) as usize;
+        if version[0] != 3 || length != record.len() - HEADER_LEN {
+            return Err(Error::Alert(Alert::DecodeError));
+        }
+        if length > MAX_CIPHERTEXT {
+            return Err(Error::Alert(Alert::RecordOverflow));
+        }
+        match self.version {
+            ProtocolVersion::Tls13 => {
+                if outer_type != ContentType::ApplicationData.code() {
+                    return Err(Error::Alert(Alert::UnexpectedMessage));
+                }
+                if length < TAG_LEN + 1 {
+                    return Err(Error::Alert(Alert::BadRecordMac));
+                }
+                let seq = self.next_sequence()?;
+                let inner_len = length - TAG_LEN;
+                match &self.residency {
+                    Residency::Software { cipher, iv, .. } => {
+                        let (header, body) = record.split_at_mut(HEADER_LEN);
+                        let (text, tag) = body.split_at_mut(inner_len);
+                        cipher.open_in_place(&xor_nonce(iv, seq), header, text, tag)?;
+                        record.truncate(HEADER_LEN + inner_len);
+                        record.drain(..HEADER_LEN);
+                    }
+                    Residency::Host { key_ref, service } => {
+                        let plain = service
+                            .open_record(
+                                *key_ref,
+                                self.generation,
+                                seq,
+                                &record[..HEADER_LEN],
+                                &record[HEADER_LEN..],
+                            )
+                            .map_err(|_| Error::Alert(Alert::BadRecordMac))?;
+                        if plain.len() != inner_len {
+                            return Err(Error::Alert(Alert::BadRecordMac));
+                        }
+                        record = plain;
+                    }
+                }
+                // Strip zero padding; the last non-zero byte is the type.
+                let end = record
+                    .iter()
+                    .rposition(|b| *b != 0)
+                    .ok_or(Error::Alert(Alert::UnexpectedMessage))?;
+                if end + 1 > MAX_INNER_PLAINTEXT {
+                    return Err(Error::Alert(Alert::RecordOverflow));
+                }
+                let inner_type = record[end];
+                record.truncate(end);
+                let content_type = check_received(inner_type, &record)?;
+                Ok((content_type, record))
+            }
+            ProtocolVersion::Tls12 => {
+                let explicit = if self.aead.is_aes_gcm() {
+                    TLS12_EXPLICIT_NONCE_LEN
+                } else {
+                    0
+                };
+                if length < explicit + TAG_LEN {
+                    return Err(Error::Alert(Alert::BadRecordMac));
+                }
+                let text_len = length - explicit - TAG_LEN;
+                if text_len > MAX_PLAINTEXT {
+                    return Err(Error::Alert(Alert::RecordOverflow));
+                }
+                let seq = self.next_sequence()?;
+                let aad = tls12_aad(seq, outer_type, version, text_len);
+                match &self.residency {
+                    Residency::Software { cipher, iv, .. } => {
+                        let nonce = if explicit > 0 {
+                            let mut n = [0u8; NONCE_LEN];
+                            n[..4].copy_from_slice(&iv[..4]);
+                            n[4..].copy_from_slice(&record[HEADER_LEN..HEADER_LEN + explicit]);
+                            n
+                        } else {
+                            xor_nonce(iv, seq)
+                        };
+                        let text_start = HEADER_LEN + explicit;
+                        let (text, tag) = record[text_start..].split_at_mut(text_len);
+                        cipher.open_in_place(&nonce, &aad, text, tag)?;
+                        record.truncate(text_start + text_len);
+                        record.drain(..text_start);
+                    }
+                    Residency::Host { key_ref, service } => {
+                        let plain = service
+                            .open_record(
+                                *key_ref,
+                                self.generation,
+                                seq,
+                                &aad,
+                                &record[HEADER_LEN..],
+                            )
+                            .map_err(|_| Error::Alert(Alert::BadRecordMac))?;
+                        if plain.len() != text_len {
+                            return Err(Error::Alert(Alert::BadRecordMac));
+                        }
+                        record = plain;
+                    }
+                }
+                let content_type = check_received(outer_type, &record)?;
+                Ok((content_type, record))
+            }
+        }
+    }
+
+    /// Moves to the next key generation (RFC 8446 section 7.2).
+    pub fn update(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Unusable(UnusableReason::Failed));
+        }
+        if self.version != ProtocolVersion::Tls13 {
+            return Err(Error::WrongKeyType);
+        }
+        let generation = self
+            .generation
+            .checked_add(1)
+            .ok_or(Error::Unusable(UnusableReason::Exhausted))?;
+        match &mut self.residency {
+            Residency::Software {
+                cipher,
+                key,
+                iv,
+                secret,
+            } => {
+                let current = secret.as_ref().ok_or(Error::WrongKeyType)?;
+                let next = next_traffic_secret(self.aead, current)?;
+                let (next_key, next_iv) = traffic_key_and_iv(self.aead, &next)?;
+                *cipher = RecordCipher::new(self.aead, &next_key)?;
+                *key = next_key;
+                iv.copy_from_slice(&next_iv);
+                *secret = Some(next);
+            }
+            Residency::Host { key_ref, service } => service.update(*key_ref, self.generation)?,
+        }
+        self.generation = generation;
+        self.sequence = 0;
+        Ok(())
+    }
+}
+
+/// A KeyUpdate handshake message (RFC 8446 section 4.6.3).
+pub fn key_update_message(request_update: bool) -> [u8; 5] {
+    [24, 0, 0, 1, request_update as u8]
+}
+
+/// RFC 8446 section 5.3: the per-record nonce is the IV XOR the sequence
+/// number, left-padded. rustls uses the same form for TLS 1.2 (the explicit
+/// nonce is its last 8 bytes), and RFC 7905 for TLS 1.2 ChaCha20.
+pub fn xor_nonce(iv: &[u8; IV_LEN], seq: u64) -> [u8; NONCE_LEN] {
+    let mut nonce = *iv;
+    for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
+        *n ^= s;
+    }
+    nonce
+}
+
+/// RFC 5246 section 6.2.3.3: seq_num + type + version + length.
+fn tls12_aad(seq: u64, content_type: u8, version: [u8; 2], len: usize) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[..8].copy_from_slice(&seq.to_be_bytes());
+    aad[8] = content_type;
+    aad[9..11].copy_from_slice(&version);
+    aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
+    aad
+}
+
+fn check_sendable(
+    version: ProtocolVersion,
+    content_type: ContentType,
+    payload: &[u8],
+) -> Result<()> {
+    if payload.len() > MAX_PLAINTEXT {
+        return Err(Error::Alert(Alert::RecordOverflow));
+    }
+    let _ = version;
+    match content_type {
+        ContentType::ChangeCipherSpec => Err(Error::Alert(Alert::UnexpectedMessage)),
+        ContentType::Handshake | ContentType::Alert if payload.is_empty() => {
+            Err(Error::Alert(Alert::UnexpectedMessage))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_received(code: u8, payload: &[u8]) -> Result<ContentType> {
+    match ContentType::from_code(code) {
+        Some(ContentType::ApplicationData) => Ok(ContentType::ApplicationData),
+        Some(t @ (ContentType::Handshake | ContentType::Alert)) if !payload.is_empty() => Ok(t),
+        // A protected change_cipher_spec, an empty handshake or alert
+        // record, or a type TLS does not define.
+        _ => Err(Error::Alert(Alert::UnexpectedMessage)),
+    }
+}

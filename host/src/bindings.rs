@@ -1,0 +1,5 @@
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "dataplane-host-keys",
+});

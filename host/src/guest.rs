@@ -1,0 +1,574 @@
+//! One guest instance and the keys it holds, seen from the host.
+//!
+//! The host drives the guest through its WIT exports and checks what comes
+//! back: a record the guest seals must parse as whole records, a payload
+//! must fit the TLS limits, a public key must have its length and id. The
+//! host never trusts a length, an index or a type the guest returns.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keyferry_guest::blob::{self, PUBLIC_KEY_LEN};
+use keyferry_guest::record::{HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT, TrafficKeyMaterial};
+use keyferry_guest::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use crate::bindings::DataplaneHostKeys;
+use crate::bindings::exports::keyferry::dataplane::types as wit;
+use crate::error::{Error, Result, TrapKind};
+use crate::sandbox::{EPOCH_TICK, ExecutionBound, StoreState};
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// A guest instance's public exchange key: blobs for it are sealed to this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExchangeKey {
+    /// SHA-256 of the public key, first 16 bytes.
+    pub id: [u8; 16],
+    /// X25519 public key.
+    pub public_key: [u8; PUBLIC_KEY_LEN],
+}
+
+/// An imported traffic key, owned by one guest instance. Not `Clone`:
+/// exporting consumes it, as CryptExportKey destroys the source key.
+pub struct TrafficKeyHandle {
+    resource: ResourceAny,
+    instance: u64,
+}
+
+/// An imported MAC key, owned by one guest instance.
+pub struct MacKeyHandle {
+    resource: ResourceAny,
+    instance: u64,
+}
+
+/// The non-secret state of a traffic key, as the guest reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrafficKeyState {
+    /// Record format.
+    pub version: ProtocolVersion,
+    /// Record AEAD.
+    pub aead: AeadAlgorithm,
+    /// Seal or open.
+    pub direction: Direction,
+    /// Next sequence number in this generation.
+    pub sequence: u64,
+    /// KeyUpdates so far.
+    pub generation: u32,
+    /// Whether export is allowed.
+    pub exportable: bool,
+    /// Whether the material lives in the host key store.
+    pub host_resident: bool,
+    /// Owning connection.
+    pub connection_id: u64,
+    /// Records per generation before an automatic KeyUpdate (AES-GCM).
+    pub auto_update_limit: u64,
+}
+
+/// A running guest: its store, its bindings and its exchange key.
+pub struct GuestInstance {
+    store: Store<StoreState>,
+    bindings: DataplaneHostKeys,
+    exchange: ExchangeKey,
+    bound: ExecutionBound,
+    poisoned: bool,
+    id: u64,
+}
+
+/// Arms the execution bound for the next call.
+pub(crate) fn arm(store: &mut Store<StoreState>, bound: ExecutionBound) -> Result<()> {
+    match bound {
+        ExecutionBound::Fuel(fuel) => store
+            .set_fuel(fuel)
+            .map_err(|e| Error::Engine(format!("{e:#}"))),
+        ExecutionBound::Deadline(limit) => {
+            let ticks = (limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+            store.set_epoch_deadline(ticks);
+            Ok(())
+        }
+    }
+}
+
+/// Maps a wasmtime failure to why the guest stopped.
+pub(crate) fn classify(e: wasmtime::Error) -> Error {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return Error::Trap(match trap {
+            wasmtime::Trap::OutOfFuel => TrapKind::OutOfFuel,
+            wasmtime::Trap::Interrupt => TrapKind::Deadline,
+            wasmtime::Trap::CannotEnterComponent => return Error::Poisoned,
+            _ => TrapKind::Other,
+        });
+    }
+    let text = format!("{e:#}");
+    if text.contains("growing memory") || text.contains("resource limit") || text.contains("limit")
+    {
+        return Error::Trap(TrapKind::ResourceLimit);
+    }
+    Error::Trap(TrapKind::Other)
+}
+
+impl GuestInstance {
+    pub(crate) fn new(
+        store: Store<StoreState>,
+        bindings: DataplaneHostKeys,
+        bound: ExecutionBound,
+    ) -> Result<Self> {
+        let mut instance = Self {
+            store,
+            bindings,
+            exchange: ExchangeKey {
+                id: [0; 16],
+                public_key: [0; PUBLIC_KEY_LEN],
+            },
+            bound,
+            poisoned: false,
+            id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+        };
+        let key =
+            instance.call(|s, b| b.keyferry_dataplane_keys().call_instance_exchange_key(s))?;
+        let public_key: [u8; PUBLIC_KEY_LEN] = key
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::InvalidGuestResult("exchange key length"))?;
+        if key.id != blob::key_id(&public_key) {
+            return Err(Error::InvalidGuestResult(
+                "exchange key id does not match the key",
+            ));
+        }
+        instance.exchange = ExchangeKey {
+            id: blob::key_id(&public_key),
+            public_key,
+        };
+        Ok(instance)
+    }
+
+    /// This instance's exchange key.
+    pub fn exchange_key(&self) -> ExchangeKey {
+        self.exchange
+    }
+
+    /// Whether an earlier trap has made this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Seals traffic-key material to this instance (host side of the
+    /// handoff, or any other handshake engine's keys). The material is
+    /// zeroized when it drops.
+    pub fn seal_traffic_key(&self, material: &TrafficKeyMaterial) -> Result<Vec<u8>> {
+        Ok(blob::seal_traffic_key(&self.exchange.public_key, material)?)
+    }
+
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<StoreState>, &DataplaneHostKeys) -> wasmtime::Result<R>,
+    ) -> Result<R> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        arm(&mut self.store, self.bound)?;
+        match f(&mut self.store, &self.bindings) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.poisoned = true;
+                Err(classify(e))
+            }
+        }
+    }
+
+    fn own(&self, resource: ResourceAny) -> TrafficKeyHandle {
+        TrafficKeyHandle {
+            resource,
+            instance: self.id,
+        }
+    }
+
+    fn check(&self, instance: u64) -> Result<()> {
+        if instance == self.id {
+            Ok(())
+        } else {
+            Err(Error::ForeignHandle)
+        }
+    }
+
+    /// CryptImportKey: hands a sealed traffic-key blob to the guest.
+    pub fn import_traffic_key(&mut self, blob: &[u8]) -> Result<TrafficKeyHandle> {
+        let r = self.call(|s, b| {
+            b.keyferry_dataplane_keys()
+                .traffic_key()
+                .call_import(s, blob)
+        })?;
+        Ok(self.own(r.map_err(from_wit)?))
+    }
+
+    /// Protects one record in the guest; returns wire bytes (one record, or
+    /// a KeyUpdate record and then the record).
+    pub fn seal(
+        &mut self,
+        key: &TrafficKeyHandle,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: u16,
+    ) -> Result<Vec<u8>> {
+        self.check(key.instance)?;
+        let ct = content_type_to_wit(content_type);
+        let out = self
+            .call(|s, b| {
+                b.keyferry_dataplane_keys().traffic_key().call_seal(
+                    s,
+                    key.resource,
+                    ct,
+                    payload,
+                    padding,
+                )
+            })?
+            .map_err(from_wit)?;
+        let records = count_records(&out).ok_or(Error::InvalidGuestResult(
+            "sealed output is not whole records",
+        ))?;
+        if records == 0 || records > 2 {
+            return Err(Error::InvalidGuestResult("sealed output record count"));
+        }
+        Ok(out)
+    }
+
+    /// Opens one whole record in the guest.
+    pub fn open(
+        &mut self,
+        key: &TrafficKeyHandle,
+        record: &[u8],
+    ) -> Result<(ContentType, Vec<u8>)> {
+        self.check(key.instance)?;
+        let opened = self
+            .call(|s, b| {
+                b.keyferry_dataplane_keys()
+                    .traffic_key()
+                    .call_open(s, key.resource, record)
+            })?
+            .map_err(from_wit)?;
+        if opened.payload.len() > MAX_PLAINTEXT {
+            return Err(Error::InvalidGuestResult("opened payload over 2^14 bytes"));
+        }
+        Ok((content_type_from_wit(opened.content_type), opened.payload))
+    }
+
+    /// Seals a KeyUpdate message and moves the seal key to its next generation.
+    pub fn send_key_update(
+        &mut self,
+        key: &TrafficKeyHandle,
+        request_update: bool,
+    ) -> Result<Vec<u8>> {
+        self.check(key.instance)?;
+        let out = self
+            .call(|s, b| {
+                b.keyferry_dataplane_keys()
+                    .traffic_key()
+                    .call_send_key_update(s, key.resource, request_update)
+            })?
+            .map_err(from_wit)?;
+        if count_records(&out) != Some(1) {
+            return Err(Error::InvalidGuestResult(
+                "key update output is not one record",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Moves a key to its next generation (after opening the peer's KeyUpdate).
+    pub fn update(&mut self, key: &TrafficKeyHandle) -> Result<()> {
+        self.check(key.instance)?;
+        self.call(|s, b| {
+            b.keyferry_dataplane_keys()
+                .traffic_key()
+                .call_update(s, key.resource)
+        })?
+        .map_err(from_wit)
+    }
+
+    /// The key's non-secret state.
+    pub fn state(&mut self, key: &TrafficKeyHandle) -> Result<TrafficKeyState> {
+        self.check(key.instance)?;
+        let s = self.call(|s, b| {
+            b.keyferry_dataplane_keys()
+                .traffic_key()
+                .call_state(s, key.resource)
+        })?;
+        Ok(TrafficKeyState {
+            version: match s.version {
+                wit::ProtocolVersion::Tls12 => ProtocolVersion::Tls12,
+                wit::ProtocolVersion::Tls13 => ProtocolVersion::Tls13,
+            },
+            aead: aead_from_wit(s.aead),
+            direction: match s.direction {
+                wit::Direction::Seal => Direction::Seal,
+                wit::Direction::Open => Direction::Open,
+            },
+            sequence: s.sequence,
+            generation: s.generation,
+            exportable: s.exportable,
+            host_resident: matches!(s.residency, wit::Residency::Host),
+            connection_id: s.connection_id,
+            auto_update_limit: s.auto_update_limit,
+        })
+    }
+
+    /// Takes the plaintext and ciphertext buffered at handoff; once.
+    pub fn take_buffered(&mut self, key: &TrafficKeyHandle) -> Result<(Vec<u8>, Vec<u8>)> {
+        self.check(key.instance)?;
+        let b = self.call(|s, b| {
+            b.keyferry_dataplane_keys()
+                .traffic_key()
+                .call_take_buffered(s, key.resource)
+        })?;
+        Ok((b.plaintext, b.ciphertext))
+    }
+
+    /// CryptExportKey: the guest seals the key's exact state to `recipient`
+    /// and destroys its copy. The handle is consumed whatever the outcome.
+    pub fn export_traffic_key(
+        &mut self,
+        key: TrafficKeyHandle,
+        recipient: &ExchangeKey,
+    ) -> Result<Vec<u8>> {
+        self.check(key.instance)?;
+        let out = self
+            .call(|s, b| {
+                b.keyferry_dataplane_keys().traffic_key().call_export(
+                    s,
+                    key.resource,
+                    &recipient.public_key,
+                )
+            })?
+            .map_err(from_wit)?;
+        let header = blob::peek_header(&out)
+            .map_err(|_| Error::InvalidGuestResult("exported blob header"))?;
+        if header.key_id != recipient.id {
+            return Err(Error::InvalidGuestResult(
+                "exported blob addressed to another key",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Drops a traffic key in the guest (its material is zeroized there).
+    pub fn drop_traffic_key(&mut self, key: TrafficKeyHandle) -> Result<()> {
+        self.check(key.instance)?;
+        self.call(|s, _| key.resource.resource_drop(s))
+    }
+
+    /// Imports a sealed MAC-key blob.
+    pub fn import_mac_key(&mut self, blob: &[u8]) -> Result<MacKeyHandle> {
+        let r = self
+            .call(|s, b| b.keyferry_dataplane_keys().mac_key().call_import(s, blob))?
+            .map_err(from_wit)?;
+        Ok(MacKeyHandle {
+            resource: r,
+            instance: self.id,
+        })
+    }
+
+    /// The full-length MAC of `data`, computed in the guest.
+    pub fn mac_compute(&mut self, key: &MacKeyHandle, data: &[u8]) -> Result<Vec<u8>> {
+        self.check(key.instance)?;
+        let tag = self.call(|s, b| {
+            b.keyferry_dataplane_keys()
+                .mac_key()
+                .call_compute(s, key.resource, data)
+        })?;
+        if tag.len() != 32 && tag.len() != 48 {
+            return Err(Error::InvalidGuestResult("mac tag length"));
+        }
+        Ok(tag)
+    }
+
+    /// Verifies a tag in the guest (constant time there).
+    pub fn mac_verify(&mut self, key: &MacKeyHandle, data: &[u8], tag: &[u8]) -> Result<bool> {
+        self.check(key.instance)?;
+        self.call(|s, b| {
+            b.keyferry_dataplane_keys()
+                .mac_key()
+                .call_verify(s, key.resource, data, tag)
+        })?
+        .map_err(from_wit)
+    }
+
+    /// Exports a MAC key, consuming the handle.
+    pub fn export_mac_key(
+        &mut self,
+        key: MacKeyHandle,
+        recipient: &ExchangeKey,
+    ) -> Result<Vec<u8>> {
+        self.check(key.instance)?;
+        self.call(|s, b| {
+            b.keyferry_dataplane_keys().mac_key().call_export(
+                s,
+                key.resource,
+                &recipient.public_key,
+            )
+        })?
+        .map_err(from_wit)
+    }
+
+    /// Stateless AEAD seal in the guest (known-answer tests).
+    pub fn aead_seal(
+        &mut self,
+        alg: AeadAlgorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        pt: &[u8],
+    ) -> Result<Vec<u8>> {
+        let a = aead_to_wit(alg);
+        self.call(|s, b| {
+            b.keyferry_dataplane_primitives()
+                .call_aead_seal(s, a, key, nonce, aad, pt)
+        })?
+        .map_err(from_wit)
+    }
+
+    /// Stateless AEAD open in the guest (known-answer tests).
+    pub fn aead_open(
+        &mut self,
+        alg: AeadAlgorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<Vec<u8>> {
+        let a = aead_to_wit(alg);
+        self.call(|s, b| {
+            b.keyferry_dataplane_primitives()
+                .call_aead_open(s, a, key, nonce, aad, ct)
+        })?
+        .map_err(from_wit)
+    }
+
+    /// Stateless HMAC in the guest (known-answer tests).
+    pub fn hmac(&mut self, alg: MacAlgorithm, key: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+        let a = mac_to_wit(alg);
+        self.call(|s, b| b.keyferry_dataplane_primitives().call_hmac(s, a, key, data))
+    }
+
+    /// TLS 1.3 HKDF-Expand-Label in the guest.
+    pub fn hkdf_expand_label(
+        &mut self,
+        alg: MacAlgorithm,
+        secret: &[u8],
+        label: &str,
+        context: &[u8],
+        length: u16,
+    ) -> Result<Vec<u8>> {
+        let a = mac_to_wit(alg);
+        let out = self
+            .call(|s, b| {
+                b.keyferry_dataplane_primitives()
+                    .call_hkdf_expand_label(s, a, secret, label, context, length)
+            })?
+            .map_err(from_wit)?;
+        if out.len() != length as usize {
+            return Err(Error::InvalidGuestResult("hkdf output length"));
+        }
+        Ok(out)
+    }
+
+    /// Runs the guest's self-check (known answers and round trips).
+    pub fn self_check(&mut self) -> Result<Result<String, String>> {
+        self.call(|s, b| b.call_self_check(s))
+    }
+
+    /// The guest's description of what it supports (JSON).
+    pub fn describe(&mut self) -> Result<String> {
+        self.call(|s, b| b.call_describe(s))
+    }
+}
+
+/// Counts whole TLS records in `bytes`; `None` if they do not split exactly.
+pub fn count_records(mut bytes: &[u8]) -> Option<usize> {
+    let mut n = 0;
+    while !bytes.is_empty() {
+        if bytes.len() < HEADER_LEN {
+            return None;
+        }
+        let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
+        if len > MAX_CIPHERTEXT || bytes.len() < HEADER_LEN + len {
+            return None;
+        }
+        bytes = &bytes[HEADER_LEN + len..];
+        n += 1;
+    }
+    Some(n)
+}
+
+fn from_wit(e: wit::Error) -> Error {
+    use keyferry_guest::Error as G;
+    use keyferry_guest::{Alert, BlobError, UnusableReason};
+    Error::Record(match e {
+        wit::Error::Blob(b) => G::Blob(match b {
+            wit::BlobError::Malformed => BlobError::Malformed,
+            wit::BlobError::UnsupportedVersion => BlobError::UnsupportedVersion(0),
+            wit::BlobError::WrongKind => BlobError::WrongKind,
+            wit::BlobError::WrongRecipient => BlobError::WrongRecipient,
+            wit::BlobError::AuthenticationFailed => BlobError::AuthenticationFailed,
+            wit::BlobError::Replayed => BlobError::Replayed,
+            wit::BlobError::SequenceRollback => BlobError::SequenceRollback,
+            wit::BlobError::HostKeysUnavailable => BlobError::HostKeysUnavailable,
+            wit::BlobError::InvalidState => BlobError::InvalidState,
+        }),
+        wit::Error::Alert(a) => G::Alert(match a {
+            wit::Alert::UnexpectedMessage => Alert::UnexpectedMessage,
+            wit::Alert::BadRecordMac => Alert::BadRecordMac,
+            wit::Alert::RecordOverflow => Alert::RecordOverflow,
+            wit::Alert::DecodeError => Alert::DecodeError,
+        }),
+        wit::Error::Unusable(u) => G::Unusable(match u {
+            wit::UnusableReason::Failed => UnusableReason::Failed,
+            wit::UnusableReason::Exhausted => UnusableReason::Exhausted,
+        }),
+        wit::Error::NotExportable => G::NotExportable,
+        wit::Error::WrongKeyType => G::WrongKeyType,
+        wit::Error::InvalidArgument(text) => return Error::GuestInvalidArgument(text),
+        wit::Error::KeyService(text) => return Error::GuestKeyService(text),
+    })
+}
+
+fn content_type_to_wit(t: ContentType) -> wit::ContentType {
+    match t {
+        ContentType::ChangeCipherSpec => wit::ContentType::ChangeCipherSpec,
+        ContentType::Alert => wit::ContentType::Alert,
+        ContentType::Handshake => wit::ContentType::Handshake,
+        ContentType::ApplicationData => wit::ContentType::ApplicationData,
+    }
+}
+
+fn content_type_from_wit(t: wit::ContentType) -> ContentType {
+    match t {
+        wit::ContentType::ChangeCipherSpec => ContentType::ChangeCipherSpec,
+        wit::ContentType::Alert => ContentType::Alert,
+        wit::ContentType::Handshake => ContentType::Handshake,
+        wit::ContentType::ApplicationData => ContentType::ApplicationData,
+    }
+}
+
+fn aead_to_wit(a: AeadAlgorithm) -> wit::AeadAlgorithm {
+    match a {
+        AeadAlgorithm::Aes128Gcm => wit::AeadAlgorithm::Aes128Gcm,
+        AeadAlgorithm::Aes256Gcm => wit::AeadAlgorithm::Aes256Gcm,
+        AeadAlgorithm::ChaCha20Poly1305 => wit::AeadAlgorithm::Chacha20Poly1305,
+    }
+}
+
+fn aead_from_wit(a: wit::AeadAlgorithm) -> AeadAlgorithm {
+    match a {
+        wit::AeadAlgorithm::Aes128Gcm => AeadAlgorithm::Aes128Gcm,
+        wit::AeadAlgorithm::Aes256Gcm => AeadAlgorithm::Aes256Gcm,
+        wit::AeadAlgorithm::Chacha20Poly1305 => AeadAlgorithm::ChaCha20Poly1305,
+    }
+}
+
+fn mac_to_wit(m: MacAlgorithm) -> wit::MacAlgorithm {
+    match m {
+        MacAlgorithm::HmacSha256 => wit::MacAlgorithm::HmacSha256,
+        MacAlgorithm::HmacSha384 => wit::MacAlgorithm::HmacSha384,
+    }
+}
