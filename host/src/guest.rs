@@ -36,6 +36,19 @@ pub struct TrafficKeyHandle {
     instance: u64,
 }
 
+impl TrafficKeyHandle {
+    /// A second handle to the same guest resource. Only for tests that
+    /// check the guest and host survive use after export; real code never
+    /// needs it, since export consumes the handle.
+    #[doc(hidden)]
+    pub fn dangerous_duplicate(&self) -> Self {
+        Self {
+            resource: self.resource,
+            instance: self.instance,
+        }
+    }
+}
+
 /// An imported MAC key, owned by one guest instance.
 pub struct MacKeyHandle {
     resource: ResourceAny,
@@ -160,6 +173,11 @@ impl GuestInstance {
         Ok(blob::seal_traffic_key(&self.exchange.public_key, material)?)
     }
 
+    /// Seals a MAC key to this instance.
+    pub fn seal_mac_key(&self, key: &keyferry_guest::mac::MacKey) -> Result<Vec<u8>> {
+        Ok(blob::seal_mac_key(&self.exchange.public_key, key)?)
+    }
+
     fn call<R>(
         &mut self,
         f: impl FnOnce(&mut Store<StoreState>, &DataplaneHostKeys) -> wasmtime::Result<R>,
@@ -199,7 +217,7 @@ impl GuestInstance {
                 .traffic_key()
                 .call_import(s, blob)
         })?;
-        Ok(self.own(r.map_err(from_wit)?))
+        Ok(self.own(r.map_err(|e| blob_error(e, blob))?))
     }
 
     /// Protects one record in the guest; returns wire bytes (one record, or
@@ -361,7 +379,7 @@ impl GuestInstance {
     pub fn import_mac_key(&mut self, blob: &[u8]) -> Result<MacKeyHandle> {
         let r = self
             .call(|s, b| b.keyferry_dataplane_keys().mac_key().call_import(s, blob))?
-            .map_err(from_wit)?;
+            .map_err(|e| blob_error(e, blob))?;
         Ok(MacKeyHandle {
             resource: r,
             instance: self.id,
@@ -498,6 +516,19 @@ pub fn count_records(mut bytes: &[u8]) -> Option<usize> {
         n += 1;
     }
     Some(n)
+}
+
+/// WIT's blob error does not carry the refused version; the clear header
+/// has it, so put it back for the caller.
+fn blob_error(e: wit::Error, blob: &[u8]) -> Error {
+    match from_wit(e) {
+        Error::Record(keyferry_guest::Error::Blob(
+            keyferry_guest::BlobError::UnsupportedVersion(_),
+        )) => Error::Record(
+            keyferry_guest::BlobError::UnsupportedVersion(blob.get(4).copied().unwrap_or(0)).into(),
+        ),
+        other => other,
+    }
 }
 
 fn from_wit(e: wit::Error) -> Error {

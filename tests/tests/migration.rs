@@ -1,0 +1,209 @@
+//! Live keys move between guest instances mid-stream, exactly: the rustls
+//! peer keeps reading and writing without noticing. Also host-resident
+//! keys, and the automatic AES-GCM KeyUpdate against a live peer.
+
+use keyferry::{AeadAlgorithm, ContentType, Error, ProtocolVersion};
+use keyferry_guest::{BlobError, Error as RecordError};
+use keyferry_tests::{
+    Link, Role, all_suites, fixture, guest, guest_with_host_keys, handshake_and_export,
+    handshake_into,
+};
+
+fn migrate(link: &mut Link, to: keyferry::GuestInstance) {
+    let mut to = to;
+    let recipient = to.exchange_key();
+    let from = &mut link.guest;
+    let seal = std::mem::replace(&mut link.seal, placeholder());
+    let open = std::mem::replace(&mut link.open, placeholder());
+    let seal_blob = from
+        .export_traffic_key(seal, &recipient)
+        .expect("export seal key");
+    let open_blob = from
+        .export_traffic_key(open, &recipient)
+        .expect("export open key");
+    link.seal = to.import_traffic_key(&seal_blob).expect("import seal key");
+    link.open = to.import_traffic_key(&open_blob).expect("import open key");
+    // The exported blobs are single use in their new home too.
+    assert!(matches!(
+        to.import_traffic_key(&seal_blob),
+        Err(Error::Record(RecordError::Blob(BlobError::Replayed)))
+    ));
+    link.guest = to;
+}
+
+/// A handle that is never used: it stands in while the real ones move.
+fn placeholder() -> keyferry::TrafficKeyHandle {
+    let mut g = guest();
+    let m = keyferry::TrafficKeyMaterial::from_tls13_secret(
+        AeadAlgorithm::ChaCha20Poly1305,
+        keyferry::Direction::Seal,
+        &[1; 32],
+        0,
+        u64::MAX,
+    )
+    .unwrap();
+    g.import_traffic_key(&g.seal_traffic_key(&m).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_live_connection_moves_to_a_fresh_instance_mid_stream() {
+    for suite in all_suites() {
+        for role in [Role::Client, Role::Server] {
+            let ctx = format!("{} as {role:?}", suite.name);
+            let mut link = handshake_into(suite, role, guest());
+            assert_eq!(link.guest_sends(b"before"), b"before", "{ctx}");
+            assert_eq!(link.peer_sends(b"before").0, b"before", "{ctx}");
+            if link.version == ProtocolVersion::Tls13 {
+                let update = link.guest.send_key_update(&link.seal, false).unwrap();
+                link.peer_receives(&update);
+            }
+            let before = link.guest.state(&link.seal).unwrap();
+
+            migrate(&mut link, guest());
+
+            let after = link.guest.state(&link.seal).unwrap();
+            assert_eq!(after, before, "{ctx}: exact state moved");
+            assert_eq!(
+                link.guest_sends(b"after the move"),
+                b"after the move",
+                "{ctx}"
+            );
+            assert_eq!(
+                link.peer_sends(b"peer after the move").0,
+                b"peer after the move",
+                "{ctx}"
+            );
+            // And once more, back to another new instance.
+            migrate(&mut link, guest());
+            assert_eq!(link.guest_sends(&[9; 30000]), vec![9; 30000], "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn host_resident_keys_stay_in_the_host_and_survive_export() {
+    let store = fixture().engine.key_store().clone();
+    for suite in all_suites() {
+        let ctx = suite.name;
+        let mut g = guest_with_host_keys();
+        let (keys, peer) = handshake_and_export(suite, Role::Server, 0x4857);
+        let version = keys.version;
+        let seal = store
+            .insert(keys.seal)
+            .expect("move seal key into the store");
+        let open = store
+            .insert(keys.open)
+            .expect("move open key into the store");
+        assert!(
+            seal.key.is_empty() && seal.secret.is_empty(),
+            "{ctx}: the blob carries a reference only"
+        );
+        let seal_ref = seal.host_key_ref.unwrap();
+        let seal_blob = g.seal_traffic_key(&seal).unwrap();
+        let open_blob = g.seal_traffic_key(&open).unwrap();
+
+        // A guest without the key-service import refuses it clearly.
+        let mut plain = guest();
+        assert!(
+            matches!(
+                plain.import_traffic_key(&plain.seal_traffic_key(&seal).unwrap()),
+                Err(Error::Record(RecordError::Blob(
+                    BlobError::HostKeysUnavailable
+                )))
+            ),
+            "{ctx}"
+        );
+
+        let seal = g.import_traffic_key(&seal_blob).unwrap();
+        let open = g.import_traffic_key(&open_blob).unwrap();
+        assert!(g.state(&seal).unwrap().host_resident, "{ctx}");
+        let mut link = Link {
+            guest: g,
+            seal,
+            open,
+            peer,
+            version,
+        };
+        assert_eq!(link.guest_sends(b"hw"), b"hw", "{ctx}");
+        assert_eq!(link.peer_sends(b"hw back").0, b"hw back", "{ctx}");
+        if version == ProtocolVersion::Tls13 {
+            link.peer.refresh_traffic_keys().unwrap();
+            assert_eq!(link.peer_sends(b"after update").0, b"after update", "{ctx}");
+            assert_eq!(link.guest_sends(b"answered"), b"answered", "{ctx}");
+        }
+
+        // Exporting a host-resident key does not destroy it in the store.
+        let held = store.len();
+        let target = guest_with_host_keys();
+        migrate(&mut link, target);
+        assert_eq!(
+            store.len(),
+            held,
+            "{ctx}: export destroyed a host-resident key"
+        );
+        assert_eq!(link.guest_sends(b"moved hw"), b"moved hw", "{ctx}");
+        assert_eq!(
+            link.peer_sends(b"moved hw back").0,
+            b"moved hw back",
+            "{ctx}"
+        );
+        assert!(store.remove(seal_ref), "{ctx}");
+    }
+}
+
+#[test]
+fn aes_gcm_keys_update_themselves_before_the_limit() {
+    for suite in all_suites().into_iter().take(2) {
+        let (mut keys, peer) = handshake_and_export(suite, Role::Server, 7);
+        assert!(matches!(
+            keys.aead,
+            AeadAlgorithm::Aes128Gcm | AeadAlgorithm::Aes256Gcm
+        ));
+        keys.seal.auto_update_limit = 3;
+        let mut g = guest();
+        let seal = g
+            .import_traffic_key(&g.seal_traffic_key(&keys.seal).unwrap())
+            .unwrap();
+        let open = g
+            .import_traffic_key(&g.seal_traffic_key(&keys.open).unwrap())
+            .unwrap();
+        let version = keys.version;
+        drop(keys);
+        let mut link = Link {
+            guest: g,
+            seal,
+            open,
+            peer,
+            version,
+        };
+        let start = link.guest.state(&link.seal).unwrap().sequence;
+        assert!(
+            start <= 3,
+            "{}: rustls sent {start} records before handoff",
+            suite.name
+        );
+        let mut sent = Vec::new();
+        for i in 0..20u8 {
+            let record = link
+                .guest
+                .seal(&link.seal, ContentType::ApplicationData, &[i; 100], 0)
+                .unwrap();
+            sent.extend(link.peer_receives(&record));
+        }
+        assert_eq!(
+            sent,
+            (0..20u8).flat_map(|i| [i; 100]).collect::<Vec<_>>(),
+            "{}",
+            suite.name
+        );
+        let state = link.guest.state(&link.seal).unwrap();
+        assert!(
+            state.generation >= 6,
+            "{}: generation {}",
+            suite.name,
+            state.generation
+        );
+        assert!(state.sequence <= 3, "{}", suite.name);
+    }
+}
