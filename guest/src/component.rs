@@ -7,6 +7,10 @@ use crate::bindings;
 use crate::bindings::exports::keyferry::dataplane::keys::{
     self, GuestMacKey, GuestTrafficKey, MacKey as MacKeyHandle, TrafficKey as TrafficKeyHandle,
 };
+use crate::bindings::exports::keyferry::dataplane::application::{self, GuestSession, Session as SessionHandle};
+use crate::bindings::exports::keyferry::dataplane::connection::{
+    self as wconn, GuestTlsConnection, TlsConnection as TlsConnectionHandle,
+};
 use crate::bindings::exports::keyferry::dataplane::primitives;
 use crate::bindings::exports::keyferry::dataplane::types as wit;
 use crate::error::{Alert, BlobError, Error, UnusableReason};
@@ -14,6 +18,8 @@ use crate::instance::Instance;
 use crate::mac::MacKey;
 use crate::record::TrafficKey;
 use crate::suite::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
+use crate::app::{AppMode, Session, SessionOutput};
+use crate::connection::{Closed, Connection, Event, Facts, Output, Role};
 use crate::{blob, cipher, keyschedule, mac, selfcheck};
 
 struct Component;
@@ -335,7 +341,249 @@ impl bindings::Guest for Component {
     }
 }
 
+/// A connection handle. `None` once exported.
+struct TlsConnectionResource(RefCell<Option<Connection>>);
+
+fn release_connection(conn: &Connection) {
+    let (seal, open) = conn.keys();
+    with_instance(|i| {
+        i.release(seal);
+        i.release(open);
+    });
+}
+
+impl Drop for TlsConnectionResource {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.get_mut().take() {
+            release_connection(&conn);
+        }
+    }
+}
+
+fn attach(seal_blob: &[u8], open_blob: &[u8], facts: wit::Facts) -> Result<Connection, wit::Error> {
+    with_instance(|i| {
+        let seal = i.import_traffic_key(seal_blob)?;
+        let open = match i.import_traffic_key(open_blob) {
+            Ok(open) => open,
+            Err(e) => {
+                i.release(&seal);
+                return Err(e);
+            }
+        };
+        let (seal_pos, open_pos) = (seal.state(), open.state());
+        Connection::new(seal, open, facts_from_wit(facts)).inspect_err(|_| {
+            i.release_state(seal_pos);
+            i.release_state(open_pos);
+        })
+    })
+    .map_err(to_wit)
+}
+
+impl TlsConnectionResource {
+    fn with<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> Option<R> {
+        self.0.borrow_mut().as_mut().map(f)
+    }
+}
+
+impl GuestTlsConnection for TlsConnectionResource {
+    fn attach(seal_blob: Vec<u8>, open_blob: Vec<u8>, facts: wit::Facts) -> Result<TlsConnectionHandle, wit::Error> {
+        let conn = attach(&seal_blob, &open_blob, facts)?;
+        Ok(TlsConnectionHandle::new(TlsConnectionResource(RefCell::new(Some(conn)))))
+    }
+
+    fn start(&self) -> wconn::Output {
+        self.with(|c| output_to_wit(c.start())).unwrap_or_else(empty_output)
+    }
+
+    fn receive(&self, ciphertext: Vec<u8>) -> wconn::Output {
+        self.with(|c| output_to_wit(c.receive(&ciphertext))).unwrap_or_else(empty_output)
+    }
+
+    fn end_of_stream(&self) -> wconn::Output {
+        self.with(|c| output_to_wit(c.end_of_stream())).unwrap_or_else(empty_output)
+    }
+
+    fn send(&self, plaintext: Vec<u8>) -> Result<Vec<u8>, wit::Error> {
+        self.with(|c| c.send(&plaintext).map_err(to_wit))
+            .unwrap_or(Err(wit::Error::Unusable(wit::UnusableReason::Failed)))
+    }
+
+    fn close(&self) -> Result<Vec<u8>, wit::Error> {
+        self.with(|c| c.close().map_err(to_wit)).unwrap_or(Err(wit::Error::Unusable(wit::UnusableReason::Failed)))
+    }
+
+    fn facts(&self) -> wit::Facts {
+        self.with(|c| facts_to_wit(c.facts())).unwrap_or_else(|| facts_to_wit(&placeholder_facts()))
+    }
+
+    fn export(this: TlsConnectionHandle, recipient: Vec<u8>) -> Result<wconn::Migrated, wit::Error> {
+        let resource: TlsConnectionResource = this.into_inner();
+        let conn = resource.0.borrow_mut().take().ok_or(wit::Error::Unusable(wit::UnusableReason::Failed))?;
+        let (seal, open, facts) = conn.into_keys().map_err(to_wit)?;
+        with_instance(|i| {
+            let seal_blob = i.export_traffic_key(seal, &recipient)?;
+            let open_blob = i.export_traffic_key(open, &recipient)?;
+            Ok(wconn::Migrated { seal_blob, open_blob, facts: facts_to_wit(&facts) })
+        })
+        .map_err(to_wit)
+    }
+}
+
+/// An application session handle.
+struct SessionResource(RefCell<Session>);
+
+impl Drop for SessionResource {
+    fn drop(&mut self) {
+        release_connection(self.0.get_mut().connection());
+    }
+}
+
+impl GuestSession for SessionResource {
+    fn attach(
+        seal_blob: Vec<u8>,
+        open_blob: Vec<u8>,
+        facts: wit::Facts,
+        mode: application::AppMode,
+    ) -> Result<SessionHandle, wit::Error> {
+        let conn = attach(&seal_blob, &open_blob, facts)?;
+        let mode = match mode {
+            application::AppMode::Echo => AppMode::Echo,
+            application::AppMode::Http => AppMode::Http,
+        };
+        Ok(SessionHandle::new(SessionResource(RefCell::new(Session::new(conn, mode)))))
+    }
+
+    fn start(&self) -> application::SessionOutput {
+        session_output_to_wit(self.0.borrow_mut().start())
+    }
+
+    fn on_ciphertext(&self, data: Vec<u8>) -> application::SessionOutput {
+        session_output_to_wit(self.0.borrow_mut().on_ciphertext(&data))
+    }
+
+    fn on_end_of_stream(&self) -> application::SessionOutput {
+        session_output_to_wit(self.0.borrow_mut().on_end_of_stream())
+    }
+
+    fn shutdown(&self) -> application::SessionOutput {
+        session_output_to_wit(self.0.borrow_mut().shutdown())
+    }
+}
+
+impl wconn::Guest for Component {
+    type TlsConnection = TlsConnectionResource;
+}
+
+impl application::Guest for Component {
+    type Session = SessionResource;
+
+    fn application_exchange_key() -> wit::ExchangeKey {
+        <Component as keys::Guest>::instance_exchange_key()
+    }
+}
+
 bindings::export!(Component with_types_in bindings);
+
+fn placeholder_facts() -> Facts {
+    Facts {
+        role: Role::Server,
+        version: ProtocolVersion::Tls13,
+        suite: String::new(),
+        server_name: None,
+        alpn: None,
+        peer_subject: None,
+        connection_id: 0,
+    }
+}
+
+fn empty_output() -> wconn::Output {
+    wconn::Output {
+        to_send: Vec::new(),
+        plaintext: Vec::new(),
+        events: Vec::new(),
+        closed: Some(wit::Closed::LocalAlert(wit::Alert::UnexpectedMessage)),
+    }
+}
+
+fn facts_from_wit(f: wit::Facts) -> Facts {
+    Facts {
+        role: match f.role {
+            wit::Role::Client => Role::Client,
+            wit::Role::Server => Role::Server,
+        },
+        version: match f.version {
+            wit::ProtocolVersion::Tls12 => ProtocolVersion::Tls12,
+            wit::ProtocolVersion::Tls13 => ProtocolVersion::Tls13,
+        },
+        suite: f.suite,
+        server_name: f.server_name,
+        alpn: f.alpn,
+        peer_subject: f.peer_subject,
+        connection_id: f.connection_id,
+    }
+}
+
+fn facts_to_wit(f: &Facts) -> wit::Facts {
+    wit::Facts {
+        role: match f.role {
+            Role::Client => wit::Role::Client,
+            Role::Server => wit::Role::Server,
+        },
+        version: match f.version {
+            ProtocolVersion::Tls12 => wit::ProtocolVersion::Tls12,
+            ProtocolVersion::Tls13 => wit::ProtocolVersion::Tls13,
+        },
+        suite: f.suite.clone(),
+        server_name: f.server_name.clone(),
+        alpn: f.alpn.clone(),
+        peer_subject: f.peer_subject.clone(),
+        connection_id: f.connection_id,
+    }
+}
+
+fn event_to_wit(e: Event) -> wit::Event {
+    match e {
+        Event::NewSessionTicket(m) => wit::Event::NewSessionTicket(m),
+        Event::CertificateRequest(m) => wit::Event::CertificateRequest(m),
+    }
+}
+
+fn closed_to_wit(c: Closed) -> wit::Closed {
+    match c {
+        Closed::CloseNotify => wit::Closed::CloseNotify,
+        Closed::PeerAlert(d) => wit::Closed::PeerAlert(d),
+        Closed::LocalAlert(a) => wit::Closed::LocalAlert(alert_to_wit(a)),
+        Closed::Truncated => wit::Closed::Truncated,
+    }
+}
+
+fn output_to_wit(mut o: Output) -> wconn::Output {
+    wconn::Output {
+        to_send: o.to_send,
+        plaintext: std::mem::take(&mut *o.plaintext),
+        events: o.events.into_iter().map(event_to_wit).collect(),
+        closed: o.closed.map(closed_to_wit),
+    }
+}
+
+fn session_output_to_wit(o: SessionOutput) -> application::SessionOutput {
+    application::SessionOutput {
+        to_send: o.to_send,
+        events: o.events.into_iter().map(event_to_wit).collect(),
+        closed: o.closed.map(closed_to_wit),
+        done: o.done,
+    }
+}
+
+fn alert_to_wit(a: Alert) -> wit::Alert {
+    match a {
+        Alert::UnexpectedMessage => wit::Alert::UnexpectedMessage,
+        Alert::BadRecordMac => wit::Alert::BadRecordMac,
+        Alert::RecordOverflow => wit::Alert::RecordOverflow,
+        Alert::IllegalParameter => wit::Alert::IllegalParameter,
+        Alert::DecodeError => wit::Alert::DecodeError,
+    }
+}
 
 fn to_wit(e: Error) -> wit::Error {
     match e {
@@ -350,12 +598,7 @@ fn to_wit(e: Error) -> wit::Error {
             BlobError::HostKeysUnavailable => wit::BlobError::HostKeysUnavailable,
             BlobError::InvalidState => wit::BlobError::InvalidState,
         }),
-        Error::Alert(a) => wit::Error::Alert(match a {
-            Alert::UnexpectedMessage => wit::Alert::UnexpectedMessage,
-            Alert::BadRecordMac => wit::Alert::BadRecordMac,
-            Alert::RecordOverflow => wit::Alert::RecordOverflow,
-            Alert::DecodeError => wit::Alert::DecodeError,
-        }),
+        Error::Alert(a) => wit::Error::Alert(alert_to_wit(a)),
         Error::Unusable(u) => wit::Error::Unusable(match u {
             UnusableReason::Failed => wit::UnusableReason::Failed,
             UnusableReason::Exhausted => wit::UnusableReason::Exhausted,

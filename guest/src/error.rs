@@ -75,6 +75,9 @@ pub enum Alert {
     /// record_overflow (22).
     #[error("record_overflow")]
     RecordOverflow,
+    /// illegal_parameter (47).
+    #[error("illegal_parameter")]
+    IllegalParameter,
     /// decode_error (50).
     #[error("decode_error")]
     DecodeError,
@@ -87,6 +90,7 @@ impl Alert {
             Self::UnexpectedMessage => 10,
             Self::BadRecordMac => 20,
             Self::RecordOverflow => 22,
+            Self::IllegalParameter => 47,
             Self::DecodeError => 50,
         }
     }

@@ -78,6 +78,18 @@ impl Instance {
     }
 }
 
+impl Instance {
+    /// Records a key's final position from its state snapshot, for a key
+    /// whose handle is already gone.
+    pub fn release_state(&mut self, state: crate::record::TrafficKeyState) {
+        self.registry.release(
+            state.connection_id,
+            state.direction,
+            Position { generation: state.generation, sequence: state.sequence },
+        );
+    }
+}
+
 fn position(key: &TrafficKey) -> Position {
     Position {
         generation: key.generation,

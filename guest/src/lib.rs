@@ -18,8 +18,10 @@
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
+pub mod app;
 pub mod blob;
 pub mod cipher;
+pub mod connection;
 pub mod error;
 pub mod instance;
 pub mod key_service;
@@ -30,12 +32,12 @@ pub mod registry;
 pub mod selfcheck;
 pub mod suite;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "reference-component"))]
 mod component;
 
 /// Generated WIT bindings. The world is chosen by the `host-keys` feature;
 /// both export the same interfaces, so one glue module serves both.
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "reference-component"))]
 #[allow(
     missing_docs,
     unreachable_pub,

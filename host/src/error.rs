@@ -42,6 +42,13 @@ pub enum Error {
     /// The handshake engine could not hand over its keys.
     #[error("key export from the TLS stack failed: {0}")]
     Export(&'static str),
+    /// A certificate, key or option could not be used; the text names the
+    /// file or option, never key bytes.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The handshake failed; the text says how (never with key bytes).
+    #[error("handshake: {0}")]
+    Handshake(String),
     /// rustls refused an operation.
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),

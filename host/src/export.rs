@@ -125,6 +125,20 @@ pub fn dangerous_export_keys(
         }
     }
     let secrets = connection.dangerous_extract_secrets()?;
+    let mut keys = keys_from_secrets(side, version, secrets, log, connection_id)?;
+    keys.open.buffered_plaintext = plaintext;
+    Ok(keys)
+}
+
+/// Builds both directions' material from rustls's extracted secrets and the
+/// logged TLS 1.3 traffic secrets, checking that they agree.
+pub(crate) fn keys_from_secrets(
+    side: Side,
+    version: ProtocolVersion,
+    secrets: rustls::ExtractedSecrets,
+    log: &SecretLog,
+    connection_id: u64,
+) -> Result<ConnectionKeys> {
     let (tx_seq, tx) = secrets.tx;
     let (rx_seq, rx) = secrets.rx;
     let (seal_secret, open_secret) = match version {
@@ -134,41 +148,16 @@ pub fn dangerous_export_keys(
                 Side::Server => (Side::Server, Side::Client),
             };
             (
-                log.take(ours).ok_or(Error::Export(
-                    "TLS 1.3 traffic secret not logged; install the SecretLog",
-                ))?,
-                log.take(theirs).ok_or(Error::Export(
-                    "TLS 1.3 traffic secret not logged; install the SecretLog",
-                ))?,
+                log.take(ours).ok_or(Error::Export("TLS 1.3 traffic secret not logged; install the SecretLog"))?,
+                log.take(theirs).ok_or(Error::Export("TLS 1.3 traffic secret not logged; install the SecretLog"))?,
             )
         }
         ProtocolVersion::Tls12 => (Zeroizing::new(Vec::new()), Zeroizing::new(Vec::new())),
     };
-    let mut seal = material(
-        version,
-        Direction::Seal,
-        &tx,
-        tx_seq,
-        &seal_secret,
-        connection_id,
-    )?;
-    let mut open = material(
-        version,
-        Direction::Open,
-        &rx,
-        rx_seq,
-        &open_secret,
-        connection_id,
-    )?;
-    open.buffered_plaintext = plaintext;
-    seal.buffered_plaintext = Zeroizing::new(Vec::new());
+    let seal = material(version, Direction::Seal, &tx, tx_seq, &seal_secret, connection_id)?;
+    let open = material(version, Direction::Open, &rx, rx_seq, &open_secret, connection_id)?;
     let aead = seal.aead;
-    Ok(ConnectionKeys {
-        seal,
-        open,
-        version,
-        aead,
-    })
+    Ok(ConnectionKeys { seal, open, version, aead })
 }
 
 fn material(

@@ -15,8 +15,8 @@ use wasmtime::component::ResourceAny;
 
 use crate::bindings::DataplaneHostKeys;
 use crate::bindings::exports::keyferry::dataplane::types as wit;
-use crate::error::{Error, Result, TrapKind};
-use crate::sandbox::{EPOCH_TICK, ExecutionBound, StoreState};
+use crate::error::{Error, Result};
+use crate::sandbox::{ExecutionBound, Sandboxed, StoreState};
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
@@ -27,6 +27,19 @@ pub struct ExchangeKey {
     pub id: [u8; 16],
     /// X25519 public key.
     pub public_key: [u8; PUBLIC_KEY_LEN],
+}
+
+impl ExchangeKey {
+    /// Checks what a guest reported: the length, and that the id is the
+    /// key's own.
+    pub(crate) fn checked(id: &[u8], public_key: &[u8]) -> Result<Self> {
+        let public_key: [u8; PUBLIC_KEY_LEN] =
+            public_key.try_into().map_err(|_| Error::InvalidGuestResult("exchange key length"))?;
+        if id != blob::key_id(&public_key) {
+            return Err(Error::InvalidGuestResult("exchange key id does not match the key"));
+        }
+        Ok(Self { id: blob::key_id(&public_key), public_key })
+    }
 }
 
 /// An imported traffic key, owned by one guest instance. Not `Clone`:
@@ -80,44 +93,9 @@ pub struct TrafficKeyState {
 
 /// A running guest: its store, its bindings and its exchange key.
 pub struct GuestInstance {
-    store: Store<StoreState>,
-    bindings: DataplaneHostKeys,
+    sandbox: Sandboxed<DataplaneHostKeys>,
     exchange: ExchangeKey,
-    bound: ExecutionBound,
-    poisoned: bool,
     id: u64,
-}
-
-/// Arms the execution bound for the next call.
-pub(crate) fn arm(store: &mut Store<StoreState>, bound: ExecutionBound) -> Result<()> {
-    match bound {
-        ExecutionBound::Fuel(fuel) => store
-            .set_fuel(fuel)
-            .map_err(|e| Error::Engine(format!("{e:#}"))),
-        ExecutionBound::Deadline(limit) => {
-            let ticks = (limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
-            store.set_epoch_deadline(ticks);
-            Ok(())
-        }
-    }
-}
-
-/// Maps a wasmtime failure to why the guest stopped.
-pub(crate) fn classify(e: wasmtime::Error) -> Error {
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        return Error::Trap(match trap {
-            wasmtime::Trap::OutOfFuel => TrapKind::OutOfFuel,
-            wasmtime::Trap::Interrupt => TrapKind::Deadline,
-            wasmtime::Trap::CannotEnterComponent => return Error::Poisoned,
-            _ => TrapKind::Other,
-        });
-    }
-    let text = format!("{e:#}");
-    if text.contains("growing memory") || text.contains("resource limit") || text.contains("limit")
-    {
-        return Error::Trap(TrapKind::ResourceLimit);
-    }
-    Error::Trap(TrapKind::Other)
 }
 
 impl GuestInstance {
@@ -126,34 +104,14 @@ impl GuestInstance {
         bindings: DataplaneHostKeys,
         bound: ExecutionBound,
     ) -> Result<Self> {
-        let mut instance = Self {
-            store,
-            bindings,
-            exchange: ExchangeKey {
-                id: [0; 16],
-                public_key: [0; PUBLIC_KEY_LEN],
-            },
-            bound,
-            poisoned: false,
+        let mut sandbox = Sandboxed::new(store, bindings, bound);
+        let key = sandbox.call(|s, b| b.keyferry_dataplane_keys().call_instance_exchange_key(s))?;
+        let exchange = ExchangeKey::checked(&key.id, &key.public_key)?;
+        Ok(Self {
+            sandbox,
+            exchange,
             id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
-        };
-        let key =
-            instance.call(|s, b| b.keyferry_dataplane_keys().call_instance_exchange_key(s))?;
-        let public_key: [u8; PUBLIC_KEY_LEN] = key
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::InvalidGuestResult("exchange key length"))?;
-        if key.id != blob::key_id(&public_key) {
-            return Err(Error::InvalidGuestResult(
-                "exchange key id does not match the key",
-            ));
-        }
-        instance.exchange = ExchangeKey {
-            id: blob::key_id(&public_key),
-            public_key,
-        };
-        Ok(instance)
+        })
     }
 
     /// This instance's exchange key.
@@ -163,7 +121,7 @@ impl GuestInstance {
 
     /// Whether an earlier trap has made this instance unusable.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+        self.sandbox.is_poisoned()
     }
 
     /// Seals traffic-key material to this instance (host side of the
@@ -182,17 +140,7 @@ impl GuestInstance {
         &mut self,
         f: impl FnOnce(&mut Store<StoreState>, &DataplaneHostKeys) -> wasmtime::Result<R>,
     ) -> Result<R> {
-        if self.poisoned {
-            return Err(Error::Poisoned);
-        }
-        arm(&mut self.store, self.bound)?;
-        match f(&mut self.store, &self.bindings) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                self.poisoned = true;
-                Err(classify(e))
-            }
-        }
+        self.sandbox.call(f)
     }
 
     fn own(&self, resource: ResourceAny) -> TrafficKeyHandle {
@@ -550,6 +498,7 @@ fn from_wit(e: wit::Error) -> Error {
             wit::Alert::UnexpectedMessage => Alert::UnexpectedMessage,
             wit::Alert::BadRecordMac => Alert::BadRecordMac,
             wit::Alert::RecordOverflow => Alert::RecordOverflow,
+            wit::Alert::IllegalParameter => Alert::IllegalParameter,
             wit::Alert::DecodeError => Alert::DecodeError,
         }),
         wit::Error::Unusable(u) => G::Unusable(match u {

@@ -14,11 +14,16 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
+pub mod app;
+pub mod bench;
 pub mod error;
 pub mod export;
 pub mod guest;
+pub mod handshake;
 pub mod keystore;
 pub mod sandbox;
+pub mod tls;
+mod x509;
 
 /// Generated wasmtime bindings for the `keyferry:dataplane` worlds.
 #[allow(
@@ -30,6 +35,14 @@ pub mod sandbox;
 #[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
 pub mod bindings {
     include!("bindings.rs");
+}
+
+/// Generated wasmtime bindings for the `application-plugin` world: what
+/// `serve` drives, in the reference component and in plugins alike.
+#[allow(missing_docs, unreachable_pub, unused_qualifications, reason = "generated code")]
+#[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
+pub mod app_bindings {
+    include!("app_bindings.rs");
 }
 
 mod artifacts {

@@ -18,8 +18,9 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::keyferry::dataplane::key_service;
+use crate::app_bindings::{ApplicationPlugin, ApplicationPluginPre};
 use crate::bindings::{DataplaneHostKeys, DataplaneHostKeysPre};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TrapKind};
 use crate::guest::GuestInstance;
 use crate::keystore::HostKeyStore;
 
@@ -283,16 +284,17 @@ impl GuestEngine {
     }
 
     fn prepare(&self, component: Component) -> Result<GuestComponent> {
-        let pre = self
-            .shared
-            .linker
-            .instantiate_pre(&component)
-            .map_err(engine_error)?;
-        let pre = DataplaneHostKeysPre::new(pre).map_err(engine_error)?;
-        Ok(GuestComponent {
-            engine: self.clone(),
-            pre,
-        })
+        let pre = self.shared.linker.instantiate_pre(&component).map_err(engine_error)?;
+        // A component may export the whole data plane (the reference one
+        // does), or only the application interface (a plugin).
+        let full = DataplaneHostKeysPre::new(pre.clone()).ok();
+        let app = ApplicationPluginPre::new(pre).ok();
+        if full.is_none() && app.is_none() {
+            return Err(Error::Engine(
+                "the component exports neither keyferry:dataplane/keys nor keyferry:dataplane/application".into(),
+            ));
+        }
+        Ok(GuestComponent { engine: self.clone(), full, app })
     }
 
     pub(crate) fn new_store(&self) -> Store<StoreState> {
@@ -319,20 +321,39 @@ impl GuestEngine {
 #[derive(Clone)]
 pub struct GuestComponent {
     engine: GuestEngine,
-    pre: DataplaneHostKeysPre<StoreState>,
+    full: Option<DataplaneHostKeysPre<StoreState>>,
+    app: Option<ApplicationPluginPre<StoreState>>,
 }
 
 impl GuestComponent {
     /// A fresh instance in its own store: its own memory, its own exchange
     /// key, its own registry of imported blobs. A trap poisons only it.
     pub fn instantiate(&self) -> Result<GuestInstance> {
+        let pre = self.full.as_ref().ok_or_else(|| {
+            Error::Engine("the component does not export keyferry:dataplane/keys (it is an application plugin)".into())
+        })?;
         let mut store = self.engine.new_store();
-        crate::guest::arm(&mut store, self.engine.shared.config.execution)?;
-        let bindings: DataplaneHostKeys = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(crate::guest::classify)?;
+        arm(&mut store, self.engine.shared.config.execution)?;
+        let bindings: DataplaneHostKeys = pre.instantiate(&mut store).map_err(classify)?;
         GuestInstance::new(store, bindings, self.engine.shared.config.execution)
+    }
+
+    /// A fresh instance driven through the `application` interface only:
+    /// what `serve` uses, for the reference component and plugins alike.
+    pub fn instantiate_application(&self) -> Result<crate::app::AppInstance> {
+        let pre = self
+            .app
+            .as_ref()
+            .ok_or_else(|| Error::Engine("the component does not export keyferry:dataplane/application".into()))?;
+        let mut store = self.engine.new_store();
+        arm(&mut store, self.engine.shared.config.execution)?;
+        let bindings: ApplicationPlugin = pre.instantiate(&mut store).map_err(classify)?;
+        crate::app::AppInstance::new(store, bindings, self.engine.shared.config.execution)
+    }
+
+    /// Whether the component exports the whole data plane (keys, records).
+    pub fn has_keys_interface(&self) -> bool {
+        self.full.is_some()
     }
 
     /// The engine this component belongs to.
@@ -343,4 +364,71 @@ impl GuestComponent {
 
 fn engine_error(e: wasmtime::Error) -> Error {
     Error::Engine(format!("{e:#}"))
+}
+
+/// Arms the execution bound for the next call.
+pub(crate) fn arm(store: &mut Store<StoreState>, bound: ExecutionBound) -> Result<()> {
+    match bound {
+        ExecutionBound::Fuel(fuel) => store
+            .set_fuel(fuel)
+            .map_err(|e| Error::Engine(format!("{e:#}"))),
+        ExecutionBound::Deadline(limit) => {
+            let ticks = (limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+            store.set_epoch_deadline(ticks);
+            Ok(())
+        }
+    }
+}
+
+/// Maps a wasmtime failure to why the guest stopped.
+pub(crate) fn classify(e: wasmtime::Error) -> Error {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return Error::Trap(match trap {
+            wasmtime::Trap::OutOfFuel => TrapKind::OutOfFuel,
+            wasmtime::Trap::Interrupt => TrapKind::Deadline,
+            wasmtime::Trap::CannotEnterComponent => return Error::Poisoned,
+            _ => TrapKind::Other,
+        });
+    }
+    let text = format!("{e:#}");
+    if text.contains("growing memory") || text.contains("resource limit") || text.contains("limit")
+    {
+        return Error::Trap(TrapKind::ResourceLimit);
+    }
+    Error::Trap(TrapKind::Other)
+}
+
+/// A guest store and its bindings, with the execution bound armed before
+/// every call and poisoning after a trap.
+pub(crate) struct Sandboxed<B> {
+    store: Store<StoreState>,
+    bindings: B,
+    bound: ExecutionBound,
+    poisoned: bool,
+}
+
+impl<B> Sandboxed<B> {
+    pub(crate) fn new(store: Store<StoreState>, bindings: B, bound: ExecutionBound) -> Self {
+        Self { store, bindings, bound, poisoned: false }
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Calls into the guest. Any wasmtime error poisons the store: only a
+    /// new instance works again.
+    pub(crate) fn call<R>(&mut self, f: impl FnOnce(&mut Store<StoreState>, &B) -> wasmtime::Result<R>) -> Result<R> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        arm(&mut self.store, self.bound)?;
+        match f(&mut self.store, &self.bindings) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.poisoned = true;
+                Err(classify(e))
+            }
+        }
+    }
 }

@@ -1,0 +1,490 @@
+//! A TLS connection's data plane: a byte stream of ciphertext in, plaintext
+//! out, and the post-handshake protocol (alerts, close_notify, KeyUpdate)
+//! handled here, inside the sandbox.
+//!
+//! Input may arrive in any split, one byte at a time included: records are
+//! reassembled from a buffer, and handshake messages from records. Messages
+//! this layer does not own (NewSessionTicket, CertificateRequest) go to the
+//! host as events; none is dropped.
+
+use zeroize::Zeroizing;
+
+use crate::error::{Alert, Error, Result};
+use crate::record::{HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT, TrafficKey};
+use crate::suite::{ContentType, Direction, ProtocolVersion};
+
+/// Handshake message types this layer looks at (RFC 8446 section 4).
+const HELLO_REQUEST: u8 = 0;
+const NEW_SESSION_TICKET: u8 = 4;
+const CERTIFICATE_REQUEST: u8 = 13;
+const KEY_UPDATE: u8 = 24;
+/// Alert descriptions this layer sends or recognizes.
+const CLOSE_NOTIFY: u8 = 0;
+const USER_CANCELED: u8 = 90;
+const NO_RENEGOTIATION: u8 = 100;
+/// The largest post-handshake message we reassemble (a NewSessionTicket
+/// with a large ticket and extensions fits easily).
+const MAX_HANDSHAKE_MESSAGE: usize = 64 * 1024;
+/// KeyUpdate requests tolerated without application data in between, as
+/// rustls does, so a peer cannot keep us re-keying forever.
+const MAX_KEY_UPDATE_REQUESTS: u32 = 32;
+
+/// Which side of the handshake this connection was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The TLS client.
+    Client,
+    /// The TLS server.
+    Server,
+}
+
+/// Non-secret facts of the handshake, for the application in the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// Client or server.
+    pub role: Role,
+    /// Protocol version.
+    pub version: ProtocolVersion,
+    /// IANA suite name.
+    pub suite: String,
+    /// SNI the client sent.
+    pub server_name: Option<String>,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// The peer certificate's subject, if the peer sent one.
+    pub peer_subject: Option<String>,
+    /// The connection id the keys carry.
+    pub connection_id: u64,
+}
+
+/// A post-handshake message for the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A NewSessionTicket, whole message (type and length included): the
+    /// host's client can resume with it.
+    NewSessionTicket(Vec<u8>),
+    /// A post-handshake CertificateRequest, whole message.
+    CertificateRequest(Vec<u8>),
+}
+
+/// How the connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The peer sent close_notify: a clean end of its data.
+    CloseNotify,
+    /// The peer sent a fatal alert with this description.
+    PeerAlert(u8),
+    /// We found a protocol error, sent this alert and closed.
+    LocalAlert(Alert),
+    /// The transport ended without close_notify: the data may be cut short.
+    Truncated,
+}
+
+/// What one step produced.
+#[derive(Default)]
+pub struct Output {
+    /// Ciphertext to send to the peer (KeyUpdate answers, alerts).
+    pub to_send: Vec<u8>,
+    /// Application plaintext, in order.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// Post-handshake messages for the host.
+    pub events: Vec<Event>,
+    /// Set once the peer's side is over.
+    pub closed: Option<Closed>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadState {
+    Open,
+    Closed(Closed),
+}
+
+/// One connection's data plane: both traffic keys and the reassembly state.
+pub struct Connection {
+    seal: TrafficKey,
+    open: TrafficKey,
+    facts: Facts,
+    inbuf: Vec<u8>,
+    handshake: Vec<u8>,
+    read: ReadState,
+    write_closed: bool,
+    key_update_requests: u32,
+    started: bool,
+}
+
+impl Connection {
+    /// Pairs a seal key and an open key of the same connection.
+    pub fn new(seal: TrafficKey, open: TrafficKey, facts: Facts) -> Result<Self> {
+        if seal.direction != Direction::Seal
+            || open.direction != Direction::Open
+            || seal.connection_id != open.connection_id
+            || seal.version != open.version
+            || seal.version != facts.version
+        {
+            return Err(Error::WrongKeyType);
+        }
+        Ok(Self {
+            seal,
+            open,
+            facts,
+            inbuf: Vec::new(),
+            handshake: Vec::new(),
+            read: ReadState::Open,
+            write_closed: false,
+            key_update_requests: 0,
+            started: false,
+        })
+    }
+
+    /// The handshake facts.
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    /// Both keys, for their non-secret state.
+    pub fn keys(&self) -> (&TrafficKey, &TrafficKey) {
+        (&self.seal, &self.open)
+    }
+
+    /// Whether the peer's side is over, and how.
+    pub fn closed(&self) -> Option<Closed> {
+        match self.read {
+            ReadState::Open => None,
+            ReadState::Closed(c) => Some(c),
+        }
+    }
+
+    /// Delivers what the previous owner had already read at handoff:
+    /// decrypted plaintext first, then any ciphertext, exactly once.
+    pub fn start(&mut self) -> Output {
+        let mut out = Output::default();
+        if self.started {
+            return out;
+        }
+        self.started = true;
+        let (plaintext, ciphertext) = self.open.take_buffered();
+        out.plaintext.extend_from_slice(&plaintext);
+        self.inbuf.extend_from_slice(&ciphertext);
+        self.process(&mut out);
+        out
+    }
+
+    /// Takes ciphertext from the transport, in any split.
+    pub fn receive(&mut self, data: &[u8]) -> Output {
+        let mut out = self.start();
+        if self.read == ReadState::Open {
+            self.inbuf.extend_from_slice(data);
+            self.process(&mut out);
+        }
+        out
+    }
+
+    /// The transport reached EOF. Without a close_notify first, that is a
+    /// truncation, never a clean close.
+    pub fn end_of_stream(&mut self) -> Output {
+        let mut out = self.receive(&[]);
+        if self.read == ReadState::Open {
+            self.read = ReadState::Closed(Closed::Truncated);
+            out.closed = Some(Closed::Truncated);
+        }
+        out
+    }
+
+    /// Protects application data, split into records of at most 2^14 bytes.
+    pub fn send(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        if self.write_closed {
+            return Err(Error::InvalidArgument("connection already closed for writing"));
+        }
+        let mut out = Vec::with_capacity(plaintext.len() + plaintext.len() / MAX_PLAINTEXT * 40 + 40);
+        for chunk in plaintext.chunks(MAX_PLAINTEXT) {
+            out.extend(self.seal.seal(ContentType::ApplicationData, chunk, 0)?);
+        }
+        Ok(out)
+    }
+
+    /// Sends close_notify; no more data can be sent after it.
+    pub fn close(&mut self) -> Result<Vec<u8>> {
+        if self.write_closed {
+            return Ok(Vec::new());
+        }
+        self.write_closed = true;
+        self.seal.seal(ContentType::Alert, &[1, CLOSE_NOTIFY], 0)
+    }
+
+    /// Hands back both keys (for export to another instance). Ciphertext
+    /// still unprocessed travels in the open key's buffer; a half-received
+    /// handshake message cannot, so export waits for it to complete.
+    pub fn into_keys(mut self) -> Result<(TrafficKey, TrafficKey, Facts)> {
+        if !self.handshake.is_empty() {
+            return Err(Error::InvalidArgument("a handshake message is half received"));
+        }
+        if self.read != ReadState::Open || self.write_closed {
+            return Err(Error::InvalidArgument("connection is closing"));
+        }
+        let (plaintext, mut ciphertext) = self.open.take_buffered();
+        ciphertext.extend_from_slice(&self.inbuf);
+        self.open.buffered_plaintext = plaintext;
+        self.open.buffered_ciphertext = ciphertext;
+        Ok((self.seal, self.open, self.facts))
+    }
+
+    fn process(&mut self, out: &mut Output) {
+        while self.read == ReadState::Open {
+            match self.next_record(out) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    let alert = match e {
+                        Error::Alert(a) => a,
+                        _ => Alert::BadRecordMac,
+                    };
+                    self.fail(out, alert);
+                }
+            }
+        }
+    }
+
+    /// Sends a fatal alert and closes both directions.
+    fn fail(&mut self, out: &mut Output, alert: Alert) {
+        if !self.write_closed
+            && let Ok(record) = self.seal.seal(ContentType::Alert, &[2, alert.code()], 0)
+        {
+            out.to_send.extend(record);
+        }
+        self.write_closed = true;
+        self.inbuf.clear();
+        self.read = ReadState::Closed(Closed::LocalAlert(alert));
+        out.closed = Some(Closed::LocalAlert(alert));
+    }
+
+    /// Opens one whole record if the buffer holds one.
+    fn next_record(&mut self, out: &mut Output) -> Result<bool> {
+        if self.inbuf.len() < HEADER_LEN {
+            return Ok(false);
+        }
+        let len = u16::from_be_bytes([self.inbuf[3], self.inbuf[4]]) as usize;
+        if len > MAX_CIPHERTEXT {
+            // Refuse before waiting for a body that may never come.
+            return Err(Error::Alert(Alert::RecordOverflow));
+        }
+        if self.inbuf.len() < HEADER_LEN + len {
+            return Ok(false);
+        }
+        let rest = self.inbuf.split_off(HEADER_LEN + len);
+        let record = std::mem::replace(&mut self.inbuf, rest);
+        let (content_type, payload) = self.open.open(record)?;
+        match content_type {
+            ContentType::ApplicationData => {
+                if !self.handshake.is_empty() {
+                    // Handshake fragments may not interleave with other types.
+                    return Err(Error::Alert(Alert::UnexpectedMessage));
+                }
+                if !payload.is_empty() {
+                    self.key_update_requests = 0;
+                }
+                out.plaintext.extend_from_slice(&payload);
+                let mut payload = payload;
+                zeroize::Zeroize::zeroize(&mut payload);
+            }
+            ContentType::Alert => self.alert(&payload, out)?,
+            ContentType::Handshake => self.handshake_data(&payload, out)?,
+            ContentType::ChangeCipherSpec => return Err(Error::Alert(Alert::UnexpectedMessage)),
+        }
+        Ok(true)
+    }
+
+    fn alert(&mut self, payload: &[u8], out: &mut Output) -> Result<()> {
+        if payload.len() != 2 || !self.handshake.is_empty() {
+            return Err(Error::Alert(Alert::DecodeError));
+        }
+        let (level, description) = (payload[0], payload[1]);
+        match description {
+            CLOSE_NOTIFY => {
+                self.read = ReadState::Closed(Closed::CloseNotify);
+                out.closed = Some(Closed::CloseNotify);
+            }
+            // TLS 1.3 treats every other alert as fatal except
+            // user_canceled; TLS 1.2 lets warnings pass.
+            USER_CANCELED => {}
+            _ if level == 1 && self.open.version == ProtocolVersion::Tls12 => {}
+            d => {
+                self.write_closed = true;
+                self.read = ReadState::Closed(Closed::PeerAlert(d));
+                out.closed = Some(Closed::PeerAlert(d));
+            }
+        }
+        Ok(())
+    }
+
+    fn handshake_data(&mut self, payload: &[u8], out: &mut Output) -> Result<()> {
+        self.handshake.extend_from_slice(payload);
+        loop {
+            if self.handshake.len() < 4 {
+                return Ok(());
+            }
+            let len = u32::from_be_bytes([0, self.handshake[1], self.handshake[2], self.handshake[3]]) as usize;
+            if len > MAX_HANDSHAKE_MESSAGE {
+                return Err(Error::Alert(Alert::DecodeError));
+            }
+            if self.handshake.len() < 4 + len {
+                return Ok(());
+            }
+            let rest = self.handshake.split_off(4 + len);
+            let message = std::mem::replace(&mut self.handshake, rest);
+            self.handshake_message(message, out)?;
+        }
+    }
+
+    fn handshake_message(&mut self, message: Vec<u8>, out: &mut Output) -> Result<()> {
+        let tls13 = self.open.version == ProtocolVersion::Tls13;
+        match message[0] {
+            KEY_UPDATE if tls13 => {
+                if message.len() != 5 {
+                    return Err(Error::Alert(Alert::DecodeError));
+                }
+                // KeyUpdate must end its record: what follows is under the
+                // next key (RFC 8446 section 5.1).
+                if !self.handshake.is_empty() {
+                    return Err(Error::Alert(Alert::UnexpectedMessage));
+                }
+                let requested = match message[4] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Error::Alert(Alert::IllegalParameter)),
+                };
+                self.open.update()?;
+                if requested {
+                    self.key_update_requests += 1;
+                    if self.key_update_requests > MAX_KEY_UPDATE_REQUESTS {
+                        return Err(Error::Alert(Alert::UnexpectedMessage));
+                    }
+                    if !self.write_closed {
+                        out.to_send.extend(self.seal.send_key_update(false)?);
+                    }
+                }
+            }
+            NEW_SESSION_TICKET if tls13 && self.facts.role == Role::Client => {
+                out.events.push(Event::NewSessionTicket(message));
+            }
+            CERTIFICATE_REQUEST if tls13 && self.facts.role == Role::Client => {
+                out.events.push(Event::CertificateRequest(message));
+            }
+            HELLO_REQUEST if !tls13 && self.facts.role == Role::Client => {
+                // Renegotiation is not supported: decline with a warning,
+                // as RFC 5746 allows.
+                if !self.write_closed {
+                    out.to_send.extend(self.seal.seal(ContentType::Alert, &[1, NO_RENEGOTIATION], 0)?);
+                }
+            }
+            _ => return Err(Error::Alert(Alert::UnexpectedMessage)),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::TrafficKeyMaterial;
+    use crate::suite::AeadAlgorithm;
+
+    fn pair(aead: AeadAlgorithm, role_a: Role) -> (Connection, Connection) {
+        let key = |direction, secret: u8| {
+            let len = aead.tls13_hash().output_len();
+            let m = TrafficKeyMaterial::from_tls13_secret(aead, direction, &vec![secret; len], 0, 1).unwrap();
+            TrafficKey::from_material(m, None).unwrap()
+        };
+        let facts = |role| Facts {
+            role,
+            version: ProtocolVersion::Tls13,
+            suite: "test".into(),
+            server_name: None,
+            alpn: None,
+            peer_subject: None,
+            connection_id: 1,
+        };
+        let other = if role_a == Role::Client { Role::Server } else { Role::Client };
+        let a = Connection::new(key(Direction::Seal, 1), key(Direction::Open, 2), facts(role_a)).unwrap();
+        let b = Connection::new(key(Direction::Seal, 2), key(Direction::Open, 1), facts(other)).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn any_split_gives_the_same_bytes() {
+        let (mut a, mut b) = pair(AeadAlgorithm::ChaCha20Poly1305, Role::Client);
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
+        let wire = a.send(&data).unwrap();
+        let mut got = Vec::new();
+        // One byte at a time, then growing chunks.
+        let (head, tail) = wire.split_at(3000);
+        for byte in head {
+            got.extend_from_slice(&b.receive(std::slice::from_ref(byte)).plaintext);
+        }
+        let mut rest = tail;
+        let mut n = 1;
+        while !rest.is_empty() {
+            let take = n.min(rest.len());
+            got.extend_from_slice(&b.receive(&rest[..take]).plaintext);
+            rest = &rest[take..];
+            n = n * 3 + 1;
+        }
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn key_update_request_is_answered() {
+        let (mut a, mut b) = pair(AeadAlgorithm::Aes128Gcm, Role::Client);
+        let update = a.seal.send_key_update(true).unwrap();
+        let out = b.receive(&update);
+        assert!(!out.to_send.is_empty(), "b answers the request");
+        let out_a = a.receive(&out.to_send);
+        assert!(out_a.to_send.is_empty(), "an answer is not answered");
+        assert_eq!(a.open.state().generation, 1);
+        assert_eq!(b.seal.state().generation, 1);
+        let wire = b.send(b"after").unwrap();
+        assert_eq!(&a.receive(&wire).plaintext[..], b"after");
+    }
+
+    #[test]
+    fn close_notify_and_truncation() {
+        let (mut a, mut b) = pair(AeadAlgorithm::ChaCha20Poly1305, Role::Server);
+        let wire = [a.send(b"bye").unwrap(), a.close().unwrap()].concat();
+        let out = b.receive(&wire);
+        assert_eq!(&out.plaintext[..], b"bye");
+        assert_eq!(out.closed, Some(Closed::CloseNotify));
+        assert!(a.send(b"more").is_err());
+        let (_, mut c) = pair(AeadAlgorithm::ChaCha20Poly1305, Role::Server);
+        assert_eq!(c.end_of_stream().closed, Some(Closed::Truncated));
+    }
+
+    #[test]
+    fn tickets_become_events_even_when_fragmented() {
+        let (mut server, mut client) = pair(AeadAlgorithm::Aes256Gcm, Role::Server);
+        let mut ticket = vec![NEW_SESSION_TICKET, 0, 0, 40];
+        ticket.extend([7u8; 40]);
+        let first = server.seal.seal(ContentType::Handshake, &ticket[..10], 0).unwrap();
+        let second = server.seal.seal(ContentType::Handshake, &ticket[10..], 0).unwrap();
+        assert!(client.receive(&first).events.is_empty());
+        assert_eq!(client.receive(&second).events, vec![Event::NewSessionTicket(ticket)]);
+    }
+
+    #[test]
+    fn a_tampered_record_sends_bad_record_mac_and_closes() {
+        let (mut a, mut b) = pair(AeadAlgorithm::Aes128Gcm, Role::Client);
+        let mut wire = a.send(b"x").unwrap();
+        let n = wire.len();
+        wire[n - 1] ^= 1;
+        let out = b.receive(&wire);
+        assert_eq!(out.closed, Some(Closed::LocalAlert(Alert::BadRecordMac)));
+        let alert = a.receive(&out.to_send);
+        assert_eq!(alert.closed, Some(Closed::PeerAlert(20)));
+        assert!(b.send(b"no").is_err());
+    }
+
+    #[test]
+    fn oversize_record_header_is_refused_at_once() {
+        let (_, mut b) = pair(AeadAlgorithm::Aes128Gcm, Role::Client);
+        let out = b.receive(&[23, 3, 3, 0x48, 0x01]);
+        assert_eq!(out.closed, Some(Closed::LocalAlert(Alert::RecordOverflow)));
+    }
+}

@@ -1,0 +1,334 @@
+//! Side-by-side throughput measurements, in one run, so the ratios are
+//! meaningful on a noisy machine: the guest against the same RustCrypto
+//! record layer compiled natively, and against rustls's own record layer
+//! (ring). Used by `cargo bench` and `keyferry bench`.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyferry_guest::record::{TrafficKey, TrafficKeyMaterial};
+use keyferry_guest::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, Connection, ServerConnection};
+
+use crate::error::{Error, Result};
+use crate::guest::GuestInstance;
+use crate::sandbox::{GuestComponent, GuestEngine};
+use crate::tls::{self, Identity, ServerVerification, TlsOptions};
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    /// Records per measurement.
+    pub records: usize,
+    /// Measurements per variant; the median is reported.
+    pub rounds: usize,
+    /// Plaintext bytes per record (at most 2^14).
+    pub record_size: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self { records: 256, rounds: 5, record_size: 16384 }
+    }
+}
+
+/// Throughput of one variant, MB/s (10^6 bytes of plaintext per second).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Throughput {
+    /// Sealing.
+    pub seal: f64,
+    /// Opening.
+    pub open: f64,
+}
+
+/// One suite's results.
+#[derive(Clone, Debug)]
+pub struct SuiteResult {
+    /// Suite name.
+    pub suite: &'static str,
+    /// The guest with the key in its memory.
+    pub guest: Throughput,
+    /// The guest with a host-resident key (AEAD in the host).
+    pub guest_host_key: Throughput,
+    /// The same record layer and RustCrypto crates, native.
+    pub native: Throughput,
+    /// rustls's record layer with its ring provider.
+    pub rustls: Throughput,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// What was measured.
+    pub options: BenchOptions,
+    /// Per suite.
+    pub suites: Vec<SuiteResult>,
+    /// One host-to-guest call that does no work (`state`), nanoseconds.
+    pub call_overhead_ns: f64,
+}
+
+const SUITES: [(&str, ProtocolVersion, AeadAlgorithm); 6] = [
+    ("TLS13_AES_128_GCM_SHA256", ProtocolVersion::Tls13, AeadAlgorithm::Aes128Gcm),
+    ("TLS13_AES_256_GCM_SHA384", ProtocolVersion::Tls13, AeadAlgorithm::Aes256Gcm),
+    ("TLS13_CHACHA20_POLY1305_SHA256", ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305),
+    ("TLS12_ECDHE_AES_128_GCM_SHA256", ProtocolVersion::Tls12, AeadAlgorithm::Aes128Gcm),
+    ("TLS12_ECDHE_AES_256_GCM_SHA384", ProtocolVersion::Tls12, AeadAlgorithm::Aes256Gcm),
+    ("TLS12_ECDHE_CHACHA20_POLY1305_SHA256", ProtocolVersion::Tls12, AeadAlgorithm::ChaCha20Poly1305),
+];
+
+/// Runs every measurement with the engine's reference components.
+pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
+    if options.record_size == 0 || options.record_size > keyferry_guest::record::MAX_PLAINTEXT {
+        return Err(Error::Config("record size must be 1..=16384".into()));
+    }
+    let plain = engine.reference_component()?;
+    let host_keys = engine.reference_component_with_host_keys()?;
+    let payload = vec![0xa5u8; options.record_size];
+    let mut suites = Vec::new();
+    let mut connection_id = 1u64 << 40;
+    for (name, version, aead) in SUITES {
+        let mut guest = Vec::new();
+        let mut guest_hk = Vec::new();
+        let mut native = Vec::new();
+        let mut rustls_t = Vec::new();
+        for _ in 0..options.rounds {
+            connection_id += 2;
+            guest.push(measure_guest(&plain, None, version, aead, &payload, options.records, connection_id)?);
+            native.push(measure_native(version, aead, &payload, options.records, connection_id)?);
+            let store = Some(engine.key_store().as_ref());
+            guest_hk.push(measure_guest(&host_keys, store, version, aead, &payload, options.records, connection_id + 1)?);
+            rustls_t.push(measure_rustls(name, version, aead, &payload, options.records)?);
+        }
+        suites.push(SuiteResult {
+            suite: name,
+            guest: median(&guest),
+            guest_host_key: median(&guest_hk),
+            native: median(&native),
+            rustls: median(&rustls_t),
+        });
+    }
+    let call_overhead_ns = measure_call_overhead(&plain)?;
+    Ok(Report { options, suites, call_overhead_ns })
+}
+
+fn material(version: ProtocolVersion, aead: AeadAlgorithm, direction: Direction, connection_id: u64) -> TrafficKeyMaterial {
+    match version {
+        ProtocolVersion::Tls13 => {
+            TrafficKeyMaterial::from_tls13_secret(aead, direction, &vec![0x3c; aead.tls13_hash().output_len()], 0, connection_id)
+                .expect("derivation of a fixed secret")
+        }
+        ProtocolVersion::Tls12 => {
+            TrafficKeyMaterial::new(version, aead, direction, &vec![0x3c; aead.key_len()], &[0x5a; 12], &[], 0, connection_id)
+        }
+    }
+}
+
+fn mbps(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
+}
+
+fn median(samples: &[Throughput]) -> Throughput {
+    let pick = |f: fn(&Throughput) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    Throughput { seal: pick(|t| t.seal), open: pick(|t| t.open) }
+}
+
+fn measure_guest(
+    component: &GuestComponent,
+    store: Option<&crate::keystore::HostKeyStore>,
+    version: ProtocolVersion,
+    aead: AeadAlgorithm,
+    payload: &[u8],
+    records: usize,
+    connection_id: u64,
+) -> Result<Throughput> {
+    let mut g = component.instantiate()?;
+    let mut seal_m = material(version, aead, Direction::Seal, connection_id);
+    let mut open_m = material(version, aead, Direction::Open, connection_id);
+    if let Some(store) = store {
+        seal_m = store.insert(seal_m)?;
+        open_m = store.insert(open_m)?;
+    }
+    let seal = g.import_traffic_key(&g.seal_traffic_key(&seal_m)?)?;
+    let open = g.import_traffic_key(&g.seal_traffic_key(&open_m)?)?;
+    let start = Instant::now();
+    let mut wire = Vec::with_capacity(records);
+    for _ in 0..records {
+        wire.push(g.seal(&seal, ContentType::ApplicationData, payload, 0)?);
+    }
+    let seal_time = start.elapsed();
+    let start = Instant::now();
+    for record in &wire {
+        let (_, got) = g.open(&open, record)?;
+        if got.len() != payload.len() {
+            return Err(Error::InvalidGuestResult("benchmark round trip"));
+        }
+    }
+    let open_time = start.elapsed();
+    if let (Some(store), Some(s), Some(o)) = (store, seal_m.host_key_ref, open_m.host_key_ref) {
+        store.remove(s);
+        store.remove(o);
+    }
+    Ok(Throughput { seal: mbps(payload.len() * records, seal_time), open: mbps(payload.len() * records, open_time) })
+}
+
+fn measure_native(
+    version: ProtocolVersion,
+    aead: AeadAlgorithm,
+    payload: &[u8],
+    records: usize,
+    connection_id: u64,
+) -> Result<Throughput> {
+    let mut seal = TrafficKey::from_material(material(version, aead, Direction::Seal, connection_id), None)?;
+    let mut open = TrafficKey::from_material(material(version, aead, Direction::Open, connection_id), None)?;
+    let start = Instant::now();
+    let mut wire = Vec::with_capacity(records);
+    for _ in 0..records {
+        wire.push(seal.seal(ContentType::ApplicationData, payload, 0)?);
+    }
+    let seal_time = start.elapsed();
+    let start = Instant::now();
+    for record in wire {
+        let (_, got) = open.open(record)?;
+        std::hint::black_box(got);
+    }
+    let open_time = start.elapsed();
+    Ok(Throughput { seal: mbps(payload.len() * records, seal_time), open: mbps(payload.len() * records, open_time) })
+}
+
+fn rustls_pair(name: &str, version: ProtocolVersion, aead: AeadAlgorithm) -> Result<(Connection, Connection)> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let suite = match (version, aead) {
+        (ProtocolVersion::Tls13, AeadAlgorithm::Aes128Gcm) => cs::TLS13_AES_128_GCM_SHA256,
+        (ProtocolVersion::Tls13, AeadAlgorithm::Aes256Gcm) => cs::TLS13_AES_256_GCM_SHA384,
+        (ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305) => cs::TLS13_CHACHA20_POLY1305_SHA256,
+        (ProtocolVersion::Tls12, AeadAlgorithm::Aes128Gcm) => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        (ProtocolVersion::Tls12, AeadAlgorithm::Aes256Gcm) => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        (ProtocolVersion::Tls12, AeadAlgorithm::ChaCha20Poly1305) => cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    };
+    let v = match version {
+        ProtocolVersion::Tls13 => &rustls::version::TLS13,
+        ProtocolVersion::Tls12 => &rustls::version::TLS12,
+    };
+    let options = TlsOptions::default().with_versions(&[v]).with_suites(&[suite]);
+    let identity = Identity::self_signed(&["localhost".into()])?;
+    let server = Arc::new(tls::server_config(&identity, &options, None)?);
+    let client = Arc::new(tls::client_config(ServerVerification::DangerousNone, &options)?);
+    let mut c: Connection = ClientConnection::new(client, ServerName::try_from("localhost").expect("valid name"))?.into();
+    let mut s: Connection = ServerConnection::new(server)?.into();
+    c.set_buffer_limit(None);
+    s.set_buffer_limit(None);
+    while c.is_handshaking() || s.is_handshaking() || c.wants_write() || s.wants_write() {
+        pump(&mut c, &mut s)?;
+        pump(&mut s, &mut c)?;
+    }
+    if c.negotiated_cipher_suite() != Some(suite) {
+        return Err(Error::Config(format!("rustls did not negotiate {name}")));
+    }
+    Ok((c, s))
+}
+
+fn pump(from: &mut Connection, to: &mut Connection) -> Result<()> {
+    let mut buf = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut buf).map_err(|_| Error::Export("benchmark transport"))?;
+    }
+    let mut rest = &buf[..];
+    while !rest.is_empty() {
+        to.read_tls(&mut rest).map_err(|_| Error::Export("benchmark transport"))?;
+        to.process_new_packets()?;
+    }
+    Ok(())
+}
+
+fn measure_rustls(
+    name: &str,
+    version: ProtocolVersion,
+    aead: AeadAlgorithm,
+    payload: &[u8],
+    records: usize,
+) -> Result<Throughput> {
+    let (mut client, mut server) = rustls_pair(name, version, aead)?;
+    let io = |_| Error::Export("benchmark transport");
+    let start = Instant::now();
+    let mut wire = Vec::with_capacity(records);
+    for _ in 0..records {
+        client.writer().write_all(payload).map_err(io)?;
+        let mut out = Vec::with_capacity(payload.len() + 64);
+        while client.wants_write() {
+            client.write_tls(&mut out).map_err(io)?;
+        }
+        wire.push(out);
+    }
+    let seal_time = start.elapsed();
+    let mut sink = vec![0u8; payload.len()];
+    let start = Instant::now();
+    for record in &wire {
+        let mut rest = &record[..];
+        while !rest.is_empty() {
+            server.read_tls(&mut rest).map_err(io)?;
+            server.process_new_packets()?;
+        }
+        server.reader().read_exact(&mut sink).map_err(io)?;
+    }
+    let open_time = start.elapsed();
+    Ok(Throughput { seal: mbps(payload.len() * records, seal_time), open: mbps(payload.len() * records, open_time) })
+}
+
+fn measure_call_overhead(component: &GuestComponent) -> Result<f64> {
+    let mut g: GuestInstance = component.instantiate()?;
+    let m = material(ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305, Direction::Seal, 99);
+    let key = g.import_traffic_key(&g.seal_traffic_key(&m)?)?;
+    for _ in 0..1000 {
+        g.state(&key)?;
+    }
+    let calls = 20_000;
+    let start = Instant::now();
+    for _ in 0..calls {
+        std::hint::black_box(g.state(&key)?);
+    }
+    Ok(start.elapsed().as_nanos() as f64 / calls as f64)
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "record seal/open throughput, {} B records, {} records x {} rounds (median), MB/s",
+            self.options.record_size, self.options.records, self.options.rounds
+        )?;
+        writeln!(
+            f,
+            "{:<38} {:>4} {:>9} {:>9} {:>9} {:>9} {:>13} {:>13}",
+            "suite", "op", "guest", "guest+hk", "native", "rustls", "guest/native", "guest/rustls"
+        )?;
+        for s in &self.suites {
+            for (op, g, hk, n, r) in [
+                ("seal", s.guest.seal, s.guest_host_key.seal, s.native.seal, s.rustls.seal),
+                ("open", s.guest.open, s.guest_host_key.open, s.native.open, s.rustls.open),
+            ] {
+                writeln!(
+                    f,
+                    "{:<38} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>13.2} {:>13.2}",
+                    s.suite,
+                    op,
+                    g,
+                    hk,
+                    n,
+                    r,
+                    g / n.max(1e-9),
+                    g / r.max(1e-9)
+                )?;
+            }
+        }
+        writeln!(f, "host-to-guest call (state(), no work): {:.0} ns", self.call_overhead_ns)?;
+        writeln!(f, "guest = software key in the sandbox; guest+hk = host-resident key (AEAD in the host via key-service);")?;
+        write!(f, "native = the guest's record layer and RustCrypto crates compiled natively; rustls = rustls 0.23 with ring")
+    }
+}

@@ -1,0 +1,362 @@
+//! The handshake in the trusted host, sans-IO, with nothing lost at handoff.
+//!
+//! rustls's unbuffered connection is shown exactly one whole TLS record at a
+//! time. When the handshake completes, every byte the peer sent after its
+//! last handshake record is therefore still in our buffer, untouched: it
+//! goes to the guest as buffered ciphertext. Application data rustls had to
+//! decrypt on the way (sent in the same flight as the peer's Finished) goes
+//! as buffered plaintext. Each reaches the guest exactly once.
+//!
+//! The keys leave rustls through `dangerous_into_kernel_connection`; a
+//! client keeps the kernel connection so NewSessionTickets that arrive
+//! later, through the guest, still feed resumption.
+
+use std::sync::{Arc, Mutex};
+
+use keyferry_guest::connection::{Facts, Role};
+use keyferry_guest::record::{HEADER_LEN, MAX_CIPHERTEXT};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::pki_types::ServerName;
+use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus};
+use rustls::{ClientConfig, HandshakeKind, ServerConfig, Side};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::export::{ConnectionKeys, SecretLog, keys_from_secrets};
+
+/// The most bytes a peer may send during the handshake before we stop
+/// buffering them (a handshake record is at most 2^14+256 bytes; a peer
+/// that sends far more before finishing is misbehaving).
+const MAX_HANDSHAKE_BUFFER: usize = 256 * 1024;
+
+enum Unbuffered {
+    Client(UnbufferedClientConnection),
+    Server(UnbufferedServerConnection),
+}
+
+/// Where the handshake stands after [`Handshake::advance`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Send [`Handshake::take_outgoing`], then feed more bytes.
+    NeedInput,
+    /// The handshake is complete: send the outgoing bytes, then
+    /// [`Handshake::finish`].
+    Complete,
+}
+
+/// A connection's keys and facts, ready for a guest.
+pub struct Handoff {
+    /// Both directions' key material, exact.
+    pub keys: ConnectionKeys,
+    /// Non-secret handshake facts for the guest.
+    pub facts: Facts,
+    /// For a client: the kernel connection that turns tickets arriving
+    /// through the guest into resumable sessions.
+    pub kernel: Option<KernelConnection<ClientConnectionData>>,
+    /// Whether this handshake resumed an earlier session.
+    pub resumed: bool,
+}
+
+/// One handshake in progress.
+pub struct Handshake {
+    conn: Unbuffered,
+    log: Arc<SecretLog>,
+    sni: Option<Arc<SniSlot>>,
+    server_name: Option<String>,
+    incoming: Vec<u8>,
+    exposed: usize,
+    outgoing: Vec<u8>,
+    early: Zeroizing<Vec<u8>>,
+    connection_id: u64,
+    complete: bool,
+}
+
+enum Step {
+    Again,
+    Blocked,
+    Traffic,
+    Fail(Error),
+}
+
+impl Handshake {
+    /// A server handshake. `config` is shared; a per-connection copy gets
+    /// its own secret log and SNI capture.
+    pub fn server(config: &Arc<ServerConfig>, connection_id: u64) -> Result<Self> {
+        let log = Arc::new(SecretLog::new());
+        let sni = Arc::new(SniSlot { inner: config.cert_resolver.clone(), seen: Mutex::new(None) });
+        let mut c = (**config).clone();
+        c.key_log = log.clone();
+        c.cert_resolver = sni.clone();
+        let conn = UnbufferedServerConnection::new(Arc::new(c))?;
+        Ok(Self::new(Unbuffered::Server(conn), log, Some(sni), None, connection_id))
+    }
+
+    /// A client handshake to `server_name`. Pass the same `config` for
+    /// every connection: the per-connection copy shares its session store
+    /// and verifier, so sessions resume.
+    pub fn client(config: &Arc<ClientConfig>, server_name: ServerName<'static>, connection_id: u64) -> Result<Self> {
+        let log = Arc::new(SecretLog::new());
+        let mut c = (**config).clone();
+        c.key_log = log.clone();
+        let name = match &server_name {
+            ServerName::DnsName(d) => Some(d.as_ref().to_string()),
+            _ => None,
+        };
+        let conn = UnbufferedClientConnection::new(Arc::new(c), server_name)?;
+        Ok(Self::new(Unbuffered::Client(conn), log, None, name, connection_id))
+    }
+
+    fn new(
+        conn: Unbuffered,
+        log: Arc<SecretLog>,
+        sni: Option<Arc<SniSlot>>,
+        server_name: Option<String>,
+        connection_id: u64,
+    ) -> Self {
+        Self {
+            conn,
+            log,
+            sni,
+            server_name,
+            incoming: Vec::new(),
+            exposed: 0,
+            outgoing: Vec::new(),
+            early: Zeroizing::new(Vec::new()),
+            connection_id,
+            complete: false,
+        }
+    }
+
+    /// Bytes from the peer.
+    pub fn feed(&mut self, data: &[u8]) -> Result<()> {
+        if self.incoming.len() + data.len() > MAX_HANDSHAKE_BUFFER {
+            return Err(Error::Handshake("peer sent too much before finishing the handshake".into()));
+        }
+        self.incoming.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Bytes to send to the peer now.
+    pub fn take_outgoing(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outgoing)
+    }
+
+    /// Runs the handshake as far as the bytes fed so far allow. On error,
+    /// the alert rustls wants to send is in [`Handshake::take_outgoing`].
+    pub fn advance(&mut self) -> Result<Progress> {
+        if self.complete {
+            return Ok(Progress::Complete);
+        }
+        loop {
+            let (discard, step) = match &mut self.conn {
+                Unbuffered::Client(c) => {
+                    let status = c.process_tls_records(&mut self.incoming[..self.exposed]);
+                    step(status, &mut self.outgoing, &mut self.early)
+                }
+                Unbuffered::Server(s) => {
+                    let status = s.process_tls_records(&mut self.incoming[..self.exposed]);
+                    step(status, &mut self.outgoing, &mut self.early)
+                }
+            };
+            self.incoming.drain(..discard);
+            self.exposed -= discard;
+            match step {
+                Step::Again => {}
+                Step::Traffic if !self.is_handshaking() => {
+                    self.complete = true;
+                    return Ok(Progress::Complete);
+                }
+                Step::Traffic | Step::Blocked => {
+                    // Show rustls exactly one more whole record, if we have one.
+                    match record_len(&self.incoming[self.exposed..])? {
+                        Some(n) => self.exposed += n,
+                        None => return Ok(Progress::NeedInput),
+                    }
+                }
+                Step::Fail(e) => {
+                    self.flush_alert();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn is_handshaking(&self) -> bool {
+        match &self.conn {
+            Unbuffered::Client(c) => c.is_handshaking(),
+            Unbuffered::Server(s) => s.is_handshaking(),
+        }
+    }
+
+    fn flush_alert(&mut self) {
+        macro_rules! flush {
+            ($c:expr) => {
+                while $c.wants_write() {
+                    let UnbufferedStatus { state, .. } = $c.process_tls_records(&mut []);
+                    match state {
+                        Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                            if encode(&mut e, &mut self.outgoing).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                        _ => break,
+                    }
+                }
+            };
+        }
+        match &mut self.conn {
+            Unbuffered::Client(c) => flush!(c),
+            Unbuffered::Server(s) => flush!(s),
+        }
+    }
+
+    /// Takes the keys out of rustls (its copies are zeroized) and gathers
+    /// the facts. The outgoing bytes must have been sent first.
+    pub fn finish(mut self) -> Result<Handoff> {
+        if !self.complete {
+            return Err(Error::Handshake("handshake not complete".into()));
+        }
+        if !self.outgoing.is_empty() {
+            return Err(Error::Handshake("handshake bytes not yet sent".into()));
+        }
+        if self.exposed != 0 {
+            return Err(Error::Handshake("a handshake message was left half processed".into()));
+        }
+        let leftover = std::mem::take(&mut self.incoming);
+        let (side, facts, resumed, secrets, kernel) = match self.conn {
+            Unbuffered::Client(c) => {
+                let facts = facts(&c, Role::Client, self.server_name.clone(), self.connection_id)?;
+                let resumed = c.handshake_kind() == Some(HandshakeKind::Resumed);
+                let (secrets, kernel) = c.dangerous_into_kernel_connection()?;
+                (Side::Client, facts, resumed, secrets, Some(kernel))
+            }
+            Unbuffered::Server(s) => {
+                let sni = self.sni.as_ref().and_then(|slot| slot.seen.lock().ok().and_then(|s| s.clone()));
+                let facts = facts(&s, Role::Server, sni, self.connection_id)?;
+                let resumed = s.handshake_kind() == Some(HandshakeKind::Resumed);
+                let (secrets, _kernel) = s.dangerous_into_kernel_connection()?;
+                (Side::Server, facts, resumed, secrets, None)
+            }
+        };
+        let mut keys = keys_from_secrets(side, facts.version, secrets, &self.log, self.connection_id)?;
+        keys.open.buffered_plaintext = std::mem::take(&mut self.early);
+        keys.open.buffered_ciphertext = leftover;
+        Ok(Handoff { keys, facts, kernel, resumed })
+    }
+}
+
+/// One state of the unbuffered loop: encode, transmit (our caller sends),
+/// collect early plaintext, or report where we stand.
+fn step<D>(status: UnbufferedStatus<'_, '_, D>, outgoing: &mut Vec<u8>, early: &mut Vec<u8>) -> (usize, Step) {
+    let UnbufferedStatus { mut discard, state, .. } = status;
+    let step = match state {
+        Err(e) => Step::Fail(Error::Tls(e)),
+        Ok(ConnectionState::EncodeTlsData(mut e)) => match encode(&mut e, outgoing) {
+            Ok(()) => Step::Again,
+            Err(e) => Step::Fail(e),
+        },
+        Ok(ConnectionState::TransmitTlsData(t)) => {
+            t.done();
+            Step::Again
+        }
+        Ok(ConnectionState::BlockedHandshake) => Step::Blocked,
+        Ok(ConnectionState::ReadTraffic(mut r)) => {
+            let mut failed = None;
+            while let Some(record) = r.next_record() {
+                match record {
+                    Ok(record) => {
+                        discard += record.discard;
+                        early.extend_from_slice(record.payload);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                Some(e) => Step::Fail(Error::Tls(e)),
+                None => Step::Again,
+            }
+        }
+        Ok(ConnectionState::WriteTraffic(_)) => Step::Traffic,
+        Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
+            Step::Fail(Error::Handshake("peer closed during the handshake".into()))
+        }
+        Ok(_) => Step::Fail(Error::Handshake("unexpected handshake state (early data is off)".into())),
+    };
+    (discard, step)
+}
+
+fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) -> Result<()> {
+    let used = out.len();
+    let need = match e.encode(&mut []) {
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => required_size,
+        Ok(_) => return Ok(()),
+        Err(EncodeError::AlreadyEncoded) => return Err(Error::Handshake("record encoded twice".into())),
+    };
+    out.resize(used + need, 0);
+    let n = e.encode(&mut out[used..]).map_err(|e| Error::Handshake(format!("encoding a record: {e}")))?;
+    out.truncate(used + n);
+    Ok(())
+}
+
+/// The length of the whole record at the front of `bytes`, if complete.
+fn record_len(bytes: &[u8]) -> Result<Option<usize>> {
+    if bytes.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
+    if len > MAX_CIPHERTEXT {
+        return Err(Error::Handshake("record over the TLS size limit during the handshake".into()));
+    }
+    Ok((bytes.len() >= HEADER_LEN + len).then_some(HEADER_LEN + len))
+}
+
+fn facts(conn: &rustls::CommonState, role: Role, server_name: Option<String>, connection_id: u64) -> Result<Facts> {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => keyferry_guest::ProtocolVersion::Tls13,
+        Some(rustls::ProtocolVersion::TLSv1_2) => keyferry_guest::ProtocolVersion::Tls12,
+        _ => return Err(Error::Export("unsupported protocol version")),
+    };
+    let suite = conn.negotiated_cipher_suite().ok_or(Error::Export("no cipher suite"))?;
+    let suite = suite.suite().as_str().unwrap_or("unknown").to_string();
+    let peer_subject = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|leaf| crate::x509::subject(leaf.as_ref()).unwrap_or_else(|| "unparsable certificate".into()));
+    Ok(Facts {
+        role,
+        version,
+        suite,
+        server_name,
+        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+        peer_subject,
+        connection_id,
+    })
+}
+
+/// Wraps the server's certificate resolver to see the client's SNI, which
+/// the unbuffered server connection does not expose.
+struct SniSlot {
+    inner: Arc<dyn ResolvesServerCert>,
+    seen: Mutex<Option<String>>,
+}
+
+impl core::fmt::Debug for SniSlot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SniSlot")
+    }
+}
+
+impl ResolvesServerCert for SniSlot {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = hello.server_name().map(str::to_string);
+        }
+        self.inner.resolve(hello)
+    }
+}

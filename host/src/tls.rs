@@ -1,0 +1,244 @@
+//! TLS configuration for the trusted host: identities from PEM files or
+//! generated at start, rustls configs with secret extraction enabled, and a
+//! per-connection [`SecretLog`] so the handoff gets the traffic secrets.
+//!
+//! The private key lives only here, in the host process. It never enters a
+//! guest, a blob, a log line or an error message.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::ring::{cipher_suite as cs, default_provider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::export::SecretLog;
+
+/// A certificate chain and its private key.
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1
+    /// or SEC1). Errors name the file, never its contents.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|_| Error::Config(format!("cannot read certificates from {}", cert.display())))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::Config(format!("malformed PEM certificate in {}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(Error::Config(format!("no certificate in {}", cert.display())));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|_| Error::Config(format!("cannot read a private key from {}", key.display())))?;
+        let identity = Self { chain, key };
+        identity.check_key_matches()?;
+        Ok(identity)
+    }
+
+    /// A fresh self-signed ECDSA P-256 certificate for `names`.
+    pub fn self_signed(names: &[String]) -> Result<Self> {
+        let ck = rcgen::generate_simple_self_signed(names.to_vec())
+            .map_err(|e| Error::Config(format!("generating a self-signed certificate: {e}")))?;
+        let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        Ok(Self { chain: vec![ck.cert.der().clone()], key })
+    }
+
+    /// The leaf certificate's SHA-256 fingerprint, colon-separated hex, as
+    /// `openssl x509 -fingerprint -sha256` prints it.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.chain[0])
+    }
+
+    /// The certificate chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    fn check_key_matches(&self) -> Result<()> {
+        let provider = default_provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|_| Error::Config("unsupported private key type".into()))?;
+        rustls::sign::CertifiedKey::new(self.chain.clone(), signing)
+            .keys_match()
+            .map_err(|_| Error::Config("the private key does not match the certificate".into()))
+    }
+}
+
+/// SHA-256 of a DER certificate, colon-separated uppercase hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// Which protocol versions and suites to offer.
+#[derive(Clone)]
+pub struct TlsOptions {
+    versions: Vec<&'static SupportedProtocolVersion>,
+    suites: Vec<SupportedCipherSuite>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl Default for TlsOptions {
+    /// TLS 1.3 and 1.2, ChaCha20-Poly1305 first: Wasm has no AES
+    /// instructions, so it is the fast suite for a software guest.
+    fn default() -> Self {
+        Self {
+            versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            suites: vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            ],
+            alpn: Vec::new(),
+        }
+    }
+}
+
+impl TlsOptions {
+    /// Only these versions.
+    pub fn with_versions(mut self, versions: &[&'static SupportedProtocolVersion]) -> Self {
+        self.versions = versions.to_vec();
+        self
+    }
+
+    /// Only these suites, in this preference order.
+    pub fn with_suites(mut self, suites: &[SupportedCipherSuite]) -> Self {
+        self.suites = suites.to_vec();
+        self
+    }
+
+    /// ALPN protocols to offer (client) or accept (server), in preference order.
+    pub fn with_alpn(mut self, protocols: &[&[u8]]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
+        self
+    }
+
+    fn provider(&self) -> Arc<CryptoProvider> {
+        let mut p = default_provider();
+        p.cipher_suites = self.suites.clone();
+        Arc::new(p)
+    }
+}
+
+/// A server config ready for handoff: secret extraction on, our suite
+/// order, TLS 1.3 tickets (two per connection, rustls's default).
+pub fn server_config(identity: &Identity, options: &TlsOptions, client_roots: Option<RootCertStore>) -> Result<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(options.provider()).with_protocol_versions(&options.versions)?;
+    let builder = match client_roots {
+        Some(roots) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), options.provider())
+                .build()
+                .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    config.enable_secret_extraction = true;
+    config.ignore_client_order = true;
+    config.alpn_protocols = options.alpn.clone();
+    Ok(config)
+}
+
+/// How a client checks the server.
+pub enum ServerVerification {
+    /// Against these roots (and the server name).
+    Roots(RootCertStore),
+    /// Not at all. For tests against self-signed servers only.
+    DangerousNone,
+}
+
+/// A client config ready for handoff.
+pub fn client_config(verification: ServerVerification, options: &TlsOptions) -> Result<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(options.provider()).with_protocol_versions(&options.versions)?;
+    let mut config = match verification {
+        ServerVerification::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        ServerVerification::DangerousNone => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(options.provider())))
+            .with_no_client_auth(),
+    };
+    config.enable_secret_extraction = true;
+    config.alpn_protocols = options.alpn.clone();
+    Ok(config)
+}
+
+/// Reads a PEM bundle of trust anchors.
+pub fn roots_from_pem_file(path: &Path) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .map_err(|_| Error::Config(format!("cannot read certificates from {}", path.display())))?
+    {
+        let cert = cert.map_err(|_| Error::Config(format!("malformed PEM certificate in {}", path.display())))?;
+        roots.add(cert).map_err(|e| Error::Config(format!("bad CA certificate in {}: {e}", path.display())))?;
+    }
+    Ok(roots)
+}
+
+/// A copy of `config` with a fresh secret log, for one connection.
+pub fn with_secret_log_server(config: &Arc<ServerConfig>) -> (Arc<ServerConfig>, Arc<SecretLog>) {
+    let log = Arc::new(SecretLog::new());
+    let mut c = (**config).clone();
+    c.key_log = log.clone();
+    (Arc::new(c), log)
+}
+
+/// A copy of `config` with a fresh secret log, for one connection.
+pub fn with_secret_log_client(config: &Arc<ClientConfig>) -> (Arc<ClientConfig>, Arc<SecretLog>) {
+    let log = Arc::new(SecretLog::new());
+    let mut c = (**config).clone();
+    c.key_log = log.clone();
+    (Arc::new(c), log)
+}
+
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
