@@ -41,15 +41,23 @@ fn main() {
     let host_keys_out = out_dir.join("keyferry_guest_host_keys.wasm");
     std::fs::copy(&host_keys, &host_keys_out).expect("copy host-keys guest component");
 
+    let plugins = build_examples(&root, &target_dir);
+
     let generated = format!(
         "/// The reference guest component (`dataplane` world).\n\
          pub const GUEST_COMPONENT: &[u8] = include_bytes!({plain:?});\n\
          /// The reference guest built for the `dataplane-host-keys` world.\n\
          pub const GUEST_COMPONENT_HOST_KEYS: &[u8] = include_bytes!({hk:?});\n\
          /// Where the plain component was written, for tools that run it directly.\n\
-         pub const GUEST_COMPONENT_PATH: &str = {plain:?};\n",
+         pub const GUEST_COMPONENT_PATH: &str = {plain:?};\n\
+         /// The `uppercase_plugin` example (guest/examples), a plugin on the record layer.\n\
+         pub const EXAMPLE_PLUGIN_UPPERCASE_PATH: &str = {up:?};\n\
+         /// The `misbehaving_plugin` example: traps, loops or exhausts memory on request.\n\
+         pub const EXAMPLE_PLUGIN_MISBEHAVING_PATH: &str = {mis:?};\n",
         plain = plain_out.display().to_string(),
         hk = host_keys_out.display().to_string(),
+        up = plugins[0].display().to_string(),
+        mis = plugins[1].display().to_string(),
     );
     std::fs::write(out_dir.join("guest_artifacts.rs"), generated)
         .expect("write guest_artifacts.rs");
@@ -86,7 +94,36 @@ fn ensure_target() {
     }
 }
 
+/// Builds the example plugins; they share the guest's dependencies, so this
+/// costs little once the reference guest is built.
+fn build_examples(root: &Path, target_dir: &Path) -> [PathBuf; 2] {
+    let names = ["uppercase_plugin", "misbehaving_plugin"];
+    let mut args = vec!["--no-default-features"];
+    for name in names {
+        args.extend(["--example", name]);
+    }
+    run_guest_cargo(root, target_dir, &args, false);
+    let dir = target_dir.join(TARGET).join(profile_dir()).join("examples");
+    names.map(|n| dir.join(format!("{n}.wasm")))
+}
+
+fn profile() -> String {
+    env::var("KEYFERRY_GUEST_PROFILE").unwrap_or_else(|_| "release".into())
+}
+
+fn profile_dir() -> String {
+    match profile().as_str() {
+        "dev" => "debug".into(),
+        p => p.into(),
+    }
+}
+
 fn build_guest(root: &Path, target_dir: &Path, extra: &[&str]) -> PathBuf {
+    run_guest_cargo(root, target_dir, extra, true);
+    target_dir.join(TARGET).join(profile_dir()).join("keyferry_guest.wasm")
+}
+
+fn run_guest_cargo(root: &Path, target_dir: &Path, extra: &[&str], lib: bool) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let profile = env::var("KEYFERRY_GUEST_PROFILE").unwrap_or_else(|_| "release".into());
     let mut cmd = Command::new(cargo);

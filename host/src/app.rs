@@ -2,15 +2,15 @@
 //! connection's sealed keys and its handshake facts, then moves only
 //! ciphertext in and out. Plaintext never exists in the host.
 
-use keyferry_guest::connection::{Closed, Event, Facts, Role};
+use keyferry_guest::connection::{Closed, Event, Facts};
+use keyferry_guest::blob;
 use keyferry_guest::record::TrafficKeyMaterial;
-use keyferry_guest::{Alert, ProtocolVersion, blob};
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 use crate::app_bindings::ApplicationPlugin;
 use crate::app_bindings::exports::keyferry::dataplane::application as wapp;
-use crate::app_bindings::exports::keyferry::dataplane::types as wit;
+use crate::convert::plugin::{closed_from_wit, error_from_wit, event_from_wit, facts_to_wit};
 use crate::error::{Error, Result};
 use crate::guest::{ExchangeKey, count_records};
 use crate::sandbox::{ExecutionBound, Sandboxed, StoreState};
@@ -146,77 +146,5 @@ fn checked(out: wapp::SessionOutput) -> Result<SessionStep> {
         events: out.events.into_iter().map(event_from_wit).collect(),
         closed: out.closed.map(closed_from_wit),
         done: out.done,
-    })
-}
-
-fn facts_to_wit(f: &Facts) -> wit::Facts {
-    wit::Facts {
-        role: match f.role {
-            Role::Client => wit::Role::Client,
-            Role::Server => wit::Role::Server,
-        },
-        version: match f.version {
-            ProtocolVersion::Tls12 => wit::ProtocolVersion::Tls12,
-            ProtocolVersion::Tls13 => wit::ProtocolVersion::Tls13,
-        },
-        suite: f.suite.clone(),
-        server_name: f.server_name.clone(),
-        alpn: f.alpn.clone(),
-        peer_subject: f.peer_subject.clone(),
-        connection_id: f.connection_id,
-    }
-}
-
-fn event_from_wit(e: wit::Event) -> Event {
-    match e {
-        wit::Event::NewSessionTicket(m) => Event::NewSessionTicket(m),
-        wit::Event::CertificateRequest(m) => Event::CertificateRequest(m),
-    }
-}
-
-fn closed_from_wit(c: wit::Closed) -> Closed {
-    match c {
-        wit::Closed::CloseNotify => Closed::CloseNotify,
-        wit::Closed::PeerAlert(d) => Closed::PeerAlert(d),
-        wit::Closed::LocalAlert(a) => Closed::LocalAlert(match a {
-            wit::Alert::UnexpectedMessage => Alert::UnexpectedMessage,
-            wit::Alert::BadRecordMac => Alert::BadRecordMac,
-            wit::Alert::RecordOverflow => Alert::RecordOverflow,
-            wit::Alert::IllegalParameter => Alert::IllegalParameter,
-            wit::Alert::DecodeError => Alert::DecodeError,
-        }),
-        wit::Closed::Truncated => Closed::Truncated,
-    }
-}
-
-fn error_from_wit(e: wit::Error) -> Error {
-    use keyferry_guest::{BlobError, Error as G, UnusableReason};
-    Error::Record(match e {
-        wit::Error::Blob(b) => G::Blob(match b {
-            wit::BlobError::Malformed => BlobError::Malformed,
-            wit::BlobError::UnsupportedVersion => BlobError::UnsupportedVersion(0),
-            wit::BlobError::WrongKind => BlobError::WrongKind,
-            wit::BlobError::WrongRecipient => BlobError::WrongRecipient,
-            wit::BlobError::AuthenticationFailed => BlobError::AuthenticationFailed,
-            wit::BlobError::Replayed => BlobError::Replayed,
-            wit::BlobError::SequenceRollback => BlobError::SequenceRollback,
-            wit::BlobError::HostKeysUnavailable => BlobError::HostKeysUnavailable,
-            wit::BlobError::InvalidState => BlobError::InvalidState,
-        }),
-        wit::Error::Alert(a) => G::Alert(match a {
-            wit::Alert::UnexpectedMessage => Alert::UnexpectedMessage,
-            wit::Alert::BadRecordMac => Alert::BadRecordMac,
-            wit::Alert::RecordOverflow => Alert::RecordOverflow,
-            wit::Alert::IllegalParameter => Alert::IllegalParameter,
-            wit::Alert::DecodeError => Alert::DecodeError,
-        }),
-        wit::Error::Unusable(u) => G::Unusable(match u {
-            wit::UnusableReason::Failed => UnusableReason::Failed,
-            wit::UnusableReason::Exhausted => UnusableReason::Exhausted,
-        }),
-        wit::Error::NotExportable => G::NotExportable,
-        wit::Error::WrongKeyType => G::WrongKeyType,
-        wit::Error::InvalidArgument(text) => return Error::GuestInvalidArgument(text),
-        wit::Error::KeyService(text) => return Error::GuestKeyService(text),
     })
 }

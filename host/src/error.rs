@@ -49,6 +49,9 @@ pub enum Error {
     /// The handshake failed; the text says how (never with key bytes).
     #[error("handshake: {0}")]
     Handshake(String),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Io(#[from] std::io::Error),
     /// rustls refused an operation.
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),

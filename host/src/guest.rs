@@ -15,6 +15,7 @@ use wasmtime::component::ResourceAny;
 
 use crate::bindings::DataplaneHostKeys;
 use crate::bindings::exports::keyferry::dataplane::types as wit;
+use crate::convert::full::{blob_error_from_wit, error_from_wit};
 use crate::error::{Error, Result};
 use crate::sandbox::{ExecutionBound, Sandboxed, StoreState};
 
@@ -136,7 +137,7 @@ impl GuestInstance {
         Ok(blob::seal_mac_key(&self.exchange.public_key, key)?)
     }
 
-    fn call<R>(
+    pub(crate) fn call<R>(
         &mut self,
         f: impl FnOnce(&mut Store<StoreState>, &DataplaneHostKeys) -> wasmtime::Result<R>,
     ) -> Result<R> {
@@ -165,7 +166,7 @@ impl GuestInstance {
                 .traffic_key()
                 .call_import(s, blob)
         })?;
-        Ok(self.own(r.map_err(|e| blob_error(e, blob))?))
+        Ok(self.own(r.map_err(|e| blob_error_from_wit(e, blob))?))
     }
 
     /// Protects one record in the guest; returns wire bytes (one record, or
@@ -189,7 +190,7 @@ impl GuestInstance {
                     padding,
                 )
             })?
-            .map_err(from_wit)?;
+            .map_err(error_from_wit)?;
         let records = count_records(&out).ok_or(Error::InvalidGuestResult(
             "sealed output is not whole records",
         ))?;
@@ -212,7 +213,7 @@ impl GuestInstance {
                     .traffic_key()
                     .call_open(s, key.resource, record)
             })?
-            .map_err(from_wit)?;
+            .map_err(error_from_wit)?;
         if opened.payload.len() > MAX_PLAINTEXT {
             return Err(Error::InvalidGuestResult("opened payload over 2^14 bytes"));
         }
@@ -232,7 +233,7 @@ impl GuestInstance {
                     .traffic_key()
                     .call_send_key_update(s, key.resource, request_update)
             })?
-            .map_err(from_wit)?;
+            .map_err(error_from_wit)?;
         if count_records(&out) != Some(1) {
             return Err(Error::InvalidGuestResult(
                 "key update output is not one record",
@@ -249,7 +250,7 @@ impl GuestInstance {
                 .traffic_key()
                 .call_update(s, key.resource)
         })?
-        .map_err(from_wit)
+        .map_err(error_from_wit)
     }
 
     /// The key's non-secret state.
@@ -306,7 +307,7 @@ impl GuestInstance {
                     &recipient.public_key,
                 )
             })?
-            .map_err(from_wit)?;
+            .map_err(error_from_wit)?;
         let header = blob::peek_header(&out)
             .map_err(|_| Error::InvalidGuestResult("exported blob header"))?;
         if header.key_id != recipient.id {
@@ -327,7 +328,7 @@ impl GuestInstance {
     pub fn import_mac_key(&mut self, blob: &[u8]) -> Result<MacKeyHandle> {
         let r = self
             .call(|s, b| b.keyferry_dataplane_keys().mac_key().call_import(s, blob))?
-            .map_err(|e| blob_error(e, blob))?;
+            .map_err(|e| blob_error_from_wit(e, blob))?;
         Ok(MacKeyHandle {
             resource: r,
             instance: self.id,
@@ -356,7 +357,7 @@ impl GuestInstance {
                 .mac_key()
                 .call_verify(s, key.resource, data, tag)
         })?
-        .map_err(from_wit)
+        .map_err(error_from_wit)
     }
 
     /// Exports a MAC key, consuming the handle.
@@ -373,7 +374,7 @@ impl GuestInstance {
                 &recipient.public_key,
             )
         })?
-        .map_err(from_wit)
+        .map_err(error_from_wit)
     }
 
     /// Stateless AEAD seal in the guest (known-answer tests).
@@ -390,7 +391,7 @@ impl GuestInstance {
             b.keyferry_dataplane_primitives()
                 .call_aead_seal(s, a, key, nonce, aad, pt)
         })?
-        .map_err(from_wit)
+        .map_err(error_from_wit)
     }
 
     /// Stateless AEAD open in the guest (known-answer tests).
@@ -407,7 +408,7 @@ impl GuestInstance {
             b.keyferry_dataplane_primitives()
                 .call_aead_open(s, a, key, nonce, aad, ct)
         })?
-        .map_err(from_wit)
+        .map_err(error_from_wit)
     }
 
     /// Stateless HMAC in the guest (known-answer tests).
@@ -431,7 +432,7 @@ impl GuestInstance {
                 b.keyferry_dataplane_primitives()
                     .call_hkdf_expand_label(s, a, secret, label, context, length)
             })?
-            .map_err(from_wit)?;
+            .map_err(error_from_wit)?;
         if out.len() != length as usize {
             return Err(Error::InvalidGuestResult("hkdf output length"));
         }
@@ -464,52 +465,6 @@ pub fn count_records(mut bytes: &[u8]) -> Option<usize> {
         n += 1;
     }
     Some(n)
-}
-
-/// WIT's blob error does not carry the refused version; the clear header
-/// has it, so put it back for the caller.
-fn blob_error(e: wit::Error, blob: &[u8]) -> Error {
-    match from_wit(e) {
-        Error::Record(keyferry_guest::Error::Blob(
-            keyferry_guest::BlobError::UnsupportedVersion(_),
-        )) => Error::Record(
-            keyferry_guest::BlobError::UnsupportedVersion(blob.get(4).copied().unwrap_or(0)).into(),
-        ),
-        other => other,
-    }
-}
-
-fn from_wit(e: wit::Error) -> Error {
-    use keyferry_guest::Error as G;
-    use keyferry_guest::{Alert, BlobError, UnusableReason};
-    Error::Record(match e {
-        wit::Error::Blob(b) => G::Blob(match b {
-            wit::BlobError::Malformed => BlobError::Malformed,
-            wit::BlobError::UnsupportedVersion => BlobError::UnsupportedVersion(0),
-            wit::BlobError::WrongKind => BlobError::WrongKind,
-            wit::BlobError::WrongRecipient => BlobError::WrongRecipient,
-            wit::BlobError::AuthenticationFailed => BlobError::AuthenticationFailed,
-            wit::BlobError::Replayed => BlobError::Replayed,
-            wit::BlobError::SequenceRollback => BlobError::SequenceRollback,
-            wit::BlobError::HostKeysUnavailable => BlobError::HostKeysUnavailable,
-            wit::BlobError::InvalidState => BlobError::InvalidState,
-        }),
-        wit::Error::Alert(a) => G::Alert(match a {
-            wit::Alert::UnexpectedMessage => Alert::UnexpectedMessage,
-            wit::Alert::BadRecordMac => Alert::BadRecordMac,
-            wit::Alert::RecordOverflow => Alert::RecordOverflow,
-            wit::Alert::IllegalParameter => Alert::IllegalParameter,
-            wit::Alert::DecodeError => Alert::DecodeError,
-        }),
-        wit::Error::Unusable(u) => G::Unusable(match u {
-            wit::UnusableReason::Failed => UnusableReason::Failed,
-            wit::UnusableReason::Exhausted => UnusableReason::Exhausted,
-        }),
-        wit::Error::NotExportable => G::NotExportable,
-        wit::Error::WrongKeyType => G::WrongKeyType,
-        wit::Error::InvalidArgument(text) => return Error::GuestInvalidArgument(text),
-        wit::Error::KeyService(text) => return Error::GuestKeyService(text),
-    })
 }
 
 fn content_type_to_wit(t: ContentType) -> wit::ContentType {

@@ -16,13 +16,17 @@
 
 pub mod app;
 pub mod bench;
+mod convert;
+pub mod dataplane;
 pub mod error;
 pub mod export;
 pub mod guest;
 pub mod handshake;
 pub mod keystore;
 pub mod sandbox;
+pub mod server;
 pub mod tls;
+pub mod transport;
 mod x509;
 
 /// Generated wasmtime bindings for the `keyferry:dataplane` worlds.
@@ -49,7 +53,10 @@ mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/guest_artifacts.rs"));
 }
 
-pub use artifacts::{GUEST_COMPONENT, GUEST_COMPONENT_HOST_KEYS, GUEST_COMPONENT_PATH};
+pub use artifacts::{
+    EXAMPLE_PLUGIN_MISBEHAVING_PATH, EXAMPLE_PLUGIN_UPPERCASE_PATH, GUEST_COMPONENT, GUEST_COMPONENT_HOST_KEYS,
+    GUEST_COMPONENT_PATH,
+};
 pub use error::{Error, Result, TrapKind};
 pub use guest::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, TrafficKeyState};
 pub use keyferry_guest as record_layer;

@@ -1,0 +1,357 @@
+//! The `keyferry` command: a TLS server and client whose handshakes run in
+//! this trusted process and whose data plane runs in a WebAssembly sandbox.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use keyferry::app::AppMode;
+use keyferry::dataplane::DataPlane;
+use keyferry::handshake::Handshake;
+use keyferry::server::{ServerOptions, serve};
+use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
+use keyferry::{ExecutionBound, GuestEngine, SandboxConfig};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::info;
+
+/// Split-TLS with a sandboxed data plane: rustls handshakes in this process,
+/// record encryption in a WebAssembly guest.
+#[derive(Parser)]
+#[command(name = "keyferry", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve TLS; each connection's data plane runs in its own guest.
+    #[command(after_help = "Examples:\n  \
+        keyferry serve\n  \
+        curl -k https://127.0.0.1:8443/\n  \
+        keyferry serve --echo --listen 127.0.0.1:9000\n  \
+        keyferry serve --cert server.pem --key server.key --guest my_plugin.wasm")]
+    Serve(ServeArgs),
+    /// Connect to a TLS server like `openssl s_client -quiet`: stdin to the
+    /// peer, the peer to stdout, with the data plane in a guest.
+    #[command(after_help = "Examples:\n  \
+        keyferry connect 127.0.0.1:8443 --insecure\n  \
+        echo hello | keyferry connect localhost:4433 --ca ca.pem")]
+    Connect(ConnectArgs),
+    /// Run the guest's self-check (known-answer vectors, round trips).
+    SelfCheck,
+    /// Print what the embedded guest supports (JSON).
+    Describe,
+    /// Measure record throughput: guest vs native vs rustls, side by side.
+    #[command(after_help = "Example:\n  keyferry bench --records 256 --rounds 5")]
+    Bench(BenchArgs),
+    /// Write the embedded guest component to a file, for `wasmtime run`.
+    #[command(after_help = "Example:\n  \
+        keyferry write-guest guest.wasm && wasmtime run --invoke 'self-check()' guest.wasm")]
+    WriteGuest {
+        /// Where to write the component.
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct SandboxArgs {
+    /// Linear memory cap per guest instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_mib: usize,
+    /// Wall-clock bound on each call into a guest, in milliseconds.
+    #[arg(long, default_value_t = 1000, conflicts_with = "fuel")]
+    deadline_ms: u64,
+    /// Fuel (about one unit per wasm instruction) per call, instead of a deadline.
+    #[arg(long)]
+    fuel: Option<u64>,
+}
+
+impl SandboxArgs {
+    fn config(&self) -> SandboxConfig {
+        let bound = match self.fuel {
+            Some(fuel) => ExecutionBound::Fuel(fuel),
+            None => ExecutionBound::Deadline(Duration::from_millis(self.deadline_ms)),
+        };
+        SandboxConfig::default().with_memory_limit(self.memory_mib << 20).with_execution_bound(bound)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain (a self-signed one is made at start without it).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key for --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// A guest component (exporting keyferry:dataplane/application) to run
+    /// instead of the built-in one.
+    #[arg(long)]
+    guest: Option<PathBuf>,
+    /// Echo instead of the HTTP responder.
+    #[arg(long)]
+    echo: bool,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// ALPN protocols to accept, in preference order.
+    #[arg(long = "alpn")]
+    alpn: Vec<String>,
+    /// Only TLS 1.3.
+    #[arg(long, conflicts_with = "tls12")]
+    tls13: bool,
+    /// Only TLS 1.2.
+    #[arg(long)]
+    tls12: bool,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Server to connect to.
+    address: String,
+    /// Trust anchors (PEM). Defaults to the system bundle.
+    #[arg(long, conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Do not verify the server's certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// Server name for SNI and verification (defaults to the host part).
+    #[arg(long)]
+    sni: Option<String>,
+    /// ALPN protocols to offer.
+    #[arg(long = "alpn")]
+    alpn: Vec<String>,
+    /// Only TLS 1.3.
+    #[arg(long, conflicts_with = "tls12")]
+    tls13: bool,
+    /// Only TLS 1.2.
+    #[arg(long)]
+    tls12: bool,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// 16 KiB records per measurement.
+    #[arg(long, default_value_t = 256)]
+    records: usize,
+    /// Measurements per variant (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+fn tls_options(tls12: bool, tls13: bool, alpn: &[String]) -> TlsOptions {
+    let mut options = TlsOptions::default();
+    if tls12 {
+        options = options.with_versions(&[&rustls::version::TLS12]);
+    }
+    if tls13 {
+        options = options.with_versions(&[&rustls::version::TLS13]);
+    }
+    let alpn: Vec<&[u8]> = alpn.iter().map(|a| a.as_bytes()).collect();
+    options.with_alpn(&alpn)
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYFERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("keyferry: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve_command(args),
+        Command::Connect(args) => connect_command(args),
+        Command::SelfCheck => {
+            let engine = GuestEngine::new(SandboxConfig::default())?;
+            let mut guest = engine.reference_component()?.instantiate()?;
+            match guest.self_check()? {
+                Ok(report) => {
+                    print!("{report}");
+                    Ok(())
+                }
+                Err(failure) => bail!("self-check failed: {failure}"),
+            }
+        }
+        Command::Describe => {
+            let engine = GuestEngine::new(SandboxConfig::default())?;
+            println!("{}", engine.reference_component()?.instantiate()?.describe()?);
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let engine = GuestEngine::new(SandboxConfig::default())?;
+            let options = keyferry::bench::BenchOptions { records: args.records, rounds: args.rounds, ..Default::default() };
+            println!("{}", keyferry::bench::run(&engine, options)?);
+            Ok(())
+        }
+        Command::WriteGuest { path } => {
+            std::fs::write(&path, keyferry::GUEST_COMPONENT).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {} ({} bytes)", path.display(), keyferry::GUEST_COMPONENT.len());
+            Ok(())
+        }
+    }
+}
+
+fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
+        _ => Identity::self_signed(&["localhost".to_string(), args.listen.ip().to_string()])?,
+    };
+    let options = tls_options(args.tls12, args.tls13, &args.alpn);
+    let tls = Arc::new(tls::server_config(&identity, &options, None)?);
+    let engine = GuestEngine::new(
+        args.sandbox.config().with_pooling(u32::try_from(args.max_connections.max(1)).unwrap_or(u32::MAX)),
+    )?;
+    let component = match &args.guest {
+        Some(path) => {
+            let wasm = std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
+            engine.component(&wasm).with_context(|| format!("loading guest {}", path.display()))?
+        }
+        None => engine.reference_component()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        let mode = if args.echo { AppMode::Echo } else { AppMode::Http };
+        info!(address = %local, fingerprint = %identity.fingerprint(), mode = ?mode, "listening");
+        println!("keyferry serving on https://{local}/ (certificate SHA-256 {})", identity.fingerprint());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                info!("Ctrl-C: no longer accepting connections");
+                let _ = tx.send(true);
+            }
+        });
+        let options = ServerOptions {
+            tls,
+            component,
+            mode,
+            max_connections: args.max_connections,
+            drain_timeout: Duration::from_secs(5),
+        };
+        let stats = serve(listener, options, rx).await?;
+        info!(
+            accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            "stopped"
+        );
+        Ok(())
+    })
+}
+
+fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
+    let (host, _port) = args.address.rsplit_once(':').context("address must be HOST:PORT")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = args.sni.clone().unwrap_or_else(|| host.to_string());
+    let server_name = ServerName::try_from(name.clone()).with_context(|| format!("invalid server name {name}"))?;
+    let verification = if args.insecure {
+        ServerVerification::DangerousNone
+    } else {
+        let ca = args.ca.clone().unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        ServerVerification::Roots(tls::roots_from_pem_file(&ca)?)
+    };
+    let options = tls_options(args.tls12, args.tls13, &args.alpn);
+    let config = Arc::new(tls::client_config(verification, &options)?);
+    let engine = GuestEngine::new(args.sandbox.config())?;
+    let guest = engine.reference_component()?.instantiate()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let mut stream = tokio::net::TcpStream::connect(&args.address)
+            .await
+            .with_context(|| format!("cannot connect to {}", args.address))?;
+        stream.set_nodelay(true)?;
+        let hs = Handshake::client(&config, server_name, rand_id())?;
+        let handoff = keyferry::transport::handshake_async(&mut stream, hs).await?;
+        info!(version = ?handoff.facts.version, suite = %handoff.facts.suite, "handshake complete; data plane in the guest");
+        let (mut plane, first) = DataPlane::new(guest, handoff)?;
+        let mut stdout = tokio::io::stdout();
+        stdout.write_all(&first.plaintext).await?;
+        stream.write_all(&first.to_send).await?;
+        let mut stdin = tokio::io::stdin();
+        let mut stdin_open = true;
+        let mut net = vec![0u8; 16 * 1024 + 512];
+        let mut input = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                read = stream.read(&mut net) => {
+                    let n = read?;
+                    let d = if n == 0 { plane.end_of_stream()? } else { plane.receive(&net[..n])? };
+                    stdout.write_all(&d.plaintext).await?;
+                    stdout.flush().await?;
+                    stream.write_all(&d.to_send).await?;
+                    if let Some(closed) = d.closed {
+                        info!(?closed, "peer closed");
+                        break;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                read = stdin.read(&mut input), if stdin_open => {
+                    let n = read?;
+                    if n == 0 {
+                        stdin_open = false;
+                        stream.write_all(&plane.close()?).await?;
+                    } else {
+                        stream.write_all(&plane.send(&input[..n])?).await?;
+                    }
+                }
+            }
+        }
+        let _ = stream.shutdown().await;
+        Ok(())
+    })
+}
+
+fn rand_id() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom_fill(&mut b);
+    u64::from_be_bytes(b)
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
