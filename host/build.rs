@@ -172,13 +172,4 @@ fn run_guest_cargo(root: &Path, target_dir: &Path, extra: &[&str], lib: bool) {
         status.success(),
         "building the guest component failed; see the cargo output above"
     );
-    let dir = if profile == "dev" {
-        "debug"
-    } else {
-        profile.as_str()
-    };
-    target_dir
-        .join(TARGET)
-        .join(dir)
-        .join("keyferry_guest.wasm")
 }
