@@ -125,19 +125,19 @@ fn build_guest(root: &Path, target_dir: &Path, extra: &[&str]) -> PathBuf {
 
 fn run_guest_cargo(root: &Path, target_dir: &Path, extra: &[&str], lib: bool) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let profile = env::var("KEYFERRY_GUEST_PROFILE").unwrap_or_else(|_| "release".into());
+    let profile = profile();
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
         .args([
             "build",
             "--package",
             "keyferry-guest",
-            "--lib",
             "--target",
             TARGET,
             "--profile",
             &profile,
         ])
+        .args(if lib { &["--lib"][..] } else { &[][..] })
         .args(extra)
         .env("CARGO_TARGET_DIR", target_dir)
         // The guest is small; a whole-program optimized build is fast and
