@@ -120,7 +120,10 @@ fn profile_dir() -> String {
 
 fn build_guest(root: &Path, target_dir: &Path, extra: &[&str]) -> PathBuf {
     run_guest_cargo(root, target_dir, extra, true);
-    target_dir.join(TARGET).join(profile_dir()).join("keyferry_guest.wasm")
+    target_dir
+        .join(TARGET)
+        .join(profile_dir())
+        .join("keyferry_guest.wasm")
 }
 
 fn run_guest_cargo(root: &Path, target_dir: &Path, extra: &[&str], lib: bool) {

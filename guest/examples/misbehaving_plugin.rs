@@ -14,7 +14,9 @@ mod bindings {
     wit_bindgen::generate!({ path: "../wit", world: "application-plugin" });
 }
 
-use bindings::exports::keyferry::dataplane::application::{self, GuestSession, Session as SessionHandle, SessionOutput};
+use bindings::exports::keyferry::dataplane::application::{
+    self, GuestSession, Session as SessionHandle, SessionOutput,
+};
 use bindings::exports::keyferry::dataplane::types as wit;
 
 thread_local! {
@@ -41,7 +43,11 @@ impl GuestSession for Broken {
                 let seal = instance.import_traffic_key(&seal_blob)?;
                 let open = instance.import_traffic_key(&open_blob)?;
                 let facts = Facts {
-                    role: if matches!(facts.role, wit::Role::Client) { Role::Client } else { Role::Server },
+                    role: if matches!(facts.role, wit::Role::Client) {
+                        Role::Client
+                    } else {
+                        Role::Server
+                    },
                     version: if matches!(facts.version, wit::ProtocolVersion::Tls12) {
                         ProtocolVersion::Tls12
                     } else {
@@ -56,7 +62,9 @@ impl GuestSession for Broken {
                 Connection::new(seal, open, facts)
             })
             .map_err(|e| wit::Error::InvalidArgument(e.to_string()))?;
-        Ok(SessionHandle::new(Broken { conn: RefCell::new(conn) }))
+        Ok(SessionHandle::new(Broken {
+            conn: RefCell::new(conn),
+        }))
     }
 
     fn start(&self) -> SessionOutput {
@@ -70,12 +78,22 @@ impl GuestSession for Broken {
     }
 
     fn on_end_of_stream(&self) -> SessionOutput {
-        SessionOutput { to_send: Vec::new(), events: Vec::new(), closed: Some(wit::Closed::Truncated), done: true }
+        SessionOutput {
+            to_send: Vec::new(),
+            events: Vec::new(),
+            closed: Some(wit::Closed::Truncated),
+            done: true,
+        }
     }
 
     fn shutdown(&self) -> SessionOutput {
         let to_send = self.conn.borrow_mut().close().unwrap_or_default();
-        SessionOutput { to_send, events: Vec::new(), closed: None, done: true }
+        SessionOutput {
+            to_send,
+            events: Vec::new(),
+            closed: None,
+            done: true,
+        }
     }
 }
 
@@ -104,7 +122,12 @@ impl Broken {
         if !out.plaintext.is_empty() {
             to_send.extend(conn.send(&out.plaintext).unwrap_or_default());
         }
-        SessionOutput { to_send, events: Vec::new(), closed: None, done: out.closed.is_some() }
+        SessionOutput {
+            to_send,
+            events: Vec::new(),
+            closed: None,
+            done: out.closed.is_some(),
+        }
     }
 }
 
@@ -113,7 +136,10 @@ impl application::Guest for Plugin {
         INSTANCE.with(|cell| {
             let mut slot = cell.borrow_mut();
             let keys = slot.get_or_insert_with(|| Instance::new(None)).exchange();
-            wit::ExchangeKey { id: keys.key_id().to_vec(), public_key: keys.public_key().to_vec() }
+            wit::ExchangeKey {
+                id: keys.key_id().to_vec(),
+                public_key: keys.public_key().to_vec(),
+            }
         })
     }
 

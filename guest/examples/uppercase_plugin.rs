@@ -24,7 +24,9 @@ mod bindings {
     wit_bindgen::generate!({ path: "../wit", world: "application-plugin" });
 }
 
-use bindings::exports::keyferry::dataplane::application::{self, GuestSession, Session as SessionHandle, SessionOutput};
+use bindings::exports::keyferry::dataplane::application::{
+    self, GuestSession, Session as SessionHandle, SessionOutput,
+};
 use bindings::exports::keyferry::dataplane::types as wit;
 
 thread_local! {
@@ -53,7 +55,9 @@ impl GuestSession for Shout {
                 Connection::new(seal, open, facts_from_wit(facts))
             })
             .map_err(|e| wit::Error::InvalidArgument(e.to_string()))?;
-        Ok(SessionHandle::new(Shout { conn: RefCell::new(conn) }))
+        Ok(SessionHandle::new(Shout {
+            conn: RefCell::new(conn),
+        }))
     }
 
     fn start(&self) -> SessionOutput {
@@ -75,7 +79,12 @@ impl GuestSession for Shout {
 
     fn shutdown(&self) -> SessionOutput {
         let to_send = self.conn.borrow_mut().close().unwrap_or_default();
-        SessionOutput { to_send, events: Vec::new(), closed: None, done: true }
+        SessionOutput {
+            to_send,
+            events: Vec::new(),
+            closed: None,
+            done: true,
+        }
     }
 }
 
@@ -109,7 +118,10 @@ impl application::Guest for Plugin {
         INSTANCE.with(|cell| {
             let mut slot = cell.borrow_mut();
             let keys = slot.get_or_insert_with(|| Instance::new(None)).exchange();
-            wit::ExchangeKey { id: keys.key_id().to_vec(), public_key: keys.public_key().to_vec() }
+            wit::ExchangeKey {
+                id: keys.key_id().to_vec(),
+                public_key: keys.public_key().to_vec(),
+            }
         })
     }
 

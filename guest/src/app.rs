@@ -49,7 +49,13 @@ pub struct Session {
 impl Session {
     /// The application over a connection whose keys were just imported.
     pub fn new(conn: Connection, mode: AppMode) -> Self {
-        Self { conn, mode, pending: Vec::new(), requests: 0, done: false }
+        Self {
+            conn,
+            mode,
+            pending: Vec::new(),
+            requests: 0,
+            done: false,
+        }
     }
 
     /// Delivers anything buffered at handoff; call once, first.
@@ -71,7 +77,10 @@ impl Session {
     /// Ciphertext arrived from the peer.
     pub fn on_ciphertext(&mut self, data: &[u8]) -> SessionOutput {
         if self.done {
-            return SessionOutput { done: true, ..SessionOutput::default() };
+            return SessionOutput {
+                done: true,
+                ..SessionOutput::default()
+            };
         }
         let out = self.conn.receive(data);
         self.step(out)
@@ -88,7 +97,10 @@ impl Session {
 
     /// The host is shutting down: say close_notify and end.
     pub fn shutdown(&mut self) -> SessionOutput {
-        let mut step = SessionOutput { done: true, ..SessionOutput::default() };
+        let mut step = SessionOutput {
+            done: true,
+            ..SessionOutput::default()
+        };
         if let Ok(close) = self.conn.close() {
             step.to_send = close;
         }
@@ -241,7 +253,10 @@ impl Session {
             self.requests,
             f.suite,
             f.server_name.as_deref().unwrap_or("-"),
-            f.alpn.as_ref().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_else(|| "-".into()),
+            f.alpn
+                .as_ref()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .unwrap_or_else(|| "-".into()),
             f.peer_subject.as_deref().unwrap_or("-"),
             f.connection_id,
         )
@@ -270,8 +285,14 @@ mod tests {
 
     fn sessions(mode: AppMode) -> (Session, Connection) {
         let key = |direction, secret: u8| {
-            let m = TrafficKeyMaterial::from_tls13_secret(AeadAlgorithm::ChaCha20Poly1305, direction, &[secret; 32], 0, 3)
-                .unwrap();
+            let m = TrafficKeyMaterial::from_tls13_secret(
+                AeadAlgorithm::ChaCha20Poly1305,
+                direction,
+                &[secret; 32],
+                0,
+                3,
+            )
+            .unwrap();
             TrafficKey::from_material(m, None).unwrap()
         };
         let facts = |role| Facts {
@@ -283,8 +304,18 @@ mod tests {
             peer_subject: None,
             connection_id: 3,
         };
-        let server = Connection::new(key(Direction::Seal, 1), key(Direction::Open, 2), facts(Role::Server)).unwrap();
-        let client = Connection::new(key(Direction::Seal, 2), key(Direction::Open, 1), facts(Role::Client)).unwrap();
+        let server = Connection::new(
+            key(Direction::Seal, 1),
+            key(Direction::Open, 2),
+            facts(Role::Server),
+        )
+        .unwrap();
+        let client = Connection::new(
+            key(Direction::Seal, 2),
+            key(Direction::Open, 1),
+            facts(Role::Client),
+        )
+        .unwrap();
         let mut session = Session::new(server, mode);
         assert!(session.start().to_send.is_empty());
         (session, client)
@@ -298,9 +329,18 @@ mod tests {
         assert!(!out.done);
         let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
         assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
-        assert!(text.contains("request: GET /b") && text.contains("requests_on_connection: 2"), "{text}");
-        assert!(text.contains("server_name: localhost") && text.contains("alpn: http/1.1"), "{text}");
-        let out = s.on_ciphertext(&c.send(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap());
+        assert!(
+            text.contains("request: GET /b") && text.contains("requests_on_connection: 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("server_name: localhost") && text.contains("alpn: http/1.1"),
+            "{text}"
+        );
+        let out = s.on_ciphertext(
+            &c.send(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap(),
+        );
         assert!(out.done);
         let reply = c.receive(&out.to_send);
         assert_eq!(reply.closed, Some(Closed::CloseNotify));

@@ -3,23 +3,25 @@
 
 use std::cell::RefCell;
 
+use crate::app::{AppMode, Session, SessionOutput};
 use crate::bindings;
-use crate::bindings::exports::keyferry::dataplane::keys::{
-    self, GuestMacKey, GuestTrafficKey, MacKey as MacKeyHandle, TrafficKey as TrafficKeyHandle,
+use crate::bindings::exports::keyferry::dataplane::application::{
+    self, GuestSession, Session as SessionHandle,
 };
-use crate::bindings::exports::keyferry::dataplane::application::{self, GuestSession, Session as SessionHandle};
 use crate::bindings::exports::keyferry::dataplane::connection::{
     self as wconn, GuestTlsConnection, TlsConnection as TlsConnectionHandle,
 };
+use crate::bindings::exports::keyferry::dataplane::keys::{
+    self, GuestMacKey, GuestTrafficKey, MacKey as MacKeyHandle, TrafficKey as TrafficKeyHandle,
+};
 use crate::bindings::exports::keyferry::dataplane::primitives;
 use crate::bindings::exports::keyferry::dataplane::types as wit;
+use crate::connection::{Closed, Connection, Event, Facts, Output, Role};
 use crate::error::{Alert, BlobError, Error, UnusableReason};
 use crate::instance::Instance;
 use crate::mac::MacKey;
 use crate::record::TrafficKey;
 use crate::suite::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
-use crate::app::{AppMode, Session, SessionOutput};
-use crate::connection::{Closed, Connection, Event, Facts, Output, Role};
 use crate::{blob, cipher, keyschedule, mac, selfcheck};
 
 struct Component;
@@ -165,28 +167,7 @@ impl GuestTrafficKey for TrafficKeyResource {
         let Some(key) = slot.as_ref() else {
             unreachable!("an exported handle is consumed by the canonical ABI")
         };
-        let s = key.state();
-        wit::TrafficKeyState {
-            version: match s.version {
-                ProtocolVersion::Tls12 => wit::ProtocolVersion::Tls12,
-                ProtocolVersion::Tls13 => wit::ProtocolVersion::Tls13,
-            },
-            aead: aead_to_wit(s.aead),
-            direction: match s.direction {
-                Direction::Seal => wit::Direction::Seal,
-                Direction::Open => wit::Direction::Open,
-            },
-            sequence: s.sequence,
-            generation: s.generation,
-            exportable: s.exportable,
-            residency: if s.host_resident {
-                wit::Residency::Host
-            } else {
-                wit::Residency::Software
-            },
-            connection_id: s.connection_id,
-            auto_update_limit: s.auto_update_limit,
-        }
+        state_to_wit(key.state())
     }
 
     fn take_buffered(&self) -> wit::Buffered {
@@ -386,21 +367,30 @@ impl TlsConnectionResource {
 }
 
 impl GuestTlsConnection for TlsConnectionResource {
-    fn attach(seal_blob: Vec<u8>, open_blob: Vec<u8>, facts: wit::Facts) -> Result<TlsConnectionHandle, wit::Error> {
+    fn attach(
+        seal_blob: Vec<u8>,
+        open_blob: Vec<u8>,
+        facts: wit::Facts,
+    ) -> Result<TlsConnectionHandle, wit::Error> {
         let conn = attach(&seal_blob, &open_blob, facts)?;
-        Ok(TlsConnectionHandle::new(TlsConnectionResource(RefCell::new(Some(conn)))))
+        Ok(TlsConnectionHandle::new(TlsConnectionResource(
+            RefCell::new(Some(conn)),
+        )))
     }
 
     fn start(&self) -> wconn::Output {
-        self.with(|c| output_to_wit(c.start())).unwrap_or_else(empty_output)
+        self.with(|c| output_to_wit(c.start()))
+            .unwrap_or_else(empty_output)
     }
 
     fn receive(&self, ciphertext: Vec<u8>) -> wconn::Output {
-        self.with(|c| output_to_wit(c.receive(&ciphertext))).unwrap_or_else(empty_output)
+        self.with(|c| output_to_wit(c.receive(&ciphertext)))
+            .unwrap_or_else(empty_output)
     }
 
     fn end_of_stream(&self) -> wconn::Output {
-        self.with(|c| output_to_wit(c.end_of_stream())).unwrap_or_else(empty_output)
+        self.with(|c| output_to_wit(c.end_of_stream()))
+            .unwrap_or_else(empty_output)
     }
 
     fn send(&self, plaintext: Vec<u8>) -> Result<Vec<u8>, wit::Error> {
@@ -409,21 +399,48 @@ impl GuestTlsConnection for TlsConnectionResource {
     }
 
     fn close(&self) -> Result<Vec<u8>, wit::Error> {
-        self.with(|c| c.close().map_err(to_wit)).unwrap_or(Err(wit::Error::Unusable(wit::UnusableReason::Failed)))
+        self.with(|c| c.close().map_err(to_wit))
+            .unwrap_or(Err(wit::Error::Unusable(wit::UnusableReason::Failed)))
+    }
+
+    fn key_update(&self, request_update: bool) -> Result<Vec<u8>, wit::Error> {
+        self.with(|c| c.key_update(request_update).map_err(to_wit))
+            .unwrap_or(Err(wit::Error::Unusable(wit::UnusableReason::Failed)))
+    }
+
+    fn key_states(&self) -> (wit::TrafficKeyState, wit::TrafficKeyState) {
+        let mut slot = self.0.borrow_mut();
+        let Some(conn) = slot.as_mut() else {
+            unreachable!("an exported handle is consumed by the canonical ABI")
+        };
+        let (seal, open) = conn.keys();
+        (state_to_wit(seal.state()), state_to_wit(open.state()))
     }
 
     fn facts(&self) -> wit::Facts {
-        self.with(|c| facts_to_wit(c.facts())).unwrap_or_else(|| facts_to_wit(&placeholder_facts()))
+        self.with(|c| facts_to_wit(c.facts()))
+            .unwrap_or_else(|| facts_to_wit(&placeholder_facts()))
     }
 
-    fn export(this: TlsConnectionHandle, recipient: Vec<u8>) -> Result<wconn::Migrated, wit::Error> {
+    fn export(
+        this: TlsConnectionHandle,
+        recipient: Vec<u8>,
+    ) -> Result<wconn::Migrated, wit::Error> {
         let resource: TlsConnectionResource = this.into_inner();
-        let conn = resource.0.borrow_mut().take().ok_or(wit::Error::Unusable(wit::UnusableReason::Failed))?;
+        let conn = resource
+            .0
+            .borrow_mut()
+            .take()
+            .ok_or(wit::Error::Unusable(wit::UnusableReason::Failed))?;
         let (seal, open, facts) = conn.into_keys().map_err(to_wit)?;
         with_instance(|i| {
             let seal_blob = i.export_traffic_key(seal, &recipient)?;
             let open_blob = i.export_traffic_key(open, &recipient)?;
-            Ok(wconn::Migrated { seal_blob, open_blob, facts: facts_to_wit(&facts) })
+            Ok(wconn::Migrated {
+                seal_blob,
+                open_blob,
+                facts: facts_to_wit(&facts),
+            })
         })
         .map_err(to_wit)
     }
@@ -450,7 +467,9 @@ impl GuestSession for SessionResource {
             application::AppMode::Echo => AppMode::Echo,
             application::AppMode::Http => AppMode::Http,
         };
-        Ok(SessionHandle::new(SessionResource(RefCell::new(Session::new(conn, mode)))))
+        Ok(SessionHandle::new(SessionResource(RefCell::new(
+            Session::new(conn, mode),
+        ))))
     }
 
     fn start(&self) -> application::SessionOutput {
@@ -483,6 +502,30 @@ impl application::Guest for Component {
 }
 
 bindings::export!(Component with_types_in bindings);
+
+fn state_to_wit(s: crate::record::TrafficKeyState) -> wit::TrafficKeyState {
+    wit::TrafficKeyState {
+        version: match s.version {
+            ProtocolVersion::Tls12 => wit::ProtocolVersion::Tls12,
+            ProtocolVersion::Tls13 => wit::ProtocolVersion::Tls13,
+        },
+        aead: aead_to_wit(s.aead),
+        direction: match s.direction {
+            Direction::Seal => wit::Direction::Seal,
+            Direction::Open => wit::Direction::Open,
+        },
+        sequence: s.sequence,
+        generation: s.generation,
+        exportable: s.exportable,
+        residency: if s.host_resident {
+            wit::Residency::Host
+        } else {
+            wit::Residency::Software
+        },
+        connection_id: s.connection_id,
+        auto_update_limit: s.auto_update_limit,
+    }
+}
 
 fn placeholder_facts() -> Facts {
     Facts {

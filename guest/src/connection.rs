@@ -193,9 +193,12 @@ impl Connection {
     /// Protects application data, split into records of at most 2^14 bytes.
     pub fn send(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
         if self.write_closed {
-            return Err(Error::InvalidArgument("connection already closed for writing"));
+            return Err(Error::InvalidArgument(
+                "connection already closed for writing",
+            ));
         }
-        let mut out = Vec::with_capacity(plaintext.len() + plaintext.len() / MAX_PLAINTEXT * 40 + 40);
+        let mut out =
+            Vec::with_capacity(plaintext.len() + plaintext.len() / MAX_PLAINTEXT * 40 + 40);
         for chunk in plaintext.chunks(MAX_PLAINTEXT) {
             out.extend(self.seal.seal(ContentType::ApplicationData, chunk, 0)?);
         }
@@ -211,12 +214,25 @@ impl Connection {
         self.seal.seal(ContentType::Alert, &[1, CLOSE_NOTIFY], 0)
     }
 
+    /// Sends a KeyUpdate (TLS 1.3) and moves the send key to its next
+    /// generation.
+    pub fn key_update(&mut self, request_update: bool) -> Result<Vec<u8>> {
+        if self.write_closed {
+            return Err(Error::InvalidArgument(
+                "connection already closed for writing",
+            ));
+        }
+        self.seal.send_key_update(request_update)
+    }
+
     /// Hands back both keys (for export to another instance). Ciphertext
     /// still unprocessed travels in the open key's buffer; a half-received
     /// handshake message cannot, so export waits for it to complete.
     pub fn into_keys(mut self) -> Result<(TrafficKey, TrafficKey, Facts)> {
         if !self.handshake.is_empty() {
-            return Err(Error::InvalidArgument("a handshake message is half received"));
+            return Err(Error::InvalidArgument(
+                "a handshake message is half received",
+            ));
         }
         if self.read != ReadState::Open || self.write_closed {
             return Err(Error::InvalidArgument("connection is closing"));
@@ -322,7 +338,9 @@ impl Connection {
             if self.handshake.len() < 4 {
                 return Ok(());
             }
-            let len = u32::from_be_bytes([0, self.handshake[1], self.handshake[2], self.handshake[3]]) as usize;
+            let len =
+                u32::from_be_bytes([0, self.handshake[1], self.handshake[2], self.handshake[3]])
+                    as usize;
             if len > MAX_HANDSHAKE_MESSAGE {
                 return Err(Error::Alert(Alert::DecodeError));
             }
@@ -373,7 +391,11 @@ impl Connection {
                 // Renegotiation is not supported: decline with a warning,
                 // as RFC 5746 allows.
                 if !self.write_closed {
-                    out.to_send.extend(self.seal.seal(ContentType::Alert, &[1, NO_RENEGOTIATION], 0)?);
+                    out.to_send.extend(self.seal.seal(
+                        ContentType::Alert,
+                        &[1, NO_RENEGOTIATION],
+                        0,
+                    )?);
                 }
             }
             _ => return Err(Error::Alert(Alert::UnexpectedMessage)),
@@ -391,7 +413,9 @@ mod tests {
     fn pair(aead: AeadAlgorithm, role_a: Role) -> (Connection, Connection) {
         let key = |direction, secret: u8| {
             let len = aead.tls13_hash().output_len();
-            let m = TrafficKeyMaterial::from_tls13_secret(aead, direction, &vec![secret; len], 0, 1).unwrap();
+            let m =
+                TrafficKeyMaterial::from_tls13_secret(aead, direction, &vec![secret; len], 0, 1)
+                    .unwrap();
             TrafficKey::from_material(m, None).unwrap()
         };
         let facts = |role| Facts {
@@ -403,9 +427,23 @@ mod tests {
             peer_subject: None,
             connection_id: 1,
         };
-        let other = if role_a == Role::Client { Role::Server } else { Role::Client };
-        let a = Connection::new(key(Direction::Seal, 1), key(Direction::Open, 2), facts(role_a)).unwrap();
-        let b = Connection::new(key(Direction::Seal, 2), key(Direction::Open, 1), facts(other)).unwrap();
+        let other = if role_a == Role::Client {
+            Role::Server
+        } else {
+            Role::Client
+        };
+        let a = Connection::new(
+            key(Direction::Seal, 1),
+            key(Direction::Open, 2),
+            facts(role_a),
+        )
+        .unwrap();
+        let b = Connection::new(
+            key(Direction::Seal, 2),
+            key(Direction::Open, 1),
+            facts(other),
+        )
+        .unwrap();
         (a, b)
     }
 
@@ -462,10 +500,19 @@ mod tests {
         let (mut server, mut client) = pair(AeadAlgorithm::Aes256Gcm, Role::Server);
         let mut ticket = vec![NEW_SESSION_TICKET, 0, 0, 40];
         ticket.extend([7u8; 40]);
-        let first = server.seal.seal(ContentType::Handshake, &ticket[..10], 0).unwrap();
-        let second = server.seal.seal(ContentType::Handshake, &ticket[10..], 0).unwrap();
+        let first = server
+            .seal
+            .seal(ContentType::Handshake, &ticket[..10], 0)
+            .unwrap();
+        let second = server
+            .seal
+            .seal(ContentType::Handshake, &ticket[10..], 0)
+            .unwrap();
         assert!(client.receive(&first).events.is_empty());
-        assert_eq!(client.receive(&second).events, vec![Event::NewSessionTicket(ticket)]);
+        assert_eq!(
+            client.receive(&second).events,
+            vec![Event::NewSessionTicket(ticket)]
+        );
     }
 
     #[test]

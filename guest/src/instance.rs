@@ -85,7 +85,10 @@ impl Instance {
         self.registry.release(
             state.connection_id,
             state.direction,
-            Position { generation: state.generation, sequence: state.sequence },
+            Position {
+                generation: state.generation,
+                sequence: state.sequence,
+            },
         );
     }
 }

@@ -2,8 +2,8 @@
 //! connection's sealed keys and its handshake facts, then moves only
 //! ciphertext in and out. Plaintext never exists in the host.
 
-use keyferry_guest::connection::{Closed, Event, Facts};
 use keyferry_guest::blob;
+use keyferry_guest::connection::{Closed, Event, Facts};
 use keyferry_guest::record::TrafficKeyMaterial;
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
@@ -54,9 +54,16 @@ pub struct AppInstance {
 const MAX_STEP_OUTPUT: usize = 64 << 20;
 
 impl AppInstance {
-    pub(crate) fn new(store: Store<StoreState>, bindings: ApplicationPlugin, bound: ExecutionBound) -> Result<Self> {
+    pub(crate) fn new(
+        store: Store<StoreState>,
+        bindings: ApplicationPlugin,
+        bound: ExecutionBound,
+    ) -> Result<Self> {
         let mut sandbox = Sandboxed::new(store, bindings, bound);
-        let key = sandbox.call(|s, b| b.keyferry_dataplane_application().call_application_exchange_key(s))?;
+        let key = sandbox.call(|s, b| {
+            b.keyferry_dataplane_application()
+                .call_application_exchange_key(s)
+        })?;
         let exchange = ExchangeKey::checked(&key.id, &key.public_key)?;
         Ok(Self { sandbox, exchange })
     }
@@ -87,14 +94,22 @@ impl AppInstance {
     }
 
     /// Starts a session on blobs already sealed to this instance.
-    pub fn attach_blobs(&mut self, seal_blob: &[u8], open_blob: &[u8], facts: &Facts, mode: AppMode) -> Result<SessionHandle> {
+    pub fn attach_blobs(
+        &mut self,
+        seal_blob: &[u8],
+        open_blob: &[u8],
+        facts: &Facts,
+        mode: AppMode,
+    ) -> Result<SessionHandle> {
         let facts = facts_to_wit(facts);
         let mode = match mode {
             AppMode::Echo => wapp::AppMode::Echo,
             AppMode::Http => wapp::AppMode::Http,
         };
         let r = self.sandbox.call(|s, b| {
-            b.keyferry_dataplane_application().session().call_attach(s, seal_blob, open_blob, &facts, mode)
+            b.keyferry_dataplane_application()
+                .session()
+                .call_attach(s, seal_blob, open_blob, &facts, mode)
         })?;
         match r {
             Ok(resource) => Ok(SessionHandle { resource }),
@@ -104,30 +119,41 @@ impl AppInstance {
 
     /// Delivers what was buffered at handoff.
     pub fn start(&mut self, session: &SessionHandle) -> Result<SessionStep> {
-        let out = self.sandbox.call(|s, b| b.keyferry_dataplane_application().session().call_start(s, session.resource))?;
+        let out = self.sandbox.call(|s, b| {
+            b.keyferry_dataplane_application()
+                .session()
+                .call_start(s, session.resource)
+        })?;
         checked(out)
     }
 
     /// Ciphertext arrived from the peer.
     pub fn on_ciphertext(&mut self, session: &SessionHandle, data: &[u8]) -> Result<SessionStep> {
-        let out = self
-            .sandbox
-            .call(|s, b| b.keyferry_dataplane_application().session().call_on_ciphertext(s, session.resource, data))?;
+        let out = self.sandbox.call(|s, b| {
+            b.keyferry_dataplane_application()
+                .session()
+                .call_on_ciphertext(s, session.resource, data)
+        })?;
         checked(out)
     }
 
     /// The transport hit EOF.
     pub fn on_end_of_stream(&mut self, session: &SessionHandle) -> Result<SessionStep> {
-        let out = self
-            .sandbox
-            .call(|s, b| b.keyferry_dataplane_application().session().call_on_end_of_stream(s, session.resource))?;
+        let out = self.sandbox.call(|s, b| {
+            b.keyferry_dataplane_application()
+                .session()
+                .call_on_end_of_stream(s, session.resource)
+        })?;
         checked(out)
     }
 
     /// Asks the application to send close_notify and end.
     pub fn shutdown(&mut self, session: &SessionHandle) -> Result<SessionStep> {
-        let out =
-            self.sandbox.call(|s, b| b.keyferry_dataplane_application().session().call_shutdown(s, session.resource))?;
+        let out = self.sandbox.call(|s, b| {
+            b.keyferry_dataplane_application()
+                .session()
+                .call_shutdown(s, session.resource)
+        })?;
         checked(out)
     }
 }
@@ -136,7 +162,9 @@ impl AppInstance {
 /// bounded events.
 fn checked(out: wapp::SessionOutput) -> Result<SessionStep> {
     if out.to_send.len() > MAX_STEP_OUTPUT || count_records(&out.to_send).is_none() {
-        return Err(Error::InvalidGuestResult("session output is not whole TLS records"));
+        return Err(Error::InvalidGuestResult(
+            "session output is not whole TLS records",
+        ));
     }
     if out.events.len() > 64 {
         return Err(Error::InvalidGuestResult("too many events in one step"));

@@ -31,7 +31,11 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        Self { records: 256, rounds: 5, record_size: 16384 }
+        Self {
+            records: 256,
+            rounds: 5,
+            record_size: 16384,
+        }
     }
 }
 
@@ -71,12 +75,36 @@ pub struct Report {
 }
 
 const SUITES: [(&str, ProtocolVersion, AeadAlgorithm); 6] = [
-    ("TLS13_AES_128_GCM_SHA256", ProtocolVersion::Tls13, AeadAlgorithm::Aes128Gcm),
-    ("TLS13_AES_256_GCM_SHA384", ProtocolVersion::Tls13, AeadAlgorithm::Aes256Gcm),
-    ("TLS13_CHACHA20_POLY1305_SHA256", ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305),
-    ("TLS12_ECDHE_AES_128_GCM_SHA256", ProtocolVersion::Tls12, AeadAlgorithm::Aes128Gcm),
-    ("TLS12_ECDHE_AES_256_GCM_SHA384", ProtocolVersion::Tls12, AeadAlgorithm::Aes256Gcm),
-    ("TLS12_ECDHE_CHACHA20_POLY1305_SHA256", ProtocolVersion::Tls12, AeadAlgorithm::ChaCha20Poly1305),
+    (
+        "TLS13_AES_128_GCM_SHA256",
+        ProtocolVersion::Tls13,
+        AeadAlgorithm::Aes128Gcm,
+    ),
+    (
+        "TLS13_AES_256_GCM_SHA384",
+        ProtocolVersion::Tls13,
+        AeadAlgorithm::Aes256Gcm,
+    ),
+    (
+        "TLS13_CHACHA20_POLY1305_SHA256",
+        ProtocolVersion::Tls13,
+        AeadAlgorithm::ChaCha20Poly1305,
+    ),
+    (
+        "TLS12_ECDHE_AES_128_GCM_SHA256",
+        ProtocolVersion::Tls12,
+        AeadAlgorithm::Aes128Gcm,
+    ),
+    (
+        "TLS12_ECDHE_AES_256_GCM_SHA384",
+        ProtocolVersion::Tls12,
+        AeadAlgorithm::Aes256Gcm,
+    ),
+    (
+        "TLS12_ECDHE_CHACHA20_POLY1305_SHA256",
+        ProtocolVersion::Tls12,
+        AeadAlgorithm::ChaCha20Poly1305,
+    ),
 ];
 
 /// Runs every measurement with the engine's reference components.
@@ -96,11 +124,39 @@ pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
         let mut rustls_t = Vec::new();
         for _ in 0..options.rounds {
             connection_id += 2;
-            guest.push(measure_guest(&plain, None, version, aead, &payload, options.records, connection_id)?);
-            native.push(measure_native(version, aead, &payload, options.records, connection_id)?);
+            guest.push(measure_guest(
+                &plain,
+                None,
+                version,
+                aead,
+                &payload,
+                options.records,
+                connection_id,
+            )?);
+            native.push(measure_native(
+                version,
+                aead,
+                &payload,
+                options.records,
+                connection_id,
+            )?);
             let store = Some(engine.key_store().as_ref());
-            guest_hk.push(measure_guest(&host_keys, store, version, aead, &payload, options.records, connection_id + 1)?);
-            rustls_t.push(measure_rustls(name, version, aead, &payload, options.records)?);
+            guest_hk.push(measure_guest(
+                &host_keys,
+                store,
+                version,
+                aead,
+                &payload,
+                options.records,
+                connection_id + 1,
+            )?);
+            rustls_t.push(measure_rustls(
+                name,
+                version,
+                aead,
+                &payload,
+                options.records,
+            )?);
         }
         suites.push(SuiteResult {
             suite: name,
@@ -111,18 +167,38 @@ pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
         });
     }
     let call_overhead_ns = measure_call_overhead(&plain)?;
-    Ok(Report { options, suites, call_overhead_ns })
+    Ok(Report {
+        options,
+        suites,
+        call_overhead_ns,
+    })
 }
 
-fn material(version: ProtocolVersion, aead: AeadAlgorithm, direction: Direction, connection_id: u64) -> TrafficKeyMaterial {
+fn material(
+    version: ProtocolVersion,
+    aead: AeadAlgorithm,
+    direction: Direction,
+    connection_id: u64,
+) -> TrafficKeyMaterial {
     match version {
-        ProtocolVersion::Tls13 => {
-            TrafficKeyMaterial::from_tls13_secret(aead, direction, &vec![0x3c; aead.tls13_hash().output_len()], 0, connection_id)
-                .expect("derivation of a fixed secret")
-        }
-        ProtocolVersion::Tls12 => {
-            TrafficKeyMaterial::new(version, aead, direction, &vec![0x3c; aead.key_len()], &[0x5a; 12], &[], 0, connection_id)
-        }
+        ProtocolVersion::Tls13 => TrafficKeyMaterial::from_tls13_secret(
+            aead,
+            direction,
+            &vec![0x3c; aead.tls13_hash().output_len()],
+            0,
+            connection_id,
+        )
+        .expect("derivation of a fixed secret"),
+        ProtocolVersion::Tls12 => TrafficKeyMaterial::new(
+            version,
+            aead,
+            direction,
+            &vec![0x3c; aead.key_len()],
+            &[0x5a; 12],
+            &[],
+            0,
+            connection_id,
+        ),
     }
 }
 
@@ -136,7 +212,10 @@ fn median(samples: &[Throughput]) -> Throughput {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
-    Throughput { seal: pick(|t| t.seal), open: pick(|t| t.open) }
+    Throughput {
+        seal: pick(|t| t.seal),
+        open: pick(|t| t.open),
+    }
 }
 
 fn measure_guest(
@@ -175,7 +254,10 @@ fn measure_guest(
         store.remove(s);
         store.remove(o);
     }
-    Ok(Throughput { seal: mbps(payload.len() * records, seal_time), open: mbps(payload.len() * records, open_time) })
+    Ok(Throughput {
+        seal: mbps(payload.len() * records, seal_time),
+        open: mbps(payload.len() * records, open_time),
+    })
 }
 
 fn measure_native(
@@ -185,8 +267,14 @@ fn measure_native(
     records: usize,
     connection_id: u64,
 ) -> Result<Throughput> {
-    let mut seal = TrafficKey::from_material(material(version, aead, Direction::Seal, connection_id), None)?;
-    let mut open = TrafficKey::from_material(material(version, aead, Direction::Open, connection_id), None)?;
+    let mut seal = TrafficKey::from_material(
+        material(version, aead, Direction::Seal, connection_id),
+        None,
+    )?;
+    let mut open = TrafficKey::from_material(
+        material(version, aead, Direction::Open, connection_id),
+        None,
+    )?;
     let start = Instant::now();
     let mut wire = Vec::with_capacity(records);
     for _ in 0..records {
@@ -199,28 +287,52 @@ fn measure_native(
         std::hint::black_box(got);
     }
     let open_time = start.elapsed();
-    Ok(Throughput { seal: mbps(payload.len() * records, seal_time), open: mbps(payload.len() * records, open_time) })
+    Ok(Throughput {
+        seal: mbps(payload.len() * records, seal_time),
+        open: mbps(payload.len() * records, open_time),
+    })
 }
 
-fn rustls_pair(name: &str, version: ProtocolVersion, aead: AeadAlgorithm) -> Result<(Connection, Connection)> {
+fn rustls_pair(
+    name: &str,
+    version: ProtocolVersion,
+    aead: AeadAlgorithm,
+) -> Result<(Connection, Connection)> {
     use rustls::crypto::ring::cipher_suite as cs;
     let suite = match (version, aead) {
         (ProtocolVersion::Tls13, AeadAlgorithm::Aes128Gcm) => cs::TLS13_AES_128_GCM_SHA256,
         (ProtocolVersion::Tls13, AeadAlgorithm::Aes256Gcm) => cs::TLS13_AES_256_GCM_SHA384,
-        (ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305) => cs::TLS13_CHACHA20_POLY1305_SHA256,
-        (ProtocolVersion::Tls12, AeadAlgorithm::Aes128Gcm) => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        (ProtocolVersion::Tls12, AeadAlgorithm::Aes256Gcm) => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        (ProtocolVersion::Tls12, AeadAlgorithm::ChaCha20Poly1305) => cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        (ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305) => {
+            cs::TLS13_CHACHA20_POLY1305_SHA256
+        }
+        (ProtocolVersion::Tls12, AeadAlgorithm::Aes128Gcm) => {
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        }
+        (ProtocolVersion::Tls12, AeadAlgorithm::Aes256Gcm) => {
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        }
+        (ProtocolVersion::Tls12, AeadAlgorithm::ChaCha20Poly1305) => {
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
     };
     let v = match version {
         ProtocolVersion::Tls13 => &rustls::version::TLS13,
         ProtocolVersion::Tls12 => &rustls::version::TLS12,
     };
-    let options = TlsOptions::default().with_versions(&[v]).with_suites(&[suite]);
+    let options = TlsOptions::default()
+        .with_versions(&[v])
+        .with_suites(&[suite]);
     let identity = Identity::self_signed(&["localhost".into()])?;
     let server = Arc::new(tls::server_config(&identity, &options, None)?);
-    let client = Arc::new(tls::client_config(ServerVerification::DangerousNone, &options)?);
-    let mut c: Connection = ClientConnection::new(client, ServerName::try_from("localhost").expect("valid name"))?.into();
+    let client = Arc::new(tls::client_config(
+        ServerVerification::DangerousNone,
+        &options,
+    )?);
+    let mut c: Connection = ClientConnection::new(
+        client,
+        ServerName::try_from("localhost").expect("valid name"),
+    )?
+    .into();
     let mut s: Connection = ServerConnection::new(server)?.into();
     c.set_buffer_limit(None);
     s.set_buffer_limit(None);
@@ -237,11 +349,13 @@ fn rustls_pair(name: &str, version: ProtocolVersion, aead: AeadAlgorithm) -> Res
 fn pump(from: &mut Connection, to: &mut Connection) -> Result<()> {
     let mut buf = Vec::new();
     while from.wants_write() {
-        from.write_tls(&mut buf).map_err(|_| Error::Export("benchmark transport"))?;
+        from.write_tls(&mut buf)
+            .map_err(|_| Error::Export("benchmark transport"))?;
     }
     let mut rest = &buf[..];
     while !rest.is_empty() {
-        to.read_tls(&mut rest).map_err(|_| Error::Export("benchmark transport"))?;
+        to.read_tls(&mut rest)
+            .map_err(|_| Error::Export("benchmark transport"))?;
         to.process_new_packets()?;
     }
     Ok(())
@@ -278,12 +392,20 @@ fn measure_rustls(
         server.reader().read_exact(&mut sink).map_err(io)?;
     }
     let open_time = start.elapsed();
-    Ok(Throughput { seal: mbps(payload.len() * records, seal_time), open: mbps(payload.len() * records, open_time) })
+    Ok(Throughput {
+        seal: mbps(payload.len() * records, seal_time),
+        open: mbps(payload.len() * records, open_time),
+    })
 }
 
 fn measure_call_overhead(component: &GuestComponent) -> Result<f64> {
     let mut g: GuestInstance = component.instantiate()?;
-    let m = material(ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305, Direction::Seal, 99);
+    let m = material(
+        ProtocolVersion::Tls13,
+        AeadAlgorithm::ChaCha20Poly1305,
+        Direction::Seal,
+        99,
+    );
     let key = g.import_traffic_key(&g.seal_traffic_key(&m)?)?;
     for _ in 0..1000 {
         g.state(&key)?;
@@ -310,8 +432,20 @@ impl fmt::Display for Report {
         )?;
         for s in &self.suites {
             for (op, g, hk, n, r) in [
-                ("seal", s.guest.seal, s.guest_host_key.seal, s.native.seal, s.rustls.seal),
-                ("open", s.guest.open, s.guest_host_key.open, s.native.open, s.rustls.open),
+                (
+                    "seal",
+                    s.guest.seal,
+                    s.guest_host_key.seal,
+                    s.native.seal,
+                    s.rustls.seal,
+                ),
+                (
+                    "open",
+                    s.guest.open,
+                    s.guest_host_key.open,
+                    s.native.open,
+                    s.rustls.open,
+                ),
             ] {
                 writeln!(
                     f,
@@ -327,8 +461,18 @@ impl fmt::Display for Report {
                 )?;
             }
         }
-        writeln!(f, "host-to-guest call (state(), no work): {:.0} ns", self.call_overhead_ns)?;
-        writeln!(f, "guest = software key in the sandbox; guest+hk = host-resident key (AEAD in the host via key-service);")?;
-        write!(f, "native = the guest's record layer and RustCrypto crates compiled natively; rustls = rustls 0.23 with ring")
+        writeln!(
+            f,
+            "host-to-guest call (state(), no work): {:.0} ns",
+            self.call_overhead_ns
+        )?;
+        writeln!(
+            f,
+            "guest = software key in the sandbox; guest+hk = host-resident key (AEAD in the host via key-service);"
+        )?;
+        write!(
+            f,
+            "native = the guest's record layer and RustCrypto crates compiled natively; rustls = rustls 0.23 with ring"
+        )
     }
 }

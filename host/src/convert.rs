@@ -53,7 +53,9 @@ macro_rules! conversions {
             pub(crate) fn blob_error_from_wit(e: wit::Error, blob: &[u8]) -> Error {
                 match error_from_wit(e) {
                     Error::Record(G::Blob(BlobError::UnsupportedVersion(_))) => {
-                        Error::Record(G::Blob(BlobError::UnsupportedVersion(blob.get(4).copied().unwrap_or(0))))
+                        Error::Record(G::Blob(BlobError::UnsupportedVersion(
+                            blob.get(4).copied().unwrap_or(0),
+                        )))
                     }
                     other => other,
                 }
@@ -97,4 +99,7 @@ macro_rules! conversions {
 }
 
 conversions!(full, crate::bindings::exports::keyferry::dataplane::types);
-conversions!(plugin, crate::app_bindings::exports::keyferry::dataplane::types);
+conversions!(
+    plugin,
+    crate::app_bindings::exports::keyferry::dataplane::types
+);

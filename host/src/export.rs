@@ -148,16 +148,39 @@ pub(crate) fn keys_from_secrets(
                 Side::Server => (Side::Server, Side::Client),
             };
             (
-                log.take(ours).ok_or(Error::Export("TLS 1.3 traffic secret not logged; install the SecretLog"))?,
-                log.take(theirs).ok_or(Error::Export("TLS 1.3 traffic secret not logged; install the SecretLog"))?,
+                log.take(ours).ok_or(Error::Export(
+                    "TLS 1.3 traffic secret not logged; install the SecretLog",
+                ))?,
+                log.take(theirs).ok_or(Error::Export(
+                    "TLS 1.3 traffic secret not logged; install the SecretLog",
+                ))?,
             )
         }
         ProtocolVersion::Tls12 => (Zeroizing::new(Vec::new()), Zeroizing::new(Vec::new())),
     };
-    let seal = material(version, Direction::Seal, &tx, tx_seq, &seal_secret, connection_id)?;
-    let open = material(version, Direction::Open, &rx, rx_seq, &open_secret, connection_id)?;
+    let seal = material(
+        version,
+        Direction::Seal,
+        &tx,
+        tx_seq,
+        &seal_secret,
+        connection_id,
+    )?;
+    let open = material(
+        version,
+        Direction::Open,
+        &rx,
+        rx_seq,
+        &open_secret,
+        connection_id,
+    )?;
     let aead = seal.aead;
-    Ok(ConnectionKeys { seal, open, version, aead })
+    Ok(ConnectionKeys {
+        seal,
+        open,
+        version,
+        aead,
+    })
 }
 
 fn material(

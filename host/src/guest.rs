@@ -34,12 +34,18 @@ impl ExchangeKey {
     /// Checks what a guest reported: the length, and that the id is the
     /// key's own.
     pub(crate) fn checked(id: &[u8], public_key: &[u8]) -> Result<Self> {
-        let public_key: [u8; PUBLIC_KEY_LEN] =
-            public_key.try_into().map_err(|_| Error::InvalidGuestResult("exchange key length"))?;
+        let public_key: [u8; PUBLIC_KEY_LEN] = public_key
+            .try_into()
+            .map_err(|_| Error::InvalidGuestResult("exchange key length"))?;
         if id != blob::key_id(&public_key) {
-            return Err(Error::InvalidGuestResult("exchange key id does not match the key"));
+            return Err(Error::InvalidGuestResult(
+                "exchange key id does not match the key",
+            ));
         }
-        Ok(Self { id: blob::key_id(&public_key), public_key })
+        Ok(Self {
+            id: blob::key_id(&public_key),
+            public_key,
+        })
     }
 }
 
@@ -261,23 +267,7 @@ impl GuestInstance {
                 .traffic_key()
                 .call_state(s, key.resource)
         })?;
-        Ok(TrafficKeyState {
-            version: match s.version {
-                wit::ProtocolVersion::Tls12 => ProtocolVersion::Tls12,
-                wit::ProtocolVersion::Tls13 => ProtocolVersion::Tls13,
-            },
-            aead: aead_from_wit(s.aead),
-            direction: match s.direction {
-                wit::Direction::Seal => Direction::Seal,
-                wit::Direction::Open => Direction::Open,
-            },
-            sequence: s.sequence,
-            generation: s.generation,
-            exportable: s.exportable,
-            host_resident: matches!(s.residency, wit::Residency::Host),
-            connection_id: s.connection_id,
-            auto_update_limit: s.auto_update_limit,
-        })
+        Ok(state_from_wit(s))
     }
 
     /// Takes the plaintext and ciphertext buffered at handoff; once.
@@ -465,6 +455,27 @@ pub fn count_records(mut bytes: &[u8]) -> Option<usize> {
         n += 1;
     }
     Some(n)
+}
+
+/// The guest's report of a key's state, in the host's type.
+pub(crate) fn state_from_wit(s: wit::TrafficKeyState) -> TrafficKeyState {
+    TrafficKeyState {
+        version: match s.version {
+            wit::ProtocolVersion::Tls12 => ProtocolVersion::Tls12,
+            wit::ProtocolVersion::Tls13 => ProtocolVersion::Tls13,
+        },
+        aead: aead_from_wit(s.aead),
+        direction: match s.direction {
+            wit::Direction::Seal => Direction::Seal,
+            wit::Direction::Open => Direction::Open,
+        },
+        sequence: s.sequence,
+        generation: s.generation,
+        exportable: s.exportable,
+        host_resident: matches!(s.residency, wit::Residency::Host),
+        connection_id: s.connection_id,
+        auto_update_limit: s.auto_update_limit,
+    }
 }
 
 fn content_type_to_wit(t: ContentType) -> wit::ContentType {

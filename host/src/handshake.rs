@@ -19,7 +19,9 @@ use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
 use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
+};
 use rustls::{ClientConfig, HandshakeKind, ServerConfig, Side};
 use zeroize::Zeroizing;
 
@@ -85,18 +87,31 @@ impl Handshake {
     /// its own secret log and SNI capture.
     pub fn server(config: &Arc<ServerConfig>, connection_id: u64) -> Result<Self> {
         let log = Arc::new(SecretLog::new());
-        let sni = Arc::new(SniSlot { inner: config.cert_resolver.clone(), seen: Mutex::new(None) });
+        let sni = Arc::new(SniSlot {
+            inner: config.cert_resolver.clone(),
+            seen: Mutex::new(None),
+        });
         let mut c = (**config).clone();
         c.key_log = log.clone();
         c.cert_resolver = sni.clone();
         let conn = UnbufferedServerConnection::new(Arc::new(c))?;
-        Ok(Self::new(Unbuffered::Server(conn), log, Some(sni), None, connection_id))
+        Ok(Self::new(
+            Unbuffered::Server(conn),
+            log,
+            Some(sni),
+            None,
+            connection_id,
+        ))
     }
 
     /// A client handshake to `server_name`. Pass the same `config` for
     /// every connection: the per-connection copy shares its session store
     /// and verifier, so sessions resume.
-    pub fn client(config: &Arc<ClientConfig>, server_name: ServerName<'static>, connection_id: u64) -> Result<Self> {
+    pub fn client(
+        config: &Arc<ClientConfig>,
+        server_name: ServerName<'static>,
+        connection_id: u64,
+    ) -> Result<Self> {
         let log = Arc::new(SecretLog::new());
         let mut c = (**config).clone();
         c.key_log = log.clone();
@@ -105,7 +120,13 @@ impl Handshake {
             _ => None,
         };
         let conn = UnbufferedClientConnection::new(Arc::new(c), server_name)?;
-        Ok(Self::new(Unbuffered::Client(conn), log, None, name, connection_id))
+        Ok(Self::new(
+            Unbuffered::Client(conn),
+            log,
+            None,
+            name,
+            connection_id,
+        ))
     }
 
     fn new(
@@ -132,7 +153,9 @@ impl Handshake {
     /// Bytes from the peer.
     pub fn feed(&mut self, data: &[u8]) -> Result<()> {
         if self.incoming.len() + data.len() > MAX_HANDSHAKE_BUFFER {
-            return Err(Error::Handshake("peer sent too much before finishing the handshake".into()));
+            return Err(Error::Handshake(
+                "peer sent too much before finishing the handshake".into(),
+            ));
         }
         self.incoming.extend_from_slice(data);
         Ok(())
@@ -223,35 +246,57 @@ impl Handshake {
             return Err(Error::Handshake("handshake bytes not yet sent".into()));
         }
         if self.exposed != 0 {
-            return Err(Error::Handshake("a handshake message was left half processed".into()));
+            return Err(Error::Handshake(
+                "a handshake message was left half processed".into(),
+            ));
         }
         let leftover = std::mem::take(&mut self.incoming);
         let (side, facts, resumed, secrets, kernel) = match self.conn {
             Unbuffered::Client(c) => {
-                let facts = facts(&c, Role::Client, self.server_name.clone(), self.connection_id)?;
+                let facts = facts(
+                    &c,
+                    Role::Client,
+                    self.server_name.clone(),
+                    self.connection_id,
+                )?;
                 let resumed = c.handshake_kind() == Some(HandshakeKind::Resumed);
                 let (secrets, kernel) = c.dangerous_into_kernel_connection()?;
                 (Side::Client, facts, resumed, secrets, Some(kernel))
             }
             Unbuffered::Server(s) => {
-                let sni = self.sni.as_ref().and_then(|slot| slot.seen.lock().ok().and_then(|s| s.clone()));
+                let sni = self
+                    .sni
+                    .as_ref()
+                    .and_then(|slot| slot.seen.lock().ok().and_then(|s| s.clone()));
                 let facts = facts(&s, Role::Server, sni, self.connection_id)?;
                 let resumed = s.handshake_kind() == Some(HandshakeKind::Resumed);
                 let (secrets, _kernel) = s.dangerous_into_kernel_connection()?;
                 (Side::Server, facts, resumed, secrets, None)
             }
         };
-        let mut keys = keys_from_secrets(side, facts.version, secrets, &self.log, self.connection_id)?;
+        let mut keys =
+            keys_from_secrets(side, facts.version, secrets, &self.log, self.connection_id)?;
         keys.open.buffered_plaintext = std::mem::take(&mut self.early);
         keys.open.buffered_ciphertext = leftover;
-        Ok(Handoff { keys, facts, kernel, resumed })
+        Ok(Handoff {
+            keys,
+            facts,
+            kernel,
+            resumed,
+        })
     }
 }
 
 /// One state of the unbuffered loop: encode, transmit (our caller sends),
 /// collect early plaintext, or report where we stand.
-fn step<D>(status: UnbufferedStatus<'_, '_, D>, outgoing: &mut Vec<u8>, early: &mut Vec<u8>) -> (usize, Step) {
-    let UnbufferedStatus { mut discard, state, .. } = status;
+fn step<D>(
+    status: UnbufferedStatus<'_, '_, D>,
+    outgoing: &mut Vec<u8>,
+    early: &mut Vec<u8>,
+) -> (usize, Step) {
+    let UnbufferedStatus {
+        mut discard, state, ..
+    } = status;
     let step = match state {
         Err(e) => Step::Fail(Error::Tls(e)),
         Ok(ConnectionState::EncodeTlsData(mut e)) => match encode(&mut e, outgoing) {
@@ -286,7 +331,9 @@ fn step<D>(status: UnbufferedStatus<'_, '_, D>, outgoing: &mut Vec<u8>, early: &
         Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
             Step::Fail(Error::Handshake("peer closed during the handshake".into()))
         }
-        Ok(_) => Step::Fail(Error::Handshake("unexpected handshake state (early data is off)".into())),
+        Ok(_) => Step::Fail(Error::Handshake(
+            "unexpected handshake state (early data is off)".into(),
+        )),
     };
     (discard, step)
 }
@@ -294,12 +341,18 @@ fn step<D>(status: UnbufferedStatus<'_, '_, D>, outgoing: &mut Vec<u8>, early: &
 fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) -> Result<()> {
     let used = out.len();
     let need = match e.encode(&mut []) {
-        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => required_size,
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            required_size
+        }
         Ok(_) => return Ok(()),
-        Err(EncodeError::AlreadyEncoded) => return Err(Error::Handshake("record encoded twice".into())),
+        Err(EncodeError::AlreadyEncoded) => {
+            return Err(Error::Handshake("record encoded twice".into()));
+        }
     };
     out.resize(used + need, 0);
-    let n = e.encode(&mut out[used..]).map_err(|e| Error::Handshake(format!("encoding a record: {e}")))?;
+    let n = e
+        .encode(&mut out[used..])
+        .map_err(|e| Error::Handshake(format!("encoding a record: {e}")))?;
     out.truncate(used + n);
     Ok(())
 }
@@ -311,23 +364,34 @@ fn record_len(bytes: &[u8]) -> Result<Option<usize>> {
     }
     let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
     if len > MAX_CIPHERTEXT {
-        return Err(Error::Handshake("record over the TLS size limit during the handshake".into()));
+        return Err(Error::Handshake(
+            "record over the TLS size limit during the handshake".into(),
+        ));
     }
     Ok((bytes.len() >= HEADER_LEN + len).then_some(HEADER_LEN + len))
 }
 
-fn facts(conn: &rustls::CommonState, role: Role, server_name: Option<String>, connection_id: u64) -> Result<Facts> {
+fn facts(
+    conn: &rustls::CommonState,
+    role: Role,
+    server_name: Option<String>,
+    connection_id: u64,
+) -> Result<Facts> {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => keyferry_guest::ProtocolVersion::Tls13,
         Some(rustls::ProtocolVersion::TLSv1_2) => keyferry_guest::ProtocolVersion::Tls12,
         _ => return Err(Error::Export("unsupported protocol version")),
     };
-    let suite = conn.negotiated_cipher_suite().ok_or(Error::Export("no cipher suite"))?;
+    let suite = conn
+        .negotiated_cipher_suite()
+        .ok_or(Error::Export("no cipher suite"))?;
     let suite = suite.suite().as_str().unwrap_or("unknown").to_string();
     let peer_subject = conn
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .map(|leaf| crate::x509::subject(leaf.as_ref()).unwrap_or_else(|| "unparsable certificate".into()));
+        .map(|leaf| {
+            crate::x509::subject(leaf.as_ref()).unwrap_or_else(|| "unparsable certificate".into())
+        });
     Ok(Facts {
         role,
         version,

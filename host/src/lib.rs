@@ -43,7 +43,12 @@ pub mod bindings {
 
 /// Generated wasmtime bindings for the `application-plugin` world: what
 /// `serve` drives, in the reference component and in plugins alike.
-#[allow(missing_docs, unreachable_pub, unused_qualifications, reason = "generated code")]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    unused_qualifications,
+    reason = "generated code"
+)]
 #[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
 pub mod app_bindings {
     include!("app_bindings.rs");
@@ -54,8 +59,8 @@ mod artifacts {
 }
 
 pub use artifacts::{
-    EXAMPLE_PLUGIN_MISBEHAVING_PATH, EXAMPLE_PLUGIN_UPPERCASE_PATH, GUEST_COMPONENT, GUEST_COMPONENT_HOST_KEYS,
-    GUEST_COMPONENT_PATH,
+    EXAMPLE_PLUGIN_MISBEHAVING_PATH, EXAMPLE_PLUGIN_UPPERCASE_PATH, GUEST_COMPONENT,
+    GUEST_COMPONENT_HOST_KEYS, GUEST_COMPONENT_PATH,
 };
 pub use error::{Error, Result, TrapKind};
 pub use guest::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, TrafficKeyState};

@@ -78,7 +78,9 @@ impl SandboxArgs {
             Some(fuel) => ExecutionBound::Fuel(fuel),
             None => ExecutionBound::Deadline(Duration::from_millis(self.deadline_ms)),
         };
-        SandboxConfig::default().with_memory_limit(self.memory_mib << 20).with_execution_bound(bound)
+        SandboxConfig::default()
+            .with_memory_limit(self.memory_mib << 20)
+            .with_execution_bound(bound)
     }
 }
 
@@ -176,7 +178,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             }) {
                 return ExitCode::SUCCESS;
             }
@@ -206,18 +209,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Describe => {
             let engine = GuestEngine::new(SandboxConfig::default())?;
-            println!("{}", engine.reference_component()?.instantiate()?.describe()?);
+            println!(
+                "{}",
+                engine.reference_component()?.instantiate()?.describe()?
+            );
             Ok(())
         }
         Command::Bench(args) => {
             let engine = GuestEngine::new(SandboxConfig::default())?;
-            let options = keyferry::bench::BenchOptions { records: args.records, rounds: args.rounds, ..Default::default() };
+            let options = keyferry::bench::BenchOptions {
+                records: args.records,
+                rounds: args.rounds,
+                ..Default::default()
+            };
             println!("{}", keyferry::bench::run(&engine, options)?);
             Ok(())
         }
         Command::WriteGuest { path } => {
-            std::fs::write(&path, keyferry::GUEST_COMPONENT).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {} ({} bytes)", path.display(), keyferry::GUEST_COMPONENT.len());
+            std::fs::write(&path, keyferry::GUEST_COMPONENT)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote {} ({} bytes)",
+                path.display(),
+                keyferry::GUEST_COMPONENT.len()
+            );
             Ok(())
         }
     }
@@ -231,24 +246,38 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     let options = tls_options(args.tls12, args.tls13, &args.alpn);
     let tls = Arc::new(tls::server_config(&identity, &options, None)?);
     let engine = GuestEngine::new(
-        args.sandbox.config().with_pooling(u32::try_from(args.max_connections.max(1)).unwrap_or(u32::MAX)),
+        args.sandbox
+            .config()
+            .with_pooling(u32::try_from(args.max_connections.max(1)).unwrap_or(u32::MAX)),
     )?;
     let component = match &args.guest {
         Some(path) => {
-            let wasm = std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
-            engine.component(&wasm).with_context(|| format!("loading guest {}", path.display()))?
+            let wasm =
+                std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
+            engine
+                .component(&wasm)
+                .with_context(|| format!("loading guest {}", path.display()))?
         }
         None => engine.reference_component()?,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        let mode = if args.echo { AppMode::Echo } else { AppMode::Http };
+        let mode = if args.echo {
+            AppMode::Echo
+        } else {
+            AppMode::Http
+        };
         info!(address = %local, fingerprint = %identity.fingerprint(), mode = ?mode, "listening");
-        println!("keyferry serving on https://{local}/ (certificate SHA-256 {})", identity.fingerprint());
+        println!(
+            "keyferry serving on https://{local}/ (certificate SHA-256 {})",
+            identity.fingerprint()
+        );
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -273,21 +302,30 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
-    let (host, _port) = args.address.rsplit_once(':').context("address must be HOST:PORT")?;
+    let (host, _port) = args
+        .address
+        .rsplit_once(':')
+        .context("address must be HOST:PORT")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = args.sni.clone().unwrap_or_else(|| host.to_string());
-    let server_name = ServerName::try_from(name.clone()).with_context(|| format!("invalid server name {name}"))?;
+    let server_name = ServerName::try_from(name.clone())
+        .with_context(|| format!("invalid server name {name}"))?;
     let verification = if args.insecure {
         ServerVerification::DangerousNone
     } else {
-        let ca = args.ca.clone().unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        let ca = args
+            .ca
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
         ServerVerification::Roots(tls::roots_from_pem_file(&ca)?)
     };
     let options = tls_options(args.tls12, args.tls13, &args.alpn);
     let config = Arc::new(tls::client_config(verification, &options)?);
     let engine = GuestEngine::new(args.sandbox.config())?;
     let guest = engine.reference_component()?.instantiate()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let mut stream = tokio::net::TcpStream::connect(&args.address)
             .await

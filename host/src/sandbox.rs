@@ -17,8 +17,8 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::keyferry::dataplane::key_service;
 use crate::app_bindings::{ApplicationPlugin, ApplicationPluginPre};
+use crate::bindings::keyferry::dataplane::key_service;
 use crate::bindings::{DataplaneHostKeys, DataplaneHostKeysPre};
 use crate::error::{Error, Result, TrapKind};
 use crate::guest::GuestInstance;
@@ -284,7 +284,11 @@ impl GuestEngine {
     }
 
     fn prepare(&self, component: Component) -> Result<GuestComponent> {
-        let pre = self.shared.linker.instantiate_pre(&component).map_err(engine_error)?;
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(engine_error)?;
         // A component may export the whole data plane (the reference one
         // does), or only the application interface (a plugin).
         let full = DataplaneHostKeysPre::new(pre.clone()).ok();
@@ -294,7 +298,11 @@ impl GuestEngine {
                 "the component exports neither keyferry:dataplane/keys nor keyferry:dataplane/application".into(),
             ));
         }
-        Ok(GuestComponent { engine: self.clone(), full, app })
+        Ok(GuestComponent {
+            engine: self.clone(),
+            full,
+            app,
+        })
     }
 
     pub(crate) fn new_store(&self) -> Store<StoreState> {
@@ -341,10 +349,9 @@ impl GuestComponent {
     /// A fresh instance driven through the `application` interface only:
     /// what `serve` uses, for the reference component and plugins alike.
     pub fn instantiate_application(&self) -> Result<crate::app::AppInstance> {
-        let pre = self
-            .app
-            .as_ref()
-            .ok_or_else(|| Error::Engine("the component does not export keyferry:dataplane/application".into()))?;
+        let pre = self.app.as_ref().ok_or_else(|| {
+            Error::Engine("the component does not export keyferry:dataplane/application".into())
+        })?;
         let mut store = self.engine.new_store();
         arm(&mut store, self.engine.shared.config.execution)?;
         let bindings: ApplicationPlugin = pre.instantiate(&mut store).map_err(classify)?;
@@ -409,7 +416,12 @@ pub(crate) struct Sandboxed<B> {
 
 impl<B> Sandboxed<B> {
     pub(crate) fn new(store: Store<StoreState>, bindings: B, bound: ExecutionBound) -> Self {
-        Self { store, bindings, bound, poisoned: false }
+        Self {
+            store,
+            bindings,
+            bound,
+            poisoned: false,
+        }
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {
@@ -418,7 +430,10 @@ impl<B> Sandboxed<B> {
 
     /// Calls into the guest. Any wasmtime error poisons the store: only a
     /// new instance works again.
-    pub(crate) fn call<R>(&mut self, f: impl FnOnce(&mut Store<StoreState>, &B) -> wasmtime::Result<R>) -> Result<R> {
+    pub(crate) fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<StoreState>, &B) -> wasmtime::Result<R>,
+    ) -> Result<R> {
         if self.poisoned {
             return Err(Error::Poisoned);
         }

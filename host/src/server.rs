@@ -55,7 +55,11 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// Serves until `shutdown` becomes true, then sends close_notify on open
 /// connections and waits for them (up to the drain timeout).
-pub async fn serve(listener: TcpListener, options: ServerOptions, mut shutdown: watch::Receiver<bool>) -> Result<Arc<ServerStats>> {
+pub async fn serve(
+    listener: TcpListener,
+    options: ServerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Arc<ServerStats>> {
     let stats = Arc::new(ServerStats::default());
     let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -84,9 +88,15 @@ pub async fn serve(listener: TcpListener, options: ServerOptions, mut shutdown: 
         });
         while tasks.try_join_next().is_some() {}
     }
-    info!(open = tasks.len(), "shutting down: close_notify to open connections");
+    info!(
+        open = tasks.len(),
+        "shutting down: close_notify to open connections"
+    );
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(options.drain_timeout, drain).await.is_err() {
+    if tokio::time::timeout(options.drain_timeout, drain)
+        .await
+        .is_err()
+    {
         warn!("sessions still open after the drain timeout; closing them");
     }
     Ok(stats)
@@ -100,7 +110,8 @@ async fn connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed) | (u64::from(std::process::id()) << 40);
+    let id =
+        NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed) | (u64::from(std::process::id()) << 40);
     let _ = stream.set_nodelay(true);
     let handoff = match Handshake::server(&options.tls, id) {
         Ok(hs) => tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_async(&mut stream, hs))
@@ -122,10 +133,13 @@ async fn connection(
         keyferry_guest::ProtocolVersion::Tls13 => "TLSv1.3",
         keyferry_guest::ProtocolVersion::Tls12 => "TLSv1.2",
     };
-    let attached = options.component.instantiate_application().and_then(|mut app| {
-        let session = app.attach(handoff.keys.seal, handoff.keys.open, &facts, options.mode)?;
-        Ok((app, session))
-    });
+    let attached = options
+        .component
+        .instantiate_application()
+        .and_then(|mut app| {
+            let session = app.attach(handoff.keys.seal, handoff.keys.open, &facts, options.mode)?;
+            Ok((app, session))
+        });
     let (mut app, session) = match attached {
         Ok(a) => a,
         Err(e) => {

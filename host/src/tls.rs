@@ -12,7 +12,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::crypto::ring::{cipher_suite as cs, default_provider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
+};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -29,14 +31,22 @@ impl Identity {
     /// or SEC1). Errors name the file, never its contents.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
         let chain = CertificateDer::pem_file_iter(cert)
-            .map_err(|_| Error::Config(format!("cannot read certificates from {}", cert.display())))?
+            .map_err(|_| {
+                Error::Config(format!("cannot read certificates from {}", cert.display()))
+            })?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| Error::Config(format!("malformed PEM certificate in {}", cert.display())))?;
+            .map_err(|_| {
+                Error::Config(format!("malformed PEM certificate in {}", cert.display()))
+            })?;
         if chain.is_empty() {
-            return Err(Error::Config(format!("no certificate in {}", cert.display())));
+            return Err(Error::Config(format!(
+                "no certificate in {}",
+                cert.display()
+            )));
         }
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|_| Error::Config(format!("cannot read a private key from {}", key.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
+            Error::Config(format!("cannot read a private key from {}", key.display()))
+        })?;
         let identity = Self { chain, key };
         identity.check_key_matches()?;
         Ok(identity)
@@ -47,7 +57,10 @@ impl Identity {
         let ck = rcgen::generate_simple_self_signed(names.to_vec())
             .map_err(|e| Error::Config(format!("generating a self-signed certificate: {e}")))?;
         let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-        Ok(Self { chain: vec![ck.cert.der().clone()], key })
+        Ok(Self {
+            chain: vec![ck.cert.der().clone()],
+            key,
+        })
     }
 
     /// The leaf certificate's SHA-256 fingerprint, colon-separated hex, as
@@ -75,7 +88,11 @@ impl Identity {
 
 /// SHA-256 of a DER certificate, colon-separated uppercase hex.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Which protocol versions and suites to offer.
@@ -136,13 +153,21 @@ impl TlsOptions {
 
 /// A server config ready for handoff: secret extraction on, our suite
 /// order, TLS 1.3 tickets (two per connection, rustls's default).
-pub fn server_config(identity: &Identity, options: &TlsOptions, client_roots: Option<RootCertStore>) -> Result<ServerConfig> {
-    let builder = ServerConfig::builder_with_provider(options.provider()).with_protocol_versions(&options.versions)?;
+pub fn server_config(
+    identity: &Identity,
+    options: &TlsOptions,
+    client_roots: Option<RootCertStore>,
+) -> Result<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(options.provider())
+        .with_protocol_versions(&options.versions)?;
     let builder = match client_roots {
         Some(roots) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), options.provider())
-                .build()
-                .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                options.provider(),
+            )
+            .build()
+            .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -163,10 +188,16 @@ pub enum ServerVerification {
 }
 
 /// A client config ready for handoff.
-pub fn client_config(verification: ServerVerification, options: &TlsOptions) -> Result<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(options.provider()).with_protocol_versions(&options.versions)?;
+pub fn client_config(
+    verification: ServerVerification,
+    options: &TlsOptions,
+) -> Result<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(options.provider())
+        .with_protocol_versions(&options.versions)?;
     let mut config = match verification {
-        ServerVerification::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        ServerVerification::Roots(roots) => {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
         ServerVerification::DangerousNone => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(options.provider())))
@@ -183,8 +214,12 @@ pub fn roots_from_pem_file(path: &Path) -> Result<RootCertStore> {
     for cert in CertificateDer::pem_file_iter(path)
         .map_err(|_| Error::Config(format!("cannot read certificates from {}", path.display())))?
     {
-        let cert = cert.map_err(|_| Error::Config(format!("malformed PEM certificate in {}", path.display())))?;
-        roots.add(cert).map_err(|e| Error::Config(format!("bad CA certificate in {}: {e}", path.display())))?;
+        let cert = cert.map_err(|_| {
+            Error::Config(format!("malformed PEM certificate in {}", path.display()))
+        })?;
+        roots
+            .add(cert)
+            .map_err(|e| Error::Config(format!("bad CA certificate in {}: {e}", path.display())))?;
     }
     Ok(roots)
 }
@@ -226,7 +261,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -235,7 +275,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -30,7 +30,9 @@ pub fn handshake<S: Read + Write>(stream: &mut S, mut hs: Handshake) -> Result<H
             Progress::NeedInput => {
                 let n = stream.read(&mut buf)?;
                 if n == 0 {
-                    return Err(Error::Handshake("peer closed the transport during the handshake".into()));
+                    return Err(Error::Handshake(
+                        "peer closed the transport during the handshake".into(),
+                    ));
                 }
                 hs.feed(&buf[..n])?;
             }
@@ -39,7 +41,10 @@ pub fn handshake<S: Read + Write>(stream: &mut S, mut hs: Handshake) -> Result<H
 }
 
 /// Runs a handshake to completion over a tokio stream.
-pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, mut hs: Handshake) -> Result<Handoff> {
+pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut hs: Handshake,
+) -> Result<Handoff> {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let progress = hs.advance();
@@ -53,7 +58,9 @@ pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, 
             Progress::NeedInput => {
                 let n = stream.read(&mut buf).await?;
                 if n == 0 {
-                    return Err(Error::Handshake("peer closed the transport during the handshake".into()));
+                    return Err(Error::Handshake(
+                        "peer closed the transport during the handshake".into(),
+                    ));
                 }
                 hs.feed(&buf[..n])?;
             }
@@ -104,7 +111,12 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> SessionSummary {
     let started = Instant::now();
-    let mut summary = SessionSummary { bytes_in: 0, bytes_out: 0, ending: Ending::Clean, duration: Duration::ZERO };
+    let mut summary = SessionSummary {
+        bytes_in: 0,
+        bytes_out: 0,
+        ending: Ending::Clean,
+        duration: Duration::ZERO,
+    };
     let mut buf = vec![0u8; READ_CHUNK];
     let mut step = app.start(session);
     loop {
@@ -122,7 +134,9 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if s.done {
             summary.ending = match s.closed {
-                None | Some(Closed::CloseNotify) if !matches!(summary.ending, Ending::Shutdown) => Ending::Clean,
+                None | Some(Closed::CloseNotify) if !matches!(summary.ending, Ending::Shutdown) => {
+                    Ending::Clean
+                }
                 Some(c) if c != Closed::CloseNotify => Ending::Peer(c),
                 _ => summary.ending.clone(),
             };
@@ -151,7 +165,11 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     summary
 }
 
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, step: &SessionStep, summary: &mut SessionSummary) -> Result<()> {
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    step: &SessionStep,
+    summary: &mut SessionSummary,
+) -> Result<()> {
     if !step.to_send.is_empty() {
         stream.write_all(&step.to_send).await?;
         stream.flush().await?;

@@ -41,9 +41,15 @@ pub(crate) fn subject(cert: &[u8]) -> Option<String> {
                 [0x55, 0x04, 0x08] => "ST".to_string(),
                 [0x55, 0x04, 0x0a] => "O".to_string(),
                 [0x55, 0x04, 0x0b] => "OU".to_string(),
-                other => format!("OID.{}", other.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                other => format!(
+                    "OID.{}",
+                    other.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                ),
             };
-            let value: String = String::from_utf8_lossy(value).chars().filter(|c| !c.is_control()).collect();
+            let value: String = String::from_utf8_lossy(value)
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
             parts.push(format!("{label}={value}"));
         }
     }
@@ -90,16 +96,28 @@ mod tests {
     #[test]
     fn subject_of_a_generated_certificate() {
         let mut params = rcgen::CertificateParams::new(vec!["client.test".into()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "client.test");
-        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Keyferry Tests");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client.test");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Keyferry Tests");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        assert_eq!(super::subject(cert.der()).unwrap(), "CN=client.test, O=Keyferry Tests");
+        assert_eq!(
+            super::subject(cert.der()).unwrap(),
+            "CN=client.test, O=Keyferry Tests"
+        );
     }
 
     #[test]
     fn garbage_is_none_not_a_panic() {
-        for bytes in [&[][..], &[0x30], &[0x30, 0x84, 1, 2, 3, 4], &[0x30, 0x05, 0x30, 0x03, 0x02, 0x01]] {
+        for bytes in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x84, 1, 2, 3, 4],
+            &[0x30, 0x05, 0x30, 0x03, 0x02, 0x01],
+        ] {
             assert_eq!(super::subject(bytes), None);
         }
     }

@@ -336,3 +336,173 @@ impl Link {
         (app, other)
     }
 }
+
+pub mod handoff {
+    //! In-memory handoffs: a real rustls peer on one side, keyferry's
+    //! sans-IO handshake and guest data plane on the other.
+
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use keyferry::dataplane::{DataPlane, Delivery};
+    use keyferry::handshake::{Handoff, Handshake, Progress};
+    use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, Connection, ServerConfig};
+
+    use super::{Role, Suite};
+
+    /// Configs for both sides, restricted to one suite.
+    pub struct Configs {
+        pub server: Arc<ServerConfig>,
+        pub client: Arc<ClientConfig>,
+    }
+
+    pub fn configs(suite: Suite) -> Configs {
+        let options = TlsOptions::default()
+            .with_versions(&[suite.version])
+            .with_suites(&[suite.suite]);
+        let identity = Identity::self_signed(&["localhost".into()]).expect("identity");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(identity.chain()[0].clone()).expect("root");
+        Configs {
+            server: Arc::new(tls::server_config(&identity, &options, None).expect("server config")),
+            client: Arc::new(
+                tls::client_config(ServerVerification::Roots(roots), &options)
+                    .expect("client config"),
+            ),
+        }
+    }
+
+    /// Everything the peer wants to send, as bytes.
+    pub fn drain(peer: &mut Connection) -> Vec<u8> {
+        let mut out = Vec::new();
+        while peer.wants_write() {
+            peer.write_tls(&mut out).expect("write_tls");
+        }
+        out
+    }
+
+    /// Feeds bytes to the rustls peer; returns the plaintext it reads.
+    pub fn feed_peer(peer: &mut Connection, mut bytes: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let mut got = Vec::new();
+        loop {
+            match peer.reader().read_to_end(&mut got) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                Err(e) => panic!("peer read: {e}"),
+            }
+            if bytes.is_empty() {
+                return Ok(got);
+            }
+            peer.read_tls(&mut bytes).expect("read_tls");
+            peer.process_new_packets()?;
+        }
+    }
+
+    /// Runs our handshake against `peer`. `split` cuts what the peer sends
+    /// into pieces (1 = one byte at a time). `before_last_flight` runs on
+    /// the peer when its handshake completes, before its last flight is
+    /// delivered to us (to write data in the same flight as Finished).
+    pub fn run(
+        mut hs: Handshake,
+        peer: &mut Connection,
+        split: usize,
+        mut before_last_flight: impl FnMut(&mut Connection),
+    ) -> Handoff {
+        let mut fired = false;
+        loop {
+            let progress = hs.advance().expect("our handshake");
+            let out = hs.take_outgoing();
+            feed_peer(peer, &out).expect("peer accepts our handshake");
+            if progress == Progress::Complete {
+                // Whatever the peer still sends (tickets, data) is for the
+                // data plane, not the handshake.
+                return hs.finish().expect("handoff");
+            }
+            if !peer.is_handshaking() && !fired {
+                fired = true;
+                before_last_flight(peer);
+            }
+            let bytes = drain(peer);
+            assert!(!bytes.is_empty() || !out.is_empty(), "handshake stalled");
+            for piece in bytes.chunks(split.max(1)) {
+                hs.feed(piece).expect("feed");
+                if hs.advance().expect("our handshake") == Progress::Complete {
+                    // Keep feeding: the rest must end up buffered, not lost.
+                }
+            }
+        }
+    }
+
+    /// Handshake with `role` on our side, then a data plane in a fresh guest.
+    pub fn connect(
+        suite: Suite,
+        role: Role,
+        configs: &Configs,
+        split: usize,
+        before_last_flight: impl FnMut(&mut Connection),
+    ) -> (DataPlane, Delivery, Connection, bool) {
+        let (hs, mut peer): (Handshake, Connection) = match role {
+            Role::Server => (
+                Handshake::server(&configs.server, 1).expect("server handshake"),
+                rustls::ClientConnection::new(
+                    configs.client.clone(),
+                    ServerName::try_from("localhost").unwrap(),
+                )
+                .expect("peer")
+                .into(),
+            ),
+            Role::Client => (
+                Handshake::client(
+                    &configs.client,
+                    ServerName::try_from("localhost").unwrap(),
+                    2,
+                )
+                .expect("client handshake"),
+                rustls::ServerConnection::new(configs.server.clone())
+                    .expect("peer")
+                    .into(),
+            ),
+        };
+        let _ = suite;
+        let handoff = run(hs, &mut peer, split, before_last_flight);
+        let resumed = handoff.resumed;
+        let (plane, first) = DataPlane::new(super::guest(), handoff).expect("data plane");
+        (plane, first, peer, resumed)
+    }
+
+    /// The peer writes `data`; the plane receives it (answering KeyUpdates
+    /// to the peer). Returns what the plane delivered.
+    pub fn peer_to_plane(
+        peer: &mut Connection,
+        plane: &mut DataPlane,
+        data: &[u8],
+        split: usize,
+    ) -> (Vec<u8>, Delivery) {
+        let mut got = Vec::new();
+        let mut last = Delivery::default();
+        let mut chunks = data.chunks(16384).peekable();
+        loop {
+            if let Some(chunk) = chunks.next() {
+                peer.writer().write_all(chunk).expect("peer write");
+            }
+            let wire = drain(peer);
+            for piece in wire.chunks(split.max(1)) {
+                let d = plane.receive(piece).expect("plane receive");
+                got.extend_from_slice(&d.plaintext);
+                if !d.to_send.is_empty() {
+                    feed_peer(peer, &d.to_send).expect("peer accepts our answer");
+                }
+                last.tickets += d.tickets;
+                if d.closed.is_some() {
+                    last.closed = d.closed;
+                }
+            }
+            if chunks.peek().is_none() && !peer.wants_write() {
+                return (got, last);
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The host runs the handshake, hands the connection's data plane to a
+//! guest, and nothing is lost or duplicated: against a live rustls peer, in
+//! both roles, both TLS versions and every suite.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use keyferry::dataplane::DataPlane;
+use keyferry::handshake::Handshake;
+use keyferry_guest::Alert;
+use keyferry_guest::connection::Closed;
+use keyferry_tests::handoff::{configs, connect, drain, feed_peer, peer_to_plane, run};
+use keyferry_tests::{Role, all_suites, guest};
+use rustls::pki_types::ServerName;
+use sha2::{Digest, Sha256};
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+#[test]
+fn handshake_handoff_and_data_in_every_suite_and_role() {
+    for suite in all_suites() {
+        let configs = configs(suite);
+        for role in [Role::Client, Role::Server] {
+            let ctx = format!("{} as {role:?}", suite.name);
+            let (mut plane, first, mut peer, _) = connect(suite, role, &configs, 4096, |_| {});
+            assert!(first.plaintext.is_empty(), "{ctx}");
+            if role == Role::Client && suite.version == &rustls::version::TLS13 {
+                // The server's tickets arrive after the handoff, through the guest.
+                let (_, d) = peer_to_plane(&mut peer, &mut plane, &[], 4096);
+                assert_eq!(
+                    d.tickets, 2,
+                    "{ctx}: tickets reach the host's resumption store"
+                );
+            }
+            let facts = plane.facts().clone();
+            assert_eq!(facts.suite, format!("{:?}", suite.suite.suite()), "{ctx}");
+            if role == Role::Server {
+                assert_eq!(
+                    facts.server_name.as_deref(),
+                    Some("localhost"),
+                    "{ctx}: SNI reaches the guest"
+                );
+            } else {
+                assert!(
+                    facts.peer_subject.is_some(),
+                    "{ctx}: the server certificate's subject"
+                );
+            }
+
+            // Both ways.
+            let data = pattern(100_000, 1);
+            let wire = plane.send(&data).unwrap();
+            assert_eq!(
+                feed_peer(&mut peer, &wire).unwrap(),
+                data,
+                "{ctx}: plane -> peer"
+            );
+            let data = pattern(70_000, 2);
+            assert_eq!(
+                peer_to_plane(&mut peer, &mut plane, &data, 4096).0,
+                data,
+                "{ctx}: peer -> plane"
+            );
+
+            if suite.version == &rustls::version::TLS13 {
+                // Peer KeyUpdate with update_requested: the guest answers.
+                peer.refresh_traffic_keys().unwrap();
+                let data = pattern(20_000, 3);
+                assert_eq!(
+                    peer_to_plane(&mut peer, &mut plane, &data, 4096).0,
+                    data,
+                    "{ctx}: after peer update"
+                );
+                let data = pattern(5_000, 4);
+                let wire = plane.send(&data).unwrap();
+                assert_eq!(
+                    feed_peer(&mut peer, &wire).unwrap(),
+                    data,
+                    "{ctx}: after our answer"
+                );
+                let (seal, open) = plane.key_states().unwrap();
+                assert_eq!(
+                    (seal.generation, open.generation),
+                    (1, 1),
+                    "{ctx}: peer update applied and answered"
+                );
+                // Our KeyUpdate request: rustls answers without
+                // update_requested, and the guest applies it without
+                // answering again.
+                let update = plane.key_update(true).unwrap();
+                assert!(feed_peer(&mut peer, &update).unwrap().is_empty(), "{ctx}");
+                let data = pattern(3_000, 5);
+                let (got, d) = peer_to_plane(&mut peer, &mut plane, &data, 4096);
+                assert_eq!(got, data, "{ctx}: after the peer's answer");
+                assert!(d.closed.is_none(), "{ctx}");
+                let (seal, open) = plane.key_states().unwrap();
+                assert_eq!(
+                    (seal.generation, open.generation),
+                    (2, 2),
+                    "{ctx}: no answer to an answer"
+                );
+            }
+
+            // close_notify from the peer is a clean end.
+            peer.send_close_notify();
+            let (got, d) = peer_to_plane(&mut peer, &mut plane, &[], 4096);
+            assert!(got.is_empty());
+            assert_eq!(d.closed, Some(Closed::CloseNotify), "{ctx}");
+            let close = plane.close().unwrap();
+            feed_peer(&mut peer, &close).unwrap();
+        }
+    }
+}
+
+#[test]
+fn eof_without_close_notify_is_truncation() {
+    let suite = all_suites()[2];
+    let configs = configs(suite);
+    let (mut plane, _, mut peer, _) = connect(suite, Role::Server, &configs, 4096, |_| {});
+    let data = pattern(1000, 9);
+    assert_eq!(peer_to_plane(&mut peer, &mut plane, &data, 7).0, data);
+    let d = plane.end_of_stream().unwrap();
+    assert_eq!(
+        d.closed,
+        Some(Closed::Truncated),
+        "EOF without close_notify is never a clean close"
+    );
+}
+
+#[test]
+fn data_in_the_same_flight_as_finished_arrives_exactly_once() {
+    // TLS 1.3: the client may send data right behind its Finished. (A TLS
+    // 1.2 client must wait for the server's Finished, which comes last.)
+    for suite in all_suites()
+        .into_iter()
+        .filter(|s| s.version == &rustls::version::TLS13)
+    {
+        let configs = configs(suite);
+        // The client (peer) writes as soon as its handshake completes, so
+        // its Finished and its first data travel together.
+        let early = pattern(30_000, 5);
+        let (mut plane, first, mut peer, _) =
+            connect(suite, Role::Server, &configs, 100_000, |peer| {
+                peer.writer().write_all(&early).unwrap();
+            });
+        let mut got = first.plaintext.to_vec();
+        let (more, _) = peer_to_plane(&mut peer, &mut plane, b" and after", 4096);
+        got.extend(more);
+        let expected = [early.as_slice(), b" and after"].concat();
+        assert!(
+            got == expected,
+            "{}: {} bytes arrived, {} sent",
+            suite.name,
+            got.len(),
+            expected.len()
+        );
+    }
+}
+
+#[test]
+fn half_rtt_data_from_a_server_reaches_the_guest_client_once() {
+    let suite = all_suites()[0];
+    let c = configs(suite);
+    let mut server_config = (*c.server).clone();
+    server_config.send_half_rtt_data = true;
+    let server_config = Arc::new(server_config);
+    let mut peer: rustls::Connection = rustls::ServerConnection::new(server_config).unwrap().into();
+    let half_rtt = pattern(20_000, 6);
+    peer.writer().write_all(&half_rtt).unwrap();
+    let hs = Handshake::client(&c.client, ServerName::try_from("localhost").unwrap(), 3).unwrap();
+    let handoff = run(hs, &mut peer, 1_000_000, |_| {});
+    let (mut plane, first) = DataPlane::new(guest(), handoff).unwrap();
+    let mut got = first.plaintext.to_vec();
+    let (more, _) = peer_to_plane(&mut peer, &mut plane, b"!", 4096);
+    got.extend(more);
+    assert_eq!(got, [half_rtt.as_slice(), b"!"].concat());
+}
+
+#[test]
+fn one_byte_at_a_time_and_random_splits_give_the_same_bytes() {
+    let suite = all_suites()[0];
+    let configs = configs(suite);
+    // The whole handshake one byte at a time, then data in odd splits.
+    let (mut plane, _, mut peer, _) = connect(suite, Role::Server, &configs, 1, |_| {});
+    let data = pattern(50_000, 8);
+    let mut expected = Vec::new();
+    let mut seed = 0x9e3779b9u32;
+    let mut got = Vec::new();
+    for chunk in data.chunks(7000) {
+        peer.writer().write_all(chunk).unwrap();
+        expected.extend_from_slice(chunk);
+        let wire = drain(&mut peer);
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let n = (seed as usize % 300 + 1).min(rest.len());
+            got.extend_from_slice(&plane.receive(&rest[..n]).unwrap().plaintext);
+            rest = &rest[n..];
+        }
+    }
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn sixty_four_mib_each_way_with_automatic_key_updates() {
+    let suite = all_suites()[0]; // TLS 1.3 AES-128-GCM: auto KeyUpdate applies
+    let configs = configs(suite);
+    let mut peer: rustls::Connection = rustls::ClientConnection::new(
+        configs.client.clone(),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap()
+    .into();
+    let hs = Handshake::server(&configs.server, 64).unwrap();
+    let mut handoff = run(hs, &mut peer, 1 << 20, |_| {});
+    handoff.keys.seal.auto_update_limit = 1000;
+    let (mut plane, _) = DataPlane::new(guest(), handoff).unwrap();
+    const TOTAL: usize = 64 << 20;
+    let block = pattern(1 << 20, 11);
+
+    let (mut sent, mut received) = (Sha256::new(), Sha256::new());
+    let mut n = 0;
+    while n < TOTAL {
+        let wire = plane.send(&block).unwrap();
+        sent.update(&block);
+        received.update(feed_peer(&mut peer, &wire).unwrap());
+        n += block.len();
+    }
+    assert_eq!(
+        sent.finalize(),
+        received.finalize(),
+        "64 MiB guest -> rustls, byte-exact"
+    );
+    let (seal, _) = plane.key_states().unwrap();
+    assert!(
+        seal.generation >= 4,
+        "4096 records at 1000 per generation: {} updates",
+        seal.generation
+    );
+
+    let (mut sent, mut received) = (Sha256::new(), Sha256::new());
+    let mut n = 0;
+    while n < TOTAL {
+        sent.update(&block);
+        let (got, _) = peer_to_plane(&mut peer, &mut plane, &block, 1 << 20);
+        received.update(&got);
+        n += block.len();
+    }
+    assert_eq!(
+        sent.finalize(),
+        received.finalize(),
+        "64 MiB rustls -> guest, byte-exact"
+    );
+}
+
+#[test]
+fn a_ticket_that_arrived_through_the_guest_resumes_the_next_connection() {
+    let suite = all_suites()[2];
+    let configs = configs(suite);
+    let (mut plane, _, mut peer, resumed) = connect(suite, Role::Client, &configs, 4096, |_| {});
+    assert!(!resumed);
+    let (_, d) = peer_to_plane(&mut peer, &mut plane, &[], 4096);
+    assert!(
+        d.tickets >= 1,
+        "the server's tickets went through the guest to the host"
+    );
+    let (_, _, _, resumed) = connect(suite, Role::Client, &configs, 4096, |_| {});
+    assert!(
+        resumed,
+        "the next connection resumed with a ticket the guest delivered"
+    );
+}
+
+#[test]
+fn a_tampered_record_ends_only_that_connection_with_bad_record_mac() {
+    let suite = all_suites()[1];
+    let configs = configs(suite);
+    let (mut victim, _, mut victim_peer, _) = connect(suite, Role::Server, &configs, 4096, |_| {});
+    let (mut other, _, mut other_peer, _) = connect(suite, Role::Server, &configs, 4096, |_| {});
+
+    victim_peer.writer().write_all(b"will be tampered").unwrap();
+    let mut wire = drain(&mut victim_peer);
+    let last = wire.len() - 1;
+    wire[last] ^= 0x40;
+    let d = victim.receive(&wire).unwrap();
+    assert_eq!(
+        d.closed,
+        Some(Closed::LocalAlert(Alert::BadRecordMac)),
+        "the host learns why"
+    );
+    assert!(d.plaintext.is_empty());
+    let err = feed_peer(&mut victim_peer, &d.to_send).unwrap_err();
+    assert_eq!(
+        err,
+        rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac),
+        "the peer got the alert"
+    );
+
+    // The other connection, and the host, carry on.
+    let data = pattern(10_000, 12);
+    assert_eq!(
+        peer_to_plane(&mut other_peer, &mut other, &data, 4096).0,
+        data
+    );
+    let wire = other.send(b"still here").unwrap();
+    assert_eq!(feed_peer(&mut other_peer, &wire).unwrap(), b"still here");
+}
+
+#[test]
+fn a_connection_migrates_to_a_new_instance_mid_stream() {
+    let suite = all_suites()[2];
+    let configs = configs(suite);
+    let (plane, _, mut peer, _) = connect(suite, Role::Server, &configs, 4096, |_| {});
+    let mut plane = plane;
+    let data = pattern(3000, 13);
+    assert_eq!(peer_to_plane(&mut peer, &mut plane, &data, 4096).0, data);
+    // Half a record in flight when the connection moves.
+    peer.writer().write_all(b"split across the move").unwrap();
+    let wire = drain(&mut peer);
+    let (head, tail) = wire.split_at(10);
+    assert!(plane.receive(head).unwrap().plaintext.is_empty());
+    let mut plane = plane.migrate(guest()).expect("migrate");
+    assert_eq!(
+        &plane.receive(tail).unwrap().plaintext[..],
+        b"split across the move"
+    );
+    let wire = plane.send(b"from the new instance").unwrap();
+    assert_eq!(
+        feed_peer(&mut peer, &wire).unwrap(),
+        b"from the new instance"
+    );
+}
