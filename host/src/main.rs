@@ -335,36 +335,45 @@ fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
         let handoff = keyferry::transport::handshake_async(&mut stream, hs).await?;
         info!(version = ?handoff.facts.version, suite = %handoff.facts.suite, "handshake complete; data plane in the guest");
         let (mut plane, first) = DataPlane::new(guest, handoff)?;
+        let (mut net_in, mut net_out) = stream.split();
         let mut stdout = tokio::io::stdout();
         stdout.write_all(&first.plaintext).await?;
-        stream.write_all(&first.to_send).await?;
+        // Full duplex: the socket is always read, so a peer that echoes
+        // while we send can never deadlock against us.
+        let mut pending = first.to_send;
+        let mut written = 0;
         let mut stdin = tokio::io::stdin();
         let mut stdin_open = true;
         let mut net = vec![0u8; 16 * 1024 + 512];
         let mut input = vec![0u8; 16 * 1024];
         loop {
+            if written == pending.len() {
+                pending.clear();
+                written = 0;
+            }
             tokio::select! {
-                read = stream.read(&mut net) => {
+                read = net_in.read(&mut net) => {
                     let n = read?;
                     let d = if n == 0 { plane.end_of_stream()? } else { plane.receive(&net[..n])? };
                     stdout.write_all(&d.plaintext).await?;
                     stdout.flush().await?;
-                    stream.write_all(&d.to_send).await?;
+                    pending.extend_from_slice(&d.to_send);
                     if let Some(closed) = d.closed {
+                        net_out.write_all(&pending[written..]).await?;
                         info!(?closed, "peer closed");
                         break;
                     }
-                    if n == 0 {
-                        break;
-                    }
                 }
-                read = stdin.read(&mut input), if stdin_open => {
+                w = net_out.write(&pending[written..]), if written < pending.len() => {
+                    written += w?;
+                }
+                read = stdin.read(&mut input), if stdin_open && pending.len() - written < (1 << 20) => {
                     let n = read?;
                     if n == 0 {
                         stdin_open = false;
-                        stream.write_all(&plane.close()?).await?;
+                        pending.extend_from_slice(&plane.close()?);
                     } else {
-                        stream.write_all(&plane.send(&input[..n])?).await?;
+                        pending.extend_from_slice(&plane.send(&input[..n])?);
                     }
                 }
             }

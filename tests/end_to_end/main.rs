@@ -1,0 +1,10 @@
+//! `keyferry serve` and `keyferry connect` against the TLS tools people
+//! already use: curl, openssl s_client and s_server, and rustls clients.
+//! Every server here listens on 127.0.0.1 with a port the OS picks.
+
+mod support;
+
+mod connect;
+mod operator;
+mod robustness;
+mod serve;

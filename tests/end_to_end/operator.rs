@@ -1,0 +1,77 @@
+//! Clear errors for the operator's mistakes.
+
+use std::process::Command;
+
+use crate::support::{KEYFERRY, Server, pem_identity, temp_dir};
+
+fn serve_fails(args: &[&str]) -> String {
+    let out = Command::new(KEYFERRY)
+        .arg("serve")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let server = Server::start(&[]);
+    let err = serve_fails(&["--listen", &server.addr()]);
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_and_mismatched_pem_files_are_clear_errors() {
+    let dir = temp_dir("operator");
+    let missing = dir.join("missing.pem");
+    let err = serve_fails(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        missing.to_str().unwrap(),
+        "--key",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("cannot read certificates from") && err.contains("missing.pem"),
+        "{err}"
+    );
+
+    let (cert, _) = pem_identity("mismatch-a");
+    let (_, other_key) = pem_identity("mismatch-b");
+    let err = serve_fails(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        other_key.to_str().unwrap(),
+    ]);
+    assert!(err.contains("does not match the certificate"), "{err}");
+    assert!(
+        !err.contains("PRIVATE KEY"),
+        "no key material in errors: {err}"
+    );
+}
+
+#[test]
+fn help_and_self_check_work() {
+    let out = Command::new(KEYFERRY)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--listen") && help.contains("curl -k https://127.0.0.1:8443/"),
+        "{help}"
+    );
+    let out = Command::new(KEYFERRY).arg("self-check").output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok tls 1.3 records (RFC 8448 section 3)")
+    );
+}

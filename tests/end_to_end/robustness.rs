@@ -1,0 +1,142 @@
+//! Bad input and failing guests end only their own connection.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::support::{PATIENCE, Server, read_exact, rustls_client, write_all};
+
+fn echo_works(server: &Server, text: &[u8]) {
+    let mut c = rustls_client(&server.addr());
+    write_all(&mut c, text);
+    assert_eq!(read_exact(&mut c, text.len()), text);
+}
+
+#[test]
+fn two_hundred_concurrent_connections_are_all_served() {
+    let server = Server::start(&["--echo", "--max-connections", "256"]);
+    let addr = server.addr();
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut c = rustls_client(&addr);
+                let msg = format!("connection {i} says hello").repeat(50);
+                write_all(&mut c, msg.as_bytes());
+                let got = read_exact(&mut c, msg.len());
+                assert_eq!(got, msg.as_bytes(), "connection {i}");
+                c.conn.send_close_notify();
+                let _ = c.flush();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a connection failed");
+    }
+}
+
+#[test]
+fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
+    let server = Server::start(&[
+        "--guest",
+        keyferry::EXAMPLE_PLUGIN_MISBEHAVING_PATH,
+        "--deadline-ms",
+        "300",
+        "--memory-mib",
+        "32",
+    ]);
+    // A healthy connection stays open across the others' failures.
+    let mut healthy = rustls_client(&server.addr());
+    write_all(&mut healthy, b"first");
+    assert_eq!(read_exact(&mut healthy, 5), b"first");
+    for poison in ["trap", "loop", "grow"] {
+        let mut c = rustls_client(&server.addr());
+        write_all(&mut c, poison.as_bytes());
+        let mut buf = [0u8; 64];
+        let result = c.read(&mut buf);
+        assert!(
+            !matches!(result, Ok(n) if n > 0),
+            "{poison}: the failing guest's connection must end, got {result:?}"
+        );
+        server.stderr.wait_for("guest failed");
+        write_all(
+            &mut healthy,
+            poison.as_bytes().to_ascii_uppercase().as_slice(),
+        );
+        assert_eq!(
+            read_exact(&mut healthy, poison.len()),
+            poison.as_bytes().to_ascii_uppercase(),
+            "after {poison}"
+        );
+    }
+    let log = server.stderr.text();
+    assert!(
+        log.contains("deadline") || log.contains("execution"),
+        "the loop hit its bound: {log}"
+    );
+    assert!(
+        log.contains("resource limit") || log.contains("trap"),
+        "{log}"
+    );
+    let mut server = server;
+    assert!(server.alive(), "the server carries on");
+}
+
+#[test]
+fn garbage_truncated_handshakes_and_oversize_records_are_contained() {
+    let server = Server::start(&["--echo"]);
+    // Garbage instead of a ClientHello.
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(PATIENCE)).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: not-tls\r\n\r\n")
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+    server.stderr.wait_for("handshake failed");
+
+    // A peer that leaves mid-handshake.
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.write_all(&[22, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3])
+        .unwrap();
+    drop(raw);
+
+    // An oversize record after a good handshake: record_overflow, closed.
+    let mut c = rustls_client(&server.addr());
+    write_all(&mut c, b"ok");
+    assert_eq!(read_exact(&mut c, 2), b"ok");
+    let mut header = vec![23, 3, 3, 0x48, 0x01];
+    header.extend(vec![0u8; 64]);
+    c.sock.write_all(&header).unwrap();
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Err(e) => assert!(e.to_string().contains("RecordOverflow"), "{e}"),
+        Ok(n) => panic!("expected the server's record_overflow alert, read {n} bytes"),
+    }
+    let log = server.stderr.wait_for("sent alert record_overflow");
+    assert!(log.contains("handshake failed"), "{log}");
+
+    // Everyone else is still served.
+    echo_works(&server, b"still serving");
+    std::thread::sleep(Duration::from_millis(50));
+    let mut server = server;
+    assert!(server.alive());
+}
+
+#[test]
+fn ctrl_c_sends_close_notify_and_exits() {
+    let mut server = Server::start(&["--echo"]);
+    let mut c = rustls_client(&server.addr());
+    write_all(&mut c, b"idle soon");
+    assert_eq!(read_exact(&mut c, 9), b"idle soon");
+    let status = server.interrupt();
+    assert!(
+        status.success(),
+        "serve exits cleanly on Ctrl-C: {status:?}"
+    );
+    let mut rest = Vec::new();
+    let n = c
+        .read_to_end(&mut rest)
+        .expect("a clean close_notify, not a reset or truncation");
+    assert_eq!(n, 0);
+    assert!(server.stderr.text().contains("server shutdown"));
+}

@@ -1,0 +1,191 @@
+//! Running `keyferry` and the peers as processes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const KEYFERRY: &str = env!("CARGO_BIN_EXE_keyferry");
+
+/// How long to wait for a process to say something before failing the
+/// test (a bound against hangs, not a performance assertion).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Output of a child collected by a background thread.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    pub fn spawn(mut from: impl Read + Send + 'static) -> Self {
+        let captured = Captured::default();
+        let sink = captured.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        captured
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "timed out waiting for {needle:?}; output so far:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A running `keyferry serve`.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub stderr: Captured,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(KEYFERRY)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("KEYFERRY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start keyferry serve");
+        let stderr = Captured::spawn(child.stderr.take().unwrap());
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the start-up line");
+        let port = line
+            .split("https://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address in start-up line {line:?}; stderr:\n{}",
+                    stderr.text()
+                )
+            });
+        assert!(line.contains("certificate SHA-256"), "{line}");
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        Server {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the server process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Ctrl-C, then the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "serve did not stop after Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory for PEM files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keyferry-e2e-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A self-signed certificate for "localhost" as PEM files.
+pub fn pem_identity(name: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// A rustls client over TCP that accepts any certificate (test servers
+/// are self-signed), for protocol-level checks curl cannot make.
+pub fn rustls_client(addr: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let options = keyferry::tls::TlsOptions::default();
+    let config = Arc::new(
+        keyferry::tls::client_config(keyferry::tls::ServerVerification::DangerousNone, &options)
+            .unwrap(),
+    );
+    let conn = rustls::ClientConnection::new(
+        config,
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let sock = TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// Reads exactly `n` bytes (or fails the test).
+pub fn read_exact(stream: &mut impl Read, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    stream.read_exact(&mut buf).expect("read echo");
+    buf
+}
+
+/// Writes then flushes.
+pub fn write_all(stream: &mut impl Write, data: &[u8]) {
+    stream.write_all(data).expect("write");
+    stream.flush().expect("flush");
+}
