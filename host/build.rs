@@ -148,7 +148,13 @@ fn run_guest_cargo(root: &Path, target_dir: &Path, extra: &[&str], lib: bool) {
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        // wasmtime supports the SIMD proposal; let LLVM and the crypto
+        // crates use 128-bit vectors.
+        .env(
+            "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
+            "-Ctarget-feature=+simd128",
+        );
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
         "RUSTFLAGS",

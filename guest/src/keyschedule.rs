@@ -47,11 +47,11 @@ pub fn expand_label(
     Ok(out)
 }
 
+/// A record key and its IV, both zeroized on drop.
+pub type KeyAndIv = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
+
 /// The record key and IV of a TLS 1.3 traffic secret.
-pub fn traffic_key_and_iv(
-    aead: AeadAlgorithm,
-    secret: &[u8],
-) -> Result<(Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>)> {
+pub fn traffic_key_and_iv(aead: AeadAlgorithm, secret: &[u8]) -> Result<KeyAndIv> {
     let hash = aead.tls13_hash();
     let key = expand_label(hash, secret, b"key", b"", aead.key_len())?;
     let iv = expand_label(hash, secret, b"iv", b"", IV_LEN)?;

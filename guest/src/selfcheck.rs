@@ -15,7 +15,7 @@ use vectors as v;
 
 /// Decodes lowercase or uppercase hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -30,6 +30,9 @@ fn hex(s: &str) -> Vec<u8> {
 
 type Check = Result<(), String>;
 
+/// A named check.
+type NamedCheck = (&'static str, fn() -> Check);
+
 fn ensure(cond: bool, what: &str) -> Check {
     if cond { Ok(()) } else { Err(what.to_string()) }
 }
@@ -41,7 +44,7 @@ fn ok<T>(r: Result<T, Error>, what: &str) -> Result<T, String> {
 /// Runs every check. On success returns one line per check; on failure the
 /// first failing check and why.
 pub fn run() -> Result<String, String> {
-    let checks: [(&str, fn() -> Check); 9] = [
+    let checks: [NamedCheck; 9] = [
         (
             "aes-128-gcm known answer (GCM spec test case 4)",
             aes128_kat,

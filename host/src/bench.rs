@@ -72,6 +72,23 @@ pub struct Report {
     pub suites: Vec<SuiteResult>,
     /// One host-to-guest call that does no work (`state`), nanoseconds.
     pub call_overhead_ns: f64,
+    /// Handshake complete to guest ready.
+    pub handoff: HandoffLatency,
+}
+
+/// The handoff latency (DESIGN section 5): from rustls reporting the
+/// handshake complete to the guest ready to serve, covering key export,
+/// sealing, instantiation, import and start. Microseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HandoffLatency {
+    /// Median over the runs.
+    pub median_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// Median of instantiation alone (a fresh guest per connection).
+    pub instantiate_median_us: f64,
+    /// Runs measured.
+    pub runs: usize,
 }
 
 const SUITES: [(&str, ProtocolVersion, AeadAlgorithm); 6] = [
@@ -167,10 +184,12 @@ pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
         });
     }
     let call_overhead_ns = measure_call_overhead(&plain)?;
+    let handoff = measure_handoff(&plain, options.rounds * 10)?;
     Ok(Report {
         options,
         suites,
         call_overhead_ns,
+        handoff,
     })
 }
 
@@ -418,6 +437,69 @@ fn measure_call_overhead(component: &GuestComponent) -> Result<f64> {
     Ok(start.elapsed().as_nanos() as f64 / calls as f64)
 }
 
+/// Runs `runs` in-memory TLS 1.3 handshakes against a rustls client and
+/// times each handoff into a fresh application instance.
+pub fn measure_handoff(component: &GuestComponent, runs: usize) -> Result<HandoffLatency> {
+    use crate::handshake::{Handshake, Progress};
+    let identity = Identity::self_signed(&["localhost".into()])?;
+    let options = TlsOptions::default();
+    let server = Arc::new(tls::server_config(&identity, &options, None)?);
+    let client = Arc::new(tls::client_config(
+        ServerVerification::DangerousNone,
+        &options,
+    )?);
+    let io = |_| Error::Export("benchmark transport");
+    let mut total = Vec::with_capacity(runs);
+    let mut instantiate = Vec::with_capacity(runs);
+    for i in 0..runs.max(1) {
+        let mut peer: Connection = ClientConnection::new(
+            client.clone(),
+            ServerName::try_from("localhost").expect("valid name"),
+        )?
+        .into();
+        let mut hs = Handshake::server(&server, i as u64 + 1)?;
+        let complete = loop {
+            let mut wire = Vec::new();
+            while peer.wants_write() {
+                peer.write_tls(&mut wire).map_err(io)?;
+            }
+            hs.feed(&wire)?;
+            let progress = hs.advance()?;
+            let out = hs.take_outgoing();
+            let mut rest = &out[..];
+            while !rest.is_empty() {
+                peer.read_tls(&mut rest).map_err(io)?;
+                peer.process_new_packets()?;
+            }
+            if progress == Progress::Complete {
+                break Instant::now();
+            }
+        };
+        let handoff = hs.finish()?;
+        let t = Instant::now();
+        let mut app = component.instantiate_application()?;
+        instantiate.push(t.elapsed().as_secs_f64() * 1e6);
+        let session = app.attach(
+            handoff.keys.seal,
+            handoff.keys.open,
+            &handoff.facts,
+            crate::app::AppMode::Echo,
+        )?;
+        app.start(&session)?;
+        total.push(complete.elapsed().as_secs_f64() * 1e6);
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * p) as usize]
+    };
+    Ok(HandoffLatency {
+        median_us: pct(&mut total, 0.5),
+        p90_us: pct(&mut total, 0.9),
+        instantiate_median_us: pct(&mut instantiate, 0.5),
+        runs: total.len(),
+    })
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -465,6 +547,15 @@ impl fmt::Display for Report {
             f,
             "host-to-guest call (state(), no work): {:.0} ns",
             self.call_overhead_ns
+        )?;
+        writeln!(
+            f,
+            "handoff, handshake complete to guest ready ({} runs): median {:.0} us, p90 {:.0} us \
+             (instantiation alone: median {:.0} us)",
+            self.handoff.runs,
+            self.handoff.median_us,
+            self.handoff.p90_us,
+            self.handoff.instantiate_median_us
         )?;
         writeln!(
             f,

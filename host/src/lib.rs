@@ -54,6 +54,11 @@ pub mod app_bindings {
     include!("app_bindings.rs");
 }
 
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/guest_artifacts.rs"));
 }

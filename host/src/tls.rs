@@ -192,16 +192,35 @@ pub fn client_config(
     verification: ServerVerification,
     options: &TlsOptions,
 ) -> Result<ClientConfig> {
+    build_client_config(verification, options, None)
+}
+
+/// A client config that presents `identity` when the server asks for a
+/// client certificate.
+pub fn client_config_with_identity(
+    verification: ServerVerification,
+    options: &TlsOptions,
+    identity: &Identity,
+) -> Result<ClientConfig> {
+    build_client_config(verification, options, Some(identity))
+}
+
+fn build_client_config(
+    verification: ServerVerification,
+    options: &TlsOptions,
+    identity: Option<&Identity>,
+) -> Result<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(options.provider())
         .with_protocol_versions(&options.versions)?;
-    let mut config = match verification {
-        ServerVerification::Roots(roots) => {
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+    let builder = match verification {
+        ServerVerification::Roots(roots) => builder.with_root_certificates(roots),
         ServerVerification::DangerousNone => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(options.provider())))
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(Arc::new(NoVerification(options.provider()))),
+    };
+    let mut config = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        None => builder.with_no_client_auth(),
     };
     config.enable_secret_extraction = true;
     config.alpn_protocols = options.alpn.clone();

