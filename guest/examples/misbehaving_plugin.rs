@@ -6,9 +6,9 @@
 
 use std::cell::RefCell;
 
+use keyferry_guest::ProtocolVersion;
 use keyferry_guest::connection::{Connection, Facts, Output, Role};
-use keyferry_guest::instance::Instance;
-use keyferry_guest::{Error, ProtocolVersion};
+use keyferry_guest::instance;
 
 mod bindings {
     wit_bindgen::generate!({ path: "../wit", world: "application-plugin" });
@@ -18,10 +18,6 @@ use bindings::exports::keyferry::dataplane::application::{
     self, GuestSession, Session as SessionHandle, SessionOutput,
 };
 use bindings::exports::keyferry::dataplane::types as wit;
-
-thread_local! {
-    static INSTANCE: RefCell<Option<Instance>> = const { RefCell::new(None) };
-}
 
 struct Plugin;
 
@@ -36,32 +32,26 @@ impl GuestSession for Broken {
         facts: wit::Facts,
         _mode: application::AppMode,
     ) -> Result<SessionHandle, wit::Error> {
-        let conn = INSTANCE
-            .with(|cell| -> Result<Connection, Error> {
-                let mut slot = cell.borrow_mut();
-                let instance = slot.get_or_insert_with(|| Instance::new(None));
-                let seal = instance.import_traffic_key(&seal_blob)?;
-                let open = instance.import_traffic_key(&open_blob)?;
-                let facts = Facts {
-                    role: if matches!(facts.role, wit::Role::Client) {
-                        Role::Client
-                    } else {
-                        Role::Server
-                    },
-                    version: if matches!(facts.version, wit::ProtocolVersion::Tls12) {
-                        ProtocolVersion::Tls12
-                    } else {
-                        ProtocolVersion::Tls13
-                    },
-                    suite: facts.suite,
-                    server_name: facts.server_name,
-                    alpn: facts.alpn,
-                    peer_subject: facts.peer_subject,
-                    connection_id: facts.connection_id,
-                };
-                Connection::new(seal, open, facts)
-            })
-            .map_err(|e| wit::Error::InvalidArgument(e.to_string()))?;
+        let facts = Facts {
+            role: if matches!(facts.role, wit::Role::Client) {
+                Role::Client
+            } else {
+                Role::Server
+            },
+            version: if matches!(facts.version, wit::ProtocolVersion::Tls12) {
+                ProtocolVersion::Tls12
+            } else {
+                ProtocolVersion::Tls13
+            },
+            suite: facts.suite,
+            server_name: facts.server_name,
+            alpn: facts.alpn,
+            peer_subject: facts.peer_subject,
+            connection_id: facts.connection_id,
+        };
+        let conn =
+            instance::with_local(None, |i| i.attach_connection(&seal_blob, &open_blob, facts))
+                .map_err(|e| wit::Error::InvalidArgument(e.to_string()))?;
         Ok(SessionHandle::new(Broken {
             conn: RefCell::new(conn),
         }))
@@ -133,13 +123,9 @@ impl Broken {
 
 impl application::Guest for Plugin {
     fn application_exchange_key() -> wit::ExchangeKey {
-        INSTANCE.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let keys = slot.get_or_insert_with(|| Instance::new(None)).exchange();
-            wit::ExchangeKey {
-                id: keys.key_id().to_vec(),
-                public_key: keys.public_key().to_vec(),
-            }
+        instance::with_local(None, |i| wit::ExchangeKey {
+            id: i.exchange().key_id().to_vec(),
+            public_key: i.exchange().public_key().to_vec(),
         })
     }
 

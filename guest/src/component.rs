@@ -26,18 +26,8 @@ use crate::{blob, cipher, keyschedule, mac, selfcheck};
 
 struct Component;
 
-thread_local! {
-    /// The instance's keys. Made on first use: the exchange key pair comes
-    /// from WASI randomness, which is not available before instantiation.
-    static INSTANCE: RefCell<Option<Instance>> = const { RefCell::new(None) };
-}
-
 fn with_instance<R>(f: impl FnOnce(&mut Instance) -> R) -> R {
-    INSTANCE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let instance = slot.get_or_insert_with(|| Instance::new(key_service()));
-        f(instance)
-    })
+    crate::instance::with_local(key_service(), f)
 }
 
 #[cfg(feature = "host-keys")]
@@ -326,11 +316,7 @@ impl bindings::Guest for Component {
 struct TlsConnectionResource(RefCell<Option<Connection>>);
 
 fn release_connection(conn: &Connection) {
-    let (seal, open) = conn.keys();
-    with_instance(|i| {
-        i.release(seal);
-        i.release(open);
-    });
+    with_instance(|i| i.release_connection(conn));
 }
 
 impl Drop for TlsConnectionResource {
@@ -342,22 +328,8 @@ impl Drop for TlsConnectionResource {
 }
 
 fn attach(seal_blob: &[u8], open_blob: &[u8], facts: wit::Facts) -> Result<Connection, wit::Error> {
-    with_instance(|i| {
-        let seal = i.import_traffic_key(seal_blob)?;
-        let open = match i.import_traffic_key(open_blob) {
-            Ok(open) => open,
-            Err(e) => {
-                i.release(&seal);
-                return Err(e);
-            }
-        };
-        let (seal_pos, open_pos) = (seal.state(), open.state());
-        Connection::new(seal, open, facts_from_wit(facts)).inspect_err(|_| {
-            i.release_state(seal_pos);
-            i.release_state(open_pos);
-        })
-    })
-    .map_err(to_wit)
+    with_instance(|i| i.attach_connection(seal_blob, open_blob, facts_from_wit(facts)))
+        .map_err(to_wit)
 }
 
 impl TlsConnectionResource {

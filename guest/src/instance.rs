@@ -3,7 +3,10 @@
 //! Import opens a blob, rebuilds the key and admits it; export seals the
 //! exact state to another public key and consumes the handle.
 
+use std::cell::RefCell;
+
 use crate::blob::{self, ExchangeKeyPair};
+use crate::connection::{Connection, Facts};
 use crate::error::{Error, Result};
 use crate::key_service::KeyService;
 use crate::mac::MacKey;
@@ -78,7 +81,56 @@ impl Instance {
     }
 }
 
+thread_local! {
+    /// The keys of the component instance this code runs in. A component
+    /// instance is single-threaded, so one per thread is one per instance.
+    static LOCAL: RefCell<Option<Instance>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this component instance's [`Instance`], making it (and its
+/// exchange key, from WASI randomness) on first use. Components built on
+/// this crate, the reference one and plugins alike, keep their keys here.
+pub fn with_local<R>(
+    service: Option<&'static dyn KeyService>,
+    f: impl FnOnce(&mut Instance) -> R,
+) -> R {
+    LOCAL.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        f(slot.get_or_insert_with(|| Instance::new(service)))
+    })
+}
+
 impl Instance {
+    /// Imports both directions' blobs of one connection and pairs them.
+    /// On failure no key stays marked live.
+    pub fn attach_connection(
+        &mut self,
+        seal_blob: &[u8],
+        open_blob: &[u8],
+        facts: Facts,
+    ) -> Result<Connection> {
+        let seal = self.import_traffic_key(seal_blob)?;
+        let open = match self.import_traffic_key(open_blob) {
+            Ok(open) => open,
+            Err(e) => {
+                self.release(&seal);
+                return Err(e);
+            }
+        };
+        let (seal_state, open_state) = (seal.state(), open.state());
+        Connection::new(seal, open, facts).inspect_err(|_| {
+            self.release_state(seal_state);
+            self.release_state(open_state);
+        })
+    }
+
+    /// Records where a connection's keys were when it ended.
+    pub fn release_connection(&mut self, conn: &Connection) {
+        let (seal, open) = conn.keys();
+        self.release(seal);
+        self.release(open);
+    }
+
     /// Records a key's final position from its state snapshot, for a key
     /// whose handle is already gone.
     pub fn release_state(&mut self, state: crate::record::TrafficKeyState) {

@@ -449,28 +449,26 @@ impl TrafficKey {
                 out.extend_from_slice(&[content_type.code(), 3, 3]);
                 out.extend_from_slice(&(body_len as u16).to_be_bytes());
                 let aad = tls12_aad(seq, content_type.code(), [3, 3], payload.len());
-                let body_start = out.len();
-                if let Residency::Host { key_ref, service } = &self.residency {
-                    let body =
-                        service.seal_record(*key_ref, self.generation, seq, &aad, payload)?;
-                    if body.len() != body_len {
-                        return Err(Error::KeyService(KeyServiceError::InvalidArgument));
+                match &self.residency {
+                    Residency::Host { key_ref, service } => {
+                        let body =
+                            service.seal_record(*key_ref, self.generation, seq, &aad, payload)?;
+                        if body.len() != body_len {
+                            return Err(Error::KeyService(KeyServiceError::InvalidArgument));
+                        }
+                        out.extend_from_slice(&body);
                     }
-                    out.extend_from_slice(&body);
-                    return Ok(());
+                    Residency::Software { cipher, iv, .. } => {
+                        let nonce = xor_nonce(iv, seq);
+                        if explicit {
+                            out.extend_from_slice(&nonce[4..]);
+                        }
+                        let text_start = out.len();
+                        out.extend_from_slice(payload);
+                        let tag = cipher.seal_in_place(&nonce, &aad, &mut out[text_start..])?;
+                        out.extend_from_slice(&tag);
+                    }
                 }
-                let Residency::Software { cipher, iv, .. } = &self.residency else {
-                    unreachable!()
-                };
-                let nonce = xor_nonce(iv, seq);
-                if explicit {
-                    out.extend_from_slice(&nonce[4..]);
-                }
-                let text_start = out.len();
-                out.extend_from_slice(payload);
-                let tag = cipher.seal_in_place(&nonce, &aad, &mut out[text_start..])?;
-                out.extend_from_slice(&tag);
-                debug_assert_eq!(out.len() - body_start, body_len);
             }
         }
         Ok(())

@@ -16,6 +16,7 @@ use keyferry_guest::keyschedule::traffic_key_and_iv;
 use keyferry_guest::record::TrafficKeyMaterial;
 use keyferry_guest::{AeadAlgorithm, Direction, ProtocolVersion};
 use rustls::{ConnectionTrafficSecrets, KeyLog, Side};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -205,7 +206,8 @@ fn material(
     };
     if version == ProtocolVersion::Tls13 {
         let (derived_key, derived_iv) = traffic_key_and_iv(aead, secret)?;
-        if derived_key[..] != *key || derived_iv[..] != *iv {
+        let same = derived_key[..].ct_eq(key) & derived_iv[..].ct_eq(iv);
+        if !bool::from(same) {
             return Err(Error::Export(
                 "logged traffic secret does not match the connection's key",
             ));

@@ -75,28 +75,7 @@ pub struct MacKeyHandle {
     instance: u64,
 }
 
-/// The non-secret state of a traffic key, as the guest reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrafficKeyState {
-    /// Record format.
-    pub version: ProtocolVersion,
-    /// Record AEAD.
-    pub aead: AeadAlgorithm,
-    /// Seal or open.
-    pub direction: Direction,
-    /// Next sequence number in this generation.
-    pub sequence: u64,
-    /// KeyUpdates so far.
-    pub generation: u32,
-    /// Whether export is allowed.
-    pub exportable: bool,
-    /// Whether the material lives in the host key store.
-    pub host_resident: bool,
-    /// Owning connection.
-    pub connection_id: u64,
-    /// Records per generation before an automatic KeyUpdate (AES-GCM).
-    pub auto_update_limit: u64,
-}
+pub use keyferry_guest::record::TrafficKeyState;
 
 /// A running guest: its store, its bindings and its exchange key.
 pub struct GuestInstance {

@@ -19,6 +19,7 @@ use keyferry_guest::key_service::KeyService;
 use keyferry_guest::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
 use keyferry_guest::record::{TLS12_EXPLICIT_NONCE_LEN, TrafficKeyMaterial, xor_nonce};
 use keyferry_guest::{AeadAlgorithm, Direction, KeyServiceError, ProtocolVersion};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -64,7 +65,8 @@ impl HostKeyStore {
         let secret = match material.version {
             ProtocolVersion::Tls13 => {
                 let (key, derived_iv) = traffic_key_and_iv(material.aead, &material.secret)?;
-                if key[..] != material.key[..] || derived_iv[..] != iv[..] {
+                let same = key[..].ct_eq(&material.key[..]) & derived_iv[..].ct_eq(&iv[..]);
+                if !bool::from(same) {
                     return Err(Error::Export(
                         "key and iv do not derive from the traffic secret",
                     ));

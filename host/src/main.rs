@@ -85,6 +85,33 @@ impl SandboxArgs {
 }
 
 #[derive(Args)]
+struct TlsArgs {
+    /// ALPN protocols, in preference order.
+    #[arg(long = "alpn")]
+    alpn: Vec<String>,
+    /// Only TLS 1.3.
+    #[arg(long, conflicts_with = "tls12")]
+    tls13: bool,
+    /// Only TLS 1.2.
+    #[arg(long)]
+    tls12: bool,
+}
+
+impl TlsArgs {
+    fn options(&self) -> TlsOptions {
+        let mut options = TlsOptions::default();
+        if self.tls12 {
+            options = options.with_versions(&[&rustls::version::TLS12]);
+        }
+        if self.tls13 {
+            options = options.with_versions(&[&rustls::version::TLS13]);
+        }
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(|a| a.as_bytes()).collect();
+        options.with_alpn(&alpn)
+    }
+}
+
+#[derive(Args)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]
@@ -105,15 +132,8 @@ struct ServeArgs {
     /// Most connections served at once.
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
-    /// ALPN protocols to accept, in preference order.
-    #[arg(long = "alpn")]
-    alpn: Vec<String>,
-    /// Only TLS 1.3.
-    #[arg(long, conflicts_with = "tls12")]
-    tls13: bool,
-    /// Only TLS 1.2.
-    #[arg(long)]
-    tls12: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -131,15 +151,8 @@ struct ConnectArgs {
     /// Server name for SNI and verification (defaults to the host part).
     #[arg(long)]
     sni: Option<String>,
-    /// ALPN protocols to offer.
-    #[arg(long = "alpn")]
-    alpn: Vec<String>,
-    /// Only TLS 1.3.
-    #[arg(long, conflicts_with = "tls12")]
-    tls13: bool,
-    /// Only TLS 1.2.
-    #[arg(long)]
-    tls12: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -152,18 +165,6 @@ struct BenchArgs {
     /// Measurements per variant (the median is reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-}
-
-fn tls_options(tls12: bool, tls13: bool, alpn: &[String]) -> TlsOptions {
-    let mut options = TlsOptions::default();
-    if tls12 {
-        options = options.with_versions(&[&rustls::version::TLS12]);
-    }
-    if tls13 {
-        options = options.with_versions(&[&rustls::version::TLS13]);
-    }
-    let alpn: Vec<&[u8]> = alpn.iter().map(|a| a.as_bytes()).collect();
-    options.with_alpn(&alpn)
 }
 
 fn main() -> ExitCode {
@@ -243,7 +244,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
         _ => Identity::self_signed(&["localhost".to_string(), args.listen.ip().to_string()])?,
     };
-    let options = tls_options(args.tls12, args.tls13, &args.alpn);
+    let options = args.tls.options();
     let tls = Arc::new(tls::server_config(&identity, &options, None)?);
     let engine = GuestEngine::new(
         args.sandbox
@@ -319,7 +320,7 @@ fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
         ServerVerification::Roots(tls::roots_from_pem_file(&ca)?)
     };
-    let options = tls_options(args.tls12, args.tls13, &args.alpn);
+    let options = args.tls.options();
     let config = Arc::new(tls::client_config(verification, &options)?);
     let engine = GuestEngine::new(args.sandbox.config())?;
     let guest = engine.reference_component()?.instantiate()?;
@@ -332,7 +333,12 @@ fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot connect to {}", args.address))?;
         stream.set_nodelay(true)?;
         let hs = Handshake::client(&config, server_name, rand_id())?;
-        let handoff = keyferry::transport::handshake_async(&mut stream, hs).await?;
+        let handoff = tokio::time::timeout(
+            keyferry::server::HANDSHAKE_TIMEOUT,
+            keyferry::transport::handshake_async(&mut stream, hs),
+        )
+        .await
+        .context("the handshake timed out")??;
         info!(version = ?handoff.facts.version, suite = %handoff.facts.suite, "handshake complete; data plane in the guest");
         let (mut plane, first) = DataPlane::new(guest, handoff)?;
         let (mut net_in, mut net_out) = stream.split();
