@@ -54,5 +54,8 @@ mod bindings {
 #[cfg(test)]
 mod testutil;
 
+// Only for its `precomputed-tables` feature (see Cargo.toml).
+use curve25519_dalek as _;
+
 pub use error::{Alert, BlobError, Error, KeyServiceError, Result, UnusableReason};
 pub use suite::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};

@@ -19,6 +19,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
+mod serve_bench;
+
 /// Split-TLS with a sandboxed data plane: rustls handshakes in this process,
 /// record encryption in a WebAssembly guest.
 #[derive(Parser)]
@@ -50,6 +52,33 @@ enum Command {
     /// Measure record throughput: guest vs native vs rustls, side by side.
     #[command(after_help = "Example:\n  keyferry bench --records 256 --rounds 5")]
     Bench(BenchArgs),
+    /// Measure `keyferry serve` against a plain rustls server and nginx on
+    /// loopback with wrk: requests/s, handshakes/s, memory per connection.
+    #[command(
+        after_help = "Example (needs wrk, and nginx for the third column):\n  \
+        keyferry bench-serve --seconds 5 --connections 32"
+    )]
+    BenchServe {
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent connections wrk keeps open.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Idle connections opened to measure memory per connection.
+        #[arg(long, default_value_t = 200)]
+        idle: u32,
+    },
+    /// The plain rustls server `bench-serve` compares against.
+    #[command(hide = true)]
+    BenchBaselineServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Write the embedded guest component to a file, for `wasmtime run`.
     #[command(after_help = "Example:\n  \
         keyferry write-guest guest.wasm && wasmtime run --invoke 'self-check()' guest.wasm")]
@@ -225,6 +254,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("{}", keyferry::bench::run(&engine, options)?);
             Ok(())
+        }
+        Command::BenchServe {
+            seconds,
+            connections,
+            idle,
+        } => serve_bench::run(serve_bench::Options {
+            duration: Duration::from_secs(seconds.max(1)),
+            connections: connections.max(1),
+            idle_connections: idle.max(1),
+        }),
+        Command::BenchBaselineServer { listen, cert, key } => {
+            serve_bench::baseline_server(listen, &cert, &key)
         }
         Command::WriteGuest { path } => {
             std::fs::write(&path, keyferry::GUEST_COMPONENT)

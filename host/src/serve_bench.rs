@@ -1,0 +1,320 @@
+//! `keyferry bench-serve`: `keyferry serve` against a plain rustls server
+//! and nginx on loopback, with the same response body and the same suite,
+//! side by side in one run. wrk drives the load; each server runs as its own
+//! process so its memory per connection can be read from /proc.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The body every server sends, sized like keyferry's HTTP report.
+pub const BODY: &str = "keyferry benchmark body: the same bytes from every server under test, so the comparison \
+is the TLS and data-plane work and nothing else. Lorem ipsum dolor sit amet, consectetur adipiscing elit, \
+sed do eiusmod tempor incididunt ut labore et dolore magna aliqua.\n";
+
+pub struct Options {
+    pub duration: Duration,
+    pub connections: u32,
+    pub idle_connections: u32,
+}
+
+struct Target {
+    name: &'static str,
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_listening(port: u16) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("server on port {port} did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+/// Total RSS of a process and its children (nginx forks workers).
+fn tree_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let mut total = rss_kib(pid)?;
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            total += tree_rss_kib(child).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<f64> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        "1",
+        "-c",
+        &options.connections.to_string(),
+        "-d",
+        &format!("{}s", options.duration.as_secs()),
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .context("wrk printed no Requests/sec")?
+        .trim()
+        .parse()?;
+    if text.contains("Non-2xx") || text.contains("Socket errors") && !close {
+        eprintln!("wrk reported errors against port {port}:\n{text}");
+    }
+    Ok(rate)
+}
+
+/// Opens `n` TLS connections that each make one request and then stay idle,
+/// and returns how much the server's RSS grew per connection.
+fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<f64> {
+    let options = keyferry::tls::TlsOptions::default();
+    let config = Arc::new(keyferry::tls::client_config(
+        keyferry::tls::ServerVerification::DangerousNone,
+        &options,
+    )?);
+    let before = tree_rss_kib(target.child.id())?;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let conn = rustls::ClientConnection::new(config.clone(), "localhost".try_into()?)?;
+        let sock = std::net::TcpStream::connect(("127.0.0.1", target.port))?;
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut buf = [0u8; 4096];
+        let _ = tls.read(&mut buf)?;
+        held.push(tls);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = tree_rss_kib(target.child.id())?;
+    drop(held);
+    Ok(after.saturating_sub(before) as f64 / f64::from(n))
+}
+
+fn start_keyferry(exe: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
+    let port = free_port()?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--tls13"])
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .env("KEYFERRY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    wait_listening(port)?;
+    Ok(Target {
+        name: "keyferry serve (HTTP app in the guest)",
+        child,
+        port,
+    })
+}
+
+fn start_baseline(exe: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
+    let port = free_port()?;
+    let child = Command::new(exe)
+        .args([
+            "bench-baseline-server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_listening(port)?;
+    Ok(Target {
+        name: "plain rustls + tokio server",
+        child,
+        port,
+    })
+}
+
+fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; \
+             uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+             server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n\
+             ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites TLS_CHACHA20_POLY1305_SHA256;\n\
+             keepalive_requests 1000000;\n\
+             location / {{ default_type text/plain; return 200 '{body}'; }} }} }}\n",
+            dir = dir.display(),
+            cert = cert.display(),
+            key = key.display(),
+            body = BODY.trim_end(),
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("run nginx (apt-get install nginx-light)")?;
+    wait_listening(port)?;
+    Ok(Target {
+        name: "nginx 1.22 (OpenSSL)",
+        child,
+        port,
+    })
+}
+
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("keyferry-bench-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+    let cert: PathBuf = dir.join("cert.pem");
+    let key: PathBuf = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.signing_key.serialize_pem())?;
+
+    let mut targets = vec![
+        start_keyferry(&exe, &cert, &key)?,
+        start_baseline(&exe, &cert, &key)?,
+    ];
+    match start_nginx(&dir, &cert, &key) {
+        Ok(t) => targets.push(t),
+        Err(e) => eprintln!("skipping nginx: {e:#}"),
+    }
+    println!(
+        "serve throughput on loopback, TLS 1.3 ChaCha20-Poly1305, wrk -t1 -c{} -d{}s, {}-byte body",
+        options.connections,
+        options.duration.as_secs(),
+        BODY.len()
+    );
+    println!(
+        "{:<42} {:>14} {:>16} {:>16}",
+        "server", "requests/s", "handshakes/s", "KiB/connection"
+    );
+    let mut rows = Vec::new();
+    for t in &targets {
+        let keepalive = wrk(t.port, &options, false)?;
+        let handshakes = wrk(t.port, &options, true)?;
+        let memory = memory_per_connection(t, options.idle_connections)?;
+        println!(
+            "{:<42} {:>14.0} {:>16.0} {:>16.1}",
+            t.name, keepalive, handshakes, memory
+        );
+        rows.push((keepalive, handshakes));
+    }
+    if let Some((k, h)) = rows.first() {
+        for (t, (k2, h2)) in targets.iter().zip(&rows).skip(1) {
+            println!(
+                "keyferry / {}: requests {:.2}x, handshakes {:.2}x",
+                t.name,
+                k / k2.max(1e-9),
+                h / h2.max(1e-9)
+            );
+        }
+    }
+    drop(targets);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The baseline: rustls and tokio with the same response, no sandbox.
+pub fn baseline_server(
+    listen: std::net::SocketAddr,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let identity = keyferry::tls::Identity::from_pem_files(cert, key)?;
+    let options = keyferry::tls::TlsOptions::default().with_versions(&[&rustls::version::TLS13]);
+    let config = Arc::new(keyferry::tls::server_config(&identity, &options, None)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (sock, _) = listener.accept().await?;
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = sock.set_nodelay(true);
+                let Ok(mut tls) = acceptor.accept(sock).await else { return };
+                let mut buf = vec![0u8; 16384];
+                let mut pending = Vec::new();
+                loop {
+                    let Ok(n) = tls.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let close = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase().contains("connection: close");
+                        pending.drain(..end + 4);
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{BODY}",
+                            BODY.len(),
+                            if close { "close" } else { "keep-alive" }
+                        );
+                        if tls.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if close {
+                            let _ = tls.shutdown().await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
