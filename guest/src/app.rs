@@ -171,6 +171,7 @@ impl Session {
             }
             let (method, target, http_version) = (parts[0], parts[1], parts[2]);
             let mut content_length = 0usize;
+            let mut seen_length = false;
             let mut close = http_version == "HTTP/1.0";
             for line in lines {
                 let Some((name, value)) = line.split_once(':') else {
@@ -179,8 +180,21 @@ impl Session {
                 };
                 let value = value.trim();
                 match name.trim().to_ascii_lowercase().as_str() {
+                    // One Content-Length, digits only (RFC 9112 section 6.3):
+                    // anything else is how requests get smuggled.
+                    "content-length"
+                        if seen_length
+                            || value.is_empty()
+                            || !value.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        responses.extend(simple(400, "Bad Request"));
+                        return (responses, true);
+                    }
                     "content-length" => match value.parse::<usize>() {
-                        Ok(n) if n <= MAX_BODY => content_length = n,
+                        Ok(n) if n <= MAX_BODY => {
+                            seen_length = true;
+                            content_length = n;
+                        }
                         Ok(_) => {
                             responses.extend(simple(413, "Content Too Large"));
                             return (responses, true);
@@ -353,6 +367,20 @@ mod tests {
         assert!(out.done);
         let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+
+    #[test]
+    fn http_refuses_ambiguous_content_length() {
+        for request in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
+        ] {
+            let (mut s, mut c) = sessions(AppMode::Http);
+            let out = s.on_ciphertext(&c.send(request).unwrap());
+            assert!(out.done);
+            let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
+            assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        }
     }
 
     #[test]

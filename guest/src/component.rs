@@ -404,9 +404,21 @@ impl GuestTlsConnection for TlsConnectionResource {
             .borrow_mut()
             .take()
             .ok_or(wit::Error::Unusable(wit::UnusableReason::Failed))?;
+        // A refused export still ends the handle (WIT consumes it), so
+        // release the keys on every path: none may stay marked live.
+        if let Err(e) = conn.check_exportable() {
+            release_connection(&conn);
+            return Err(to_wit(e));
+        }
         let (seal, open, facts) = conn.into_keys().map_err(to_wit)?;
         with_instance(|i| {
-            let seal_blob = i.export_traffic_key(seal, &recipient)?;
+            let seal_blob = match i.export_traffic_key(seal, &recipient) {
+                Ok(blob) => blob,
+                Err(e) => {
+                    i.release(&open);
+                    return Err(e);
+                }
+            };
             let open_blob = i.export_traffic_key(open, &recipient)?;
             Ok(wconn::Migrated {
                 seal_blob,
@@ -597,6 +609,7 @@ fn alert_to_wit(a: Alert) -> wit::Alert {
         Alert::RecordOverflow => wit::Alert::RecordOverflow,
         Alert::IllegalParameter => wit::Alert::IllegalParameter,
         Alert::DecodeError => wit::Alert::DecodeError,
+        Alert::InternalError => wit::Alert::InternalError,
     }
 }
 

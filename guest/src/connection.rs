@@ -225,10 +225,9 @@ impl Connection {
         self.seal.send_key_update(request_update)
     }
 
-    /// Hands back both keys (for export to another instance). Ciphertext
-    /// still unprocessed travels in the open key's buffer; a half-received
-    /// handshake message cannot, so export waits for it to complete.
-    pub fn into_keys(mut self) -> Result<(TrafficKey, TrafficKey, Facts)> {
+    /// Whether the connection can move now: not while a handshake message
+    /// is half received (it has no place in a blob) or while closing.
+    pub fn check_exportable(&self) -> Result<()> {
         if !self.handshake.is_empty() {
             return Err(Error::InvalidArgument(
                 "a handshake message is half received",
@@ -237,6 +236,13 @@ impl Connection {
         if self.read != ReadState::Open || self.write_closed {
             return Err(Error::InvalidArgument("connection is closing"));
         }
+        Ok(())
+    }
+
+    /// Hands back both keys (for export to another instance). Ciphertext
+    /// still unprocessed travels in the open key's buffer.
+    pub fn into_keys(mut self) -> Result<(TrafficKey, TrafficKey, Facts)> {
+        self.check_exportable()?;
         let (plaintext, mut ciphertext) = self.open.take_buffered();
         ciphertext.extend_from_slice(&self.inbuf);
         self.open.buffered_plaintext = plaintext;
@@ -252,7 +258,7 @@ impl Connection {
                 Err(e) => {
                     let alert = match e {
                         Error::Alert(a) => a,
-                        _ => Alert::BadRecordMac,
+                        _ => Alert::InternalError,
                     };
                     self.fail(out, alert);
                 }
@@ -310,7 +316,11 @@ impl Connection {
     }
 
     fn alert(&mut self, payload: &[u8], out: &mut Output) -> Result<()> {
-        if payload.len() != 2 || !self.handshake.is_empty() {
+        if !self.handshake.is_empty() {
+            // Handshake fragments may not interleave with other types.
+            return Err(Error::Alert(Alert::UnexpectedMessage));
+        }
+        if payload.len() != 2 {
             return Err(Error::Alert(Alert::DecodeError));
         }
         let (level, description) = (payload[0], payload[1]);
@@ -384,8 +394,12 @@ impl Connection {
             NEW_SESSION_TICKET if tls13 && self.facts.role == Role::Client => {
                 out.events.push(Event::NewSessionTicket(message));
             }
+            // keyferry's clients never offer post_handshake_auth, so a
+            // CertificateRequest now is an error (RFC 8446 section 4.6.2).
+            // It is still reported, so the host's log says why.
             CERTIFICATE_REQUEST if tls13 && self.facts.role == Role::Client => {
                 out.events.push(Event::CertificateRequest(message));
+                return Err(Error::Alert(Alert::UnexpectedMessage));
             }
             HELLO_REQUEST if !tls13 && self.facts.role == Role::Client => {
                 // Renegotiation is not supported: decline with a warning,
@@ -526,6 +540,26 @@ mod tests {
         let alert = a.receive(&out.to_send);
         assert_eq!(alert.closed, Some(Closed::PeerAlert(20)));
         assert!(b.send(b"no").is_err());
+    }
+
+    #[test]
+    fn a_certificate_request_is_reported_and_refused() {
+        let (mut server, mut client) = pair(AeadAlgorithm::ChaCha20Poly1305, Role::Server);
+        let request = [CERTIFICATE_REQUEST, 0, 0, 1, 0];
+        let out = client.receive(
+            &server
+                .seal
+                .seal(ContentType::Handshake, &request, 0)
+                .unwrap(),
+        );
+        assert_eq!(
+            out.events,
+            vec![Event::CertificateRequest(request.to_vec())]
+        );
+        assert_eq!(
+            out.closed,
+            Some(Closed::LocalAlert(Alert::UnexpectedMessage))
+        );
     }
 
     #[test]

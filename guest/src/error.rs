@@ -81,6 +81,10 @@ pub enum Alert {
     /// decode_error (50).
     #[error("decode_error")]
     DecodeError,
+    /// internal_error (80): the record layer itself could not go on (its
+    /// key service refused, or its sequence numbers ran out).
+    #[error("internal_error")]
+    InternalError,
 }
 
 impl Alert {
@@ -92,6 +96,7 @@ impl Alert {
             Self::RecordOverflow => 22,
             Self::IllegalParameter => 47,
             Self::DecodeError => 50,
+            Self::InternalError => 80,
         }
     }
 }

@@ -506,8 +506,13 @@ impl TrafficKey {
                 if length < TAG_LEN + 1 {
                     return Err(Error::Alert(Alert::BadRecordMac));
                 }
-                let seq = self.next_sequence()?;
                 let inner_len = length - TAG_LEN;
+                // RFC 8446 section 5.4: the whole encoded inner plaintext,
+                // padding included, is at most 2^14 + 1 bytes.
+                if inner_len > MAX_INNER_PLAINTEXT {
+                    return Err(Error::Alert(Alert::RecordOverflow));
+                }
+                let seq = self.next_sequence()?;
                 match &self.residency {
                     Residency::Software { cipher, iv, .. } => {
                         let (header, body) = record.split_at_mut(HEADER_LEN);

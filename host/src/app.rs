@@ -147,6 +147,12 @@ impl AppInstance {
         checked(out)
     }
 
+    /// Drops a finished session in the guest, so an instance that serves
+    /// many sessions does not keep their state.
+    pub fn end(&mut self, session: SessionHandle) -> Result<()> {
+        self.sandbox.call(|s, _| session.resource.resource_drop(s))
+    }
+
     /// Asks the application to send close_notify and end.
     pub fn shutdown(&mut self, session: &SessionHandle) -> Result<SessionStep> {
         let out = self.sandbox.call(|s, b| {

@@ -20,6 +20,7 @@ macro_rules! conversions {
                     wit::Alert::RecordOverflow => Alert::RecordOverflow,
                     wit::Alert::IllegalParameter => Alert::IllegalParameter,
                     wit::Alert::DecodeError => Alert::DecodeError,
+                    wit::Alert::InternalError => Alert::InternalError,
                 }
             }
 
@@ -43,8 +44,12 @@ macro_rules! conversions {
                     }),
                     wit::Error::NotExportable => G::NotExportable,
                     wit::Error::WrongKeyType => G::WrongKeyType,
-                    wit::Error::InvalidArgument(text) => return Error::GuestInvalidArgument(text),
-                    wit::Error::KeyService(text) => return Error::GuestKeyService(text),
+                    wit::Error::InvalidArgument(text) => {
+                        return Error::GuestInvalidArgument(super::guest_text(&text))
+                    }
+                    wit::Error::KeyService(text) => {
+                        return Error::GuestKeyService(super::guest_text(&text))
+                    }
                 })
             }
 
@@ -96,6 +101,12 @@ macro_rules! conversions {
             }
         }
     };
+}
+
+/// A guest's text, made safe for a log line: no control characters (no
+/// forged lines), at most 200 characters.
+pub(crate) fn guest_text(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 conversions!(full, crate::bindings::exports::keyferry::dataplane::types);

@@ -228,6 +228,9 @@ impl DataPlane {
                 ));
             }
         }
+        // Ciphertext the old instance had buffered travels in the open blob.
+        let carried =
+            usize::try_from(self.bytes_in.saturating_sub(self.plaintext_out)).unwrap_or(usize::MAX);
         let (plane, delivery) = Self::attach(
             to,
             &moved.seal_blob,
@@ -235,7 +238,7 @@ impl DataPlane {
             self.facts.clone(),
             self.kernel.take(),
             self.resumed,
-            0,
+            carried,
         )?;
         if !delivery.plaintext.is_empty() || !delivery.to_send.is_empty() {
             return Err(Error::InvalidGuestResult(

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyferry_guest::cipher::{RecordCipher, TAG_LEN};
 use keyferry_guest::key_service::KeyService;
@@ -40,7 +39,6 @@ struct HostKey {
 #[derive(Default)]
 pub struct HostKeyStore {
     keys: Mutex<HashMap<u64, HostKey>>,
-    next_ref: AtomicU64,
 }
 
 impl HostKeyStore {
@@ -48,13 +46,15 @@ impl HostKeyStore {
     pub fn new() -> Self {
         Self {
             keys: Mutex::new(HashMap::new()),
-            next_ref: AtomicU64::new(1),
         }
     }
 
     /// Moves key material into the store and returns material for a
-    /// host-resident blob: same state, the secrets replaced by a reference.
-    /// The input's secret fields are zeroized when it drops here.
+    /// host-resident blob: same state, the secrets replaced by a random
+    /// reference. The input's secret fields are zeroized when it drops here.
+    ///
+    /// Like a key in an HSM, it stays until [`HostKeyStore::remove`]: remove
+    /// it when its connection ends (exporting it from a guest never does).
     pub fn insert(&self, material: TrafficKeyMaterial) -> Result<TrafficKeyMaterial> {
         if material.host_key_ref.is_some() {
             return Err(Error::Export("material is already host-resident"));
@@ -85,8 +85,19 @@ impl HostKeyStore {
             generation: material.generation,
             next_seal: material.sequence,
         };
-        let key_ref = self.next_ref.fetch_add(1, Ordering::Relaxed).max(1);
-        self.lock().insert(key_ref, key);
+        // References are capabilities: random, so a guest that was never
+        // given one cannot guess another connection's key.
+        let mut keys = self.lock();
+        let key_ref = loop {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|_| Error::Export("no system randomness"))?;
+            let candidate = u64::from_le_bytes(bytes);
+            if candidate != 0 && !keys.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        keys.insert(key_ref, key);
+        drop(keys);
         let mut reference = material;
         reference.key = Zeroizing::new(Vec::new());
         reference.iv = Zeroizing::new(Vec::new());
@@ -95,7 +106,8 @@ impl HostKeyStore {
         Ok(reference)
     }
 
-    /// Destroys a host-resident key (the connection is over).
+    /// Destroys a host-resident key (the connection is over); its material
+    /// is zeroized as it drops.
     pub fn remove(&self, key_ref: u64) -> bool {
         self.lock().remove(&key_ref).is_some()
     }

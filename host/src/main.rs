@@ -405,6 +405,9 @@ fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
                     stdout.write_all(&d.plaintext).await?;
                     stdout.flush().await?;
                     pending.extend_from_slice(&d.to_send);
+                    if pending.len() - written > MAX_PENDING {
+                        bail!("the server is not reading what we send");
+                    }
                     if let Some(closed) = d.closed {
                         net_out.write_all(&pending[written..]).await?;
                         info!(?closed, "peer closed");
@@ -429,6 +432,10 @@ fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// The most unsent ciphertext `connect` holds before giving up on a peer
+/// that does not read.
+const MAX_PENDING: usize = 16 << 20;
 
 fn rand_id() -> u64 {
     let mut b = [0u8; 8];

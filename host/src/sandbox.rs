@@ -308,9 +308,13 @@ impl GuestEngine {
     pub(crate) fn new_store(&self) -> Store<StoreState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.shared.config.memory_limit)
+            // The memory cap is per linear memory; a component built by
+            // wasm-component-ld has one, so allow one and the cap is the
+            // instance's total. Tables are bounded too.
             .instances(64)
             .tables(64)
-            .memories(16)
+            .memories(1)
+            .table_elements(100_000)
             .trap_on_grow_failure(true)
             .build();
         let state = StoreState {

@@ -151,6 +151,9 @@ async fn connection(
     };
     let ready = handoff_done.elapsed();
     let summary = run_session(&mut stream, &mut app, &session, shutdown).await;
+    if !app.is_poisoned() {
+        let _ = app.end(session);
+    }
     let ending = match &summary.ending {
         Ending::Clean => "close_notify".to_string(),
         Ending::Peer(Closed::Truncated) => "truncated (EOF without close_notify)".to_string(),

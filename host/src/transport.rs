@@ -12,6 +12,11 @@ use crate::app::{AppInstance, SessionHandle, SessionStep};
 use crate::error::{Error, Result};
 use crate::handshake::{Handoff, Handshake, Progress};
 
+/// A session with no bytes from the peer for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A write the peer does not drain within this long ends the session.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Read buffer size: one maximal record and its header.
 const READ_CHUNK: usize = 16 * 1024 + 512;
 
@@ -119,6 +124,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut buf = vec![0u8; READ_CHUNK];
     let mut step = app.start(session);
+    let mut eof = false;
     loop {
         let s = match step {
             Ok(s) => s,
@@ -142,14 +148,31 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             };
             break;
         }
+        if eof {
+            // The transport is over whatever the guest says: a guest that
+            // keeps answering `done: false` must not spin on a closed socket.
+            summary.ending = match s.closed {
+                Some(c) if c != Closed::CloseNotify => Ending::Peer(c),
+                Some(_) => Ending::Clean,
+                None => Ending::Peer(Closed::Truncated),
+            };
+            break;
+        }
         step = tokio::select! {
-            read = stream.read(&mut buf) => match read {
-                Ok(0) => app.on_end_of_stream(session),
-                Ok(n) => {
+            read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => match read {
+                Err(_) => {
+                    summary.ending = Ending::Transport("idle timeout".into());
+                    break;
+                }
+                Ok(Ok(0)) => {
+                    eof = true;
+                    app.on_end_of_stream(session)
+                }
+                Ok(Ok(n)) => {
                     summary.bytes_in += n as u64;
                     app.on_ciphertext(session, &buf[..n])
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     summary.ending = Ending::Transport(e.to_string());
                     break;
                 }
