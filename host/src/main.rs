@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use keyferry::app::AppMode;
 use keyferry::dataplane::DataPlane;
 use keyferry::handshake::Handshake;
-use keyferry::server::{ServerOptions, serve};
+use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
 use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
 use keyferry::{ExecutionBound, GuestEngine, SandboxConfig};
 use rustls::pki_types::ServerName;
@@ -161,6 +161,11 @@ struct ServeArgs {
     /// Most connections served at once.
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
+    /// Share this many guest instances among all connections instead of a
+    /// fresh instance per connection (cheaper handshakes; a guest failure
+    /// then ends every connection in its instance).
+    #[arg(long, value_name = "INSTANCES")]
+    shared_instances: Option<usize>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -332,6 +337,10 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             component,
             mode,
             max_connections: args.max_connections,
+            isolation: match args.shared_instances {
+                Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
+                None => Isolation::PerConnection,
+            },
             drain_timeout: Duration::from_secs(5),
         };
         let stats = serve(listener, options, rx).await?;

@@ -131,10 +131,16 @@ fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<f64> {
     Ok(after.saturating_sub(before) as f64 / f64::from(n))
 }
 
-fn start_keyferry(exe: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
+fn start_keyferry(
+    exe: &Path,
+    cert: &Path,
+    key: &Path,
+    shared: Option<&str>,
+) -> anyhow::Result<Target> {
     let port = free_port()?;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--tls13"])
+        .args(shared.map(|n| ["--shared-instances", n]).iter().flatten())
         .arg("--cert")
         .arg(cert)
         .arg("--key")
@@ -146,11 +152,12 @@ fn start_keyferry(exe: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target>
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     wait_listening(port)?;
-    Ok(Target {
-        name: "keyferry serve (HTTP app in the guest)",
-        child,
-        port,
-    })
+    let name = if shared.is_some() {
+        "keyferry serve --shared-instances 2"
+    } else {
+        "keyferry serve (instance per connection)"
+    };
+    Ok(Target { name, child, port })
 }
 
 fn start_baseline(exe: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
@@ -224,7 +231,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     std::fs::write(&key, ck.signing_key.serialize_pem())?;
 
     let mut targets = vec![
-        start_keyferry(&exe, &cert, &key)?,
+        start_keyferry(&exe, &cert, &key, None)?,
+        start_keyferry(&exe, &cert, &key, Some("2"))?,
         start_baseline(&exe, &cert, &key)?,
     ];
     match start_nginx(&dir, &cert, &key) {
@@ -253,7 +261,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         rows.push((keepalive, handshakes));
     }
     if let Some((k, h)) = rows.first() {
-        for (t, (k2, h2)) in targets.iter().zip(&rows).skip(1) {
+        for (t, (k2, h2)) in targets.iter().zip(&rows).skip(2) {
             println!(
                 "keyferry / {}: requests {:.2}x, handshakes {:.2}x",
                 t.name,

@@ -20,10 +20,68 @@ use crate::app::AppMode;
 use crate::error::{Error, Result};
 use crate::handshake::Handshake;
 use crate::sandbox::GuestComponent;
-use crate::transport::{Ending, PLAINTEXT_INTERNAL_ERROR, handshake_async, run_session};
+use crate::transport::{
+    Ending, PLAINTEXT_INTERNAL_ERROR, SessionHost, SharedInstance, handshake_async, run_session,
+};
 
 /// How long a client may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How connections share guest instances (DESIGN section 7).
+#[derive(Clone)]
+pub enum Isolation {
+    /// A fresh instance per connection: the strongest isolation, and the
+    /// default. A failing guest takes down only its own connection.
+    PerConnection,
+    /// A few long-lived instances, each serving many connections of one
+    /// tenant. Cheaper per connection (no instantiation, no key pair); a
+    /// guest failure ends every connection in that instance.
+    Shared(Arc<SharedPool>),
+}
+
+/// The instances of [`Isolation::Shared`], used round-robin.
+pub struct SharedPool {
+    slots: Vec<tokio::sync::Mutex<SharedInstance>>,
+    next: AtomicU64,
+}
+
+impl SharedPool {
+    /// `instances` shared instances (at least one), made on first use.
+    pub fn new(instances: usize) -> Self {
+        Self {
+            slots: (0..instances.max(1)).map(|_| Default::default()).collect(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn pick(&self) -> &tokio::sync::Mutex<SharedInstance> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.slots.len();
+        &self.slots[i]
+    }
+}
+
+fn attach_shared(
+    shared: &mut SharedInstance,
+    component: &GuestComponent,
+    seal: keyferry_guest::record::TrafficKeyMaterial,
+    open: keyferry_guest::record::TrafficKeyMaterial,
+    facts: &keyferry_guest::connection::Facts,
+    mode: AppMode,
+) -> Result<(crate::app::SessionHandle, u64)> {
+    if shared.app.as_ref().is_none_or(|a| a.is_poisoned()) {
+        shared.app = Some(component.instantiate_application()?);
+        shared.epoch += 1;
+    }
+    let app = shared.app.as_mut().ok_or(Error::Poisoned)?;
+    let session = app.attach(seal, open, facts, mode)?;
+    Ok((session, shared.epoch))
+}
+
+async fn refuse(stream: &mut TcpStream, peer: SocketAddr, stats: &ServerStats, e: Error) {
+    stats.guest_failures.fetch_add(1, Ordering::Relaxed);
+    warn!(%peer, error = %e, "guest could not take the connection");
+    let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
+}
 
 /// Everything a server needs.
 #[derive(Clone)]
@@ -34,6 +92,8 @@ pub struct ServerOptions {
     pub component: GuestComponent,
     /// Which built-in application (for the reference component).
     pub mode: AppMode,
+    /// Instance per connection, or shared instances.
+    pub isolation: Isolation,
     /// Most connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// How long to wait for sessions to finish after shutdown starts.
@@ -133,27 +193,67 @@ async fn connection(
         keyferry_guest::ProtocolVersion::Tls13 => "TLSv1.3",
         keyferry_guest::ProtocolVersion::Tls12 => "TLSv1.2",
     };
-    let attached = options
-        .component
-        .instantiate_application()
-        .and_then(|mut app| {
-            let session = app.attach(handoff.keys.seal, handoff.keys.open, &facts, options.mode)?;
-            Ok((app, session))
-        });
-    let (mut app, session) = match attached {
-        Ok(a) => a,
-        Err(e) => {
-            stats.guest_failures.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, error = %e, "guest could not take the connection");
-            let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
-            return;
+    let (seal, open) = (handoff.keys.seal, handoff.keys.open);
+    let (summary, ready) = match &options.isolation {
+        Isolation::PerConnection => {
+            let attached = options
+                .component
+                .instantiate_application()
+                .and_then(|mut app| {
+                    let session = app.attach(seal, open, &facts, options.mode)?;
+                    Ok((app, session))
+                });
+            let (mut app, session) = match attached {
+                Ok(a) => a,
+                Err(e) => return refuse(&mut stream, peer, stats, e).await,
+            };
+            let ready = handoff_done.elapsed();
+            let summary = run_session(
+                &mut stream,
+                SessionHost::Owned(&mut app),
+                &session,
+                shutdown,
+            )
+            .await;
+            if !app.is_poisoned() {
+                let _ = app.end(session);
+            }
+            (summary, ready)
+        }
+        Isolation::Shared(pool) => {
+            let slot = pool.pick();
+            let attached = {
+                let mut shared = slot.lock().await;
+                attach_shared(
+                    &mut shared,
+                    &options.component,
+                    seal,
+                    open,
+                    &facts,
+                    options.mode,
+                )
+            };
+            let (session, epoch) = match attached {
+                Ok(a) => a,
+                Err(e) => return refuse(&mut stream, peer, stats, e).await,
+            };
+            let ready = handoff_done.elapsed();
+            let summary = run_session(
+                &mut stream,
+                SessionHost::Shared { slot, epoch },
+                &session,
+                shutdown,
+            )
+            .await;
+            let mut shared = slot.lock().await;
+            if shared.epoch == epoch
+                && let Some(app) = shared.app.as_mut().filter(|a| !a.is_poisoned())
+            {
+                let _ = app.end(session);
+            }
+            (summary, ready)
         }
     };
-    let ready = handoff_done.elapsed();
-    let summary = run_session(&mut stream, &mut app, &session, shutdown).await;
-    if !app.is_poisoned() {
-        let _ = app.end(session);
-    }
     let ending = match &summary.ending {
         Ending::Clean => "close_notify".to_string(),
         Ending::Peer(Closed::Truncated) => "truncated (EOF without close_notify)".to_string(),

@@ -107,11 +107,68 @@ pub struct SessionSummary {
 /// error either way.
 pub const PLAINTEXT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
+/// A guest instance that serves several sessions (one tenant's
+/// connections), shared by their tasks. A trap ends every session in it;
+/// the next connection gets a fresh instance.
+#[derive(Default)]
+pub struct SharedInstance {
+    /// The instance, made on first use and after a trap.
+    pub app: Option<AppInstance>,
+    /// Bumped whenever the instance is replaced, so sessions of a dead
+    /// instance know their handles are gone.
+    pub epoch: u64,
+}
+
+/// Where a session's guest instance lives.
+pub enum SessionHost<'a> {
+    /// An instance of its own (one per connection: the strongest isolation).
+    Owned(&'a mut AppInstance),
+    /// An instance shared with other sessions.
+    Shared {
+        /// The shared instance.
+        slot: &'a tokio::sync::Mutex<SharedInstance>,
+        /// The instance generation the session was attached to.
+        epoch: u64,
+    },
+}
+
+enum Op<'b> {
+    Start,
+    Data(&'b [u8]),
+    Eof,
+    Shutdown,
+}
+
+impl SessionHost<'_> {
+    async fn call(&mut self, session: &SessionHandle, op: Op<'_>) -> Result<SessionStep> {
+        fn run(app: &mut AppInstance, session: &SessionHandle, op: Op<'_>) -> Result<SessionStep> {
+            match op {
+                Op::Start => app.start(session),
+                Op::Data(d) => app.on_ciphertext(session, d),
+                Op::Eof => app.on_end_of_stream(session),
+                Op::Shutdown => app.shutdown(session),
+            }
+        }
+        match self {
+            SessionHost::Owned(app) => run(app, session, op),
+            SessionHost::Shared { slot, epoch } => {
+                let mut shared = slot.lock().await;
+                if shared.epoch != *epoch {
+                    return Err(Error::Poisoned);
+                }
+                let app = shared.app.as_mut().ok_or(Error::Poisoned)?;
+                run(app, session, op)
+            }
+        }
+    }
+}
+
 /// Serves an application session over a tokio stream until it ends, the
-/// peer leaves, or `shutdown` fires. Guest failures end only this session.
+/// peer leaves, or `shutdown` fires. Guest failures end only this session
+/// (and, for a shared instance, the sessions sharing it).
 pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    app: &mut AppInstance,
+    mut host: SessionHost<'_>,
     session: &SessionHandle,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> SessionSummary {
@@ -123,7 +180,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         duration: Duration::ZERO,
     };
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut step = app.start(session);
+    let mut step = host.call(session, Op::Start).await;
     let mut eof = false;
     loop {
         let s = match step {
@@ -166,11 +223,11 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Ok(Ok(0)) => {
                     eof = true;
-                    app.on_end_of_stream(session)
+                    host.call(session, Op::Eof).await
                 }
                 Ok(Ok(n)) => {
                     summary.bytes_in += n as u64;
-                    app.on_ciphertext(session, &buf[..n])
+                    host.call(session, Op::Data(&buf[..n])).await
                 }
                 Ok(Err(e)) => {
                     summary.ending = Ending::Transport(e.to_string());
@@ -179,7 +236,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             },
             _ = shutdown.changed() => {
                 summary.ending = Ending::Shutdown;
-                app.shutdown(session)
+                host.call(session, Op::Shutdown).await
             }
         };
     }

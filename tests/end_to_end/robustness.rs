@@ -148,3 +148,35 @@ fn a_plugin_built_on_the_guest_library_serves_connections() {
     write_all(&mut c, b"shout this");
     assert_eq!(read_exact(&mut c, 10), b"SHOUT THIS");
 }
+
+#[test]
+fn shared_instances_serve_many_connections_and_recover_from_a_trap() {
+    let server = Server::start(&[
+        "--guest",
+        keyferry::EXAMPLE_PLUGIN_MISBEHAVING_PATH,
+        "--shared-instances",
+        "1",
+    ]);
+    for i in 0..5 {
+        echo_works(
+            &server,
+            format!("shared instance, connection {i}").as_bytes(),
+        );
+    }
+    // A trap ends every connection in the shared instance...
+    let mut bystander = rustls_client(&server.addr());
+    write_all(&mut bystander, b"before");
+    assert_eq!(read_exact(&mut bystander, 6), b"before");
+    let mut culprit = rustls_client(&server.addr());
+    write_all(&mut culprit, b"trap");
+    let mut buf = [0u8; 16];
+    assert!(!matches!(culprit.read(&mut buf), Ok(n) if n > 0));
+    server.stderr.wait_for("guest failed");
+    write_all(&mut bystander, b"after");
+    assert!(
+        !matches!(bystander.read(&mut buf), Ok(n) if n > 0),
+        "a connection sharing the trapped instance ends too: that is the documented cost"
+    );
+    // ...and the next connection gets a fresh one.
+    echo_works(&server, b"a fresh shared instance");
+}
