@@ -150,16 +150,28 @@ impl SessionHost<'_> {
             }
         }
         match self {
-            SessionHost::Owned(app) => run(app, session, op),
+            SessionHost::Owned(app) => blocking(|| run(app, session, op)),
             SessionHost::Shared { slot, epoch } => {
                 let mut shared = slot.lock().await;
                 if shared.epoch != *epoch {
                     return Err(Error::Poisoned);
                 }
                 let app = shared.app.as_mut().ok_or(Error::Poisoned)?;
-                run(app, session, op)
+                blocking(|| run(app, session, op))
             }
         }
+    }
+}
+
+/// Runs a guest call. A call may use its whole deadline, so on a
+/// multi-threaded runtime tell tokio this worker is busy: its other tasks
+/// (accepts, other connections) move to another worker meanwhile.
+fn blocking<R>(call: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(call)
+        }
+        _ => call(),
     }
 }
 
