@@ -193,7 +193,14 @@ impl Handshake {
                 }
                 Step::Traffic | Step::Blocked => {
                     // Show rustls exactly one more whole record, if we have one.
-                    match record_len(&self.incoming[self.exposed..])? {
+                    let rest = &self.incoming[self.exposed..];
+                    if oversize_header(rest) && self.exposed > 0 {
+                        // rustls did not refuse the oversize header it was
+                        // shown; never parse past it as if it were a record.
+                        self.flush_alert();
+                        return Err(Error::Handshake("record over the TLS size limit".into()));
+                    }
+                    match record_len(rest)? {
                         Some(n) => self.exposed += n,
                         None => return Ok(Progress::NeedInput),
                     }
@@ -357,6 +364,10 @@ fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+fn oversize_header(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_LEN && u16::from_be_bytes([bytes[3], bytes[4]]) as usize > MAX_CIPHERTEXT
+}
+
 /// The length of the whole record at the front of `bytes`, if complete.
 fn record_len(bytes: &[u8]) -> Result<Option<usize>> {
     if bytes.len() < HEADER_LEN {
@@ -364,9 +375,9 @@ fn record_len(bytes: &[u8]) -> Result<Option<usize>> {
     }
     let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
     if len > MAX_CIPHERTEXT {
-        return Err(Error::Handshake(
-            "record over the TLS size limit during the handshake".into(),
-        ));
+        // Show rustls just the header: it refuses it with its own alert,
+        // which a peer deserves (RFC 8446 section 5.1, record_overflow).
+        return Ok(Some(HEADER_LEN));
     }
     Ok((bytes.len() >= HEADER_LEN + len).then_some(HEADER_LEN + len))
 }

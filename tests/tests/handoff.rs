@@ -453,3 +453,19 @@ fn blocking_transport_over_real_tcp() {
     assert_eq!(got, b"gnikcolb");
     server.join().unwrap();
 }
+
+#[test]
+fn an_oversize_record_during_the_handshake_gets_an_alert() {
+    let c = configs(all_suites()[0]);
+    for header in [[22u8, 3, 1, 0x48, 0x01], [22, 3, 1, 0xff, 0xff]] {
+        let mut hs = Handshake::server(&c.server, 90).unwrap();
+        hs.feed(&header).unwrap();
+        let err = hs.advance().expect_err("an oversize record is refused");
+        let alert = hs.take_outgoing();
+        assert_eq!(
+            alert.first(),
+            Some(&21),
+            "the peer is sent an alert record ({err})"
+        );
+    }
+}
