@@ -343,7 +343,7 @@ impl TrafficKey {
         padding: usize,
     ) -> Result<Vec<u8>> {
         self.usable(Direction::Seal)?;
-        check_sendable(self.version, content_type, payload)?;
+        check_sendable(content_type, payload)?;
         if self.version == ProtocolVersion::Tls13
             && payload.len() + 1 + padding > MAX_INNER_PLAINTEXT
         {
@@ -664,15 +664,10 @@ fn tls12_aad(seq: u64, content_type: u8, version: [u8; 2], len: usize) -> [u8; 1
     aad
 }
 
-fn check_sendable(
-    version: ProtocolVersion,
-    content_type: ContentType,
-    payload: &[u8],
-) -> Result<()> {
+fn check_sendable(content_type: ContentType, payload: &[u8]) -> Result<()> {
     if payload.len() > MAX_PLAINTEXT {
         return Err(Error::Alert(Alert::RecordOverflow));
     }
-    let _ = version;
     match content_type {
         ContentType::ChangeCipherSpec => Err(Error::Alert(Alert::UnexpectedMessage)),
         ContentType::Handshake | ContentType::Alert if payload.is_empty() => {

@@ -55,7 +55,9 @@ pub struct Handoff {
     /// Non-secret handshake facts for the guest.
     pub facts: Facts,
     /// For a client: the kernel connection that turns tickets arriving
-    /// through the guest into resumable sessions.
+    /// through the guest into resumable sessions. It holds the resumption
+    /// secret and rustls's copy of the traffic secrets until dropped: drop
+    /// it when tickets are not wanted.
     pub kernel: Option<KernelConnection<ClientConnectionData>>,
     /// Whether this handshake resumed an earlier session.
     pub resumed: bool,
@@ -243,8 +245,10 @@ impl Handshake {
         }
     }
 
-    /// Takes the keys out of rustls (its copies are zeroized) and gathers
-    /// the facts. The outgoing bytes must have been sent first.
+    /// Takes the keys out of rustls and gathers the facts. The outgoing
+    /// bytes must have been sent first. A server's rustls state, copies of
+    /// the keys included, is dropped and zeroized here; a client's kernel
+    /// connection is kept in the [`Handoff`] (see its `kernel` field).
     pub fn finish(mut self) -> Result<Handoff> {
         if !self.complete {
             return Err(Error::Handshake("handshake not complete".into()));
