@@ -10,7 +10,8 @@
 use zeroize::Zeroizing;
 
 use crate::error::{Alert, Error, Result};
-use crate::record::{HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT, TrafficKey};
+use crate::framing::{self, Frame, MAX_PLAINTEXT};
+use crate::record::TrafficKey;
 use crate::suite::{ContentType, Direction, ProtocolVersion};
 
 /// Handshake message types this layer looks at (RFC 8446 section 4).
@@ -154,6 +155,12 @@ impl Connection {
         }
     }
 
+    /// Whether this side has stopped sending (close_notify or a fatal
+    /// alert went out).
+    pub fn write_closed(&self) -> bool {
+        self.write_closed
+    }
+
     /// Delivers what the previous owner had already read at handoff:
     /// decrypted plaintext first, then any ciphertext, exactly once.
     pub fn start(&mut self) -> Output {
@@ -281,18 +288,12 @@ impl Connection {
 
     /// Opens one whole record if the buffer holds one.
     fn next_record(&mut self, out: &mut Output) -> Result<bool> {
-        if self.inbuf.len() < HEADER_LEN {
-            return Ok(false);
-        }
-        let len = u16::from_be_bytes([self.inbuf[3], self.inbuf[4]]) as usize;
-        if len > MAX_CIPHERTEXT {
-            // Refuse before waiting for a body that may never come.
-            return Err(Error::Alert(Alert::RecordOverflow));
-        }
-        if self.inbuf.len() < HEADER_LEN + len {
-            return Ok(false);
-        }
-        let rest = self.inbuf.split_off(HEADER_LEN + len);
+        let len = match framing::next_record(&self.inbuf) {
+            Frame::Incomplete => return Ok(false),
+            Frame::Oversize => return Err(Error::Alert(Alert::RecordOverflow)),
+            Frame::Record(len) => len,
+        };
+        let rest = self.inbuf.split_off(len);
         let record = std::mem::replace(&mut self.inbuf, rest);
         let (content_type, payload) = self.open.open(record)?;
         match content_type {

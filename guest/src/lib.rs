@@ -14,15 +14,21 @@
 //! The modules are named after what they hold: [`record`] (TLS 1.3 and TLS
 //! 1.2 AEAD records), [`keyschedule`] (HKDF-Expand-Label and KeyUpdate),
 //! [`mac`] (HMAC keys), [`blob`] (the sealed key blob format), [`registry`]
-//! (single use and rollback checks), [`instance`] (one guest's keys).
+//! (single use and rollback checks), [`instance`] (one guest's keys),
+//! [`framing`] (record boundaries), [`connection`] (a connection's data
+//! plane), [`application`] (what a component does with the plaintext, and
+//! [`export_application!`] to build a component), [`http`] (the built-in
+//! HTTP/1.1 responder).
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
-pub mod app;
+pub mod application;
 pub mod blob;
 pub mod cipher;
 pub mod connection;
 pub mod error;
+pub mod framing;
+pub mod http;
 pub mod instance;
 pub mod key_service;
 pub mod keyschedule;
@@ -31,24 +37,49 @@ pub mod record;
 pub mod registry;
 pub mod selfcheck;
 pub mod suite;
+mod wit_enum;
 
-#[cfg(all(target_arch = "wasm32", feature = "reference-component"))]
-mod component;
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod exports;
 
-/// Generated WIT bindings. The world is chosen by the `host-keys` feature;
-/// both export the same interfaces, so one glue module serves both.
-#[cfg(all(target_arch = "wasm32", feature = "reference-component"))]
+/// Generated WIT bindings, for [`export_application!`] and the glue. The
+/// world follows the features: `application-plugin` for plugins, the
+/// reference component's `dataplane` (or `dataplane-host-keys`) otherwise.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
 #[allow(
     missing_docs,
     unreachable_pub,
     unused_qualifications,
     reason = "generated code"
 )]
-mod bindings {
-    #[cfg(not(feature = "host-keys"))]
-    wit_bindgen::generate!({ path: "../wit", world: "dataplane" });
+pub mod bindings {
+    #[cfg(not(feature = "reference-component"))]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "application-plugin",
+        pub_export_macro: true,
+    });
+    #[cfg(all(feature = "reference-component", not(feature = "host-keys")))]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "dataplane",
+        pub_export_macro: true,
+    });
     #[cfg(feature = "host-keys")]
-    wit_bindgen::generate!({ path: "../wit", world: "dataplane-host-keys" });
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "dataplane-host-keys",
+        pub_export_macro: true,
+    });
+}
+
+/// The reference component: its connections hand their plaintext to the host.
+#[cfg(all(target_arch = "wasm32", feature = "reference-component"))]
+#[allow(unreachable_pub, reason = "the generated export glue")]
+mod reference_component {
+    crate::export_application!(crate::application::Passthrough);
 }
 
 #[cfg(test)]

@@ -8,18 +8,15 @@ use zeroize::Zeroizing;
 
 use crate::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
 use crate::error::{Alert, BlobError, Error, KeyServiceError, Result, UnusableReason};
+use crate::framing;
 use crate::key_service::KeyService;
 use crate::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
 use crate::suite::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
 
-/// RFC 8446 section 5.1: TLSPlaintext.length is at most 2^14.
-pub const MAX_PLAINTEXT: usize = 1 << 14;
+pub use crate::framing::{HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT};
+
 /// RFC 8446 section 5.2: TLSInnerPlaintext is at most 2^14 + 1 bytes.
 pub const MAX_INNER_PLAINTEXT: usize = MAX_PLAINTEXT + 1;
-/// RFC 8446 section 5.2: TLSCiphertext.length is at most 2^14 + 256.
-pub const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
-/// The record header: type, legacy version, length.
-pub const HEADER_LEN: usize = 5;
 /// TLS 1.2 GCM sends 8 bytes of explicit nonce before the ciphertext.
 pub const TLS12_EXPLICIT_NONCE_LEN: usize = 8;
 /// Default automatic KeyUpdate point for AES-GCM: 2^24 records per
@@ -486,12 +483,11 @@ impl TrafficKey {
     }
 
     fn open_inner(&mut self, mut record: Vec<u8>) -> Result<(ContentType, Vec<u8>)> {
-        if record.len() < HEADER_LEN {
+        let Some(length) = framing::body_len(&record) else {
             return Err(Error::Alert(Alert::DecodeError));
-        }
+        };
         let outer_type = record[0];
         let version = [record[1], record[2]];
-        let length = u16::from_be_bytes([record[3], record[4]]) as usize;
         if version[0] != 3 || length != record.len() - HEADER_LEN {
             return Err(Error::Alert(Alert::DecodeError));
         }

@@ -1,41 +1,55 @@
-//! A whole connection's data plane in a guest, for hosts whose application
-//! lives outside the sandbox (a client like `keyferry connect`, or a
-//! library user who owns the plaintext). The guest does the record layer,
-//! alerts, close_notify and KeyUpdate; the host feeds it ciphertext and
-//! handles the events it surfaces, such as session tickets for resumption.
+//! The one connection driver: a TLS connection whose data plane runs in a
+//! guest, used by `keyferry serve`, `keyferry connect` and library users
+//! alike.
+//!
+//! The host seals the handoff's keys to the guest instance, attaches the
+//! connection, and from then on moves only ciphertext in and out. What
+//! happens to the plaintext is the component's application: the reference
+//! component hands it back ([`Delivery::plaintext`]), an application
+//! plugin keeps it in the sandbox and answers the peer itself. The host
+//! handles the events the guest surfaces, such as a client's session
+//! tickets, and checks everything the guest returns.
 
-use keyferry_guest::blob;
 use keyferry_guest::connection::{Closed, Event, Facts};
+use keyferry_guest::framing::count_records;
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use wasmtime::component::ResourceAny;
 use zeroize::Zeroizing;
 
 use crate::bindings::exports::keyferry::dataplane::connection as wconn;
-use crate::convert::full::{closed_from_wit, error_from_wit, event_from_wit, facts_to_wit};
-use crate::error::{Error, Result};
-use crate::guest::{GuestInstance, TrafficKeyState, count_records, state_from_wit};
+use crate::error::{Error, GuestError, Result};
 use crate::handshake::Handoff;
+use crate::instance::{GuestInstance, TrafficKeyState};
+
+/// The most ciphertext one step may return before the host calls the
+/// output hostile.
+const MAX_STEP_OUTPUT: usize = 64 << 20;
+/// The most events one step may return.
+const MAX_STEP_EVENTS: usize = 64;
 
 /// What one step delivered.
 #[derive(Default)]
 pub struct Delivery {
-    /// Ciphertext for the peer (KeyUpdate answers, alerts).
+    /// Ciphertext for the peer: whole records.
     pub to_send: Vec<u8>,
-    /// Application data from the peer.
+    /// Application data the guest handed to the host (empty for an
+    /// application that keeps its plaintext in the sandbox).
     pub plaintext: Zeroizing<Vec<u8>>,
     /// How the peer's side ended, once it has.
     pub closed: Option<Closed>,
+    /// The connection is over: send `to_send`, then close the transport.
+    pub done: bool,
     /// NewSessionTickets stored for resumption in this step.
     pub tickets: usize,
     /// Post-handshake CertificateRequests seen (not supported: reported).
     pub certificate_requests: usize,
 }
 
-/// A connection whose record layer runs in a guest.
+/// A connection whose record layer and application run in a guest.
 pub struct DataPlane {
     guest: GuestInstance,
-    conn: ResourceAny,
+    conn: Option<ResourceAny>,
     kernel: Option<KernelConnection<ClientConnectionData>>,
     facts: Facts,
     resumed: bool,
@@ -66,7 +80,7 @@ impl DataPlane {
     }
 
     fn attach(
-        mut guest: GuestInstance,
+        guest: GuestInstance,
         seal_blob: &[u8],
         open_blob: &[u8],
         facts: Facts,
@@ -74,28 +88,25 @@ impl DataPlane {
         resumed: bool,
         buffered: usize,
     ) -> Result<(Self, Delivery)> {
-        let wfacts = facts_to_wit(&facts);
+        let wfacts = (&facts).into();
         let conn = guest
-            .call(|s, b| {
-                b.keyferry_dataplane_connection()
-                    .tls_connection()
+            .call_connection(|s, c| {
+                c.tls_connection()
                     .call_attach(s, seal_blob, open_blob, &wfacts)
             })?
-            .map_err(error_from_wit)?;
+            .map_err(Error::from)?;
         let mut plane = Self {
             guest,
-            conn,
+            conn: Some(conn),
             kernel,
             facts,
             resumed,
             bytes_in: buffered as u64,
             plaintext_out: 0,
         };
-        let out = plane.guest.call(|s, b| {
-            b.keyferry_dataplane_connection()
-                .tls_connection()
-                .call_start(s, conn)
-        })?;
+        let out = plane
+            .guest
+            .call_connection(|s, c| c.tls_connection().call_start(s, conn))?;
         let delivery = plane.deliver(out, 0)?;
         Ok((plane, delivery))
     }
@@ -110,124 +121,97 @@ impl DataPlane {
         self.resumed
     }
 
-    /// The guest instance, for its key state and self-check.
-    pub fn guest_mut(&mut self) -> &mut GuestInstance {
-        &mut self.guest
+    /// The guest instance the connection runs in.
+    pub fn guest(&self) -> &GuestInstance {
+        &self.guest
+    }
+
+    fn handle(&self) -> Result<ResourceAny> {
+        self.conn
+            .ok_or_else(|| GuestError::InvalidResult("connection already moved").into())
     }
 
     /// Ciphertext from the transport, in any split.
     pub fn receive(&mut self, ciphertext: &[u8]) -> Result<Delivery> {
-        let conn = self.conn;
-        let out = self.guest.call(|s, b| {
-            b.keyferry_dataplane_connection()
-                .tls_connection()
-                .call_receive(s, conn, ciphertext)
-        })?;
+        let conn = self.handle()?;
+        let out = self
+            .guest
+            .call_connection(|s, c| c.tls_connection().call_receive(s, conn, ciphertext))?;
         self.deliver(out, ciphertext.len())
     }
 
     /// The transport reached EOF.
     pub fn end_of_stream(&mut self) -> Result<Delivery> {
-        let conn = self.conn;
-        let out = self.guest.call(|s, b| {
-            b.keyferry_dataplane_connection()
-                .tls_connection()
-                .call_end_of_stream(s, conn)
-        })?;
+        let conn = self.handle()?;
+        let out = self
+            .guest
+            .call_connection(|s, c| c.tls_connection().call_end_of_stream(s, conn))?;
         self.deliver(out, 0)
     }
 
-    /// Protects application data for the peer.
+    /// Protects application data from the host for the peer. An
+    /// application that owns its plaintext refuses.
     pub fn send(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let conn = self.conn;
+        let conn = self.handle()?;
         let wire = self
             .guest
-            .call(|s, b| {
-                b.keyferry_dataplane_connection()
-                    .tls_connection()
-                    .call_send(s, conn, plaintext)
-            })?
-            .map_err(error_from_wit)?;
+            .call_connection(|s, c| c.tls_connection().call_send(s, conn, plaintext))?
+            .map_err(Error::from)?;
         if count_records(&wire).is_none() || wire.len() < plaintext.len() {
-            return Err(Error::InvalidGuestResult(
-                "sealed output is not whole records",
-            ));
+            return Err(GuestError::InvalidResult("sealed output is not whole records").into());
         }
         Ok(wire)
     }
 
-    /// close_notify for the peer.
-    pub fn close(&mut self) -> Result<Vec<u8>> {
-        let conn = self.conn;
-        let wire = self
+    /// Ends the connection: close_notify for the peer.
+    pub fn close(&mut self) -> Result<Delivery> {
+        let conn = self.handle()?;
+        let out = self
             .guest
-            .call(|s, b| {
-                b.keyferry_dataplane_connection()
-                    .tls_connection()
-                    .call_close(s, conn)
-            })?
-            .map_err(error_from_wit)?;
-        if count_records(&wire).is_none() {
-            return Err(Error::InvalidGuestResult(
-                "close output is not whole records",
-            ));
-        }
-        Ok(wire)
+            .call_connection(|s, c| c.tls_connection().call_close(s, conn))?;
+        self.deliver(out, 0)
     }
 
     /// Sends a TLS 1.3 KeyUpdate (asking the peer to update too, if
     /// `request_update`).
     pub fn key_update(&mut self, request_update: bool) -> Result<Vec<u8>> {
-        let conn = self.conn;
+        let conn = self.handle()?;
         let wire = self
             .guest
-            .call(|s, b| {
-                b.keyferry_dataplane_connection()
-                    .tls_connection()
-                    .call_key_update(s, conn, request_update)
-            })?
-            .map_err(error_from_wit)?;
+            .call_connection(|s, c| c.tls_connection().call_key_update(s, conn, request_update))?
+            .map_err(Error::from)?;
         if count_records(&wire) != Some(1) {
-            return Err(Error::InvalidGuestResult(
-                "key update output is not one record",
-            ));
+            return Err(GuestError::InvalidResult("key update output is not one record").into());
         }
         Ok(wire)
     }
 
     /// The send and receive keys' non-secret state.
     pub fn key_states(&mut self) -> Result<(TrafficKeyState, TrafficKeyState)> {
-        let conn = self.conn;
-        let (seal, open) = self.guest.call(|s, b| {
-            b.keyferry_dataplane_connection()
-                .tls_connection()
-                .call_key_states(s, conn)
-        })?;
-        Ok((state_from_wit(seal), state_from_wit(open)))
+        let conn = self.handle()?;
+        let (seal, open) = self
+            .guest
+            .call_connection(|s, c| c.tls_connection().call_key_states(s, conn))?;
+        Ok((seal.into(), open.into()))
     }
 
     /// Moves the connection to another guest instance with its exact state
     /// (a plugin upgrade without a new handshake).
     pub fn migrate(mut self, to: GuestInstance) -> Result<Self> {
-        let conn = self.conn;
-        let recipient = to.exchange_key().public_key;
+        let conn = self
+            .conn
+            .take()
+            .ok_or(GuestError::InvalidResult("connection already moved"))?;
+        let recipient = to.exchange_key();
         let moved = self
             .guest
-            .call(|s, b| {
-                b.keyferry_dataplane_connection()
-                    .tls_connection()
-                    .call_export(s, conn, &recipient)
+            .call_connection(|s, c| {
+                c.tls_connection()
+                    .call_export(s, conn, &recipient.public_key)
             })?
-            .map_err(error_from_wit)?;
-        for blob in [&moved.seal_blob, &moved.open_blob] {
-            let header = blob::peek_header(blob)
-                .map_err(|_| Error::InvalidGuestResult("migrated blob header"))?;
-            if header.key_id != to.exchange_key().id {
-                return Err(Error::InvalidGuestResult(
-                    "migrated blob addressed to another key",
-                ));
-            }
-        }
+            .map_err(Error::from)?;
+        recipient.check_addressed(&moved.seal_blob)?;
+        recipient.check_addressed(&moved.open_blob)?;
         // Ciphertext the old instance had buffered travels in the open blob.
         let carried =
             usize::try_from(self.bytes_in.saturating_sub(self.plaintext_out)).unwrap_or(usize::MAX);
@@ -241,43 +225,48 @@ impl DataPlane {
             carried,
         )?;
         if !delivery.plaintext.is_empty() || !delivery.to_send.is_empty() {
-            return Err(Error::InvalidGuestResult(
-                "a migrated connection delivered data at start",
-            ));
+            return Err(
+                GuestError::InvalidResult("a migrated connection delivered data at start").into(),
+            );
         }
         Ok(plane)
     }
 
     /// Checks the guest's output and handles its events.
     fn deliver(&mut self, out: wconn::Output, input_len: usize) -> Result<Delivery> {
-        if count_records(&out.to_send).is_none() {
-            return Err(Error::InvalidGuestResult(
-                "connection output is not whole TLS records",
-            ));
+        if out.to_send.len() > MAX_STEP_OUTPUT || count_records(&out.to_send).is_none() {
+            return Err(
+                GuestError::InvalidResult("connection output is not whole TLS records").into(),
+            );
+        }
+        if out.events.len() > MAX_STEP_EVENTS {
+            return Err(GuestError::InvalidResult("too many events in one step").into());
         }
         // Every plaintext byte comes from at least one ciphertext byte.
         self.bytes_in += input_len as u64;
         self.plaintext_out += out.plaintext.len() as u64;
         if self.plaintext_out > self.bytes_in {
-            return Err(Error::InvalidGuestResult("more plaintext than ciphertext"));
+            return Err(GuestError::InvalidResult("more plaintext than ciphertext").into());
         }
         let mut delivery = Delivery {
             to_send: out.to_send,
             plaintext: Zeroizing::new(out.plaintext),
-            closed: out.closed.map(closed_from_wit),
+            closed: out.closed.map(Into::into),
+            done: out.done,
             ..Delivery::default()
         };
-        for event in out.events.into_iter().map(event_from_wit) {
+        for event in out.events.into_iter().map(Event::from) {
             match event {
                 Event::NewSessionTicket(message) => {
                     let Some(kernel) = self.kernel.as_mut() else {
-                        return Err(Error::InvalidGuestResult(
+                        return Err(GuestError::InvalidResult(
                             "a ticket event on a server connection",
-                        ));
+                        )
+                        .into());
                     };
                     let body = message
                         .get(4..)
-                        .ok_or(Error::InvalidGuestResult("ticket event too short"))?;
+                        .ok_or(GuestError::InvalidResult("ticket event too short"))?;
                     match kernel.handle_new_session_ticket(body) {
                         Ok(()) => delivery.tickets += 1,
                         Err(e) => {
@@ -294,5 +283,17 @@ impl DataPlane {
             }
         }
         Ok(delivery)
+    }
+}
+
+impl Drop for DataPlane {
+    /// Drops the connection in the guest (its keys are zeroized there), so
+    /// an instance that serves many connections does not keep their state.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && !self.guest.is_poisoned()
+        {
+            let _ = self.guest.call_connection(|s, _| conn.resource_drop(s));
+        }
     }
 }

@@ -1,9 +1,13 @@
-//! The host library's error type.
+//! The host library's error type, in the rustls style: one
+//! `#[non_exhaustive]` enum whose variants hold typed detail.
 //!
-//! Guest-reported errors keep their typed form ([`keyferry_guest::Error`]) so
-//! callers can match on the TLS alert to send. Nothing here carries key
-//! material: the guest's own messages never hold any, and host-side
-//! failures name the step, not the bytes.
+//! Guest-reported errors keep their typed form ([`keyferry_guest::Error`])
+//! so callers can match on the TLS alert to send. wasmtime's errors stay
+//! attached as the [`source`](std::error::Error::source). Nothing here
+//! carries key material: the guest's errors never hold any, and host-side
+//! failures name the step or the file, not the bytes.
+
+use std::path::PathBuf;
 
 pub use keyferry_guest::{Alert, BlobError, KeyServiceError, UnusableReason};
 
@@ -15,46 +19,74 @@ pub enum Error {
     /// or natively when the host seals a blob).
     #[error(transparent)]
     Record(#[from] keyferry_guest::Error),
-    /// The guest refused an argument; the text is the guest's.
-    #[error("guest refused an argument: {0}")]
-    GuestInvalidArgument(String),
-    /// The host key service refused a guest's request; the text is the guest's.
-    #[error("host key service refused: {0}")]
-    GuestKeyService(String),
-    /// The guest trapped (including running out of fuel or time, or
-    /// exceeding its memory cap). Its store is poisoned; only a new
-    /// instance works again.
-    #[error("guest trapped: {0}")]
-    Trap(TrapKind),
-    /// A call was made on an instance that trapped earlier.
-    #[error("guest instance is poisoned by an earlier trap")]
-    Poisoned,
-    /// The guest returned a value that breaks the WIT contract's promises
-    /// (the host never trusts a length or type from the guest).
-    #[error("guest returned an invalid result: {0}")]
-    InvalidGuestResult(&'static str),
-    /// A handle from another instance was used.
-    #[error("key handle belongs to another guest instance")]
-    ForeignHandle,
-    /// Compiling or instantiating the component failed.
-    #[error("wasm engine: {0}")]
-    Engine(String),
-    /// The handshake engine could not hand over its keys.
-    #[error("key export from the TLS stack failed: {0}")]
-    Export(&'static str),
-    /// A certificate, key or option could not be used; the text names the
-    /// file or option, never key bytes.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// The handshake failed; the text says how (never with key bytes).
-    #[error("handshake: {0}")]
-    Handshake(String),
+    /// A guest broke the WIT contract, or lacks what was asked of it.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    /// The sandbox stopped a guest, or could not run one.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// A certificate, key or option could not be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The handshake failed, or its keys could not be handed over.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
     /// The transport failed.
     #[error("transport: {0}")]
     Io(#[from] std::io::Error),
-    /// rustls refused an operation.
-    #[error("tls: {0}")]
-    Tls(#[from] rustls::Error),
+}
+
+/// A guest that broke the WIT contract's promises or lacks an export. The
+/// host never trusts a length, an index or a type that a guest returns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// The guest returned a value that breaks the contract; the text names
+    /// which promise.
+    #[error("guest returned an invalid result: {0}")]
+    InvalidResult(&'static str),
+    /// The guest refused an argument; the text is the guest's, sanitized.
+    #[error("guest refused an argument: {0}")]
+    InvalidArgument(String),
+    /// The guest's self-check found a failure; the text is the guest's.
+    #[error("guest self-check failed: {0}")]
+    SelfCheckFailed(String),
+    /// A key handle from another instance was used.
+    #[error("key handle belongs to another guest instance")]
+    ForeignHandle,
+    /// The component does not export this interface (an application plugin
+    /// has no `keys`, for example).
+    #[error("the component does not export {0}")]
+    MissingExport(&'static str),
+}
+
+/// Why the sandbox stopped a guest or could not run it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The guest trapped (including running out of fuel or time, or
+    /// exceeding its memory cap). Its store is poisoned; only a new
+    /// instance works again.
+    #[error("guest trapped: {kind}")]
+    Trap {
+        /// Why.
+        kind: TrapKind,
+        /// wasmtime's report, with the guest's backtrace.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// A call was made on an instance that trapped earlier.
+    #[error("guest instance is poisoned by an earlier trap")]
+    Poisoned,
+    /// Compiling, linking or instantiating a component failed.
+    #[error("wasm engine: {context}")]
+    Engine {
+        /// What was being done.
+        context: &'static str,
+        /// wasmtime's error.
+        #[source]
+        source: wasmtime::Error,
+    },
 }
 
 /// Why a guest call trapped.
@@ -76,6 +108,88 @@ pub enum TrapKind {
     Other,
 }
 
+/// A configuration that cannot be used. Messages name the file or the
+/// option, never key bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file's contents could not be parsed.
+    #[error("malformed PEM ({what}) in {}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was expected.
+        what: &'static str,
+    },
+    /// A certificate file holds no certificate.
+    #[error("no certificate in {}", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The private key is of a type rustls cannot sign with.
+    #[error("unsupported private key type")]
+    UnsupportedKey,
+    /// The private key does not belong to the certificate.
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+    /// A CA certificate could not be used as a trust anchor.
+    #[error("bad CA certificate in {}: {reason}", path.display())]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// webpki's reason.
+        reason: String,
+    },
+    /// A self-signed certificate could not be made.
+    #[error("generating a self-signed certificate: {0}")]
+    SelfSigned(String),
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Client verification could not be set up.
+    #[error("client verifier: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// A handshake that did not complete, or whose keys could not leave rustls.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// rustls refused the peer (the peer got rustls's alert).
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The peer closed the transport before the handshake completed.
+    #[error("peer closed the transport during the handshake")]
+    PeerClosed,
+    /// The peer did not finish in time.
+    #[error("timed out")]
+    TimedOut,
+    /// The peer sent more than the handshake may buffer.
+    #[error("peer sent more than {0} bytes before finishing the handshake")]
+    TooMuchData(usize),
+    /// The peer sent a record over the TLS size limit.
+    #[error("record over the TLS size limit")]
+    RecordOverflow,
+    /// A step was taken out of order (finishing before completion, or
+    /// with unsent bytes).
+    #[error("handshake used out of order: {0}")]
+    OutOfOrder(&'static str),
+    /// The negotiated connection cannot be handed to a guest, or rustls's
+    /// keys did not match the logged secrets.
+    #[error("key export: {0}")]
+    Export(&'static str),
+}
+
 /// Results of this crate.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
@@ -87,5 +201,19 @@ impl Error {
             Self::Record(keyferry_guest::Error::Alert(a)) => Some(*a),
             _ => None,
         }
+    }
+
+    /// Why a guest trapped, if it did.
+    pub fn trap(&self) -> Option<TrapKind> {
+        match self {
+            Self::Sandbox(SandboxError::Trap { kind, .. }) => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+impl From<rustls::Error> for Error {
+    fn from(e: rustls::Error) -> Self {
+        Self::Handshake(HandshakeError::Tls(e))
     }
 }

@@ -19,7 +19,7 @@ use rustls::{ConnectionTrafficSecrets, KeyLog, Side};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{HandshakeError, Result};
 
 /// Captures one connection's TLS 1.3 application traffic secrets. Install a
 /// fresh one per connection (configs are cheap to clone) so secrets of
@@ -101,10 +101,10 @@ pub fn dangerous_export_keys(
     connection_id: u64,
 ) -> Result<ConnectionKeys> {
     if connection.is_handshaking() {
-        return Err(Error::Export("handshake not complete"));
+        return Err(HandshakeError::Export("handshake not complete").into());
     }
     if connection.wants_write() {
-        return Err(Error::Export("connection has unsent data; flush it first"));
+        return Err(HandshakeError::Export("connection has unsent data; flush it first").into());
     }
     let side = match &connection {
         rustls::Connection::Client(_) => Side::Client,
@@ -113,7 +113,7 @@ pub fn dangerous_export_keys(
     let version = match connection.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => ProtocolVersion::Tls13,
         Some(rustls::ProtocolVersion::TLSv1_2) => ProtocolVersion::Tls12,
-        _ => return Err(Error::Export("unsupported protocol version")),
+        _ => return Err(HandshakeError::Export("unsupported protocol version").into()),
     };
     let mut plaintext = Zeroizing::new(Vec::new());
     let mut chunk = Zeroizing::new([0u8; 4096]);
@@ -122,7 +122,9 @@ pub fn dangerous_export_keys(
             Ok(0) => break,
             Ok(n) => plaintext.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(_) => return Err(Error::Export("reading buffered plaintext failed")),
+            Err(_) => {
+                return Err(HandshakeError::Export("reading buffered plaintext failed").into());
+            }
         }
     }
     let secrets = connection.dangerous_extract_secrets()?;
@@ -149,10 +151,10 @@ pub(crate) fn keys_from_secrets(
                 Side::Server => (Side::Server, Side::Client),
             };
             (
-                log.take(ours).ok_or(Error::Export(
+                log.take(ours).ok_or(HandshakeError::Export(
                     "TLS 1.3 traffic secret not logged; install the SecretLog",
                 ))?,
-                log.take(theirs).ok_or(Error::Export(
+                log.take(theirs).ok_or(HandshakeError::Export(
                     "TLS 1.3 traffic secret not logged; install the SecretLog",
                 ))?,
             )
@@ -202,15 +204,16 @@ fn material(
         ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
             (AeadAlgorithm::ChaCha20Poly1305, key.as_ref(), iv.as_ref())
         }
-        _ => return Err(Error::Export("unsupported cipher suite")),
+        _ => return Err(HandshakeError::Export("unsupported cipher suite").into()),
     };
     if version == ProtocolVersion::Tls13 {
         let (derived_key, derived_iv) = traffic_key_and_iv(aead, secret)?;
         let same = derived_key[..].ct_eq(key) & derived_iv[..].ct_eq(iv);
         if !bool::from(same) {
-            return Err(Error::Export(
+            return Err(HandshakeError::Export(
                 "logged traffic secret does not match the connection's key",
-            ));
+            )
+            .into());
         }
     }
     Ok(TrafficKeyMaterial::new(

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use keyferry_guest::connection::{Facts, Role};
-use keyferry_guest::record::{HEADER_LEN, MAX_CIPHERTEXT};
+use keyferry_guest::framing::{self, Frame, HEADER_LEN};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
@@ -25,7 +25,7 @@ use rustls::unbuffered::{
 use rustls::{ClientConfig, HandshakeKind, ServerConfig, Side};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, HandshakeError, Result};
 use crate::export::{ConnectionKeys, SecretLog, keys_from_secrets};
 
 /// The most bytes a peer may send during the handshake before we stop
@@ -155,9 +155,7 @@ impl Handshake {
     /// Bytes from the peer.
     pub fn feed(&mut self, data: &[u8]) -> Result<()> {
         if self.incoming.len() + data.len() > MAX_HANDSHAKE_BUFFER {
-            return Err(Error::Handshake(
-                "peer sent too much before finishing the handshake".into(),
-            ));
+            return Err(HandshakeError::TooMuchData(MAX_HANDSHAKE_BUFFER).into());
         }
         self.incoming.extend_from_slice(data);
         Ok(())
@@ -196,15 +194,19 @@ impl Handshake {
                 Step::Traffic | Step::Blocked => {
                     // Show rustls exactly one more whole record, if we have one.
                     let rest = &self.incoming[self.exposed..];
-                    if oversize_header(rest) && self.exposed > 0 {
-                        // rustls did not refuse the oversize header it was
-                        // shown; never parse past it as if it were a record.
-                        self.flush_alert();
-                        return Err(Error::Handshake("record over the TLS size limit".into()));
-                    }
-                    match record_len(rest)? {
-                        Some(n) => self.exposed += n,
-                        None => return Ok(Progress::NeedInput),
+                    match framing::next_record(rest) {
+                        Frame::Record(n) => self.exposed += n,
+                        Frame::Incomplete => return Ok(Progress::NeedInput),
+                        // Show rustls just the header: it refuses it with
+                        // its own alert, which a peer deserves (RFC 8446
+                        // section 5.1, record_overflow).
+                        Frame::Oversize if self.exposed == 0 => self.exposed = HEADER_LEN,
+                        Frame::Oversize => {
+                            // rustls did not refuse the oversize header it
+                            // was shown; never parse past it as a record.
+                            self.flush_alert();
+                            return Err(HandshakeError::RecordOverflow.into());
+                        }
                     }
                 }
                 Step::Fail(e) => {
@@ -251,15 +253,15 @@ impl Handshake {
     /// connection is kept in the [`Handoff`] (see its `kernel` field).
     pub fn finish(mut self) -> Result<Handoff> {
         if !self.complete {
-            return Err(Error::Handshake("handshake not complete".into()));
+            return Err(HandshakeError::OutOfOrder("handshake not complete").into());
         }
         if !self.outgoing.is_empty() {
-            return Err(Error::Handshake("handshake bytes not yet sent".into()));
+            return Err(HandshakeError::OutOfOrder("handshake bytes not yet sent").into());
         }
         if self.exposed != 0 {
-            return Err(Error::Handshake(
-                "a handshake message was left half processed".into(),
-            ));
+            return Err(
+                HandshakeError::OutOfOrder("a handshake message was left half processed").into(),
+            );
         }
         let leftover = std::mem::take(&mut self.incoming);
         let (side, facts, resumed, secrets, kernel) = match self.conn {
@@ -309,7 +311,7 @@ fn step<D>(
         mut discard, state, ..
     } = status;
     let step = match state {
-        Err(e) => Step::Fail(Error::Tls(e)),
+        Err(e) => Step::Fail(HandshakeError::Tls(e).into()),
         Ok(ConnectionState::EncodeTlsData(mut e)) => match encode(&mut e, outgoing) {
             Ok(()) => Step::Again,
             Err(e) => Step::Fail(e),
@@ -334,17 +336,17 @@ fn step<D>(
                 }
             }
             match failed {
-                Some(e) => Step::Fail(Error::Tls(e)),
+                Some(e) => Step::Fail(HandshakeError::Tls(e).into()),
                 None => Step::Again,
             }
         }
         Ok(ConnectionState::WriteTraffic(_)) => Step::Traffic,
         Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
-            Step::Fail(Error::Handshake("peer closed during the handshake".into()))
+            Step::Fail(HandshakeError::PeerClosed.into())
         }
-        Ok(_) => Step::Fail(Error::Handshake(
-            "unexpected handshake state (early data is off)".into(),
-        )),
+        Ok(_) => Step::Fail(
+            HandshakeError::OutOfOrder("unexpected handshake state (early data is off)").into(),
+        ),
     };
     (discard, step)
 }
@@ -357,33 +359,15 @@ fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) -> Result<()> {
         }
         Ok(_) => return Ok(()),
         Err(EncodeError::AlreadyEncoded) => {
-            return Err(Error::Handshake("record encoded twice".into()));
+            return Err(HandshakeError::OutOfOrder("record encoded twice").into());
         }
     };
     out.resize(used + need, 0);
-    let n = e
-        .encode(&mut out[used..])
-        .map_err(|e| Error::Handshake(format!("encoding a record: {e}")))?;
+    let n = e.encode(&mut out[used..]).map_err(|_| {
+        HandshakeError::OutOfOrder("encoding a record into a buffer of its own size")
+    })?;
     out.truncate(used + n);
     Ok(())
-}
-
-fn oversize_header(bytes: &[u8]) -> bool {
-    bytes.len() >= HEADER_LEN && u16::from_be_bytes([bytes[3], bytes[4]]) as usize > MAX_CIPHERTEXT
-}
-
-/// The length of the whole record at the front of `bytes`, if complete.
-fn record_len(bytes: &[u8]) -> Result<Option<usize>> {
-    if bytes.len() < HEADER_LEN {
-        return Ok(None);
-    }
-    let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
-    if len > MAX_CIPHERTEXT {
-        // Show rustls just the header: it refuses it with its own alert,
-        // which a peer deserves (RFC 8446 section 5.1, record_overflow).
-        return Ok(Some(HEADER_LEN));
-    }
-    Ok((bytes.len() >= HEADER_LEN + len).then_some(HEADER_LEN + len))
 }
 
 fn facts(
@@ -395,12 +379,12 @@ fn facts(
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => keyferry_guest::ProtocolVersion::Tls13,
         Some(rustls::ProtocolVersion::TLSv1_2) => keyferry_guest::ProtocolVersion::Tls12,
-        _ => return Err(Error::Export("unsupported protocol version")),
+        _ => return Err(HandshakeError::Export("unsupported protocol version").into()),
     };
     let suite = conn
         .negotiated_cipher_suite()
-        .ok_or(Error::Export("no cipher suite"))?;
-    let suite = suite.suite().as_str().unwrap_or("unknown").to_string();
+        .ok_or(HandshakeError::Export("no cipher suite"))?;
+    let suite = crate::suites::iana_name(suite).to_string();
     let peer_subject = conn
         .peer_certificates()
         .and_then(|certs| certs.first())

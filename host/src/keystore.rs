@@ -21,7 +21,7 @@ use keyferry_guest::{AeadAlgorithm, Direction, KeyServiceError, ProtocolVersion}
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{HandshakeError, Result};
 
 struct HostKey {
     version: ProtocolVersion,
@@ -57,19 +57,20 @@ impl HostKeyStore {
     /// it when its connection ends (exporting it from a guest never does).
     pub fn insert(&self, material: TrafficKeyMaterial) -> Result<TrafficKeyMaterial> {
         if material.host_key_ref.is_some() {
-            return Err(Error::Export("material is already host-resident"));
+            return Err(HandshakeError::Export("material is already host-resident").into());
         }
         let iv: [u8; IV_LEN] = material.iv[..]
             .try_into()
-            .map_err(|_| Error::Export("iv length"))?;
+            .map_err(|_| HandshakeError::Export("iv length"))?;
         let secret = match material.version {
             ProtocolVersion::Tls13 => {
                 let (key, derived_iv) = traffic_key_and_iv(material.aead, &material.secret)?;
                 let same = key[..].ct_eq(&material.key[..]) & derived_iv[..].ct_eq(&iv[..]);
                 if !bool::from(same) {
-                    return Err(Error::Export(
+                    return Err(HandshakeError::Export(
                         "key and iv do not derive from the traffic secret",
-                    ));
+                    )
+                    .into());
                 }
                 Some(Zeroizing::new(material.secret.to_vec()))
             }
@@ -90,7 +91,8 @@ impl HostKeyStore {
         let mut keys = self.lock();
         let key_ref = loop {
             let mut bytes = [0u8; 8];
-            getrandom::fill(&mut bytes).map_err(|_| Error::Export("no system randomness"))?;
+            getrandom::fill(&mut bytes)
+                .map_err(|_| HandshakeError::Export("no system randomness"))?;
             let candidate = u64::from_le_bytes(bytes);
             if candidate != 0 && !keys.contains_key(&candidate) {
                 break candidate;

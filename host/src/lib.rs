@@ -3,33 +3,44 @@
 //! The trusted host runs the TLS handshake with rustls and keeps the
 //! long-term private key. It exports each traffic key, with its exact
 //! state, as a sealed blob ([`keyferry_guest::blob`]), wipes its own copy,
-//! and hands the blob to a WebAssembly guest ([`GuestInstance`]), which
-//! protects and opens records inside the sandbox. This is Windows
-//! Schannel's split (CryptExportKey / CryptImportKey of OPAQUEKEYBLOBs
-//! between the LSA and the application) with wasmtime as the boundary.
+//! and hands the blob to a WebAssembly guest, which protects and opens
+//! records inside the sandbox. This is Windows Schannel's split
+//! (CryptExportKey / CryptImportKey of OPAQUEKEYBLOBs between the LSA and
+//! the application) with wasmtime as the boundary.
 //!
-//! Modules: [`sandbox`] (engine, limits, compiled components), [`guest`]
-//! (one instance and its key handles), [`keystore`] (host-resident keys),
-//! [`export`] (taking keys out of rustls), [`error`].
+//! The layers, bottom up (each module imports only those below it):
+//! - [`error`], [`suites`], [`keystore`] (host-resident keys), [`export`]
+//!   (taking keys out of rustls);
+//! - [`store`] (what a guest store holds, and the one way to call in);
+//! - [`engine`] (wasmtime engine, limits), [`component`] (compiled
+//!   components), [`instance`] (one guest instance and its key handles);
+//! - [`handshake`] (sans-IO rustls handshake and handoff), [`tls`]
+//!   (identities and configs), [`dataplane`] (the one connection driver);
+//! - [`transport`] (byte-stream loops), [`server`] (`keyferry serve`'s
+//!   accept loop).
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
-pub mod app;
-pub mod bench;
-mod convert;
+pub mod component;
 pub mod dataplane;
+pub mod engine;
 pub mod error;
 pub mod export;
-pub mod guest;
 pub mod handshake;
+pub mod instance;
 pub mod keystore;
-pub mod sandbox;
 pub mod server;
+pub mod store;
+pub mod suites;
 pub mod tls;
 pub mod transport;
+mod wit;
 mod x509;
 
-/// Generated wasmtime bindings for the `keyferry:dataplane` worlds.
+/// Generated wasmtime bindings for the `keyferry:dataplane` package: one
+/// `bindgen!` for the largest world, so every WIT type has one Rust copy.
+/// Smaller worlds (application plugins) are driven through the same
+/// per-interface exports.
 #[allow(
     missing_docs,
     unreachable_pub,
@@ -38,20 +49,10 @@ mod x509;
 )]
 #[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
 pub mod bindings {
-    include!("bindings.rs");
-}
-
-/// Generated wasmtime bindings for the `application-plugin` world: what
-/// `serve` drives, in the reference component and in plugins alike.
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    reason = "generated code"
-)]
-#[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
-pub mod app_bindings {
-    include!("app_bindings.rs");
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "dataplane-host-keys",
+    });
 }
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
@@ -59,18 +60,13 @@ pub mod app_bindings {
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-mod artifacts {
-    include!(concat!(env!("OUT_DIR"), "/guest_artifacts.rs"));
-}
-
-pub use artifacts::{
-    EXAMPLE_PLUGIN_MISBEHAVING_PATH, EXAMPLE_PLUGIN_UPPERCASE_PATH, GUEST_COMPONENT,
-    GUEST_COMPONENT_HOST_KEYS, GUEST_COMPONENT_PATH,
-};
+pub use component::{GuestComponent, REFERENCE_COMPONENT, REFERENCE_COMPONENT_HOST_KEYS};
+pub use dataplane::{DataPlane, Delivery};
+pub use engine::{GuestEngine, SandboxConfig};
 pub use error::{Error, Result, TrapKind};
-pub use guest::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, TrafficKeyState};
+pub use instance::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, TrafficKeyState};
 pub use keyferry_guest as record_layer;
 pub use keyferry_guest::record::TrafficKeyMaterial;
 pub use keyferry_guest::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
 pub use keystore::HostKeyStore;
-pub use sandbox::{ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
+pub use store::ExecutionBound;

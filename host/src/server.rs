@@ -1,12 +1,13 @@
 //! `keyferry serve`: a TLS server whose handshakes run here, in the trusted
-//! host, and whose data plane runs in one guest instance per connection.
+//! host, and whose data plane and application run in a guest instance per
+//! connection (or in a few shared instances).
 //!
 //! Each connection is its own tokio task with its own wasmtime store, so a
 //! guest that traps, loops or runs out of memory ends only its connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyferry_guest::connection::Closed;
@@ -16,13 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
-use crate::app::AppMode;
-use crate::error::{Error, Result};
+use crate::component::GuestComponent;
+use crate::dataplane::DataPlane;
+use crate::error::{Error, HandshakeError, Result};
 use crate::handshake::Handshake;
-use crate::sandbox::GuestComponent;
-use crate::transport::{
-    Ending, PLAINTEXT_INTERNAL_ERROR, SessionHost, SharedInstance, handshake_async, run_session,
-};
+use crate::instance::GuestInstance;
+use crate::transport::{Ending, PLAINTEXT_INTERNAL_ERROR, blocking, handshake_async, run_session};
 
 /// How long a client may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,9 +39,11 @@ pub enum Isolation {
     Shared(Arc<SharedPool>),
 }
 
-/// The instances of [`Isolation::Shared`], used round-robin.
+/// The instances of [`Isolation::Shared`], used round-robin. A poisoned
+/// instance is replaced on its next use; the connections still attached
+/// to it keep their handle and end with its failure.
 pub struct SharedPool {
-    slots: Vec<tokio::sync::Mutex<SharedInstance>>,
+    slots: Vec<Mutex<Option<GuestInstance>>>,
     next: AtomicU64,
 }
 
@@ -49,32 +51,24 @@ impl SharedPool {
     /// `instances` shared instances (at least one), made on first use.
     pub fn new(instances: usize) -> Self {
         Self {
-            slots: (0..instances.max(1)).map(|_| Default::default()).collect(),
+            slots: (0..instances.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicU64::new(0),
         }
     }
 
-    fn pick(&self) -> &tokio::sync::Mutex<SharedInstance> {
+    /// The next instance, made afresh if its slot is empty or poisoned.
+    pub fn instance(&self, component: &GuestComponent) -> Result<GuestInstance> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.slots.len();
-        &self.slots[i]
+        let mut slot = self.slots[i].lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(instance) if !instance.is_poisoned() => Ok(instance.clone()),
+            _ => {
+                let instance = component.instantiate()?;
+                *slot = Some(instance.clone());
+                Ok(instance)
+            }
+        }
     }
-}
-
-fn attach_shared(
-    shared: &mut SharedInstance,
-    component: &GuestComponent,
-    seal: keyferry_guest::record::TrafficKeyMaterial,
-    open: keyferry_guest::record::TrafficKeyMaterial,
-    facts: &keyferry_guest::connection::Facts,
-    mode: AppMode,
-) -> Result<(crate::app::SessionHandle, u64)> {
-    if shared.app.as_ref().is_none_or(|a| a.is_poisoned()) {
-        shared.app = Some(component.instantiate_application()?);
-        shared.epoch += 1;
-    }
-    let app = shared.app.as_mut().ok_or(Error::Poisoned)?;
-    let session = app.attach(seal, open, facts, mode)?;
-    Ok((session, shared.epoch))
 }
 
 async fn refuse(stream: &mut TcpStream, peer: SocketAddr, stats: &ServerStats, e: Error) {
@@ -88,10 +82,8 @@ async fn refuse(stream: &mut TcpStream, peer: SocketAddr, stats: &ServerStats, e
 pub struct ServerOptions {
     /// TLS settings (identity, versions, suites, ALPN).
     pub tls: Arc<ServerConfig>,
-    /// The compiled guest that serves each connection.
+    /// The compiled application component that serves each connection.
     pub component: GuestComponent,
-    /// Which built-in application (for the reference component).
-    pub mode: AppMode,
     /// Instance per connection, or shared instances.
     pub isolation: Isolation,
     /// Most connections served at once; more wait in the listen backlog.
@@ -125,7 +117,7 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.map_err(|_| Error::Config("connection limit closed".into()))?,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = shutdown.changed() => break,
         };
         let (stream, peer) = tokio::select! {
@@ -176,7 +168,7 @@ async fn connection(
     let handoff = match Handshake::server(&options.tls, id) {
         Ok(hs) => tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_async(&mut stream, hs))
             .await
-            .unwrap_or_else(|_| Err(Error::Handshake("timed out".into()))),
+            .unwrap_or_else(|_| Err(HandshakeError::TimedOut.into())),
         Err(e) => Err(e),
     };
     let handoff = match handoff {
@@ -193,67 +185,20 @@ async fn connection(
         keyferry_guest::ProtocolVersion::Tls13 => "TLSv1.3",
         keyferry_guest::ProtocolVersion::Tls12 => "TLSv1.2",
     };
-    let (seal, open) = (handoff.keys.seal, handoff.keys.open);
-    let (summary, ready) = match &options.isolation {
-        Isolation::PerConnection => {
-            let attached = options
-                .component
-                .instantiate_application()
-                .and_then(|mut app| {
-                    let session = app.attach(seal, open, &facts, options.mode)?;
-                    Ok((app, session))
-                });
-            let (mut app, session) = match attached {
-                Ok(a) => a,
-                Err(e) => return refuse(&mut stream, peer, stats, e).await,
-            };
-            let ready = handoff_done.elapsed();
-            let summary = run_session(
-                &mut stream,
-                SessionHost::Owned(&mut app),
-                &session,
-                shutdown,
-            )
-            .await;
-            if !app.is_poisoned() {
-                let _ = app.end(session);
-            }
-            (summary, ready)
-        }
-        Isolation::Shared(pool) => {
-            let slot = pool.pick();
-            let attached = {
-                let mut shared = slot.lock().await;
-                attach_shared(
-                    &mut shared,
-                    &options.component,
-                    seal,
-                    open,
-                    &facts,
-                    options.mode,
-                )
-            };
-            let (session, epoch) = match attached {
-                Ok(a) => a,
-                Err(e) => return refuse(&mut stream, peer, stats, e).await,
-            };
-            let ready = handoff_done.elapsed();
-            let summary = run_session(
-                &mut stream,
-                SessionHost::Shared { slot, epoch },
-                &session,
-                shutdown,
-            )
-            .await;
-            let mut shared = slot.lock().await;
-            if shared.epoch == epoch
-                && let Some(app) = shared.app.as_mut().filter(|a| !a.is_poisoned())
-            {
-                let _ = app.end(session);
-            }
-            (summary, ready)
-        }
+    let attached = blocking(|| {
+        let guest = match &options.isolation {
+            Isolation::PerConnection => options.component.instantiate()?,
+            Isolation::Shared(pool) => pool.instance(&options.component)?,
+        };
+        DataPlane::new(guest, handoff)
+    });
+    let (mut plane, first) = match attached {
+        Ok(a) => a,
+        Err(e) => return refuse(&mut stream, peer, stats, e).await,
     };
+    let ready = handoff_done.elapsed();
+    let summary = run_session(&mut stream, &mut plane, first, shutdown).await;
+    drop(plane);
     let ending = match &summary.ending {
         Ending::Clean => "close_notify".to_string(),
         Ending::Peer(Closed::Truncated) => "truncated (EOF without close_notify)".to_string(),

@@ -1,6 +1,7 @@
 //! TLS configuration for the trusted host: identities from PEM files or
-//! generated at start, rustls configs with secret extraction enabled, and a
-//! per-connection [`SecretLog`] so the handoff gets the traffic secrets.
+//! generated at start, and rustls configs with secret extraction enabled,
+//! built with [`TlsOptions`]. Each connection gets its own
+//! [`SecretLog`] so the handoff gets the traffic secrets.
 //!
 //! The private key lives only here, in the host process. It never enters a
 //! guest, a blob, a log line or an error message.
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::crypto::ring::{cipher_suite as cs, default_provider};
+use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{
@@ -17,10 +18,12 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
 use crate::export::SecretLog;
+use crate::suites;
 
-/// A certificate chain and its private key.
+/// A certificate chain and its private key. No `Debug`, no `Clone`: it
+/// holds the long-term private key.
 pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -28,24 +31,16 @@ pub struct Identity {
 
 impl Identity {
     /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1
-    /// or SEC1). Errors name the file, never its contents.
+    /// or SEC1). Errors name the file and the OS's reason, never contents.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
-        let chain = CertificateDer::pem_file_iter(cert)
-            .map_err(|_| {
-                Error::Config(format!("cannot read certificates from {}", cert.display()))
-            })?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| {
-                Error::Config(format!("malformed PEM certificate in {}", cert.display()))
-            })?;
+        let chain = read_certificates(cert)?;
         if chain.is_empty() {
-            return Err(Error::Config(format!(
-                "no certificate in {}",
-                cert.display()
-            )));
+            return Err(ConfigError::NoCertificate { path: cert.into() }.into());
         }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
-            Error::Config(format!("cannot read a private key from {}", key.display()))
+        let pem = read(key)?;
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| ConfigError::Pem {
+            path: key.into(),
+            what: "private key",
         })?;
         let identity = Self { chain, key };
         identity.check_key_matches()?;
@@ -55,7 +50,7 @@ impl Identity {
     /// A fresh self-signed ECDSA P-256 certificate for `names`.
     pub fn self_signed(names: &[String]) -> Result<Self> {
         let ck = rcgen::generate_simple_self_signed(names.to_vec())
-            .map_err(|e| Error::Config(format!("generating a self-signed certificate: {e}")))?;
+            .map_err(|e| ConfigError::SelfSigned(e.to_string()))?;
         let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
         Ok(Self {
             chain: vec![ck.cert.der().clone()],
@@ -79,11 +74,34 @@ impl Identity {
         let signing = provider
             .key_provider
             .load_private_key(self.key.clone_key())
-            .map_err(|_| Error::Config("unsupported private key type".into()))?;
+            .map_err(|_| ConfigError::UnsupportedKey)?;
         rustls::sign::CertifiedKey::new(self.chain.clone(), signing)
             .keys_match()
-            .map_err(|_| Error::Config("the private key does not match the certificate".into()))
+            .map_err(|_| ConfigError::KeyMismatch.into())
     }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| {
+        ConfigError::Read {
+            path: path.into(),
+            source,
+        }
+        .into()
+    })
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = read(path)?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            ConfigError::Pem {
+                path: path.into(),
+                what: "certificate",
+            }
+            .into()
+        })
 }
 
 /// SHA-256 of a DER certificate, colon-separated uppercase hex.
@@ -95,12 +113,23 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
         .join(":")
 }
 
-/// Which protocol versions and suites to offer.
+/// How a client checks the server.
+pub enum ServerVerification {
+    /// Against these roots (and the server name).
+    Roots(RootCertStore),
+    /// Not at all. For tests against self-signed servers only.
+    DangerousNone,
+}
+
+/// Versions, suites, ALPN and client authentication, and the rustls
+/// configs built from them: secret extraction on, our suite order.
 #[derive(Clone)]
 pub struct TlsOptions {
     versions: Vec<&'static SupportedProtocolVersion>,
     suites: Vec<SupportedCipherSuite>,
     alpn: Vec<Vec<u8>>,
+    client_roots: Option<Arc<RootCertStore>>,
+    client_identity: Option<Arc<Identity>>,
 }
 
 impl Default for TlsOptions {
@@ -109,18 +138,10 @@ impl Default for TlsOptions {
     fn default() -> Self {
         Self {
             versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
-            suites: vec![
-                cs::TLS13_CHACHA20_POLY1305_SHA256,
-                cs::TLS13_AES_128_GCM_SHA256,
-                cs::TLS13_AES_256_GCM_SHA384,
-                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-                cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            ],
+            suites: suites::DEFAULT_ORDER.to_vec(),
             alpn: Vec::new(),
+            client_roots: None,
+            client_identity: None,
         }
     }
 }
@@ -144,101 +165,83 @@ impl TlsOptions {
         self
     }
 
+    /// Server side: require a client certificate that chains to `roots`.
+    pub fn with_client_verification(mut self, roots: RootCertStore) -> Self {
+        self.client_roots = Some(Arc::new(roots));
+        self
+    }
+
+    /// Client side: present `identity` when the server asks for a client
+    /// certificate.
+    pub fn with_client_identity(mut self, identity: Arc<Identity>) -> Self {
+        self.client_identity = Some(identity);
+        self
+    }
+
     fn provider(&self) -> Arc<CryptoProvider> {
         let mut p = default_provider();
         p.cipher_suites = self.suites.clone();
         Arc::new(p)
     }
-}
 
-/// A server config ready for handoff: secret extraction on, our suite
-/// order, TLS 1.3 tickets (two per connection, rustls's default).
-pub fn server_config(
-    identity: &Identity,
-    options: &TlsOptions,
-    client_roots: Option<RootCertStore>,
-) -> Result<ServerConfig> {
-    let builder = ServerConfig::builder_with_provider(options.provider())
-        .with_protocol_versions(&options.versions)?;
-    let builder = match client_roots {
-        Some(roots) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                options.provider(),
-            )
-            .build()
-            .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
-    config.enable_secret_extraction = true;
-    config.ignore_client_order = true;
-    config.alpn_protocols = options.alpn.clone();
-    Ok(config)
-}
+    /// A server config ready for handoff (TLS 1.3 tickets: two per
+    /// connection, rustls's default).
+    pub fn server_config(&self, identity: &Identity) -> Result<ServerConfig> {
+        let builder = ServerConfig::builder_with_provider(self.provider())
+            .with_protocol_versions(&self.versions)
+            .map_err(ConfigError::Tls)?;
+        let builder = match &self.client_roots {
+            Some(roots) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.clone(),
+                    self.provider(),
+                )
+                .build()
+                .map_err(ConfigError::ClientVerifier)?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(ConfigError::Tls)?;
+        config.enable_secret_extraction = true;
+        config.ignore_client_order = true;
+        config.alpn_protocols = self.alpn.clone();
+        Ok(config)
+    }
 
-/// How a client checks the server.
-pub enum ServerVerification {
-    /// Against these roots (and the server name).
-    Roots(RootCertStore),
-    /// Not at all. For tests against self-signed servers only.
-    DangerousNone,
-}
-
-/// A client config ready for handoff.
-pub fn client_config(
-    verification: ServerVerification,
-    options: &TlsOptions,
-) -> Result<ClientConfig> {
-    build_client_config(verification, options, None)
-}
-
-/// A client config that presents `identity` when the server asks for a
-/// client certificate.
-pub fn client_config_with_identity(
-    verification: ServerVerification,
-    options: &TlsOptions,
-    identity: &Identity,
-) -> Result<ClientConfig> {
-    build_client_config(verification, options, Some(identity))
-}
-
-fn build_client_config(
-    verification: ServerVerification,
-    options: &TlsOptions,
-    identity: Option<&Identity>,
-) -> Result<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(options.provider())
-        .with_protocol_versions(&options.versions)?;
-    let builder = match verification {
-        ServerVerification::Roots(roots) => builder.with_root_certificates(roots),
-        ServerVerification::DangerousNone => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(options.provider()))),
-    };
-    let mut config = match identity {
-        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
-        None => builder.with_no_client_auth(),
-    };
-    config.enable_secret_extraction = true;
-    config.alpn_protocols = options.alpn.clone();
-    Ok(config)
+    /// A client config ready for handoff.
+    pub fn client_config(&self, verification: ServerVerification) -> Result<ClientConfig> {
+        let builder = ClientConfig::builder_with_provider(self.provider())
+            .with_protocol_versions(&self.versions)
+            .map_err(ConfigError::Tls)?;
+        let builder = match verification {
+            ServerVerification::Roots(roots) => builder.with_root_certificates(roots),
+            ServerVerification::DangerousNone => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(self.provider()))),
+        };
+        let mut config = match &self.client_identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                .map_err(ConfigError::Tls)?,
+            None => builder.with_no_client_auth(),
+        };
+        config.enable_secret_extraction = true;
+        config.alpn_protocols = self.alpn.clone();
+        Ok(config)
+    }
 }
 
 /// Reads a PEM bundle of trust anchors.
 pub fn roots_from_pem_file(path: &Path) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path)
-        .map_err(|_| Error::Config(format!("cannot read certificates from {}", path.display())))?
-    {
-        let cert = cert.map_err(|_| {
-            Error::Config(format!("malformed PEM certificate in {}", path.display()))
+    for cert in read_certificates(path)? {
+        roots.add(cert).map_err(|e| ConfigError::BadCa {
+            path: path.into(),
+            reason: e.to_string(),
         })?;
-        roots
-            .add(cert)
-            .map_err(|e| Error::Config(format!("bad CA certificate in {}: {e}", path.display())))?;
     }
     Ok(roots)
 }

@@ -1,6 +1,7 @@
 //! Running handshakes and sessions over real byte streams: blocking
 //! (`Read + Write`) and tokio (`AsyncRead + AsyncWrite`). The logic is all
-//! in the sans-IO [`Handshake`] and the guest; these loops only move bytes.
+//! in the sans-IO [`Handshake`] and the guest's [`DataPlane`]; these loops
+//! only move bytes and keep time.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant};
 use keyferry_guest::connection::Closed;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::app::{AppInstance, SessionHandle, SessionStep};
-use crate::error::{Error, Result};
+use crate::dataplane::{DataPlane, Delivery};
+use crate::error::{HandshakeError, Result};
 use crate::handshake::{Handoff, Handshake, Progress};
 
 /// A session with no bytes from the peer for this long is closed.
@@ -35,9 +36,7 @@ pub fn handshake<S: Read + Write>(stream: &mut S, mut hs: Handshake) -> Result<H
             Progress::NeedInput => {
                 let n = stream.read(&mut buf)?;
                 if n == 0 {
-                    return Err(Error::Handshake(
-                        "peer closed the transport during the handshake".into(),
-                    ));
+                    return Err(HandshakeError::PeerClosed.into());
                 }
                 hs.feed(&buf[..n])?;
             }
@@ -63,9 +62,7 @@ pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(
             Progress::NeedInput => {
                 let n = stream.read(&mut buf).await?;
                 if n == 0 {
-                    return Err(Error::Handshake(
-                        "peer closed the transport during the handshake".into(),
-                    ));
+                    return Err(HandshakeError::PeerClosed.into());
                 }
                 hs.feed(&buf[..n])?;
             }
@@ -84,7 +81,7 @@ pub enum Ending {
     Shutdown,
     /// The guest failed (trap, limit, bad output); the text says how.
     GuestFailed(String),
-    /// The transport failed.
+    /// The transport failed, or the peer stayed silent or stopped reading.
     Transport(String),
 }
 
@@ -107,66 +104,10 @@ pub struct SessionSummary {
 /// error either way.
 pub const PLAINTEXT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
-/// A guest instance that serves several sessions (one tenant's
-/// connections), shared by their tasks. A trap ends every session in it;
-/// the next connection gets a fresh instance.
-#[derive(Default)]
-pub struct SharedInstance {
-    /// The instance, made on first use and after a trap.
-    pub app: Option<AppInstance>,
-    /// Bumped whenever the instance is replaced, so sessions of a dead
-    /// instance know their handles are gone.
-    pub epoch: u64,
-}
-
-/// Where a session's guest instance lives.
-pub enum SessionHost<'a> {
-    /// An instance of its own (one per connection: the strongest isolation).
-    Owned(&'a mut AppInstance),
-    /// An instance shared with other sessions.
-    Shared {
-        /// The shared instance.
-        slot: &'a tokio::sync::Mutex<SharedInstance>,
-        /// The instance generation the session was attached to.
-        epoch: u64,
-    },
-}
-
-enum Op<'b> {
-    Start,
-    Data(&'b [u8]),
-    Eof,
-    Shutdown,
-}
-
-impl SessionHost<'_> {
-    async fn call(&mut self, session: &SessionHandle, op: Op<'_>) -> Result<SessionStep> {
-        fn run(app: &mut AppInstance, session: &SessionHandle, op: Op<'_>) -> Result<SessionStep> {
-            match op {
-                Op::Start => app.start(session),
-                Op::Data(d) => app.on_ciphertext(session, d),
-                Op::Eof => app.on_end_of_stream(session),
-                Op::Shutdown => app.shutdown(session),
-            }
-        }
-        match self {
-            SessionHost::Owned(app) => blocking(|| run(app, session, op)),
-            SessionHost::Shared { slot, epoch } => {
-                let mut shared = slot.lock().await;
-                if shared.epoch != *epoch {
-                    return Err(Error::Poisoned);
-                }
-                let app = shared.app.as_mut().ok_or(Error::Poisoned)?;
-                blocking(|| run(app, session, op))
-            }
-        }
-    }
-}
-
 /// Runs a guest call. A call may use its whole deadline, so on a
 /// multi-threaded runtime tell tokio this worker is busy: its other tasks
 /// (accepts, other connections) move to another worker meanwhile.
-fn blocking<R>(call: impl FnOnce() -> R) -> R {
+pub fn blocking<R>(call: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(call)
@@ -175,13 +116,14 @@ fn blocking<R>(call: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Serves an application session over a tokio stream until it ends, the
-/// peer leaves, or `shutdown` fires. Guest failures end only this session
-/// (and, for a shared instance, the sessions sharing it).
+/// Serves a connection whose application runs in the guest, over a tokio
+/// stream, until it ends, the peer leaves or stalls, or `shutdown` fires.
+/// `first` is what [`DataPlane::new`] delivered. A guest failure ends only
+/// this session (and, for a shared instance, the sessions sharing it).
 pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    mut host: SessionHost<'_>,
-    session: &SessionHandle,
+    plane: &mut DataPlane,
+    first: Delivery,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> SessionSummary {
     let started = Instant::now();
@@ -192,38 +134,53 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         duration: Duration::ZERO,
     };
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut step = host.call(session, Op::Start).await;
+    let mut step: Result<Delivery> = Ok(first);
     let mut eof = false;
     loop {
-        let s = match step {
-            Ok(s) => s,
+        let d = match step {
+            Ok(d) if !d.plaintext.is_empty() => {
+                // Nothing here consumes plaintext: it belongs to an
+                // application inside the sandbox.
+                summary.ending = Ending::GuestFailed(
+                    "the component handed plaintext to the host; serve needs an application component".into(),
+                );
+                let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
+                break;
+            }
+            Ok(d) => d,
             Err(e) => {
                 summary.ending = Ending::GuestFailed(e.to_string());
                 let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
                 break;
             }
         };
-        if let Err(e) = send(stream, &s, &mut summary).await {
-            summary.ending = Ending::Transport(e.to_string());
-            break;
-        }
-        if s.done {
-            summary.ending = match s.closed {
-                None | Some(Closed::CloseNotify) if !matches!(summary.ending, Ending::Shutdown) => {
-                    Ending::Clean
-                }
-                Some(c) if c != Closed::CloseNotify => Ending::Peer(c),
-                _ => summary.ending.clone(),
+        if !d.to_send.is_empty() {
+            let write = async {
+                stream.write_all(&d.to_send).await?;
+                stream.flush().await
             };
-            break;
+            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                Ok(Ok(())) => summary.bytes_out += d.to_send.len() as u64,
+                Ok(Err(e)) => {
+                    summary.ending = Ending::Transport(e.to_string());
+                    break;
+                }
+                Err(_) => {
+                    summary.ending =
+                        Ending::Transport("write timeout: the peer stopped reading".into());
+                    break;
+                }
+            }
         }
-        if eof {
-            // The transport is over whatever the guest says: a guest that
-            // keeps answering `done: false` must not spin on a closed socket.
-            summary.ending = match s.closed {
-                Some(c) if c != Closed::CloseNotify => Ending::Peer(c),
-                Some(_) => Ending::Clean,
-                None => Ending::Peer(Closed::Truncated),
+        if d.done || eof {
+            // After EOF the transport is over whatever the guest says: a
+            // guest that keeps answering `done: false` must not spin on a
+            // closed socket.
+            summary.ending = match (d.closed, &summary.ending) {
+                (_, Ending::Shutdown) => Ending::Shutdown,
+                (Some(c), _) if c != Closed::CloseNotify => Ending::Peer(c),
+                (None, _) if eof => Ending::Peer(Closed::Truncated),
+                _ => Ending::Clean,
             };
             break;
         }
@@ -235,11 +192,11 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Ok(Ok(0)) => {
                     eof = true;
-                    host.call(session, Op::Eof).await
+                    blocking(|| plane.end_of_stream())
                 }
                 Ok(Ok(n)) => {
                     summary.bytes_in += n as u64;
-                    host.call(session, Op::Data(&buf[..n])).await
+                    blocking(|| plane.receive(&buf[..n]))
                 }
                 Ok(Err(e)) => {
                     summary.ending = Ending::Transport(e.to_string());
@@ -248,24 +205,11 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             },
             _ = shutdown.changed() => {
                 summary.ending = Ending::Shutdown;
-                host.call(session, Op::Shutdown).await
+                blocking(|| plane.close())
             }
         };
     }
     let _ = stream.shutdown().await;
     summary.duration = started.elapsed();
     summary
-}
-
-async fn send<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    step: &SessionStep,
-    summary: &mut SessionSummary,
-) -> Result<()> {
-    if !step.to_send.is_empty() {
-        stream.write_all(&step.to_send).await?;
-        stream.flush().await?;
-        summary.bytes_out += step.to_send.len() as u64;
-    }
-    Ok(())
 }

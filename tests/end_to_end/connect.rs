@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::support::{Captured, KEYFERRY, Server, pem_identity};
+use keyferry_tests::process::{Captured, Server, keyferry, pem_identity};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 }
 
 fn connect(addr: &str, args: &[&str], input: &[u8]) -> (Vec<u8>, String) {
-    let mut child = Command::new(KEYFERRY)
+    let mut child = Command::new(keyferry())
         .args(["connect", addr])
         .args(args)
         .stdin(Stdio::piped())

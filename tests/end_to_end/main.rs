@@ -2,8 +2,6 @@
 //! already use: curl, openssl s_client and s_server, and rustls clients.
 //! Every server here listens on 127.0.0.1 with a port the OS picks.
 
-mod support;
-
 mod connect;
 mod operator;
 mod robustness;

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::support::{PATIENCE, Server, read_exact, rustls_client, write_all};
+use keyferry_tests::process::{PATIENCE, Server, read_exact, rustls_client, write_all};
 
 fn echo_works(server: &Server, text: &[u8]) {
     let mut c = rustls_client(&server.addr());
@@ -39,7 +39,7 @@ fn two_hundred_concurrent_connections_are_all_served() {
 fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
     let server = Server::start(&[
         "--guest",
-        keyferry::EXAMPLE_PLUGIN_MISBEHAVING_PATH,
+        keyferry_tests::plugins::MISBEHAVING,
         "--deadline-ms",
         "300",
         "--memory-mib",
@@ -94,11 +94,15 @@ fn garbage_truncated_handshakes_and_oversize_records_are_contained() {
     let _ = raw.read_to_end(&mut sink);
     server.stderr.wait_for("handshake failed");
 
-    // A peer that leaves mid-handshake.
+    // A peer that leaves mid-handshake: logged as such, and nothing else
+    // is disturbed.
     let mut raw = TcpStream::connect(server.addr()).unwrap();
     raw.write_all(&[22, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3])
         .unwrap();
     drop(raw);
+    server
+        .stderr
+        .wait_for("peer closed the transport during the handshake");
 
     // An oversize record after a good handshake: record_overflow, closed.
     let mut c = rustls_client(&server.addr());
@@ -143,7 +147,7 @@ fn ctrl_c_sends_close_notify_and_exits() {
 
 #[test]
 fn a_plugin_built_on_the_guest_library_serves_connections() {
-    let server = Server::start(&["--guest", keyferry::EXAMPLE_PLUGIN_UPPERCASE_PATH]);
+    let server = Server::start(&["--guest", keyferry_tests::plugins::UPPERCASE]);
     let mut c = rustls_client(&server.addr());
     write_all(&mut c, b"shout this");
     assert_eq!(read_exact(&mut c, 10), b"SHOUT THIS");
@@ -153,7 +157,7 @@ fn a_plugin_built_on_the_guest_library_serves_connections() {
 fn shared_instances_serve_many_connections_and_recover_from_a_trap() {
     let server = Server::start(&[
         "--guest",
-        keyferry::EXAMPLE_PLUGIN_MISBEHAVING_PATH,
+        keyferry_tests::plugins::MISBEHAVING,
         "--shared-instances",
         "1",
     ]);

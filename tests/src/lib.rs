@@ -3,6 +3,8 @@
 //! pump that moves bytes between a live rustls connection and a guest.
 #![allow(missing_docs, reason = "test fixtures")]
 
+pub mod process;
+
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
@@ -10,11 +12,9 @@ use keyferry::export::{ConnectionKeys, SecretLog, dangerous_export_keys};
 use keyferry::{
     ContentType, GuestComponent, GuestEngine, GuestInstance, SandboxConfig, TrafficKeyHandle,
 };
-use rustls::crypto::ring::{cipher_suite as cs, default_provider};
+use rustls::crypto::ring::default_provider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{
-    ClientConfig, Connection, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
-};
+use rustls::{ClientConfig, Connection, ServerConfig};
 
 /// One engine and compiled components per test binary: compiling is the
 /// slow part, and instances are what each test needs fresh.
@@ -28,10 +28,9 @@ pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let engine = GuestEngine::new(SandboxConfig::default()).expect("engine");
-        let plain = engine.reference_component().expect("compile guest");
-        let host_keys = engine
-            .reference_component_with_host_keys()
-            .expect("compile host-keys guest");
+        let plain = GuestComponent::reference(&engine).expect("compile guest");
+        let host_keys =
+            GuestComponent::reference_with_host_keys(&engine).expect("compile host-keys guest");
         Fixture {
             engine,
             plain,
@@ -51,47 +50,19 @@ pub fn guest_with_host_keys() -> GuestInstance {
         .expect("instantiate host-keys guest")
 }
 
-/// A protocol version and one cipher suite rustls offers for it.
-#[derive(Clone, Copy)]
-pub struct Suite {
-    pub name: &'static str,
-    pub version: &'static SupportedProtocolVersion,
-    pub suite: SupportedCipherSuite,
+pub use keyferry::suites::Suite;
+
+/// Every record suite, from the library's one table.
+pub fn all_suites() -> Vec<Suite> {
+    keyferry::suites::ALL.to_vec()
 }
 
-pub fn all_suites() -> Vec<Suite> {
-    vec![
-        Suite {
-            name: "TLS13_AES_128_GCM_SHA256",
-            version: &rustls::version::TLS13,
-            suite: cs::TLS13_AES_128_GCM_SHA256,
-        },
-        Suite {
-            name: "TLS13_AES_256_GCM_SHA384",
-            version: &rustls::version::TLS13,
-            suite: cs::TLS13_AES_256_GCM_SHA384,
-        },
-        Suite {
-            name: "TLS13_CHACHA20_POLY1305_SHA256",
-            version: &rustls::version::TLS13,
-            suite: cs::TLS13_CHACHA20_POLY1305_SHA256,
-        },
-        Suite {
-            name: "TLS12_ECDHE_ECDSA_AES_128_GCM_SHA256",
-            version: &rustls::version::TLS12,
-            suite: cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        },
-        Suite {
-            name: "TLS12_ECDHE_ECDSA_AES_256_GCM_SHA384",
-            version: &rustls::version::TLS12,
-            suite: cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        },
-        Suite {
-            name: "TLS12_ECDHE_ECDSA_CHACHA20_POLY1305_SHA256",
-            version: &rustls::version::TLS12,
-            suite: cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-        },
-    ]
+/// The test plugins built from guest/examples by this crate's build script.
+pub mod plugins {
+    /// Echoes in upper case: a plugin on the guest library.
+    pub const UPPERCASE: &str = concat!(env!("OUT_DIR"), "/uppercase_plugin.wasm");
+    /// Traps, loops or hogs memory on request.
+    pub const MISBEHAVING: &str = concat!(env!("OUT_DIR"), "/misbehaving_plugin.wasm");
 }
 
 struct Identity {
@@ -113,14 +84,14 @@ fn identity() -> &'static Identity {
 
 fn provider(suite: Suite) -> Arc<rustls::crypto::CryptoProvider> {
     let mut p = default_provider();
-    p.cipher_suites = vec![suite.suite];
+    p.cipher_suites = vec![suite.rustls];
     Arc::new(p)
 }
 
 pub fn server_config(suite: Suite, log: Arc<SecretLog>) -> Arc<ServerConfig> {
     let id = identity();
     let mut c = ServerConfig::builder_with_provider(provider(suite))
-        .with_protocol_versions(&[suite.version])
+        .with_protocol_versions(&[suite.rustls_version()])
         .expect("versions")
         .with_no_client_auth()
         .with_single_cert(
@@ -137,7 +108,7 @@ pub fn client_config(suite: Suite, log: Arc<SecretLog>) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(identity().cert.clone()).expect("root");
     let mut c = ClientConfig::builder_with_provider(provider(suite))
-        .with_protocol_versions(&[suite.version])
+        .with_protocol_versions(&[suite.rustls_version()])
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -179,7 +150,7 @@ pub struct Link {
 
 /// Handshakes in memory, exports `role`'s keys into `guest`, and returns
 /// the link. The other side stays a live rustls connection.
-pub fn handshake_into(suite: Suite, role: Role, mut guest: GuestInstance) -> Link {
+pub fn handshake_into(suite: Suite, role: Role, guest: GuestInstance) -> Link {
     let (keys, peer) = handshake_and_export(suite, role, 0xc0ffee);
     let seal_blob = guest.seal_traffic_key(&keys.seal).expect("seal blob");
     let open_blob = guest.seal_traffic_key(&keys.open).expect("seal blob");
@@ -240,13 +211,15 @@ pub fn handshake_and_export(
 
 /// Splits wire bytes into whole records.
 pub fn split_records(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    use keyferry::record_layer::framing::{Frame, next_record};
     let mut out = Vec::new();
-    while bytes.len() >= 5 {
-        let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
-        out.push(bytes[..5 + len].to_vec());
-        bytes = &bytes[5 + len..];
+    while !bytes.is_empty() {
+        let Frame::Record(len) = next_record(bytes) else {
+            panic!("trailing partial record")
+        };
+        out.push(bytes[..len].to_vec());
+        bytes = &bytes[len..];
     }
-    assert!(bytes.is_empty(), "trailing partial record");
     out
 }
 
@@ -346,7 +319,7 @@ pub mod handoff {
 
     use keyferry::dataplane::{DataPlane, Delivery};
     use keyferry::handshake::{Handoff, Handshake, Progress};
-    use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
+    use keyferry::tls::{Identity, ServerVerification, TlsOptions};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, Connection, ServerConfig};
 
@@ -360,15 +333,16 @@ pub mod handoff {
 
     pub fn configs(suite: Suite) -> Configs {
         let options = TlsOptions::default()
-            .with_versions(&[suite.version])
-            .with_suites(&[suite.suite]);
+            .with_versions(&[suite.rustls_version()])
+            .with_suites(&[suite.rustls]);
         let identity = Identity::self_signed(&["localhost".into()]).expect("identity");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.chain()[0].clone()).expect("root");
         Configs {
-            server: Arc::new(tls::server_config(&identity, &options, None).expect("server config")),
+            server: Arc::new(options.server_config(&identity).expect("server config")),
             client: Arc::new(
-                tls::client_config(ServerVerification::Roots(roots), &options)
+                options
+                    .client_config(ServerVerification::Roots(roots))
                     .expect("client config"),
             ),
         }

@@ -55,9 +55,21 @@ fn wasmtime() -> String {
         .clone()
 }
 
+/// The embedded reference component, written once to a file the CLI can run
+/// (as `keyferry write-guest` does).
+fn component_file() -> &'static std::path::Path {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("keyferry-guest-{}.wasm", std::process::id()));
+        std::fs::write(&path, keyferry::REFERENCE_COMPONENT).expect("write the component");
+        path
+    })
+}
+
 fn invoke(call: &str) -> String {
     let out = Command::new(wasmtime())
-        .args(["run", "--invoke", call, keyferry::GUEST_COMPONENT_PATH])
+        .args(["run", "--invoke", call])
+        .arg(component_file())
         .output()
         .unwrap_or_else(|e| {
             panic!(

@@ -25,10 +25,10 @@ fn handshake_handoff_and_data_in_every_suite_and_role() {
     for suite in all_suites() {
         let configs = configs(suite);
         for role in [Role::Client, Role::Server] {
-            let ctx = format!("{} as {role:?}", suite.name);
+            let ctx = format!("{} as {role:?}", suite.name());
             let (mut plane, first, mut peer, _) = connect(suite, role, &configs, 4096, |_| {});
             assert!(first.plaintext.is_empty(), "{ctx}");
-            if role == Role::Client && suite.version == &rustls::version::TLS13 {
+            if role == Role::Client && suite.version == keyferry::ProtocolVersion::Tls13 {
                 // The server's tickets arrive after the handoff, through the guest.
                 let (_, d) = peer_to_plane(&mut peer, &mut plane, &[], 4096);
                 assert_eq!(
@@ -37,7 +37,7 @@ fn handshake_handoff_and_data_in_every_suite_and_role() {
                 );
             }
             let facts = plane.facts().clone();
-            assert_eq!(facts.suite, format!("{:?}", suite.suite.suite()), "{ctx}");
+            assert_eq!(facts.suite, suite.name(), "{ctx}");
             if role == Role::Server {
                 assert_eq!(
                     facts.server_name.as_deref(),
@@ -66,7 +66,7 @@ fn handshake_handoff_and_data_in_every_suite_and_role() {
                 "{ctx}: peer -> plane"
             );
 
-            if suite.version == &rustls::version::TLS13 {
+            if suite.version == keyferry::ProtocolVersion::Tls13 {
                 // Peer KeyUpdate with update_requested: the guest answers.
                 peer.refresh_traffic_keys().unwrap();
                 let data = pattern(20_000, 3);
@@ -111,7 +111,8 @@ fn handshake_handoff_and_data_in_every_suite_and_role() {
             assert!(got.is_empty());
             assert_eq!(d.closed, Some(Closed::CloseNotify), "{ctx}");
             let close = plane.close().unwrap();
-            feed_peer(&mut peer, &close).unwrap();
+            assert!(close.done, "{ctx}");
+            feed_peer(&mut peer, &close.to_send).unwrap();
         }
     }
 }
@@ -137,7 +138,7 @@ fn data_in_the_same_flight_as_finished_arrives_exactly_once() {
     // 1.2 client must wait for the server's Finished, which comes last.)
     for suite in all_suites()
         .into_iter()
-        .filter(|s| s.version == &rustls::version::TLS13)
+        .filter(|s| s.version == keyferry::ProtocolVersion::Tls13)
     {
         let configs = configs(suite);
         // The client (peer) writes as soon as its handshake completes, so
@@ -154,7 +155,7 @@ fn data_in_the_same_flight_as_finished_arrives_exactly_once() {
         assert!(
             got == expected,
             "{}: {} bytes arrived, {} sent",
-            suite.name,
+            suite.name(),
             got.len(),
             expected.len()
         );
@@ -341,15 +342,24 @@ fn a_connection_migrates_to_a_new_instance_mid_stream() {
 
 #[test]
 fn client_authentication_facts_reach_the_guest() {
-    use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
+    use keyferry::tls::{Identity, ServerVerification, TlsOptions};
     let options = TlsOptions::default();
     let server_id = Identity::self_signed(&["localhost".into()]).unwrap();
     let client_id = Identity::self_signed(&["client.keyferry.test".into()]).unwrap();
     let mut client_roots = rustls::RootCertStore::empty();
     client_roots.add(client_id.chain()[0].clone()).unwrap();
-    let server = Arc::new(tls::server_config(&server_id, &options, Some(client_roots)).unwrap());
+    let server = Arc::new(
+        options
+            .clone()
+            .with_client_verification(client_roots)
+            .server_config(&server_id)
+            .unwrap(),
+    );
     let client = Arc::new(
-        tls::client_config_with_identity(ServerVerification::DangerousNone, &options, &client_id)
+        options
+            .clone()
+            .with_client_identity(Arc::new(client_id))
+            .client_config(ServerVerification::DangerousNone)
             .unwrap(),
     );
     let mut peer: rustls::Connection =
@@ -378,8 +388,11 @@ fn client_authentication_facts_reach_the_guest() {
 
     // Without a client certificate the handshake fails with an alert, and
     // the error names the problem.
-    let anonymous =
-        Arc::new(tls::client_config(ServerVerification::DangerousNone, &options).unwrap());
+    let anonymous = Arc::new(
+        options
+            .client_config(ServerVerification::DangerousNone)
+            .unwrap(),
+    );
     let mut peer: rustls::Connection =
         rustls::ClientConnection::new(anonymous, ServerName::try_from("localhost").unwrap())
             .unwrap()

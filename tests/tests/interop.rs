@@ -15,7 +15,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 fn guest_and_rustls_exchange_data_in_every_suite_and_role() {
     for suite in all_suites() {
         for role in [Role::Client, Role::Server] {
-            let ctx = format!("{} as {role:?}", suite.name);
+            let ctx = format!("{} as {role:?}", suite.name());
             let mut link = handshake_into(suite, role, guest());
 
             // Guest to peer: small, empty-ish, and full-size records.

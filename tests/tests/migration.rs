@@ -10,7 +10,7 @@ use keyferry_tests::{
 };
 
 fn migrate(link: &mut Link, to: keyferry::GuestInstance) {
-    let mut to = to;
+    let to = to;
     let recipient = to.exchange_key();
     let from = &mut link.guest;
     let seal = std::mem::replace(&mut link.seal, placeholder());
@@ -33,7 +33,7 @@ fn migrate(link: &mut Link, to: keyferry::GuestInstance) {
 
 /// A handle that is never used: it stands in while the real ones move.
 fn placeholder() -> keyferry::TrafficKeyHandle {
-    let mut g = guest();
+    let g = guest();
     let m = keyferry::TrafficKeyMaterial::from_tls13_secret(
         AeadAlgorithm::ChaCha20Poly1305,
         keyferry::Direction::Seal,
@@ -50,7 +50,7 @@ fn placeholder() -> keyferry::TrafficKeyHandle {
 fn a_live_connection_moves_to_a_fresh_instance_mid_stream() {
     for suite in all_suites() {
         for role in [Role::Client, Role::Server] {
-            let ctx = format!("{} as {role:?}", suite.name);
+            let ctx = format!("{} as {role:?}", suite.name());
             let mut link = handshake_into(suite, role, guest());
             assert_eq!(link.guest_sends(b"before"), b"before", "{ctx}");
             assert_eq!(link.peer_sends(b"before").0, b"before", "{ctx}");
@@ -85,8 +85,8 @@ fn a_live_connection_moves_to_a_fresh_instance_mid_stream() {
 fn host_resident_keys_stay_in_the_host_and_survive_export() {
     let store = fixture().engine.key_store().clone();
     for suite in all_suites() {
-        let ctx = suite.name;
-        let mut g = guest_with_host_keys();
+        let ctx = suite.name();
+        let g = guest_with_host_keys();
         let (keys, peer) = handshake_and_export(suite, Role::Server, 0x4857);
         let version = keys.version;
         let seal = store
@@ -104,7 +104,7 @@ fn host_resident_keys_stay_in_the_host_and_survive_export() {
         let open_blob = g.seal_traffic_key(&open).unwrap();
 
         // A guest without the key-service import refuses it clearly.
-        let mut plain = guest();
+        let plain = guest();
         assert!(
             matches!(
                 plain.import_traffic_key(&plain.seal_traffic_key(&seal).unwrap()),
@@ -161,7 +161,7 @@ fn aes_gcm_keys_update_themselves_before_the_limit() {
             AeadAlgorithm::Aes128Gcm | AeadAlgorithm::Aes256Gcm
         ));
         keys.seal.auto_update_limit = 3;
-        let mut g = guest();
+        let g = guest();
         let seal = g
             .import_traffic_key(&g.seal_traffic_key(&keys.seal).unwrap())
             .unwrap();
@@ -181,7 +181,7 @@ fn aes_gcm_keys_update_themselves_before_the_limit() {
         assert!(
             start <= 3,
             "{}: rustls sent {start} records before handoff",
-            suite.name
+            suite.name()
         );
         let mut sent = Vec::new();
         for i in 0..20u8 {
@@ -195,15 +195,15 @@ fn aes_gcm_keys_update_themselves_before_the_limit() {
             sent,
             (0..20u8).flat_map(|i| [i; 100]).collect::<Vec<_>>(),
             "{}",
-            suite.name
+            suite.name()
         );
         let state = link.guest.state(&link.seal).unwrap();
         assert!(
             state.generation >= 6,
             "{}: generation {}",
-            suite.name,
+            suite.name(),
             state.generation
         );
-        assert!(state.sequence <= 3, "{}", suite.name);
+        assert!(state.sequence <= 3, "{}", suite.name());
     }
 }

@@ -41,7 +41,7 @@ fn alert(r: Result<impl Sized, Error>) -> Alert {
 
 #[test]
 fn tampered_truncated_and_misaddressed_blobs_are_refused() {
-    let mut g = guest();
+    let g = guest();
     let blob = g
         .seal_traffic_key(&material(Direction::Seal, 0, 1))
         .unwrap();
@@ -109,7 +109,7 @@ fn tampered_truncated_and_misaddressed_blobs_are_refused() {
 
 #[test]
 fn mac_and_traffic_blobs_are_not_interchangeable() {
-    let mut g = guest();
+    let g = guest();
     let mac = g
         .seal_mac_key(&MacKey::new(MacAlgorithm::HmacSha256, &[7; 32], true, 1).unwrap())
         .unwrap();
@@ -125,7 +125,7 @@ fn mac_and_traffic_blobs_are_not_interchangeable() {
 
 #[test]
 fn inconsistent_state_is_refused() {
-    let mut g = guest();
+    let g = guest();
     let mut m = material(Direction::Seal, 0, 1);
     m.iv[0] ^= 1; // no longer derives from the secret
     assert_eq!(
@@ -142,7 +142,7 @@ fn inconsistent_state_is_refused() {
 
 #[test]
 fn sequence_rollback_is_refused() {
-    let mut g = guest();
+    let g = guest();
     let key = g
         .import_traffic_key(
             &g.seal_traffic_key(&material(Direction::Seal, 10, 77))
@@ -176,7 +176,7 @@ fn sequence_rollback_is_refused() {
 
 #[test]
 fn use_after_export_is_an_error_not_a_crash() {
-    let mut g = guest();
+    let g = guest();
     let key = g
         .import_traffic_key(
             &g.seal_traffic_key(&material(Direction::Seal, 0, 5))
@@ -190,13 +190,13 @@ fn use_after_export_is_an_error_not_a_crash() {
     let r = g.seal(&stale, ContentType::ApplicationData, b"after export", 0);
     assert!(r.is_err(), "a consumed handle must not seal");
     // Other instances are unaffected.
-    let mut other = guest();
-    assert!(other.self_check().unwrap().is_ok());
+    let other = guest();
+    assert!(other.self_check().unwrap().contains("ok"));
 }
 
 #[test]
 fn non_exportable_keys_cannot_be_exported() {
-    let mut g = guest();
+    let g = guest();
     let mut m = material(Direction::Seal, 0, 9);
     m.exportable = false;
     let key = g
@@ -348,7 +348,7 @@ fn illegal_records_raise_the_rfc_alerts_and_are_final() {
 
 #[test]
 fn oversize_and_illegal_seals_are_refused() {
-    let mut g = guest();
+    let g = guest();
     let key = g
         .import_traffic_key(
             &g.seal_traffic_key(&material(Direction::Seal, 0, 3))
@@ -382,7 +382,7 @@ fn oversize_and_illegal_seals_are_refused() {
 #[test]
 fn sequence_numbers_never_wrap() {
     // ChaCha20-Poly1305: no automatic KeyUpdate resets the sequence first.
-    let mut g = guest();
+    let g = guest();
     let m = TrafficKeyMaterial::from_tls13_secret(
         AeadAlgorithm::ChaCha20Poly1305,
         Direction::Seal,
@@ -408,7 +408,7 @@ fn sequence_numbers_never_wrap() {
 
 #[test]
 fn tls12_aes_gcm_stops_at_its_record_limit() {
-    let mut g = guest();
+    let g = guest();
     let mut m = TrafficKeyMaterial::new(
         ProtocolVersion::Tls12,
         AeadAlgorithm::Aes128Gcm,

@@ -1,7 +1,10 @@
 //! The sandbox's limits hold: a guest that runs out of fuel or memory traps
 //! its own store only, with a typed error, and other instances carry on.
 
-use keyferry::{AeadAlgorithm, Error, ExecutionBound, GuestEngine, SandboxConfig, TrapKind};
+use keyferry::error::SandboxError;
+use keyferry::{
+    AeadAlgorithm, Error, ExecutionBound, GuestComponent, GuestEngine, SandboxConfig, TrapKind,
+};
 
 #[test]
 fn running_out_of_fuel_is_a_typed_trap_and_poisons_only_that_instance() {
@@ -9,9 +12,9 @@ fn running_out_of_fuel_is_a_typed_trap_and_poisons_only_that_instance() {
         SandboxConfig::default().with_execution_bound(ExecutionBound::Fuel(20_000)),
     )
     .expect("engine");
-    let component = tight.reference_component().expect("compile");
+    let component = GuestComponent::reference(&tight).expect("compile");
     match component.instantiate() {
-        Err(Error::Trap(TrapKind::OutOfFuel)) => {}
+        Err(e) if e.trap() == Some(TrapKind::OutOfFuel) => {}
         other => panic!("expected out of fuel, got {:?}", other.err()),
     }
 
@@ -19,8 +22,8 @@ fn running_out_of_fuel_is_a_typed_trap_and_poisons_only_that_instance() {
         SandboxConfig::default().with_execution_bound(ExecutionBound::Fuel(50_000_000)),
     )
     .expect("engine");
-    let component = roomy.reference_component().expect("compile");
-    let mut g = component.instantiate().expect("instantiate within budget");
+    let component = GuestComponent::reference(&roomy).expect("compile");
+    let g = component.instantiate().expect("instantiate within budget");
     // Sealing 4 MiB of ChaCha20 needs far more than 50M instructions.
     let big = vec![0u8; 4 << 20];
     match g.aead_seal(
@@ -30,13 +33,25 @@ fn running_out_of_fuel_is_a_typed_trap_and_poisons_only_that_instance() {
         &[],
         &big,
     ) {
-        Err(Error::Trap(TrapKind::OutOfFuel)) => {}
+        Err(e) if e.trap() == Some(TrapKind::OutOfFuel) => {
+            // wasmtime's own error, and its trap, stay attached as sources.
+            let mut chain = Vec::new();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                chain.push(c.to_string());
+                cause = c.source();
+            }
+            assert!(chain.iter().any(|c| c.contains("fuel")), "{chain:?}");
+        }
         other => panic!("expected out of fuel, got {:?}", other.map(|v| v.len())),
     }
     assert!(g.is_poisoned());
-    assert!(matches!(g.describe(), Err(Error::Poisoned)));
+    assert!(matches!(
+        g.describe(),
+        Err(Error::Sandbox(SandboxError::Poisoned))
+    ));
     // A sibling instance of the same component is untouched.
-    let mut sibling = component.instantiate().expect("instantiate");
+    let sibling = component.instantiate().expect("instantiate");
     assert!(sibling.describe().unwrap().contains("keyferry-guest"));
 }
 
@@ -44,25 +59,28 @@ fn running_out_of_fuel_is_a_typed_trap_and_poisons_only_that_instance() {
 fn exceeding_the_memory_cap_is_a_typed_trap() {
     let engine =
         GuestEngine::new(SandboxConfig::default().with_memory_limit(8 << 20)).expect("engine");
-    let component = engine.reference_component().expect("compile");
-    let mut g = component.instantiate().expect("instantiate under the cap");
+    let component = GuestComponent::reference(&engine).expect("compile");
+    let g = component.instantiate().expect("instantiate under the cap");
     let big = vec![0u8; 16 << 20];
     match g.aead_seal(AeadAlgorithm::Aes128Gcm, &[0; 16], &[0; 12], &[], &big) {
-        Err(Error::Trap(TrapKind::ResourceLimit)) => {}
+        Err(e) if e.trap() == Some(TrapKind::ResourceLimit) => {}
         other => panic!(
             "expected a resource-limit trap, got {:?}",
             other.map(|v| v.len())
         ),
     }
-    assert!(matches!(g.self_check(), Err(Error::Poisoned)));
-    let mut sibling = component.instantiate().expect("instantiate");
-    assert!(sibling.self_check().unwrap().is_ok());
+    assert!(matches!(
+        g.self_check(),
+        Err(Error::Sandbox(SandboxError::Poisoned))
+    ));
+    let sibling = component.instantiate().expect("instantiate");
+    assert!(sibling.self_check().unwrap().contains("ok"));
 }
 
 #[test]
 fn pooled_engines_instantiate_many_guests() {
     let engine = GuestEngine::new(SandboxConfig::default().with_pooling(16)).expect("engine");
-    let component = engine.reference_component().expect("compile");
+    let component = GuestComponent::reference(&engine).expect("compile");
     let guests: Vec<_> = (0..16)
         .map(|_| component.instantiate().expect("instantiate"))
         .collect();
@@ -71,7 +89,9 @@ fn pooled_engines_instantiate_many_guests() {
     // The pool is full: the next instance is refused, not crashed.
     assert!(matches!(
         component.instantiate(),
-        Err(Error::Trap(_) | Error::Engine(_))
+        Err(Error::Sandbox(
+            SandboxError::Trap { .. } | SandboxError::Engine { .. }
+        ))
     ));
     drop(guests);
     component

@@ -1,15 +1,15 @@
 //! `cargo bench`: the side-by-side record throughput report (see
-//! `keyferry::bench`). Measured, not asserted: it prints ratios from one run.
+//! `keyferry_cli::bench`). Measured, not asserted: it prints ratios from one run.
 
 fn main() -> anyhow::Result<()> {
     let engine = keyferry::GuestEngine::new(keyferry::SandboxConfig::default())?;
-    let mut options = keyferry::bench::BenchOptions::default();
+    let mut options = keyferry_cli::bench::BenchOptions::default();
     // `cargo bench -- --quick` for a smoke run.
     if std::env::args().any(|a| a == "--quick") {
         options.records = 16;
         options.rounds = 1;
     }
-    let report = keyferry::bench::run(&engine, options)?;
+    let report = keyferry_cli::bench::run(&engine, options)?;
     println!("{report}");
     Ok(())
 }

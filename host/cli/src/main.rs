@@ -9,17 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use keyferry::app::AppMode;
-use keyferry::dataplane::DataPlane;
 use keyferry::handshake::Handshake;
 use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
 use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
-use keyferry::{ExecutionBound, GuestEngine, SandboxConfig};
+use keyferry::{DataPlane, ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
+use keyferry_cli::{apps, bench, serve_bench};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
-
-mod serve_bench;
 
 /// Split-TLS with a sandboxed data plane: rustls handshakes in this process,
 /// record encryption in a WebAssembly guest.
@@ -151,12 +148,13 @@ struct ServeArgs {
     /// PEM private key for --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
-    /// A guest component (exporting keyferry:dataplane/application) to run
-    /// instead of the built-in one.
+    /// An application component (exporting keyferry:dataplane/connection,
+    /// e.g. built with keyferry_guest::export_application!) to run instead
+    /// of the built-in HTTP responder.
     #[arg(long)]
     guest: Option<PathBuf>,
     /// Echo instead of the HTTP responder.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "guest")]
     echo: bool,
     /// Most connections served at once.
     #[arg(long, default_value_t = 512)]
@@ -219,8 +217,15 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("keyferry: error: {e}");
+            // A message that already shows its cause (as "cannot read F:
+            // reason" does) is not followed by the cause again.
+            let mut shown = e.to_string();
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                shown = text;
             }
             ExitCode::FAILURE
         }
@@ -233,31 +238,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connect(args) => connect_command(args),
         Command::SelfCheck => {
             let engine = GuestEngine::new(SandboxConfig::default())?;
-            let mut guest = engine.reference_component()?.instantiate()?;
-            match guest.self_check()? {
-                Ok(report) => {
-                    print!("{report}");
-                    Ok(())
-                }
-                Err(failure) => bail!("self-check failed: {failure}"),
-            }
+            let report = GuestComponent::reference(&engine)?
+                .instantiate()?
+                .self_check()?;
+            print!("{report}");
+            Ok(())
         }
         Command::Describe => {
             let engine = GuestEngine::new(SandboxConfig::default())?;
             println!(
                 "{}",
-                engine.reference_component()?.instantiate()?.describe()?
+                GuestComponent::reference(&engine)?
+                    .instantiate()?
+                    .describe()?
             );
             Ok(())
         }
         Command::Bench(args) => {
             let engine = GuestEngine::new(SandboxConfig::default())?;
-            let options = keyferry::bench::BenchOptions {
+            let options = bench::BenchOptions {
                 records: args.records,
                 rounds: args.rounds,
                 ..Default::default()
             };
-            println!("{}", keyferry::bench::run(&engine, options)?);
+            println!("{}", bench::run(&engine, options)?);
             Ok(())
         }
         Command::BenchServe {
@@ -273,12 +277,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve_bench::baseline_server(listen, &cert, &key)
         }
         Command::WriteGuest { path } => {
-            std::fs::write(&path, keyferry::GUEST_COMPONENT)
+            std::fs::write(&path, keyferry::REFERENCE_COMPONENT)
                 .with_context(|| format!("writing {}", path.display()))?;
             eprintln!(
                 "wrote {} ({} bytes)",
                 path.display(),
-                keyferry::GUEST_COMPONENT.len()
+                keyferry::REFERENCE_COMPONENT.len()
             );
             Ok(())
         }
@@ -291,7 +295,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         _ => Identity::self_signed(&["localhost".to_string(), args.listen.ip().to_string()])?,
     };
     let options = args.tls.options();
-    let tls = Arc::new(tls::server_config(&identity, &options, None)?);
+    let tls = Arc::new(options.server_config(&identity)?);
     let engine = GuestEngine::new(
         args.sandbox
             .config()
@@ -301,11 +305,16 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => {
             let wasm =
                 std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
-            engine
-                .component(&wasm)
+            GuestComponent::new(&engine, &wasm)
                 .with_context(|| format!("loading guest {}", path.display()))?
         }
-        None => engine.reference_component()?,
+        None if args.echo => GuestComponent::new(&engine, apps::ECHO)?,
+        None => GuestComponent::new(&engine, apps::HTTP_RESPONDER)?,
+    };
+    let application = match (&args.guest, args.echo) {
+        (Some(_), _) => "plugin",
+        (None, true) => "echo",
+        (None, false) => "http",
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -315,12 +324,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        let mode = if args.echo {
-            AppMode::Echo
-        } else {
-            AppMode::Http
-        };
-        info!(address = %local, fingerprint = %identity.fingerprint(), mode = ?mode, "listening");
+        info!(address = %local, fingerprint = %identity.fingerprint(), application, "listening");
         println!(
             "keyferry serving on https://{local}/ (certificate SHA-256 {})",
             identity.fingerprint()
@@ -335,7 +339,6 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         let options = ServerOptions {
             tls,
             component,
-            mode,
             max_connections: args.max_connections,
             isolation: match args.shared_instances {
                 Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
@@ -371,9 +374,9 @@ fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
         ServerVerification::Roots(tls::roots_from_pem_file(&ca)?)
     };
     let options = args.tls.options();
-    let config = Arc::new(tls::client_config(verification, &options)?);
+    let config = Arc::new(options.client_config(verification)?);
     let engine = GuestEngine::new(args.sandbox.config())?;
-    let guest = engine.reference_component()?.instantiate()?;
+    let guest = GuestComponent::reference(&engine)?.instantiate()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -430,7 +433,7 @@ fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
                     let n = read?;
                     if n == 0 {
                         stdin_open = false;
-                        pending.extend_from_slice(&plane.close()?);
+                        pending.extend_from_slice(&plane.close()?.to_send);
                     } else {
                         pending.extend_from_slice(&plane.send(&input[..n])?);
                     }

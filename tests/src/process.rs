@@ -1,4 +1,6 @@
-//! Running `keyferry` and the peers as processes.
+//! Running `keyferry` and the peers as processes, for the end-to-end tests
+//! (tests/end_to_end, a target of the `keyferry-cli` package so cargo
+//! builds the binary first).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -7,7 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const KEYFERRY: &str = env!("CARGO_BIN_EXE_keyferry");
+/// The `keyferry` binary cargo built for the running test: it sits beside
+/// the test executable's `deps` folder.
+pub fn keyferry() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable");
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .join(format!("keyferry{}", std::env::consts::EXE_SUFFIX))
+}
 
 /// How long to wait for a process to say something before failing the
 /// test (a bound against hangs, not a performance assertion).
@@ -63,7 +73,7 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(KEYFERRY)
+        let mut child = Command::new(keyferry())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -164,7 +174,8 @@ pub fn pem_identity(name: &str) -> (PathBuf, PathBuf) {
 pub fn rustls_client(addr: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let options = keyferry::tls::TlsOptions::default();
     let config = Arc::new(
-        keyferry::tls::client_config(keyferry::tls::ServerVerification::DangerousNone, &options)
+        options
+            .client_config(keyferry::tls::ServerVerification::DangerousNone)
             .unwrap(),
     );
     let conn = rustls::ClientConnection::new(

@@ -6,18 +6,19 @@
 //! host never trusts a length, an index or a type the guest returns.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use keyferry_guest::blob::{self, PUBLIC_KEY_LEN};
-use keyferry_guest::record::{HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT, TrafficKeyMaterial};
-use keyferry_guest::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
+use keyferry_guest::framing::count_records;
+use keyferry_guest::record::{MAX_PLAINTEXT, TrafficKeyMaterial};
+use keyferry_guest::{AeadAlgorithm, ContentType, MacAlgorithm};
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 use crate::bindings::DataplaneHostKeys;
-use crate::bindings::exports::keyferry::dataplane::types as wit;
-use crate::convert::full::{blob_error_from_wit, error_from_wit};
-use crate::error::{Error, Result};
-use crate::sandbox::{ExecutionBound, Sandboxed, StoreState};
+use crate::bindings::exports::keyferry::dataplane::connection;
+use crate::error::{Error, GuestError, Result, SandboxError};
+use crate::store::{ExecutionBound, Sandboxed, StoreState};
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
@@ -36,16 +37,24 @@ impl ExchangeKey {
     pub(crate) fn checked(id: &[u8], public_key: &[u8]) -> Result<Self> {
         let public_key: [u8; PUBLIC_KEY_LEN] = public_key
             .try_into()
-            .map_err(|_| Error::InvalidGuestResult("exchange key length"))?;
+            .map_err(|_| GuestError::InvalidResult("exchange key length"))?;
         if id != blob::key_id(&public_key) {
-            return Err(Error::InvalidGuestResult(
-                "exchange key id does not match the key",
-            ));
+            return Err(GuestError::InvalidResult("exchange key id does not match the key").into());
         }
         Ok(Self {
             id: blob::key_id(&public_key),
             public_key,
         })
+    }
+
+    /// Checks that a blob a guest exported is addressed to this key.
+    pub(crate) fn check_addressed(&self, blob: &[u8]) -> Result<()> {
+        let header = blob::peek_header(blob)
+            .map_err(|_| GuestError::InvalidResult("exported blob header"))?;
+        if header.key_id != self.id {
+            return Err(GuestError::InvalidResult("exported blob addressed to another key").into());
+        }
+        Ok(())
     }
 }
 
@@ -56,11 +65,11 @@ pub struct TrafficKeyHandle {
     instance: u64,
 }
 
+#[cfg(feature = "dangerous-test-hooks")]
 impl TrafficKeyHandle {
     /// A second handle to the same guest resource. Only for tests that
     /// check the guest and host survive use after export; real code never
     /// needs it, since export consumes the handle.
-    #[doc(hidden)]
     pub fn dangerous_duplicate(&self) -> Self {
         Self {
             resource: self.resource,
@@ -77,9 +86,22 @@ pub struct MacKeyHandle {
 
 pub use keyferry_guest::record::TrafficKeyState;
 
-/// A running guest: its store, its bindings and its exchange key.
+/// What an instance exports: every component's `connection`, and the
+/// reference component's key-level interfaces.
+pub(crate) struct Exports {
+    pub(crate) connection: connection::Guest,
+    pub(crate) full: Option<DataplaneHostKeys>,
+}
+
+/// A running guest: its store, its exports and its exchange key.
+///
+/// A cheap handle (clone it to share the instance): the connections of one
+/// tenant may share an instance (DESIGN section 7), and each
+/// [`DataPlane`](crate::DataPlane) holds a handle to the instance it runs
+/// in. Calls are serialized; a trap poisons the instance for every handle.
+#[derive(Clone)]
 pub struct GuestInstance {
-    sandbox: Sandboxed<DataplaneHostKeys>,
+    sandbox: Arc<Mutex<Sandboxed<Exports>>>,
     exchange: ExchangeKey,
     id: u64,
 }
@@ -87,14 +109,14 @@ pub struct GuestInstance {
 impl GuestInstance {
     pub(crate) fn new(
         store: Store<StoreState>,
-        bindings: DataplaneHostKeys,
+        exports: Exports,
         bound: ExecutionBound,
     ) -> Result<Self> {
-        let mut sandbox = Sandboxed::new(store, bindings, bound);
-        let key = sandbox.call(|s, b| b.keyferry_dataplane_keys().call_instance_exchange_key(s))?;
+        let mut sandbox = Sandboxed::new(store, exports, bound);
+        let key = sandbox.call(|s, e| e.connection.call_instance_exchange_key(s))?;
         let exchange = ExchangeKey::checked(&key.id, &key.public_key)?;
         Ok(Self {
-            sandbox,
+            sandbox: Arc::new(Mutex::new(sandbox)),
             exchange,
             id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
         })
@@ -107,7 +129,12 @@ impl GuestInstance {
 
     /// Whether an earlier trap has made this instance unusable.
     pub fn is_poisoned(&self) -> bool {
-        self.sandbox.is_poisoned()
+        self.sandbox.lock().map_or(true, |s| s.is_poisoned())
+    }
+
+    /// Whether `other` is a handle to this same instance.
+    pub fn same_instance(&self, other: &GuestInstance) -> bool {
+        self.id == other.id
     }
 
     /// Seals traffic-key material to this instance (host side of the
@@ -122,11 +149,33 @@ impl GuestInstance {
         Ok(blob::seal_mac_key(&self.exchange.public_key, key)?)
     }
 
-    pub(crate) fn call<R>(
-        &mut self,
+    /// Calls the instance's `connection` export.
+    pub(crate) fn call_connection<R>(
+        &self,
+        f: impl FnOnce(&mut Store<StoreState>, &connection::Guest) -> wasmtime::Result<R>,
+    ) -> Result<R> {
+        self.sandbox
+            .lock()
+            .map_err(|_| SandboxError::Poisoned)?
+            .call(|s, e| f(s, &e.connection))
+    }
+
+    /// Calls the reference component's key-level exports.
+    fn call<R>(
+        &self,
         f: impl FnOnce(&mut Store<StoreState>, &DataplaneHostKeys) -> wasmtime::Result<R>,
     ) -> Result<R> {
-        self.sandbox.call(f)
+        let mut sandbox = self.sandbox.lock().map_err(|_| SandboxError::Poisoned)?;
+        if sandbox.is_poisoned() {
+            return Err(SandboxError::Poisoned.into());
+        }
+        let missing = GuestError::MissingExport("keyferry:dataplane/keys");
+        let mut f = Some(f);
+        let result = sandbox.call(|s, e| match &e.full {
+            Some(full) => (f.take().expect("called once"))(s, full).map(Some),
+            None => Ok(None),
+        })?;
+        result.ok_or_else(|| missing.into())
     }
 
     fn own(&self, resource: ResourceAny) -> TrafficKeyHandle {
@@ -140,31 +189,31 @@ impl GuestInstance {
         if instance == self.id {
             Ok(())
         } else {
-            Err(Error::ForeignHandle)
+            Err(GuestError::ForeignHandle.into())
         }
     }
 
     /// CryptImportKey: hands a sealed traffic-key blob to the guest.
-    pub fn import_traffic_key(&mut self, blob: &[u8]) -> Result<TrafficKeyHandle> {
+    pub fn import_traffic_key(&self, blob: &[u8]) -> Result<TrafficKeyHandle> {
         let r = self.call(|s, b| {
             b.keyferry_dataplane_keys()
                 .traffic_key()
                 .call_import(s, blob)
         })?;
-        Ok(self.own(r.map_err(|e| blob_error_from_wit(e, blob))?))
+        Ok(self.own(r.map_err(Error::from)?))
     }
 
     /// Protects one record in the guest; returns wire bytes (one record, or
     /// a KeyUpdate record and then the record).
     pub fn seal(
-        &mut self,
+        &self,
         key: &TrafficKeyHandle,
         content_type: ContentType,
         payload: &[u8],
         padding: u16,
     ) -> Result<Vec<u8>> {
         self.check(key.instance)?;
-        let ct = content_type_to_wit(content_type);
+        let ct = content_type.into();
         let out = self
             .call(|s, b| {
                 b.keyferry_dataplane_keys().traffic_key().call_seal(
@@ -175,22 +224,18 @@ impl GuestInstance {
                     padding,
                 )
             })?
-            .map_err(error_from_wit)?;
-        let records = count_records(&out).ok_or(Error::InvalidGuestResult(
+            .map_err(Error::from)?;
+        let records = count_records(&out).ok_or(GuestError::InvalidResult(
             "sealed output is not whole records",
         ))?;
         if records == 0 || records > 2 {
-            return Err(Error::InvalidGuestResult("sealed output record count"));
+            return Err(GuestError::InvalidResult("sealed output record count").into());
         }
         Ok(out)
     }
 
     /// Opens one whole record in the guest.
-    pub fn open(
-        &mut self,
-        key: &TrafficKeyHandle,
-        record: &[u8],
-    ) -> Result<(ContentType, Vec<u8>)> {
+    pub fn open(&self, key: &TrafficKeyHandle, record: &[u8]) -> Result<(ContentType, Vec<u8>)> {
         self.check(key.instance)?;
         let opened = self
             .call(|s, b| {
@@ -198,19 +243,15 @@ impl GuestInstance {
                     .traffic_key()
                     .call_open(s, key.resource, record)
             })?
-            .map_err(error_from_wit)?;
+            .map_err(Error::from)?;
         if opened.payload.len() > MAX_PLAINTEXT {
-            return Err(Error::InvalidGuestResult("opened payload over 2^14 bytes"));
+            return Err(GuestError::InvalidResult("opened payload over 2^14 bytes").into());
         }
-        Ok((content_type_from_wit(opened.content_type), opened.payload))
+        Ok((opened.content_type.into(), opened.payload))
     }
 
     /// Seals a KeyUpdate message and moves the seal key to its next generation.
-    pub fn send_key_update(
-        &mut self,
-        key: &TrafficKeyHandle,
-        request_update: bool,
-    ) -> Result<Vec<u8>> {
+    pub fn send_key_update(&self, key: &TrafficKeyHandle, request_update: bool) -> Result<Vec<u8>> {
         self.check(key.instance)?;
         let out = self
             .call(|s, b| {
@@ -218,39 +259,37 @@ impl GuestInstance {
                     .traffic_key()
                     .call_send_key_update(s, key.resource, request_update)
             })?
-            .map_err(error_from_wit)?;
+            .map_err(Error::from)?;
         if count_records(&out) != Some(1) {
-            return Err(Error::InvalidGuestResult(
-                "key update output is not one record",
-            ));
+            return Err(GuestError::InvalidResult("key update output is not one record").into());
         }
         Ok(out)
     }
 
     /// Moves a key to its next generation (after opening the peer's KeyUpdate).
-    pub fn update(&mut self, key: &TrafficKeyHandle) -> Result<()> {
+    pub fn update(&self, key: &TrafficKeyHandle) -> Result<()> {
         self.check(key.instance)?;
         self.call(|s, b| {
             b.keyferry_dataplane_keys()
                 .traffic_key()
                 .call_update(s, key.resource)
         })?
-        .map_err(error_from_wit)
+        .map_err(Error::from)
     }
 
     /// The key's non-secret state.
-    pub fn state(&mut self, key: &TrafficKeyHandle) -> Result<TrafficKeyState> {
+    pub fn state(&self, key: &TrafficKeyHandle) -> Result<TrafficKeyState> {
         self.check(key.instance)?;
         let s = self.call(|s, b| {
             b.keyferry_dataplane_keys()
                 .traffic_key()
                 .call_state(s, key.resource)
         })?;
-        Ok(state_from_wit(s))
+        Ok(s.into())
     }
 
     /// Takes the plaintext and ciphertext buffered at handoff; once.
-    pub fn take_buffered(&mut self, key: &TrafficKeyHandle) -> Result<(Vec<u8>, Vec<u8>)> {
+    pub fn take_buffered(&self, key: &TrafficKeyHandle) -> Result<(Vec<u8>, Vec<u8>)> {
         self.check(key.instance)?;
         let b = self.call(|s, b| {
             b.keyferry_dataplane_keys()
@@ -263,7 +302,7 @@ impl GuestInstance {
     /// CryptExportKey: the guest seals the key's exact state to `recipient`
     /// and destroys its copy. The handle is consumed whatever the outcome.
     pub fn export_traffic_key(
-        &mut self,
+        &self,
         key: TrafficKeyHandle,
         recipient: &ExchangeKey,
     ) -> Result<Vec<u8>> {
@@ -276,28 +315,25 @@ impl GuestInstance {
                     &recipient.public_key,
                 )
             })?
-            .map_err(error_from_wit)?;
-        let header = blob::peek_header(&out)
-            .map_err(|_| Error::InvalidGuestResult("exported blob header"))?;
-        if header.key_id != recipient.id {
-            return Err(Error::InvalidGuestResult(
-                "exported blob addressed to another key",
-            ));
-        }
+            .map_err(Error::from)?;
+        recipient.check_addressed(&out)?;
         Ok(out)
     }
 
     /// Drops a traffic key in the guest (its material is zeroized there).
-    pub fn drop_traffic_key(&mut self, key: TrafficKeyHandle) -> Result<()> {
+    pub fn drop_traffic_key(&self, key: TrafficKeyHandle) -> Result<()> {
         self.check(key.instance)?;
-        self.call(|s, _| key.resource.resource_drop(s))
+        self.sandbox
+            .lock()
+            .map_err(|_| SandboxError::Poisoned)?
+            .call(|s, _| key.resource.resource_drop(s))
     }
 
     /// Imports a sealed MAC-key blob.
-    pub fn import_mac_key(&mut self, blob: &[u8]) -> Result<MacKeyHandle> {
+    pub fn import_mac_key(&self, blob: &[u8]) -> Result<MacKeyHandle> {
         let r = self
             .call(|s, b| b.keyferry_dataplane_keys().mac_key().call_import(s, blob))?
-            .map_err(|e| blob_error_from_wit(e, blob))?;
+            .map_err(Error::from)?;
         Ok(MacKeyHandle {
             resource: r,
             instance: self.id,
@@ -305,7 +341,7 @@ impl GuestInstance {
     }
 
     /// The full-length MAC of `data`, computed in the guest.
-    pub fn mac_compute(&mut self, key: &MacKeyHandle, data: &[u8]) -> Result<Vec<u8>> {
+    pub fn mac_compute(&self, key: &MacKeyHandle, data: &[u8]) -> Result<Vec<u8>> {
         self.check(key.instance)?;
         let tag = self.call(|s, b| {
             b.keyferry_dataplane_keys()
@@ -313,28 +349,24 @@ impl GuestInstance {
                 .call_compute(s, key.resource, data)
         })?;
         if tag.len() != 32 && tag.len() != 48 {
-            return Err(Error::InvalidGuestResult("mac tag length"));
+            return Err(GuestError::InvalidResult("mac tag length").into());
         }
         Ok(tag)
     }
 
     /// Verifies a tag in the guest (constant time there).
-    pub fn mac_verify(&mut self, key: &MacKeyHandle, data: &[u8], tag: &[u8]) -> Result<bool> {
+    pub fn mac_verify(&self, key: &MacKeyHandle, data: &[u8], tag: &[u8]) -> Result<bool> {
         self.check(key.instance)?;
         self.call(|s, b| {
             b.keyferry_dataplane_keys()
                 .mac_key()
                 .call_verify(s, key.resource, data, tag)
         })?
-        .map_err(error_from_wit)
+        .map_err(Error::from)
     }
 
     /// Exports a MAC key, consuming the handle.
-    pub fn export_mac_key(
-        &mut self,
-        key: MacKeyHandle,
-        recipient: &ExchangeKey,
-    ) -> Result<Vec<u8>> {
+    pub fn export_mac_key(&self, key: MacKeyHandle, recipient: &ExchangeKey) -> Result<Vec<u8>> {
         self.check(key.instance)?;
         self.call(|s, b| {
             b.keyferry_dataplane_keys().mac_key().call_export(
@@ -343,157 +375,80 @@ impl GuestInstance {
                 &recipient.public_key,
             )
         })?
-        .map_err(error_from_wit)
+        .map_err(Error::from)
     }
 
     /// Stateless AEAD seal in the guest (known-answer tests).
     pub fn aead_seal(
-        &mut self,
+        &self,
         alg: AeadAlgorithm,
         key: &[u8],
         nonce: &[u8],
         aad: &[u8],
         pt: &[u8],
     ) -> Result<Vec<u8>> {
-        let a = aead_to_wit(alg);
+        let a = alg.into();
         self.call(|s, b| {
             b.keyferry_dataplane_primitives()
                 .call_aead_seal(s, a, key, nonce, aad, pt)
         })?
-        .map_err(error_from_wit)
+        .map_err(Error::from)
     }
 
     /// Stateless AEAD open in the guest (known-answer tests).
     pub fn aead_open(
-        &mut self,
+        &self,
         alg: AeadAlgorithm,
         key: &[u8],
         nonce: &[u8],
         aad: &[u8],
         ct: &[u8],
     ) -> Result<Vec<u8>> {
-        let a = aead_to_wit(alg);
+        let a = alg.into();
         self.call(|s, b| {
             b.keyferry_dataplane_primitives()
                 .call_aead_open(s, a, key, nonce, aad, ct)
         })?
-        .map_err(error_from_wit)
+        .map_err(Error::from)
     }
 
     /// Stateless HMAC in the guest (known-answer tests).
-    pub fn hmac(&mut self, alg: MacAlgorithm, key: &[u8], data: &[u8]) -> Result<Vec<u8>> {
-        let a = mac_to_wit(alg);
+    pub fn hmac(&self, alg: MacAlgorithm, key: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+        let a = alg.into();
         self.call(|s, b| b.keyferry_dataplane_primitives().call_hmac(s, a, key, data))
     }
 
     /// TLS 1.3 HKDF-Expand-Label in the guest.
     pub fn hkdf_expand_label(
-        &mut self,
+        &self,
         alg: MacAlgorithm,
         secret: &[u8],
         label: &str,
         context: &[u8],
         length: u16,
     ) -> Result<Vec<u8>> {
-        let a = mac_to_wit(alg);
+        let a = alg.into();
         let out = self
             .call(|s, b| {
                 b.keyferry_dataplane_primitives()
                     .call_hkdf_expand_label(s, a, secret, label, context, length)
             })?
-            .map_err(error_from_wit)?;
+            .map_err(Error::from)?;
         if out.len() != length as usize {
-            return Err(Error::InvalidGuestResult("hkdf output length"));
+            return Err(GuestError::InvalidResult("hkdf output length").into());
         }
         Ok(out)
     }
 
-    /// Runs the guest's self-check (known answers and round trips).
-    pub fn self_check(&mut self) -> Result<Result<String, String>> {
-        self.call(|s, b| b.call_self_check(s))
+    /// Runs the guest's self-check (known answers and round trips) and
+    /// returns its report.
+    pub fn self_check(&self) -> Result<String> {
+        self.call(|s, b| b.call_self_check(s))?
+            .map_err(|failure| GuestError::SelfCheckFailed(crate::wit::guest_text(&failure)).into())
     }
 
     /// The guest's description of what it supports (JSON).
-    pub fn describe(&mut self) -> Result<String> {
+    pub fn describe(&self) -> Result<String> {
         self.call(|s, b| b.call_describe(s))
-    }
-}
-
-/// Counts whole TLS records in `bytes`; `None` if they do not split exactly.
-pub fn count_records(mut bytes: &[u8]) -> Option<usize> {
-    let mut n = 0;
-    while !bytes.is_empty() {
-        if bytes.len() < HEADER_LEN {
-            return None;
-        }
-        let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
-        if len > MAX_CIPHERTEXT || bytes.len() < HEADER_LEN + len {
-            return None;
-        }
-        bytes = &bytes[HEADER_LEN + len..];
-        n += 1;
-    }
-    Some(n)
-}
-
-/// The guest's report of a key's state, in the host's type.
-pub(crate) fn state_from_wit(s: wit::TrafficKeyState) -> TrafficKeyState {
-    TrafficKeyState {
-        version: match s.version {
-            wit::ProtocolVersion::Tls12 => ProtocolVersion::Tls12,
-            wit::ProtocolVersion::Tls13 => ProtocolVersion::Tls13,
-        },
-        aead: aead_from_wit(s.aead),
-        direction: match s.direction {
-            wit::Direction::Seal => Direction::Seal,
-            wit::Direction::Open => Direction::Open,
-        },
-        sequence: s.sequence,
-        generation: s.generation,
-        exportable: s.exportable,
-        host_resident: matches!(s.residency, wit::Residency::Host),
-        connection_id: s.connection_id,
-        auto_update_limit: s.auto_update_limit,
-    }
-}
-
-fn content_type_to_wit(t: ContentType) -> wit::ContentType {
-    match t {
-        ContentType::ChangeCipherSpec => wit::ContentType::ChangeCipherSpec,
-        ContentType::Alert => wit::ContentType::Alert,
-        ContentType::Handshake => wit::ContentType::Handshake,
-        ContentType::ApplicationData => wit::ContentType::ApplicationData,
-    }
-}
-
-fn content_type_from_wit(t: wit::ContentType) -> ContentType {
-    match t {
-        wit::ContentType::ChangeCipherSpec => ContentType::ChangeCipherSpec,
-        wit::ContentType::Alert => ContentType::Alert,
-        wit::ContentType::Handshake => ContentType::Handshake,
-        wit::ContentType::ApplicationData => ContentType::ApplicationData,
-    }
-}
-
-fn aead_to_wit(a: AeadAlgorithm) -> wit::AeadAlgorithm {
-    match a {
-        AeadAlgorithm::Aes128Gcm => wit::AeadAlgorithm::Aes128Gcm,
-        AeadAlgorithm::Aes256Gcm => wit::AeadAlgorithm::Aes256Gcm,
-        AeadAlgorithm::ChaCha20Poly1305 => wit::AeadAlgorithm::Chacha20Poly1305,
-    }
-}
-
-fn aead_from_wit(a: wit::AeadAlgorithm) -> AeadAlgorithm {
-    match a {
-        wit::AeadAlgorithm::Aes128Gcm => AeadAlgorithm::Aes128Gcm,
-        wit::AeadAlgorithm::Aes256Gcm => AeadAlgorithm::Aes256Gcm,
-        wit::AeadAlgorithm::Chacha20Poly1305 => AeadAlgorithm::ChaCha20Poly1305,
-    }
-}
-
-fn mac_to_wit(m: MacAlgorithm) -> wit::MacAlgorithm {
-    match m {
-        MacAlgorithm::HmacSha256 => wit::MacAlgorithm::HmacSha256,
-        MacAlgorithm::HmacSha384 => wit::MacAlgorithm::HmacSha384,
     }
 }

@@ -16,9 +16,13 @@ pub const BODY: &str = "keyferry benchmark body: the same bytes from every serve
 is the TLS and data-plane work and nothing else. Lorem ipsum dolor sit amet, consectetur adipiscing elit, \
 sed do eiusmod tempor incididunt ut labore et dolore magna aliqua.\n";
 
+/// How long and how hard `bench-serve` drives each server.
 pub struct Options {
+    /// Length of each wrk run.
     pub duration: Duration,
+    /// Connections wrk keeps open.
     pub connections: u32,
+    /// Idle connections opened to measure memory per connection.
     pub idle_connections: u32,
 }
 
@@ -110,10 +114,7 @@ fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<f64> {
 /// and returns how much the server's RSS grew per connection.
 fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<f64> {
     let options = keyferry::tls::TlsOptions::default();
-    let config = Arc::new(keyferry::tls::client_config(
-        keyferry::tls::ServerVerification::DangerousNone,
-        &options,
-    )?);
+    let config = Arc::new(options.client_config(keyferry::tls::ServerVerification::DangerousNone)?);
     let before = tree_rss_kib(target.child.id())?;
     let mut held = Vec::new();
     for _ in 0..n {
@@ -220,6 +221,8 @@ fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
     })
 }
 
+/// Runs wrk against keyferry (instance per connection and shared), a plain
+/// rustls server and nginx, each its own process, and prints the table.
 pub fn run(options: Options) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("keyferry-bench-serve-{}", std::process::id()));
@@ -284,7 +287,7 @@ pub fn baseline_server(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let identity = keyferry::tls::Identity::from_pem_files(cert, key)?;
     let options = keyferry::tls::TlsOptions::default().with_versions(&[&rustls::version::TLS13]);
-    let config = Arc::new(keyferry::tls::server_config(&identity, &options, None)?);
+    let config = Arc::new(options.server_config(&identity)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,154 +1,48 @@
-//! The reference application that runs inside the sandbox: an echo mode and
-//! an HTTP/1.1 responder that reports the connection's TLS facts as the
-//! guest sees them. The host only moves ciphertext to and from it.
-//!
-//! A plugin author replaces this module with their own application over
-//! [`Connection`]; see the README.
+//! The built-in HTTP/1.1 responder: it answers every request (keep-alive,
+//! pipelining) with a report of the connection's TLS facts as seen from
+//! inside the sandbox, so `curl` shows that the response was made there.
+//! `keyferry serve` runs it by default, as a component of its own.
 
-use crate::connection::{Closed, Connection, Event, Facts, Role};
+use crate::application::{Application, Reply};
+use crate::connection::{Facts, Role};
 use crate::suite::ProtocolVersion;
-
-/// Which application a session runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppMode {
-    /// Sends back every byte it receives.
-    Echo,
-    /// Answers HTTP/1.1 requests (keep-alive, pipelining) with a report of
-    /// the connection as seen from inside the sandbox.
-    Http,
-}
-
-/// What one step of a session produced, for the host.
-#[derive(Default, Debug)]
-pub struct SessionOutput {
-    /// Ciphertext for the peer.
-    pub to_send: Vec<u8>,
-    /// Post-handshake messages for the host.
-    pub events: Vec<Event>,
-    /// How the peer's side ended, once it has.
-    pub closed: Option<Closed>,
-    /// The session is over: the host closes the transport after sending
-    /// `to_send`.
-    pub done: bool,
-}
 
 /// The largest request head the responder buffers (431 past it).
 const MAX_HEAD: usize = 16 * 1024;
 /// The largest request body it accepts (413 past it).
 const MAX_BODY: usize = 1 << 20;
 
-/// An application session over one connection.
-pub struct Session {
-    conn: Connection,
-    mode: AppMode,
+/// The HTTP/1.1 responder.
+pub struct HttpResponder {
+    facts: Facts,
     pending: Vec<u8>,
     requests: u64,
-    done: bool,
 }
 
-impl Session {
-    /// The application over a connection whose keys were just imported.
-    pub fn new(conn: Connection, mode: AppMode) -> Self {
+impl Application for HttpResponder {
+    fn new(facts: &Facts) -> Self {
         Self {
-            conn,
-            mode,
+            facts: facts.clone(),
             pending: Vec::new(),
             requests: 0,
-            done: false,
         }
     }
 
-    /// Delivers anything buffered at handoff; call once, first.
-    pub fn start(&mut self) -> SessionOutput {
-        let out = self.conn.start();
-        self.step(out)
-    }
-
-    /// The connection under the application.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
-
-    /// The connection's handshake facts.
-    pub fn facts(&self) -> &Facts {
-        self.conn.facts()
-    }
-
-    /// Ciphertext arrived from the peer.
-    pub fn on_ciphertext(&mut self, data: &[u8]) -> SessionOutput {
-        if self.done {
-            return SessionOutput {
-                done: true,
-                ..SessionOutput::default()
-            };
+    fn receive(&mut self, plaintext: &[u8], reply: &mut Reply) {
+        self.pending.extend_from_slice(plaintext);
+        let (responses, close) = self.serve_http();
+        reply.send(&responses);
+        if close {
+            reply.close();
         }
-        let out = self.conn.receive(data);
-        self.step(out)
     }
 
-    /// The transport hit EOF.
-    pub fn on_end_of_stream(&mut self) -> SessionOutput {
-        let out = self.conn.end_of_stream();
-        let mut step = self.step(out);
-        step.done = true;
-        self.done = true;
-        step
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty()
     }
+}
 
-    /// The host is shutting down: say close_notify and end.
-    pub fn shutdown(&mut self) -> SessionOutput {
-        let mut step = SessionOutput {
-            done: true,
-            ..SessionOutput::default()
-        };
-        if let Ok(close) = self.conn.close() {
-            step.to_send = close;
-        }
-        self.done = true;
-        step
-    }
-
-    fn step(&mut self, out: crate::connection::Output) -> SessionOutput {
-        let mut step = SessionOutput {
-            to_send: out.to_send,
-            events: out.events,
-            closed: out.closed,
-            done: false,
-        };
-        let mut close_after = false;
-        let response = match self.mode {
-            AppMode::Echo => out.plaintext.to_vec(),
-            AppMode::Http => {
-                self.pending.extend_from_slice(&out.plaintext);
-                let (response, close) = self.serve_http();
-                close_after = close;
-                response
-            }
-        };
-        if !response.is_empty() {
-            match self.conn.send(&response) {
-                Ok(wire) => step.to_send.extend(wire),
-                Err(_) => close_after = true,
-            }
-        }
-        match out.closed {
-            // A clean close from the peer: answer in kind.
-            Some(Closed::CloseNotify) => close_after = true,
-            Some(_) => {
-                self.done = true;
-            }
-            None => {}
-        }
-        if close_after && !self.done {
-            if let Ok(close) = self.conn.close() {
-                step.to_send.extend(close);
-            }
-            self.done = true;
-        }
-        step.done = self.done;
-        step
-    }
-
+impl HttpResponder {
     /// Answers every complete request in the buffer. Returns the responses
     /// and whether to close afterwards.
     fn serve_http(&mut self) -> (Vec<u8>, bool) {
@@ -244,7 +138,7 @@ impl Session {
     }
 
     fn report(&self, method: &str, target: &str) -> String {
-        let f = self.conn.facts();
+        let f = &self.facts;
         let version = match f.version {
             ProtocolVersion::Tls13 => "TLSv1.3",
             ProtocolVersion::Tls12 => "TLSv1.2",
@@ -294,53 +188,16 @@ fn simple(status: u16, reason: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{TrafficKey, TrafficKeyMaterial};
-    use crate::suite::{AeadAlgorithm, Direction};
-
-    fn sessions(mode: AppMode) -> (Session, Connection) {
-        let key = |direction, secret: u8| {
-            let m = TrafficKeyMaterial::from_tls13_secret(
-                AeadAlgorithm::ChaCha20Poly1305,
-                direction,
-                &[secret; 32],
-                0,
-                3,
-            )
-            .unwrap();
-            TrafficKey::from_material(m, None).unwrap()
-        };
-        let facts = |role| Facts {
-            role,
-            version: ProtocolVersion::Tls13,
-            suite: "TLS13_CHACHA20_POLY1305_SHA256".into(),
-            server_name: Some("localhost".into()),
-            alpn: Some(b"http/1.1".to_vec()),
-            peer_subject: None,
-            connection_id: 3,
-        };
-        let server = Connection::new(
-            key(Direction::Seal, 1),
-            key(Direction::Open, 2),
-            facts(Role::Server),
-        )
-        .unwrap();
-        let client = Connection::new(
-            key(Direction::Seal, 2),
-            key(Direction::Open, 1),
-            facts(Role::Client),
-        )
-        .unwrap();
-        let mut session = Session::new(server, mode);
-        assert!(session.start().to_send.is_empty());
-        (session, client)
-    }
+    use crate::application::tests::pair;
+    use crate::connection::Closed;
 
     #[test]
     fn http_keep_alive_and_pipelining() {
-        let (mut s, mut c) = sessions(AppMode::Http);
+        let (mut s, mut c) = pair::<HttpResponder>();
         let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
-        let out = s.on_ciphertext(&c.send(req).unwrap());
+        let out = s.receive(&c.send(req).unwrap());
         assert!(!out.done);
+        assert!(out.plaintext.is_empty(), "nothing reaches the host");
         let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
         assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
         assert!(
@@ -351,7 +208,7 @@ mod tests {
             text.contains("server_name: localhost") && text.contains("alpn: http/1.1"),
             "{text}"
         );
-        let out = s.on_ciphertext(
+        let out = s.receive(
             &c.send(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
                 .unwrap(),
         );
@@ -361,9 +218,20 @@ mod tests {
     }
 
     #[test]
+    fn a_half_received_request_is_not_idle() {
+        let (mut s, mut c) = pair::<HttpResponder>();
+        s.receive(&c.send(b"GET / HTTP/1.1\r\n").unwrap());
+        assert!(!s.application().is_idle());
+        assert!(
+            s.into_connection().is_err(),
+            "half a request cannot migrate"
+        );
+    }
+
+    #[test]
     fn http_rejects_malformed_requests() {
-        let (mut s, mut c) = sessions(AppMode::Http);
-        let out = s.on_ciphertext(&c.send(b"NONSENSE\r\n\r\n").unwrap());
+        let (mut s, mut c) = pair::<HttpResponder>();
+        let out = s.receive(&c.send(b"NONSENSE\r\n\r\n").unwrap());
         assert!(out.done);
         let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 400"), "{text}");
@@ -375,22 +243,11 @@ mod tests {
             &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
             b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
         ] {
-            let (mut s, mut c) = sessions(AppMode::Http);
-            let out = s.on_ciphertext(&c.send(request).unwrap());
+            let (mut s, mut c) = pair::<HttpResponder>();
+            let out = s.receive(&c.send(request).unwrap());
             assert!(out.done);
             let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
             assert!(text.starts_with("HTTP/1.1 400"), "{text}");
         }
-    }
-
-    #[test]
-    fn echo_and_close_notify() {
-        let (mut s, mut c) = sessions(AppMode::Echo);
-        let out = s.on_ciphertext(&c.send(b"hello").unwrap());
-        assert_eq!(&c.receive(&out.to_send).plaintext[..], b"hello");
-        let out = s.on_ciphertext(&c.close().unwrap());
-        assert!(out.done);
-        assert_eq!(out.closed, Some(Closed::CloseNotify));
-        assert_eq!(c.receive(&out.to_send).closed, Some(Closed::CloseNotify));
     }
 }

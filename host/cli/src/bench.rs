@@ -13,10 +13,10 @@ use keyferry_guest::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, Connection, ServerConnection};
 
-use crate::error::{Error, Result};
-use crate::guest::GuestInstance;
-use crate::sandbox::{GuestComponent, GuestEngine};
-use crate::tls::{self, Identity, ServerVerification, TlsOptions};
+use anyhow::{Result, bail};
+use keyferry::suites::{self, Suite};
+use keyferry::tls::{Identity, ServerVerification, TlsOptions};
+use keyferry::{DataPlane, GuestComponent, GuestEngine, GuestInstance};
 
 /// How much to measure.
 #[derive(Clone, Copy, Debug)]
@@ -91,50 +91,18 @@ pub struct HandoffLatency {
     pub runs: usize,
 }
 
-const SUITES: [(&str, ProtocolVersion, AeadAlgorithm); 6] = [
-    (
-        "TLS13_AES_128_GCM_SHA256",
-        ProtocolVersion::Tls13,
-        AeadAlgorithm::Aes128Gcm,
-    ),
-    (
-        "TLS13_AES_256_GCM_SHA384",
-        ProtocolVersion::Tls13,
-        AeadAlgorithm::Aes256Gcm,
-    ),
-    (
-        "TLS13_CHACHA20_POLY1305_SHA256",
-        ProtocolVersion::Tls13,
-        AeadAlgorithm::ChaCha20Poly1305,
-    ),
-    (
-        "TLS12_ECDHE_AES_128_GCM_SHA256",
-        ProtocolVersion::Tls12,
-        AeadAlgorithm::Aes128Gcm,
-    ),
-    (
-        "TLS12_ECDHE_AES_256_GCM_SHA384",
-        ProtocolVersion::Tls12,
-        AeadAlgorithm::Aes256Gcm,
-    ),
-    (
-        "TLS12_ECDHE_CHACHA20_POLY1305_SHA256",
-        ProtocolVersion::Tls12,
-        AeadAlgorithm::ChaCha20Poly1305,
-    ),
-];
-
 /// Runs every measurement with the engine's reference components.
 pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
     if options.record_size == 0 || options.record_size > keyferry_guest::record::MAX_PLAINTEXT {
-        return Err(Error::Config("record size must be 1..=16384".into()));
+        bail!("record size must be 1..=16384");
     }
-    let plain = engine.reference_component()?;
-    let host_keys = engine.reference_component_with_host_keys()?;
+    let plain = GuestComponent::reference(engine)?;
+    let host_keys = GuestComponent::reference_with_host_keys(engine)?;
     let payload = vec![0xa5u8; options.record_size];
     let mut suites = Vec::new();
     let mut connection_id = 1u64 << 40;
-    for (name, version, aead) in SUITES {
+    for suite in suites::ALL {
+        let (name, version, aead) = (suite.name(), suite.version, suite.aead);
         let mut guest = Vec::new();
         let mut guest_hk = Vec::new();
         let mut native = Vec::new();
@@ -167,13 +135,7 @@ pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
                 options.records,
                 connection_id + 1,
             )?);
-            rustls_t.push(measure_rustls(
-                name,
-                version,
-                aead,
-                &payload,
-                options.records,
-            )?);
+            rustls_t.push(measure_rustls(&suite, &payload, options.records)?);
         }
         suites.push(SuiteResult {
             suite: name,
@@ -239,14 +201,14 @@ fn median(samples: &[Throughput]) -> Throughput {
 
 fn measure_guest(
     component: &GuestComponent,
-    store: Option<&crate::keystore::HostKeyStore>,
+    store: Option<&keyferry::HostKeyStore>,
     version: ProtocolVersion,
     aead: AeadAlgorithm,
     payload: &[u8],
     records: usize,
     connection_id: u64,
 ) -> Result<Throughput> {
-    let mut g = component.instantiate()?;
+    let g = component.instantiate()?;
     let mut seal_m = material(version, aead, Direction::Seal, connection_id);
     let mut open_m = material(version, aead, Direction::Open, connection_id);
     if let Some(store) = store {
@@ -265,7 +227,7 @@ fn measure_guest(
     for record in &wire {
         let (_, got) = g.open(&open, record)?;
         if got.len() != payload.len() {
-            return Err(Error::InvalidGuestResult("benchmark round trip"));
+            bail!("benchmark round trip lost bytes");
         }
     }
     let open_time = start.elapsed();
@@ -312,41 +274,13 @@ fn measure_native(
     })
 }
 
-fn rustls_pair(
-    name: &str,
-    version: ProtocolVersion,
-    aead: AeadAlgorithm,
-) -> Result<(Connection, Connection)> {
-    use rustls::crypto::ring::cipher_suite as cs;
-    let suite = match (version, aead) {
-        (ProtocolVersion::Tls13, AeadAlgorithm::Aes128Gcm) => cs::TLS13_AES_128_GCM_SHA256,
-        (ProtocolVersion::Tls13, AeadAlgorithm::Aes256Gcm) => cs::TLS13_AES_256_GCM_SHA384,
-        (ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305) => {
-            cs::TLS13_CHACHA20_POLY1305_SHA256
-        }
-        (ProtocolVersion::Tls12, AeadAlgorithm::Aes128Gcm) => {
-            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        }
-        (ProtocolVersion::Tls12, AeadAlgorithm::Aes256Gcm) => {
-            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-        }
-        (ProtocolVersion::Tls12, AeadAlgorithm::ChaCha20Poly1305) => {
-            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-        }
-    };
-    let v = match version {
-        ProtocolVersion::Tls13 => &rustls::version::TLS13,
-        ProtocolVersion::Tls12 => &rustls::version::TLS12,
-    };
+fn rustls_pair(suite: &Suite) -> Result<(Connection, Connection)> {
     let options = TlsOptions::default()
-        .with_versions(&[v])
-        .with_suites(&[suite]);
+        .with_versions(&[suite.rustls_version()])
+        .with_suites(&[suite.rustls]);
     let identity = Identity::self_signed(&["localhost".into()])?;
-    let server = Arc::new(tls::server_config(&identity, &options, None)?);
-    let client = Arc::new(tls::client_config(
-        ServerVerification::DangerousNone,
-        &options,
-    )?);
+    let server = Arc::new(options.server_config(&identity)?);
+    let client = Arc::new(options.client_config(ServerVerification::DangerousNone)?);
     let mut c: Connection = ClientConnection::new(
         client,
         ServerName::try_from("localhost").expect("valid name"),
@@ -359,8 +293,8 @@ fn rustls_pair(
         pump(&mut c, &mut s)?;
         pump(&mut s, &mut c)?;
     }
-    if c.negotiated_cipher_suite() != Some(suite) {
-        return Err(Error::Config(format!("rustls did not negotiate {name}")));
+    if c.negotiated_cipher_suite() != Some(suite.rustls) {
+        bail!("rustls did not negotiate {}", suite.name());
     }
     Ok((c, s))
 }
@@ -368,34 +302,25 @@ fn rustls_pair(
 fn pump(from: &mut Connection, to: &mut Connection) -> Result<()> {
     let mut buf = Vec::new();
     while from.wants_write() {
-        from.write_tls(&mut buf)
-            .map_err(|_| Error::Export("benchmark transport"))?;
+        from.write_tls(&mut buf)?;
     }
     let mut rest = &buf[..];
     while !rest.is_empty() {
-        to.read_tls(&mut rest)
-            .map_err(|_| Error::Export("benchmark transport"))?;
+        to.read_tls(&mut rest)?;
         to.process_new_packets()?;
     }
     Ok(())
 }
 
-fn measure_rustls(
-    name: &str,
-    version: ProtocolVersion,
-    aead: AeadAlgorithm,
-    payload: &[u8],
-    records: usize,
-) -> Result<Throughput> {
-    let (mut client, mut server) = rustls_pair(name, version, aead)?;
-    let io = |_| Error::Export("benchmark transport");
+fn measure_rustls(suite: &Suite, payload: &[u8], records: usize) -> Result<Throughput> {
+    let (mut client, mut server) = rustls_pair(suite)?;
     let start = Instant::now();
     let mut wire = Vec::with_capacity(records);
     for _ in 0..records {
-        client.writer().write_all(payload).map_err(io)?;
+        client.writer().write_all(payload)?;
         let mut out = Vec::with_capacity(payload.len() + 64);
         while client.wants_write() {
-            client.write_tls(&mut out).map_err(io)?;
+            client.write_tls(&mut out)?;
         }
         wire.push(out);
     }
@@ -405,10 +330,10 @@ fn measure_rustls(
     for record in &wire {
         let mut rest = &record[..];
         while !rest.is_empty() {
-            server.read_tls(&mut rest).map_err(io)?;
+            server.read_tls(&mut rest)?;
             server.process_new_packets()?;
         }
-        server.reader().read_exact(&mut sink).map_err(io)?;
+        server.reader().read_exact(&mut sink)?;
     }
     let open_time = start.elapsed();
     Ok(Throughput {
@@ -418,7 +343,7 @@ fn measure_rustls(
 }
 
 fn measure_call_overhead(component: &GuestComponent) -> Result<f64> {
-    let mut g: GuestInstance = component.instantiate()?;
+    let g: GuestInstance = component.instantiate()?;
     let m = material(
         ProtocolVersion::Tls13,
         AeadAlgorithm::ChaCha20Poly1305,
@@ -440,15 +365,11 @@ fn measure_call_overhead(component: &GuestComponent) -> Result<f64> {
 /// Runs `runs` in-memory TLS 1.3 handshakes against a rustls client and
 /// times each handoff into a fresh application instance.
 pub fn measure_handoff(component: &GuestComponent, runs: usize) -> Result<HandoffLatency> {
-    use crate::handshake::{Handshake, Progress};
+    use keyferry::handshake::{Handshake, Progress};
     let identity = Identity::self_signed(&["localhost".into()])?;
     let options = TlsOptions::default();
-    let server = Arc::new(tls::server_config(&identity, &options, None)?);
-    let client = Arc::new(tls::client_config(
-        ServerVerification::DangerousNone,
-        &options,
-    )?);
-    let io = |_| Error::Export("benchmark transport");
+    let server = Arc::new(options.server_config(&identity)?);
+    let client = Arc::new(options.client_config(ServerVerification::DangerousNone)?);
     let mut total = Vec::with_capacity(runs);
     let mut instantiate = Vec::with_capacity(runs);
     for i in 0..runs.max(1) {
@@ -461,14 +382,14 @@ pub fn measure_handoff(component: &GuestComponent, runs: usize) -> Result<Handof
         let complete = loop {
             let mut wire = Vec::new();
             while peer.wants_write() {
-                peer.write_tls(&mut wire).map_err(io)?;
+                peer.write_tls(&mut wire)?;
             }
             hs.feed(&wire)?;
             let progress = hs.advance()?;
             let out = hs.take_outgoing();
             let mut rest = &out[..];
             while !rest.is_empty() {
-                peer.read_tls(&mut rest).map_err(io)?;
+                peer.read_tls(&mut rest)?;
                 peer.process_new_packets()?;
             }
             if progress == Progress::Complete {
@@ -477,16 +398,11 @@ pub fn measure_handoff(component: &GuestComponent, runs: usize) -> Result<Handof
         };
         let handoff = hs.finish()?;
         let t = Instant::now();
-        let mut app = component.instantiate_application()?;
+        let guest = component.instantiate()?;
         instantiate.push(t.elapsed().as_secs_f64() * 1e6);
-        let session = app.attach(
-            handoff.keys.seal,
-            handoff.keys.open,
-            &handoff.facts,
-            crate::app::AppMode::Echo,
-        )?;
-        app.start(&session)?;
+        let (plane, _) = DataPlane::new(guest, handoff)?;
         total.push(complete.elapsed().as_secs_f64() * 1e6);
+        drop(plane);
     }
     let pct = |v: &mut Vec<f64>, p: f64| {
         v.sort_by(|a, b| a.total_cmp(b));

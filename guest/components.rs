@@ -1,0 +1,190 @@
+//! Builds components from the `keyferry-guest` crate for `wasm32-wasip2`.
+//! Shared by the build scripts that need them (the library's reference
+//! component, the CLI's built-in applications, the tests' plugins): each
+//! includes this file with `#[path]`.
+//!
+//! Nested cargo gets its own target directory under OUT_DIR and a cleaned
+//! environment, so it neither deadlocks on the outer build's lock nor
+//! inherits the host's flags.
+#![allow(dead_code, reason = "each build script uses the part it needs")]
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+/// The workspace root, from a build script whose manifest is `depth`
+/// folders below it.
+pub fn workspace_root(depth: usize) -> PathBuf {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    manifest_dir
+        .ancestors()
+        .nth(depth)
+        .expect("the crate sits inside the workspace")
+        .to_path_buf()
+}
+
+/// Tells cargo to rebuild when the guest's sources change.
+pub fn rerun_if_guest_changed(root: &Path) {
+    for path in [
+        "guest/src",
+        "guest/examples",
+        "guest/Cargo.toml",
+        "guest/components.rs",
+        "wit",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
+    println!("cargo:rerun-if-env-changed=KEYFERRY_GUEST_PROFILE");
+}
+
+/// Adds the wasm target with rustup when it is missing; RUSTUP_AUTO_INSTALL
+/// is off on CI machines, so nothing else would.
+pub fn ensure_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            o.status
+                .success()
+                .then(|| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()))
+        });
+    if let Some(sysroot) = &sysroot
+        && sysroot.join("lib/rustlib").join(TARGET).exists()
+    {
+        return;
+    }
+    println!("cargo:warning=adding the {TARGET} target with rustup");
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => panic!(
+            "the {TARGET} target is not installed and `rustup target add {TARGET}` failed ({other:?}); \
+             install it by hand and build again"
+        ),
+    }
+}
+
+/// Builds the guest library as a component with `features`, and copies it
+/// to `OUT_DIR/<name>.wasm`.
+pub fn library(root: &Path, features: &[&str], name: &str) -> PathBuf {
+    let mut args = vec!["--lib"];
+    if !features.is_empty() {
+        args.extend(["--features", features[0]]);
+    }
+    cargo(root, &args);
+    copy_out(
+        &target_dir()
+            .join(TARGET)
+            .join(profile_dir())
+            .join("keyferry_guest.wasm"),
+        name,
+    )
+}
+
+/// Builds application components from `guest/examples` (without the
+/// reference component's exports) and copies each to `OUT_DIR/<name>.wasm`.
+pub fn examples(root: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let mut args = vec!["--no-default-features"];
+    for name in names {
+        args.extend(["--example", name]);
+    }
+    cargo(root, &args);
+    let dir = target_dir()
+        .join(TARGET)
+        .join(profile_dir())
+        .join("examples");
+    names
+        .iter()
+        .map(|n| copy_out(&dir.join(format!("{n}.wasm")), n))
+        .collect()
+}
+
+fn out_dir() -> PathBuf {
+    PathBuf::from(env::var("OUT_DIR").expect("set by cargo"))
+}
+
+fn target_dir() -> PathBuf {
+    out_dir().join("guest-target")
+}
+
+fn copy_out(built: &Path, name: &str) -> PathBuf {
+    let to = out_dir().join(format!("{name}.wasm"));
+    std::fs::copy(built, &to).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    to
+}
+
+fn profile() -> String {
+    env::var("KEYFERRY_GUEST_PROFILE").unwrap_or_else(|_| "release".into())
+}
+
+fn profile_dir() -> String {
+    match profile().as_str() {
+        "dev" => "debug".into(),
+        p => p.into(),
+    }
+}
+
+fn cargo(root: &Path, extra: &[&str]) {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let profile = profile();
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args([
+            "build",
+            "--locked",
+            "--package",
+            "keyferry-guest",
+            "--target",
+            TARGET,
+            "--profile",
+            &profile,
+        ])
+        .args(extra)
+        .env("CARGO_TARGET_DIR", target_dir())
+        // The guest is small; a whole-program optimized build is fast and
+        // is what the benchmarks should measure.
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        // wasmtime supports the SIMD proposal; let LLVM and the crypto
+        // crates use 128-bit vectors.
+        .env(
+            "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
+            "-Ctarget-feature=+simd128",
+        );
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "CARGO_LLVM_COV",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (key, _) in env::vars() {
+        if key.starts_with("CARGO_FEATURE_")
+            || key.starts_with("CARGO_CFG_")
+            || key.starts_with("DEP_")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    let status = cmd.status().expect("run cargo for the guest");
+    assert!(
+        status.success(),
+        "building guest components failed; see the cargo output above"
+    );
+}

@@ -1,0 +1,4 @@
+//! `keyferry serve --echo`: sends back every byte, inside the sandbox.
+#![cfg(target_arch = "wasm32")]
+
+keyferry_guest::export_application!(keyferry_guest::application::Echo);

@@ -1,0 +1,5 @@
+//! `keyferry serve`'s default application: the HTTP/1.1 responder that
+//! reports the connection's TLS facts from inside the sandbox.
+#![cfg(target_arch = "wasm32")]
+
+keyferry_guest::export_application!(keyferry_guest::http::HttpResponder);

@@ -1,4 +1,0 @@
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "application-plugin",
-});

@@ -1,5 +1,0 @@
-
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "dataplane-host-keys",
-});

@@ -1,0 +1,133 @@
+//! Compiled guest components, ready to instantiate.
+//!
+//! Every component exports `keyferry:dataplane/connection`; the reference
+//! component also exports the key-level interfaces (`keys`, `primitives`,
+//! `self-check`). Instantiating from a [`GuestComponent`] skips all
+//! compilation and type checking.
+
+use wasmtime::component::{Component, InstancePre};
+
+use crate::bindings::DataplaneHostKeysIndices;
+use crate::bindings::exports::keyferry::dataplane::connection;
+use crate::engine::GuestEngine;
+use crate::error::{Result, SandboxError};
+use crate::instance::{Exports, GuestInstance};
+use crate::store::{StoreState, arm, classify};
+
+/// The reference component (`dataplane` world): its connections hand their
+/// plaintext to the host. Built by this crate's build script.
+pub const REFERENCE_COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/keyferry_guest.wasm"));
+
+/// The reference component built for the `dataplane-host-keys` world, for
+/// host-resident keys.
+pub const REFERENCE_COMPONENT_HOST_KEYS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/keyferry_guest_host_keys.wasm"));
+
+/// A compiled, type-checked guest component.
+#[derive(Clone)]
+pub struct GuestComponent {
+    engine: GuestEngine,
+    pre: InstancePre<StoreState>,
+    connection: connection::GuestIndices,
+    full: Option<DataplaneHostKeysIndices>,
+}
+
+fn engine_error(context: &'static str) -> impl FnOnce(wasmtime::Error) -> SandboxError {
+    move |source| SandboxError::Engine { context, source }
+}
+
+impl GuestComponent {
+    /// Compiles a component (a `.wasm` component binary) and checks that it
+    /// exports `keyferry:dataplane/connection`.
+    pub fn new(engine: &GuestEngine, wasm: &[u8]) -> Result<Self> {
+        let component =
+            Component::new(engine.wasmtime(), wasm).map_err(engine_error("compiling"))?;
+        Self::prepare(engine, component)
+    }
+
+    /// Compiles the reference component.
+    pub fn reference(engine: &GuestEngine) -> Result<Self> {
+        Self::new(engine, REFERENCE_COMPONENT)
+    }
+
+    /// Compiles the reference component with the host key service import.
+    pub fn reference_with_host_keys(engine: &GuestEngine) -> Result<Self> {
+        Self::new(engine, REFERENCE_COMPONENT_HOST_KEYS)
+    }
+
+    /// Serializes a compiled component so a later process can skip
+    /// compilation ([`GuestComponent::deserialize`]).
+    pub fn precompile(engine: &GuestEngine, wasm: &[u8]) -> Result<Vec<u8>> {
+        Ok(engine
+            .wasmtime()
+            .precompile_component(wasm)
+            .map_err(engine_error("precompiling"))?)
+    }
+
+    /// Loads a component serialized by [`GuestComponent::precompile`].
+    ///
+    /// # Safety
+    /// The bytes must come from `precompile` of an engine with the same
+    /// configuration; wasmtime trusts them as machine code.
+    #[allow(
+        unsafe_code,
+        reason = "wasmtime's precompiled-artifact API is unsafe by contract"
+    )]
+    pub unsafe fn deserialize(engine: &GuestEngine, bytes: &[u8]) -> Result<Self> {
+        // SAFETY: the caller vouches for the bytes' origin (see above).
+        let component = unsafe { Component::deserialize(engine.wasmtime(), bytes) }
+            .map_err(engine_error("loading a precompiled component"))?;
+        Self::prepare(engine, component)
+    }
+
+    fn prepare(engine: &GuestEngine, component: Component) -> Result<Self> {
+        let pre = engine
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(engine_error("linking the component"))?;
+        let connection = connection::GuestIndices::new(&pre).map_err(engine_error(
+            "the component does not export keyferry:dataplane/connection",
+        ))?;
+        let full = DataplaneHostKeysIndices::new(&pre).ok();
+        Ok(Self {
+            engine: engine.clone(),
+            pre,
+            connection,
+            full,
+        })
+    }
+
+    /// A fresh instance in its own store: its own memory, its own exchange
+    /// key, its own registry of imported blobs. A trap poisons only it.
+    pub fn instantiate(&self) -> Result<GuestInstance> {
+        let mut store = self.engine.new_store();
+        let bound = self.engine.config().execution_bound();
+        arm(&mut store, bound)?;
+        let instance = self.pre.instantiate(&mut store).map_err(classify)?;
+        let connection = self
+            .connection
+            .load(&mut store, &instance)
+            .map_err(engine_error("loading the connection exports"))?;
+        let full = match &self.full {
+            Some(indices) => Some(
+                indices
+                    .load(&mut store, &instance)
+                    .map_err(engine_error("loading the data-plane exports"))?,
+            ),
+            None => None,
+        };
+        GuestInstance::new(store, Exports { connection, full }, bound)
+    }
+
+    /// Whether the component exports the key-level interfaces (`keys`,
+    /// `primitives`, `self-check`), as the reference component does.
+    pub fn has_keys_interface(&self) -> bool {
+        self.full.is_some()
+    }
+
+    /// The engine this component belongs to.
+    pub fn engine(&self) -> &GuestEngine {
+        &self.engine
+    }
+}

@@ -1,0 +1,194 @@
+//! The wasmtime engine and its limits.
+//!
+//! Every guest store gets a memory cap and an execution bound per call, so
+//! a guest that loops or allocates without end traps instead of taking the
+//! host with it. One [`GuestEngine`] serves many components and instances.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+};
+use wasmtime_wasi::WasiCtx;
+
+use crate::bindings::keyferry::dataplane::{key_service, types};
+use crate::error::{Result, SandboxError};
+use crate::keystore::HostKeyStore;
+use crate::store::{EPOCH_TICK, ExecutionBound, Limits, StoreState};
+
+/// Limits and engine settings for guests.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    memory_limit: usize,
+    execution: ExecutionBound,
+    pooling: Option<u32>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: 64 << 20,
+            execution: ExecutionBound::Deadline(Duration::from_secs(1)),
+            pooling: None,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The most linear memory one guest instance may grow to, in bytes.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// The execution bound applied to every call.
+    pub fn with_execution_bound(mut self, bound: ExecutionBound) -> Self {
+        self.execution = bound;
+        self
+    }
+
+    /// Preallocates slots for up to `max_instances` live guests (the
+    /// pooling allocator), which makes instantiation much cheaper.
+    pub fn with_pooling(mut self, max_instances: u32) -> Self {
+        self.pooling = Some(max_instances);
+        self
+    }
+
+    /// The memory limit in bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
+    }
+
+    /// The execution bound.
+    pub fn execution_bound(&self) -> ExecutionBound {
+        self.execution
+    }
+}
+
+struct Shared {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    config: SandboxConfig,
+    keys: Arc<HostKeyStore>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A wasmtime engine configured for keyferry guests: the linker (WASI and
+/// the host key service), the limits, and the host key store its guests
+/// share. Cheap to clone.
+#[derive(Clone)]
+pub struct GuestEngine {
+    shared: Arc<Shared>,
+}
+
+fn engine_error(context: &'static str) -> impl FnOnce(wasmtime::Error) -> SandboxError {
+    move |source| SandboxError::Engine { context, source }
+}
+
+impl GuestEngine {
+    /// Builds the engine and linker. Starts the epoch ticker thread when
+    /// the execution bound is a deadline.
+    pub fn new(config: SandboxConfig) -> Result<Self> {
+        let mut wasm = Config::new();
+        match config.execution {
+            ExecutionBound::Fuel(_) => {
+                wasm.consume_fuel(true);
+            }
+            ExecutionBound::Deadline(_) => {
+                wasm.epoch_interruption(true);
+            }
+        }
+        if let Some(max) = config.pooling {
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_component_instances(max)
+                .total_core_instances(max.saturating_mul(8))
+                .total_memories(max.saturating_mul(2))
+                .total_tables(max.saturating_mul(4))
+                .max_memory_size(config.memory_limit)
+                .max_unused_warm_slots(max.min(64));
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&wasm).map_err(engine_error("creating the engine"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error("linking WASI"))?;
+        key_service::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(engine_error("linking the key service"))?;
+        types::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(engine_error("linking the types interface"))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        if matches!(config.execution, ExecutionBound::Deadline(_)) {
+            let weak = engine.weak();
+            let stop = ticker_stop.clone();
+            thread::Builder::new()
+                .name("keyferry-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        thread::sleep(EPOCH_TICK);
+                        match weak.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })?;
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                engine,
+                linker,
+                config,
+                keys: Arc::new(HostKeyStore::new()),
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// The host key store shared by this engine's guests.
+    pub fn key_store(&self) -> &Arc<HostKeyStore> {
+        &self.shared.keys
+    }
+
+    /// The sandbox settings.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.shared.config
+    }
+
+    pub(crate) fn wasmtime(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<StoreState> {
+        &self.shared.linker
+    }
+
+    pub(crate) fn new_store(&self) -> Store<StoreState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.shared.config.memory_limit)
+            // The memory cap is per linear memory; a component built by
+            // wasm-component-ld has one, so allow one and the cap is the
+            // instance's total. Tables are bounded too.
+            .instances(64)
+            .tables(64)
+            .memories(1)
+            .table_elements(100_000)
+            .build();
+        let state = StoreState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: Limits(limits),
+            keys: self.shared.keys.clone(),
+        };
+        let mut store = Store::new(&self.shared.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+}

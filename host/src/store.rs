@@ -1,0 +1,202 @@
+//! What one guest store holds, and the one way into it: every call arms
+//! the execution bound first, and any trap poisons the store for good.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::keyferry::dataplane::key_service;
+use crate::bindings::keyferry::dataplane::types as wit;
+use crate::error::{Error, Result, SandboxError, TrapKind};
+use crate::keystore::HostKeyStore;
+
+/// The epoch ticker's period: the granularity of [`ExecutionBound::Deadline`].
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How long one call into a guest may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutionBound {
+    /// Each call gets this much fuel (about one unit per wasm instruction).
+    /// Deterministic, at some cost in speed.
+    Fuel(u64),
+    /// Each call must return within this wall-clock time (epoch
+    /// interruption, checked every [`EPOCH_TICK`]). Cheap.
+    Deadline(Duration),
+}
+
+/// What a guest store holds: WASI state, limits and the host key store.
+pub(crate) struct StoreState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: Limits,
+    pub(crate) keys: Arc<HostKeyStore>,
+}
+
+/// A grow the store limits refused. Typed, so a trap it causes is
+/// classified by its type rather than by wasmtime's message text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} grow beyond the store limit")]
+pub(crate) struct GrowRefused(&'static str);
+
+/// wasmtime's [`StoreLimits`], trapping with [`GrowRefused`] when a grow is
+/// refused: a guest at its cap stops at once instead of limping on.
+pub(crate) struct Limits(pub(crate) StoreLimits);
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        match self.0.memory_growing(current, desired, maximum)? {
+            true => Ok(true),
+            false => Err(GrowRefused("memory").into()),
+        }
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        match self.0.table_growing(current, desired, maximum)? {
+            true => Ok(true),
+            false => Err(GrowRefused("table").into()),
+        }
+    }
+
+    fn instances(&self) -> usize {
+        self.0.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.0.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.0.memories()
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl key_service::Host for StoreState {
+    fn seal_record(
+        &mut self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: Vec<u8>,
+        plaintext: Vec<u8>,
+    ) -> Result<Vec<u8>, wit::KeyServiceError> {
+        use keyferry_guest::key_service::KeyService;
+        self.keys
+            .seal_record(key_ref, generation, sequence, &aad, &plaintext)
+            .map_err(Into::into)
+    }
+
+    fn open_record(
+        &mut self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: Vec<u8>,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, wit::KeyServiceError> {
+        use keyferry_guest::key_service::KeyService;
+        self.keys
+            .open_record(key_ref, generation, sequence, &aad, &body)
+            .map_err(Into::into)
+    }
+
+    fn update(&mut self, key_ref: u64, generation: u32) -> Result<(), wit::KeyServiceError> {
+        use keyferry_guest::key_service::KeyService;
+        self.keys.update(key_ref, generation).map_err(Into::into)
+    }
+}
+
+impl wit::Host for StoreState {}
+
+/// A guest store and its exports, with the execution bound armed before
+/// every call and poisoning after a trap.
+pub(crate) struct Sandboxed<E> {
+    store: Store<StoreState>,
+    exports: E,
+    bound: ExecutionBound,
+    poisoned: bool,
+}
+
+impl<E> Sandboxed<E> {
+    pub(crate) fn new(store: Store<StoreState>, exports: E, bound: ExecutionBound) -> Self {
+        Self {
+            store,
+            exports,
+            bound,
+            poisoned: false,
+        }
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Calls into the guest. Any wasmtime error poisons the store: only a
+    /// new instance works again.
+    pub(crate) fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<StoreState>, &E) -> wasmtime::Result<R>,
+    ) -> Result<R> {
+        if self.poisoned {
+            return Err(SandboxError::Poisoned.into());
+        }
+        arm(&mut self.store, self.bound)?;
+        f(&mut self.store, &self.exports).map_err(|e| {
+            self.poisoned = true;
+            classify(e)
+        })
+    }
+}
+
+/// Arms the execution bound for the next call.
+pub(crate) fn arm(store: &mut Store<StoreState>, bound: ExecutionBound) -> Result<()> {
+    match bound {
+        ExecutionBound::Fuel(fuel) => store.set_fuel(fuel).map_err(|source| {
+            SandboxError::Engine {
+                context: "setting fuel",
+                source,
+            }
+            .into()
+        }),
+        ExecutionBound::Deadline(limit) => {
+            let ticks = (limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+            store.set_epoch_deadline(ticks);
+            Ok(())
+        }
+    }
+}
+
+/// Maps a wasmtime failure to why the guest stopped, by the trap's type.
+pub(crate) fn classify(source: wasmtime::Error) -> Error {
+    let kind = match source.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => TrapKind::OutOfFuel,
+        Some(wasmtime::Trap::Interrupt) => TrapKind::Deadline,
+        Some(wasmtime::Trap::AllocationTooLarge) => TrapKind::ResourceLimit,
+        Some(wasmtime::Trap::CannotEnterComponent) => return SandboxError::Poisoned.into(),
+        Some(_) => TrapKind::Other,
+        None if source.downcast_ref::<GrowRefused>().is_some() => TrapKind::ResourceLimit,
+        None => TrapKind::Other,
+    };
+    SandboxError::Trap { kind, source }.into()
+}
