@@ -21,6 +21,15 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
+/// Generated wasmtime bindings for the `keyferry:dataplane` package.
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    unused_qualifications,
+    reason = "generated code"
+)]
+#[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
+pub mod bindings;
 pub mod component;
 pub mod dataplane;
 pub mod engine;
@@ -36,24 +45,6 @@ pub mod tls;
 pub mod transport;
 mod wit;
 mod x509;
-
-/// Generated wasmtime bindings for the `keyferry:dataplane` package: one
-/// `bindgen!` for the largest world, so every WIT type has one Rust copy.
-/// Smaller worlds (application plugins) are driven through the same
-/// per-interface exports.
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    reason = "generated code"
-)]
-#[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "dataplane-host-keys",
-    });
-}
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
