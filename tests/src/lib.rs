@@ -152,22 +152,34 @@ pub struct Link {
 /// the link. The other side stays a live rustls connection.
 pub fn handshake_into(suite: Suite, role: Role, guest: GuestInstance) -> Link {
     let (keys, peer) = handshake_and_export(suite, role, 0xc0ffee);
-    let seal_blob = guest.seal_traffic_key(&keys.seal).expect("seal blob");
-    let open_blob = guest.seal_traffic_key(&keys.open).expect("seal blob");
-    let version = keys.version;
-    drop(keys);
-    let seal = guest
-        .import_traffic_key(&seal_blob)
-        .expect("import seal key");
-    let open = guest
-        .import_traffic_key(&open_blob)
-        .expect("import open key");
-    Link {
-        guest,
-        seal,
-        open,
-        peer,
-        version,
+    Link::import(guest, keys.version, &keys.seal, &keys.open, peer)
+}
+
+impl Link {
+    /// Seals both keys to `guest`, imports them there, and pairs the guest
+    /// with the live `peer`.
+    pub fn import(
+        guest: GuestInstance,
+        version: keyferry::ProtocolVersion,
+        seal: &keyferry::TrafficKeyMaterial,
+        open: &keyferry::TrafficKeyMaterial,
+        peer: Connection,
+    ) -> Link {
+        let seal_blob = guest.seal_traffic_key(seal).expect("seal blob");
+        let open_blob = guest.seal_traffic_key(open).expect("seal blob");
+        let seal = guest
+            .import_traffic_key(&seal_blob)
+            .expect("import seal key");
+        let open = guest
+            .import_traffic_key(&open_blob)
+            .expect("import open key");
+        Link {
+            guest,
+            seal,
+            open,
+            peer,
+            version,
+        }
     }
 }
 

@@ -314,33 +314,6 @@ fn a_tampered_record_ends_only_that_connection_with_bad_record_mac() {
 }
 
 #[test]
-fn a_connection_migrates_to_a_new_instance_mid_stream() {
-    let suite = all_suites()[2];
-    let configs = configs(suite);
-    let (plane, _, mut peer, _) = connect(suite, Role::Server, &configs, 4096, |_| {});
-    let mut plane = plane;
-    let data = pattern(3000, 13);
-    assert_eq!(peer_to_plane(&mut peer, &mut plane, &data, 4096).0, data);
-    // Most of a full-size record in flight when the connection moves: it
-    // travels in the open blob and completes in the new instance.
-    let big = pattern(16000, 14);
-    peer.writer().write_all(&big).unwrap();
-    let wire = drain(&mut peer);
-    let (head, tail) = wire.split_at(10_000);
-    assert!(plane.receive(head).unwrap().plaintext.is_empty());
-    let mut plane = plane.migrate(guest()).expect("migrate");
-    assert!(
-        plane.receive(tail).unwrap().plaintext[..] == big[..],
-        "the split record arrives whole"
-    );
-    let wire = plane.send(b"from the new instance").unwrap();
-    assert_eq!(
-        feed_peer(&mut peer, &wire).unwrap(),
-        b"from the new instance"
-    );
-}
-
-#[test]
 fn client_authentication_facts_reach_the_guest() {
     use keyferry::tls::{Identity, ServerVerification, TlsOptions};
     let options = TlsOptions::default();

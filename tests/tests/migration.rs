@@ -1,6 +1,7 @@
-//! Live keys move between guest instances mid-stream, exactly: the rustls
-//! peer keeps reading and writing without noticing. Also host-resident
-//! keys, and the automatic AES-GCM KeyUpdate against a live peer.
+//! Live keys and whole connections move between guest instances
+//! mid-stream, exactly: the rustls peer keeps reading and writing without
+//! noticing. Also host-resident keys, and the automatic AES-GCM KeyUpdate
+//! against a live peer.
 
 use keyferry::{AeadAlgorithm, ContentType, Error, ProtocolVersion};
 use keyferry_guest::{BlobError, Error as RecordError};
@@ -10,7 +11,6 @@ use keyferry_tests::{
 };
 
 fn migrate(link: &mut Link, to: keyferry::GuestInstance) {
-    let to = to;
     let recipient = to.exchange_key();
     let from = &mut link.guest;
     let seal = std::mem::replace(&mut link.seal, placeholder());
@@ -100,8 +100,6 @@ fn host_resident_keys_stay_in_the_host_and_survive_export() {
             "{ctx}: the blob carries a reference only"
         );
         let seal_ref = seal.host_key_ref.unwrap();
-        let seal_blob = g.seal_traffic_key(&seal).unwrap();
-        let open_blob = g.seal_traffic_key(&open).unwrap();
 
         // A guest without the key-service import refuses it clearly.
         let plain = guest();
@@ -115,16 +113,8 @@ fn host_resident_keys_stay_in_the_host_and_survive_export() {
             "{ctx}"
         );
 
-        let seal = g.import_traffic_key(&seal_blob).unwrap();
-        let open = g.import_traffic_key(&open_blob).unwrap();
-        assert!(g.state(&seal).unwrap().host_resident, "{ctx}");
-        let mut link = Link {
-            guest: g,
-            seal,
-            open,
-            peer,
-            version,
-        };
+        let mut link = Link::import(g, version, &seal, &open, peer);
+        assert!(link.guest.state(&link.seal).unwrap().host_resident, "{ctx}");
         assert_eq!(link.guest_sends(b"hw"), b"hw", "{ctx}");
         assert_eq!(link.peer_sends(b"hw back").0, b"hw back", "{ctx}");
         if version == ProtocolVersion::Tls13 {
@@ -161,22 +151,8 @@ fn aes_gcm_keys_update_themselves_before_the_limit() {
             AeadAlgorithm::Aes128Gcm | AeadAlgorithm::Aes256Gcm
         ));
         keys.seal.auto_update_limit = 3;
-        let g = guest();
-        let seal = g
-            .import_traffic_key(&g.seal_traffic_key(&keys.seal).unwrap())
-            .unwrap();
-        let open = g
-            .import_traffic_key(&g.seal_traffic_key(&keys.open).unwrap())
-            .unwrap();
-        let version = keys.version;
+        let mut link = Link::import(guest(), keys.version, &keys.seal, &keys.open, peer);
         drop(keys);
-        let mut link = Link {
-            guest: g,
-            seal,
-            open,
-            peer,
-            version,
-        };
         let start = link.guest.state(&link.seal).unwrap().sequence;
         assert!(
             start <= 3,
@@ -206,4 +182,33 @@ fn aes_gcm_keys_update_themselves_before_the_limit() {
         );
         assert!(state.sequence <= 3, "{}", suite.name());
     }
+}
+
+#[test]
+fn a_whole_connection_migrates_with_a_record_half_received() {
+    use keyferry_tests::handoff::{configs, connect, drain, feed_peer, peer_to_plane};
+    use std::io::Write;
+    let suite = all_suites()[2];
+    let configs = configs(suite);
+    let (plane, _, mut peer, _) = connect(suite, Role::Server, &configs, 4096, |_| {});
+    let mut plane = plane;
+    let data = vec![13u8; 3000];
+    assert_eq!(peer_to_plane(&mut peer, &mut plane, &data, 4096).0, data);
+    // Most of a full-size record in flight when the connection moves: it
+    // travels in the open blob and completes in the new instance.
+    let big = vec![14u8; 16000];
+    peer.writer().write_all(&big).unwrap();
+    let wire = drain(&mut peer);
+    let (head, tail) = wire.split_at(10_000);
+    assert!(plane.receive(head).unwrap().plaintext.is_empty());
+    let mut plane = plane.migrate(guest()).expect("migrate");
+    assert!(
+        plane.receive(tail).unwrap().plaintext[..] == big[..],
+        "the split record arrives whole"
+    );
+    let wire = plane.send(b"from the new instance").unwrap();
+    assert_eq!(
+        feed_peer(&mut peer, &wire).unwrap(),
+        b"from the new instance"
+    );
 }
