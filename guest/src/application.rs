@@ -119,6 +119,10 @@ pub struct Step {
     pub closed: Option<Closed>,
     /// The connection is over: send `to_send`, then close the transport.
     pub done: bool,
+    /// Nothing is half done: no partial record and an idle application.
+    /// A server may close such a connection (with close_notify) to make
+    /// room, as HTTP servers close idle keep-alive connections.
+    pub idle: bool,
 }
 
 /// One connection and its application.
@@ -159,10 +163,22 @@ impl<A: Application> Session<A> {
     }
 
     /// The transport hit EOF: without close_notify first, a truncation.
+    /// The peer may still be reading (a half-close), so an application that
+    /// ends its side on the peer's close does so here too, with
+    /// close_notify after whatever it answered.
     pub fn end_of_stream(&mut self) -> Step {
         let out = self.conn.end_of_stream();
+        let truncated = out.closed == Some(Closed::Truncated);
         let mut step = self.step(out);
+        if truncated && !self.conn.write_closed() {
+            let mut reply = Reply::default();
+            self.app.peer_closed(&mut reply);
+            if reply.close {
+                step.to_send.extend(self.conn.close().unwrap_or_default());
+            }
+        }
         step.done = true;
+        step.idle = false;
         step
     }
 
@@ -182,6 +198,7 @@ impl<A: Application> Session<A> {
             to_send: self.conn.close().unwrap_or_default(),
             closed: self.conn.closed(),
             done: true,
+            idle: false,
             ..Step::default()
         }
     }
@@ -253,6 +270,7 @@ impl<A: Application> Session<A> {
                 closed,
                 Some(Closed::PeerAlert(_) | Closed::LocalAlert(_) | Closed::Truncated)
             );
+        step.idle = !step.done && self.conn.is_between_records() && self.app.is_idle();
         step
     }
 }
@@ -338,11 +356,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn idle_only_between_whole_records() {
+        let (mut s, mut c) = pair::<Echo>();
+        let wire = c.send(b"hello").unwrap();
+        let out = s.receive(&wire[..3]);
+        assert!(!out.idle, "half a record is not idle");
+        let out = s.receive(&wire[3..]);
+        assert!(out.idle, "whole records answered: idle");
+    }
+
+    #[test]
     fn truncation_and_alerts_end_the_session() {
-        let (mut s, _) = pair::<Echo>();
+        let (mut s, mut c) = pair::<Echo>();
         let out = s.end_of_stream();
         assert!(out.done);
         assert_eq!(out.closed, Some(Closed::Truncated));
+        // The peer only half-closed: our side still says close_notify.
+        assert_eq!(c.receive(&out.to_send).closed, Some(Closed::CloseNotify));
         let (mut s, _) = pair::<Echo>();
         let out = s.receive(&[
             23, 3, 3, 0, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,

@@ -16,6 +16,7 @@ use crate::suite::{ContentType, Direction, ProtocolVersion};
 
 /// Handshake message types this layer looks at (RFC 8446 section 4).
 const HELLO_REQUEST: u8 = 0;
+const CLIENT_HELLO: u8 = 1;
 const NEW_SESSION_TICKET: u8 = 4;
 const CERTIFICATE_REQUEST: u8 = 13;
 const KEY_UPDATE: u8 = 24;
@@ -232,6 +233,12 @@ impl Connection {
         self.seal.send_key_update(request_update)
     }
 
+    /// Whether nothing is half received: no partial record, no partial
+    /// handshake message.
+    pub fn is_between_records(&self) -> bool {
+        self.inbuf.is_empty() && self.handshake.is_empty()
+    }
+
     /// Whether the connection can move now: not while a handshake message
     /// is half received (it has no place in a blob) or while closing.
     pub fn check_exportable(&self) -> Result<()> {
@@ -402,9 +409,12 @@ impl Connection {
                 out.events.push(Event::CertificateRequest(message));
                 return Err(Error::Alert(Alert::UnexpectedMessage));
             }
-            HELLO_REQUEST if !tls13 && self.facts.role == Role::Client => {
-                // Renegotiation is not supported: decline with a warning,
-                // as RFC 5746 allows.
+            // Renegotiation is not supported, whoever starts it: decline
+            // with a warning, as RFC 5746 allows and rustls does, and carry
+            // on with the current keys.
+            HELLO_REQUEST | CLIENT_HELLO
+                if !tls13 && (message[0] == HELLO_REQUEST) == (self.facts.role == Role::Client) =>
+            {
                 if !self.write_closed {
                     out.to_send.extend(self.seal.seal(
                         ContentType::Alert,
@@ -426,16 +436,37 @@ mod tests {
     use crate::suite::AeadAlgorithm;
 
     fn pair(aead: AeadAlgorithm, role_a: Role) -> (Connection, Connection) {
+        pair_of(ProtocolVersion::Tls13, aead, role_a)
+    }
+
+    fn pair_of(
+        version: ProtocolVersion,
+        aead: AeadAlgorithm,
+        role_a: Role,
+    ) -> (Connection, Connection) {
         let key = |direction, secret: u8| {
-            let len = aead.tls13_hash().output_len();
-            let m =
-                TrafficKeyMaterial::from_tls13_secret(aead, direction, &vec![secret; len], 0, 1)
-                    .unwrap();
+            let m = match version {
+                ProtocolVersion::Tls13 => {
+                    let len = aead.tls13_hash().output_len();
+                    TrafficKeyMaterial::from_tls13_secret(aead, direction, &vec![secret; len], 0, 1)
+                        .unwrap()
+                }
+                ProtocolVersion::Tls12 => TrafficKeyMaterial::new(
+                    version,
+                    aead,
+                    direction,
+                    &vec![secret; aead.key_len()],
+                    &[secret; 12],
+                    &[],
+                    0,
+                    1,
+                ),
+            };
             TrafficKey::from_material(m, None).unwrap()
         };
         let facts = |role| Facts {
             role,
-            version: ProtocolVersion::Tls13,
+            version,
             suite: "test".into(),
             server_name: None,
             alpn: None,
@@ -482,6 +513,38 @@ mod tests {
             n = n * 3 + 1;
         }
         assert_eq!(got, data);
+    }
+
+    #[test]
+    fn tls12_renegotiation_is_declined_with_a_warning_either_way() {
+        for (asker, message) in [(Role::Client, CLIENT_HELLO), (Role::Server, HELLO_REQUEST)] {
+            let (mut a, mut b) = pair_of(ProtocolVersion::Tls12, AeadAlgorithm::Aes128Gcm, asker);
+            // A (truncated) ClientHello or a HelloRequest from the asker.
+            let body: &[u8] = if message == CLIENT_HELLO {
+                &[3, 3, 0, 0]
+            } else {
+                &[]
+            };
+            let mut hello = vec![message, 0, 0, body.len() as u8];
+            hello.extend_from_slice(body);
+            let wire = a.seal.seal(ContentType::Handshake, &hello, 0).unwrap();
+            let out = b.receive(&wire);
+            assert_eq!(out.closed, None, "{asker:?}: the connection stays up");
+            assert!(
+                !out.to_send.is_empty(),
+                "{asker:?}: no_renegotiation is sent"
+            );
+            let (_, alert) = a.open.open(out.to_send.clone()).unwrap();
+            assert_eq!(
+                alert,
+                [1, NO_RENEGOTIATION],
+                "a warning-level no_renegotiation"
+            );
+            let answer = a.receive(&[]);
+            assert_eq!(answer.closed, None, "a warning, not a fatal alert");
+            let data = b.send(b"still here").unwrap();
+            assert_eq!(&a.receive(&data).plaintext[..], b"still here");
+        }
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl<A: Application> ConnectionResource<A> {
                 events: Vec::new(),
                 closed: None,
                 done: true,
+                idle: false,
             },
         }
     }
@@ -481,6 +482,7 @@ impl From<Step> for wconn::Output {
             events: s.events.into_iter().map(Into::into).collect(),
             closed: s.closed.map(Into::into),
             done: s.done,
+            idle: s.idle,
         }
     }
 }

@@ -220,8 +220,8 @@ mod tests {
     #[test]
     fn a_half_received_request_is_not_idle() {
         let (mut s, mut c) = pair::<HttpResponder>();
-        s.receive(&c.send(b"GET / HTTP/1.1\r\n").unwrap());
-        assert!(!s.application().is_idle());
+        let out = s.receive(&c.send(b"GET / HTTP/1.1\r\n").unwrap());
+        assert!(!out.idle && !s.application().is_idle());
         assert!(
             s.into_connection().is_err(),
             "half a request cannot migrate"

@@ -40,6 +40,9 @@ pub struct Delivery {
     pub closed: Option<Closed>,
     /// The connection is over: send `to_send`, then close the transport.
     pub done: bool,
+    /// Nothing is half done (no partial record, no partial request): a
+    /// server may close the connection to make room.
+    pub idle: bool,
     /// NewSessionTickets stored for resumption in this step.
     pub tickets: usize,
     /// Post-handshake CertificateRequests seen (not supported: reported).
@@ -253,6 +256,7 @@ impl DataPlane {
             plaintext: Zeroizing::new(out.plaintext),
             closed: out.closed.map(Into::into),
             done: out.done,
+            idle: out.idle,
             ..Delivery::default()
         };
         for event in out.events.into_iter().map(Event::from) {

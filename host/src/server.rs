@@ -5,6 +5,7 @@
 //! Each connection is its own tokio task with its own wasmtime store, so a
 //! guest that traps, loops or runs out of memory ends only its connection.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,10 +23,14 @@ use crate::dataplane::DataPlane;
 use crate::error::{Error, HandshakeError, Result};
 use crate::handshake::Handshake;
 use crate::instance::GuestInstance;
-use crate::transport::{Ending, PLAINTEXT_INTERNAL_ERROR, blocking, handshake_async, run_session};
+use crate::transport::{
+    Ending, PLAINTEXT_INTERNAL_ERROR, SessionControl, Slot, Timeouts, blocking, handshake_async,
+    run_session,
+};
 
-/// How long a client may take to finish its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client that arrives at the connection cap waits for an idle
+/// connection to make room before it is closed.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
 /// How connections share guest instances (DESIGN section 7).
 #[derive(Clone)]
@@ -86,8 +91,12 @@ pub struct ServerOptions {
     pub component: GuestComponent,
     /// Instance per connection, or shared instances.
     pub isolation: Isolation,
-    /// Most connections served at once; more wait in the listen backlog.
+    /// Most connections served at once. At the cap, the longest-idle
+    /// connection is closed (with close_notify) to admit a new client; a
+    /// client that still cannot be admitted is closed promptly.
     pub max_connections: usize,
+    /// Handshake, keep-alive, request and write timeouts.
+    pub timeouts: Timeouts,
     /// How long to wait for sessions to finish after shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -101,6 +110,47 @@ pub struct ServerStats {
     pub handshake_failures: AtomicU64,
     /// Sessions whose guest failed.
     pub guest_failures: AtomicU64,
+    /// Idle connections closed to admit a client at the cap.
+    pub shed: AtomicU64,
+    /// Clients closed at the cap because no connection was idle.
+    pub refused_at_cap: AtomicU64,
+}
+
+/// The connections being served, so the server can find the longest-idle
+/// one when it is at its cap.
+#[derive(Default)]
+struct Slots {
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+}
+
+impl Slots {
+    fn insert(&self, id: u64) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        self.lock().insert(id, slot.clone());
+        slot
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the longest-idle connection to close; false if none is idle.
+    /// Busy connections (mid-handshake, mid-request, writing) are never
+    /// chosen.
+    fn shed_longest_idle(&self) -> bool {
+        let mut idle: Vec<(u64, Arc<Slot>)> = self
+            .lock()
+            .values()
+            .filter_map(|slot| slot.idle_since_ms().map(|ms| (ms, slot.clone())))
+            .collect();
+        idle.sort_by_key(|(ms, _)| *ms);
+        idle.into_iter()
+            .any(|(ms, slot)| slot.shed_if_idle_since(ms))
+    }
 }
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -113,18 +163,22 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<ServerStats>> {
     let stats = Arc::new(ServerStats::default());
-    let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let cap = options.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(cap));
+    // Clients waiting at the cap for room; beyond this many, a new client
+    // is closed at once.
+    let waiting = Arc::new(Semaphore::new(cap));
+    let slots = Arc::new(Slots::default());
+    let epoch = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     warn!(error = %e, "accept failed");
+                    // Out of descriptors, say: give sessions time to end.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -134,8 +188,35 @@ pub async fn serve(
         let options = options.clone();
         let stats = stats.clone();
         let shutdown = shutdown.clone();
+        let permits = permits.clone();
+        let slots = slots.clone();
+        let Ok(waiter) = waiting.clone().try_acquire_owned() else {
+            stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, "at the connection cap with a full queue; closed");
+            continue;
+        };
         tasks.spawn(async move {
-            connection(stream, peer, &options, &stats, shutdown).await;
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    // At the cap: close the longest-idle keep-alive
+                    // connection (never a busy one) and take its place.
+                    if slots.shed_longest_idle() {
+                        stats.shed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match tokio::time::timeout(ADMISSION_WAIT, permits.acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
+                            info!(%peer, "at the connection cap and nothing idle to close; closed");
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                    }
+                }
+            };
+            drop(waiter);
+            connection(stream, peer, &options, &stats, &slots, epoch, shutdown).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -159,14 +240,32 @@ async fn connection(
     peer: SocketAddr,
     options: &ServerOptions,
     stats: &ServerStats,
+    slots: &Slots,
+    epoch: Instant,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id =
+        NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed) | (u64::from(std::process::id()) << 40);
+    let slot = slots.insert(id);
+    session(&mut stream, peer, id, slot, options, stats, epoch, shutdown).await;
+    slots.remove(id);
+}
+
+#[allow(clippy::too_many_arguments, reason = "one connection's whole context")]
+async fn session(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    slot: Arc<Slot>,
+    options: &ServerOptions,
+    stats: &ServerStats,
+    epoch: Instant,
     shutdown: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let id =
-        NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed) | (u64::from(std::process::id()) << 40);
     let _ = stream.set_nodelay(true);
     let handoff = match Handshake::server(&options.tls, id) {
-        Ok(hs) => tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_async(&mut stream, hs))
+        Ok(hs) => tokio::time::timeout(options.timeouts.handshake, handshake_async(stream, hs))
             .await
             .unwrap_or_else(|_| Err(HandshakeError::TimedOut.into())),
         Err(e) => Err(e),
@@ -185,6 +284,10 @@ async fn connection(
         keyferry_guest::ProtocolVersion::Tls13 => "TLSv1.3",
         keyferry_guest::ProtocolVersion::Tls12 => "TLSv1.2",
     };
+    // Bytes the peer sent with its last handshake flight (data in the same
+    // write as its Finished) count as received after the handshake.
+    let read_with_handshake = (handoff.keys.open.buffered_ciphertext.len()
+        + handoff.keys.open.buffered_plaintext.len()) as u64;
     let attached = blocking(|| {
         let guest = match &options.isolation {
             Isolation::PerConnection => options.component.instantiate()?,
@@ -194,10 +297,17 @@ async fn connection(
     });
     let (mut plane, first) = match attached {
         Ok(a) => a,
-        Err(e) => return refuse(&mut stream, peer, stats, e).await,
+        Err(e) => return refuse(stream, peer, stats, e).await,
     };
     let ready = handoff_done.elapsed();
-    let summary = run_session(&mut stream, &mut plane, first, shutdown).await;
+    let control = SessionControl {
+        shutdown,
+        slot,
+        epoch,
+        timeouts: options.timeouts,
+    };
+    let mut summary = run_session(stream, &mut plane, first, control).await;
+    summary.bytes_in += read_with_handshake;
     drop(plane);
     let ending = match &summary.ending {
         Ending::Clean => "close_notify".to_string(),
@@ -206,6 +316,10 @@ async fn connection(
         Ending::Peer(Closed::LocalAlert(a)) => format!("sent alert {a}"),
         Ending::Peer(Closed::CloseNotify) => "close_notify".to_string(),
         Ending::Shutdown => "server shutdown".to_string(),
+        Ending::Shed => "closed while idle to admit a client at the cap".to_string(),
+        Ending::KeepaliveTimeout => "keep-alive timeout".to_string(),
+        Ending::RequestTimeout => "request timeout (peer stalled mid-request)".to_string(),
+        Ending::WriteTimeout => "write timeout (peer stopped reading)".to_string(),
         Ending::GuestFailed(e) => {
             stats.guest_failures.fetch_add(1, Ordering::Relaxed);
             warn!(%peer, error = %e, "guest failed; its connection is closed, the server carries on");

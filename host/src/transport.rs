@@ -4,6 +4,8 @@
 //! only move bytes and keep time.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use keyferry_guest::connection::Closed;
@@ -13,10 +15,91 @@ use crate::dataplane::{DataPlane, Delivery};
 use crate::error::{HandshakeError, Result};
 use crate::handshake::{Handoff, Handshake, Progress};
 
-/// A session with no bytes from the peer for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// A write the peer does not drain within this long ends the session.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a session may wait on its peer, in each state (nginx's
+/// `keepalive_timeout`, `client_header_timeout` and `send_timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long a client may take to finish its handshake.
+    pub handshake: Duration,
+    /// An idle connection (nothing half received, the application idle,
+    /// e.g. a keep-alive connection between requests) is closed with
+    /// close_notify after this long without a byte.
+    pub keepalive: Duration,
+    /// A connection in the middle of a record or request is closed after
+    /// this long without a byte.
+    pub request: Duration,
+    /// A write the peer does not drain within this long ends the session.
+    pub write: Duration,
+}
+
+impl Default for Timeouts {
+    /// nginx's defaults, and a 10 s handshake.
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            keepalive: Duration::from_secs(75),
+            request: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A session's place among a server's connections: whether it is idle, and
+/// a way for the server to ask it to close so another client can be
+/// admitted.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Milliseconds since `epoch` when the session last became idle; 0
+    /// while it is busy (mid-handshake, mid-record, mid-request, writing).
+    idle_since_ms: AtomicU64,
+    shed: tokio::sync::Notify,
+}
+
+impl Slot {
+    fn set_idle(&self, epoch: Instant, idle: bool) {
+        let ms = if idle {
+            u64::try_from(epoch.elapsed().as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        } else {
+            0
+        };
+        self.idle_since_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the session became idle, in ms since the server's epoch.
+    pub fn idle_since_ms(&self) -> Option<u64> {
+        match self.idle_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+
+    /// Asks an idle session to close (with close_notify). Returns false if
+    /// it stopped being idle since `seen_ms` (it is then left alone).
+    pub fn shed_if_idle_since(&self, seen_ms: u64) -> bool {
+        let claimed = self
+            .idle_since_ms
+            .compare_exchange(seen_ms, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if claimed {
+            self.shed.notify_one();
+        }
+        claimed
+    }
+}
+
+/// What a served session listens to besides its peer.
+pub struct SessionControl {
+    /// Becomes true when the server shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The session's slot among the server's connections.
+    pub slot: Arc<Slot>,
+    /// The server's time origin for [`Slot`] timestamps.
+    pub epoch: Instant,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
 
 /// Read buffer size: one maximal record and its header.
 const READ_CHUNK: usize = 16 * 1024 + 512;
@@ -79,6 +162,14 @@ pub enum Ending {
     Peer(Closed),
     /// The host shut the session down (Ctrl-C).
     Shutdown,
+    /// The server closed this idle connection to admit another client.
+    Shed,
+    /// An idle connection reached the keep-alive timeout.
+    KeepaliveTimeout,
+    /// A connection stalled mid-record or mid-request.
+    RequestTimeout,
+    /// The peer stopped reading what we sent.
+    WriteTimeout,
     /// The guest failed (trap, limit, bad output); the text says how.
     GuestFailed(String),
     /// The transport failed, or the peer stayed silent or stopped reading.
@@ -117,14 +208,15 @@ pub fn blocking<R>(call: impl FnOnce() -> R) -> R {
 }
 
 /// Serves a connection whose application runs in the guest, over a tokio
-/// stream, until it ends, the peer leaves or stalls, or `shutdown` fires.
-/// `first` is what [`DataPlane::new`] delivered. A guest failure ends only
-/// this session (and, for a shared instance, the sessions sharing it).
+/// stream, until it ends, the peer leaves or stalls, the server sheds it or
+/// shuts down. `first` is what [`DataPlane::new`] delivered. A guest
+/// failure ends only this session (and, for a shared instance, the sessions
+/// sharing it).
 pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     plane: &mut DataPlane,
     first: Delivery,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut control: SessionControl,
 ) -> SessionSummary {
     let started = Instant::now();
     let mut summary = SessionSummary {
@@ -133,9 +225,11 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         ending: Ending::Clean,
         duration: Duration::ZERO,
     };
+    let slot = control.slot.clone();
     let mut buf = vec![0u8; READ_CHUNK];
     let mut step: Result<Delivery> = Ok(first);
     let mut eof = false;
+    let mut closing = false;
     loop {
         let d = match step {
             Ok(d) if !d.plaintext.is_empty() => {
@@ -159,15 +253,23 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 stream.write_all(&d.to_send).await?;
                 stream.flush().await
             };
-            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            // A peer that never reads must not hold its slot forever, nor
+            // keep the server from shutting down.
+            let written = tokio::select! {
+                w = tokio::time::timeout(control.timeouts.write, write) => w,
+                _ = control.shutdown.changed(), if !closing => {
+                    summary.ending = Ending::Shutdown;
+                    break;
+                }
+            };
+            match written {
                 Ok(Ok(())) => summary.bytes_out += d.to_send.len() as u64,
                 Ok(Err(e)) => {
                     summary.ending = Ending::Transport(e.to_string());
                     break;
                 }
                 Err(_) => {
-                    summary.ending =
-                        Ending::Transport("write timeout: the peer stopped reading".into());
+                    summary.ending = Ending::WriteTimeout;
                     break;
                 }
             }
@@ -176,39 +278,62 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             // After EOF the transport is over whatever the guest says: a
             // guest that keeps answering `done: false` must not spin on a
             // closed socket.
-            summary.ending = match (d.closed, &summary.ending) {
-                (_, Ending::Shutdown) => Ending::Shutdown,
-                (Some(c), _) if c != Closed::CloseNotify => Ending::Peer(c),
-                (None, _) if eof => Ending::Peer(Closed::Truncated),
+            summary.ending = match d.closed {
+                // We closed it (shutdown, shed, keep-alive timeout): that
+                // is the ending, whatever the peer's side said.
+                _ if closing => summary.ending.clone(),
+                Some(c) if c != Closed::CloseNotify => Ending::Peer(c),
+                None if eof => Ending::Peer(Closed::Truncated),
                 _ => Ending::Clean,
             };
             break;
         }
+        slot.set_idle(control.epoch, d.idle);
+        let wait = if d.idle {
+            control.timeouts.keepalive
+        } else {
+            control.timeouts.request
+        };
         step = tokio::select! {
-            read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => match read {
-                Err(_) => {
-                    summary.ending = Ending::Transport("idle timeout".into());
-                    break;
-                }
-                Ok(Ok(0)) => {
-                    eof = true;
-                    blocking(|| plane.end_of_stream())
-                }
-                Ok(Ok(n)) => {
-                    summary.bytes_in += n as u64;
-                    blocking(|| plane.receive(&buf[..n]))
-                }
-                Ok(Err(e)) => {
-                    summary.ending = Ending::Transport(e.to_string());
-                    break;
+            read = tokio::time::timeout(wait, stream.read(&mut buf)) => {
+                slot.set_idle(control.epoch, false);
+                match read {
+                    Err(_) if d.idle => {
+                        summary.ending = Ending::KeepaliveTimeout;
+                        closing = true;
+                        blocking(|| plane.close())
+                    }
+                    Err(_) => {
+                        summary.ending = Ending::RequestTimeout;
+                        break;
+                    }
+                    Ok(Ok(0)) => {
+                        eof = true;
+                        blocking(|| plane.end_of_stream())
+                    }
+                    Ok(Ok(n)) => {
+                        summary.bytes_in += n as u64;
+                        blocking(|| plane.receive(&buf[..n]))
+                    }
+                    Ok(Err(e)) => {
+                        summary.ending = Ending::Transport(e.to_string());
+                        break;
+                    }
                 }
             },
-            _ = shutdown.changed() => {
+            _ = slot.shed.notified() => {
+                summary.ending = Ending::Shed;
+                closing = true;
+                blocking(|| plane.close())
+            }
+            _ = control.shutdown.changed(), if !closing => {
                 summary.ending = Ending::Shutdown;
+                closing = true;
                 blocking(|| plane.close())
             }
         };
     }
+    slot.set_idle(control.epoch, false);
     let _ = stream.shutdown().await;
     summary.duration = started.elapsed();
     summary

@@ -85,3 +85,20 @@ fn help_and_self_check_work() {
         String::from_utf8_lossy(&out.stdout).contains("ok tls 1.3 records (RFC 8448 section 3)")
     );
 }
+
+#[test]
+fn alpn_the_responder_cannot_speak_is_refused() {
+    let err = serve_fails(&["--listen", "127.0.0.1:0", "--alpn", "h2"]);
+    assert!(
+        err.contains("--alpn h2") && err.contains("only http/1.1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn listen_takes_a_host_name() {
+    let server = Server::start_listening("localhost:0", &["--echo"]);
+    let mut c = keyferry_tests::process::rustls_client(&server.addr());
+    keyferry_tests::process::write_all(&mut c, b"by name");
+    assert_eq!(keyferry_tests::process::read_exact(&mut c, 7), b"by name");
+}

@@ -211,3 +211,40 @@ fn openssl_s_client_echo_over_tls12_padding_and_small_fragments() {
     let long = "x".repeat(3000);
     c.echo(&format!("fragmented-{long}-end"));
 }
+
+#[test]
+fn the_log_line_counts_data_sent_with_the_finished() {
+    let server = Server::start(&["--echo"]);
+    let config = keyferry::tls::TlsOptions::default()
+        .client_config(keyferry::tls::ServerVerification::DangerousNone)
+        .unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    // Written before the handshake ends: rustls sends it in the same flight
+    // as its Finished, so it reaches the guest through the handoff.
+    conn.writer().write_all(b"early bird").unwrap();
+    let mut sock = std::net::TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(keyferry_tests::process::PATIENCE))
+        .unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    while conn.wants_write() {
+        conn.write_tls(&mut sock).unwrap();
+    }
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    assert_eq!(
+        keyferry_tests::process::read_exact(&mut tls, 10),
+        b"early bird"
+    );
+    drop(tls);
+    let log = server.stderr.wait_for("bytes_in=");
+    let bytes_in: u64 = log
+        .split("bytes_in=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a bytes_in field");
+    assert!(bytes_in >= 10, "the early data is counted: {log}");
+}

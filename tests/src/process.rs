@@ -68,14 +68,20 @@ impl Captured {
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    address: String,
     pub stderr: Captured,
 }
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
+        Self::start_listening("127.0.0.1:0", args)
+    }
+
+    /// `keyferry serve --listen ADDRESS` with `args`.
+    pub fn start_listening(address: &str, args: &[&str]) -> Server {
         let mut child = Command::new(keyferry())
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", address])
             .args(args)
             .env("KEYFERRY_LOG", "info")
             .stdin(Stdio::null())
@@ -87,17 +93,25 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read the start-up line");
-        let port = line
-            .split("https://127.0.0.1:")
+        let address = line
+            .split("https://")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
-            .and_then(|p| p.parse().ok())
+            .filter(|a| {
+                a.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            })
             .unwrap_or_else(|| {
                 panic!(
                     "no address in start-up line {line:?}; stderr:\n{}",
                     stderr.text()
                 )
-            });
+            })
+            .to_string();
+        let port = address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("checked above");
         assert!(line.contains("certificate SHA-256"), "{line}");
         std::thread::spawn(move || {
             let mut sink = Vec::new();
@@ -106,16 +120,18 @@ impl Server {
         Server {
             child,
             port,
+            address,
             stderr,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
+        format!("https://{}{path}", self.address)
     }
 
+    /// The address the server listens on, as it printed it.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.address.clone()
     }
 
     /// Whether the server process is still running.

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use keyferry::handshake::Handshake;
 use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
 use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
+use keyferry::transport::Timeouts;
 use keyferry::{DataPlane, ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
 use keyferry_cli::{apps, bench, serve_bench};
 use rustls::pki_types::ServerName;
@@ -139,9 +140,10 @@ impl TlsArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: IP:PORT or HOST:PORT (a host name is
+    /// resolved; the first address that binds is used).
     #[arg(long, default_value = "127.0.0.1:8443")]
-    listen: SocketAddr,
+    listen: String,
     /// PEM certificate chain (a self-signed one is made at start without it).
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
@@ -156,9 +158,23 @@ struct ServeArgs {
     /// Echo instead of the HTTP responder.
     #[arg(long, conflicts_with = "guest")]
     echo: bool,
-    /// Most connections served at once.
+    /// Most connections served at once. At the cap the longest-idle
+    /// keep-alive connection is closed to admit a new client; a client that
+    /// still cannot be admitted within 2 s is closed.
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
+    /// Seconds an idle connection (between requests) stays open.
+    #[arg(long, default_value_t = 75)]
+    keepalive_timeout: u64,
+    /// Seconds a connection may stall in the middle of a request.
+    #[arg(long, default_value_t = 60)]
+    request_timeout: u64,
+    /// Seconds a client may take to finish its handshake.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Seconds a write may wait for a client that does not read.
+    #[arg(long, default_value_t = 60)]
+    write_timeout: u64,
     /// Share this many guest instances among all connections instead of a
     /// fresh instance per connection (cheaper handshakes; a guest failure
     /// then ends every connection in its instance).
@@ -200,8 +216,9 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYFERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::new(log_directives(
+        std::env::var("KEYFERRY_LOG").ok().as_deref(),
+    ));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -229,6 +246,23 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The log filter. A bare level (`KEYFERRY_LOG=debug`) applies to keyferry's
+/// own targets, with everything else at `warn`: wasmtime and cranelift log
+/// thousands of lines at start at debug. rustls stays at `error` unless
+/// named: it warns once per client that sends an IP address as SNI.
+/// Anything with `=` in it is taken as a full `tracing` filter.
+fn log_directives(setting: Option<&str>) -> String {
+    match setting.map(str::trim) {
+        Some(full) if full.contains('=') => full.to_string(),
+        Some(level) if !level.is_empty() => {
+            format!(
+                "warn,rustls=error,keyferry={level},keyferry_cli={level},keyferry_guest={level}"
+            )
+        }
+        _ => "info,rustls=error".to_string(),
     }
 }
 
@@ -290,9 +324,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    // The built-in responder speaks HTTP/1.1 only: do not let ALPN promise
+    // a client anything else.
+    if args.guest.is_none()
+        && !args.echo
+        && let Some(other) = args.tls.alpn.iter().find(|p| *p != "http/1.1")
+    {
+        bail!(
+            "--alpn {other}: the built-in HTTP responder speaks only http/1.1 \
+             (use --echo, or --guest with an application that speaks {other})"
+        );
+    }
+    let listen_host = args
+        .listen
+        .rsplit_once(':')
+        .map(|(host, _)| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+        .context("--listen must be HOST:PORT")?;
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
-        _ => Identity::self_signed(&["localhost".to_string(), args.listen.ip().to_string()])?,
+        _ => Identity::self_signed(&["localhost".to_string(), listen_host])?,
     };
     let options = args.tls.options();
     let tls = Arc::new(options.server_config(&identity)?);
@@ -320,7 +374,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(args.listen.as_str())
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
@@ -340,6 +394,12 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             tls,
             component,
             max_connections: args.max_connections,
+            timeouts: Timeouts {
+                handshake: Duration::from_secs(args.handshake_timeout.max(1)),
+                keepalive: Duration::from_secs(args.keepalive_timeout.max(1)),
+                request: Duration::from_secs(args.request_timeout.max(1)),
+                write: Duration::from_secs(args.write_timeout.max(1)),
+            },
             isolation: match args.shared_instances {
                 Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
                 None => Isolation::PerConnection,
@@ -387,7 +447,7 @@ fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
         stream.set_nodelay(true)?;
         let hs = Handshake::client(&config, server_name, rand_id())?;
         let handoff = tokio::time::timeout(
-            keyferry::server::HANDSHAKE_TIMEOUT,
+            Timeouts::default().handshake,
             keyferry::transport::handshake_async(&mut stream, hs),
         )
         .await
@@ -466,5 +526,20 @@ mod tests {
     fn verify_cli() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_bare_log_level_is_scoped_to_keyferry() {
+        let d = super::log_directives(Some("debug"));
+        assert!(
+            d.starts_with("warn,") && d.contains("keyferry=debug"),
+            "{d}"
+        );
+        assert!(!d.contains("cranelift"), "{d}");
+        assert_eq!(
+            super::log_directives(Some("wasmtime=trace")),
+            "wasmtime=trace"
+        );
+        assert_eq!(super::log_directives(None), "info,rustls=error");
     }
 }
