@@ -147,9 +147,25 @@ pub fn peek_header(blob: &[u8]) -> Result<BlobHeader> {
 
 /// Seals traffic-key material to `recipient` (an X25519 public key).
 pub fn seal_traffic_key(recipient: &[u8], m: &TrafficKeyMaterial) -> Result<Vec<u8>> {
-    let mut w = Zeroizing::new(Vec::with_capacity(
-        128 + m.buffered_plaintext.len() + m.buffered_ciphertext.len(),
-    ));
+    seal(recipient, BlobKind::TrafficKey, &traffic_key_contents(m)?)
+}
+
+/// The clear contents of a traffic-key blob. The buffer is sized exactly
+/// and never grows: a reallocation would free a block holding the key, IV
+/// and secret without wiping it.
+fn traffic_key_contents(m: &TrafficKeyMaterial) -> Result<Zeroizing<Vec<u8>>> {
+    let len = COMMON_LEN
+        + 3
+        + 4
+        + 8
+        + 8
+        + 8
+        + (1 + m.key.len())
+        + (1 + m.iv.len())
+        + (1 + m.secret.len())
+        + (4 + m.buffered_plaintext.len())
+        + (4 + m.buffered_ciphertext.len());
+    let mut w = Zeroizing::new(Vec::with_capacity(len));
     let blob_id = random_id()?;
     put_common(
         &mut w,
@@ -170,17 +186,32 @@ pub fn seal_traffic_key(recipient: &[u8], m: &TrafficKeyMaterial) -> Result<Vec<
     put_short(&mut w, &m.secret)?;
     put_long(&mut w, &m.buffered_plaintext)?;
     put_long(&mut w, &m.buffered_ciphertext)?;
-    seal(recipient, BlobKind::TrafficKey, &w)
+    exactly_sized(w, len)
 }
 
 /// Seals a MAC key to `recipient`.
 pub fn seal_mac_key(recipient: &[u8], key: &MacKey) -> Result<Vec<u8>> {
-    let mut w = Zeroizing::new(Vec::with_capacity(64 + key.key.len()));
+    seal(recipient, BlobKind::MacKey, &mac_key_contents(key)?)
+}
+
+/// The clear contents of a MAC-key blob, sized exactly as above.
+fn mac_key_contents(key: &MacKey) -> Result<Zeroizing<Vec<u8>>> {
+    let len = COMMON_LEN + 1 + (1 + key.key.len());
+    let mut w = Zeroizing::new(Vec::with_capacity(len));
     let blob_id = random_id()?;
     put_common(&mut w, &blob_id, key.connection_id, key.exportable, false);
     w.push(key.algorithm.code());
     put_short(&mut w, &key.key)?;
-    seal(recipient, BlobKind::MacKey, &w)
+    exactly_sized(w, len)
+}
+
+/// Checks that a secret buffer was filled to exactly the size it was
+/// allocated with, so no earlier, unwiped block of it was ever freed.
+fn exactly_sized(w: Zeroizing<Vec<u8>>, len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    if w.len() != len || w.capacity() != len {
+        return Err(Error::InvalidArgument("blob contents mis-sized"));
+    }
+    Ok(w)
 }
 
 /// Opens a traffic-key blob addressed to `keys`. Returns the blob id (for
@@ -305,6 +336,9 @@ fn random_id() -> Result<[u8; 16]> {
     Ok(id)
 }
 
+/// Blob id, connection id, flags.
+const COMMON_LEN: usize = 16 + 8 + 1;
+
 fn put_common(
     w: &mut Vec<u8>,
     blob_id: &[u8; 16],
@@ -404,5 +438,52 @@ impl<'a> Reader<'a> {
         } else {
             Err(BlobError::Malformed.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_buffers_never_grow_so_no_unwiped_copy_is_freed() {
+        // The suite `serve` prefers and the largest: a buffer sized short
+        // of these (as a fixed 128 bytes was) reallocates mid-write.
+        for (version, aead) in [
+            (ProtocolVersion::Tls13, AeadAlgorithm::ChaCha20Poly1305),
+            (ProtocolVersion::Tls13, AeadAlgorithm::Aes256Gcm),
+            (ProtocolVersion::Tls13, AeadAlgorithm::Aes128Gcm),
+            (ProtocolVersion::Tls12, AeadAlgorithm::Aes256Gcm),
+        ] {
+            for buffered in [0usize, 1, 200, 16 * 1024 + 5] {
+                let mut m = match version {
+                    ProtocolVersion::Tls13 => TrafficKeyMaterial::from_tls13_secret(
+                        aead,
+                        Direction::Open,
+                        &vec![3; aead.tls13_hash().output_len()],
+                        5,
+                        9,
+                    )
+                    .unwrap(),
+                    ProtocolVersion::Tls12 => TrafficKeyMaterial::new(
+                        version,
+                        aead,
+                        Direction::Open,
+                        &vec![3; aead.key_len()],
+                        &[4; 12],
+                        &[],
+                        5,
+                        9,
+                    ),
+                };
+                m.buffered_plaintext = Zeroizing::new(vec![1; buffered]);
+                m.buffered_ciphertext = vec![2; buffered / 2];
+                let w = traffic_key_contents(&m).unwrap();
+                assert_eq!(w.len(), w.capacity(), "{version:?} {aead:?} {buffered}");
+            }
+        }
+        let mac = MacKey::new(MacAlgorithm::HmacSha384, &[5; 48], true, 1).unwrap();
+        let w = mac_key_contents(&mac).unwrap();
+        assert_eq!(w.len(), w.capacity());
     }
 }

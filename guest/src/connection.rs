@@ -30,6 +30,14 @@ const MAX_HANDSHAKE_MESSAGE: usize = 64 * 1024;
 /// KeyUpdate requests tolerated without application data in between, as
 /// rustls does, so a peer cannot keep us re-keying forever.
 const MAX_KEY_UPDATE_REQUESTS: u32 = 32;
+/// Consecutive empty application-data records tolerated (rustls: 32): each
+/// costs an AEAD open and delivers nothing.
+const MAX_EMPTY_RECORDS: u32 = 32;
+/// Warning alerts tolerated over a connection's life (rustls and BoringSSL:
+/// 4).
+const MAX_WARNING_ALERTS: u32 = 4;
+/// Renegotiation attempts declined before the next one is fatal (rustls: 1).
+const MAX_RENEGOTIATION_ATTEMPTS: u32 = 1;
 
 /// Which side of the handshake this connection was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +119,9 @@ pub struct Connection {
     read: ReadState,
     write_closed: bool,
     key_update_requests: u32,
+    empty_records: u32,
+    warning_alerts: u32,
+    renegotiation_attempts: u32,
     started: bool,
 }
 
@@ -134,6 +145,9 @@ impl Connection {
             read: ReadState::Open,
             write_closed: false,
             key_update_requests: 0,
+            empty_records: 0,
+            warning_alerts: 0,
+            renegotiation_attempts: 0,
             started: false,
         })
     }
@@ -309,8 +323,14 @@ impl Connection {
                     // Handshake fragments may not interleave with other types.
                     return Err(Error::Alert(Alert::UnexpectedMessage));
                 }
-                if !payload.is_empty() {
+                if payload.is_empty() {
+                    self.empty_records += 1;
+                    if self.empty_records > MAX_EMPTY_RECORDS {
+                        return Err(Error::Alert(Alert::UnexpectedMessage));
+                    }
+                } else {
                     self.key_update_requests = 0;
+                    self.empty_records = 0;
                 }
                 out.plaintext.extend_from_slice(&payload);
                 let mut payload = payload;
@@ -339,13 +359,22 @@ impl Connection {
             }
             // TLS 1.3 treats every other alert as fatal except
             // user_canceled; TLS 1.2 lets warnings pass.
-            USER_CANCELED => {}
-            _ if level == 1 && self.open.version == ProtocolVersion::Tls12 => {}
+            USER_CANCELED => self.warning()?,
+            _ if level == 1 && self.open.version == ProtocolVersion::Tls12 => self.warning()?,
             d => {
                 self.write_closed = true;
                 self.read = ReadState::Closed(Closed::PeerAlert(d));
                 out.closed = Some(Closed::PeerAlert(d));
             }
+        }
+        Ok(())
+    }
+
+    /// Counts a warning alert; past the allowance a peer is flooding us.
+    fn warning(&mut self) -> Result<()> {
+        self.warning_alerts += 1;
+        if self.warning_alerts > MAX_WARNING_ALERTS {
+            return Err(Error::Alert(Alert::UnexpectedMessage));
         }
         Ok(())
     }
@@ -415,6 +444,10 @@ impl Connection {
             HELLO_REQUEST | CLIENT_HELLO
                 if !tls13 && (message[0] == HELLO_REQUEST) == (self.facts.role == Role::Client) =>
             {
+                self.renegotiation_attempts += 1;
+                if self.renegotiation_attempts > MAX_RENEGOTIATION_ATTEMPTS {
+                    return Err(Error::Alert(Alert::UnexpectedMessage));
+                }
                 if !self.write_closed {
                     out.to_send.extend(self.seal.seal(
                         ContentType::Alert,
@@ -544,6 +577,57 @@ mod tests {
             assert_eq!(answer.closed, None, "a warning, not a fatal alert");
             let data = b.send(b"still here").unwrap();
             assert_eq!(&a.receive(&data).plaintext[..], b"still here");
+        }
+    }
+
+    #[test]
+    fn floods_of_empty_records_warnings_and_renegotiations_are_cut_off() {
+        let (mut a, mut b) = pair(AeadAlgorithm::ChaCha20Poly1305, Role::Client);
+        for _ in 0..MAX_EMPTY_RECORDS {
+            let wire = a.seal.seal(ContentType::ApplicationData, &[], 0).unwrap();
+            assert_eq!(b.receive(&wire).closed, None);
+        }
+        let wire = a.seal.seal(ContentType::ApplicationData, b"x", 0).unwrap();
+        assert_eq!(
+            &b.receive(&wire).plaintext[..],
+            b"x",
+            "data resets the count"
+        );
+        for i in 0..=MAX_EMPTY_RECORDS {
+            let wire = a.seal.seal(ContentType::ApplicationData, &[], 0).unwrap();
+            let out = b.receive(&wire);
+            let expected =
+                (i == MAX_EMPTY_RECORDS).then_some(Closed::LocalAlert(Alert::UnexpectedMessage));
+            assert_eq!(out.closed, expected, "empty record {i}");
+        }
+
+        let tls12 = || {
+            pair_of(
+                ProtocolVersion::Tls12,
+                AeadAlgorithm::Aes128Gcm,
+                Role::Client,
+            )
+        };
+        let (mut a, mut b) = tls12();
+        for i in 0..=MAX_WARNING_ALERTS {
+            let wire = a
+                .seal
+                .seal(ContentType::Alert, &[1, USER_CANCELED], 0)
+                .unwrap();
+            let out = b.receive(&wire);
+            assert_eq!(out.closed.is_some(), i == MAX_WARNING_ALERTS, "warning {i}");
+        }
+
+        let (mut a, mut b) = tls12();
+        for i in 0..=MAX_RENEGOTIATION_ATTEMPTS {
+            let hello = [CLIENT_HELLO, 0, 0, 2, 3, 3];
+            let wire = a.seal.seal(ContentType::Handshake, &hello, 0).unwrap();
+            let out = b.receive(&wire);
+            assert_eq!(
+                out.closed.is_some(),
+                i == MAX_RENEGOTIATION_ATTEMPTS,
+                "renegotiation {i}"
+            );
         }
     }
 

@@ -341,18 +341,31 @@ impl TrafficKey {
     ) -> Result<Vec<u8>> {
         self.usable(Direction::Seal)?;
         check_sendable(content_type, payload)?;
-        if self.version == ProtocolVersion::Tls13
-            && payload.len() + 1 + padding > MAX_INNER_PLAINTEXT
+        // Padding only exists in TLS 1.3. Every length here is checked: a
+        // wrapped sum would let a caller's padding turn one content type
+        // into another on the wire.
+        let padding = match self.version {
+            ProtocolVersion::Tls13 => padding,
+            ProtocolVersion::Tls12 => 0,
+        };
+        let inner_len = payload
+            .len()
+            .checked_add(1)
+            .and_then(|n| n.checked_add(padding))
+            .filter(|n| *n <= MAX_INNER_PLAINTEXT)
+            .ok_or(Error::Alert(Alert::RecordOverflow))?;
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + TLS12_EXPLICIT_NONCE_LEN + inner_len + TAG_LEN);
+        // A TLS 1.2 AES-GCM key cannot update itself: it stops at its
+        // limit, keeping the last record for an alert, so it can still say
+        // close_notify instead of leaving the peer to see a truncation.
+        if self.version == ProtocolVersion::Tls12
+            && self.sequence >= self.auto_update_limit.saturating_sub(1)
+            && (content_type != ContentType::Alert || self.sequence >= self.auto_update_limit)
         {
-            return Err(Error::Alert(Alert::RecordOverflow));
+            return Err(Error::Unusable(UnusableReason::Exhausted));
         }
-        let mut out = Vec::with_capacity(
-            HEADER_LEN + TLS12_EXPLICIT_NONCE_LEN + payload.len() + 1 + padding + TAG_LEN,
-        );
         if self.sequence >= self.auto_update_limit {
-            if self.version == ProtocolVersion::Tls12 {
-                return Err(Error::Unusable(UnusableReason::Exhausted));
-            }
             self.seal_into(
                 &mut out,
                 ContentType::Handshake,
@@ -404,9 +417,15 @@ impl TrafficKey {
         let start = out.len();
         match self.version {
             ProtocolVersion::Tls13 => {
-                let body_len = payload.len() + 1 + padding + TAG_LEN;
+                let body_len = payload
+                    .len()
+                    .checked_add(1 + TAG_LEN)
+                    .and_then(|n| n.checked_add(padding))
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| usize::from(*n) <= MAX_CIPHERTEXT)
+                    .ok_or(Error::Alert(Alert::RecordOverflow))?;
                 out.extend_from_slice(&[ContentType::ApplicationData.code(), 3, 3]);
-                out.extend_from_slice(&(body_len as u16).to_be_bytes());
+                out.extend_from_slice(&body_len.to_be_bytes());
                 out.extend_from_slice(payload);
                 out.push(content_type.code());
                 out.resize(out.len() + padding, 0);
@@ -443,14 +462,18 @@ impl TrafficKey {
                     } else {
                         0
                     };
+                let body_len = u16::try_from(body_len)
+                    .ok()
+                    .filter(|n| usize::from(*n) <= MAX_CIPHERTEXT)
+                    .ok_or(Error::Alert(Alert::RecordOverflow))?;
                 out.extend_from_slice(&[content_type.code(), 3, 3]);
-                out.extend_from_slice(&(body_len as u16).to_be_bytes());
+                out.extend_from_slice(&body_len.to_be_bytes());
                 let aad = tls12_aad(seq, content_type.code(), [3, 3], payload.len());
                 match &self.residency {
                     Residency::Host { key_ref, service } => {
                         let body =
                             service.seal_record(*key_ref, self.generation, seq, &aad, payload)?;
-                        if body.len() != body_len {
+                        if body.len() != usize::from(body_len) {
                             return Err(Error::KeyService(KeyServiceError::InvalidArgument));
                         }
                         out.extend_from_slice(&body);
@@ -680,5 +703,79 @@ fn check_received(code: u8, payload: &[u8]) -> Result<ContentType> {
         // A protected change_cipher_spec, an empty handshake or alert
         // record, or a type TLS does not define.
         _ => Err(Error::Alert(Alert::UnexpectedMessage)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(version: ProtocolVersion) -> (TrafficKey, TrafficKey) {
+        let key = |direction| {
+            let m = match version {
+                ProtocolVersion::Tls13 => TrafficKeyMaterial::from_tls13_secret(
+                    AeadAlgorithm::ChaCha20Poly1305,
+                    direction,
+                    &[7; 32],
+                    0,
+                    1,
+                )
+                .unwrap(),
+                ProtocolVersion::Tls12 => TrafficKeyMaterial::new(
+                    version,
+                    AeadAlgorithm::Aes128Gcm,
+                    direction,
+                    &[7; 16],
+                    &[9; 12],
+                    &[],
+                    0,
+                    1,
+                ),
+            };
+            TrafficKey::from_material(m, None).unwrap()
+        };
+        (key(Direction::Seal), key(Direction::Open))
+    }
+
+    #[test]
+    fn padding_that_would_wrap_a_length_is_refused() {
+        let (mut seal, mut open) = pair(ProtocolVersion::Tls13);
+        for padding in [
+            usize::MAX,
+            usize::MAX - 1,
+            usize::MAX - 5,
+            MAX_INNER_PLAINTEXT,
+        ] {
+            assert_eq!(
+                seal.seal(ContentType::ApplicationData, b"data", padding),
+                Err(Error::Alert(Alert::RecordOverflow)),
+                "padding {padding}"
+            );
+        }
+        // The key is still good, and a legal padding still round-trips as
+        // application data.
+        let wire = seal
+            .seal(
+                ContentType::ApplicationData,
+                b"data",
+                MAX_INNER_PLAINTEXT - 5,
+            )
+            .unwrap();
+        assert_eq!(
+            open.open(wire).unwrap(),
+            (ContentType::ApplicationData, b"data".to_vec())
+        );
+    }
+
+    #[test]
+    fn tls12_ignores_padding_of_any_size() {
+        let (mut seal, mut open) = pair(ProtocolVersion::Tls12);
+        let wire = seal
+            .seal(ContentType::ApplicationData, b"data", usize::MAX)
+            .unwrap();
+        assert_eq!(
+            open.open(wire).unwrap(),
+            (ContentType::ApplicationData, b"data".to_vec())
+        );
     }
 }

@@ -25,8 +25,11 @@ use crate::instance::{GuestInstance, TrafficKeyState};
 /// The most ciphertext one step may return before the host calls the
 /// output hostile.
 const MAX_STEP_OUTPUT: usize = 64 << 20;
-/// The most events one step may return.
-const MAX_STEP_EVENTS: usize = 64;
+/// The most events one step may return. A step answers at most one read
+/// (or one call), and a server sends a handful of tickets per connection;
+/// rustls keeps a bounded number per server name, and a ticket can only
+/// ever be stored under this connection's own server name.
+const MAX_STEP_EVENTS: usize = 16;
 
 /// What one step delivered.
 #[derive(Default)]

@@ -189,6 +189,23 @@ impl GuestEngine {
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limits);
+        // Everything a guest hands the host in one call (a call's result,
+        // or a key-service request) must live in its memory, so no honest
+        // call moves more than the memory cap. Lists that alias one region
+        // many times could otherwise make the host lift far more (wasmtime's
+        // default allowance is 128 MiB per call).
+        store.set_hostcall_fuel(self.shared.config.memory_limit);
         store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_hands_over_no_more_than_its_memory_per_call() {
+        let engine = GuestEngine::new(SandboxConfig::default().with_memory_limit(8 << 20)).unwrap();
+        assert_eq!(engine.new_store().hostcall_fuel(), 8 << 20);
     }
 }
