@@ -85,6 +85,27 @@ impl DataPlane {
         )
     }
 
+    /// Attaches a connection whose blobs were sealed elsewhere to this
+    /// guest instance (a worker process given a connection by the
+    /// handshake process). The guest may deliver no more plaintext than
+    /// the open blob could carry.
+    pub fn from_blobs(
+        guest: GuestInstance,
+        seal_blob: &[u8],
+        open_blob: &[u8],
+        facts: Facts,
+    ) -> Result<(Self, Delivery)> {
+        Self::attach(
+            guest,
+            seal_blob,
+            open_blob,
+            facts,
+            None,
+            false,
+            open_blob.len(),
+        )
+    }
+
     fn attach(
         guest: GuestInstance,
         seal_blob: &[u8],

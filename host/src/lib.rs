@@ -17,7 +17,10 @@
 //! - [`handshake`] (sans-IO rustls handshake and handoff), [`tls`]
 //!   (identities and configs), [`dataplane`] (the one connection driver);
 //! - [`transport`] (byte-stream loops), [`server`] (`keyferry serve`'s
-//!   accept loop).
+//!   accept loop in one process);
+//! - the process split: [`channel`] (the protocol between the two sides),
+//!   [`worker`] (the unprivileged data-plane side), [`monitor`] (the
+//!   handshake process that holds the key and supervises workers).
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
@@ -30,6 +33,7 @@
 )]
 #[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
 pub mod bindings;
+pub mod channel;
 pub mod component;
 pub mod dataplane;
 pub mod engine;
@@ -38,12 +42,14 @@ pub mod export;
 pub mod handshake;
 pub mod instance;
 pub mod keystore;
+pub mod monitor;
 pub mod server;
 pub mod store;
 pub mod suites;
 pub mod tls;
 pub mod transport;
 mod wit;
+pub mod worker;
 mod x509;
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.

@@ -5,13 +5,11 @@
 //! Each connection is its own tokio task with its own wasmtime store, so a
 //! guest that traps, loops or runs out of memory ends only its connection.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyferry_guest::connection::Closed;
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -24,8 +22,8 @@ use crate::error::{Error, HandshakeError, Result};
 use crate::handshake::Handshake;
 use crate::instance::GuestInstance;
 use crate::transport::{
-    Ending, PLAINTEXT_INTERNAL_ERROR, SessionControl, Slot, Timeouts, blocking, handshake_async,
-    run_session,
+    PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async,
+    log_session, new_connection_id, run_session,
 };
 
 /// How long a client that arrives at the connection cap waits for an idle
@@ -116,45 +114,6 @@ pub struct ServerStats {
     pub refused_at_cap: AtomicU64,
 }
 
-/// The connections being served, so the server can find the longest-idle
-/// one when it is at its cap.
-#[derive(Default)]
-struct Slots {
-    slots: Mutex<HashMap<u64, Arc<Slot>>>,
-}
-
-impl Slots {
-    fn insert(&self, id: u64) -> Arc<Slot> {
-        let slot = Arc::new(Slot::default());
-        self.lock().insert(id, slot.clone());
-        slot
-    }
-
-    fn remove(&self, id: u64) {
-        self.lock().remove(&id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Asks the longest-idle connection to close; false if none is idle.
-    /// Busy connections (mid-handshake, mid-request, writing) are never
-    /// chosen.
-    fn shed_longest_idle(&self) -> bool {
-        let mut idle: Vec<(u64, Arc<Slot>)> = self
-            .lock()
-            .values()
-            .filter_map(|slot| slot.idle_since_ms().map(|ms| (ms, slot.clone())))
-            .collect();
-        idle.sort_by_key(|(ms, _)| *ms);
-        idle.into_iter()
-            .any(|(ms, slot)| slot.shed_if_idle_since(ms))
-    }
-}
-
-static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
-
 /// Serves until `shutdown` becomes true, then sends close_notify on open
 /// connections and waits for them (up to the drain timeout).
 pub async fn serve(
@@ -168,7 +127,7 @@ pub async fn serve(
     // Clients waiting at the cap for room; beyond this many, a new client
     // is closed at once.
     let waiting = Arc::new(Semaphore::new(cap));
-    let slots = Arc::new(Slots::default());
+    let slots = Arc::new(Sessions::default());
     let epoch = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -240,12 +199,11 @@ async fn connection(
     peer: SocketAddr,
     options: &ServerOptions,
     stats: &ServerStats,
-    slots: &Slots,
+    slots: &Sessions,
     epoch: Instant,
     shutdown: watch::Receiver<bool>,
 ) {
-    let id =
-        NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed) | (u64::from(std::process::id()) << 40);
+    let id = new_connection_id();
     let slot = slots.insert(id);
     session(&mut stream, peer, id, slot, options, stats, epoch, shutdown).await;
     slots.remove(id);
@@ -280,10 +238,6 @@ async fn session(
     };
     let handoff_done = Instant::now();
     let facts = handoff.facts.clone();
-    let version = match facts.version {
-        keyferry_guest::ProtocolVersion::Tls13 => "TLSv1.3",
-        keyferry_guest::ProtocolVersion::Tls12 => "TLSv1.2",
-    };
     // Bytes the peer sent with its last handshake flight (data in the same
     // write as its Finished) count as received after the handshake.
     let read_with_handshake = (handoff.keys.open.buffered_ciphertext.len()
@@ -309,34 +263,13 @@ async fn session(
     let mut summary = run_session(stream, &mut plane, first, control).await;
     summary.bytes_in += read_with_handshake;
     drop(plane);
-    let ending = match &summary.ending {
-        Ending::Clean => "close_notify".to_string(),
-        Ending::Peer(Closed::Truncated) => "truncated (EOF without close_notify)".to_string(),
-        Ending::Peer(Closed::PeerAlert(d)) => format!("peer alert {d}"),
-        Ending::Peer(Closed::LocalAlert(a)) => format!("sent alert {a}"),
-        Ending::Peer(Closed::CloseNotify) => "close_notify".to_string(),
-        Ending::Shutdown => "server shutdown".to_string(),
-        Ending::Shed => "closed while idle to admit a client at the cap".to_string(),
-        Ending::KeepaliveTimeout => "keep-alive timeout".to_string(),
-        Ending::RequestTimeout => "request timeout (peer stalled mid-request)".to_string(),
-        Ending::WriteTimeout => "write timeout (peer stopped reading)".to_string(),
-        Ending::GuestFailed(e) => {
-            stats.guest_failures.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, error = %e, "guest failed; its connection is closed, the server carries on");
-            format!("guest failed: {e}")
-        }
-        Ending::Transport(e) => format!("transport error: {e}"),
-    };
-    info!(
-        %peer,
-        version,
-        suite = %facts.suite,
-        sni = facts.server_name.as_deref().unwrap_or("-"),
-        bytes_in = summary.bytes_in,
-        bytes_out = summary.bytes_out,
-        handoff_us = ready.as_micros() as u64,
-        duration_ms = started.elapsed().as_millis() as u64,
-        ending = %ending,
-        "connection"
-    );
+    if log_session(
+        &peer.to_string(),
+        &facts,
+        &summary,
+        ready,
+        started.elapsed(),
+    ) {
+        stats.guest_failures.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -3,12 +3,13 @@
 //! in the sans-IO [`Handshake`] and the guest's [`DataPlane`]; these loops
 //! only move bytes and keep time.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyferry_guest::connection::Closed;
+use keyferry_guest::connection::{Closed, Facts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::dataplane::{DataPlane, Delivery};
@@ -337,4 +338,95 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
     summary.duration = started.elapsed();
     summary
+}
+
+/// The sessions a server (or a worker) is serving, so it can find the
+/// longest-idle one when it is at its cap.
+#[derive(Default)]
+pub struct Sessions {
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+}
+
+impl Sessions {
+    /// Registers session `id`; it starts busy.
+    pub fn insert(&self, id: u64) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        self.lock().insert(id, slot.clone());
+        slot
+    }
+
+    /// Forgets session `id`.
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the longest-idle connection to close; false if none is idle.
+    /// Busy connections (mid-handshake, mid-request, writing) are never
+    /// chosen.
+    pub fn shed_longest_idle(&self) -> bool {
+        let mut idle: Vec<(u64, Arc<Slot>)> = self
+            .lock()
+            .values()
+            .filter_map(|slot| slot.idle_since_ms().map(|ms| (ms, slot.clone())))
+            .collect();
+        idle.sort_by_key(|(ms, _)| *ms);
+        idle.into_iter()
+            .any(|(ms, slot)| slot.shed_if_idle_since(ms))
+    }
+}
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A connection id unique across this host's processes: a counter, with
+/// the process id above it.
+pub(crate) fn new_connection_id() -> u64 {
+    NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed) | (u64::from(std::process::id()) << 40)
+}
+
+/// Writes the per-connection log line; true if the guest failed.
+pub(crate) fn log_session(
+    peer: &str,
+    facts: &Facts,
+    summary: &SessionSummary,
+    handoff: Duration,
+    total: Duration,
+) -> bool {
+    let version = match facts.version {
+        keyferry_guest::ProtocolVersion::Tls13 => "TLSv1.3",
+        keyferry_guest::ProtocolVersion::Tls12 => "TLSv1.2",
+    };
+    let ending = match &summary.ending {
+        Ending::Clean => "close_notify".to_string(),
+        Ending::Peer(Closed::Truncated) => "truncated (EOF without close_notify)".to_string(),
+        Ending::Peer(Closed::PeerAlert(d)) => format!("peer alert {d}"),
+        Ending::Peer(Closed::LocalAlert(a)) => format!("sent alert {a}"),
+        Ending::Peer(Closed::CloseNotify) => "close_notify".to_string(),
+        Ending::Shutdown => "server shutdown".to_string(),
+        Ending::Shed => "closed while idle to admit a client at the cap".to_string(),
+        Ending::KeepaliveTimeout => "keep-alive timeout".to_string(),
+        Ending::RequestTimeout => "request timeout (peer stalled mid-request)".to_string(),
+        Ending::WriteTimeout => "write timeout (peer stopped reading)".to_string(),
+        Ending::GuestFailed(e) => {
+            tracing::warn!(peer, error = %e, "guest failed; its connection is closed, the server carries on");
+            format!("guest failed: {e}")
+        }
+        Ending::Transport(e) => format!("transport error: {e}"),
+    };
+    tracing::info!(
+        peer,
+        version,
+        suite = %facts.suite,
+        sni = facts.server_name.as_deref().unwrap_or("-"),
+        bytes_in = summary.bytes_in,
+        bytes_out = summary.bytes_out,
+        handoff_us = handoff.as_micros() as u64,
+        duration_ms = total.as_millis() as u64,
+        ending = %ending,
+        "connection"
+    );
+    matches!(summary.ending, Ending::GuestFailed(_))
 }

@@ -5,5 +5,6 @@
 mod connect;
 mod limits;
 mod operator;
+mod privsep;
 mod robustness;
 mod serve;

@@ -216,3 +216,92 @@ pub fn write_all(stream: &mut impl Write, data: &[u8]) {
     stream.write_all(data).expect("write");
     stream.flush().expect("flush");
 }
+
+/// The processes whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Whether any readable mapping of process `pid` holds any of `needles`
+/// (read through /proc/PID/mem, which root may do for any process).
+pub fn memory_contains(pid: u32, needles: &[&[u8]]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        // Read in chunks that overlap by a needle's length.
+        let chunk = 8 << 20;
+        let mut at = start;
+        while at < end {
+            let len = ((end - at) as usize).min(chunk + longest);
+            let mut buf = vec![0u8; len];
+            let Ok(n) = mem.read_at(&mut buf, at) else {
+                break;
+            };
+            let buf = &buf[..n];
+            if needles
+                .iter()
+                .any(|needle| buf.windows(needle.len()).any(|w| w == *needle))
+            {
+                return true;
+            }
+            if n == 0 {
+                break;
+            }
+            at += chunk as u64;
+        }
+    }
+    false
+}
+
+/// The DER of the private key in a PEM file, and the raw 32-byte scalar
+/// inside it (an ECDSA P-256 key as rcgen makes them).
+pub fn private_key_bytes(pem: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = PrivateKeyDer::from_pem_file(pem).expect("a PEM private key");
+    let der = der.secret_der().to_vec();
+    // ECPrivateKey: INTEGER 1, OCTET STRING (32) the scalar.
+    let at = der
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+        .expect("an EC private key");
+    let scalar = der[at + 5..at + 37].to_vec();
+    (der, scalar)
+}

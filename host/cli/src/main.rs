@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use keyferry::handshake::Handshake;
+use keyferry::monitor::{MonitorOptions, WorkerCommand};
 use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
 use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
 use keyferry::transport::Timeouts;
@@ -77,6 +78,10 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// A data-plane worker of `serve --workers N`, talking to the
+    /// handshake process on standard input.
+    #[command(hide = true)]
+    Worker(WorkerArgs),
     /// Write the embedded guest component to a file, for `wasmtime run`.
     #[command(after_help = "Example:\n  \
         keyferry write-guest guest.wasm && wasmtime run --invoke 'self-check()' guest.wasm")]
@@ -150,6 +155,40 @@ struct ServeArgs {
     /// PEM private key for --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Data-plane worker processes. The handshake process holds the key
+    /// and hands each connection to a worker that never has it; 0 runs the
+    /// data plane in this process (for embedding and debugging).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// The user workers run as when serve is started as root.
+    #[arg(long, default_value = "nobody")]
+    user: String,
+    /// The program workers run (default: this binary). For tests.
+    #[arg(long, hide = true)]
+    worker_program: Option<PathBuf>,
+    /// Most connections served at once. At the cap the longest-idle
+    /// keep-alive connection is closed to admit a new client; a client that
+    /// still cannot be admitted within 2 s is closed.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Seconds a client may take to finish its handshake.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Share this many guest instances among all connections instead of a
+    /// fresh instance per connection (cheaper handshakes; a guest failure
+    /// then ends every connection in its instance). Needs --workers 0.
+    #[arg(long, value_name = "INSTANCES")]
+    shared_instances: Option<usize>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    plane: PlaneArgs,
+}
+
+/// What runs the data plane: the application, the sandbox, the session
+/// timeouts. `serve` uses these in-process or passes them to its workers.
+#[derive(Args)]
+struct PlaneArgs {
     /// An application component (exporting keyferry:dataplane/connection,
     /// e.g. built with keyferry_guest::export_application!) to run instead
     /// of the built-in HTTP responder.
@@ -158,32 +197,89 @@ struct ServeArgs {
     /// Echo instead of the HTTP responder.
     #[arg(long, conflicts_with = "guest")]
     echo: bool,
-    /// Most connections served at once. At the cap the longest-idle
-    /// keep-alive connection is closed to admit a new client; a client that
-    /// still cannot be admitted within 2 s is closed.
-    #[arg(long, default_value_t = 512)]
-    max_connections: usize,
     /// Seconds an idle connection (between requests) stays open.
     #[arg(long, default_value_t = 75)]
     keepalive_timeout: u64,
     /// Seconds a connection may stall in the middle of a request.
     #[arg(long, default_value_t = 60)]
     request_timeout: u64,
-    /// Seconds a client may take to finish its handshake.
-    #[arg(long, default_value_t = 10)]
-    handshake_timeout: u64,
     /// Seconds a write may wait for a client that does not read.
     #[arg(long, default_value_t = 60)]
     write_timeout: u64,
-    /// Share this many guest instances among all connections instead of a
-    /// fresh instance per connection (cheaper handshakes; a guest failure
-    /// then ends every connection in its instance).
-    #[arg(long, value_name = "INSTANCES")]
-    shared_instances: Option<usize>,
-    #[command(flatten)]
-    tls: TlsArgs,
     #[command(flatten)]
     sandbox: SandboxArgs,
+}
+
+impl PlaneArgs {
+    fn component(&self, engine: &GuestEngine) -> anyhow::Result<GuestComponent> {
+        Ok(match &self.guest {
+            Some(path) => {
+                let wasm = std::fs::read(path)
+                    .with_context(|| format!("reading guest {}", path.display()))?;
+                GuestComponent::new(engine, &wasm)
+                    .with_context(|| format!("loading guest {}", path.display()))?
+            }
+            None if self.echo => GuestComponent::new(engine, apps::ECHO)?,
+            None => GuestComponent::new(engine, apps::HTTP_RESPONDER)?,
+        })
+    }
+
+    fn application(&self) -> &'static str {
+        match (&self.guest, self.echo) {
+            (Some(_), _) => "plugin",
+            (None, true) => "echo",
+            (None, false) => "http",
+        }
+    }
+
+    fn timeouts(&self, handshake: u64) -> Timeouts {
+        Timeouts {
+            handshake: Duration::from_secs(handshake.max(1)),
+            keepalive: Duration::from_secs(self.keepalive_timeout.max(1)),
+            request: Duration::from_secs(self.request_timeout.max(1)),
+            write: Duration::from_secs(self.write_timeout.max(1)),
+        }
+    }
+
+    /// The same settings as `worker` arguments.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(path) = &self.guest {
+            args.extend(["--guest".into(), path.into()]);
+        }
+        if self.echo {
+            args.push("--echo".into());
+        }
+        for (flag, value) in [
+            ("--keepalive-timeout", self.keepalive_timeout),
+            ("--request-timeout", self.request_timeout),
+            ("--write-timeout", self.write_timeout),
+            ("--memory-mib", self.sandbox.memory_mib as u64),
+            ("--deadline-ms", self.sandbox.deadline_ms),
+        ] {
+            args.extend([flag.into(), value.to_string().into()]);
+        }
+        if let Some(fuel) = self.sandbox.fuel {
+            args.extend(["--fuel".into(), fuel.to_string().into()]);
+        }
+        args
+    }
+}
+
+/// A data-plane worker (started by `serve --workers N`; not for people).
+#[derive(Args)]
+struct WorkerArgs {
+    /// Drop to this user id when started as root.
+    #[arg(long, requires = "gid")]
+    uid: Option<u32>,
+    /// Drop to this group id when started as root.
+    #[arg(long, requires = "uid")]
+    gid: Option<u32>,
+    /// Connections this worker may hold (sizes its instance pool).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    #[command(flatten)]
+    plane: PlaneArgs,
 }
 
 #[derive(Args)]
@@ -310,6 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchBaselineServer { listen, cert, key } => {
             serve_bench::baseline_server(listen, &cert, &key)
         }
+        Command::Worker(args) => worker_command(args),
         Command::WriteGuest { path } => {
             std::fs::write(&path, keyferry::REFERENCE_COMPONENT)
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -326,8 +423,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     // The built-in responder speaks HTTP/1.1 only: do not let ALPN promise
     // a client anything else.
-    if args.guest.is_none()
-        && !args.echo
+    if args.plane.guest.is_none()
+        && !args.plane.echo
         && let Some(other) = args.tls.alpn.iter().find(|p| *p != "http/1.1")
     {
         bail!(
@@ -350,25 +447,42 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     };
     let options = args.tls.options();
     let tls = Arc::new(options.server_config(&identity)?);
-    let engine = GuestEngine::new(
-        args.sandbox
-            .config()
-            .with_pooling(u32::try_from(args.max_connections.max(1)).unwrap_or(u32::MAX)),
-    )?;
-    let component = match &args.guest {
-        Some(path) => {
-            let wasm =
-                std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
-            GuestComponent::new(&engine, &wasm)
-                .with_context(|| format!("loading guest {}", path.display()))?
-        }
-        None if args.echo => GuestComponent::new(&engine, apps::ECHO)?,
-        None => GuestComponent::new(&engine, apps::HTTP_RESPONDER)?,
+    if args.workers > 0 && args.shared_instances.is_some() {
+        bail!("--shared-instances shares instances within one process: use it with --workers 0");
+    }
+    let application = args.plane.application();
+    let timeouts = args.plane.timeouts(args.handshake_timeout);
+    // With workers, this process holds the key and never compiles or runs
+    // guest code; the workers do.
+    let in_process = if args.workers == 0 {
+        let engine = GuestEngine::new(
+            args.plane
+                .sandbox
+                .config()
+                .with_pooling(u32::try_from(args.max_connections.max(1)).unwrap_or(u32::MAX)),
+        )?;
+        Some(args.plane.component(&engine)?)
+    } else {
+        None
     };
-    let application = match (&args.guest, args.echo) {
-        (Some(_), _) => "plugin",
-        (None, true) => "echo",
-        (None, false) => "http",
+    let worker_command = WorkerCommand {
+        program: match &args.worker_program {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("finding this binary to start workers")?,
+        },
+        args: {
+            let mut a: Vec<std::ffi::OsString> = vec!["worker".into()];
+            if let Some((uid, gid)) = lookup_user(&args.user)? {
+                a.extend(["--uid".into(), uid.to_string().into()]);
+                a.extend(["--gid".into(), gid.to_string().into()]);
+            }
+            a.extend([
+                "--max-connections".into(),
+                args.max_connections.to_string().into(),
+            ]);
+            a.extend(args.plane.to_args());
+            a
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -378,7 +492,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        info!(address = %local, fingerprint = %identity.fingerprint(), application, "listening");
+        info!(address = %local, fingerprint = %identity.fingerprint(), application, workers = args.workers, "listening");
         println!(
             "keyferry serving on https://{local}/ (certificate SHA-256 {})",
             identity.fingerprint()
@@ -390,29 +504,97 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 let _ = tx.send(true);
             }
         });
-        let options = ServerOptions {
-            tls,
-            component,
-            max_connections: args.max_connections,
-            timeouts: Timeouts {
-                handshake: Duration::from_secs(args.handshake_timeout.max(1)),
-                keepalive: Duration::from_secs(args.keepalive_timeout.max(1)),
-                request: Duration::from_secs(args.request_timeout.max(1)),
-                write: Duration::from_secs(args.write_timeout.max(1)),
-            },
-            isolation: match args.shared_instances {
-                Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
-                None => Isolation::PerConnection,
-            },
-            drain_timeout: Duration::from_secs(5),
+        let stats = match in_process {
+            Some(component) => {
+                let options = ServerOptions {
+                    tls,
+                    component,
+                    max_connections: args.max_connections,
+                    timeouts,
+                    isolation: match args.shared_instances {
+                        Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
+                        None => Isolation::PerConnection,
+                    },
+                    drain_timeout: Duration::from_secs(5),
+                };
+                serve(listener, options, rx).await?
+            }
+            None => {
+                let options = MonitorOptions {
+                    tls,
+                    workers: args.workers,
+                    command: worker_command,
+                    max_connections: args.max_connections,
+                    handshake_timeout: timeouts.handshake,
+                    drain_timeout: Duration::from_secs(5),
+                };
+                keyferry::monitor::serve(listener, options, rx).await?
+            }
         };
-        let stats = serve(listener, options, rx).await?;
         info!(
             accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
             "stopped"
         );
         Ok(())
     })
+}
+
+/// The uid and gid of `name` from /etc/passwd, when this process is root
+/// (otherwise workers keep this process's user and need nothing).
+fn lookup_user(name: &str) -> anyhow::Result<Option<(u32, u32)>> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        })
+        .flatten()
+        .next()
+        .map(Some)
+        .with_context(|| format!("--user {name}: no such user in /etc/passwd"))
+}
+
+/// `keyferry worker`: harden first, while this is the only thread, then
+/// serve what the handshake process hands over on standard input.
+fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
+    use std::os::fd::AsFd;
+    keyferry::worker::harden(args.uid.zip(args.gid))?;
+    let channel = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("the channel on standard input")?;
+    let engine = GuestEngine::new(
+        args.plane
+            .sandbox
+            .config()
+            .with_pooling(u32::try_from(args.max_connections.max(1) + 8).unwrap_or(u32::MAX)),
+    )?;
+    let component = args.plane.component(&engine)?;
+    let options = keyferry::worker::WorkerOptions {
+        component,
+        timeouts: args.plane.timeouts(10),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // Ctrl-C reaches the whole process group: the handshake process tells
+    // workers when to stop, so a worker ignores the signal itself.
+    runtime.block_on(async move {
+        tokio::spawn(async {
+            loop {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    break;
+                }
+            }
+        });
+        keyferry::worker::run(channel, options).await
+    })?;
+    Ok(())
 }
 
 fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {

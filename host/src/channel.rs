@@ -1,0 +1,528 @@
+//! The protocol between the handshake process ([`crate::monitor`]) and its
+//! data-plane workers ([`crate::worker`]): typed, length-checked frames
+//! over a Unix `SOCK_SEQPACKET` socket, with the accepted TCP socket passed
+//! by `SCM_RIGHTS` (rustix does the descriptor passing).
+//!
+//! The list of frames is short on purpose, as OpenSSH's monitor protocol
+//! is. A worker can only say that an instance is ready for a connection
+//! (with the public key the connection's blobs are sealed to) and that a
+//! connection ended; nothing it sends can make the handshake process sign,
+//! decrypt or reveal anything. The handshake process sends a worker the
+//! connection (socket, sealed blobs, handshake facts), asks it to shed an
+//! idle connection, or to shut down. Every frame is one datagram: a frame
+//! that does not parse exactly, or arrives truncated, is an error.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use keyferry_guest::ProtocolVersion;
+use keyferry_guest::blob::PUBLIC_KEY_LEN;
+use keyferry_guest::connection::{Facts, Role};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::instance::ExchangeKey;
+
+/// The largest frame either side sends: two blobs with what was buffered
+/// at handoff (bounded by the handshake's own buffer), and the facts.
+pub const MAX_FRAME: usize = 640 * 1024;
+/// Ready instances one worker may have announced and not yet been given.
+pub const MAX_READY: usize = 64;
+
+const READY: u8 = 1;
+const DONE: u8 = 2;
+const CONNECTION: u8 = 16;
+const SHED_IDLE: u8 = 17;
+const SHUTDOWN: u8 = 18;
+
+/// Why a frame was refused, or the channel failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The frame is shorter than its fields say.
+    #[error("truncated frame")]
+    Truncated,
+    /// Bytes after the last field.
+    #[error("trailing bytes after a frame")]
+    Trailing,
+    /// A frame type this side does not accept.
+    #[error("unexpected frame type {0}")]
+    UnexpectedType(u8),
+    /// A field out of range; the text names it.
+    #[error("bad field: {0}")]
+    BadField(&'static str),
+    /// A frame over [`MAX_FRAME`], or one the kernel truncated.
+    #[error("frame too long")]
+    TooLong,
+    /// A connection frame without its socket, or a descriptor where none
+    /// belongs.
+    #[error("descriptor missing or unexpected")]
+    Descriptor,
+    /// The other side closed the channel.
+    #[error("channel closed")]
+    Closed,
+    /// The socket failed.
+    #[error("channel i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a worker sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FromWorker {
+    /// An instance is ready for one connection; blobs for it are sealed to
+    /// `exchange`.
+    Ready {
+        /// The worker's name for the instance.
+        slot: u32,
+        /// The instance's exchange key.
+        exchange: ExchangeKey,
+    },
+    /// A connection the handshake process handed over has ended.
+    Done {
+        /// Its id.
+        connection_id: u64,
+    },
+}
+
+/// A connection handed to a worker (its socket travels beside the frame).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The ready instance it goes to.
+    pub slot: u32,
+    /// The connection id both blobs carry.
+    pub connection_id: u64,
+    /// The client's address, for the log line.
+    pub peer: String,
+    /// The handshake facts.
+    pub facts: Facts,
+    /// The seal key's blob, sealed to the slot's exchange key.
+    pub seal_blob: Vec<u8>,
+    /// The open key's blob, with whatever was read past the handshake.
+    pub open_blob: Vec<u8>,
+}
+
+/// What the handshake process sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToWorker {
+    /// Serve this connection.
+    Connection(Assignment),
+    /// Close the longest-idle connection (with close_notify) to make room.
+    ShedIdle,
+    /// Send close_notify on every connection and exit.
+    Shutdown,
+}
+
+impl FromWorker {
+    /// The frame's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::new();
+        match self {
+            Self::Ready { slot, exchange } => {
+                w.push(READY);
+                w.extend_from_slice(&slot.to_be_bytes());
+                w.extend_from_slice(&exchange.public_key);
+            }
+            Self::Done { connection_id } => {
+                w.push(DONE);
+                w.extend_from_slice(&connection_id.to_be_bytes());
+            }
+        }
+        w
+    }
+
+    /// Parses a worker's frame; anything but an exact, known frame is an
+    /// error.
+    pub fn decode(frame: &[u8]) -> Result<Self, ChannelError> {
+        let mut r = Reader(frame);
+        let frame = match r.u8()? {
+            READY => {
+                let slot = r.u32()?;
+                let public_key: [u8; PUBLIC_KEY_LEN] = r
+                    .take(PUBLIC_KEY_LEN)?
+                    .try_into()
+                    .map_err(|_| ChannelError::Truncated)?;
+                Self::Ready {
+                    slot,
+                    exchange: ExchangeKey {
+                        id: keyferry_guest::blob::key_id(&public_key),
+                        public_key,
+                    },
+                }
+            }
+            DONE => Self::Done {
+                connection_id: r.u64()?,
+            },
+            other => return Err(ChannelError::UnexpectedType(other)),
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+impl ToWorker {
+    /// The frame's bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, ChannelError> {
+        let mut w = Vec::new();
+        match self {
+            Self::Connection(a) => {
+                w.push(CONNECTION);
+                w.extend_from_slice(&a.slot.to_be_bytes());
+                w.extend_from_slice(&a.connection_id.to_be_bytes());
+                put(&mut w, a.peer.as_bytes())?;
+                put_facts(&mut w, &a.facts)?;
+                put(&mut w, &a.seal_blob)?;
+                put(&mut w, &a.open_blob)?;
+            }
+            Self::ShedIdle => w.push(SHED_IDLE),
+            Self::Shutdown => w.push(SHUTDOWN),
+        }
+        if w.len() > MAX_FRAME {
+            return Err(ChannelError::TooLong);
+        }
+        Ok(w)
+    }
+
+    /// Parses a handshake-process frame.
+    pub fn decode(frame: &[u8]) -> Result<Self, ChannelError> {
+        let mut r = Reader(frame);
+        let frame = match r.u8()? {
+            CONNECTION => Self::Connection(Assignment {
+                slot: r.u32()?,
+                connection_id: r.u64()?,
+                peer: r.string()?,
+                facts: r.facts()?,
+                seal_blob: r.bytes()?.to_vec(),
+                open_blob: r.bytes()?.to_vec(),
+            }),
+            SHED_IDLE => Self::ShedIdle,
+            SHUTDOWN => Self::Shutdown,
+            other => return Err(ChannelError::UnexpectedType(other)),
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+fn put(w: &mut Vec<u8>, bytes: &[u8]) -> Result<(), ChannelError> {
+    let len = u32::try_from(bytes.len()).map_err(|_| ChannelError::TooLong)?;
+    w.extend_from_slice(&len.to_be_bytes());
+    w.extend_from_slice(bytes);
+    Ok(())
+}
+
+fn put_option(w: &mut Vec<u8>, bytes: Option<&[u8]>) -> Result<(), ChannelError> {
+    match bytes {
+        None => w.push(0),
+        Some(b) => {
+            w.push(1);
+            put(w, b)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_facts(w: &mut Vec<u8>, f: &Facts) -> Result<(), ChannelError> {
+    w.push(match f.role {
+        Role::Client => 0,
+        Role::Server => 1,
+    });
+    w.push(match f.version {
+        ProtocolVersion::Tls12 => 2,
+        ProtocolVersion::Tls13 => 3,
+    });
+    put(w, f.suite.as_bytes())?;
+    put_option(w, f.server_name.as_deref().map(str::as_bytes))?;
+    put_option(w, f.alpn.as_deref())?;
+    put_option(w, f.peer_subject.as_deref().map(str::as_bytes))?;
+    w.extend_from_slice(&f.connection_id.to_be_bytes());
+    Ok(())
+}
+
+/// A bounds-checked reader: every short read is an error, never a panic.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ChannelError> {
+        if self.0.len() < n {
+            return Err(ChannelError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, ChannelError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, ChannelError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, ChannelError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], ChannelError> {
+        let len = usize::try_from(self.u32()?).map_err(|_| ChannelError::TooLong)?;
+        self.take(len)
+    }
+
+    fn string(&mut self) -> Result<String, ChannelError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| ChannelError::BadField("utf-8"))
+    }
+
+    fn option(&mut self) -> Result<Option<&'a [u8]>, ChannelError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.bytes()?)),
+            _ => Err(ChannelError::BadField("option tag")),
+        }
+    }
+
+    fn option_string(&mut self) -> Result<Option<String>, ChannelError> {
+        self.option()?
+            .map(|b| String::from_utf8(b.to_vec()).map_err(|_| ChannelError::BadField("utf-8")))
+            .transpose()
+    }
+
+    fn facts(&mut self) -> Result<Facts, ChannelError> {
+        let role = match self.u8()? {
+            0 => Role::Client,
+            1 => Role::Server,
+            _ => return Err(ChannelError::BadField("role")),
+        };
+        let version = match self.u8()? {
+            2 => ProtocolVersion::Tls12,
+            3 => ProtocolVersion::Tls13,
+            _ => return Err(ChannelError::BadField("version")),
+        };
+        Ok(Facts {
+            role,
+            version,
+            suite: self.string()?,
+            server_name: self.option_string()?,
+            alpn: self.option()?.map(<[u8]>::to_vec),
+            peer_subject: self.option_string()?,
+            connection_id: self.u64()?,
+        })
+    }
+
+    fn finish(&self) -> Result<(), ChannelError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ChannelError::Trailing)
+        }
+    }
+}
+
+/// A connected pair of channel sockets: one end for the handshake process,
+/// one for a worker. Both are close-on-exec; the worker's end is given to
+/// the child as its standard input, the one descriptor it inherits.
+pub fn pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    for end in [&a, &b] {
+        rustix::net::sockopt::set_socket_send_buffer_size(end, MAX_FRAME * 2)?;
+        rustix::net::sockopt::set_socket_recv_buffer_size(end, MAX_FRAME * 2)?;
+        // The kernel caps the above at net.core.[wr]mem_max; root may go
+        // past it, and a frame must fit in one datagram.
+        if rustix::net::sockopt::socket_send_buffer_size(end)? < MAX_FRAME {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(end, MAX_FRAME * 2);
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(end, MAX_FRAME * 2);
+        }
+    }
+    Ok((a, b))
+}
+
+/// One end of a channel, driven by tokio.
+pub struct Channel {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Channel {
+    /// Wraps a channel socket (it is made non-blocking).
+    #[allow(
+        unsafe_code,
+        reason = "tokio's registration is unsafe by contract; an OwnedFd meets it"
+    )]
+    pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        // SAFETY: an `OwnedFd` owns one open descriptor, returns that same
+        // descriptor from every `as_raw_fd` call, and closes it only when
+        // dropped, which happens when the `AsyncFd` drops it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+        Ok(Self { fd })
+    }
+
+    /// Sends one frame, with a descriptor beside it if `fd` is given.
+    pub async fn send(&self, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(), ChannelError> {
+        if frame.len() > MAX_FRAME {
+            return Err(ChannelError::TooLong);
+        }
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        loop {
+            let mut guard = self.fd.ready(Interest::WRITABLE).await?;
+            let sent = guard.try_io(|inner| {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                    return Err(std::io::Error::other("control buffer too small"));
+                }
+                rustix::net::sendmsg(
+                    inner.get_ref(),
+                    &[IoSlice::new(frame)],
+                    &mut control,
+                    SendFlags::NOSIGNAL,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match sent {
+                Ok(Ok(n)) if n == frame.len() => return Ok(()),
+                Ok(Ok(_)) => return Err(ChannelError::TooLong),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Err(ChannelError::Closed);
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receives one frame and the descriptor that came with it, if any.
+    pub async fn recv(&self) -> Result<(Vec<u8>, Option<OwnedFd>), ChannelError> {
+        let mut buf = vec![0u8; MAX_FRAME];
+        loop {
+            let mut guard = self.fd.ready(Interest::READABLE).await?;
+            let got = guard.try_io(|inner| {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let msg = rustix::net::recvmsg(
+                    inner.get_ref(),
+                    &mut [IoSliceMut::new(&mut buf)],
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?;
+                let mut fds = Vec::new();
+                for message in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received) = message {
+                        fds.extend(received);
+                    }
+                }
+                Ok((msg.bytes, msg.flags, fds))
+            });
+            match got {
+                Ok(Ok((0, _, _))) => return Err(ChannelError::Closed),
+                Ok(Ok((n, flags, mut fds))) => {
+                    if flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) || fds.len() > 1 {
+                        return Err(ChannelError::TooLong);
+                    }
+                    buf.truncate(n);
+                    return Ok((buf, fds.pop()));
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// The socket, e.g. to tell whether it is this channel's.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            role: Role::Server,
+            version: ProtocolVersion::Tls13,
+            suite: "TLS_CHACHA20_POLY1305_SHA256".into(),
+            server_name: Some("localhost".into()),
+            alpn: None,
+            peer_subject: Some("CN=client".into()),
+            connection_id: 42,
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_every_truncation_is_refused() {
+        let assignment = ToWorker::Connection(Assignment {
+            slot: 3,
+            connection_id: 42,
+            peer: "127.0.0.1:5000".into(),
+            facts: facts(),
+            seal_blob: vec![1; 150],
+            open_blob: vec![2; 300],
+        });
+        let frame = assignment.encode().unwrap();
+        assert_eq!(ToWorker::decode(&frame).unwrap(), assignment);
+        for cut in 0..frame.len() {
+            assert!(ToWorker::decode(&frame[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = frame.clone();
+        long.push(0);
+        assert!(matches!(
+            ToWorker::decode(&long),
+            Err(ChannelError::Trailing)
+        ));
+
+        let ready = FromWorker::Ready {
+            slot: 7,
+            exchange: ExchangeKey {
+                id: keyferry_guest::blob::key_id(&[9; 32]),
+                public_key: [9; 32],
+            },
+        };
+        let frame = ready.encode();
+        assert_eq!(FromWorker::decode(&frame).unwrap(), ready);
+        for cut in 0..frame.len() {
+            assert!(FromWorker::decode(&frame[..cut]).is_err(), "cut at {cut}");
+        }
+        // A worker cannot send what only the handshake process sends.
+        assert!(matches!(
+            FromWorker::decode(&ToWorker::Shutdown.encode().unwrap()),
+            Err(ChannelError::UnexpectedType(SHUTDOWN))
+        ));
+    }
+
+    #[test]
+    fn a_descriptor_travels_beside_its_frame() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = pair().unwrap();
+            let (a, b) = (Channel::new(a).unwrap(), Channel::new(b).unwrap());
+            let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
+            a.send(b"frame", Some(x.as_fd())).await.unwrap();
+            let (frame, fd) = b.recv().await.unwrap();
+            assert_eq!(frame, b"frame");
+            assert!(fd.is_some(), "the descriptor arrived");
+            a.send(b"plain", None).await.unwrap();
+            let (frame, fd) = b.recv().await.unwrap();
+            assert_eq!(frame, b"plain");
+            assert!(fd.is_none());
+            drop(a);
+            assert!(matches!(b.recv().await, Err(ChannelError::Closed)));
+        });
+    }
+}

@@ -1,0 +1,442 @@
+//! The privileged side of `serve`'s process split: the handshake process.
+//!
+//! It holds the identity and the private key, accepts TCP, runs every
+//! handshake, and hands each connection to a data-plane worker
+//! ([`crate::worker`]): the socket by `SCM_RIGHTS`, the traffic keys as
+//! blobs sealed to the exchange key of the instance the worker announced
+//! for it, the handshake facts, and what was read past the handshake
+//! (inside the open key's blob). Workers are fresh `exec`s of the binary,
+//! never forks of this process, so no page of the key is inherited; they
+//! never open the key file.
+//!
+//! This side trusts no worker: every frame is typed and length-checked
+//! ([`crate::channel`]), a worker that sends anything the protocol does not
+//! allow is killed and replaced, and nothing a worker can say makes this
+//! process sign, decrypt or reveal anything. A dead worker loses only its
+//! own connections; the others, and accepting, carry on.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyferry_guest::blob;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tracing::{info, warn};
+
+use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
+use crate::error::{HandshakeError, Result};
+use crate::handshake::{Handoff, Handshake};
+use crate::instance::ExchangeKey;
+use crate::server::{ADMISSION_WAIT, ServerStats};
+use crate::transport::{handshake_async, new_connection_id};
+
+/// How to start a worker: this binary, in its worker mode.
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    /// The program (normally `std::env::current_exe()`).
+    pub program: PathBuf,
+    /// Its arguments, selecting worker mode and the worker's settings.
+    pub args: Vec<OsString>,
+}
+
+/// Everything the handshake process needs.
+#[derive(Clone)]
+pub struct MonitorOptions {
+    /// TLS settings (identity, versions, suites, ALPN).
+    pub tls: Arc<ServerConfig>,
+    /// How many workers to keep running.
+    pub workers: usize,
+    /// How to start one.
+    pub command: WorkerCommand,
+    /// Most connections open at once across all workers.
+    pub max_connections: usize,
+    /// How long a client may take to finish its handshake.
+    pub handshake_timeout: Duration,
+    /// How long workers may take to close their sessions at shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// One running worker, as the handshake process sees it.
+struct Worker {
+    pid: u32,
+    channel: Channel,
+    state: Mutex<WorkerState>,
+}
+
+#[derive(Default)]
+struct WorkerState {
+    /// Instances announced and not yet given a connection, oldest first.
+    ready: VecDeque<(u32, ExchangeKey)>,
+    /// Connections handed over and not yet reported done, each holding its
+    /// place under the connection cap.
+    open: HashMap<u64, OwnedSemaphorePermit>,
+    /// Set when the worker is cut off: it gets nothing more.
+    dead: bool,
+}
+
+impl Worker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WorkerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies one frame from the worker; an error cuts the worker off.
+    fn apply(&self, frame: FromWorker) -> std::result::Result<(), &'static str> {
+        let mut state = self.lock();
+        match frame {
+            FromWorker::Ready { slot, exchange } => {
+                if state.ready.len() >= MAX_READY {
+                    return Err("announced too many ready instances");
+                }
+                if state.ready.iter().any(|(s, _)| *s == slot) {
+                    return Err("announced a slot twice");
+                }
+                state.ready.push_back((slot, exchange));
+            }
+            FromWorker::Done { connection_id } => {
+                if state.open.remove(&connection_id).is_none() {
+                    return Err("reported a connection it was never given");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The running workers.
+struct Pool {
+    workers: Mutex<Vec<Option<Arc<Worker>>>>,
+    next: AtomicUsize,
+    ready: Notify,
+    restarts: AtomicU64,
+}
+
+impl Pool {
+    fn live(&self) -> Vec<Arc<Worker>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Takes a ready instance, round-robin over the workers that have one.
+    fn take_ready(&self) -> Option<(Arc<Worker>, u32, ExchangeKey)> {
+        let live = self.live();
+        if live.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..live.len()).find_map(|i| {
+            let worker = &live[(start + i) % live.len()];
+            let mut state = worker.lock();
+            if state.dead {
+                return None;
+            }
+            let (slot, key) = state.ready.pop_front()?;
+            drop(state);
+            Some((worker.clone(), slot, key))
+        })
+    }
+
+    /// Asks the worker with the most connections to close an idle one.
+    async fn shed_one(&self) {
+        let busiest = self.live().into_iter().max_by_key(|w| w.lock().open.len());
+        if let Some(worker) = busiest
+            && let Ok(frame) = ToWorker::ShedIdle.encode()
+        {
+            let _ = worker.channel.send(&frame, None).await;
+        }
+    }
+}
+
+/// Serves until `shutdown` becomes true with `options.workers` worker
+/// processes, then has every worker close its sessions with close_notify,
+/// and waits for them (up to the drain timeout).
+pub async fn serve(
+    listener: TcpListener,
+    options: MonitorOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Arc<ServerStats>> {
+    let stats = Arc::new(ServerStats::default());
+    let pool = Arc::new(Pool {
+        workers: Mutex::new(vec![None; options.workers.max(1)]),
+        next: AtomicUsize::new(0),
+        ready: Notify::new(),
+        restarts: AtomicU64::new(0),
+    });
+    let (stop_tx, stop) = watch::channel(false);
+    let mut supervisors = tokio::task::JoinSet::new();
+    for index in 0..options.workers.max(1) {
+        supervisors.spawn(supervise(
+            index,
+            options.command.clone(),
+            pool.clone(),
+            stop.clone(),
+        ));
+    }
+    let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let (options, stats, pool, permits) = (
+            options.clone(),
+            stats.clone(),
+            pool.clone(),
+            permits.clone(),
+        );
+        tasks.spawn(async move {
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    pool.shed_one().await;
+                    match tokio::time::timeout(ADMISSION_WAIT, permits.acquire_owned()).await {
+                        Ok(Ok(p)) => {
+                            stats.shed.fetch_add(1, Ordering::Relaxed);
+                            p
+                        }
+                        _ => {
+                            stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
+                            info!(%peer, "at the connection cap and nothing idle to close; closed");
+                            return;
+                        }
+                    }
+                }
+            };
+            connection(stream, peer, &options, &stats, &pool, permit).await;
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    info!("shutting down: workers close their connections with close_notify");
+    let _ = stop_tx.send(true);
+    for worker in pool.live() {
+        if let Ok(frame) = ToWorker::Shutdown.encode() {
+            let _ = worker.channel.send(&frame, None).await;
+        }
+    }
+    let drain = async { while supervisors.join_next().await.is_some() {} };
+    if tokio::time::timeout(options.drain_timeout + Duration::from_secs(2), drain)
+        .await
+        .is_err()
+    {
+        warn!("workers still running after the drain timeout");
+    }
+    tasks.abort_all();
+    Ok(stats)
+}
+
+/// Keeps worker `index` running: starts it, reads its frames, and when it
+/// dies or misbehaves, kills it and starts another.
+async fn supervise(
+    index: usize,
+    command: WorkerCommand,
+    pool: Arc<Pool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut quick_failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let reason = match run_worker(index, &command, &pool, &mut stop).await {
+            Ok(reason) => reason,
+            Err(e) => format!("could not start: {e}"),
+        };
+        pool.workers.lock().unwrap_or_else(|e| e.into_inner())[index] = None;
+        if *stop.borrow() {
+            return;
+        }
+        pool.restarts.fetch_add(1, Ordering::Relaxed);
+        quick_failures = if started.elapsed() < Duration::from_secs(2) {
+            quick_failures + 1
+        } else {
+            0
+        };
+        let backoff = Duration::from_millis(100 << quick_failures.min(5));
+        warn!(worker = index, reason = %reason, ?backoff, "worker ended; starting another");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Runs one worker process until it exits or is cut off; returns why.
+async fn run_worker(
+    index: usize,
+    command: &WorkerCommand,
+    pool: &Pool,
+    stop: &mut watch::Receiver<bool>,
+) -> std::io::Result<String> {
+    let (ours, theirs) = crate::channel::pair()?;
+    let mut child = tokio::process::Command::new(&command.program)
+        .args(&command.args)
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let worker = Arc::new(Worker {
+        pid,
+        channel: Channel::new(ours)?,
+        state: Mutex::new(WorkerState::default()),
+    });
+    pool.workers.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(worker.clone());
+    info!(worker = index, pid, "worker started");
+    let reason = loop {
+        let received = tokio::select! {
+            r = worker.channel.recv() => r,
+            status = child.wait() => break format!("exited ({})", status.map(|s| s.to_string()).unwrap_or_default()),
+            _ = stop.changed() => {
+                // Shutdown: the worker drains its sessions and exits.
+                let _ = child.wait().await;
+                break "shut down".to_string();
+            }
+        };
+        let violation = match received {
+            Ok((_, Some(_fd))) => "sent a descriptor".to_string(),
+            Ok((frame, None)) => match FromWorker::decode(&frame) {
+                Ok(frame) => match worker.apply(frame) {
+                    Ok(()) => {
+                        pool.ready.notify_waiters();
+                        continue;
+                    }
+                    Err(why) => why.to_string(),
+                },
+                Err(e) => format!("sent a malformed frame ({e})"),
+            },
+            Err(ChannelError::Closed) => {
+                let status = child.wait().await;
+                break format!(
+                    "closed its channel and exited ({})",
+                    status.map(|s| s.to_string()).unwrap_or_default()
+                );
+            }
+            Err(e) => format!("channel failed ({e})"),
+        };
+        warn!(worker = index, pid, violation = %violation, "worker broke the protocol; cutting it off");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        break format!("cut off: {violation}");
+    };
+    // Its connections died with it; their places under the cap come back.
+    let mut state = worker.lock();
+    state.dead = true;
+    state.ready.clear();
+    state.open.clear();
+    Ok(reason)
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    options: &MonitorOptions,
+    stats: &ServerStats,
+    pool: &Pool,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let id = new_connection_id();
+    let handoff = match Handshake::server(&options.tls, id) {
+        Ok(hs) => tokio::time::timeout(options.handshake_timeout, handshake_async(&mut stream, hs))
+            .await
+            .unwrap_or_else(|_| Err(HandshakeError::TimedOut.into())),
+        Err(e) => Err(e),
+    };
+    let handoff = match handoff {
+        Ok(h) => h,
+        Err(e) => {
+            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, error = %e, "handshake failed");
+            return;
+        }
+    };
+    // A ready instance: usually waiting already; a worker being replaced
+    // may take a moment.
+    let deadline = Instant::now() + ADMISSION_WAIT;
+    let (worker, slot, exchange) = loop {
+        let notified = pool.ready.notified();
+        if let Some(ready) = pool.take_ready() {
+            break ready;
+        }
+        if tokio::time::timeout_at(deadline.into(), notified)
+            .await
+            .is_err()
+        {
+            stats.guest_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "no worker had an instance ready; closed");
+            return;
+        }
+    };
+    match hand_over(&worker, slot, &exchange, handoff, &stream, peer, permit).await {
+        Ok(()) => {
+            info!(%peer, connection_id = id, worker_pid = worker.pid, "connection handed to a worker")
+        }
+        Err(e) => {
+            warn!(%peer, worker_pid = worker.pid, error = %e, "could not hand the connection over")
+        }
+    }
+    // Our copy of the socket closes here; the worker's stays open.
+}
+
+/// Seals the keys to the worker's instance and sends it the connection.
+/// The host's copies of the keys are zeroized before this returns.
+async fn hand_over(
+    worker: &Worker,
+    slot: u32,
+    exchange: &ExchangeKey,
+    handoff: Handoff,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> Result<()> {
+    let Handoff { keys, facts, .. } = handoff;
+    let seal_blob = blob::seal_traffic_key(&exchange.public_key, &keys.seal)?;
+    let open_blob = blob::seal_traffic_key(&exchange.public_key, &keys.open)?;
+    drop(keys);
+    let connection_id = facts.connection_id;
+    let frame = ToWorker::Connection(Assignment {
+        slot,
+        connection_id,
+        peer: peer.to_string(),
+        facts,
+        seal_blob,
+        open_blob,
+    })
+    .encode()
+    .map_err(std::io::Error::other)?;
+    {
+        let mut state = worker.lock();
+        if state.dead {
+            return Err(std::io::Error::other("the worker died").into());
+        }
+        state.open.insert(connection_id, permit);
+    }
+    if let Err(e) = worker.channel.send(&frame, Some(stream.as_fd())).await {
+        worker.lock().open.remove(&connection_id);
+        return Err(std::io::Error::other(e).into());
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The unprivileged side of `serve`'s process split: a data-plane worker.
+//!
+//! A worker is a fresh `exec` of the binary, started by the handshake
+//! process ([`crate::monitor`]) with one channel ([`crate::channel`]) as
+//! its standard input. It never sees the certificate's private key or its
+//! file: it keeps a few guest instances ready, announces each one's
+//! exchange key, and serves the connections handed to it (the socket, the
+//! blobs sealed to that instance, the handshake facts), one instance per
+//! connection. It never handshakes.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use crate::channel::{Assignment, Channel, ChannelError, FromWorker, ToWorker};
+use crate::component::GuestComponent;
+use crate::dataplane::DataPlane;
+use crate::instance::GuestInstance;
+use crate::transport::{
+    PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Timeouts, blocking, log_session,
+    run_session,
+};
+
+/// Instances a worker keeps ready, so a handed-over connection finds its
+/// instance already made and keyed.
+pub const READY_INSTANCES: usize = 4;
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The channel to the handshake process failed or carried a frame the
+    /// protocol does not allow.
+    #[error("channel: {0}")]
+    Channel(#[from] ChannelError),
+    /// The handshake process named an instance this worker never offered.
+    #[error("connection for unknown slot {0}")]
+    UnknownSlot(u32),
+    /// Dropping privileges or closing inherited descriptors failed.
+    #[error("hardening the worker: {0}")]
+    Harden(std::io::Error),
+    /// The sandbox could not make an instance.
+    #[error(transparent)]
+    Guest(#[from] crate::Error),
+}
+
+/// Takes the worker down to what it needs, first thing after `exec`,
+/// before any other thread exists: closes every inherited descriptor but
+/// standard input (the channel), output and error; sets no-new-privs; and,
+/// when started as root, drops to `user` (uid, gid) with no supplementary
+/// groups. Per-thread credential calls are process-wide here because the
+/// process still has one thread.
+pub fn harden(user: Option<(u32, u32)>) -> Result<(), WorkerError> {
+    close_inherited_descriptors().map_err(WorkerError::Harden)?;
+    if let Some((uid, gid)) = user
+        && rustix::process::geteuid().is_root()
+    {
+        let gid = rustix::process::Gid::from_raw(gid);
+        let uid = rustix::process::Uid::from_raw(uid);
+        rustix::thread::set_thread_groups(&[]).map_err(|e| WorkerError::Harden(e.into()))?;
+        rustix::thread::set_thread_res_gid(gid, gid, gid)
+            .map_err(|e| WorkerError::Harden(e.into()))?;
+        rustix::thread::set_thread_res_uid(uid, uid, uid)
+            .map_err(|e| WorkerError::Harden(e.into()))?;
+    }
+    rustix::thread::set_no_new_privs(true).map_err(|e| WorkerError::Harden(e.into()))?;
+    Ok(())
+}
+
+/// Closes descriptors above 2 other than the channel. The handshake process
+/// passes only 0-2 (everything else it holds is close-on-exec), so this
+/// finds nothing unless the worker was started some other way.
+fn close_inherited_descriptors() -> std::io::Result<()> {
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in open {
+        // The listing's own descriptor is closed by now; anything else
+        // still open was inherited.
+        if rustix::io::fcntl_getfd(borrowed(fd)).is_ok() {
+            close_raw(fd);
+        }
+    }
+    Ok(())
+}
+
+#[allow(
+    unsafe_code,
+    reason = "a descriptor inherited across exec is owned by nothing in this process yet"
+)]
+fn borrowed(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used only to query `fd` right after checking /proc lists it,
+    // before anything in this process could close it.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+#[allow(
+    unsafe_code,
+    reason = "a descriptor inherited across exec is owned by nothing in this process yet"
+)]
+fn close_raw(fd: i32) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is open (checked) and was inherited across exec, so no
+    // object in this process owns it; taking ownership and dropping it
+    // closes it exactly once.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}
+
+/// What a worker serves connections with.
+pub struct WorkerOptions {
+    /// The application component.
+    pub component: GuestComponent,
+    /// Keep-alive, request and write timeouts.
+    pub timeouts: Timeouts,
+    /// How long to wait for sessions after shutdown before leaving.
+    pub drain_timeout: Duration,
+}
+
+/// Serves connections from the handshake process on `channel` until it
+/// says shut down or goes away, then closes every session with
+/// close_notify (up to the drain timeout).
+pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerError> {
+    let channel = Arc::new(Channel::new(channel).map_err(ChannelError::from)?);
+    let (to_monitor, mut outbox) = mpsc::unbounded_channel::<FromWorker>();
+    let writer = {
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = outbox.recv().await {
+                if channel.send(&frame.encode(), None).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let sessions = Arc::new(Sessions::default());
+    let epoch = Instant::now();
+    let mut ready: HashMap<u32, GuestInstance> = HashMap::new();
+    let mut next_slot = 0u32;
+    let mut tasks = tokio::task::JoinSet::new();
+    let result = loop {
+        while ready.len() < READY_INSTANCES {
+            let instance = blocking(|| options.component.instantiate())?;
+            next_slot = next_slot.wrapping_add(1);
+            let _ = to_monitor.send(FromWorker::Ready {
+                slot: next_slot,
+                exchange: instance.exchange_key(),
+            });
+            ready.insert(next_slot, instance);
+        }
+        let (frame, fd) = match channel.recv().await {
+            Ok(f) => f,
+            Err(ChannelError::Closed) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        match (ToWorker::decode(&frame), fd) {
+            (Ok(ToWorker::Connection(assignment)), Some(socket)) => {
+                let Some(guest) = ready.remove(&assignment.slot) else {
+                    break Err(WorkerError::UnknownSlot(assignment.slot));
+                };
+                let done = to_monitor.clone();
+                let sessions = sessions.clone();
+                let shutdown = shutdown.clone();
+                let timeouts = options.timeouts;
+                tasks.spawn(async move {
+                    let id = assignment.connection_id;
+                    serve(
+                        assignment, socket, guest, &sessions, epoch, timeouts, shutdown,
+                    )
+                    .await;
+                    let _ = done.send(FromWorker::Done { connection_id: id });
+                });
+            }
+            (Ok(ToWorker::ShedIdle), None) => {
+                sessions.shed_longest_idle();
+            }
+            (Ok(ToWorker::Shutdown), None) => break Ok(()),
+            (Ok(_), _) => break Err(ChannelError::Descriptor.into()),
+            (Err(e), _) => break Err(e.into()),
+        }
+        while tasks.try_join_next().is_some() {}
+    };
+    let _ = shutdown_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(options.drain_timeout, drain)
+        .await
+        .is_err()
+    {
+        warn!("sessions still open after the drain timeout; closing them");
+    }
+    drop(to_monitor);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    result
+}
+
+async fn serve(
+    a: Assignment,
+    socket: OwnedFd,
+    guest: GuestInstance,
+    sessions: &Sessions,
+    epoch: Instant,
+    timeouts: Timeouts,
+    shutdown: watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let std_stream = std::net::TcpStream::from(socket);
+    let stream = std_stream
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(std_stream));
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(peer = %a.peer, error = %e, "handed a socket tokio cannot use");
+            return;
+        }
+    };
+    let facts = a.facts.clone();
+    let attached = blocking(|| DataPlane::from_blobs(guest, &a.seal_blob, &a.open_blob, a.facts));
+    let (mut plane, first) = match attached {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(peer = %a.peer, error = %e, "guest could not take the connection");
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
+            return;
+        }
+    };
+    let ready = started.elapsed();
+    let slot = sessions.insert(a.connection_id);
+    let control = SessionControl {
+        shutdown,
+        slot,
+        epoch,
+        timeouts,
+    };
+    let summary = run_session(&mut stream, &mut plane, first, control).await;
+    sessions.remove(a.connection_id);
+    drop(plane);
+    log_session(&a.peer, &facts, &summary, ready, started.elapsed());
+}
