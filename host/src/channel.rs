@@ -36,6 +36,7 @@ pub const MAX_READY: usize = 64;
 
 const READY: u8 = 1;
 const DONE: u8 = 2;
+const SHED: u8 = 3;
 const CONNECTION: u8 = 16;
 const SHED_IDLE: u8 = 17;
 const SHUTDOWN: u8 = 18;
@@ -87,6 +88,12 @@ pub enum FromWorker {
         /// Its id.
         connection_id: u64,
     },
+    /// The answer to [`ToWorker::ShedIdle`]: whether an idle connection was
+    /// closed.
+    Shed {
+        /// An idle connection was closed.
+        closed: bool,
+    },
 }
 
 /// A connection handed to a worker (its socket travels beside the frame).
@@ -98,6 +105,9 @@ pub struct Assignment {
     pub connection_id: u64,
     /// The client's address, for the log line.
     pub peer: String,
+    /// Bytes the client sent with its last handshake flight (they travel
+    /// in the open blob), for the log line's count.
+    pub read_with_handshake: u64,
     /// The handshake facts.
     pub facts: Facts,
     /// The seal key's blob, sealed to the slot's exchange key.
@@ -131,6 +141,10 @@ impl FromWorker {
                 w.push(DONE);
                 w.extend_from_slice(&connection_id.to_be_bytes());
             }
+            Self::Shed { closed } => {
+                w.push(SHED);
+                w.push(u8::from(*closed));
+            }
         }
         w
     }
@@ -157,6 +171,13 @@ impl FromWorker {
             DONE => Self::Done {
                 connection_id: r.u64()?,
             },
+            SHED => Self::Shed {
+                closed: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ChannelError::BadField("shed answer")),
+                },
+            },
             other => return Err(ChannelError::UnexpectedType(other)),
         };
         r.finish()?;
@@ -174,6 +195,7 @@ impl ToWorker {
                 w.extend_from_slice(&a.slot.to_be_bytes());
                 w.extend_from_slice(&a.connection_id.to_be_bytes());
                 put(&mut w, a.peer.as_bytes())?;
+                w.extend_from_slice(&a.read_with_handshake.to_be_bytes());
                 put_facts(&mut w, &a.facts)?;
                 put(&mut w, &a.seal_blob)?;
                 put(&mut w, &a.open_blob)?;
@@ -195,6 +217,7 @@ impl ToWorker {
                 slot: r.u32()?,
                 connection_id: r.u64()?,
                 peer: r.string()?,
+                read_with_handshake: r.u64()?,
                 facts: r.facts()?,
                 seal_blob: r.bytes()?.to_vec(),
                 open_blob: r.bytes()?.to_vec(),
@@ -468,6 +491,7 @@ mod tests {
             slot: 3,
             connection_id: 42,
             peer: "127.0.0.1:5000".into(),
+            read_with_handshake: 17,
             facts: facts(),
             seal_blob: vec![1; 150],
             open_blob: vec![2; 300],

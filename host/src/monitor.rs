@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use keyferry_guest::blob;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
@@ -80,6 +80,8 @@ struct WorkerState {
     open: HashMap<u64, OwnedSemaphorePermit>,
     /// Set when the worker is cut off: it gets nothing more.
     dead: bool,
+    /// Who waits for the answer to each ShedIdle asked, in order.
+    shed_answers: VecDeque<oneshot::Sender<bool>>,
 }
 
 impl Worker {
@@ -104,6 +106,12 @@ impl Worker {
                 if state.open.remove(&connection_id).is_none() {
                     return Err("reported a connection it was never given");
                 }
+            }
+            FromWorker::Shed { closed } => {
+                let Some(waiter) = state.shed_answers.pop_front() else {
+                    return Err("answered a question it was not asked");
+                };
+                let _ = waiter.send(closed);
             }
         }
         Ok(())
@@ -148,14 +156,31 @@ impl Pool {
         })
     }
 
-    /// Asks the worker with the most connections to close an idle one.
-    async fn shed_one(&self) {
-        let busiest = self.live().into_iter().max_by_key(|w| w.lock().open.len());
-        if let Some(worker) = busiest
-            && let Ok(frame) = ToWorker::ShedIdle.encode()
-        {
-            let _ = worker.channel.send(&frame, None).await;
+    /// Asks workers, most connections first, to close their longest-idle
+    /// connection, until one has; true if one did.
+    async fn shed_one(&self) -> bool {
+        let mut workers = self.live();
+        workers.sort_by_key(|w| std::cmp::Reverse(w.lock().open.len()));
+        for worker in workers {
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut state = worker.lock();
+                if state.dead || state.open.is_empty() {
+                    continue;
+                }
+                state.shed_answers.push_back(tx);
+            }
+            let Ok(frame) = ToWorker::ShedIdle.encode() else {
+                continue;
+            };
+            if worker.channel.send(&frame, None).await.is_err() {
+                continue;
+            }
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
+                return true;
+            }
         }
+        false
     }
 }
 
@@ -209,12 +234,11 @@ pub async fn serve(
             let permit = match permits.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    pool.shed_one().await;
+                    if pool.shed_one().await {
+                        stats.shed.fetch_add(1, Ordering::Relaxed);
+                    }
                     match tokio::time::timeout(ADMISSION_WAIT, permits.acquire_owned()).await {
-                        Ok(Ok(p)) => {
-                            stats.shed.fetch_add(1, Ordering::Relaxed);
-                            p
-                        }
+                        Ok(Ok(p)) => p,
                         _ => {
                             stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
                             info!(%peer, "at the connection cap and nothing idle to close; closed");
@@ -305,6 +329,7 @@ async fn run_worker(
     });
     pool.workers.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(worker.clone());
     info!(worker = index, pid, "worker started");
+    let mut announced = false;
     let reason = loop {
         let received = tokio::select! {
             r = worker.channel.recv() => r,
@@ -320,6 +345,10 @@ async fn run_worker(
             Ok((frame, None)) => match FromWorker::decode(&frame) {
                 Ok(frame) => match worker.apply(frame) {
                     Ok(()) => {
+                        if !announced && !worker.lock().ready.is_empty() {
+                            announced = true;
+                            info!(worker = index, pid, "worker ready");
+                        }
                         pool.ready.notify_waiters();
                         continue;
                     }
@@ -413,6 +442,8 @@ async fn hand_over(
     permit: OwnedSemaphorePermit,
 ) -> Result<()> {
     let Handoff { keys, facts, .. } = handoff;
+    let read_with_handshake =
+        (keys.open.buffered_ciphertext.len() + keys.open.buffered_plaintext.len()) as u64;
     let seal_blob = blob::seal_traffic_key(&exchange.public_key, &keys.seal)?;
     let open_blob = blob::seal_traffic_key(&exchange.public_key, &keys.open)?;
     drop(keys);
@@ -421,6 +452,7 @@ async fn hand_over(
         slot,
         connection_id,
         peer: peer.to_string(),
+        read_with_handshake,
         facts,
         seal_blob,
         open_blob,

@@ -177,7 +177,8 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 });
             }
             (Ok(ToWorker::ShedIdle), None) => {
-                sessions.shed_longest_idle();
+                let closed = sessions.shed_longest_idle();
+                let _ = to_monitor.send(FromWorker::Shed { closed });
             }
             (Ok(ToWorker::Shutdown), None) => break Ok(()),
             (Ok(_), _) => break Err(ChannelError::Descriptor.into()),
@@ -238,7 +239,8 @@ async fn serve(
         epoch,
         timeouts,
     };
-    let summary = run_session(&mut stream, &mut plane, first, control).await;
+    let mut summary = run_session(&mut stream, &mut plane, first, control).await;
+    summary.bytes_in += a.read_with_handshake;
     sessions.remove(a.connection_id);
     drop(plane);
     log_session(&a.peer, &facts, &summary, ready, started.elapsed());

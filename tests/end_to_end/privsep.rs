@@ -19,12 +19,13 @@ fn echo(c: &mut Client, text: &[u8]) {
     assert_eq!(read_exact(c, text.len()), text);
 }
 
-/// Waits until `server` has `n` workers running and returns their pids.
+/// Waits until `server` has `n` workers running, each with instances
+/// ready, and returns their pids.
 fn workers(server: &Server, n: usize) -> Vec<u32> {
     let start = Instant::now();
     loop {
         let pids = children(server.child.id());
-        if pids.len() >= n {
+        if pids.len() >= n && server.stderr.text().matches("worker ready").count() >= n {
             return pids;
         }
         assert!(start.elapsed() < PATIENCE, "workers did not start");

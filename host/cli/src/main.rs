@@ -155,11 +155,12 @@ struct ServeArgs {
     /// PEM private key for --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
-    /// Data-plane worker processes. The handshake process holds the key
-    /// and hands each connection to a worker that never has it; 0 runs the
-    /// data plane in this process (for embedding and debugging).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Data-plane worker processes (default: one per core). The handshake
+    /// process holds the key and hands each connection to a worker that
+    /// never has it; 0 runs the data plane in this process, beside the key
+    /// (for embedding and debugging).
+    #[arg(long)]
+    workers: Option<usize>,
     /// The user workers run as when serve is started as root.
     #[arg(long, default_value = "nobody")]
     user: String,
@@ -447,14 +448,20 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     };
     let options = args.tls.options();
     let tls = Arc::new(options.server_config(&identity)?);
-    if args.workers > 0 && args.shared_instances.is_some() {
-        bail!("--shared-instances shares instances within one process: use it with --workers 0");
-    }
+    let workers = match (args.workers, args.shared_instances) {
+        (Some(n), None) => n,
+        (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // Shared instances live in one process.
+        (None | Some(0), Some(_)) => 0,
+        (Some(_), Some(_)) => {
+            bail!("--shared-instances shares instances within one process: use it with --workers 0")
+        }
+    };
     let application = args.plane.application();
     let timeouts = args.plane.timeouts(args.handshake_timeout);
     // With workers, this process holds the key and never compiles or runs
     // guest code; the workers do.
-    let in_process = if args.workers == 0 {
+    let in_process = if workers == 0 {
         let engine = GuestEngine::new(
             args.plane
                 .sandbox
@@ -492,7 +499,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        info!(address = %local, fingerprint = %identity.fingerprint(), application, workers = args.workers, "listening");
+        info!(address = %local, fingerprint = %identity.fingerprint(), application, workers, "listening");
         println!(
             "keyferry serving on https://{local}/ (certificate SHA-256 {})",
             identity.fingerprint()
@@ -522,7 +529,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             None => {
                 let options = MonitorOptions {
                     tls,
-                    workers: args.workers,
+                    workers,
                     command: worker_command,
                     max_connections: args.max_connections,
                     handshake_timeout: timeouts.handshake,
