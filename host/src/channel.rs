@@ -120,7 +120,7 @@ pub struct Assignment {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ToWorker {
     /// Serve this connection.
-    Connection(Assignment),
+    Connection(Box<Assignment>),
     /// Close the longest-idle connection (with close_notify) to make room.
     ShedIdle,
     /// Send close_notify on every connection and exit.
@@ -213,7 +213,7 @@ impl ToWorker {
     pub fn decode(frame: &[u8]) -> Result<Self, ChannelError> {
         let mut r = Reader(frame);
         let frame = match r.u8()? {
-            CONNECTION => Self::Connection(Assignment {
+            CONNECTION => Self::Connection(Box::new(Assignment {
                 slot: r.u32()?,
                 connection_id: r.u64()?,
                 peer: r.string()?,
@@ -221,7 +221,7 @@ impl ToWorker {
                 facts: r.facts()?,
                 seal_blob: r.bytes()?.to_vec(),
                 open_blob: r.bytes()?.to_vec(),
-            }),
+            })),
             SHED_IDLE => Self::ShedIdle,
             SHUTDOWN => Self::Shutdown,
             other => return Err(ChannelError::UnexpectedType(other)),
@@ -487,7 +487,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_every_truncation_is_refused() {
-        let assignment = ToWorker::Connection(Assignment {
+        let assignment = ToWorker::Connection(Box::new(Assignment {
             slot: 3,
             connection_id: 42,
             peer: "127.0.0.1:5000".into(),
@@ -495,7 +495,7 @@ mod tests {
             facts: facts(),
             seal_blob: vec![1; 150],
             open_blob: vec![2; 300],
-        });
+        }));
         let frame = assignment.encode().unwrap();
         assert_eq!(ToWorker::decode(&frame).unwrap(), assignment);
         for cut in 0..frame.len() {

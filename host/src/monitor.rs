@@ -448,7 +448,7 @@ async fn hand_over(
     let open_blob = blob::seal_traffic_key(&exchange.public_key, &keys.open)?;
     drop(keys);
     let connection_id = facts.connection_id;
-    let frame = ToWorker::Connection(Assignment {
+    let frame = ToWorker::Connection(Box::new(Assignment {
         slot,
         connection_id,
         peer: peer.to_string(),
@@ -456,7 +456,7 @@ async fn hand_over(
         facts,
         seal_blob,
         open_blob,
-    })
+    }))
     .encode()
     .map_err(std::io::Error::other)?;
     {

@@ -170,7 +170,13 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 tasks.spawn(async move {
                     let id = assignment.connection_id;
                     serve(
-                        assignment, socket, guest, &sessions, epoch, timeouts, shutdown,
+                        *assignment,
+                        socket,
+                        guest,
+                        &sessions,
+                        epoch,
+                        timeouts,
+                        shutdown,
                     )
                     .await;
                     let _ = done.send(FromWorker::Done { connection_id: id });
