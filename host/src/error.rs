@@ -150,6 +150,12 @@ pub enum ConfigError {
         /// webpki's reason.
         reason: String,
     },
+    /// A session-ticket key file is not a whole number of 48-byte keys.
+    #[error("{}: a ticket key file holds one or more 48-byte keys", path.display())]
+    TicketKeys {
+        /// The file.
+        path: PathBuf,
+    },
     /// A self-signed certificate could not be made.
     #[error("generating a self-signed certificate: {0}")]
     SelfSigned(String),

@@ -35,7 +35,7 @@ use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, T
 use crate::error::{HandshakeError, Result};
 use crate::handshake::{Handoff, Handshake};
 use crate::instance::ExchangeKey;
-use crate::server::{ADMISSION_WAIT, ServerStats};
+use crate::server::{ADMISSION_WAIT, ServerStats, client_address};
 use crate::transport::{handshake_async, new_connection_id};
 
 /// How to start a worker: this binary, in its worker mode.
@@ -62,6 +62,8 @@ pub struct MonitorOptions {
     pub handshake_timeout: Duration,
     /// How long workers may take to close their sessions at shutdown.
     pub drain_timeout: Duration,
+    /// Every connection starts with a HAProxy PROXY v2 header.
+    pub proxy_protocol: bool,
 }
 
 /// One running worker, as the handshake process sees it.
@@ -387,6 +389,16 @@ async fn connection(
     permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(peer) = client_address(
+        &mut stream,
+        peer,
+        options.proxy_protocol,
+        options.handshake_timeout,
+    )
+    .await
+    else {
+        return;
+    };
     let id = new_connection_id();
     let handoff = match Handshake::server(&options.tls, id) {
         Ok(hs) => tokio::time::timeout(options.handshake_timeout, handshake_async(&mut stream, hs))

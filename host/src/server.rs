@@ -95,6 +95,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Handshake, keep-alive, request and write timeouts.
     pub timeouts: Timeouts,
+    /// Every connection starts with a HAProxy PROXY v2 header (behind an
+    /// L4 load balancer); its client address goes in the log.
+    pub proxy_protocol: bool,
     /// How long to wait for sessions to finish after shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -222,6 +225,16 @@ async fn session(
 ) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
+    let Some(peer) = client_address(
+        stream,
+        peer,
+        options.proxy_protocol,
+        options.timeouts.handshake,
+    )
+    .await
+    else {
+        return;
+    };
     let handoff = match Handshake::server(&options.tls, id) {
         Ok(hs) => tokio::time::timeout(options.timeouts.handshake, handshake_async(stream, hs))
             .await
@@ -271,5 +284,30 @@ async fn session(
         started.elapsed(),
     ) {
         stats.guest_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The client's address: the TCP peer, or what the PROXY v2 header in front
+/// of the connection says. `None` (and a log line) if the header is bad.
+pub(crate) async fn client_address(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    proxy_protocol: bool,
+    timeout: Duration,
+) -> Option<SocketAddr> {
+    if !proxy_protocol {
+        return Some(peer);
+    }
+    match tokio::time::timeout(timeout, crate::proxy::read_header(stream)).await {
+        Ok(Ok(crate::proxy::Proxied::Client(client))) => Some(client),
+        Ok(Ok(crate::proxy::Proxied::Local)) => Some(peer),
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "PROXY header refused");
+            None
+        }
+        Err(_) => {
+            info!(%peer, "no PROXY header in time");
+            None
+        }
     }
 }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ConfigError, Result};
 use crate::export::SecretLog;
 use crate::suites;
+use crate::tickets::TicketKeys;
 
 /// A certificate chain and its private key. No `Debug`, no `Clone`: it
 /// holds the long-term private key.
@@ -130,6 +131,7 @@ pub struct TlsOptions {
     alpn: Vec<Vec<u8>>,
     client_roots: Option<Arc<RootCertStore>>,
     client_identity: Option<Arc<Identity>>,
+    ticket_keys: Option<Arc<TicketKeys>>,
 }
 
 impl Default for TlsOptions {
@@ -142,6 +144,7 @@ impl Default for TlsOptions {
             alpn: Vec::new(),
             client_roots: None,
             client_identity: None,
+            ticket_keys: None,
         }
     }
 }
@@ -178,6 +181,13 @@ impl TlsOptions {
         self
     }
 
+    /// Server side: issue stateless session tickets with these keys, so any
+    /// server sharing them resumes the session.
+    pub fn with_ticket_keys(mut self, keys: Arc<TicketKeys>) -> Self {
+        self.ticket_keys = Some(keys);
+        self
+    }
+
     fn provider(&self) -> Arc<CryptoProvider> {
         let mut p = default_provider();
         p.cipher_suites = self.suites.clone();
@@ -207,6 +217,9 @@ impl TlsOptions {
             .map_err(ConfigError::Tls)?;
         config.enable_secret_extraction = true;
         config.ignore_client_order = true;
+        if let Some(keys) = &self.ticket_keys {
+            config.ticketer = keys.clone();
+        }
         config.alpn_protocols = self.alpn.clone();
         Ok(config)
     }

@@ -3,6 +3,7 @@
 //! Every server here listens on 127.0.0.1 with a port the OS picks.
 
 mod connect;
+mod fleet;
 mod limits;
 mod operator;
 mod privsep;

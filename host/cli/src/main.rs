@@ -164,6 +164,19 @@ struct ServeArgs {
     /// The user workers run as when serve is started as root.
     #[arg(long, default_value = "nobody")]
     user: String,
+    /// Each connection starts with a HAProxy PROXY protocol v2 header (an
+    /// L4 load balancer in front); its client address is logged.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// Set SO_REUSEPORT, so several serve processes on one host share the
+    /// port and the kernel spreads connections among them.
+    #[arg(long)]
+    reuse_port: bool,
+    /// Session-ticket keys shared by a fleet: one or more 48-byte keys (a
+    /// 16-byte name, a 32-byte key); the first issues tickets, all open
+    /// them. Make one with `head -c 48 /dev/urandom > ticket.key`.
+    #[arg(long, value_name = "FILE")]
+    ticket_keys: Option<PathBuf>,
     /// The program workers run (default: this binary). For tests.
     #[arg(long, hide = true)]
     worker_program: Option<PathBuf>,
@@ -446,7 +459,11 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
         _ => Identity::self_signed(&["localhost".to_string(), listen_host])?,
     };
-    let options = args.tls.options();
+    let mut options = args.tls.options();
+    if let Some(path) = &args.ticket_keys {
+        options =
+            options.with_ticket_keys(Arc::new(keyferry::tickets::TicketKeys::from_file(path)?));
+    }
     let tls = Arc::new(options.server_config(&identity)?);
     let workers = match (args.workers, args.shared_instances) {
         (Some(n), None) => n,
@@ -495,7 +512,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen.as_str())
+        let listener = bind(&args.listen, args.reuse_port)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
@@ -518,6 +535,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                     component,
                     max_connections: args.max_connections,
                     timeouts,
+                    proxy_protocol: args.proxy_protocol,
                     isolation: match args.shared_instances {
                         Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
                         None => Isolation::PerConnection,
@@ -534,6 +552,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                     max_connections: args.max_connections,
                     handshake_timeout: timeouts.handshake,
                     drain_timeout: Duration::from_secs(5),
+                    proxy_protocol: args.proxy_protocol,
                 };
                 keyferry::monitor::serve(listener, options, rx).await?
             }
@@ -544,6 +563,27 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// Binds the first address `listen` resolves to that binds, with
+/// SO_REUSEADDR (as tokio does) and, if asked, SO_REUSEPORT.
+async fn bind(listen: &str, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        match socket.bind(addr).and_then(|()| socket.listen(1024)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
 }
 
 /// The uid and gid of `name` from /etc/passwd, when this process is root

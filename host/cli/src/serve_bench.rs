@@ -136,12 +136,13 @@ fn start_keyferry(
     exe: &Path,
     cert: &Path,
     key: &Path,
-    shared: Option<&str>,
+    extra: &[&str],
+    name: &'static str,
 ) -> anyhow::Result<Target> {
     let port = free_port()?;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--tls13"])
-        .args(shared.map(|n| ["--shared-instances", n]).iter().flatten())
+        .args(extra)
         .arg("--cert")
         .arg(cert)
         .arg("--key")
@@ -153,11 +154,10 @@ fn start_keyferry(
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     wait_listening(port)?;
-    let name = if shared.is_some() {
-        "keyferry serve --shared-instances 2"
-    } else {
-        "keyferry serve (instance per connection)"
-    };
+    if !extra.contains(&"0") {
+        // Workers announce their instances shortly after the listener is up.
+        std::thread::sleep(Duration::from_millis(500));
+    }
     Ok(Target { name, child, port })
 }
 
@@ -221,6 +221,9 @@ fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
     })
 }
 
+/// How many rows of the table are keyferry itself.
+const KEYFERRY_ROWS: usize = 3;
+
 /// Runs wrk against keyferry (instance per connection and shared), a plain
 /// rustls server and nginx, each its own process, and prints the table.
 pub fn run(options: Options) -> anyhow::Result<()> {
@@ -233,9 +236,23 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     std::fs::write(&cert, ck.cert.pem())?;
     std::fs::write(&key, ck.signing_key.serialize_pem())?;
 
+    // Keep KEYFERRY_ROWS in step with these: the first three are keyferry.
     let mut targets = vec![
-        start_keyferry(&exe, &cert, &key, None)?,
-        start_keyferry(&exe, &cert, &key, Some("2"))?,
+        start_keyferry(&exe, &cert, &key, &[], "keyferry serve (workers, default)")?,
+        start_keyferry(
+            &exe,
+            &cert,
+            &key,
+            &["--workers", "0"],
+            "keyferry serve --workers 0",
+        )?,
+        start_keyferry(
+            &exe,
+            &cert,
+            &key,
+            &["--workers", "0", "--shared-instances", "2"],
+            "keyferry --workers 0 --shared-instances 2",
+        )?,
         start_baseline(&exe, &cert, &key)?,
     ];
     match start_nginx(&dir, &cert, &key) {
@@ -263,15 +280,22 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         );
         rows.push((keepalive, handshakes));
     }
-    if let Some((k, h)) = rows.first() {
-        for (t, (k2, h2)) in targets.iter().zip(&rows).skip(2) {
-            println!(
-                "keyferry / {}: requests {:.2}x, handshakes {:.2}x",
-                t.name,
-                k / k2.max(1e-9),
-                h / h2.max(1e-9)
-            );
-        }
+    let ratio = |a: usize, b: usize| {
+        let ((k, h), (k2, h2)) = (rows[a], rows[b]);
+        println!(
+            "{} / {}: requests {:.2}x, handshakes {:.2}x",
+            targets[a].name,
+            targets[b].name,
+            k / k2.max(1e-9),
+            h / h2.max(1e-9)
+        );
+    };
+    // The cost of the process boundary, then each keyferry mode against
+    // the plain rustls server and nginx.
+    ratio(0, 1);
+    for other in KEYFERRY_ROWS..targets.len() {
+        ratio(0, other);
+        ratio(1, other);
     }
     drop(targets);
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,123 @@
+//! Running several `serve` processes as a fleet, without a home-made
+//! cluster layer: `SO_REUSEPORT` on one host, and the HAProxy PROXY v2
+//! header so the client's address survives an L4 load balancer.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use keyferry_tests::process::{
+    PATIENCE, Server, pem_identity, read_exact, rustls_client, temp_dir, write_all,
+};
+
+#[test]
+fn two_servers_share_a_port_with_reuse_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let args = ["--echo", "--workers", "0", "--reuse-port"];
+    let a = Server::start_listening(&address, &args);
+    let b = Server::start_listening(&address, &args);
+    for i in 0..24 {
+        let mut c = rustls_client(&address);
+        let text = format!("connection {i}");
+        write_all(&mut c, text.as_bytes());
+        assert_eq!(read_exact(&mut c, text.len()), text.as_bytes());
+    }
+    // Lines appear as connections end; the kernel spreads new connections
+    // over both listeners by their addresses.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let served = |s: &Server| s.stderr.text().matches(" connection ").count();
+    assert!(
+        served(&a) > 0 && served(&b) > 0,
+        "both servers served: {} and {}",
+        served(&a),
+        served(&b)
+    );
+}
+
+#[test]
+fn a_proxy_v2_header_gives_the_log_the_client_address() {
+    let server = Server::start(&["--echo", "--proxy-protocol"]);
+    let mut sock = TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let client = "203.0.113.9:4444".parse().unwrap();
+    sock.write_all(&keyferry::proxy::header(client, sock.peer_addr().unwrap()))
+        .unwrap();
+    let config = keyferry::tls::TlsOptions::default()
+        .client_config(keyferry::tls::ServerVerification::DangerousNone)
+        .unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write_all(&mut tls, b"behind a balancer");
+    assert_eq!(read_exact(&mut tls, 17), b"behind a balancer");
+    drop(tls);
+    server.stderr.wait_for("peer=\"203.0.113.9:4444\"");
+
+    // Without the header the connection is refused, and logged.
+    let mut c = TcpStream::connect(server.addr()).unwrap();
+    c.write_all(b"\x16\x03\x01\x00\x05hello-not-proxy").unwrap();
+    server.stderr.wait_for("PROXY header refused");
+}
+
+#[test]
+fn a_ticket_from_one_server_resumes_on_another_sharing_the_keys() {
+    let dir = temp_dir("ticket-keys");
+    let keys = dir.join("ticket.key");
+    let mut bytes = vec![0u8; 48];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    std::fs::write(&keys, &bytes).unwrap();
+    let (cert, key) = pem_identity("fleet-identity");
+    let args = [
+        "--echo",
+        "--ticket-keys",
+        keys.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let a = Server::start(&args);
+    let b = Server::start(&args);
+    let config = Arc::new(
+        keyferry::tls::TlsOptions::default()
+            .with_versions(&[&rustls::version::TLS13])
+            .client_config(keyferry::tls::ServerVerification::DangerousNone)
+            .unwrap(),
+    );
+    let connect = |server: &Server| {
+        let conn =
+            rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
+        let sock = TcpStream::connect(server.addr()).unwrap();
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        write_all(&mut tls, b"ticket please");
+        assert_eq!(read_exact(&mut tls, 13), b"ticket please");
+        tls.conn.handshake_kind()
+    };
+    assert_eq!(connect(&a), Some(rustls::HandshakeKind::Full));
+    assert_eq!(
+        connect(&b),
+        Some(rustls::HandshakeKind::Resumed),
+        "the other server opened the first one's ticket"
+    );
+    // A server with other keys cannot.
+    let other_keys = dir.join("other.key");
+    std::fs::write(&other_keys, [7u8; 48]).unwrap();
+    let c = Server::start(&[
+        "--echo",
+        "--ticket-keys",
+        other_keys.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(connect(&c), Some(rustls::HandshakeKind::Full));
+}
