@@ -54,7 +54,7 @@ impl TicketKeys {
 
     /// Keys from their bytes: a non-empty multiple of [`KEY_LEN`].
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.is_empty() || bytes.len() % KEY_LEN != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(KEY_LEN) {
             return None;
         }
         let keys = bytes
