@@ -425,7 +425,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "{:<38} {:>4} {:>9} {:>9} {:>9} {:>9} {:>13} {:>13}",
+            "{:<46} {:>4} {:>9} {:>9} {:>9} {:>9} {:>13} {:>13}",
             "suite", "op", "guest", "guest+hk", "native", "rustls", "guest/native", "guest/rustls"
         )?;
         for s in &self.suites {
@@ -447,7 +447,7 @@ impl fmt::Display for Report {
             ] {
                 writeln!(
                     f,
-                    "{:<38} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>13.2} {:>13.2}",
+                    "{:<46} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>13.2} {:>13.2}",
                     s.suite,
                     op,
                     g,

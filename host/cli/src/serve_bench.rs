@@ -69,10 +69,15 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-/// Total RSS of a process and its children (nginx forks workers).
+/// Total RSS of a process and its children (nginx and keyferry run workers).
 fn tree_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let mut total = rss_kib(pid)?;
-    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+    // Each thread lists the children it started (keyferry's workers are
+    // started from runtime threads), so read them all.
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
         for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
             total += tree_rss_kib(child).unwrap_or(0);
         }
