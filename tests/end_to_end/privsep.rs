@@ -80,6 +80,39 @@ fn the_private_key_lives_only_in_the_handshake_process() {
         memory_contains(server.child.id(), &needles),
         "the handshake process holds the key"
     );
+    for pid in &pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.contains("NoNewPrivs:\t1"), "no-new-privs: {status}");
+        if rustix::process::geteuid().is_root() {
+            let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
+        }
+        // The listening socket stayed in the handshake process.
+        let listener = listening_inode(server.port);
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|l| l.display().to_string())
+            .collect();
+        assert!(
+            !fds.contains(&format!("socket:[{listener}]")),
+            "the worker holds the listener: {fds:?}"
+        );
+    }
+}
+
+/// The inode of the socket listening on 127.0.0.1:`port`.
+fn listening_inode(port: u16) -> String {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 9 && f[1] == local && f[3] == "0A")
+        .map(|f| f[9].to_string())
+        .expect("the listening socket")
 }
 
 #[test]
