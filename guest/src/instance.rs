@@ -46,7 +46,7 @@ impl Instance {
         let (blob_id, material) = blob::open_traffic_key(&self.exchange, sealed)?;
         let key = TrafficKey::from_material(material, self.service)?;
         self.registry
-            .admit_traffic(blob_id, key.connection_id, key.direction, position(&key))?;
+            .admit_traffic(blob_id, key.fingerprint(), position(&key))?;
         Ok(key)
     }
 
@@ -76,8 +76,7 @@ impl Instance {
 
     /// Records a traffic key's final position when its handle goes away.
     pub fn release(&mut self, key: &TrafficKey) {
-        self.registry
-            .release(key.connection_id, key.direction, position(key));
+        self.registry.release(key.fingerprint(), position(key));
     }
 }
 
@@ -117,10 +116,14 @@ impl Instance {
                 return Err(e);
             }
         };
-        let (seal_state, open_state) = (seal.state(), open.state());
+        let marks = [
+            (seal.fingerprint(), position(&seal)),
+            (open.fingerprint(), position(&open)),
+        ];
         Connection::new(seal, open, facts).inspect_err(|_| {
-            self.release_state(seal_state);
-            self.release_state(open_state);
+            for (key, at) in marks {
+                self.registry.release(key, at);
+            }
         })
     }
 
@@ -129,19 +132,6 @@ impl Instance {
         let (seal, open) = conn.keys();
         self.release(seal);
         self.release(open);
-    }
-
-    /// Records a key's final position from its state snapshot, for a key
-    /// whose handle is already gone.
-    pub fn release_state(&mut self, state: crate::record::TrafficKeyState) {
-        self.registry.release(
-            state.connection_id,
-            state.direction,
-            Position {
-                generation: state.generation,
-                sequence: state.sequence,
-            },
-        );
     }
 }
 

@@ -331,6 +331,33 @@ impl TrafficKey {
         Ok(())
     }
 
+    /// Who this key is, for the rollback registry: a hash of the current
+    /// generation's material (or of the host's reference), never of the
+    /// labels a sealer chose. The same key re-sealed under another
+    /// connection id is still the same key.
+    pub fn fingerprint(&self) -> [u8; 16] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"keyferry traffic key fingerprint v1");
+        h.update([self.version.code(), self.aead.code(), self.direction.code()]);
+        match &self.residency {
+            Residency::Software { key, iv, .. } => {
+                h.update([0]);
+                h.update(&key[..]);
+                h.update(&iv[..]);
+            }
+            Residency::Host { key_ref, .. } => {
+                h.update([1]);
+                h.update(key_ref.to_be_bytes());
+                h.update(self.generation.to_be_bytes());
+            }
+        }
+        let digest = h.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
+    }
+
     /// Protects one record. A TLS 1.3 AES-GCM key at its limit first emits
     /// a KeyUpdate record, so the output may hold two records.
     pub fn seal(

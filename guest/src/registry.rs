@@ -7,7 +7,11 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::{BlobError, Result};
-use crate::suite::Direction;
+
+/// A key's identity: [`crate::record::TrafficKey::fingerprint`], a hash of
+/// its material, so the marks follow the key and not the labels a sealer
+/// put on it.
+pub type Fingerprint = [u8; 16];
 
 /// The position of a key in its sequence space: generation, then sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,7 +34,7 @@ struct Mark {
 #[derive(Default)]
 pub struct Registry {
     imported: HashSet<[u8; 16]>,
-    marks: HashMap<(u64, Direction), Mark>,
+    marks: HashMap<Fingerprint, Mark>,
 }
 
 impl Registry {
@@ -39,12 +43,11 @@ impl Registry {
     pub fn admit_traffic(
         &mut self,
         blob_id: [u8; 16],
-        connection_id: u64,
-        direction: Direction,
+        key: Fingerprint,
         at: Position,
     ) -> Result<()> {
         self.admit_blob(blob_id)?;
-        if let Some(mark) = self.marks.get(&(connection_id, direction)) {
+        if let Some(mark) = self.marks.get(&key) {
             if mark.live {
                 return Err(BlobError::Replayed.into());
             }
@@ -54,7 +57,7 @@ impl Registry {
         }
         self.imported.insert(blob_id);
         self.marks.insert(
-            (connection_id, direction),
+            key,
             Mark {
                 reached: at,
                 live: true,
@@ -77,15 +80,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Records where a key was when its handle was exported or dropped.
-    pub fn release(&mut self, connection_id: u64, direction: Direction, at: Position) {
-        let mark = self
-            .marks
-            .entry((connection_id, direction))
-            .or_insert(Mark {
-                reached: at,
-                live: false,
-            });
+    /// Records where a key was when its handle was exported or dropped. A
+    /// key that moved to a later generation here leaves its earlier
+    /// generations marked live: importing one of those is a rollback too.
+    pub fn release(&mut self, key: Fingerprint, at: Position) {
+        let mark = self.marks.entry(key).or_insert(Mark {
+            reached: at,
+            live: false,
+        });
         mark.reached = mark.reached.max(at);
         mark.live = false;
     }
@@ -96,6 +98,8 @@ mod tests {
     use super::*;
     use crate::error::Error;
 
+    const K7S: Fingerprint = [7; 16];
+    const K7O: Fingerprint = [8; 16];
     const AT0: Position = Position {
         generation: 0,
         sequence: 0,
@@ -104,10 +108,10 @@ mod tests {
     #[test]
     fn blob_ids_are_single_use() {
         let mut r = Registry::default();
-        r.admit_traffic([1; 16], 7, Direction::Seal, AT0).unwrap();
-        r.release(7, Direction::Seal, AT0);
+        r.admit_traffic([1; 16], K7S, AT0).unwrap();
+        r.release(K7S, AT0);
         assert_eq!(
-            r.admit_traffic([1; 16], 7, Direction::Seal, AT0),
+            r.admit_traffic([1; 16], K7S, AT0),
             Err(Error::Blob(BlobError::Replayed))
         );
         r.admit_mac([2; 16]).unwrap();
@@ -117,22 +121,21 @@ mod tests {
     #[test]
     fn a_live_key_cannot_be_imported_twice() {
         let mut r = Registry::default();
-        r.admit_traffic([1; 16], 7, Direction::Seal, AT0).unwrap();
+        r.admit_traffic([1; 16], K7S, AT0).unwrap();
         assert_eq!(
-            r.admit_traffic([2; 16], 7, Direction::Seal, AT0),
+            r.admit_traffic([2; 16], K7S, AT0),
             Err(Error::Blob(BlobError::Replayed))
         );
         // The other direction of the same connection is another key.
-        r.admit_traffic([3; 16], 7, Direction::Open, AT0).unwrap();
+        r.admit_traffic([3; 16], K7O, AT0).unwrap();
     }
 
     #[test]
     fn rollback_is_refused_and_progress_accepted() {
         let mut r = Registry::default();
-        r.admit_traffic([1; 16], 7, Direction::Seal, AT0).unwrap();
+        r.admit_traffic([1; 16], K7S, AT0).unwrap();
         r.release(
-            7,
-            Direction::Seal,
+            K7S,
             Position {
                 generation: 1,
                 sequence: 5,
@@ -143,7 +146,7 @@ mod tests {
             sequence: 4,
         };
         assert_eq!(
-            r.admit_traffic([2; 16], 7, Direction::Seal, behind),
+            r.admit_traffic([2; 16], K7S, behind),
             Err(Error::Blob(BlobError::SequenceRollback))
         );
         let older_generation = Position {
@@ -151,13 +154,12 @@ mod tests {
             sequence: 1000,
         };
         assert_eq!(
-            r.admit_traffic([3; 16], 7, Direction::Seal, older_generation),
+            r.admit_traffic([3; 16], K7S, older_generation),
             Err(Error::Blob(BlobError::SequenceRollback))
         );
         r.admit_traffic(
             [4; 16],
-            7,
-            Direction::Seal,
+            K7S,
             Position {
                 generation: 1,
                 sequence: 5,

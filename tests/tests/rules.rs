@@ -175,6 +175,32 @@ fn sequence_rollback_is_refused() {
 }
 
 #[test]
+fn a_key_relabelled_with_another_connection_id_is_still_the_same_key() {
+    let g = guest();
+    let key = g
+        .import_traffic_key(
+            &g.seal_traffic_key(&material(Direction::Seal, 0, 77))
+                .unwrap(),
+        )
+        .unwrap();
+    for _ in 0..5 {
+        g.seal(&key, ContentType::ApplicationData, b"x", 0).unwrap();
+    }
+    // The same key and IV claiming to be another connection: while the
+    // first handle lives, a second live copy; after it, a rollback to 0.
+    let relabelled = material(Direction::Seal, 0, 78);
+    assert_eq!(
+        blob_error(g.import_traffic_key(&g.seal_traffic_key(&relabelled).unwrap())),
+        BlobError::Replayed
+    );
+    g.drop_traffic_key(key).unwrap();
+    assert_eq!(
+        blob_error(g.import_traffic_key(&g.seal_traffic_key(&relabelled).unwrap())),
+        BlobError::SequenceRollback
+    );
+}
+
+#[test]
 fn use_after_export_is_an_error_not_a_crash() {
     let g = guest();
     let key = g
@@ -320,8 +346,10 @@ fn illegal_records_raise_the_rfc_alerts_and_are_final() {
             Alert::BadRecordMac,
         ),
     ];
-    let mut g = guest();
     for (i, (what, record, expected)) in cases.into_iter().enumerate() {
+        // Every case uses the same key, so each gets its own instance: one
+        // instance holds one live copy of a key.
+        let mut g = guest();
         let key = open_key(&mut g, 1000 + i as u64);
         assert_eq!(alert(g.open(&key, &record)), expected, "{what}");
         // Failure is final: even a valid record no longer opens.
@@ -335,6 +363,7 @@ fn illegal_records_raise_the_rfc_alerts_and_are_final() {
         }
     }
     // A valid record with padding opens.
+    let mut g = guest();
     let key = open_key(&mut g, 2000);
     let (ty, payload) = g
         .open(&key, &raw_tls13(0, 23, b"data\x17\0\0\0\0"))
