@@ -130,6 +130,10 @@ pub enum KeyServiceError {
     /// The key cannot do this.
     #[error("unsupported")]
     Unsupported,
+    /// The key reached the AEAD's usage limit (RFC 8446 section 5.5) in
+    /// this generation: it must update (TLS 1.3) or the connection end.
+    #[error("usage limit reached")]
+    Exhausted,
 }
 
 /// Results of this crate.

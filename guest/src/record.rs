@@ -174,6 +174,9 @@ pub struct TrafficKeyState {
     pub exportable: bool,
     /// Whether the material lives in the host.
     pub host_resident: bool,
+    /// The host store's reference, for a host-resident key: the host moves
+    /// its grant when the key migrates.
+    pub host_key_ref: Option<u64>,
     /// Owning connection.
     pub connection_id: u64,
     /// Automatic update (or stop) point for AES-GCM.
@@ -308,6 +311,10 @@ impl TrafficKey {
             generation: self.generation,
             exportable: self.exportable,
             host_resident: matches!(self.residency, Residency::Host { .. }),
+            host_key_ref: match self.residency {
+                Residency::Host { key_ref, .. } => Some(key_ref),
+                Residency::Software { .. } => None,
+            },
             connection_id: self.connection_id,
             auto_update_limit: self.auto_update_limit,
         }

@@ -74,6 +74,7 @@ macro_rules! wit_conversions {
                 AuthenticationFailed,
                 InvalidArgument,
                 Unsupported,
+                Exhausted,
             });
     $crate::wit_enum!(Role <=> $wit::Role { Client, Server });
 
@@ -195,6 +196,7 @@ macro_rules! wit_conversions {
                         } else {
                             $wit::Residency::Software
                         },
+                        host_key_ref: s.host_key_ref,
                         connection_id: s.connection_id,
                         auto_update_limit: s.auto_update_limit,
                     }
@@ -211,6 +213,7 @@ macro_rules! wit_conversions {
                         generation: s.generation,
                         exportable: s.exportable,
                         host_resident: matches!(s.residency, $wit::Residency::Host),
+                        host_key_ref: s.host_key_ref,
                         connection_id: s.connection_id,
                         auto_update_limit: s.auto_update_limit,
                     }

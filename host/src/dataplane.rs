@@ -225,6 +225,7 @@ impl DataPlane {
     /// Moves the connection to another guest instance with its exact state
     /// (a plugin upgrade without a new handshake).
     pub fn migrate(mut self, to: GuestInstance) -> Result<Self> {
+        let (seal_state, open_state) = self.key_states()?;
         let conn = self
             .conn
             .take()
@@ -239,6 +240,8 @@ impl DataPlane {
             .map_err(Error::from)?;
         recipient.check_addressed(&moved.seal_blob)?;
         recipient.check_addressed(&moved.open_blob)?;
+        self.guest
+            .hand_over_references(&[seal_state, open_state], &recipient);
         // Ciphertext the old instance had buffered travels in the open blob.
         let carried =
             usize::try_from(self.bytes_in.saturating_sub(self.plaintext_out)).unwrap_or(usize::MAX);

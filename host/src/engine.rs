@@ -181,7 +181,9 @@ impl GuestEngine {
             .memories(1)
             .table_elements(100_000)
             .build();
+        static NEXT_STORE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let state = StoreState {
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: Limits(limits),

@@ -5,7 +5,6 @@
 //! must fit the TLS limits, a public key must have its length and id. The
 //! host never trusts a length, an index or a type the guest returns.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keyferry_guest::blob::{self, PUBLIC_KEY_LEN};
@@ -18,9 +17,8 @@ use wasmtime::component::ResourceAny;
 use crate::bindings::DataplaneHostKeys;
 use crate::bindings::exports::keyferry::dataplane::connection;
 use crate::error::{Error, GuestError, Result, SandboxError};
+use crate::keystore::HostKeyStore;
 use crate::store::{ExecutionBound, Sandboxed, StoreState};
-
-static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 /// A guest instance's public exchange key: blobs for it are sealed to this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +102,20 @@ pub struct GuestInstance {
     sandbox: Arc<Mutex<Sandboxed<Exports>>>,
     exchange: ExchangeKey,
     id: u64,
+    registration: Arc<Registration>,
+}
+
+/// The instance's entry in the host key store's list of live instances,
+/// removed when the last handle goes.
+struct Registration {
+    keys: Arc<HostKeyStore>,
+    exchange_id: [u8; 16],
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.keys.unregister_instance(&self.exchange_id);
+    }
 }
 
 impl GuestInstance {
@@ -112,13 +124,19 @@ impl GuestInstance {
         exports: Exports,
         bound: ExecutionBound,
     ) -> Result<Self> {
+        let (id, keys) = (store.data().id, store.data().keys.clone());
         let mut sandbox = Sandboxed::new(store, exports, bound);
         let key = sandbox.call(|s, e| e.connection.call_instance_exchange_key(s))?;
         let exchange = ExchangeKey::checked(&key.id, &key.public_key)?;
+        keys.register_instance(exchange.id, id);
         Ok(Self {
             sandbox: Arc::new(Mutex::new(sandbox)),
             exchange,
-            id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            id,
+            registration: Arc::new(Registration {
+                keys,
+                exchange_id: exchange.id,
+            }),
         })
     }
 
@@ -132,6 +150,12 @@ impl GuestInstance {
         self.sandbox.lock().map_or(true, |s| s.is_poisoned())
     }
 
+    /// The instance's store id: what host-resident keys are granted to.
+    #[cfg(test)]
+    pub(crate) fn store_id(&self) -> u64 {
+        self.id
+    }
+
     /// Whether `other` is a handle to this same instance.
     pub fn same_instance(&self, other: &GuestInstance) -> bool {
         self.id == other.id
@@ -140,8 +164,23 @@ impl GuestInstance {
     /// Seals traffic-key material to this instance (host side of the
     /// handoff, or any other handshake engine's keys). The material is
     /// zeroized when it drops.
+    /// A host-resident key's reference is granted to this instance alone.
     pub fn seal_traffic_key(&self, material: &TrafficKeyMaterial) -> Result<Vec<u8>> {
-        Ok(blob::seal_traffic_key(&self.exchange.public_key, material)?)
+        let blob = blob::seal_traffic_key(&self.exchange.public_key, material)?;
+        if let Some(key_ref) = material.host_key_ref {
+            self.registration.keys.grant(key_ref, self.id);
+        }
+        Ok(blob)
+    }
+
+    /// After this instance exported keys in `states` to `recipient`: their
+    /// host references (if any) go with them.
+    pub(crate) fn hand_over_references(&self, states: &[TrafficKeyState], recipient: &ExchangeKey) {
+        for key_ref in states.iter().filter_map(|s| s.host_key_ref) {
+            self.registration
+                .keys
+                .transfer(key_ref, self.id, &recipient.id);
+        }
     }
 
     /// Seals a MAC key to this instance.
@@ -307,6 +346,7 @@ impl GuestInstance {
         recipient: &ExchangeKey,
     ) -> Result<Vec<u8>> {
         self.check(key.instance)?;
+        let state = self.state(&key)?;
         let out = self
             .call(|s, b| {
                 b.keyferry_dataplane_keys().traffic_key().call_export(
@@ -317,6 +357,7 @@ impl GuestInstance {
             })?
             .map_err(Error::from)?;
         recipient.check_addressed(&out)?;
+        self.hand_over_references(&[state], recipient);
         Ok(out)
     }
 

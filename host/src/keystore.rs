@@ -7,8 +7,13 @@
 //!
 //! The store enforces what a guest cannot be trusted to: a key never seals
 //! twice at one sequence number, so even a malicious guest cannot make it
-//! reuse an AES-GCM nonce. Wasm has no AES instructions; the host has, so
-//! this is also the fast path for AES-GCM.
+//! reuse an AES-GCM nonce; an AES-GCM key stops at the RFC 8446 section 5.5
+//! usage limit; and each reference works only for the one guest store it
+//! was granted to. The host grants a reference when it seals the key's blob
+//! to an instance, moves the grant when the key migrates, and revokes it
+//! when the key is exported anywhere else, so an instance that gave a key
+//! away can no longer seal with it or move it on. Wasm has no AES
+//! instructions; the host has, so this is also the fast path for AES-GCM.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,20 +38,25 @@ struct HostKey {
     generation: u32,
     /// The lowest sequence number this key may still seal at.
     next_seal: u64,
+    /// The guest store allowed to use the key, if any.
+    holder: Option<u64>,
 }
+
+/// AES-GCM records one key may protect (RFC 8446 section 5.5: 2^24.5).
+pub const AES_GCM_USAGE_LIMIT: u64 = 23_726_566;
 
 /// Host-resident traffic keys, shared by every guest instance of an engine.
 #[derive(Default)]
 pub struct HostKeyStore {
     keys: Mutex<HashMap<u64, HostKey>>,
+    /// Live instances by exchange-key id: where a migrating key's grant goes.
+    instances: Mutex<HashMap<[u8; 16], u64>>,
 }
 
 impl HostKeyStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self {
-            keys: Mutex::new(HashMap::new()),
-        }
+        Self::default()
     }
 
     /// Moves key material into the store and returns material for a
@@ -85,6 +95,7 @@ impl HostKeyStore {
             secret,
             generation: material.generation,
             next_seal: material.sequence,
+            holder: None,
         };
         // References are capabilities: random, so a guest that was never
         // given one cannot guess another connection's key.
@@ -129,8 +140,108 @@ impl HostKeyStore {
         // a way that matters more than losing the store, so recover.
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Lets guest store `holder` use `key_ref` (the host sealed the key's
+    /// blob to it); any earlier holder loses it.
+    pub(crate) fn grant(&self, key_ref: u64, holder: u64) {
+        if let Some(key) = self.lock().get_mut(&key_ref) {
+            key.holder = Some(holder);
+        }
+    }
+
+    /// A key that `from` exported, sealed to the exchange key `to`: the
+    /// grant moves to the instance holding that key, or is revoked if no
+    /// live instance here does. Only the holder can give a key away.
+    pub(crate) fn transfer(&self, key_ref: u64, from: u64, to: &[u8; 16]) {
+        let next = self
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(to)
+            .copied();
+        if let Some(key) = self.lock().get_mut(&key_ref)
+            && key.holder == Some(from)
+        {
+            key.holder = next;
+        }
+    }
+
+    /// Records a live instance's exchange-key id.
+    pub(crate) fn register_instance(&self, exchange_id: [u8; 16], store: u64) {
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(exchange_id, store);
+    }
+
+    /// Forgets an instance that has gone.
+    pub(crate) fn unregister_instance(&self, exchange_id: &[u8; 16]) {
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(exchange_id);
+    }
+
+    /// The store as guest store `holder` may use it: only the keys granted
+    /// to it.
+    pub(crate) fn bound(&self, holder: u64) -> Bound<'_> {
+        Bound {
+            store: self,
+            holder,
+        }
+    }
+
+    fn check_holder(&self, key_ref: u64, caller: Option<u64>) -> Result<(), KeyServiceError> {
+        let Some(caller) = caller else {
+            return Ok(());
+        };
+        match self.lock().get(&key_ref) {
+            Some(key) if key.holder == Some(caller) => Ok(()),
+            _ => Err(KeyServiceError::UnknownKey),
+        }
+    }
 }
 
+/// [`HostKeyStore`] seen from one guest store: the key-service import.
+pub(crate) struct Bound<'a> {
+    store: &'a HostKeyStore,
+    holder: u64,
+}
+
+impl KeyService for Bound<'_> {
+    fn seal_record(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        self.store.check_holder(key_ref, Some(self.holder))?;
+        self.store
+            .seal_record(key_ref, generation, sequence, aad, plaintext)
+    }
+
+    fn open_record(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: &[u8],
+        body: &[u8],
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        self.store.check_holder(key_ref, Some(self.holder))?;
+        self.store
+            .open_record(key_ref, generation, sequence, aad, body)
+    }
+
+    fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
+        self.store.check_holder(key_ref, Some(self.holder))?;
+        self.store.update(key_ref, generation)
+    }
+}
+
+/// The host's own use of its store (no holder check: the host is trusted).
 impl KeyService for HostKeyStore {
     fn seal_record(
         &self,
@@ -147,6 +258,9 @@ impl KeyService for HostKeyStore {
         }
         if sequence < key.next_seal || sequence == u64::MAX {
             return Err(KeyServiceError::SequenceReused);
+        }
+        if key.aead.is_aes_gcm() && sequence >= AES_GCM_USAGE_LIMIT {
+            return Err(KeyServiceError::Exhausted);
         }
         if plaintext.len() > keyferry_guest::record::MAX_INNER_PLAINTEXT || aad.len() > 13 {
             return Err(KeyServiceError::InvalidArgument);
@@ -318,6 +432,107 @@ mod tests {
         assert_eq!(
             store.open_record(key_ref, 0, 0, &[], &[0; 32]),
             Err(KeyServiceError::UnknownKey)
+        );
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use keyferry_guest::key_service::KeyService;
+    use keyferry_guest::record::TrafficKeyMaterial;
+    use keyferry_guest::{AeadAlgorithm, ContentType, Direction, KeyServiceError};
+
+    use super::AES_GCM_USAGE_LIMIT;
+    use crate::{GuestComponent, GuestEngine, SandboxConfig};
+
+    const AAD: [u8; 5] = [23, 3, 3, 0, 18];
+
+    #[test]
+    fn a_migrated_reference_works_only_for_its_new_holder() {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        let component = GuestComponent::reference_with_host_keys(&engine).unwrap();
+        let (a, b, c) = (
+            component.instantiate().unwrap(),
+            component.instantiate().unwrap(),
+            component.instantiate().unwrap(),
+        );
+        let store = engine.key_store();
+        let material = TrafficKeyMaterial::from_tls13_secret(
+            AeadAlgorithm::Aes128Gcm,
+            Direction::Seal,
+            &[3; 32],
+            0,
+            9,
+        )
+        .unwrap();
+        let reference = store.insert(material).unwrap();
+        let key_ref = reference.host_key_ref.unwrap();
+        let handle = a
+            .import_traffic_key(&a.seal_traffic_key(&reference).unwrap())
+            .unwrap();
+        a.seal(&handle, ContentType::ApplicationData, b"from a", 0)
+            .unwrap();
+        // An instance never given the key cannot use its reference.
+        assert_eq!(
+            store
+                .bound(c.store_id())
+                .seal_record(key_ref, 0, 100, &AAD, b"x"),
+            Err(KeyServiceError::UnknownKey)
+        );
+        // A migrates the key to B ...
+        let blob = a.export_traffic_key(handle, &b.exchange_key()).unwrap();
+        let moved = b.import_traffic_key(&blob).unwrap();
+        // ... after which A, going to the key service directly, gets
+        // nowhere: it cannot seal far ahead (which would leave B with
+        // sequence-reused forever) nor move the key on.
+        assert_eq!(
+            store
+                .bound(a.store_id())
+                .seal_record(key_ref, 0, u64::MAX - 1, &AAD, b"x"),
+            Err(KeyServiceError::UnknownKey)
+        );
+        assert_eq!(
+            store.bound(a.store_id()).update(key_ref, 0),
+            Err(KeyServiceError::UnknownKey)
+        );
+        // B keeps working.
+        for _ in 0..3 {
+            b.seal(&moved, ContentType::ApplicationData, b"from b", 0)
+                .unwrap();
+        }
+        // An export to a recipient that is no instance here revokes it.
+        let elsewhere = crate::ExchangeKey {
+            id: keyferry_guest::blob::key_id(&[9; 32]),
+            public_key: [9; 32],
+        };
+        b.export_traffic_key(moved, &elsewhere).unwrap();
+        assert_eq!(
+            store
+                .bound(b.store_id())
+                .seal_record(key_ref, 0, 1000, &AAD, b"x"),
+            Err(KeyServiceError::UnknownKey)
+        );
+        assert!(store.remove(key_ref));
+    }
+
+    #[test]
+    fn aes_gcm_keys_stop_at_the_usage_limit() {
+        let store = super::HostKeyStore::new();
+        let material = TrafficKeyMaterial::from_tls13_secret(
+            AeadAlgorithm::Aes256Gcm,
+            Direction::Seal,
+            &[4; 48],
+            AES_GCM_USAGE_LIMIT - 1,
+            1,
+        )
+        .unwrap();
+        let key_ref = store.insert(material).unwrap().host_key_ref.unwrap();
+        store
+            .seal_record(key_ref, 0, AES_GCM_USAGE_LIMIT - 1, &AAD, b"x")
+            .expect("the last record under the limit");
+        assert_eq!(
+            store.seal_record(key_ref, 0, AES_GCM_USAGE_LIMIT, &AAD, b"x"),
+            Err(KeyServiceError::Exhausted)
         );
     }
 }

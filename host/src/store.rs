@@ -29,6 +29,8 @@ pub enum ExecutionBound {
 
 /// What a guest store holds: WASI state, limits and the host key store.
 pub(crate) struct StoreState {
+    /// This store's id: the holder the host key store grants keys to.
+    pub(crate) id: u64,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limits: Limits,
@@ -103,6 +105,7 @@ impl key_service::Host for StoreState {
     ) -> Result<Vec<u8>, wit::KeyServiceError> {
         use keyferry_guest::key_service::KeyService;
         self.keys
+            .bound(self.id)
             .seal_record(key_ref, generation, sequence, &aad, &plaintext)
             .map_err(Into::into)
     }
@@ -117,13 +120,17 @@ impl key_service::Host for StoreState {
     ) -> Result<Vec<u8>, wit::KeyServiceError> {
         use keyferry_guest::key_service::KeyService;
         self.keys
+            .bound(self.id)
             .open_record(key_ref, generation, sequence, &aad, &body)
             .map_err(Into::into)
     }
 
     fn update(&mut self, key_ref: u64, generation: u32) -> Result<(), wit::KeyServiceError> {
         use keyferry_guest::key_service::KeyService;
-        self.keys.update(key_ref, generation).map_err(Into::into)
+        self.keys
+            .bound(self.id)
+            .update(key_ref, generation)
+            .map_err(Into::into)
     }
 }
 
