@@ -9,3 +9,4 @@ mod operator;
 mod privsep;
 mod robustness;
 mod serve;
+mod soak;
