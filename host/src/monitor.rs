@@ -35,7 +35,7 @@ use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, T
 use crate::error::{HandshakeError, Result};
 use crate::handshake::{Handoff, Handshake};
 use crate::instance::ExchangeKey;
-use crate::server::{ADMISSION_WAIT, ServerStats, client_address};
+use crate::server::{ADMISSION_WAIT, ServerStats, accept, admit, client_address};
 use crate::transport::{handshake_async, new_connection_id};
 
 /// How to start a worker: this binary, in its worker mode.
@@ -213,19 +213,7 @@ pub async fn serve(
     }
     let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
+    while let Some((stream, peer)) = accept(&listener, &mut shutdown, &stats).await {
         let (options, stats, pool, permits) = (
             options.clone(),
             stats.clone(),
@@ -233,21 +221,8 @@ pub async fn serve(
             permits.clone(),
         );
         tasks.spawn(async move {
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    if pool.shed_one().await {
-                        stats.shed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    match tokio::time::timeout(ADMISSION_WAIT, permits.acquire_owned()).await {
-                        Ok(Ok(p)) => p,
-                        _ => {
-                            stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
-                            info!(%peer, "at the connection cap and nothing idle to close; closed");
-                            return;
-                        }
-                    }
-                }
+            let Some(permit) = admit(&permits, pool.shed_one(), &stats, peer).await else {
+                return;
             };
             connection(stream, peer, &options, &stats, &pool, permit).await;
         });

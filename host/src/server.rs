@@ -133,20 +133,7 @@ pub async fn serve(
     let slots = Arc::new(Sessions::default());
     let epoch = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    // Out of descriptors, say: give sessions time to end.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
+    while let Some((mut stream, peer)) = accept(&listener, &mut shutdown, &stats).await {
         let options = options.clone();
         let stats = stats.clone();
         let shutdown = shutdown.clone();
@@ -158,24 +145,10 @@ pub async fn serve(
             continue;
         };
         tasks.spawn(async move {
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    // At the cap: close the longest-idle keep-alive
-                    // connection (never a busy one) and take its place.
-                    if slots.shed_longest_idle() {
-                        stats.shed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    match tokio::time::timeout(ADMISSION_WAIT, permits.acquire_owned()).await {
-                        Ok(Ok(p)) => p,
-                        _ => {
-                            stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
-                            info!(%peer, "at the connection cap and nothing idle to close; closed");
-                            let _ = stream.shutdown().await;
-                            return;
-                        }
-                    }
-                }
+            let shed = async { slots.shed_longest_idle() };
+            let Some(permit) = admit(&permits, shed, &stats, peer).await else {
+                let _ = stream.shutdown().await;
+                return;
             };
             drop(waiter);
             connection(stream, peer, &options, &stats, &slots, epoch, shutdown).await;
@@ -307,6 +280,57 @@ pub(crate) async fn client_address(
         }
         Err(_) => {
             info!(%peer, "no PROXY header in time");
+            None
+        }
+    }
+}
+
+/// The next accepted connection, or `None` once `shutdown` fires. A failed
+/// accept (out of descriptors, say) is logged and retried after a pause
+/// that lets sessions end.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    stats: &ServerStats,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => {
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    return Some(a);
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
+/// A place under the connection cap for `peer`: at once if there is one;
+/// at the cap, after `shed` closed the longest-idle keep-alive connection
+/// (never a busy one) and its place came back within [`ADMISSION_WAIT`].
+/// `None` (logged) if no place came: the caller closes the client.
+pub(crate) async fn admit(
+    permits: &Arc<Semaphore>,
+    shed: impl Future<Output = bool>,
+    stats: &ServerStats,
+    peer: SocketAddr,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    if shed.await {
+        stats.shed.fetch_add(1, Ordering::Relaxed);
+    }
+    match tokio::time::timeout(ADMISSION_WAIT, permits.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => {
+            stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, "at the connection cap and nothing idle to close; closed");
             None
         }
     }
