@@ -2,6 +2,12 @@
 //!
 //! Import opens a blob, rebuilds the key and admits it; export seals the
 //! exact state to another public key and consumes the handle.
+//!
+//! An instance that serves many connections (a shared instance) rotates its
+//! exchange key every [`ROTATE_EVERY`] imports and keeps the previous one,
+//! so what it must remember stays bounded: a blob sealed to a key two
+//! rotations old cannot be opened at all, so its id, and the marks of keys
+//! released before then, can be forgotten without allowing a replay.
 
 use std::cell::RefCell;
 
@@ -13,9 +19,17 @@ use crate::mac::MacKey;
 use crate::record::TrafficKey;
 use crate::registry::{Position, Registry};
 
+/// Imports between exchange-key rotations.
+pub const ROTATE_EVERY: u32 = 1024;
+
 /// An instance's keys and memory of the keys it has held.
 pub struct Instance {
     exchange: ExchangeKeyPair,
+    /// The key before the last rotation: blobs sealed to it still open.
+    previous: Option<ExchangeKeyPair>,
+    /// Rotations so far.
+    epoch: u32,
+    imports: u32,
     registry: Registry,
     service: Option<&'static dyn KeyService>,
 }
@@ -26,9 +40,43 @@ impl Instance {
     pub fn new(service: Option<&'static dyn KeyService>) -> Self {
         Self {
             exchange: ExchangeKeyPair::generate(),
+            previous: None,
+            epoch: 0,
+            imports: 0,
             registry: Registry::default(),
             service,
         }
+    }
+
+    /// The exchange key a blob names in its header: the current one or the
+    /// one before; any other is another recipient's.
+    fn recipient(&self, sealed: &[u8]) -> Result<&ExchangeKeyPair> {
+        let id = blob::peek_header(sealed)?.key_id;
+        if id == self.exchange.key_id() {
+            return Ok(&self.exchange);
+        }
+        match &self.previous {
+            Some(previous) if id == previous.key_id() => Ok(previous),
+            _ => Err(crate::error::BlobError::WrongRecipient.into()),
+        }
+    }
+
+    /// Counts an import and rotates the exchange key when it is time.
+    fn imported(&mut self) {
+        self.imports = self.imports.wrapping_add(1);
+        if self.imports.is_multiple_of(ROTATE_EVERY) {
+            self.previous = Some(std::mem::replace(
+                &mut self.exchange,
+                ExchangeKeyPair::generate(),
+            ));
+            self.epoch += 1;
+            self.registry.retire_before(self.epoch.saturating_sub(1));
+        }
+    }
+
+    /// How many blob ids and key marks the instance remembers.
+    pub fn remembered(&self) -> usize {
+        self.registry.len()
     }
 
     /// The exchange key pair.
@@ -43,17 +91,19 @@ impl Instance {
 
     /// CryptImportKey for a traffic key.
     pub fn import_traffic_key(&mut self, sealed: &[u8]) -> Result<TrafficKey> {
-        let (blob_id, material) = blob::open_traffic_key(&self.exchange, sealed)?;
+        let (blob_id, material) = blob::open_traffic_key(self.recipient(sealed)?, sealed)?;
         let key = TrafficKey::from_material(material, self.service)?;
         self.registry
-            .admit_traffic(blob_id, key.fingerprint(), position(&key))?;
+            .admit_traffic(blob_id, key.fingerprint(), position(&key), self.epoch)?;
+        self.imported();
         Ok(key)
     }
 
     /// CryptImportKey for a MAC key.
     pub fn import_mac_key(&mut self, sealed: &[u8]) -> Result<MacKey> {
-        let (blob_id, key) = blob::open_mac_key(&self.exchange, sealed)?;
-        self.registry.admit_mac(blob_id)?;
+        let (blob_id, key) = blob::open_mac_key(self.recipient(sealed)?, sealed)?;
+        self.registry.admit_mac(blob_id, self.epoch)?;
+        self.imported();
         Ok(key)
     }
 
@@ -76,7 +126,8 @@ impl Instance {
 
     /// Records a traffic key's final position when its handle goes away.
     pub fn release(&mut self, key: &TrafficKey) {
-        self.registry.release(key.fingerprint(), position(key));
+        self.registry
+            .release(key.fingerprint(), position(key), self.epoch);
     }
 }
 
@@ -122,7 +173,7 @@ impl Instance {
         ];
         Connection::new(seal, open, facts).inspect_err(|_| {
             for (key, at) in marks {
-                self.registry.release(key, at);
+                self.registry.release(key, at, self.epoch);
             }
         })
     }

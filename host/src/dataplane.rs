@@ -122,6 +122,8 @@ impl DataPlane {
                     .call_attach(s, seal_blob, open_blob, &wfacts)
             })?
             .map_err(Error::from)?;
+        // Two imports: the instance may have rotated its exchange key.
+        guest.refresh_exchange_key()?;
         let mut plane = Self {
             guest,
             conn: Some(conn),

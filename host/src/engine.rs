@@ -186,7 +186,7 @@ impl GuestEngine {
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: Limits(limits),
+            limits: Limits(limits, 0),
             keys: self.shared.keys.clone(),
         };
         let mut store = Store::new(&self.shared.engine, state);

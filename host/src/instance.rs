@@ -100,21 +100,28 @@ pub(crate) struct Exports {
 #[derive(Clone)]
 pub struct GuestInstance {
     sandbox: Arc<Mutex<Sandboxed<Exports>>>,
-    exchange: ExchangeKey,
     id: u64,
     registration: Arc<Registration>,
 }
 
-/// The instance's entry in the host key store's list of live instances,
-/// removed when the last handle goes.
+/// The instance's current exchange key (it rotates after many imports),
+/// and its entries in the host key store's list of live instances, removed
+/// when the last handle goes.
 struct Registration {
     keys: Arc<HostKeyStore>,
-    exchange_id: [u8; 16],
+    exchange: Mutex<ExchangeKey>,
+    exchange_ids: Mutex<Vec<[u8; 16]>>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.keys.unregister_instance(&self.exchange_id);
+        let ids = self
+            .exchange_ids
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for id in ids.iter() {
+            self.keys.unregister_instance(id);
+        }
     }
 }
 
@@ -131,18 +138,46 @@ impl GuestInstance {
         keys.register_instance(exchange.id, id);
         Ok(Self {
             sandbox: Arc::new(Mutex::new(sandbox)),
-            exchange,
             id,
             registration: Arc::new(Registration {
                 keys,
-                exchange_id: exchange.id,
+                exchange: Mutex::new(exchange),
+                exchange_ids: Mutex::new(vec![exchange.id]),
             }),
         })
     }
 
-    /// This instance's exchange key.
+    /// This instance's exchange key. An instance rotates it every
+    /// thousand-odd imports (keeping the one before), so seal to the key
+    /// this returns now rather than to one kept from long ago.
     pub fn exchange_key(&self) -> ExchangeKey {
-        self.exchange
+        *self
+            .registration
+            .exchange
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the guest for its exchange key after an import (it may have
+    /// rotated) and records a new one.
+    pub(crate) fn refresh_exchange_key(&self) -> Result<()> {
+        let key = self.call_connection(|s, c| c.call_instance_exchange_key(s))?;
+        let key = ExchangeKey::checked(&key.id, &key.public_key)?;
+        let mut current = self
+            .registration
+            .exchange
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *current != key {
+            *current = key;
+            self.registration.keys.register_instance(key.id, self.id);
+            self.registration
+                .exchange_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key.id);
+        }
+        Ok(())
     }
 
     /// Whether an earlier trap has made this instance unusable.
@@ -156,6 +191,11 @@ impl GuestInstance {
         self.id
     }
 
+    /// The largest this instance's linear memory has grown, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.sandbox.lock().map_or(0, |s| s.memory_bytes())
+    }
+
     /// Whether `other` is a handle to this same instance.
     pub fn same_instance(&self, other: &GuestInstance) -> bool {
         self.id == other.id
@@ -166,7 +206,7 @@ impl GuestInstance {
     /// zeroized when it drops.
     /// A host-resident key's reference is granted to this instance alone.
     pub fn seal_traffic_key(&self, material: &TrafficKeyMaterial) -> Result<Vec<u8>> {
-        let blob = blob::seal_traffic_key(&self.exchange.public_key, material)?;
+        let blob = blob::seal_traffic_key(&self.exchange_key().public_key, material)?;
         if let Some(key_ref) = material.host_key_ref {
             self.registration.keys.grant(key_ref, self.id);
         }
@@ -185,7 +225,7 @@ impl GuestInstance {
 
     /// Seals a MAC key to this instance.
     pub fn seal_mac_key(&self, key: &keyferry_guest::mac::MacKey) -> Result<Vec<u8>> {
-        Ok(blob::seal_mac_key(&self.exchange.public_key, key)?)
+        Ok(blob::seal_mac_key(&self.exchange_key().public_key, key)?)
     }
 
     /// Calls the instance's `connection` export.
@@ -239,7 +279,9 @@ impl GuestInstance {
                 .traffic_key()
                 .call_import(s, blob)
         })?;
-        Ok(self.own(r.map_err(Error::from)?))
+        let handle = self.own(r.map_err(Error::from)?);
+        self.refresh_exchange_key()?;
+        Ok(handle)
     }
 
     /// Protects one record in the guest; returns wire bytes (one record, or
@@ -375,6 +417,7 @@ impl GuestInstance {
         let r = self
             .call(|s, b| b.keyferry_dataplane_keys().mac_key().call_import(s, blob))?
             .map_err(Error::from)?;
+        self.refresh_exchange_key()?;
         Ok(MacKeyHandle {
             resource: r,
             instance: self.id,

@@ -44,8 +44,9 @@ pub(crate) struct StoreState {
 pub(crate) struct GrowRefused(&'static str);
 
 /// wasmtime's [`StoreLimits`], trapping with [`GrowRefused`] when a grow is
-/// refused: a guest at its cap stops at once instead of limping on.
-pub(crate) struct Limits(pub(crate) StoreLimits);
+/// refused: a guest at its cap stops at once instead of limping on. It also
+/// records how large the guest's memory has grown.
+pub(crate) struct Limits(pub(crate) StoreLimits, pub(crate) usize);
 
 impl ResourceLimiter for Limits {
     fn memory_growing(
@@ -55,7 +56,10 @@ impl ResourceLimiter for Limits {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         match self.0.memory_growing(current, desired, maximum)? {
-            true => Ok(true),
+            true => {
+                self.1 = self.1.max(desired);
+                Ok(true)
+            }
             false => Err(GrowRefused("memory").into()),
         }
     }
@@ -157,6 +161,11 @@ impl<E> Sandboxed<E> {
 
     pub(crate) fn is_poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// The largest the guest's linear memory has grown, in bytes.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.store.data().limits.1
     }
 
     /// Calls into the guest. Any wasmtime error poisons the store: only a

@@ -98,3 +98,48 @@ fn pooled_engines_instantiate_many_guests() {
         .instantiate()
         .expect("slots come back when instances drop");
 }
+
+#[test]
+fn a_long_lived_instance_rotates_its_key_and_stays_bounded() {
+    use keyferry::{Direction, TrafficKeyMaterial};
+    use keyferry_guest::{BlobError, Error as RecordError};
+    let g = keyferry_tests::guest();
+    let material = |i: u32| {
+        let mut secret = [0u8; 32];
+        secret[..4].copy_from_slice(&i.to_be_bytes());
+        TrafficKeyMaterial::from_tls13_secret(
+            AeadAlgorithm::ChaCha20Poly1305,
+            Direction::Seal,
+            &secret,
+            0,
+            u64::from(i),
+        )
+        .unwrap()
+    };
+    let first_key = g.exchange_key();
+    let early = g.seal_traffic_key(&material(u32::MAX)).unwrap();
+    let every = keyferry_guest::instance::ROTATE_EVERY;
+    let mut memory = Vec::new();
+    for i in 0..4 * every {
+        // What a shared instance does per connection: import, then end.
+        let key = g
+            .import_traffic_key(&g.seal_traffic_key(&material(i)).unwrap())
+            .unwrap();
+        g.drop_traffic_key(key).unwrap();
+        if (i + 1) % every == 0 {
+            memory.push(g.memory_bytes());
+        }
+    }
+    assert!(!g.is_poisoned());
+    assert_ne!(g.exchange_key(), first_key, "the exchange key rotated");
+    // What it remembers stops growing once old epochs are retired.
+    assert!(
+        memory[3] <= memory[1] + 64 * 1024,
+        "linear memory per 1024 imports: {memory:?}"
+    );
+    // A blob sealed to a key two rotations old opens nowhere.
+    assert!(matches!(
+        g.import_traffic_key(&early),
+        Err(Error::Record(RecordError::Blob(BlobError::WrongRecipient)))
+    ));
+}
