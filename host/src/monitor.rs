@@ -32,11 +32,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
-use crate::error::{HandshakeError, Result};
-use crate::handshake::{Handoff, Handshake};
+use crate::error::Result;
+use crate::handshake::Handoff;
 use crate::instance::ExchangeKey;
-use crate::server::{ADMISSION_WAIT, ServerStats, accept, admit, client_address};
-use crate::transport::{handshake_async, new_connection_id};
+use crate::server::{ADMISSION_WAIT, ServerStats, accept, admit, client_address, server_handshake};
+use crate::transport::new_connection_id;
 
 /// How to start a worker: this binary, in its worker mode.
 #[derive(Clone, Debug)]
@@ -375,19 +375,17 @@ async fn connection(
         return;
     };
     let id = new_connection_id();
-    let handoff = match Handshake::server(&options.tls, id) {
-        Ok(hs) => tokio::time::timeout(options.handshake_timeout, handshake_async(&mut stream, hs))
-            .await
-            .unwrap_or_else(|_| Err(HandshakeError::TimedOut.into())),
-        Err(e) => Err(e),
-    };
-    let handoff = match handoff {
-        Ok(h) => h,
-        Err(e) => {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            info!(%peer, error = %e, "handshake failed");
-            return;
-        }
+    let Some(handoff) = server_handshake(
+        &mut stream,
+        &options.tls,
+        id,
+        options.handshake_timeout,
+        peer,
+        stats,
+    )
+    .await
+    else {
+        return;
     };
     // A ready instance: usually waiting already; a worker being replaced
     // may take a moment.

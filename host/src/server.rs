@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::component::GuestComponent;
 use crate::dataplane::DataPlane;
 use crate::error::{Error, HandshakeError, Result};
-use crate::handshake::Handshake;
+use crate::handshake::{Handoff, Handshake};
 use crate::instance::GuestInstance;
 use crate::transport::{
     PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async,
@@ -208,19 +208,17 @@ async fn session(
     else {
         return;
     };
-    let handoff = match Handshake::server(&options.tls, id) {
-        Ok(hs) => tokio::time::timeout(options.timeouts.handshake, handshake_async(stream, hs))
-            .await
-            .unwrap_or_else(|_| Err(HandshakeError::TimedOut.into())),
-        Err(e) => Err(e),
-    };
-    let handoff = match handoff {
-        Ok(h) => h,
-        Err(e) => {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            info!(%peer, error = %e, "handshake failed");
-            return;
-        }
+    let Some(handoff) = server_handshake(
+        stream,
+        &options.tls,
+        id,
+        options.timeouts.handshake,
+        peer,
+        stats,
+    )
+    .await
+    else {
+        return;
     };
     let handoff_done = Instant::now();
     let facts = handoff.facts.clone();
@@ -331,6 +329,33 @@ pub(crate) async fn admit(
         _ => {
             stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
             info!(%peer, "at the connection cap and nothing idle to close; closed");
+            None
+        }
+    }
+}
+
+/// Runs a server handshake over `stream` within `timeout`; a failure is
+/// counted and logged (the peer already got rustls's alert) and gives
+/// `None`.
+pub(crate) async fn server_handshake(
+    stream: &mut TcpStream,
+    tls: &Arc<ServerConfig>,
+    id: u64,
+    timeout: Duration,
+    peer: SocketAddr,
+    stats: &ServerStats,
+) -> Option<Handoff> {
+    let handoff = match Handshake::server(tls, id) {
+        Ok(hs) => tokio::time::timeout(timeout, handshake_async(stream, hs))
+            .await
+            .unwrap_or_else(|_| Err(HandshakeError::TimedOut.into())),
+        Err(e) => Err(e),
+    };
+    match handoff {
+        Ok(h) => Some(h),
+        Err(e) => {
+            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, error = %e, "handshake failed");
             None
         }
     }
