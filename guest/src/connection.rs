@@ -269,13 +269,13 @@ impl Connection {
 
     /// Hands back both keys (for export to another instance). Ciphertext
     /// still unprocessed travels in the open key's buffer.
-    pub fn into_keys(mut self) -> Result<(TrafficKey, TrafficKey, Facts)> {
+    pub fn into_keys(mut self) -> Result<(TrafficKey, TrafficKey)> {
         self.check_exportable()?;
         let (plaintext, mut ciphertext) = self.open.take_buffered();
         ciphertext.extend_from_slice(&self.inbuf);
         self.open.buffered_plaintext = plaintext;
         self.open.buffered_ciphertext = ciphertext;
-        Ok((self.seal, self.open, self.facts))
+        Ok((self.seal, self.open))
     }
 
     fn process(&mut self, out: &mut Output) {

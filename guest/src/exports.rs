@@ -173,7 +173,7 @@ impl<A: Application> GuestTlsConnection for ConnectionResource<A> {
             with_instance(|i| i.release_connection(session.connection()));
             return Err(e.into());
         }
-        let (seal, open, _facts) = session.into_connection()?.into_keys()?;
+        let (seal, open) = session.into_connection()?.into_keys()?;
         with_instance(|i| {
             let seal_blob = match i.export_traffic_key(seal, &recipient) {
                 Ok(blob) => blob,

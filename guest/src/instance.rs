@@ -74,11 +74,6 @@ impl Instance {
         }
     }
 
-    /// How many blob ids and key marks the instance remembers.
-    pub fn remembered(&self) -> usize {
-        self.registry.len()
-    }
-
     /// The exchange key pair.
     pub fn exchange(&self) -> &ExchangeKeyPair {
         &self.exchange

@@ -14,7 +14,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use keyferry_guest::ProtocolVersion;
 use keyferry_guest::blob::PUBLIC_KEY_LEN;
@@ -462,15 +462,12 @@ impl Channel {
             }
         }
     }
-
-    /// The socket, e.g. to tell whether it is this channel's.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.get_ref().as_fd()
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     fn facts() -> Facts {

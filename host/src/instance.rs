@@ -196,11 +196,6 @@ impl GuestInstance {
         self.sandbox.lock().map_or(0, |s| s.memory_bytes())
     }
 
-    /// Whether `other` is a handle to this same instance.
-    pub fn same_instance(&self, other: &GuestInstance) -> bool {
-        self.id == other.id
-    }
-
     /// Seals traffic-key material to this instance (host side of the
     /// handoff, or any other handshake engine's keys). The material is
     /// zeroized when it drops.
