@@ -1,7 +1,12 @@
 //! keyferry's OPAQUEKEYBLOB: the one implementation of the key blob format,
 //! used by the host to seal and by the guest to open and re-seal.
 //!
-//! Layout of format version 1 (all integers big-endian):
+//! Two formats address a recipient two ways (DESIGN section 3). Both start
+//! with the same 22-byte header, and both readers stay: a reader accepts
+//! every version in [`READABLE_VERSIONS`].
+//!
+//! Layout of format version 1, HPKE to an instance's X25519 key, for a
+//! recipient the sealer did not create (all integers big-endian):
 //!
 //! ```text
 //! offset  size  field
@@ -18,7 +23,28 @@
 //! so the version, kind and recipient cannot be changed without the open
 //! failing; they are also checked before decryption so the errors are
 //! precise.
+//!
+//! Format version 2 wraps with a symmetric secret the host handed the
+//! instance when it made it, for handoffs inside one process: the host can
+//! read the instance's memory anyway, so a secret it chose binds a blob to
+//! the instance as well as a key pair would, and costs a hash and an AEAD
+//! instead of two X25519 operations in Wasm.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "KFKB"
+//! 4       1     format version (2)
+//! 5       1     kind
+//! 6       16    recipient secret id: SHA-256(label || secret)[..16]
+//! 22      16    random salt
+//! 38      ..    ChaCha20-Poly1305 ciphertext of the key state, 16-byte tag
+//! ```
+//!
+//! The per-blob key is HKDF-SHA256(salt, secret, "keyferry key blob v2");
+//! being used once, it takes the all-zero nonce. Bytes 0..38 are the
+//! associated data. The contents are the same in both formats.
 
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
@@ -35,10 +61,16 @@ type Kem = X25519HkdfSha256;
 
 /// The first bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"KFKB";
-/// The newest format version this code writes and reads.
+/// The format sealed with HPKE to an instance's exchange key.
 pub const FORMAT_VERSION: u8 = 1;
+/// The format wrapped with an instance's wrapping secret.
+pub const FORMAT_WRAPPED: u8 = 2;
 /// Every version this code reads.
-pub const READABLE_VERSIONS: &[u8] = &[1];
+pub const READABLE_VERSIONS: &[u8] = &[1, 2];
+/// A wrapping secret's length.
+pub const WRAPPING_SECRET_LEN: usize = 32;
+/// The per-blob salt of format 2.
+pub const SALT_LEN: usize = 16;
 /// Magic, version, kind and key id: the associated data.
 pub const HEADER_LEN: usize = 22;
 /// X25519 encapsulated key.
@@ -51,6 +83,8 @@ pub const PUBLIC_KEY_LEN: usize = 32;
 pub const MAX_BUFFERED: usize = 1 << 20;
 
 const INFO: &[u8] = b"keyferry key blob";
+const WRAPPED_INFO: &[u8] = b"keyferry key blob v2";
+const WRAPPING_ID_LABEL: &[u8] = b"keyferry wrapping secret id";
 const FLAG_EXPORTABLE: u8 = 1;
 const FLAG_HOST_RESIDENT: u8 = 2;
 
@@ -105,6 +139,89 @@ impl ExchangeKeyPair {
     }
 }
 
+/// An instance's wrapping secret (format 2). The host makes it and hands
+/// it to the instance it just created; neither copy is ever printed or
+/// cloned, and both are wiped when they drop.
+pub struct WrappingSecret {
+    secret: Zeroizing<[u8; WRAPPING_SECRET_LEN]>,
+    id: [u8; 16],
+}
+
+impl WrappingSecret {
+    /// A fresh secret from the system's randomness.
+    pub fn generate() -> Result<Self> {
+        let mut secret = Zeroizing::new([0u8; WRAPPING_SECRET_LEN]);
+        getrandom::fill(&mut secret[..])
+            .map_err(|_| Error::InvalidArgument("no system randomness"))?;
+        Ok(Self::from_array(secret))
+    }
+
+    /// The secret the host handed over; exactly 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut secret = Zeroizing::new([0u8; WRAPPING_SECRET_LEN]);
+        if bytes.len() != WRAPPING_SECRET_LEN {
+            return Err(Error::InvalidArgument("wrapping secret length"));
+        }
+        secret.copy_from_slice(bytes);
+        Ok(Self::from_array(secret))
+    }
+
+    fn from_array(secret: Zeroizing<[u8; WRAPPING_SECRET_LEN]>) -> Self {
+        let digest = Sha256::new()
+            .chain_update(WRAPPING_ID_LABEL)
+            .chain_update(&secret[..])
+            .finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Self { secret, id }
+    }
+
+    /// The id blobs wrapped with this secret carry: a hash, safe to show.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    /// The secret's bytes, to hand to the instance.
+    pub fn expose(&self) -> &[u8] {
+        &self.secret[..]
+    }
+
+    /// The AEAD for one blob's salt.
+    fn blob_cipher(&self, salt: &[u8]) -> chacha20poly1305::ChaCha20Poly1305 {
+        let mut key = Zeroizing::new([0u8; 32]);
+        hkdf::Hkdf::<Sha256>::new(Some(salt), &self.secret[..])
+            .expand(WRAPPED_INFO, &mut key[..])
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        chacha20poly1305::ChaCha20Poly1305::new(&(*key).into())
+    }
+}
+
+/// Who opens a blob: an exchange key pair (format 1) or a wrapping secret
+/// (format 2).
+#[derive(Clone, Copy)]
+pub enum Recipient<'a> {
+    /// HPKE to this key pair.
+    Exchange(&'a ExchangeKeyPair),
+    /// Wrapped with this secret.
+    Wrapping(&'a WrappingSecret),
+}
+
+impl Recipient<'_> {
+    fn id(&self) -> [u8; 16] {
+        match self {
+            Self::Exchange(k) => k.id,
+            Self::Wrapping(w) => w.id,
+        }
+    }
+
+    fn version(&self) -> u8 {
+        match self {
+            Self::Exchange(_) => FORMAT_VERSION,
+            Self::Wrapping(_) => FORMAT_WRAPPED,
+        }
+    }
+}
+
 /// SHA-256 of the public key, first 16 bytes.
 pub fn key_id(public_key: &[u8; PUBLIC_KEY_LEN]) -> [u8; 16] {
     let digest = Sha256::digest(public_key);
@@ -148,6 +265,11 @@ pub fn peek_header(blob: &[u8]) -> Result<BlobHeader> {
 /// Seals traffic-key material to `recipient` (an X25519 public key).
 pub fn seal_traffic_key(recipient: &[u8], m: &TrafficKeyMaterial) -> Result<Vec<u8>> {
     seal(recipient, BlobKind::TrafficKey, &traffic_key_contents(m)?)
+}
+
+/// Wraps traffic-key material with an instance's wrapping secret.
+pub fn wrap_traffic_key(secret: &WrappingSecret, m: &TrafficKeyMaterial) -> Result<Vec<u8>> {
+    wrap(secret, BlobKind::TrafficKey, traffic_key_contents(m)?)
 }
 
 /// The clear contents of a traffic-key blob. The buffer is sized exactly
@@ -194,6 +316,11 @@ pub fn seal_mac_key(recipient: &[u8], key: &MacKey) -> Result<Vec<u8>> {
     seal(recipient, BlobKind::MacKey, &mac_key_contents(key)?)
 }
 
+/// Wraps a MAC key with an instance's wrapping secret.
+pub fn wrap_mac_key(secret: &WrappingSecret, key: &MacKey) -> Result<Vec<u8>> {
+    wrap(secret, BlobKind::MacKey, mac_key_contents(key)?)
+}
+
 /// The clear contents of a MAC-key blob, sized exactly as above.
 fn mac_key_contents(key: &MacKey) -> Result<Zeroizing<Vec<u8>>> {
     let len = COMMON_LEN + 1 + (1 + key.key.len());
@@ -214,13 +341,13 @@ fn exactly_sized(w: Zeroizing<Vec<u8>>, len: usize) -> Result<Zeroizing<Vec<u8>>
     Ok(w)
 }
 
-/// Opens a traffic-key blob addressed to `keys`. Returns the blob id (for
-/// the single-use check) and the material.
+/// Opens a traffic-key blob addressed to `recipient`. Returns the blob id
+/// (for the single-use check) and the material.
 pub fn open_traffic_key(
-    keys: &ExchangeKeyPair,
+    recipient: Recipient<'_>,
     blob: &[u8],
 ) -> Result<([u8; 16], TrafficKeyMaterial)> {
-    let inner = open(keys, blob, BlobKind::TrafficKey)?;
+    let inner = open(recipient, blob, BlobKind::TrafficKey)?;
     let mut r = Reader(&inner);
     let (blob_id, connection_id, exportable, host_resident) = r.common()?;
     let version = ProtocolVersion::from_code(r.u8()?).ok_or(BlobError::Malformed)?;
@@ -260,9 +387,9 @@ pub fn open_traffic_key(
     ))
 }
 
-/// Opens a MAC-key blob addressed to `keys`.
-pub fn open_mac_key(keys: &ExchangeKeyPair, blob: &[u8]) -> Result<([u8; 16], MacKey)> {
-    let inner = open(keys, blob, BlobKind::MacKey)?;
+/// Opens a MAC-key blob addressed to `recipient`.
+pub fn open_mac_key(recipient: Recipient<'_>, blob: &[u8]) -> Result<([u8; 16], MacKey)> {
+    let inner = open(recipient, blob, BlobKind::MacKey)?;
     let mut r = Reader(&inner);
     let (blob_id, connection_id, exportable, host_resident) = r.common()?;
     let algorithm = MacAlgorithm::from_code(r.u8()?).ok_or(BlobError::Malformed)?;
@@ -302,9 +429,39 @@ fn seal(recipient: &[u8], kind: BlobKind, inner: &[u8]) -> Result<Vec<u8>> {
     Ok(blob)
 }
 
-fn open(keys: &ExchangeKeyPair, blob: &[u8], kind: BlobKind) -> Result<Zeroizing<Vec<u8>>> {
+/// Wraps `inner` (consumed, so its buffer is wiped here) with `secret`.
+fn wrap(secret: &WrappingSecret, kind: BlobKind, inner: Zeroizing<Vec<u8>>) -> Result<Vec<u8>> {
+    let start = HEADER_LEN + SALT_LEN;
+    let mut blob = Vec::with_capacity(start + inner.len() + SEAL_TAG_LEN);
+    blob.extend_from_slice(&MAGIC);
+    blob.push(FORMAT_WRAPPED);
+    blob.push(kind.code());
+    blob.extend_from_slice(&secret.id);
+    let mut salt = [0u8; SALT_LEN];
+    getrandom::fill(&mut salt).map_err(|_| Error::InvalidArgument("no system randomness"))?;
+    blob.extend_from_slice(&salt);
+    blob.extend_from_slice(&inner);
+    drop(inner);
+    let (aad, body) = blob.split_at_mut(start);
+    let sealed =
+        secret
+            .blob_cipher(&salt)
+            .encrypt_inout_detached(&Default::default(), aad, body.into());
+    let Ok(tag) = sealed else {
+        zeroize::Zeroize::zeroize(&mut blob);
+        return Err(Error::InvalidArgument("blob contents too long"));
+    };
+    blob.extend_from_slice(&tag);
+    Ok(blob)
+}
+
+fn open(recipient: Recipient<'_>, blob: &[u8], kind: BlobKind) -> Result<Zeroizing<Vec<u8>>> {
     let header = peek_header(blob)?;
-    if blob.len() < HEADER_LEN + ENC_LEN + SEAL_TAG_LEN {
+    let overhead = match header.version {
+        FORMAT_WRAPPED => SALT_LEN + SEAL_TAG_LEN,
+        _ => ENC_LEN + SEAL_TAG_LEN,
+    };
+    if blob.len() < HEADER_LEN + overhead {
         return Err(BlobError::Malformed.into());
     }
     match header.kind {
@@ -312,9 +469,13 @@ fn open(keys: &ExchangeKeyPair, blob: &[u8], kind: BlobKind) -> Result<Zeroizing
         1 | 2 => {}
         _ => return Err(BlobError::Malformed.into()),
     }
-    if header.key_id != keys.id {
+    if header.key_id != recipient.id() || header.version != recipient.version() {
         return Err(BlobError::WrongRecipient.into());
     }
+    let keys = match recipient {
+        Recipient::Exchange(keys) => keys,
+        Recipient::Wrapping(secret) => return unwrap(secret, blob),
+    };
     let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&blob[HEADER_LEN..HEADER_LEN + ENC_LEN])
         .map_err(|_| BlobError::Malformed)?;
     hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
@@ -327,6 +488,20 @@ fn open(keys: &ExchangeKeyPair, blob: &[u8], kind: BlobKind) -> Result<Zeroizing
     )
     .map(Zeroizing::new)
     .map_err(|_| BlobError::AuthenticationFailed.into())
+}
+
+/// Opens a format 2 blob whose header was checked.
+fn unwrap(secret: &WrappingSecret, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    let start = HEADER_LEN + SALT_LEN;
+    let (aad, sealed) = blob.split_at(start);
+    let (text, tag) = sealed.split_at(sealed.len() - SEAL_TAG_LEN);
+    let mut inner = Zeroizing::new(text.to_vec());
+    let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| BlobError::Malformed)?;
+    secret
+        .blob_cipher(&aad[HEADER_LEN..])
+        .decrypt_inout_detached(&Default::default(), aad, inner.as_mut_slice().into(), &tag)
+        .map_err(|_| BlobError::AuthenticationFailed)?;
+    Ok(inner)
 }
 
 /// A fresh random blob id.
@@ -444,6 +619,95 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn material() -> TrafficKeyMaterial {
+        let mut m = TrafficKeyMaterial::from_tls13_secret(
+            AeadAlgorithm::ChaCha20Poly1305,
+            Direction::Seal,
+            &[9; 32],
+            7,
+            3,
+        )
+        .unwrap();
+        m.buffered_ciphertext = vec![1, 2, 3];
+        m
+    }
+
+    #[test]
+    fn a_wrapped_blob_opens_with_its_secret_exactly() {
+        let secret = WrappingSecret::generate().unwrap();
+        let blob = wrap_traffic_key(&secret, &material()).unwrap();
+        assert_eq!(&blob[..5], b"KFKB\x02");
+        assert_eq!(peek_header(&blob).unwrap().key_id, secret.id());
+        let (_, m) = open_traffic_key(Recipient::Wrapping(&secret), &blob).unwrap();
+        let want = material();
+        assert_eq!((m.sequence, m.connection_id), (7, 3));
+        assert_eq!((&m.key[..], &m.iv[..]), (&want.key[..], &want.iv[..]));
+        assert_eq!(m.buffered_ciphertext, vec![1, 2, 3]);
+        // The same secret handed over as bytes is the same recipient.
+        let copy = WrappingSecret::from_bytes(secret.expose()).unwrap();
+        assert!(open_traffic_key(Recipient::Wrapping(&copy), &blob).is_ok());
+    }
+
+    #[test]
+    fn a_wrapped_blob_is_bound_to_its_secret_and_every_byte() {
+        let secret = WrappingSecret::generate().unwrap();
+        let other = WrappingSecret::generate().unwrap();
+        let keys = ExchangeKeyPair::generate();
+        let blob = wrap_traffic_key(&secret, &material()).unwrap();
+        let err = |r: Result<([u8; 16], TrafficKeyMaterial)>| {
+            r.err().map(|e| match e {
+                Error::Blob(b) => b,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(
+            err(open_traffic_key(Recipient::Wrapping(&other), &blob)),
+            Some(BlobError::WrongRecipient)
+        );
+        // A format 2 blob is nobody's HPKE blob, even with a matching id.
+        assert_eq!(
+            err(open_traffic_key(Recipient::Exchange(&keys), &blob)),
+            Some(BlobError::WrongRecipient)
+        );
+        // Flip each byte after the header's checks: salt, ciphertext, tag.
+        for at in HEADER_LEN..blob.len() {
+            let mut bad = blob.clone();
+            bad[at] ^= 0x20;
+            assert_eq!(
+                err(open_traffic_key(Recipient::Wrapping(&secret), &bad)),
+                Some(BlobError::AuthenticationFailed),
+                "byte {at}"
+            );
+        }
+        // Cut short anywhere: malformed or unauthenticated, never opened.
+        for len in 0..blob.len() {
+            assert!(open_traffic_key(Recipient::Wrapping(&secret), &blob[..len]).is_err());
+        }
+        // The kind is bound too.
+        assert_eq!(
+            open_mac_key(Recipient::Wrapping(&secret), &blob).err(),
+            Some(BlobError::WrongKind.into())
+        );
+    }
+
+    #[test]
+    fn a_wrapping_secret_has_exactly_32_bytes() {
+        assert!(WrappingSecret::from_bytes(&[1; 31]).is_err());
+        assert!(WrappingSecret::from_bytes(&[1; 33]).is_err());
+        let a = WrappingSecret::from_bytes(&[1; 32]).unwrap();
+        let b = WrappingSecret::from_bytes(&[2; 32]).unwrap();
+        assert_ne!(a.id(), b.id());
+    }
+
+    #[test]
+    fn wrapped_mac_keys_round_trip() {
+        let secret = WrappingSecret::generate().unwrap();
+        let mac = MacKey::new(MacAlgorithm::HmacSha256, &[5; 32], false, 8).unwrap();
+        let blob = wrap_mac_key(&secret, &mac).unwrap();
+        let (_, back) = open_mac_key(Recipient::Wrapping(&secret), &blob).unwrap();
+        assert_eq!((back.connection_id, back.exportable), (8, false));
+    }
 
     #[test]
     fn secret_buffers_never_grow_so_no_unwiped_copy_is_freed() {

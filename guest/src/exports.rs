@@ -196,10 +196,24 @@ impl<A: Application> wconn::Guest for Exports<A> {
     type TlsConnection = ConnectionResource<A>;
 
     fn instance_exchange_key() -> wit::ExchangeKey {
-        with_instance(|i| wit::ExchangeKey {
-            id: i.exchange().key_id().to_vec(),
-            public_key: i.exchange().public_key().to_vec(),
+        with_instance(|i| {
+            let keys = i.exchange();
+            wit::ExchangeKey {
+                id: keys.key_id().to_vec(),
+                public_key: keys.public_key().to_vec(),
+            }
         })
+    }
+
+    fn instance_wrapping_secret(secret: Vec<u8>) -> Result<Vec<u8>, wit::Error> {
+        let secret = zeroize::Zeroizing::new(secret);
+        with_instance(|i| i.set_wrapping_secret(&secret))
+            .map(|id| id.to_vec())
+            .map_err(Into::into)
+    }
+
+    fn instance_epoch() -> u32 {
+        with_instance(|i| i.epoch())
     }
 }
 

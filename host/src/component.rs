@@ -117,7 +117,11 @@ impl GuestComponent {
             ),
             None => None,
         };
-        GuestInstance::new(store, Exports { connection, full }, bound)
+        let guest = GuestInstance::new(store, Exports { connection, full }, bound)?;
+        // Pre-keyed: the instance gets its wrapping secret now, off the
+        // path of the connection it will serve.
+        guest.prepare_wrapping()?;
+        Ok(guest)
     }
 
     /// Whether the component exports the key-level interfaces (`keys`,

@@ -122,8 +122,8 @@ impl DataPlane {
                     .call_attach(s, seal_blob, open_blob, &wfacts)
             })?
             .map_err(Error::from)?;
-        // Two imports: the instance may have rotated its exchange key.
-        guest.refresh_exchange_key()?;
+        // Two imports: the instance may have rotated its keys.
+        guest.refresh_epoch()?;
         let mut plane = Self {
             guest,
             conn: Some(conn),
@@ -232,7 +232,7 @@ impl DataPlane {
             .conn
             .take()
             .ok_or(GuestError::InvalidResult("connection already moved"))?;
-        let recipient = to.exchange_key();
+        let recipient = to.exchange_key()?;
         let moved = self
             .guest
             .call_connection(|s, c| {

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use keyferry_guest::blob::{self, PUBLIC_KEY_LEN};
+use keyferry_guest::blob::{self, PUBLIC_KEY_LEN, WrappingSecret};
 use keyferry_guest::framing::count_records;
 use keyferry_guest::record::{MAX_PLAINTEXT, TrafficKeyMaterial};
 use keyferry_guest::{AeadAlgorithm, ContentType, MacAlgorithm};
@@ -104,13 +104,24 @@ pub struct GuestInstance {
     registration: Arc<Registration>,
 }
 
-/// The instance's current exchange key (it rotates after many imports),
-/// and its entries in the host key store's list of live instances, removed
-/// when the last handle goes.
+/// The instance's keys for its current epoch (they rotate after many
+/// imports), and its entries in the host key store's list of live
+/// instances, removed when the last handle goes.
 struct Registration {
     keys: Arc<HostKeyStore>,
-    exchange: Mutex<ExchangeKey>,
+    epoch: Mutex<Epoch>,
     exchange_ids: Mutex<Vec<[u8; 16]>>,
+}
+
+/// What the host knows of the instance's current epoch. Both keys are
+/// made when first needed: an instance given only wrapped blobs never makes
+/// an X25519 key pair.
+#[derive(Default)]
+struct Epoch {
+    number: u32,
+    exchange: Option<ExchangeKey>,
+    /// The secret this process wraps blobs for the instance with.
+    wrapping: Option<WrappingSecret>,
 }
 
 impl Drop for Registration {
@@ -132,52 +143,93 @@ impl GuestInstance {
         bound: ExecutionBound,
     ) -> Result<Self> {
         let (id, keys) = (store.data().id, store.data().keys.clone());
-        let mut sandbox = Sandboxed::new(store, exports, bound);
-        let key = sandbox.call(|s, e| e.connection.call_instance_exchange_key(s))?;
-        let exchange = ExchangeKey::checked(&key.id, &key.public_key)?;
-        keys.register_instance(exchange.id, id);
+        let sandbox = Sandboxed::new(store, exports, bound);
         Ok(Self {
             sandbox: Arc::new(Mutex::new(sandbox)),
             id,
             registration: Arc::new(Registration {
                 keys,
-                exchange: Mutex::new(exchange),
-                exchange_ids: Mutex::new(vec![exchange.id]),
+                epoch: Mutex::new(Epoch::default()),
+                exchange_ids: Mutex::new(Vec::new()),
             }),
         })
     }
 
-    /// This instance's exchange key. An instance rotates it every
-    /// thousand-odd imports (keeping the one before), so seal to the key
-    /// this returns now rather than to one kept from long ago.
-    pub fn exchange_key(&self) -> ExchangeKey {
-        *self
-            .registration
-            .exchange
+    fn epoch(&self) -> std::sync::MutexGuard<'_, Epoch> {
+        self.registration
+            .epoch
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Asks the guest for its exchange key after an import (it may have
-    /// rotated) and records a new one.
-    pub(crate) fn refresh_exchange_key(&self) -> Result<()> {
+    /// This instance's exchange key, for senders in other processes and
+    /// for migration (blob format 1). The instance makes it on first use
+    /// and rotates it every thousand-odd imports (keeping the one before),
+    /// so seal to the key this returns now rather than to one kept from
+    /// long ago.
+    pub fn exchange_key(&self) -> Result<ExchangeKey> {
+        if let Some(key) = self.epoch().exchange {
+            return Ok(key);
+        }
         let key = self.call_connection(|s, c| c.call_instance_exchange_key(s))?;
         let key = ExchangeKey::checked(&key.id, &key.public_key)?;
-        let mut current = self
-            .registration
-            .exchange
+        self.registration.keys.register_instance(key.id, self.id);
+        self.registration
+            .exchange_ids
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if *current != key {
-            *current = key;
-            self.registration.keys.register_instance(key.id, self.id);
-            self.registration
-                .exchange_ids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(key.id);
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key.id);
+        self.epoch().exchange = Some(key);
+        Ok(key)
+    }
+
+    /// Asks the guest for its epoch after an import: when it has rotated,
+    /// the keys the host knows for it are old, and are fetched (exchange
+    /// key) or handed over (wrapping secret) again when next needed.
+    pub(crate) fn refresh_epoch(&self) -> Result<()> {
+        let number = self.call_connection(|s, c| c.call_instance_epoch(s))?;
+        let mut epoch = self.epoch();
+        if epoch.number != number {
+            *epoch = Epoch {
+                number,
+                ..Epoch::default()
+            };
         }
         Ok(())
+    }
+
+    /// Hands the instance a wrapping secret for its epoch, if it has none
+    /// yet. Instantiation does this, so a ready instance's handoff is only
+    /// the seal and the import.
+    pub(crate) fn prepare_wrapping(&self) -> Result<()> {
+        let mut epoch = self.epoch();
+        self.ensure_wrapping(&mut epoch)
+    }
+
+    fn ensure_wrapping(&self, epoch: &mut Epoch) -> Result<()> {
+        if epoch.wrapping.is_none() {
+            let secret = WrappingSecret::generate()?;
+            let id = self
+                .call_connection(|s, c| c.call_instance_wrapping_secret(s, secret.expose()))?
+                .map_err(Error::from)?;
+            if id != secret.id() {
+                return Err(GuestError::InvalidResult("wrapping secret id").into());
+            }
+            epoch.wrapping = Some(secret);
+        }
+        Ok(())
+    }
+
+    /// Wraps a blob's contents for this instance (format 2), handing the
+    /// instance a fresh wrapping secret first if its epoch has none yet.
+    fn wrap(
+        &self,
+        wrap: impl FnOnce(&WrappingSecret) -> keyferry_guest::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let mut epoch = self.epoch();
+        self.ensure_wrapping(&mut epoch)?;
+        let secret = epoch.wrapping.as_ref().expect("set above");
+        Ok(wrap(secret)?)
     }
 
     /// Whether an earlier trap has made this instance unusable.
@@ -201,7 +253,7 @@ impl GuestInstance {
     /// zeroized when it drops.
     /// A host-resident key's reference is granted to this instance alone.
     pub fn seal_traffic_key(&self, material: &TrafficKeyMaterial) -> Result<Vec<u8>> {
-        let blob = blob::seal_traffic_key(&self.exchange_key().public_key, material)?;
+        let blob = self.wrap(|secret| blob::wrap_traffic_key(secret, material))?;
         if let Some(key_ref) = material.host_key_ref {
             self.registration.keys.grant(key_ref, self.id);
         }
@@ -220,7 +272,7 @@ impl GuestInstance {
 
     /// Seals a MAC key to this instance.
     pub fn seal_mac_key(&self, key: &keyferry_guest::mac::MacKey) -> Result<Vec<u8>> {
-        Ok(blob::seal_mac_key(&self.exchange_key().public_key, key)?)
+        self.wrap(|secret| blob::wrap_mac_key(secret, key))
     }
 
     /// Calls the instance's `connection` export.
@@ -275,7 +327,7 @@ impl GuestInstance {
                 .call_import(s, blob)
         })?;
         let handle = self.own(r.map_err(Error::from)?);
-        self.refresh_exchange_key()?;
+        self.refresh_epoch()?;
         Ok(handle)
     }
 
@@ -412,7 +464,7 @@ impl GuestInstance {
         let r = self
             .call(|s, b| b.keyferry_dataplane_keys().mac_key().call_import(s, blob))?
             .map_err(Error::from)?;
-        self.refresh_exchange_key()?;
+        self.refresh_epoch()?;
         Ok(MacKeyHandle {
             resource: r,
             instance: self.id,

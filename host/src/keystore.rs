@@ -480,7 +480,9 @@ mod binding_tests {
             Err(KeyServiceError::UnknownKey)
         );
         // A migrates the key to B ...
-        let blob = a.export_traffic_key(handle, &b.exchange_key()).unwrap();
+        let blob = a
+            .export_traffic_key(handle, &b.exchange_key().unwrap())
+            .unwrap();
         let moved = b.import_traffic_key(&blob).unwrap();
         // ... after which A, going to the key service directly, gets
         // nowhere: it cannot seal far ahead (which would leave B with

@@ -145,11 +145,18 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
         while ready.len() < READY_INSTANCES {
-            let instance = blocking(|| options.component.instantiate())?;
+            // The handshake process is another process: it seals to the
+            // instance's exchange key (blob format 1), made here, off the
+            // connection's path.
+            let (instance, exchange) = blocking(|| {
+                let instance = options.component.instantiate()?;
+                let exchange = instance.exchange_key()?;
+                Ok::<_, crate::Error>((instance, exchange))
+            })?;
             next_slot = next_slot.wrapping_add(1);
             let _ = to_monitor.send(FromWorker::Ready {
                 slot: next_slot,
-                exchange: instance.exchange_key(),
+                exchange,
             });
             ready.insert(next_slot, instance);
         }

@@ -11,7 +11,7 @@ use keyferry_tests::{
 };
 
 fn migrate(link: &mut Link, to: keyferry::GuestInstance) {
-    let recipient = to.exchange_key();
+    let recipient = to.exchange_key().unwrap();
     let from = &mut link.guest;
     let seal = std::mem::replace(&mut link.seal, placeholder());
     let open = std::mem::replace(&mut link.open, placeholder());

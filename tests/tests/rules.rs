@@ -68,11 +68,20 @@ fn tampered_truncated_and_misaddressed_blobs_are_refused() {
     let mut bad = blob.clone();
     bad[0] ^= 1;
     assert_eq!(blob_error(g.import_traffic_key(&bad)), BlobError::Malformed);
+    // The host wraps blobs for its own instances in format 2.
+    assert_eq!(blob[4], 2);
     let mut newer = blob.clone();
-    newer[4] = 2;
+    newer[4] = 3;
     assert_eq!(
         blob_error(g.import_traffic_key(&newer)),
-        BlobError::UnsupportedVersion(2)
+        BlobError::UnsupportedVersion(3)
+    );
+    // A wrapped blob passed off as an HPKE one names no exchange key.
+    let mut older = blob.clone();
+    older[4] = 1;
+    assert_eq!(
+        blob_error(g.import_traffic_key(&older)),
+        BlobError::WrongRecipient
     );
     let mut kind = blob.clone();
     kind[5] = 2;
@@ -105,6 +114,30 @@ fn tampered_truncated_and_misaddressed_blobs_are_refused() {
             .is_ok()
     );
     assert!(!g.is_poisoned());
+}
+
+#[test]
+fn version_1_blobs_sealed_with_hpke_still_import_once_and_only_where_addressed() {
+    use keyferry::record_layer::blob;
+    let g = guest();
+    let exchange = g.exchange_key().unwrap();
+    let v1 =
+        blob::seal_traffic_key(&exchange.public_key, &material(Direction::Seal, 5, 1)).unwrap();
+    assert_eq!(v1[4], 1);
+    // Another instance cannot open it, and a tampered copy fails.
+    assert_eq!(
+        blob_error(guest().import_traffic_key(&v1)),
+        BlobError::WrongRecipient
+    );
+    let mut bad = v1.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        blob_error(g.import_traffic_key(&bad)),
+        BlobError::AuthenticationFailed
+    );
+    let key = g.import_traffic_key(&v1).unwrap();
+    assert_eq!(g.state(&key).unwrap().sequence, 5);
+    assert_eq!(blob_error(g.import_traffic_key(&v1)), BlobError::Replayed);
 }
 
 #[test]
@@ -211,7 +244,9 @@ fn use_after_export_is_an_error_not_a_crash() {
         .unwrap();
     let stale = key.dangerous_duplicate();
     let target = guest();
-    let blob = g.export_traffic_key(key, &target.exchange_key()).unwrap();
+    let blob = g
+        .export_traffic_key(key, &target.exchange_key().unwrap())
+        .unwrap();
     assert!(!blob.is_empty());
     let r = g.seal(&stale, ContentType::ApplicationData, b"after export", 0);
     assert!(r.is_err(), "a consumed handle must not seal");
@@ -229,7 +264,7 @@ fn non_exportable_keys_cannot_be_exported() {
         .import_traffic_key(&g.seal_traffic_key(&m).unwrap())
         .unwrap();
     assert!(!g.state(&key).unwrap().exportable);
-    let target = guest().exchange_key();
+    let target = guest().exchange_key().unwrap();
     match g.export_traffic_key(key, &target) {
         Err(Error::Record(RecordError::NotExportable)) => {}
         other => panic!("expected not-exportable, got {:?}", other.map(|b| b.len())),
