@@ -107,6 +107,14 @@ pub fn examples(root: &Path, names: &[&str]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Writes an empty `OUT_DIR/<name>.wasm` for builds that embed no
+/// component (fuzzing); loading it fails with a typed error.
+pub fn placeholder(name: &str) -> PathBuf {
+    let to = out_dir().join(format!("{name}.wasm"));
+    std::fs::write(&to, b"").unwrap_or_else(|e| panic!("write {}: {e}", to.display()));
+    to
+}
+
 fn out_dir() -> PathBuf {
     PathBuf::from(env::var("OUT_DIR").expect("set by cargo"))
 }

@@ -70,6 +70,22 @@ impl Reply {
     pub fn close(&mut self) {
         self.close = true;
     }
+
+    /// What the application sent so far: for an application's own tests,
+    /// which drive it without a connection.
+    pub fn sent(&self) -> &[u8] {
+        &self.send
+    }
+
+    /// What the application handed to the host so far.
+    pub fn to_host(&self) -> &[u8] {
+        &self.to_host
+    }
+
+    /// Whether the application ended its side.
+    pub fn closes(&self) -> bool {
+        self.close
+    }
 }
 
 /// The plaintext goes to the host: the reference component's application,

@@ -1,0 +1,44 @@
+//! The built-in HTTP/1.1 responder fed arbitrary requests in arbitrary
+//! pieces. Checks that what it answers is a sequence of whole HTTP/1.1
+//! responses and that it hands the host nothing.
+#![no_main]
+
+use keyferry_fuzz::facts;
+use keyferry_guest::ProtocolVersion;
+use keyferry_guest::application::{Application, Reply};
+use keyferry_guest::connection::Role;
+use keyferry_guest::http::HttpResponder;
+use libfuzzer_sys::fuzz_target;
+
+// The input is the piece size (0: whole) and the request bytes, so real
+// requests seed the corpus as they are.
+fuzz_target!(|data: &[u8]| {
+    let [piece, bytes @ ..] = data else {
+        return;
+    };
+    let mut app = HttpResponder::new(&facts(ProtocolVersion::Tls13, Role::Server));
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = match *piece {
+            0 => rest.len(),
+            n => (n as usize).min(rest.len()),
+        };
+        let (piece, tail) = rest.split_at(n);
+        rest = tail;
+        let mut reply = Reply::default();
+        app.receive(piece, &mut reply);
+        let sent = reply.sent();
+        assert!(
+            sent.is_empty() || sent.starts_with(b"HTTP/1.1 "),
+            "an answer that is not an HTTP/1.1 response"
+        );
+        assert!(
+            reply.to_host().is_empty(),
+            "the responder leaked plaintext to the host"
+        );
+        // The session stops feeding a responder that closed.
+        if reply.closes() {
+            break;
+        }
+    }
+});
