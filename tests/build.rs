@@ -9,5 +9,8 @@ fn main() {
     let root = components::workspace_root(1);
     components::rerun_if_guest_changed(&root);
     components::ensure_target();
-    components::examples(&root, &["uppercase_plugin", "misbehaving_plugin"]);
+    components::examples(
+        &root,
+        &["uppercase_plugin", "misbehaving_plugin", "hostile_plugin"],
+    );
 }

@@ -63,6 +63,10 @@ pub mod plugins {
     pub const UPPERCASE: &str = concat!(env!("OUT_DIR"), "/uppercase_plugin.wasm");
     /// Traps, loops or hogs memory on request.
     pub const MISBEHAVING: &str = concat!(env!("OUT_DIR"), "/misbehaving_plugin.wasm");
+    /// A plugin that returns what generated bindings never would: an
+    /// event flood, and event lists that alias one buffer
+    /// (`guest/examples/hostile_plugin.rs`).
+    pub const HOSTILE: &str = concat!(env!("OUT_DIR"), "/hostile_plugin.wasm");
 }
 
 struct Identity {

@@ -9,7 +9,7 @@ use keyferry::{
 #[test]
 fn running_out_of_fuel_is_a_typed_trap_and_poisons_only_that_instance() {
     let tight = GuestEngine::new(
-        SandboxConfig::default().with_execution_bound(ExecutionBound::Fuel(20_000)),
+        SandboxConfig::default().with_execution_bound(ExecutionBound::Fuel(1_000)),
     )
     .expect("engine");
     let component = GuestComponent::reference(&tight).expect("compile");
@@ -84,7 +84,10 @@ fn pooled_engines_instantiate_many_guests() {
     let guests: Vec<_> = (0..16)
         .map(|_| component.instantiate().expect("instantiate"))
         .collect();
-    let ids: std::collections::HashSet<_> = guests.iter().map(|g| g.exchange_key().id).collect();
+    let ids: std::collections::HashSet<_> = guests
+        .iter()
+        .map(|g| g.exchange_key().unwrap().id)
+        .collect();
     assert_eq!(ids.len(), 16, "every instance makes its own exchange key");
     // The pool is full: the next instance is refused, not crashed.
     assert!(matches!(
@@ -116,7 +119,7 @@ fn a_long_lived_instance_rotates_its_key_and_stays_bounded() {
         )
         .unwrap()
     };
-    let first_key = g.exchange_key();
+    let first_key = g.exchange_key().unwrap();
     let early = g.seal_traffic_key(&material(u32::MAX)).unwrap();
     let every = keyferry_guest::instance::ROTATE_EVERY;
     let mut memory = Vec::new();
@@ -131,7 +134,11 @@ fn a_long_lived_instance_rotates_its_key_and_stays_bounded() {
         }
     }
     assert!(!g.is_poisoned());
-    assert_ne!(g.exchange_key(), first_key, "the exchange key rotated");
+    assert_ne!(
+        g.exchange_key().unwrap(),
+        first_key,
+        "the exchange key rotated"
+    );
     // What it remembers stops growing once old epochs are retired.
     assert!(
         memory[3] <= memory[1] + 64 * 1024,
@@ -142,4 +149,81 @@ fn a_long_lived_instance_rotates_its_key_and_stays_bounded() {
         g.import_traffic_key(&early),
         Err(Error::Record(RecordError::Blob(BlobError::WrongRecipient)))
     ));
+}
+
+/// A client connection attached to the hostile plugin, after a real
+/// handshake (a client, so ticket events are ones it could accept).
+fn hostile_client(component: &GuestComponent) -> keyferry::DataPlane {
+    use keyferry::handshake::Handshake;
+    use keyferry_tests::handoff::{configs, run};
+    use rustls::pki_types::ServerName;
+    let suite = keyferry_tests::all_suites()[0];
+    let configs = configs(suite);
+    let hs = Handshake::client(
+        &configs.client,
+        ServerName::try_from("localhost").unwrap(),
+        7,
+    )
+    .expect("client handshake");
+    let mut peer: rustls::Connection = rustls::ServerConnection::new(configs.server.clone())
+        .expect("peer")
+        .into();
+    let handoff = run(hs, &mut peer, 1 << 20, |_| {});
+    let guest = component.instantiate().expect("instantiate");
+    keyferry::DataPlane::new(guest, handoff).expect("attach").0
+}
+
+#[test]
+fn a_guest_that_floods_events_is_refused_before_any_reaches_rustls() {
+    let engine = GuestEngine::new(SandboxConfig::default()).expect("engine");
+    let wasm = std::fs::read(keyferry_tests::plugins::HOSTILE).expect("hostile plugin");
+    let component = GuestComponent::new(&engine, &wasm).expect("compile");
+    let mut plane = hostile_client(&component);
+    match plane.receive(b"flood") {
+        Err(Error::Guest(keyferry::error::GuestError::InvalidResult(what))) => {
+            assert!(what.contains("too many events"), "{what}");
+        }
+        other => panic!("expected a refused flood, got {:?}", other.err()),
+    }
+    // The connection is over for the host, and nothing else is: a new
+    // connection in a new instance of the same component attaches.
+    let mut next = hostile_client(&component);
+    assert_eq!(next.receive(b"hello").expect("a quiet step").tickets, 0);
+}
+
+#[test]
+fn a_guest_cannot_make_the_host_lift_more_than_its_memory_from_aliased_lists() {
+    let memory = 16 << 20;
+    let engine =
+        GuestEngine::new(SandboxConfig::default().with_memory_limit(memory)).expect("engine");
+    let wasm = std::fs::read(keyferry_tests::plugins::HOSTILE).expect("hostile plugin");
+    let component = GuestComponent::new(&engine, &wasm).expect("compile");
+    let mut plane = hostile_client(&component);
+    let guest = plane.guest().clone();
+    // 256 events over one 1 MiB buffer: 256 MiB to lift from a guest that
+    // may hold 16 MiB. The host-call fuel stops the lift; the call fails
+    // and the instance is done for.
+    let err = plane
+        .receive(b"alias")
+        .err()
+        .expect("the aliased output is refused");
+    // wasmtime's own error says which limit stopped it.
+    match &err {
+        Error::Sandbox(SandboxError::Trap { source, .. }) => {
+            let why = source.to_string();
+            assert!(why.contains("fuel allocated for hostcalls"), "{why}");
+        }
+        other => panic!("expected the host-call fuel to stop the lift, got {other:?}"),
+    }
+    assert!(guest.is_poisoned(), "the instance that tried is done for");
+    assert!(
+        guest.memory_bytes() < memory,
+        "the guest stayed under its cap: {}",
+        guest.memory_bytes()
+    );
+    let mut next = hostile_client(&component);
+    assert!(
+        next.receive(b"hello").is_ok(),
+        "another connection carries on"
+    );
 }
