@@ -172,7 +172,7 @@ pub enum ConfigError {
 #[non_exhaustive]
 pub enum HandshakeError {
     /// rustls refused the peer (the peer got rustls's alert).
-    #[error("tls: {0}")]
+    #[error("tls: {}", tls_prose(.0))]
     Tls(#[from] rustls::Error),
     /// The peer closed the transport before the handshake completed.
     #[error("peer closed the transport during the handshake")]
@@ -194,6 +194,38 @@ pub enum HandshakeError {
     /// keys did not match the logged secrets.
     #[error("key export: {0}")]
     Export(&'static str),
+}
+
+/// rustls's message, with webpki's reasons (which print as bare enum
+/// names, such as `Other(OtherError(CaUsedAsEndEntity))`) said in words.
+fn tls_prose(e: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error as Tls};
+    let Tls::InvalidCertificate(CertificateError::Other(other)) = e else {
+        return e.to_string();
+    };
+    let reason = match other.0.downcast_ref::<webpki::Error>() {
+        Some(webpki::Error::CaUsedAsEndEntity) => {
+            "the peer presented a CA certificate (basicConstraints CA:TRUE) as its own; \
+             it needs a leaf certificate issued by that CA (the CA goes in the verifier's \
+             trust anchors, such as --ca)"
+                .to_string()
+        }
+        Some(webpki::Error::EndEntityUsedAsCa) => {
+            "a certificate in the peer's chain that is not a CA was used to issue another"
+                .to_string()
+        }
+        Some(webpki::Error::RequiredEkuNotFoundContext(_)) => {
+            "the peer's certificate is not issued for this use (its extended key usage \
+             lacks serverAuth or clientAuth)"
+                .to_string()
+        }
+        Some(webpki::Error::PathLenConstraintViolated) => {
+            "the peer's chain is longer than a CA in it allows".to_string()
+        }
+        Some(other) => format!("{other:?}"),
+        None => other.0.to_string(),
+    };
+    format!("invalid peer certificate: {reason}")
 }
 
 /// Results of this crate.

@@ -322,3 +322,58 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::{Handshake, Progress};
+
+    /// A self-signed CA certificate, served as if it were a leaf.
+    fn ca_identity() -> Identity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Identity {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    #[test]
+    fn a_ca_served_as_a_leaf_is_refused_in_words() {
+        let identity = ca_identity();
+        let options = TlsOptions::default();
+        let mut roots = RootCertStore::empty();
+        roots.add(identity.chain[0].clone()).unwrap();
+        let client = Arc::new(
+            options
+                .client_config(ServerVerification::Roots(roots))
+                .unwrap(),
+        );
+        let server = Arc::new(options.server_config(&identity).unwrap());
+        let mut peer = rustls::ServerConnection::new(server).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut hs = Handshake::client(&client, name, 1).unwrap();
+        let err = loop {
+            match hs.advance() {
+                Ok(Progress::Complete) => panic!("a CA as a leaf was accepted"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+            let mut out = &hs.take_outgoing()[..];
+            while !out.is_empty() {
+                peer.read_tls(&mut out).unwrap();
+            }
+            peer.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            while peer.wants_write() {
+                peer.write_tls(&mut wire).unwrap();
+            }
+            hs.feed(&wire).unwrap();
+        };
+        let message = err.to_string();
+        assert!(message.contains("presented a CA certificate"), "{message}");
+        assert!(!message.contains("OtherError"), "{message}");
+    }
+}
