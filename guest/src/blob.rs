@@ -42,7 +42,27 @@
 //!
 //! The per-blob key is HKDF-SHA256(salt, secret, "keyferry key blob v2");
 //! being used once, it takes the all-zero nonce. Bytes 0..38 are the
-//! associated data. The contents are the same in both formats.
+//! associated data.
+//!
+//! Format version 3 crosses a process: the handshake process to a
+//! data-plane worker it did not create. The KEM is amortized as Oblivious
+//! HTTP amortizes it: one HPKE setup (DHKEM(X25519, HKDF-SHA256),
+//! HKDF-SHA256, ChaCha20-Poly1305) to the worker's published key for the
+//! worker's lifetime ([`SessionSender`], [`SessionReceiver`]), and each
+//! blob's key is the session's HPKE `Export` for the blob's counter:
+//!
+//! ```text
+//! 0       22    header, as above (version 3, the worker key's id)
+//! 22      8     counter: strictly increasing within the session
+//! 30      ..    ChaCha20-Poly1305 ciphertext of the key state, 16-byte tag
+//! ```
+//!
+//! The key is Export("keyferry key blob v3" || counter, 32), the nonce all
+//! zero, bytes 0..30 the associated data. A counter at or below one
+//! already opened is refused, so a blob opens once. The worker opens the
+//! blob and wraps its contents for the instance it chose (format 2).
+//!
+//! The contents are the same in every format.
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use hpke::aead::ChaCha20Poly1305;
@@ -65,8 +85,12 @@ pub const MAGIC: [u8; 4] = *b"KFKB";
 pub const FORMAT_VERSION: u8 = 1;
 /// The format wrapped with an instance's wrapping secret.
 pub const FORMAT_WRAPPED: u8 = 2;
+/// The format sealed to a worker process in an HPKE session.
+pub const FORMAT_SESSION: u8 = 3;
 /// Every version this code reads.
-pub const READABLE_VERSIONS: &[u8] = &[1, 2];
+pub const READABLE_VERSIONS: &[u8] = &[1, 2, 3];
+/// The per-blob counter of format 3.
+pub const COUNTER_LEN: usize = 8;
 /// A wrapping secret's length.
 pub const WRAPPING_SECRET_LEN: usize = 32;
 /// The per-blob salt of format 2.
@@ -84,6 +108,8 @@ pub const MAX_BUFFERED: usize = 1 << 20;
 
 const INFO: &[u8] = b"keyferry key blob";
 const WRAPPED_INFO: &[u8] = b"keyferry key blob v2";
+const SESSION_INFO: &[u8] = b"keyferry blob session";
+const SESSION_EXPORT_LABEL: &[u8] = b"keyferry key blob v3";
 const WRAPPING_ID_LABEL: &[u8] = b"keyferry wrapping secret id";
 const FLAG_EXPORTABLE: u8 = 1;
 const FLAG_HOST_RESIDENT: u8 = 2;
@@ -348,7 +374,12 @@ pub fn open_traffic_key(
     blob: &[u8],
 ) -> Result<([u8; 16], TrafficKeyMaterial)> {
     let inner = open(recipient, blob, BlobKind::TrafficKey)?;
-    let mut r = Reader(&inner);
+    traffic_key_from_contents(&inner)
+}
+
+/// Parses a traffic-key blob's clear contents.
+fn traffic_key_from_contents(inner: &[u8]) -> Result<([u8; 16], TrafficKeyMaterial)> {
+    let mut r = Reader(inner);
     let (blob_id, connection_id, exportable, host_resident) = r.common()?;
     let version = ProtocolVersion::from_code(r.u8()?).ok_or(BlobError::Malformed)?;
     let aead = AeadAlgorithm::from_code(r.u8()?).ok_or(BlobError::Malformed)?;
@@ -431,22 +462,33 @@ fn seal(recipient: &[u8], kind: BlobKind, inner: &[u8]) -> Result<Vec<u8>> {
 
 /// Wraps `inner` (consumed, so its buffer is wiped here) with `secret`.
 fn wrap(secret: &WrappingSecret, kind: BlobKind, inner: Zeroizing<Vec<u8>>) -> Result<Vec<u8>> {
-    let start = HEADER_LEN + SALT_LEN;
-    let mut blob = Vec::with_capacity(start + inner.len() + SEAL_TAG_LEN);
-    blob.extend_from_slice(&MAGIC);
-    blob.push(FORMAT_WRAPPED);
-    blob.push(kind.code());
-    blob.extend_from_slice(&secret.id);
     let mut salt = [0u8; SALT_LEN];
     getrandom::fill(&mut salt).map_err(|_| Error::InvalidArgument("no system randomness"))?;
-    blob.extend_from_slice(&salt);
+    let cipher = secret.blob_cipher(&salt);
+    wrap_with(FORMAT_WRAPPED, kind, &secret.id, &salt, &cipher, inner)
+}
+
+/// Formats 2 and 3: header, salt (or counter), then `inner` sealed with
+/// the blob's own key under the all-zero nonce.
+fn wrap_with(
+    version: u8,
+    kind: BlobKind,
+    recipient: &[u8; 16],
+    salt: &[u8],
+    cipher: &chacha20poly1305::ChaCha20Poly1305,
+    inner: Zeroizing<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let start = HEADER_LEN + salt.len();
+    let mut blob = Vec::with_capacity(start + inner.len() + SEAL_TAG_LEN);
+    blob.extend_from_slice(&MAGIC);
+    blob.push(version);
+    blob.push(kind.code());
+    blob.extend_from_slice(recipient);
+    blob.extend_from_slice(salt);
     blob.extend_from_slice(&inner);
     drop(inner);
     let (aad, body) = blob.split_at_mut(start);
-    let sealed =
-        secret
-            .blob_cipher(&salt)
-            .encrypt_inout_detached(&Default::default(), aad, body.into());
+    let sealed = cipher.encrypt_inout_detached(&Default::default(), aad, body.into());
     let Ok(tag) = sealed else {
         zeroize::Zeroize::zeroize(&mut blob);
         return Err(Error::InvalidArgument("blob contents too long"));
@@ -459,6 +501,7 @@ fn open(recipient: Recipient<'_>, blob: &[u8], kind: BlobKind) -> Result<Zeroizi
     let header = peek_header(blob)?;
     let overhead = match header.version {
         FORMAT_WRAPPED => SALT_LEN + SEAL_TAG_LEN,
+        FORMAT_SESSION => COUNTER_LEN + SEAL_TAG_LEN,
         _ => ENC_LEN + SEAL_TAG_LEN,
     };
     if blob.len() < HEADER_LEN + overhead {
@@ -492,16 +535,150 @@ fn open(recipient: Recipient<'_>, blob: &[u8], kind: BlobKind) -> Result<Zeroizi
 
 /// Opens a format 2 blob whose header was checked.
 fn unwrap(secret: &WrappingSecret, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-    let start = HEADER_LEN + SALT_LEN;
-    let (aad, sealed) = blob.split_at(start);
+    let cipher = secret.blob_cipher(&blob[HEADER_LEN..HEADER_LEN + SALT_LEN]);
+    unwrap_with(&cipher, SALT_LEN, blob)
+}
+
+/// Opens a format 2 or 3 blob whose header and length were checked.
+fn unwrap_with(
+    cipher: &chacha20poly1305::ChaCha20Poly1305,
+    salt_len: usize,
+    blob: &[u8],
+) -> Result<Zeroizing<Vec<u8>>> {
+    let (aad, sealed) = blob.split_at(HEADER_LEN + salt_len);
     let (text, tag) = sealed.split_at(sealed.len() - SEAL_TAG_LEN);
     let mut inner = Zeroizing::new(text.to_vec());
     let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| BlobError::Malformed)?;
-    secret
-        .blob_cipher(&aad[HEADER_LEN..])
+    cipher
         .decrypt_inout_detached(&Default::default(), aad, inner.as_mut_slice().into(), &tag)
         .map_err(|_| BlobError::AuthenticationFailed)?;
     Ok(inner)
+}
+
+type SessionContextS = hpke::aead::AeadCtxS<ChaCha20Poly1305, HkdfSha256, Kem>;
+type SessionContextR = hpke::aead::AeadCtxR<ChaCha20Poly1305, HkdfSha256, Kem>;
+
+/// The AEAD for blob `counter` of a session: HPKE's Export for it.
+fn session_cipher(
+    export: impl FnOnce(&[u8], &mut [u8]) -> core::result::Result<(), hpke::HpkeError>,
+    counter: u64,
+) -> Result<chacha20poly1305::ChaCha20Poly1305> {
+    let mut context = [0u8; SESSION_EXPORT_LABEL.len() + COUNTER_LEN];
+    context[..SESSION_EXPORT_LABEL.len()].copy_from_slice(SESSION_EXPORT_LABEL);
+    context[SESSION_EXPORT_LABEL.len()..].copy_from_slice(&counter.to_be_bytes());
+    let mut key = Zeroizing::new([0u8; 32]);
+    export(&context, &mut key[..]).map_err(|_| Error::InvalidArgument("hpke export"))?;
+    Ok(chacha20poly1305::ChaCha20Poly1305::new(&(*key).into()))
+}
+
+/// The sending end of a format 3 session: the handshake process's, one per
+/// worker for the worker's lifetime. The one X25519 encapsulation happens
+/// in [`SessionSender::new`]; each blob after it costs an HKDF-Expand and
+/// an AEAD.
+pub struct SessionSender {
+    context: SessionContextS,
+    recipient: [u8; 16],
+    next: u64,
+}
+
+impl SessionSender {
+    /// A session to the X25519 public key a worker published, and the
+    /// encapsulated key the worker needs to open it.
+    pub fn new(recipient: &[u8]) -> Result<(Self, [u8; ENC_LEN])> {
+        let public: &[u8; PUBLIC_KEY_LEN] = recipient
+            .try_into()
+            .map_err(|_| Error::InvalidArgument("recipient public key length"))?;
+        let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(public)
+            .map_err(|_| Error::InvalidArgument("recipient public key"))?;
+        let (enc, context) = hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, Kem>(
+            &OpModeS::Base,
+            &pk,
+            SESSION_INFO,
+        )
+        .map_err(|_| Error::InvalidArgument("recipient public key"))?;
+        let mut encapsulated = [0u8; ENC_LEN];
+        encapsulated.copy_from_slice(&enc.to_bytes());
+        Ok((
+            Self {
+                context,
+                recipient: key_id(public),
+                next: 0,
+            },
+            encapsulated,
+        ))
+    }
+
+    /// Seals traffic-key material as the session's next blob.
+    pub fn seal_traffic_key(&mut self, m: &TrafficKeyMaterial) -> Result<Vec<u8>> {
+        let counter = self.next;
+        self.next = counter
+            .checked_add(1)
+            .ok_or(Error::InvalidArgument("blob session exhausted"))?;
+        let cipher = session_cipher(|c, out| self.context.export(c, out), counter)?;
+        wrap_with(
+            FORMAT_SESSION,
+            BlobKind::TrafficKey,
+            &self.recipient,
+            &counter.to_be_bytes(),
+            &cipher,
+            traffic_key_contents(m)?,
+        )
+    }
+}
+
+/// The receiving end of a format 3 session: a worker's.
+pub struct SessionReceiver {
+    context: SessionContextR,
+    recipient: [u8; 16],
+    next: u64,
+}
+
+impl SessionReceiver {
+    /// Opens the session the handshake process set up to `keys`.
+    pub fn new(keys: &ExchangeKeyPair, encapsulated: &[u8]) -> Result<Self> {
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(encapsulated)
+            .map_err(|_| BlobError::Malformed)?;
+        let context = hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, Kem>(
+            &OpModeR::Base,
+            &keys.private,
+            &enc,
+            SESSION_INFO,
+        )
+        .map_err(|_| BlobError::AuthenticationFailed)?;
+        Ok(Self {
+            context,
+            recipient: keys.id,
+            next: 0,
+        })
+    }
+
+    /// Opens the session's next traffic-key blob. A blob whose counter is
+    /// not past every one opened before is a replay.
+    pub fn open_traffic_key(&mut self, blob: &[u8]) -> Result<([u8; 16], TrafficKeyMaterial)> {
+        let header = peek_header(blob)?;
+        if blob.len() < HEADER_LEN + COUNTER_LEN + SEAL_TAG_LEN {
+            return Err(BlobError::Malformed.into());
+        }
+        match header.kind {
+            1 => {}
+            2 => return Err(BlobError::WrongKind.into()),
+            _ => return Err(BlobError::Malformed.into()),
+        }
+        if header.version != FORMAT_SESSION || header.key_id != self.recipient {
+            return Err(BlobError::WrongRecipient.into());
+        }
+        let mut counter = [0u8; COUNTER_LEN];
+        counter.copy_from_slice(&blob[HEADER_LEN..HEADER_LEN + COUNTER_LEN]);
+        let counter = u64::from_be_bytes(counter);
+        if counter < self.next {
+            return Err(BlobError::Replayed.into());
+        }
+        let cipher = session_cipher(|c, out| self.context.export(c, out), counter)?;
+        let inner = unwrap_with(&cipher, COUNTER_LEN, blob)?;
+        let opened = traffic_key_from_contents(&inner)?;
+        self.next = counter.saturating_add(1);
+        Ok(opened)
+    }
 }
 
 /// A fresh random blob id.
@@ -688,6 +865,60 @@ mod tests {
         assert_eq!(
             open_mac_key(Recipient::Wrapping(&secret), &blob).err(),
             Some(BlobError::WrongKind.into())
+        );
+    }
+
+    #[test]
+    fn a_session_opens_each_blob_once_in_order_and_only_at_its_worker() {
+        let worker = ExchangeKeyPair::generate();
+        let (mut sender, enc) = SessionSender::new(&worker.public_key()).unwrap();
+        let mut receiver = SessionReceiver::new(&worker, &enc).unwrap();
+        let blobs: Vec<_> = (0..3)
+            .map(|_| sender.seal_traffic_key(&material()).unwrap())
+            .collect();
+        assert!(blobs.iter().all(|b| b[4] == FORMAT_SESSION));
+        // The second blob first: the first is then too old to open.
+        let (_, m) = receiver.open_traffic_key(&blobs[1]).unwrap();
+        assert_eq!((m.sequence, m.connection_id), (7, 3));
+        for old in &blobs[..2] {
+            assert_eq!(
+                receiver.open_traffic_key(old).err(),
+                Some(BlobError::Replayed.into())
+            );
+        }
+        // Tampering anywhere after the header fails and consumes nothing.
+        for at in HEADER_LEN + COUNTER_LEN..blobs[2].len() {
+            let mut bad = blobs[2].clone();
+            bad[at] ^= 1;
+            assert_eq!(
+                receiver.open_traffic_key(&bad).err(),
+                Some(BlobError::AuthenticationFailed.into()),
+                "byte {at}"
+            );
+        }
+        assert!(receiver.open_traffic_key(&blobs[2]).is_ok());
+        // Another worker, or an instance, is not the recipient.
+        let other = ExchangeKeyPair::generate();
+        let (mut to_other, enc_other) = SessionSender::new(&other.public_key()).unwrap();
+        let theirs = to_other.seal_traffic_key(&material()).unwrap();
+        assert_eq!(
+            receiver.open_traffic_key(&theirs).err(),
+            Some(BlobError::WrongRecipient.into())
+        );
+        assert_eq!(
+            open_traffic_key(Recipient::Exchange(&other), &theirs).err(),
+            Some(BlobError::WrongRecipient.into())
+        );
+        let _ = enc_other;
+        // A blob of another session to the same worker does not open in
+        // this one: the per-blob keys come from each session's secret.
+        let (mut second, _) = SessionSender::new(&worker.public_key()).unwrap();
+        let mut fresh = SessionReceiver::new(&worker, &enc).unwrap();
+        assert_eq!(
+            fresh
+                .open_traffic_key(&second.seal_traffic_key(&material()).unwrap())
+                .err(),
+            Some(BlobError::AuthenticationFailed.into())
         );
     }
 

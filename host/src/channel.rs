@@ -4,12 +4,13 @@
 //! by `SCM_RIGHTS` (rustix does the descriptor passing).
 //!
 //! The list of frames is short on purpose, as OpenSSH's monitor protocol
-//! is. A worker can only say that an instance is ready for a connection
-//! (with the public key the connection's blobs are sealed to) and that a
-//! connection ended; nothing it sends can make the handshake process sign,
-//! decrypt or reveal anything. The handshake process sends a worker the
-//! connection (socket, sealed blobs, handshake facts), asks it to shed an
-//! idle connection, or to shut down. Every frame is one datagram: a frame
+//! is. A worker can only publish its key-exchange key (once, first), say
+//! that an instance is ready for a connection, and that a connection
+//! ended; nothing it sends can make the handshake process sign, decrypt or
+//! reveal anything. The handshake process opens the worker's blob session
+//! (HPKE, once), sends it connections (socket, blobs sealed in that
+//! session, handshake facts), asks it to shed an idle connection, or to
+//! shut down. Every frame is one datagram: a frame
 //! that does not parse exactly, or arrives truncated, is an error.
 
 use std::io::{IoSlice, IoSliceMut};
@@ -17,7 +18,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use keyferry_guest::ProtocolVersion;
-use keyferry_guest::blob::PUBLIC_KEY_LEN;
+use keyferry_guest::blob::{ENC_LEN, PUBLIC_KEY_LEN};
 use keyferry_guest::connection::{Facts, Role};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
@@ -37,9 +38,11 @@ pub const MAX_READY: usize = 64;
 const READY: u8 = 1;
 const DONE: u8 = 2;
 const SHED: u8 = 3;
+const HELLO: u8 = 4;
 const CONNECTION: u8 = 16;
 const SHED_IDLE: u8 = 17;
 const SHUTDOWN: u8 = 18;
+const SESSION: u8 = 19;
 
 /// Why a frame was refused, or the channel failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +78,17 @@ pub enum ChannelError {
 /// What a worker sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FromWorker {
-    /// An instance is ready for one connection; blobs for it are sealed to
-    /// `exchange`.
+    /// The worker's key-exchange key, made when it started: its first
+    /// frame, and only once. Blobs for the worker are sealed in an HPKE
+    /// session to it.
+    Hello {
+        /// The worker's public key.
+        exchange: ExchangeKey,
+    },
+    /// An instance is ready for one connection.
     Ready {
         /// The worker's name for the instance.
         slot: u32,
-        /// The instance's exchange key.
-        exchange: ExchangeKey,
     },
     /// A connection the handshake process handed over has ended.
     Done {
@@ -110,7 +117,7 @@ pub struct Assignment {
     pub read_with_handshake: u64,
     /// The handshake facts.
     pub facts: Facts,
-    /// The seal key's blob, sealed to the slot's exchange key.
+    /// The seal key's blob, sealed in the worker's session.
     pub seal_blob: Vec<u8>,
     /// The open key's blob, with whatever was read past the handshake.
     pub open_blob: Vec<u8>,
@@ -119,6 +126,12 @@ pub struct Assignment {
 /// What the handshake process sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ToWorker {
+    /// The blob session to the worker's key (the answer to its hello):
+    /// the HPKE encapsulated key.
+    Session {
+        /// HPKE's `enc`.
+        encapsulated: [u8; ENC_LEN],
+    },
     /// Serve this connection.
     Connection(Box<Assignment>),
     /// Close the longest-idle connection (with close_notify) to make room.
@@ -132,10 +145,13 @@ impl FromWorker {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Vec::new();
         match self {
-            Self::Ready { slot, exchange } => {
+            Self::Hello { exchange } => {
+                w.push(HELLO);
+                w.extend_from_slice(&exchange.public_key);
+            }
+            Self::Ready { slot } => {
                 w.push(READY);
                 w.extend_from_slice(&slot.to_be_bytes());
-                w.extend_from_slice(&exchange.public_key);
             }
             Self::Done { connection_id } => {
                 w.push(DONE);
@@ -154,20 +170,19 @@ impl FromWorker {
     pub fn decode(frame: &[u8]) -> Result<Self, ChannelError> {
         let mut r = Reader(frame);
         let frame = match r.u8()? {
-            READY => {
-                let slot = r.u32()?;
+            HELLO => {
                 let public_key: [u8; PUBLIC_KEY_LEN] = r
                     .take(PUBLIC_KEY_LEN)?
                     .try_into()
                     .map_err(|_| ChannelError::Truncated)?;
-                Self::Ready {
-                    slot,
+                Self::Hello {
                     exchange: ExchangeKey {
                         id: keyferry_guest::blob::key_id(&public_key),
                         public_key,
                     },
                 }
             }
+            READY => Self::Ready { slot: r.u32()? },
             DONE => Self::Done {
                 connection_id: r.u64()?,
             },
@@ -200,6 +215,10 @@ impl ToWorker {
                 put(&mut w, &a.seal_blob)?;
                 put(&mut w, &a.open_blob)?;
             }
+            Self::Session { encapsulated } => {
+                w.push(SESSION);
+                w.extend_from_slice(encapsulated);
+            }
             Self::ShedIdle => w.push(SHED_IDLE),
             Self::Shutdown => w.push(SHUTDOWN),
         }
@@ -222,6 +241,12 @@ impl ToWorker {
                 seal_blob: r.bytes()?.to_vec(),
                 open_blob: r.bytes()?.to_vec(),
             })),
+            SESSION => Self::Session {
+                encapsulated: r
+                    .take(ENC_LEN)?
+                    .try_into()
+                    .map_err(|_| ChannelError::Truncated)?,
+            },
             SHED_IDLE => Self::ShedIdle,
             SHUTDOWN => Self::Shutdown,
             other => return Err(ChannelError::UnexpectedType(other)),
@@ -505,17 +530,27 @@ mod tests {
             Err(ChannelError::Trailing)
         ));
 
-        let ready = FromWorker::Ready {
-            slot: 7,
+        let session = ToWorker::Session {
+            encapsulated: [5; 32],
+        };
+        let frame = session.encode().unwrap();
+        assert_eq!(ToWorker::decode(&frame).unwrap(), session);
+        for cut in 0..frame.len() {
+            assert!(ToWorker::decode(&frame[..cut]).is_err(), "cut at {cut}");
+        }
+
+        let hello = FromWorker::Hello {
             exchange: ExchangeKey {
                 id: keyferry_guest::blob::key_id(&[9; 32]),
                 public_key: [9; 32],
             },
         };
-        let frame = ready.encode();
-        assert_eq!(FromWorker::decode(&frame).unwrap(), ready);
-        for cut in 0..frame.len() {
-            assert!(FromWorker::decode(&frame[..cut]).is_err(), "cut at {cut}");
+        for frame in [hello, FromWorker::Ready { slot: 7 }] {
+            let bytes = frame.encode();
+            assert_eq!(FromWorker::decode(&bytes).unwrap(), frame);
+            for cut in 0..bytes.len() {
+                assert!(FromWorker::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
         }
         // A worker cannot send what only the handshake process sends.
         assert!(matches!(

@@ -3,9 +3,10 @@
 //! It holds the identity and the private key, accepts TCP, runs every
 //! handshake, and hands each connection to a data-plane worker
 //! ([`crate::worker`]): the socket by `SCM_RIGHTS`, the traffic keys as
-//! blobs sealed to the exchange key of the instance the worker announced
-//! for it, the handshake facts, and what was read past the handshake
-//! (inside the open key's blob). Workers are fresh `exec`s of the binary,
+//! blobs sealed in the HPKE session this process opened to the worker's
+//! published key (one X25519 encapsulation per worker lifetime, a key
+//! export per blob: blob format 3), the handshake facts, and what was read
+//! past the handshake (inside the open key's blob). Workers are fresh `exec`s of the binary,
 //! never forks of this process, so no page of the key is inherited; they
 //! never open the key file.
 //!
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyferry_guest::blob;
+use keyferry_guest::blob::SessionSender;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -34,7 +35,6 @@ use tracing::{info, warn};
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
 use crate::error::Result;
 use crate::handshake::Handoff;
-use crate::instance::ExchangeKey;
 use crate::server::{ADMISSION_WAIT, ServerStats, accept, admit, client_address, server_handshake};
 use crate::transport::new_connection_id;
 
@@ -71,12 +71,18 @@ struct Worker {
     pid: u32,
     channel: Channel,
     state: Mutex<WorkerState>,
+    /// The blob session to the worker, once it published its key. Held
+    /// from sealing a connection's blobs until its frame is sent, so the
+    /// worker sees the session's counters in order.
+    blobs: tokio::sync::Mutex<Option<SessionSender>>,
 }
 
 #[derive(Default)]
 struct WorkerState {
+    /// Whether the worker has published its key.
+    greeted: bool,
     /// Instances announced and not yet given a connection, oldest first.
-    ready: VecDeque<(u32, ExchangeKey)>,
+    ready: VecDeque<u32>,
     /// Connections handed over and not yet reported done, each holding its
     /// place under the connection cap.
     open: HashMap<u64, OwnedSemaphorePermit>,
@@ -92,17 +98,34 @@ impl Worker {
     }
 
     /// Applies one frame from the worker; an error cuts the worker off.
-    fn apply(&self, frame: FromWorker) -> std::result::Result<(), &'static str> {
+    /// A hello is answered with the session it opens, which must reach
+    /// the worker before anything else is sent to it.
+    fn apply(
+        &self,
+        frame: FromWorker,
+    ) -> std::result::Result<Option<(SessionSender, ToWorker)>, &'static str> {
         let mut state = self.lock();
         match frame {
-            FromWorker::Ready { slot, exchange } => {
+            FromWorker::Hello { exchange } => {
+                if state.greeted {
+                    return Err("published its key twice");
+                }
+                state.greeted = true;
+                let (sender, encapsulated) = SessionSender::new(&exchange.public_key)
+                    .map_err(|_| "published a key that is not an X25519 public key")?;
+                return Ok(Some((sender, ToWorker::Session { encapsulated })));
+            }
+            FromWorker::Ready { slot } => {
+                if !state.greeted {
+                    return Err("announced an instance before publishing its key");
+                }
                 if state.ready.len() >= MAX_READY {
                     return Err("announced too many ready instances");
                 }
-                if state.ready.iter().any(|(s, _)| *s == slot) {
+                if state.ready.contains(&slot) {
                     return Err("announced a slot twice");
                 }
-                state.ready.push_back((slot, exchange));
+                state.ready.push_back(slot);
             }
             FromWorker::Done { connection_id } => {
                 if state.open.remove(&connection_id).is_none() {
@@ -116,7 +139,7 @@ impl Worker {
                 let _ = waiter.send(closed);
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -140,7 +163,7 @@ impl Pool {
     }
 
     /// Takes a ready instance, round-robin over the workers that have one.
-    fn take_ready(&self) -> Option<(Arc<Worker>, u32, ExchangeKey)> {
+    fn take_ready(&self) -> Option<(Arc<Worker>, u32)> {
         let live = self.live();
         if live.is_empty() {
             return None;
@@ -152,9 +175,9 @@ impl Pool {
             if state.dead {
                 return None;
             }
-            let (slot, key) = state.ready.pop_front()?;
+            let slot = state.ready.pop_front()?;
             drop(state);
-            Some((worker.clone(), slot, key))
+            Some((worker.clone(), slot))
         })
     }
 
@@ -303,6 +326,7 @@ async fn run_worker(
         pid,
         channel: Channel::new(ours)?,
         state: Mutex::new(WorkerState::default()),
+        blobs: tokio::sync::Mutex::new(None),
     });
     pool.workers.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(worker.clone());
     info!(worker = index, pid, "worker started");
@@ -321,7 +345,20 @@ async fn run_worker(
             Ok((_, Some(_fd))) => "sent a descriptor".to_string(),
             Ok((frame, None)) => match FromWorker::decode(&frame) {
                 Ok(frame) => match worker.apply(frame) {
-                    Ok(()) => {
+                    Ok(Some((sender, session))) => {
+                        let mut blobs = worker.blobs.lock().await;
+                        *blobs = Some(sender);
+                        let sent = match session.encode() {
+                            Ok(frame) => worker.channel.send(&frame, None).await.is_ok(),
+                            Err(_) => false,
+                        };
+                        drop(blobs);
+                        if sent {
+                            continue;
+                        }
+                        "could not be sent its blob session".to_string()
+                    }
+                    Ok(None) => {
                         if !announced && !worker.lock().ready.is_empty() {
                             announced = true;
                             info!(worker = index, pid, "worker ready");
@@ -390,7 +427,7 @@ async fn connection(
     // A ready instance: usually waiting already; a worker being replaced
     // may take a moment.
     let deadline = Instant::now() + ADMISSION_WAIT;
-    let (worker, slot, exchange) = loop {
+    let (worker, slot) = loop {
         let notified = pool.ready.notified();
         if let Some(ready) = pool.take_ready() {
             break ready;
@@ -404,7 +441,7 @@ async fn connection(
             return;
         }
     };
-    match hand_over(&worker, slot, &exchange, handoff, &stream, peer, permit).await {
+    match hand_over(&worker, slot, handoff, &stream, peer, permit).await {
         Ok(()) => {
             info!(%peer, connection_id = id, worker_pid = worker.pid, "connection handed to a worker")
         }
@@ -415,12 +452,12 @@ async fn connection(
     // Our copy of the socket closes here; the worker's stays open.
 }
 
-/// Seals the keys to the worker's instance and sends it the connection.
-/// The host's copies of the keys are zeroized before this returns.
+/// Seals the keys in the worker's blob session and sends it the
+/// connection. The host's copies of the keys are zeroized before this
+/// returns.
 async fn hand_over(
     worker: &Worker,
     slot: u32,
-    exchange: &ExchangeKey,
     handoff: Handoff,
     stream: &TcpStream,
     peer: SocketAddr,
@@ -429,8 +466,12 @@ async fn hand_over(
     let Handoff { keys, facts, .. } = handoff;
     let read_with_handshake =
         (keys.open.buffered_ciphertext.len() + keys.open.buffered_plaintext.len()) as u64;
-    let seal_blob = blob::seal_traffic_key(&exchange.public_key, &keys.seal)?;
-    let open_blob = blob::seal_traffic_key(&exchange.public_key, &keys.open)?;
+    let mut blobs = worker.blobs.lock().await;
+    let sender = blobs
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("the worker has no blob session"))?;
+    let seal_blob = sender.seal_traffic_key(&keys.seal)?;
+    let open_blob = sender.seal_traffic_key(&keys.open)?;
     drop(keys);
     let connection_id = facts.connection_id;
     let frame = ToWorker::Connection(Box::new(Assignment {

@@ -3,10 +3,11 @@
 //! A worker is a fresh `exec` of the binary, started by the handshake
 //! process ([`crate::monitor`]) with one channel ([`crate::channel`]) as
 //! its standard input. It never sees the certificate's private key or its
-//! file: it keeps a few guest instances ready, announces each one's
-//! exchange key, and serves the connections handed to it (the socket, the
-//! blobs sealed to that instance, the handshake facts), one instance per
-//! connection. It never handshakes.
+//! file: it publishes its own key-exchange key, keeps a few guest instances
+//! ready, and serves the connections handed to it (the socket, blobs sealed
+//! in the HPKE session the handshake process opened to it, the handshake
+//! facts), one instance per connection, each blob wrapped again for its
+//! instance. It never handshakes.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -16,9 +17,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
+use keyferry_guest::blob::{ExchangeKeyPair, SessionReceiver};
+use keyferry_guest::record::TrafficKeyMaterial;
+
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, ToWorker};
 use crate::component::GuestComponent;
 use crate::dataplane::DataPlane;
+use crate::export::ConnectionKeys;
+use crate::handshake::Handoff;
+use crate::instance::ExchangeKey;
 use crate::instance::GuestInstance;
 use crate::transport::{
     PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Timeouts, blocking, log_session,
@@ -40,6 +47,10 @@ pub enum WorkerError {
     /// The handshake process named an instance this worker never offered.
     #[error("connection for unknown slot {0}")]
     UnknownSlot(u32),
+    /// The handshake process sent a connection before opening the blob
+    /// session, or opened a second one.
+    #[error("blob session out of order")]
+    Session,
     /// Dropping privileges or closing inherited descriptors failed.
     #[error("hardening the worker: {0}")]
     Harden(std::io::Error),
@@ -137,6 +148,16 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
             }
         })
     };
+    // This worker's key-exchange key, for its whole life: the handshake
+    // process sets up one HPKE session to it.
+    let keys = ExchangeKeyPair::generate();
+    let _ = to_monitor.send(FromWorker::Hello {
+        exchange: ExchangeKey {
+            id: keys.key_id(),
+            public_key: keys.public_key(),
+        },
+    });
+    let mut session: Option<SessionReceiver> = None;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let sessions = Arc::new(Sessions::default());
     let epoch = Instant::now();
@@ -145,19 +166,11 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
         while ready.len() < READY_INSTANCES {
-            // The handshake process is another process: it seals to the
-            // instance's exchange key (blob format 1), made here, off the
-            // connection's path.
-            let (instance, exchange) = blocking(|| {
-                let instance = options.component.instantiate()?;
-                let exchange = instance.exchange_key()?;
-                Ok::<_, crate::Error>((instance, exchange))
-            })?;
+            // Made and keyed (its wrapping secret) off the path of the
+            // connection it will serve.
+            let instance = blocking(|| options.component.instantiate())?;
             next_slot = next_slot.wrapping_add(1);
-            let _ = to_monitor.send(FromWorker::Ready {
-                slot: next_slot,
-                exchange,
-            });
+            let _ = to_monitor.send(FromWorker::Ready { slot: next_slot });
             ready.insert(next_slot, instance);
         }
         let (frame, fd) = match channel.recv().await {
@@ -166,10 +179,25 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
             Err(e) => break Err(e.into()),
         };
         match (ToWorker::decode(&frame), fd) {
-            (Ok(ToWorker::Connection(assignment)), Some(socket)) => {
+            (Ok(ToWorker::Session { encapsulated }), None) => {
+                if session.is_some() {
+                    break Err(WorkerError::Session);
+                }
+                match SessionReceiver::new(&keys, &encapsulated) {
+                    Ok(s) => session = Some(s),
+                    Err(e) => break Err(crate::Error::from(e).into()),
+                }
+            }
+            (Ok(ToWorker::Connection(mut assignment)), Some(socket)) => {
                 let Some(guest) = ready.remove(&assignment.slot) else {
                     break Err(WorkerError::UnknownSlot(assignment.slot));
                 };
+                let Some(receiver) = session.as_mut() else {
+                    break Err(WorkerError::Session);
+                };
+                // Open both blobs here, in order: the session refuses a
+                // counter it has passed, so none opens twice.
+                let keys = open_pair(receiver, &mut assignment);
                 let done = to_monitor.clone();
                 let sessions = sessions.clone();
                 let shutdown = shutdown.clone();
@@ -177,7 +205,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 tasks.spawn(async move {
                     let id = assignment.connection_id;
                     serve(
-                        *assignment,
+                        (*assignment, keys),
                         socket,
                         guest,
                         &sessions,
@@ -212,8 +240,21 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
     result
 }
 
+/// Opens a connection's two blobs from the handshake process. The blobs
+/// are spent either way.
+fn open_pair(receiver: &mut SessionReceiver, a: &mut Assignment) -> Opened {
+    let seal = std::mem::take(&mut a.seal_blob);
+    let open = std::mem::take(&mut a.open_blob);
+    let (_, seal) = receiver.open_traffic_key(&seal)?;
+    let (_, open) = receiver.open_traffic_key(&open)?;
+    Ok((seal, open))
+}
+
+/// A connection's two keys as its blobs opened, seal then open.
+type Opened = crate::Result<(TrafficKeyMaterial, TrafficKeyMaterial)>;
+
 async fn serve(
-    a: Assignment,
+    (a, keys): (Assignment, Opened),
     socket: OwnedFd,
     guest: GuestInstance,
     sessions: &Sessions,
@@ -234,7 +275,22 @@ async fn serve(
         }
     };
     let facts = a.facts.clone();
-    let attached = blocking(|| DataPlane::from_blobs(guest, &a.seal_blob, &a.open_blob, a.facts));
+    // Wrapped again for the instance it goes to (blob format 2); the
+    // material is wiped when the handoff drops.
+    let attached = keys.and_then(|(seal, open)| {
+        let handoff = Handoff {
+            keys: ConnectionKeys {
+                version: seal.version,
+                aead: seal.aead,
+                seal,
+                open,
+            },
+            facts: a.facts,
+            kernel: None,
+            resumed: false,
+        };
+        blocking(|| DataPlane::new(guest, handoff))
+    });
     let (mut plane, first) = match attached {
         Ok(p) => p,
         Err(e) => {

@@ -163,8 +163,8 @@ fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
     let dir = temp_dir("forged-worker");
     let counter = dir.join("runs");
     let script = dir.join("forged-worker.sh");
-    // The first three starts misbehave on the channel (standard input), each
-    // its own way; from the fourth on the real worker runs.
+    // The first five starts misbehave on the channel (standard input), each
+    // its own way; from the sixth on the real worker runs.
     std::fs::write(
         &script,
         format!(
@@ -174,10 +174,13 @@ fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
              1) printf 'not a frame at all' >&0; sleep 30 ;;\n\
              2) printf '\\002\\000\\000\\000\\000\\000\\000\\000\\052' >&0; sleep 30 ;;\n\
              3) dd if=/dev/zero bs=700000 count=1 >&0 2>/dev/null; sleep 30 ;;\n\
+             4) printf '\\001\\000\\000\\000\\001' >&0; sleep 30 ;;\n\
+             5) printf '\\004{key}' >&0; printf '\\004{key}' >&0; sleep 30 ;;\n\
              *) exec {keyferry} \"$@\" ;;\n\
              esac\n",
             counter = counter.display(),
             keyferry = keyferry().display(),
+            key = "\\011".repeat(32),
         ),
     )
     .unwrap();
@@ -189,10 +192,12 @@ fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
         "--worker-program",
         script.to_str().unwrap(),
     ]);
-    let log = server.stderr.wait_for("frame too long");
+    let log = server.stderr.wait_for("published its key twice");
     for what in [
         "sent a malformed frame",
         "reported a connection it was never given",
+        "frame too long",
+        "announced an instance before publishing its key",
     ] {
         assert!(log.contains(what), "{what}:\n{log}");
     }
@@ -201,7 +206,7 @@ fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
     loop {
         let served = std::panic::catch_unwind(|| {
             let mut c = rustls_client(&server.addr());
-            echo(&mut c, b"served after three bad workers");
+            echo(&mut c, b"served after five bad workers");
         });
         if served.is_ok() {
             break;
@@ -218,13 +223,14 @@ fn the_channel_carries_no_private_key_bytes() {
     let dir = temp_dir("recording-worker");
     let capture = dir.join("capture");
     let script = dir.join("recording-worker.sh");
-    // Announces one ready instance (any 32-byte X25519 key), then records
-    // everything the handshake process sends.
+    // Publishes a key (any 32-byte X25519 key) and one ready instance, as
+    // two datagrams, then records everything the handshake process sends.
     std::fs::write(
         &script,
         format!(
             "#!/bin/sh\n\
-             printf '\\001\\000\\000\\000\\001{key}' >&0\n\
+             printf '\\004{key}' >&0\n\
+             printf '\\001\\000\\000\\000\\001' >&0\n\
              exec cat <&0 > {capture}\n",
             key = "\\011".repeat(32),
             capture = capture.display(),
