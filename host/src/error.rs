@@ -156,6 +156,9 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
     },
+    /// A server needs at least one identity.
+    #[error("no certificate to serve")]
+    NoIdentity,
     /// A self-signed certificate could not be made.
     #[error("generating a self-signed certificate: {0}")]
     SelfSigned(String),

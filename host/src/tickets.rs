@@ -9,6 +9,7 @@
 //! `head -c 48 /dev/urandom > ticket.key`.
 
 use std::path::Path;
+use std::sync::RwLock;
 
 use keyferry_guest::AeadAlgorithm;
 use keyferry_guest::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
@@ -22,9 +23,10 @@ const NAME_LEN: usize = 16;
 /// How long a ticket is good for: 12 hours, within RFC 8446's 7 days.
 const LIFETIME_SECS: u32 = 12 * 60 * 60;
 
-/// Ticket keys; no `Debug` of the keys, no `Clone`.
+/// Ticket keys; no `Debug` of the keys, no `Clone`. The set can be
+/// replaced while serving ([`TicketKeys::replace`], on SIGHUP).
 pub struct TicketKeys {
-    keys: Vec<TicketKey>,
+    keys: RwLock<Vec<TicketKey>>,
 }
 
 struct TicketKey {
@@ -35,7 +37,7 @@ struct TicketKey {
 impl core::fmt::Debug for TicketKeys {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("TicketKeys")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.current().len())
             .finish_non_exhaustive()
     }
 }
@@ -67,7 +69,20 @@ impl TicketKeys {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Self { keys })
+        Some(Self {
+            keys: RwLock::new(keys),
+        })
+    }
+
+    /// Takes the keys of `other`: new tickets use its first key, and only
+    /// its keys open tickets from now on.
+    pub fn replace(&self, other: TicketKeys) {
+        let keys = other.keys.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Vec<TicketKey>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -82,7 +97,8 @@ impl ProducesTickets for TicketKeys {
 
     /// name || nonce || ChaCha20-Poly1305(state) with the name as AAD.
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let key = self.keys.first()?;
+        let keys = self.current();
+        let key = keys.first()?;
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).ok()?;
         let mut out = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
@@ -102,7 +118,8 @@ impl ProducesTickets for TicketKeys {
         let (name, rest) = ticket.split_at_checked(NAME_LEN)?;
         let (nonce, rest) = rest.split_at_checked(NONCE_LEN)?;
         let (body, tag) = rest.split_at_checked(rest.len().checked_sub(TAG_LEN)?)?;
-        let key = self.keys.iter().find(|k| k.name == name)?;
+        let keys = self.current();
+        let key = keys.iter().find(|k| k.name == name)?;
         let nonce: &[u8; NONCE_LEN] = nonce.try_into().ok()?;
         let mut out = body.to_vec();
         key.cipher
@@ -136,6 +153,18 @@ mod tests {
         for cut in 0..ticket.len() {
             assert!(old.decrypt(&ticket[..cut]).is_none(), "cut at {cut}");
         }
+        // A reload to the rotated file: old tickets still open, and new
+        // ones come from the new first key.
+        old.replace(
+            TicketKeys::from_bytes(&{
+                let mut r = vec![2u8; KEY_LEN];
+                r.extend_from_slice(&[1; KEY_LEN]);
+                r
+            })
+            .unwrap(),
+        );
+        assert_eq!(old.decrypt(&ticket).unwrap(), b"session state");
+        assert_eq!(old.encrypt(b"x").unwrap()[..NAME_LEN], [2; NAME_LEN]);
         assert!(TicketKeys::from_bytes(&[0; 47]).is_none());
         assert!(TicketKeys::from_bytes(&[]).is_none());
     }

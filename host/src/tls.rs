@@ -6,13 +6,16 @@
 //! The private key lives only here, in the host process. It never enters a
 //! guest, a blob, a log line or an error message.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{
     ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
 };
@@ -71,14 +74,135 @@ impl Identity {
     }
 
     fn check_key_matches(&self) -> Result<()> {
-        let provider = default_provider();
-        let signing = provider
+        self.certified().map(|_| ())
+    }
+
+    /// The chain with its signing key, checked to belong together.
+    fn certified(&self) -> Result<CertifiedKey> {
+        let signing = default_provider()
             .key_provider
             .load_private_key(self.key.clone_key())
             .map_err(|_| ConfigError::UnsupportedKey)?;
-        rustls::sign::CertifiedKey::new(self.chain.clone(), signing)
+        let certified = CertifiedKey::new(self.chain.clone(), signing);
+        certified
             .keys_match()
-            .map_err(|_| ConfigError::KeyMismatch.into())
+            .map_err(|_| ConfigError::KeyMismatch)?;
+        Ok(certified)
+    }
+
+    /// The DNS names (SAN dNSName entries, wildcards as written) the leaf
+    /// certificate is valid for, lower case.
+    fn dns_names(&self) -> Vec<String> {
+        webpki::EndEntityCert::try_from(&self.chain[0])
+            .map(|cert| {
+                cert.valid_dns_names()
+                    .map(str::to_ascii_lowercase)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The server's identities, chosen by the client's server name (SNI) as
+/// nginx chooses a `server` block: a certificate valid for the exact name,
+/// then one whose wildcard covers it, then the first identity (the
+/// default, also for clients that send no name). Among candidates, the
+/// first whose key can sign with a scheme the client offers wins, so ECDSA
+/// and RSA identities for one name coexist. The set can be replaced while
+/// serving ([`Identities::replace`], on SIGHUP): handshakes that start
+/// afterwards use the new one; connections already made are untouched.
+pub struct Identities {
+    current: RwLock<Arc<Catalog>>,
+}
+
+struct Catalog {
+    keys: Vec<Arc<CertifiedKey>>,
+    /// Lower-case name (or `*.suffix`) to indexes into `keys`, in order.
+    names: HashMap<String, Vec<usize>>,
+    fingerprints: Vec<String>,
+}
+
+impl Catalog {
+    fn new(identities: &[Identity]) -> Result<Self> {
+        if identities.is_empty() {
+            return Err(ConfigError::NoIdentity.into());
+        }
+        let mut names: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut keys = Vec::with_capacity(identities.len());
+        for (i, identity) in identities.iter().enumerate() {
+            keys.push(Arc::new(identity.certified()?));
+            for name in identity.dns_names() {
+                names.entry(name).or_default().push(i);
+            }
+        }
+        Ok(Self {
+            keys,
+            names,
+            fingerprints: identities.iter().map(Identity::fingerprint).collect(),
+        })
+    }
+
+    /// Indexes of the identities for `name`: exact, then wildcard.
+    fn candidates(&self, name: &str) -> impl Iterator<Item = usize> + '_ {
+        let name = name.to_ascii_lowercase();
+        let wildcard = name
+            .split_once('.')
+            .map(|(_, parent)| format!("*.{parent}"));
+        let exact = self.names.get(&name).cloned().unwrap_or_default();
+        let wild = wildcard
+            .and_then(|w| self.names.get(&w).cloned())
+            .unwrap_or_default();
+        exact.into_iter().chain(wild)
+    }
+}
+
+impl Identities {
+    /// The first identity is the default.
+    pub fn new(identities: &[Identity]) -> Result<Self> {
+        Ok(Self {
+            current: RwLock::new(Arc::new(Catalog::new(identities)?)),
+        })
+    }
+
+    /// Serves `identities` from the next handshake on. On error the set in
+    /// service stays.
+    pub fn replace(&self, identities: &[Identity]) -> Result<()> {
+        let catalog = Arc::new(Catalog::new(identities)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+        Ok(())
+    }
+
+    /// The leaf certificates' SHA-256 fingerprints, default first.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.catalog().fingerprints.clone()
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl core::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Identities")
+            .field("fingerprints", &self.fingerprints())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for Identities {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let catalog = self.catalog();
+        let schemes = hello.signature_schemes();
+        let can_sign = |i: &usize| catalog.keys[*i].key.choose_scheme(schemes).is_some();
+        let by_name = hello
+            .server_name()
+            .and_then(|name| catalog.candidates(name).find(can_sign));
+        let chosen = by_name.or_else(|| (0..catalog.keys.len()).find(can_sign))?;
+        Some(catalog.keys[chosen].clone())
     }
 }
 
@@ -197,6 +321,13 @@ impl TlsOptions {
     /// A server config ready for handoff (TLS 1.3 tickets: two per
     /// connection, rustls's default).
     pub fn server_config(&self, identity: &Identity) -> Result<ServerConfig> {
+        let identities = Identities::new(std::slice::from_ref(identity))?;
+        self.server_config_for(Arc::new(identities))
+    }
+
+    /// A server config that picks among `identities` by SNI, and follows
+    /// their replacement while serving.
+    pub fn server_config_for(&self, identities: Arc<Identities>) -> Result<ServerConfig> {
         let builder = ServerConfig::builder_with_provider(self.provider())
             .with_protocol_versions(&self.versions)
             .map_err(ConfigError::Tls)?;
@@ -212,9 +343,7 @@ impl TlsOptions {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder
-            .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-            .map_err(ConfigError::Tls)?;
+        let mut config = builder.with_cert_resolver(identities);
         config.enable_secret_extraction = true;
         config.ignore_client_order = true;
         if let Some(keys) = &self.ticket_keys {
@@ -338,6 +467,66 @@ mod tests {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         }
+    }
+
+    /// The leaf certificate a rustls client gets for `name` (None: no SNI).
+    fn served_to(config: &Arc<ServerConfig>, name: &str, sni: bool) -> CertificateDer<'static> {
+        let mut client_config = TlsOptions::default()
+            .client_config(ServerVerification::DangerousNone)
+            .unwrap();
+        client_config.enable_sni = sni;
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut client: rustls::Connection =
+            rustls::ClientConnection::new(Arc::new(client_config), name)
+                .unwrap()
+                .into();
+        let mut server: rustls::Connection = rustls::ServerConnection::new(config.clone())
+            .unwrap()
+            .into();
+        fn pass(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+            let mut wire = Vec::new();
+            while from.wants_write() {
+                from.write_tls(&mut wire).unwrap();
+            }
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                to.read_tls(&mut rest).unwrap();
+            }
+            to.process_new_packets().unwrap();
+        }
+        while client.is_handshaking() || server.is_handshaking() {
+            pass(&mut client, &mut server);
+            pass(&mut server, &mut client);
+        }
+        client.peer_certificates().unwrap()[0].clone()
+    }
+
+    #[test]
+    fn sni_picks_the_identity_and_a_replacement_serves_the_next_handshake() {
+        let a = Identity::self_signed(&["a.example".into()]).unwrap();
+        let b = Identity::self_signed(&["b.example".into(), "*.b.example".into()]).unwrap();
+        let (a_cert, b_cert) = (a.chain[0].clone(), b.chain[0].clone());
+        let identities = Arc::new(Identities::new(&[a, b]).unwrap());
+        let config = Arc::new(
+            TlsOptions::default()
+                .server_config_for(identities.clone())
+                .unwrap(),
+        );
+        assert_eq!(served_to(&config, "a.example", true), a_cert);
+        assert_eq!(served_to(&config, "B.Example", true), b_cert);
+        assert_eq!(served_to(&config, "www.b.example", true), b_cert);
+        // Unknown names and clients without SNI get the default, the first.
+        assert_eq!(served_to(&config, "c.example", true), a_cert);
+        assert_eq!(served_to(&config, "b.example", false), a_cert);
+
+        let c = Identity::self_signed(&["a.example".into()]).unwrap();
+        let c_cert = c.chain[0].clone();
+        identities.replace(&[c]).unwrap();
+        assert_eq!(served_to(&config, "a.example", true), c_cert);
+        assert_eq!(identities.fingerprints(), vec![fingerprint(&c_cert)]);
+        // A replacement that fails leaves the set in service.
+        assert!(identities.replace(&[]).is_err());
+        assert_eq!(served_to(&config, "a.example", true), c_cert);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod connect;
 mod fleet;
+mod identities;
 mod limits;
 mod operator;
 mod privsep;

@@ -12,13 +12,13 @@ use clap::{Args, Parser, Subcommand};
 use keyferry::handshake::Handshake;
 use keyferry::monitor::{MonitorOptions, WorkerCommand};
 use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
-use keyferry::tls::{self, Identity, ServerVerification, TlsOptions};
+use keyferry::tls::{self, Identities, Identity, ServerVerification, TlsOptions};
 use keyferry::transport::Timeouts;
 use keyferry::{DataPlane, ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
 use keyferry_cli::{apps, bench, serve_bench};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Split-TLS with a sandboxed data plane: rustls handshakes in this process,
 /// record encryption in a WebAssembly guest.
@@ -149,12 +149,17 @@ struct ServeArgs {
     /// resolved; the first address that binds is used).
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
-    /// PEM certificate chain (a self-signed one is made at start without it).
+    /// PEM certificate chain (a self-signed one is made at start without
+    /// it). Repeat with --key for several identities: each client gets the
+    /// one valid for the name it sent (SNI), exact before wildcard, and the
+    /// first serves clients that send none or an unknown one. SIGHUP
+    /// re-reads them all (and --ticket-keys); if one fails to load, the
+    /// ones in service stay.
     #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
-    /// PEM private key for --cert.
+    cert: Vec<PathBuf>,
+    /// PEM private key for the --cert in the same position.
     #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
+    key: Vec<PathBuf>,
     /// Data-plane worker processes (default: one per core). The handshake
     /// process holds the key and hands each connection to a worker that
     /// never has it; 0 runs the data plane in this process, beside the key
@@ -455,16 +460,42 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 .to_string()
         })
         .context("--listen must be HOST:PORT")?;
-    let identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
-        _ => Identity::self_signed(&["localhost".to_string(), listen_host])?,
-    };
-    let mut options = args.tls.options();
-    if let Some(path) = &args.ticket_keys {
-        options =
-            options.with_ticket_keys(Arc::new(keyferry::tickets::TicketKeys::from_file(path)?));
+    if args.cert.len() != args.key.len() {
+        bail!(
+            "{} --cert and {} --key: give each certificate its key, in the same order",
+            args.cert.len(),
+            args.key.len()
+        );
     }
-    let tls = Arc::new(options.server_config(&identity)?);
+    let files: Vec<(PathBuf, PathBuf)> = args
+        .cert
+        .iter()
+        .cloned()
+        .zip(args.key.iter().cloned())
+        .collect();
+    let identities = if files.is_empty() {
+        vec![Identity::self_signed(&[
+            "localhost".to_string(),
+            listen_host,
+        ])?]
+    } else {
+        load_identities(&files)?
+    };
+    let identities = Arc::new(Identities::new(&identities)?);
+    let mut options = args.tls.options();
+    let ticket_keys = match &args.ticket_keys {
+        Some(path) => Some(Arc::new(keyferry::tickets::TicketKeys::from_file(path)?)),
+        None => None,
+    };
+    if let Some(keys) = &ticket_keys {
+        options = options.with_ticket_keys(keys.clone());
+    }
+    let tls = Arc::new(options.server_config_for(identities.clone())?);
+    let reload = Reload {
+        identities: identities.clone(),
+        files,
+        ticket_keys: ticket_keys.zip(args.ticket_keys.clone()),
+    };
     let workers = match (args.workers, args.shared_instances) {
         (Some(n), None) => n,
         (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -516,11 +547,10 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        info!(address = %local, fingerprint = %identity.fingerprint(), application, workers, "listening");
-        println!(
-            "keyferry serving on https://{local}/ (certificate SHA-256 {})",
-            identity.fingerprint()
-        );
+        let fingerprint = identities.fingerprints().join(",");
+        info!(address = %local, fingerprint = %fingerprint, application, workers, "listening");
+        println!("keyferry serving on https://{local}/ (certificate SHA-256 {fingerprint})");
+        tokio::spawn(reload.on_sighup());
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -563,6 +593,76 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// Reads each certificate and key pair.
+fn load_identities(files: &[(PathBuf, PathBuf)]) -> keyferry::Result<Vec<Identity>> {
+    files
+        .iter()
+        .map(|(cert, key)| Identity::from_pem_files(cert, key))
+        .collect()
+}
+
+/// What SIGHUP re-reads, as nginx's `-s reload` does: new handshakes use
+/// the new identities and ticket keys, connections already made carry on,
+/// and anything that fails to load leaves what is in service in place.
+/// With workers, only this (the handshake) process holds them.
+struct Reload {
+    identities: Arc<Identities>,
+    files: Vec<(PathBuf, PathBuf)>,
+    ticket_keys: Option<(Arc<keyferry::tickets::TicketKeys>, PathBuf)>,
+}
+
+impl Reload {
+    async fn on_sighup(self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP; reloading is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            self.reload();
+        }
+    }
+
+    fn reload(&self) {
+        if self.files.is_empty() && self.ticket_keys.is_none() {
+            info!("SIGHUP: nothing to reload (the certificate was made at start)");
+            return;
+        }
+        // Load everything first, then swap: all or nothing.
+        let identities = if self.files.is_empty() {
+            None
+        } else {
+            match load_identities(&self.files) {
+                Ok(loaded) => Some(loaded),
+                Err(e) => {
+                    warn!(error = %e, "SIGHUP: reload failed; still serving the previous certificates");
+                    return;
+                }
+            }
+        };
+        let tickets = match &self.ticket_keys {
+            Some((_, path)) => match keyferry::tickets::TicketKeys::from_file(path) {
+                Ok(keys) => Some(keys),
+                Err(e) => {
+                    warn!(error = %e, "SIGHUP: reload failed; still serving the previous certificates and ticket keys");
+                    return;
+                }
+            },
+            None => None,
+        };
+        if let Some(loaded) = identities
+            && let Err(e) = self.identities.replace(&loaded)
+        {
+            warn!(error = %e, "SIGHUP: reload failed; still serving the previous certificates");
+            return;
+        }
+        if let (Some((keys, _)), Some(new)) = (&self.ticket_keys, tickets) {
+            keys.replace(new);
+        }
+        info!(fingerprint = %self.identities.fingerprints().join(","), "SIGHUP: reloaded");
+    }
 }
 
 /// Binds the first address `listen` resolves to that binds, with
@@ -629,8 +729,9 @@ fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    // Ctrl-C reaches the whole process group: the handshake process tells
-    // workers when to stop, so a worker ignores the signal itself.
+    // Ctrl-C (and a hangup) reach the whole process group: the handshake
+    // process tells workers when to stop and reloads what it holds, so a
+    // worker ignores both signals itself.
     runtime.block_on(async move {
         tokio::spawn(async {
             loop {
@@ -639,6 +740,11 @@ fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
                 }
             }
         });
+        if let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move { while hangups.recv().await.is_some() {} });
+        }
         keyferry::worker::run(channel, options).await
     })?;
     Ok(())

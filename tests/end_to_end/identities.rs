@@ -1,0 +1,160 @@
+//! Several identities chosen by SNI, and SIGHUP reloads, as nginx does
+//! them: against curl and a rustls client.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keyferry_tests::process::{Server, read_exact, temp_dir, write_all};
+
+/// A self-signed certificate for `name` (subject CN=`name`), written to
+/// `dir`/`file`.pem and `file`.key.
+fn identity(dir: &Path, file: &str, name: &str) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// The subject curl reports for `name` (resolved to the test server).
+fn subject_for(server: &Server, name: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-v",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "--resolve",
+        ])
+        .arg(format!("{name}:{}:127.0.0.1", server.port))
+        .arg(format!("https://{name}:{}/", server.port))
+        .output()
+        .expect("run curl");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    err.lines()
+        .find_map(|l| l.trim().strip_prefix("*  subject: "))
+        .unwrap_or_else(|| panic!("no subject in curl's output:\n{err}"))
+        .to_string()
+}
+
+/// A rustls client that sends `sni` (or none) and reports the leaf.
+fn connect(
+    server: &Server,
+    sni: Option<&str>,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut config = keyferry::tls::TlsOptions::default()
+        .client_config(keyferry::tls::ServerVerification::DangerousNone)
+        .unwrap();
+    config.enable_sni = sni.is_some();
+    let name = rustls::pki_types::ServerName::try_from(sni.unwrap_or("unused.example").to_string())
+        .unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = std::net::TcpStream::connect(server.addr()).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    stream
+}
+
+fn leaf_pem_der(pem: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(pem)
+        .unwrap()
+        .to_vec()
+}
+
+fn leaf(stream: &rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>) -> Vec<u8> {
+    stream.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn hangup(server: &Server) {
+    let status = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn each_name_gets_its_own_certificate_and_no_sni_gets_the_first() {
+    let dir = temp_dir("two-identities");
+    let (a_cert, a_key) = identity(&dir, "a", "a.test");
+    let (b_cert, b_key) = identity(&dir, "b", "b.test");
+    let server = Server::start(&[
+        "--echo",
+        "--cert",
+        a_cert.to_str().unwrap(),
+        "--key",
+        a_key.to_str().unwrap(),
+        "--cert",
+        b_cert.to_str().unwrap(),
+        "--key",
+        b_key.to_str().unwrap(),
+    ]);
+    assert_eq!(subject_for(&server, "a.test"), "CN=a.test");
+    assert_eq!(subject_for(&server, "b.test"), "CN=b.test");
+    assert_eq!(subject_for(&server, "other.test"), "CN=a.test");
+    let none = connect(&server, None);
+    assert_eq!(leaf(&none), leaf_pem_der(&a_cert));
+    let b = connect(&server, Some("b.test"));
+    assert_eq!(leaf(&b), leaf_pem_der(&b_cert));
+}
+
+#[test]
+fn sighup_serves_the_new_certificate_keeps_open_connections_and_survives_a_broken_file() {
+    let dir = temp_dir("reload");
+    let (cert, key) = identity(&dir, "live", "reload.test");
+    let first = leaf_pem_der(&cert);
+    let server = Server::start(&[
+        "--echo",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let mut before = connect(&server, Some("reload.test"));
+    assert_eq!(leaf(&before), first);
+    write_all(&mut before, b"before the reload");
+    assert_eq!(read_exact(&mut before, 17), b"before the reload");
+
+    // A new certificate in the same files.
+    let fresh = temp_dir("reload-new");
+    let (new_cert, new_key) = identity(&fresh, "new", "reload.test");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    let second = leaf_pem_der(&cert);
+    hangup(&server);
+    server.stderr.wait_for("SIGHUP: reloaded");
+    let after = connect(&server, Some("reload.test"));
+    assert_eq!(
+        leaf(&after),
+        second,
+        "a new connection gets the new certificate"
+    );
+    // The connection made before carries on, with the certificate it saw.
+    write_all(&mut before, b"still here");
+    assert_eq!(read_exact(&mut before, 10), b"still here");
+    assert_eq!(leaf(&before), first);
+
+    // A broken key: the reload fails and the new certificate stays.
+    std::fs::write(&key, "not a key").unwrap();
+    hangup(&server);
+    let log = server.stderr.wait_for("reload failed");
+    assert!(
+        log.contains("still serving the previous certificates"),
+        "{log}"
+    );
+    let again = connect(&server, Some("reload.test"));
+    assert_eq!(leaf(&again), second);
+}
