@@ -102,3 +102,41 @@ fn listen_takes_a_host_name() {
     keyferry_tests::process::write_all(&mut c, b"by name");
     assert_eq!(keyferry_tests::process::read_exact(&mut c, 7), b"by name");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_connection_fields() {
+    let server = keyferry_tests::process::Server::start_with_env(
+        "127.0.0.1:0",
+        &["--workers", "0"],
+        &[("KEYFERRY_LOG_FORMAT", "json")],
+    );
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "30", &server.url("/json")])
+        .output()
+        .expect("run curl");
+    assert!(out.status.success());
+    let log = server.stderr.wait_for("close_notify");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let connection = lines
+        .iter()
+        .find(|l| l["ending"] == "close_notify")
+        .unwrap_or_else(|| panic!("no per-connection line in {log}"));
+    for field in [
+        "peer",
+        "suite",
+        "bytes_in",
+        "bytes_out",
+        "handoff_us",
+        "level",
+        "timestamp",
+    ] {
+        assert!(
+            connection.get(field).is_some(),
+            "{field} missing: {connection}"
+        );
+    }
+    assert_eq!(connection["suite"], "TLS_CHACHA20_POLY1305_SHA256");
+}

@@ -79,11 +79,17 @@ impl Server {
 
     /// `keyferry serve --listen ADDRESS` with `args`.
     pub fn start_listening(address: &str, args: &[&str]) -> Server {
+        Self::start_with_env(address, args, &[])
+    }
+
+    /// The same, with extra environment variables.
+    pub fn start_with_env(address: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(keyferry())
             .arg("serve")
             .args(["--listen", address])
             .args(args)
             .env("KEYFERRY_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

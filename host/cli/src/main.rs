@@ -334,11 +334,17 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::new(log_directives(
         std::env::var("KEYFERRY_LOG").ok().as_deref(),
     ));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    // KEYFERRY_LOG_FORMAT=json: one JSON object per line, with the same
+    // fields as the text lines, at the top level, for log shippers.
+    match std::env::var("KEYFERRY_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().flatten_event(true).init(),
+        _ => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
