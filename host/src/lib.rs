@@ -44,6 +44,7 @@ pub mod instance;
 pub mod keystore;
 pub mod monitor;
 pub mod proxy;
+pub mod ready;
 pub mod server;
 pub mod store;
 pub mod suites;

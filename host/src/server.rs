@@ -21,6 +21,7 @@ use crate::dataplane::DataPlane;
 use crate::error::{Error, HandshakeError, Result};
 use crate::handshake::{Handoff, Handshake};
 use crate::instance::GuestInstance;
+use crate::ready::ReadyInstances;
 use crate::transport::{
     PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async,
     log_session, new_connection_id, run_session,
@@ -29,6 +30,9 @@ use crate::transport::{
 /// How long a client that arrives at the connection cap waits for an idle
 /// connection to make room before it is closed.
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
+/// Instances kept ready for the next connections (instance per connection).
+pub const READY_INSTANCES: usize = 4;
 
 /// How connections share guest instances (DESIGN section 7).
 #[derive(Clone)]
@@ -132,6 +136,7 @@ pub async fn serve(
     let waiting = Arc::new(Semaphore::new(cap));
     let slots = Arc::new(Sessions::default());
     let epoch = Instant::now();
+    let ready = ReadyInstances::new(options.component.clone(), READY_INSTANCES);
     let mut tasks = tokio::task::JoinSet::new();
     while let Some((mut stream, peer)) = accept(&listener, &mut shutdown, &stats).await {
         let options = options.clone();
@@ -139,6 +144,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let permits = permits.clone();
         let slots = slots.clone();
+        let ready = ready.clone();
         let Ok(waiter) = waiting.clone().try_acquire_owned() else {
             stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
             info!(%peer, "at the connection cap with a full queue; closed");
@@ -151,7 +157,14 @@ pub async fn serve(
                 return;
             };
             drop(waiter);
-            connection(stream, peer, &options, &stats, &slots, epoch, shutdown).await;
+            let shared = Shared {
+                options: &options,
+                stats: &stats,
+                slots: &slots,
+                ready: &ready,
+                epoch,
+            };
+            connection(stream, peer, shared, shutdown).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -170,32 +183,43 @@ pub async fn serve(
     Ok(stats)
 }
 
+/// What every connection of one server shares.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    options: &'a ServerOptions,
+    stats: &'a ServerStats,
+    slots: &'a Sessions,
+    ready: &'a Arc<ReadyInstances>,
+    epoch: Instant,
+}
+
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    options: &ServerOptions,
-    stats: &ServerStats,
-    slots: &Sessions,
-    epoch: Instant,
+    shared: Shared<'_>,
     shutdown: watch::Receiver<bool>,
 ) {
     let id = new_connection_id();
-    let slot = slots.insert(id);
-    session(&mut stream, peer, id, slot, options, stats, epoch, shutdown).await;
-    slots.remove(id);
+    let slot = shared.slots.insert(id);
+    session(&mut stream, peer, id, slot, shared, shutdown).await;
+    shared.slots.remove(id);
 }
 
-#[allow(clippy::too_many_arguments, reason = "one connection's whole context")]
 async fn session(
     stream: &mut TcpStream,
     peer: SocketAddr,
     id: u64,
     slot: Arc<Slot>,
-    options: &ServerOptions,
-    stats: &ServerStats,
-    epoch: Instant,
+    shared: Shared<'_>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Shared {
+        options,
+        stats,
+        ready,
+        epoch,
+        ..
+    } = shared;
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
     let Some(peer) = client_address(
@@ -228,7 +252,7 @@ async fn session(
         + handoff.keys.open.buffered_plaintext.len()) as u64;
     let attached = blocking(|| {
         let guest = match &options.isolation {
-            Isolation::PerConnection => options.component.instantiate()?,
+            Isolation::PerConnection => ready.take()?,
             Isolation::Shared(pool) => pool.instance(&options.component)?,
         };
         DataPlane::new(guest, handoff)

@@ -1,0 +1,110 @@
+//! Instances made and keyed before the connections they will serve
+//! (issue: new connections at the price of an unsandboxed server).
+//!
+//! Making an instance (instantiation, its first call, its wrapping secret)
+//! costs more than the rest of a handoff together; done ahead, off the
+//! connection's path, the handoff is only the seal and the import. Each
+//! instance still serves one connection and is then dropped: nothing from
+//! one connection can reach the next.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::component::GuestComponent;
+use crate::error::Result;
+use crate::instance::GuestInstance;
+
+/// A few ready instances of one component, refilled in the background.
+pub struct ReadyInstances {
+    component: GuestComponent,
+    ready: Mutex<Vec<GuestInstance>>,
+    target: usize,
+    refilling: AtomicBool,
+}
+
+impl ReadyInstances {
+    /// Keeps up to `target` instances of `component` ready, starting with
+    /// the first [`take`](Self::take).
+    pub fn new(component: GuestComponent, target: usize) -> Arc<Self> {
+        Arc::new(Self {
+            component,
+            ready: Mutex::new(Vec::with_capacity(target)),
+            target,
+            refilling: AtomicBool::new(false),
+        })
+    }
+
+    /// An instance for one connection: a ready one if there is one, else
+    /// one made now. Starts a refill in the background (inside a tokio
+    /// runtime; outside one, instances are made on demand).
+    pub fn take(self: &Arc<Self>) -> Result<GuestInstance> {
+        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        self.refill();
+        match ready {
+            Some(instance) if !instance.is_poisoned() => Ok(instance),
+            _ => self.component.instantiate(),
+        }
+    }
+
+    /// How many are ready now.
+    pub fn len(&self) -> usize {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none is ready now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn refill(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        runtime.spawn_blocking(move || {
+            while this.len() < this.target {
+                match this.component.instantiate() {
+                    Ok(instance) => this
+                        .ready
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(instance),
+                    // The next connection makes its own and says why.
+                    Err(_) => break,
+                }
+            }
+            this.refilling.store(false, Ordering::Release);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{GuestEngine, SandboxConfig};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_are_ready_ahead_and_never_handed_out_twice() {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        let component = GuestComponent::reference(&engine).unwrap();
+        let pool = ReadyInstances::new(component, 3);
+        let first = pool.take().unwrap();
+        // The refill runs in the background; wait for it.
+        for _ in 0..500 {
+            if pool.len() == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(pool.len(), 3);
+        let taken: Vec<_> = (0..3).map(|_| pool.take().unwrap()).collect();
+        let mut ids: Vec<_> = taken.iter().map(|g| g.store_id()).collect();
+        ids.push(first.store_id());
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "each instance serves one connection");
+    }
+}
