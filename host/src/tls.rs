@@ -254,6 +254,7 @@ pub struct TlsOptions {
     suites: Vec<SupportedCipherSuite>,
     alpn: Vec<Vec<u8>>,
     client_roots: Option<Arc<RootCertStore>>,
+    client_optional: bool,
     client_identity: Option<Arc<Identity>>,
     ticket_keys: Option<Arc<TicketKeys>>,
 }
@@ -267,6 +268,7 @@ impl Default for TlsOptions {
             suites: suites::DEFAULT_ORDER.to_vec(),
             alpn: Vec::new(),
             client_roots: None,
+            client_optional: false,
             client_identity: None,
             ticket_keys: None,
         }
@@ -295,6 +297,16 @@ impl TlsOptions {
     /// Server side: require a client certificate that chains to `roots`.
     pub fn with_client_verification(mut self, roots: RootCertStore) -> Self {
         self.client_roots = Some(Arc::new(roots));
+        self.client_optional = false;
+        self
+    }
+
+    /// Server side: ask for a client certificate that chains to `roots`,
+    /// and serve clients that send none (one that sends another is still
+    /// refused).
+    pub fn with_optional_client_verification(mut self, roots: RootCertStore) -> Self {
+        self.client_roots = Some(Arc::new(roots));
+        self.client_optional = true;
         self
     }
 
@@ -333,12 +345,14 @@ impl TlsOptions {
             .map_err(ConfigError::Tls)?;
         let builder = match &self.client_roots {
             Some(roots) => {
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     roots.clone(),
                     self.provider(),
-                )
-                .build()
-                .map_err(ConfigError::ClientVerifier)?;
+                );
+                if self.client_optional {
+                    verifier = verifier.allow_unauthenticated();
+                }
+                let verifier = verifier.build().map_err(ConfigError::ClientVerifier)?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),

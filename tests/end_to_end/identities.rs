@@ -158,3 +158,79 @@ fn sighup_serves_the_new_certificate_keeps_open_connections_and_survives_a_broke
     let again = connect(&server, Some("reload.test"));
     assert_eq!(leaf(&again), second);
 }
+
+/// A CA (written to `dir`/ca.pem) and a client certificate it signed for
+/// `cn` (client.pem, client.key).
+fn client_ca(dir: &Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{cn} CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![format!("{cn}.example")]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// curl, with a client certificate if given: its output, or its error.
+fn curl_with(server: &Server, client: Option<(&Path, &Path)>) -> Result<String, String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sSk", "--max-time", "30"]);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = cmd.arg(server.url("/mtls")).output().expect("run curl");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn client_certificates_from_the_client_ca_are_required_or_optional() {
+    let dir = temp_dir("mtls");
+    let (ca, cert, key) = client_ca(&dir, "alice");
+    let other = temp_dir("mtls-other");
+    let (_, stranger, stranger_key) = client_ca(&other, "mallory");
+
+    let required = Server::start(&["--client-ca", ca.to_str().unwrap()]);
+    let body = curl_with(&required, Some((&cert, &key))).expect("served with a certificate");
+    assert!(body.contains("peer_certificate: CN=alice"), "{body}");
+    let refused = curl_with(&required, None).expect_err("required refuses a client without one");
+    assert!(
+        refused.contains("alert") || refused.contains("SSL"),
+        "{refused}"
+    );
+    assert!(curl_with(&required, Some((&stranger, &stranger_key))).is_err());
+
+    let optional = Server::start(&[
+        "--client-ca",
+        ca.to_str().unwrap(),
+        "--client-auth",
+        "optional",
+    ]);
+    let body = curl_with(&optional, None).expect("optional serves a client without one");
+    assert!(body.contains("peer_certificate: -"), "{body}");
+    let body = curl_with(&optional, Some((&cert, &key))).expect("and one with one");
+    assert!(body.contains("peer_certificate: CN=alice"), "{body}");
+    assert!(
+        curl_with(&optional, Some((&stranger, &stranger_key))).is_err(),
+        "another CA's is refused"
+    );
+}

@@ -143,6 +143,15 @@ impl TlsArgs {
     }
 }
 
+/// Whether a client must present a certificate.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ClientAuth {
+    /// Refuse clients without one.
+    Required,
+    /// Serve clients without one; one from another CA is still refused.
+    Optional,
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on: IP:PORT or HOST:PORT (a host name is
@@ -160,6 +169,15 @@ struct ServeArgs {
     /// PEM private key for the --cert in the same position.
     #[arg(long, requires = "cert")]
     key: Vec<PathBuf>,
+    /// Verify client certificates against these PEM CA certificates
+    /// (inbound mTLS). The application in the guest sees the client
+    /// certificate's subject in the handshake facts.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// With --client-ca: `required` refuses clients without a certificate
+    /// (certificate_required alert), `optional` serves them.
+    #[arg(long, value_enum, default_value = "required", requires = "client_ca")]
+    client_auth: ClientAuth,
     /// Data-plane worker processes (default: one per core). The handshake
     /// process holds the key and hands each connection to a worker that
     /// never has it; 0 runs the data plane in this process, beside the key
@@ -489,6 +507,13 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     };
     let identities = Arc::new(Identities::new(&identities)?);
     let mut options = args.tls.options();
+    if let Some(path) = &args.client_ca {
+        let roots = tls::roots_from_pem_file(path)?;
+        options = match args.client_auth {
+            ClientAuth::Required => options.with_client_verification(roots),
+            ClientAuth::Optional => options.with_optional_client_verification(roots),
+        };
+    }
     let ticket_keys = match &args.ticket_keys {
         Some(path) => Some(Arc::new(keyferry::tickets::TicketKeys::from_file(path)?)),
         None => None,
