@@ -1,15 +1,18 @@
-//! The key blob reader, both formats: any bytes offered as a blob give a
-//! typed error or the key, never a panic. Blobs sealed here (HPKE, format
-//! 1) or wrapped (format 2) and then cut, extended or flipped reach the
-//! checks behind the header, and never open.
+//! The key blob reader, every format: any bytes offered as a blob give a
+//! typed error or the key, never a panic. Blobs sealed here (HPKE to an
+//! instance, format 1; wrapped, format 2; in a worker's HPKE session,
+//! format 3) and then cut, extended or flipped reach the checks behind the
+//! header, and never open.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use arbitrary::Arbitrary;
 use keyferry_fuzz::{material, suite};
 use keyferry_guest::Direction;
-use keyferry_guest::blob::{self, ExchangeKeyPair, Recipient, WrappingSecret};
+use keyferry_guest::blob::{
+    self, ExchangeKeyPair, Recipient, SessionReceiver, SessionSender, WrappingSecret,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn keys() -> &'static (ExchangeKeyPair, WrappingSecret) {
@@ -22,13 +25,31 @@ fn keys() -> &'static (ExchangeKeyPair, WrappingSecret) {
     })
 }
 
+/// A worker's session, both ends.
+fn session() -> &'static Mutex<(SessionSender, SessionReceiver)> {
+    static SESSION: OnceLock<Mutex<(SessionSender, SessionReceiver)>> = OnceLock::new();
+    SESSION.get_or_init(|| {
+        let worker = ExchangeKeyPair::generate();
+        let (sender, enc) = SessionSender::new(&worker.public_key()).expect("a session");
+        let receiver = SessionReceiver::new(&worker, &enc).expect("the same session");
+        Mutex::new((sender, receiver))
+    })
+}
+
+#[derive(Arbitrary, Debug)]
+enum Format {
+    Hpke,
+    Wrapped,
+    Session,
+}
+
 #[derive(Arbitrary, Debug)]
 enum Input {
     /// Bytes as they came.
     Raw(Vec<u8>),
     /// A blob sealed to this recipient, then damaged.
     Damaged {
-        wrapped: bool,
+        format: Format,
         suite: u8,
         buffered: Vec<u8>,
         cut: u16,
@@ -43,7 +64,7 @@ fuzz_target!(|input: Input| {
     let bytes = match input {
         Input::Raw(bytes) => bytes,
         Input::Damaged {
-            wrapped,
+            format,
             suite: s,
             buffered,
             cut,
@@ -52,10 +73,15 @@ fuzz_target!(|input: Input| {
         } => {
             let mut m = material(suite(s), Direction::Open, 3);
             m.buffered_ciphertext = buffered;
-            let mut b = if wrapped {
-                blob::wrap_traffic_key(secret, &m).expect("wrap")
-            } else {
-                blob::seal_traffic_key(&keys.public_key(), &m).expect("seal")
+            let mut b = match format {
+                Format::Wrapped => blob::wrap_traffic_key(secret, &m).expect("wrap"),
+                Format::Hpke => blob::seal_traffic_key(&keys.public_key(), &m).expect("seal"),
+                Format::Session => session()
+                    .lock()
+                    .unwrap()
+                    .0
+                    .seal_traffic_key(&m)
+                    .expect("seal"),
             };
             let intact = b.clone();
             b.truncate(b.len().saturating_sub(cut as usize));
@@ -73,6 +99,10 @@ fuzz_target!(|input: Input| {
                         "a damaged blob opened"
                     );
                 }
+                assert!(
+                    session().lock().unwrap().1.open_traffic_key(&b).is_err(),
+                    "a damaged blob opened in the session"
+                );
             }
             b
         }
@@ -83,5 +113,8 @@ fuzz_target!(|input: Input| {
             let _ = keyferry_guest::record::TrafficKey::from_material(m, None);
         }
         let _ = blob::open_mac_key(r, &bytes);
+    }
+    if let Ok((_, m)) = session().lock().unwrap().1.open_traffic_key(&bytes) {
+        let _ = keyferry_guest::record::TrafficKey::from_material(m, None);
     }
 });
