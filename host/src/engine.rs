@@ -95,6 +95,12 @@ fn engine_error(context: &'static str) -> impl FnOnce(wasmtime::Error) -> Sandbo
     move |source| SandboxError::Engine { context, source }
 }
 
+/// Bytes of a pooled memory kept resident between instances: about what a
+/// fresh instance touches. Measured side by side on instantiate in a loop:
+/// 32-34 us with 128 KiB, 37 us with none, 45 us with 1 MiB (the memset
+/// then costs more than the faults it saves).
+const KEEP_RESIDENT: usize = 128 << 10;
+
 impl GuestEngine {
     /// Builds the engine and linker. Starts the epoch ticker thread when
     /// the execution bound is a deadline.
@@ -115,7 +121,12 @@ impl GuestEngine {
                 .total_memories(max.saturating_mul(2))
                 .total_tables(max.saturating_mul(4))
                 .max_memory_size(config.memory_limit)
-                .max_unused_warm_slots(max.min(64));
+                .max_unused_warm_slots(max.min(64))
+                // A reused slot is wiped with memset up to this size
+                // instead of being handed back to the kernel, so the next
+                // instance does not fault its pages in again.
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(KEEP_RESIDENT / 16);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm).map_err(engine_error("creating the engine"))?;
