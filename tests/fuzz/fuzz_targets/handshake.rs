@@ -45,14 +45,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Handshake::server(server, 1).expect("a server")
     };
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let n = match *piece {
-            0 => rest.len(),
-            n => (n as usize).min(rest.len()),
-        };
-        let (piece, tail) = rest.split_at(n);
-        rest = tail;
+    for piece in keyferry_fuzz::pieces(*piece, bytes) {
         if handshake.feed(piece).is_err() {
             return;
         }

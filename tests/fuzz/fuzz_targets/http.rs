@@ -17,14 +17,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut app = HttpResponder::new(&facts(ProtocolVersion::Tls13, Role::Server));
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let n = match *piece {
-            0 => rest.len(),
-            n => (n as usize).min(rest.len()),
-        };
-        let (piece, tail) = rest.split_at(n);
-        rest = tail;
+    for piece in keyferry_fuzz::pieces(*piece, bytes) {
         let mut reply = Reply::default();
         app.receive(piece, &mut reply);
         let sent = reply.sent();

@@ -112,3 +112,13 @@ pub fn tls13_record(
     record.extend_from_slice(&tag);
     record
 }
+
+/// `bytes` in pieces of `size` bytes (the last may be shorter); 0 means
+/// all at once. The inputs of the byte-stream targets start with it.
+pub fn pieces(size: u8, bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let size = match size {
+        0 => bytes.len().max(1),
+        n => n as usize,
+    };
+    bytes.chunks(size)
+}
