@@ -317,7 +317,7 @@ pub(crate) mod tests {
             suite: "TLS_CHACHA20_POLY1305_SHA256".into(),
             server_name: Some("localhost".into()),
             alpn: Some(b"http/1.1".to_vec()),
-            peer_subject: None,
+            peer_certificate: None,
             connection_id: 3,
         };
         let server = Connection::new(

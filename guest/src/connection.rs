@@ -61,10 +61,25 @@ pub struct Facts {
     pub server_name: Option<String>,
     /// Negotiated ALPN protocol.
     pub alpn: Option<Vec<u8>>,
-    /// The peer certificate's subject, if the peer sent one.
-    pub peer_subject: Option<String>,
+    /// The peer's certificate, if the peer sent one.
+    pub peer_certificate: Option<PeerCertificate>,
     /// The connection id the keys carry.
     pub connection_id: u64,
+}
+
+/// What the host read from the peer's verified leaf certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Subject distinguished name ("CN=alice, O=Example").
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// Serial number, colon-separated hex.
+    pub serial: String,
+    /// Subject alternative names, typed ("DNS:a.example", "IP:10.0.0.1").
+    pub subject_alt_names: Vec<String>,
+    /// SHA-256 of the DER certificate, colon-separated upper-case hex.
+    pub sha256: String,
 }
 
 /// A post-handshake message for the host.
@@ -503,7 +518,7 @@ mod tests {
             suite: "test".into(),
             server_name: None,
             alpn: None,
-            peer_subject: None,
+            peer_certificate: None,
             connection_id: 1,
         };
         let other = if role_a == Role::Client {

@@ -139,6 +139,7 @@ impl HttpResponder {
 
     fn report(&self, method: &str, target: &str) -> String {
         let f = &self.facts;
+        let peer = f.peer_certificate.as_ref();
         let version = match f.version {
             ProtocolVersion::Tls13 => "TLSv1.3",
             ProtocolVersion::Tls12 => "TLSv1.2",
@@ -156,6 +157,10 @@ impl HttpResponder {
              server_name: {}\n\
              alpn: {}\n\
              peer_certificate: {}\n\
+             peer_issuer: {}\n\
+             peer_serial: {}\n\
+             peer_subject_alt_names: {}\n\
+             peer_sha256: {}\n\
              role: {role}\n\
              connection_id: {:016x}\n",
             self.requests,
@@ -165,7 +170,11 @@ impl HttpResponder {
                 .as_ref()
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .unwrap_or_else(|| "-".into()),
-            f.peer_subject.as_deref().unwrap_or("-"),
+            peer.map_or("-", |c| c.subject.as_str()),
+            peer.map_or("-", |c| c.issuer.as_str()),
+            peer.map_or("-", |c| c.serial.as_str()),
+            peer.map_or_else(|| "-".to_string(), |c| c.subject_alt_names.join(", ")),
+            peer.map_or("-", |c| c.sha256.as_str()),
             f.connection_id,
         )
     }

@@ -162,7 +162,15 @@ macro_rules! wit_conversions {
                         suite: f.suite.clone(),
                         server_name: f.server_name.clone(),
                         alpn: f.alpn.clone(),
-                        peer_subject: f.peer_subject.clone(),
+                        peer_certificate: f.peer_certificate.as_ref().map(|c| {
+                            $wit::PeerCertificate {
+                                subject: c.subject.clone(),
+                                issuer: c.issuer.clone(),
+                                serial: c.serial.clone(),
+                                subject_alt_names: c.subject_alt_names.clone(),
+                                sha256: c.sha256.clone(),
+                            }
+                        }),
                         connection_id: f.connection_id,
                     }
                 }
@@ -176,7 +184,15 @@ macro_rules! wit_conversions {
                         suite: f.suite,
                         server_name: f.server_name,
                         alpn: f.alpn,
-                        peer_subject: f.peer_subject,
+                        peer_certificate: f.peer_certificate.map(|c| {
+                            $crate::connection::PeerCertificate {
+                                subject: c.subject,
+                                issuer: c.issuer,
+                                serial: c.serial,
+                                subject_alt_names: c.subject_alt_names,
+                                sha256: c.sha256,
+                            }
+                        }),
                         connection_id: f.connection_id,
                     }
                 }

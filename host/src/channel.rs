@@ -19,7 +19,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use keyferry_guest::ProtocolVersion;
 use keyferry_guest::blob::{ENC_LEN, PUBLIC_KEY_LEN};
-use keyferry_guest::connection::{Facts, Role};
+use keyferry_guest::connection::{Facts, PeerCertificate, Role};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -286,7 +286,21 @@ fn put_facts(w: &mut Vec<u8>, f: &Facts) -> Result<(), ChannelError> {
     put(w, f.suite.as_bytes())?;
     put_option(w, f.server_name.as_deref().map(str::as_bytes))?;
     put_option(w, f.alpn.as_deref())?;
-    put_option(w, f.peer_subject.as_deref().map(str::as_bytes))?;
+    match &f.peer_certificate {
+        None => w.push(0),
+        Some(c) => {
+            w.push(1);
+            for field in [&c.subject, &c.issuer, &c.serial, &c.sha256] {
+                put(w, field.as_bytes())?;
+            }
+            let names =
+                u32::try_from(c.subject_alt_names.len()).map_err(|_| ChannelError::TooLong)?;
+            w.extend_from_slice(&names.to_be_bytes());
+            for name in &c.subject_alt_names {
+                put(w, name.as_bytes())?;
+            }
+        }
+    }
     w.extend_from_slice(&f.connection_id.to_be_bytes());
     Ok(())
 }
@@ -359,9 +373,39 @@ impl<'a> Reader<'a> {
             suite: self.string()?,
             server_name: self.option_string()?,
             alpn: self.option()?.map(<[u8]>::to_vec),
-            peer_subject: self.option_string()?,
+            peer_certificate: self.peer_certificate()?,
             connection_id: self.u64()?,
         })
+    }
+
+    fn peer_certificate(&mut self) -> Result<Option<PeerCertificate>, ChannelError> {
+        match self.u8()? {
+            0 => return Ok(None),
+            1 => {}
+            _ => return Err(ChannelError::BadField("option tag")),
+        }
+        let (subject, issuer, serial, sha256) = (
+            self.string()?,
+            self.string()?,
+            self.string()?,
+            self.string()?,
+        );
+        let count = self.u32()? as usize;
+        // Each name takes at least its 4-byte length: a count the frame
+        // cannot hold is refused before anything is allocated for it.
+        if count > self.0.len() / 4 {
+            return Err(ChannelError::Truncated);
+        }
+        let subject_alt_names = (0..count)
+            .map(|_| self.string())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(PeerCertificate {
+            subject,
+            issuer,
+            serial,
+            subject_alt_names,
+            sha256,
+        }))
     }
 
     fn finish(&self) -> Result<(), ChannelError> {
@@ -502,7 +546,13 @@ mod tests {
             suite: "TLS_CHACHA20_POLY1305_SHA256".into(),
             server_name: Some("localhost".into()),
             alpn: None,
-            peer_subject: Some("CN=client".into()),
+            peer_certificate: Some(PeerCertificate {
+                subject: "CN=client".into(),
+                issuer: "CN=Example CA".into(),
+                serial: "01:02".into(),
+                subject_alt_names: vec!["DNS:client.example".into(), "IP:10.0.0.1".into()],
+                sha256: "AB:CD".into(),
+            }),
             connection_id: 42,
         }
     }

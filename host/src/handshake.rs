@@ -385,19 +385,17 @@ fn facts(
         .negotiated_cipher_suite()
         .ok_or(HandshakeError::Export("no cipher suite"))?;
     let suite = crate::suites::iana_name(suite).to_string();
-    let peer_subject = conn
+    let peer_certificate = conn
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .map(|leaf| {
-            crate::x509::subject(leaf.as_ref()).unwrap_or_else(|| "unparsable certificate".into())
-        });
+        .map(crate::x509::peer_certificate);
     Ok(Facts {
         role,
         version,
         suite,
         server_name,
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-        peer_subject,
+        peer_certificate,
         connection_id,
     })
 }

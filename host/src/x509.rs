@@ -1,124 +1,90 @@
-//! Just enough DER to print a certificate's subject for the guest's
-//! connection facts ("CN=client, O=Example"). Anything unexpected yields
-//! `None`; nothing here trusts a length it has not checked.
+//! What the guest's facts say about the peer's certificate, read with a
+//! maintained X.509 parser (`x509-parser`). Only the leaf rustls already
+//! verified (or the server's, on a client) is read; a certificate the
+//! parser refuses still gets its fingerprint.
 
-/// The subject distinguished name of a DER certificate, RFC 4514 style
-/// for the common attributes.
-pub(crate) fn subject(cert: &[u8]) -> Option<String> {
-    let (cert, _) = sequence(cert)?;
-    let (mut tbs, _) = sequence(cert)?;
-    // [0] EXPLICIT version, optional.
-    if tbs.first() == Some(&0xa0) {
-        let (_, rest) = element(tbs)?;
-        tbs = rest;
-    }
-    let (_, rest) = element(tbs)?; // serialNumber
-    let (_, rest) = element(rest)?; // signature AlgorithmIdentifier
-    let (_, rest) = element(rest)?; // issuer
-    let (_, rest) = element(rest)?; // validity
-    let (name, _) = sequence(rest)?; // subject
-    let mut parts = Vec::new();
-    let mut rdns = name;
-    while !rdns.is_empty() {
-        let (tag, set, rest) = tagged(rdns)?;
-        if tag != 0x31 {
-            return None;
-        }
-        rdns = rest;
-        let mut attrs = set;
-        while !attrs.is_empty() {
-            let (attr, rest) = sequence(attrs)?;
-            attrs = rest;
-            let (tag, oid, rest) = tagged(attr)?;
-            if tag != 0x06 {
-                return None;
-            }
-            let (_, value, _) = tagged(rest)?;
-            let label = match oid {
-                [0x55, 0x04, 0x03] => "CN".to_string(),
-                [0x55, 0x04, 0x06] => "C".to_string(),
-                [0x55, 0x04, 0x07] => "L".to_string(),
-                [0x55, 0x04, 0x08] => "ST".to_string(),
-                [0x55, 0x04, 0x0a] => "O".to_string(),
-                [0x55, 0x04, 0x0b] => "OU".to_string(),
-                other => format!(
-                    "OID.{}",
-                    other.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                ),
-            };
-            let value: String = String::from_utf8_lossy(value)
-                .chars()
-                .filter(|c| !c.is_control())
-                .collect();
-            parts.push(format!("{label}={value}"));
-        }
-    }
-    Some(parts.join(", "))
-}
+use keyferry_guest::connection::PeerCertificate;
+use rustls::pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
 
-/// (tag, contents, rest)
-fn tagged(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *der.first()?;
-    let first = *der.get(1)? as usize;
-    let (len, header) = if first < 0x80 {
-        (first, 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 3 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *der.get(2 + i)? as usize;
-        }
-        (len, 2 + n)
+/// The facts of a DER leaf certificate.
+pub(crate) fn peer_certificate(der: &CertificateDer<'_>) -> PeerCertificate {
+    let sha256 = crate::tls::fingerprint(der);
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return PeerCertificate {
+            subject: "unparsable certificate".into(),
+            sha256,
+            ..PeerCertificate::default()
+        };
     };
-    let end = header.checked_add(len)?;
-    if der.len() < end {
-        return None;
+    let subject_alt_names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.iter().filter_map(name).collect(),
+        _ => Vec::new(),
+    };
+    PeerCertificate {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        serial: cert.raw_serial_as_string(),
+        subject_alt_names,
+        sha256,
     }
-    Some((tag, &der[header..end], &der[end..]))
 }
 
-fn element(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    tagged(der).map(|(_, contents, rest)| (contents, rest))
-}
-
-fn sequence(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    match tagged(der)? {
-        (0x30, contents, rest) => Some((contents, rest)),
-        _ => None,
-    }
+/// One subject alternative name as openssl prints it; kinds plugins do not
+/// use are left out.
+fn name(name: &GeneralName<'_>) -> Option<String> {
+    Some(match name {
+        GeneralName::DNSName(d) => format!("DNS:{d}"),
+        GeneralName::RFC822Name(e) => format!("email:{e}"),
+        GeneralName::URI(u) => format!("URI:{u}"),
+        GeneralName::IPAddress(ip) => match ip.len() {
+            4 => format!(
+                "IP:{}",
+                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).ok()?)
+            ),
+            16 => format!(
+                "IP:{}",
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).ok()?)
+            ),
+            _ => return None,
+        },
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn subject_of_a_generated_certificate() {
-        let mut params = rcgen::CertificateParams::new(vec!["client.test".into()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "client.test");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "Keyferry Tests");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        assert_eq!(
-            super::subject(cert.der()).unwrap(),
-            "CN=client.test, O=Keyferry Tests"
-        );
-    }
+    use super::*;
 
     #[test]
-    fn garbage_is_none_not_a_panic() {
-        for bytes in [
-            &[][..],
-            &[0x30],
-            &[0x30, 0x84, 1, 2, 3, 4],
-            &[0x30, 0x05, 0x30, 0x03, 0x02, 0x01],
-        ] {
-            assert_eq!(super::subject(bytes), None);
-        }
+    fn a_client_certificate_reads_as_openssl_prints_it() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Example CA");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![
+            "alice.example".to_string(),
+            "10.0.0.1".to_string(),
+        ])
+        .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        params.serial_number = Some(vec![0x01, 0x02, 0xab].into());
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let facts = peer_certificate(cert.der());
+        assert_eq!(facts.subject, "CN=alice");
+        assert_eq!(facts.issuer, "CN=Example CA");
+        assert_eq!(facts.serial, "01:02:ab");
+        assert_eq!(
+            facts.subject_alt_names,
+            ["DNS:alice.example", "IP:10.0.0.1"]
+        );
+        assert_eq!(facts.sha256, crate::tls::fingerprint(cert.der()));
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        assert_eq!(peer_certificate(&junk).subject, "unparsable certificate");
     }
 }

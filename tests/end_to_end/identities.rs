@@ -211,7 +211,25 @@ fn client_certificates_from_the_client_ca_are_required_or_optional() {
 
     let required = Server::start(&["--client-ca", ca.to_str().unwrap()]);
     let body = curl_with(&required, Some((&cert, &key))).expect("served with a certificate");
-    assert!(body.contains("peer_certificate: CN=alice"), "{body}");
+    assert!(body.contains("peer_certificate: CN=alice\n"), "{body}");
+    assert!(body.contains("peer_issuer: CN=alice CA\n"), "{body}");
+    assert!(
+        body.contains("peer_subject_alt_names: DNS:alice.example\n"),
+        "{body}"
+    );
+    let serial = body
+        .lines()
+        .find_map(|l| l.strip_prefix("peer_serial: "))
+        .expect("a serial line");
+    assert!(
+        serial.len() >= 2 && serial.chars().all(|c| c.is_ascii_hexdigit() || c == ':'),
+        "{serial}"
+    );
+    let sha256 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("peer_sha256: "))
+        .expect("a fingerprint line");
+    assert_eq!(sha256.len(), 95, "{sha256}");
     let refused = curl_with(&required, None).expect_err("required refuses a client without one");
     assert!(
         refused.contains("alert") || refused.contains("SSL"),

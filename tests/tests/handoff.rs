@@ -46,7 +46,7 @@ fn handshake_handoff_and_data_in_every_suite_and_role() {
                 );
             } else {
                 assert!(
-                    facts.peer_subject.is_some(),
+                    facts.peer_certificate.is_some(),
                     "{ctx}: the server certificate's subject"
                 );
             }
@@ -345,17 +345,15 @@ fn client_authentication_facts_reach_the_guest() {
         4096,
         |_| {},
     );
-    let subject = handoff
+    let certificate = handoff
         .facts
-        .peer_subject
+        .peer_certificate
         .clone()
-        .expect("the client's certificate subject");
-    assert!(subject.starts_with("CN="), "{subject}");
+        .expect("the client's certificate");
+    assert!(certificate.subject.starts_with("CN="), "{certificate:?}");
+    assert!(!certificate.serial.is_empty() && certificate.sha256.len() == 95);
     let (mut plane, _) = DataPlane::new(guest(), handoff).unwrap();
-    assert_eq!(
-        plane.facts().peer_subject.as_deref(),
-        Some(subject.as_str())
-    );
+    assert_eq!(plane.facts().peer_certificate.as_ref(), Some(&certificate));
     let wire = plane.send(b"authenticated").unwrap();
     assert_eq!(feed_peer(&mut peer, &wire).unwrap(), b"authenticated");
 

@@ -71,18 +71,22 @@ fn tampered_truncated_and_misaddressed_blobs_are_refused() {
     // The host wraps blobs for its own instances in format 2.
     assert_eq!(blob[4], 2);
     let mut newer = blob.clone();
-    newer[4] = 3;
+    newer[4] = 4;
     assert_eq!(
         blob_error(g.import_traffic_key(&newer)),
-        BlobError::UnsupportedVersion(3)
+        BlobError::UnsupportedVersion(4)
     );
-    // A wrapped blob passed off as an HPKE one names no exchange key.
-    let mut older = blob.clone();
-    older[4] = 1;
-    assert_eq!(
-        blob_error(g.import_traffic_key(&older)),
-        BlobError::WrongRecipient
-    );
+    // A wrapped blob passed off as an HPKE one (format 1) or a worker
+    // session's (format 3) names no key of this instance.
+    for version in [1, 3] {
+        let mut other = blob.clone();
+        other[4] = version;
+        assert_eq!(
+            blob_error(g.import_traffic_key(&other)),
+            BlobError::WrongRecipient,
+            "relabelled as version {version}"
+        );
+    }
     let mut kind = blob.clone();
     kind[5] = 2;
     assert_eq!(

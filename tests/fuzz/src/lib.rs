@@ -64,7 +64,7 @@ pub fn facts(version: ProtocolVersion, role: Role) -> Facts {
         suite: "fuzz".into(),
         server_name: Some("fuzz.example".into()),
         alpn: Some(b"http/1.1".to_vec()),
-        peer_subject: None,
+        peer_certificate: None,
         connection_id: 1,
     }
 }
