@@ -75,11 +75,11 @@ impl Guest for Hostile {
         }
     }
 
-    fn instance_wrapping_secret(secret: Vec<u8>) -> Result<Vec<u8>, Error> {
+    fn instance_wrapping_secret(secret: Vec<u8>) -> Result<(Vec<u8>, u32), Error> {
         SECRET_SET.set(true);
         let secret = keyferry_guest::blob::WrappingSecret::from_bytes(&secret)
             .map_err(|_| Error::InvalidArgument("secret".into()))?;
-        Ok(secret.id().to_vec())
+        Ok((secret.id().to_vec(), 0))
     }
 
     fn instance_epoch() -> u32 {

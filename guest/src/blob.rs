@@ -218,7 +218,7 @@ impl WrappingSecret {
         hkdf::Hkdf::<Sha256>::new(Some(salt), &self.secret[..])
             .expand(WRAPPED_INFO, &mut key[..])
             .expect("32 bytes is a valid HKDF-SHA256 length");
-        chacha20poly1305::ChaCha20Poly1305::new(&(*key).into())
+        chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key[..]).expect("a 32-byte key")
     }
 }
 
@@ -568,7 +568,7 @@ fn session_cipher(
     context[SESSION_EXPORT_LABEL.len()..].copy_from_slice(&counter.to_be_bytes());
     let mut key = Zeroizing::new([0u8; 32]);
     export(&context, &mut key[..]).map_err(|_| Error::InvalidArgument("hpke export"))?;
-    Ok(chacha20poly1305::ChaCha20Poly1305::new(&(*key).into()))
+    Ok(chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key[..]).expect("a 32-byte key"))
 }
 
 /// The sending end of a format 3 session: the handshake process's, one per
@@ -613,6 +613,7 @@ impl SessionSender {
         let counter = self.next;
         self.next = counter
             .checked_add(1)
+            .filter(|next| *next < u64::MAX)
             .ok_or(Error::InvalidArgument("blob session exhausted"))?;
         let cipher = session_cipher(|c, out| self.context.export(c, out), counter)?;
         wrap_with(
@@ -670,13 +671,15 @@ impl SessionReceiver {
         let mut counter = [0u8; COUNTER_LEN];
         counter.copy_from_slice(&blob[HEADER_LEN..HEADER_LEN + COUNTER_LEN]);
         let counter = u64::from_be_bytes(counter);
-        if counter < self.next {
+        // The sender never uses the last counter, so `next` can always
+        // move past the one opened.
+        if counter < self.next || counter == u64::MAX {
             return Err(BlobError::Replayed.into());
         }
         let cipher = session_cipher(|c, out| self.context.export(c, out), counter)?;
         let inner = unwrap_with(&cipher, COUNTER_LEN, blob)?;
         let opened = traffic_key_from_contents(&inner)?;
-        self.next = counter.saturating_add(1);
+        self.next = counter + 1;
         Ok(opened)
     }
 }

@@ -205,10 +205,10 @@ impl<A: Application> wconn::Guest for Exports<A> {
         })
     }
 
-    fn instance_wrapping_secret(secret: Vec<u8>) -> Result<Vec<u8>, wit::Error> {
+    fn instance_wrapping_secret(secret: Vec<u8>) -> Result<(Vec<u8>, u32), wit::Error> {
         let secret = zeroize::Zeroizing::new(secret);
         with_instance(|i| i.set_wrapping_secret(&secret))
-            .map(|id| id.to_vec())
+            .map(|(id, epoch)| (id.to_vec(), epoch))
             .map_err(Into::into)
     }
 

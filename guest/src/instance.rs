@@ -104,9 +104,10 @@ impl Instance {
     }
 
     /// Takes the wrapping secret for this epoch from the host and returns
-    /// its id. An epoch has one secret: a second is refused, so nothing in
-    /// the instance can swap the secret blobs are addressed to.
-    pub fn set_wrapping_secret(&mut self, secret: &[u8]) -> Result<[u8; 16]> {
+    /// its id and the epoch. An epoch has one secret: a second is refused,
+    /// so nothing in the instance can swap the secret blobs are addressed
+    /// to.
+    pub fn set_wrapping_secret(&mut self, secret: &[u8]) -> Result<([u8; 16], u32)> {
         if self.wrapping.is_some() {
             return Err(Error::InvalidArgument(
                 "this epoch already has a wrapping secret",
@@ -115,7 +116,7 @@ impl Instance {
         let secret = WrappingSecret::from_bytes(secret)?;
         let id = secret.id();
         self.wrapping = Some(secret);
-        Ok(id)
+        Ok((id, self.epoch))
     }
 
     /// Rotations so far: a new epoch wants a new wrapping secret, and has
@@ -260,7 +261,7 @@ mod tests {
         let secret = WrappingSecret::generate().unwrap();
         assert_eq!(
             instance.set_wrapping_secret(secret.expose()).unwrap(),
-            secret.id()
+            (secret.id(), 0)
         );
         let blob = blob::wrap_traffic_key(&secret, &material(1)).unwrap();
         instance.import_traffic_key(&blob).unwrap();
@@ -309,7 +310,14 @@ mod tests {
                 instance.release(&key);
                 n += 1;
             }
-            assert!(instance.set_wrapping_secret(&[epoch as u8 + 1; 32]).is_ok());
+            assert_eq!(
+                instance
+                    .set_wrapping_secret(&[epoch as u8 + 1; 32])
+                    .unwrap()
+                    .1,
+                epoch,
+                "the secret is for the new epoch"
+            );
             if epoch == 1 {
                 // The previous epoch's secret still opens.
                 let fresh = blob::wrap_traffic_key(&first, &material(n)).unwrap();

@@ -113,15 +113,30 @@ struct Registration {
     exchange_ids: Mutex<Vec<[u8; 16]>>,
 }
 
-/// What the host knows of the instance's current epoch. Both keys are
-/// made when first needed: an instance given only wrapped blobs never makes
-/// an X25519 key pair.
+/// What the host knows of the instance's epochs. Both keys are made when
+/// first needed: an instance given only wrapped blobs never makes an X25519
+/// key pair. The number only moves forward, and the secret carries the
+/// epoch the instance took it for, so a report that arrives late can never
+/// make the host forget a secret the instance still holds.
 #[derive(Default)]
 struct Epoch {
+    /// The newest epoch the instance has reported.
     number: u32,
     exchange: Option<ExchangeKey>,
-    /// The secret this process wraps blobs for the instance with.
-    wrapping: Option<WrappingSecret>,
+    /// The secret this process wraps blobs for the instance with, and the
+    /// epoch the instance took it for.
+    wrapping: Option<(u32, WrappingSecret)>,
+}
+
+impl Epoch {
+    /// Records that the instance has reached `number`.
+    fn advance(&mut self, number: u32) {
+        if number > self.number {
+            self.number = number;
+            // Its exchange key rotated with it (the old one still opens).
+            self.exchange = None;
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -168,7 +183,8 @@ impl GuestInstance {
     /// so seal to the key this returns now rather than to one kept from
     /// long ago.
     pub fn exchange_key(&self) -> Result<ExchangeKey> {
-        if let Some(key) = self.epoch().exchange {
+        let mut epoch = self.epoch();
+        if let Some(key) = epoch.exchange {
             return Ok(key);
         }
         let key = self.call_connection(|s, c| c.call_instance_exchange_key(s))?;
@@ -179,7 +195,7 @@ impl GuestInstance {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(key.id);
-        self.epoch().exchange = Some(key);
+        epoch.exchange = Some(key);
         Ok(key)
     }
 
@@ -187,14 +203,11 @@ impl GuestInstance {
     /// the keys the host knows for it are old, and are fetched (exchange
     /// key) or handed over (wrapping secret) again when next needed.
     pub(crate) fn refresh_epoch(&self) -> Result<()> {
-        let number = self.call_connection(|s, c| c.call_instance_epoch(s))?;
+        // Under the epoch lock (epoch, then sandbox: the one lock order),
+        // so reports are applied in the order they were made.
         let mut epoch = self.epoch();
-        if epoch.number != number {
-            *epoch = Epoch {
-                number,
-                ..Epoch::default()
-            };
-        }
+        let number = self.call_connection(|s, c| c.call_instance_epoch(s))?;
+        epoch.advance(number);
         Ok(())
     }
 
@@ -207,16 +220,20 @@ impl GuestInstance {
     }
 
     fn ensure_wrapping(&self, epoch: &mut Epoch) -> Result<()> {
-        if epoch.wrapping.is_none() {
-            let secret = WrappingSecret::generate()?;
-            let id = self
-                .call_connection(|s, c| c.call_instance_wrapping_secret(s, secret.expose()))?
-                .map_err(Error::from)?;
-            if id != secret.id() {
-                return Err(GuestError::InvalidResult("wrapping secret id").into());
-            }
-            epoch.wrapping = Some(secret);
+        if matches!(&epoch.wrapping, Some((n, _)) if *n == epoch.number) {
+            return Ok(());
         }
+        let secret = WrappingSecret::generate()?;
+        let (id, number) = self
+            .call_connection(|s, c| c.call_instance_wrapping_secret(s, secret.expose()))?
+            .map_err(Error::from)?;
+        if id != secret.id() {
+            return Err(GuestError::InvalidResult("wrapping secret id").into());
+        }
+        // The instance may have rotated since the host last asked: the
+        // secret belongs to the epoch it names.
+        epoch.advance(number);
+        epoch.wrapping = Some((number, secret));
         Ok(())
     }
 
@@ -228,7 +245,7 @@ impl GuestInstance {
     ) -> Result<Vec<u8>> {
         let mut epoch = self.epoch();
         self.ensure_wrapping(&mut epoch)?;
-        let secret = epoch.wrapping.as_ref().expect("set above");
+        let (_, secret) = epoch.wrapping.as_ref().expect("set above");
         Ok(wrap(secret)?)
     }
 
@@ -581,5 +598,31 @@ impl GuestInstance {
     /// The guest's description of what it supports (JSON).
     pub fn describe(&self) -> Result<String> {
         self.call(|s, b| b.call_describe(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_epoch_report_never_makes_the_host_forget_a_secret() {
+        let mut epoch = Epoch::default();
+        epoch.advance(3);
+        epoch.wrapping = Some((3, WrappingSecret::from_bytes(&[1; 32]).unwrap()));
+        // A report of an older epoch, read before the rotation but applied
+        // after it, changes nothing.
+        epoch.advance(2);
+        assert_eq!(epoch.number, 3);
+        assert!(matches!(&epoch.wrapping, Some((3, _))));
+        // A newer one makes the secret stale (a new one is handed over)
+        // and the exchange key is fetched again.
+        epoch.exchange = Some(ExchangeKey {
+            id: [0; 16],
+            public_key: [0; PUBLIC_KEY_LEN],
+        });
+        epoch.advance(4);
+        assert!(epoch.exchange.is_none());
+        assert!(!matches!(&epoch.wrapping, Some((n, _)) if *n == epoch.number));
     }
 }

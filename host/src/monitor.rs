@@ -75,7 +75,13 @@ struct Worker {
     /// from sealing a connection's blobs until its frame is sent, so the
     /// worker sees the session's counters in order.
     blobs: tokio::sync::Mutex<Option<SessionSender>>,
+    /// Tells the supervisor to cut the worker off.
+    cut_off: Notify,
 }
+
+/// How long handing a connection to a worker may take before the worker
+/// is taken for stuck.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct WorkerState {
@@ -327,6 +333,7 @@ async fn run_worker(
         channel: Channel::new(ours)?,
         state: Mutex::new(WorkerState::default()),
         blobs: tokio::sync::Mutex::new(None),
+        cut_off: Notify::new(),
     });
     pool.workers.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(worker.clone());
     info!(worker = index, pid, "worker started");
@@ -334,6 +341,11 @@ async fn run_worker(
     let reason = loop {
         let received = tokio::select! {
             r = worker.channel.recv() => r,
+            _ = worker.cut_off.notified() => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                break "cut off: stopped reading its channel".to_string();
+            }
             status = child.wait() => break format!("exited ({})", status.map(|s| s.to_string()).unwrap_or_default()),
             _ = stop.changed() => {
                 // Shutdown: the worker drains its sessions and exits.
@@ -492,9 +504,24 @@ async fn hand_over(
         }
         state.open.insert(connection_id, permit);
     }
-    if let Err(e) = worker.channel.send(&frame, Some(stream.as_fd())).await {
-        worker.lock().open.remove(&connection_id);
-        return Err(std::io::Error::other(e).into());
+    let sent = tokio::time::timeout(
+        HAND_OVER_TIMEOUT,
+        worker.channel.send(&frame, Some(stream.as_fd())),
+    )
+    .await;
+    match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            worker.lock().open.remove(&connection_id);
+            Err(std::io::Error::other(e).into())
+        }
+        Err(_) => {
+            // A worker that stops reading its channel would hold every
+            // connection queued for it: cut it off (its supervisor kills
+            // and replaces it, and its connections' places come back).
+            worker.lock().dead = true;
+            worker.cut_off.notify_one();
+            Err(std::io::Error::other("the worker stopped reading its channel").into())
+        }
     }
-    Ok(())
 }

@@ -574,6 +574,9 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // SIGHUP is caught before anything else, so a reload signal sent
+        // as soon as the process exists never kills it.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let listener = bind(&args.listen, args.reuse_port)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -581,7 +584,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         let fingerprint = identities.fingerprints().join(",");
         info!(address = %local, fingerprint = %fingerprint, application, workers, "listening");
         println!("keyferry serving on https://{local}/ (certificate SHA-256 {fingerprint})");
-        tokio::spawn(reload.on_sighup());
+        tokio::spawn(reload.on_sighup(hangups));
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -645,9 +648,8 @@ struct Reload {
 }
 
 impl Reload {
-    async fn on_sighup(self) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+    async fn on_sighup(self, hangups: std::io::Result<tokio::signal::unix::Signal>) {
+        let Ok(mut hangups) = hangups else {
             warn!("cannot listen for SIGHUP; reloading is off");
             return;
         };
