@@ -12,8 +12,6 @@
 #![cfg(target_arch = "wasm32")]
 #![allow(unsafe_code, reason = "the hand-written export is the point")]
 
-use std::cell::Cell;
-
 mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
@@ -33,10 +31,6 @@ use bindings::keyferry::dataplane::types::{
 struct Hostile;
 
 struct Conn;
-
-thread_local! {
-    static SECRET_SET: Cell<bool> = const { Cell::new(false) };
-}
 
 fn empty() -> Output {
     Output {
@@ -76,7 +70,6 @@ impl Guest for Hostile {
     }
 
     fn instance_wrapping_secret(secret: Vec<u8>) -> Result<(Vec<u8>, u32), Error> {
-        SECRET_SET.set(true);
         let secret = keyferry_guest::blob::WrappingSecret::from_bytes(&secret)
             .map_err(|_| Error::InvalidArgument("secret".into()))?;
         Ok((secret.id().to_vec(), 0))

@@ -1,9 +1,9 @@
 //! keyferry's OPAQUEKEYBLOB: the one implementation of the key blob format,
 //! used by the host to seal and by the guest to open and re-seal.
 //!
-//! Two formats address a recipient two ways (DESIGN section 3). Both start
-//! with the same 22-byte header, and both readers stay: a reader accepts
-//! every version in [`READABLE_VERSIONS`].
+//! Three formats address a recipient three ways (DESIGN section 3). All
+//! start with the same 22-byte header, and every reader stays: a reader
+//! accepts every version in [`READABLE_VERSIONS`].
 //!
 //! Layout of format version 1, HPKE to an instance's X25519 key, for a
 //! recipient the sealer did not create (all integers big-endian):
@@ -497,7 +497,10 @@ fn wrap_with(
     Ok(blob)
 }
 
-fn open(recipient: Recipient<'_>, blob: &[u8], kind: BlobKind) -> Result<Zeroizing<Vec<u8>>> {
+/// What every open checks before decrypting, each with its own error: a
+/// readable header, a length the blob's format can hold, the kind, and the
+/// recipient (its key id and the format it takes).
+fn check_header(blob: &[u8], kind: BlobKind, version: u8, key_id: &[u8; 16]) -> Result<()> {
     let header = peek_header(blob)?;
     let overhead = match header.version {
         FORMAT_WRAPPED => SALT_LEN + SEAL_TAG_LEN,
@@ -512,9 +515,14 @@ fn open(recipient: Recipient<'_>, blob: &[u8], kind: BlobKind) -> Result<Zeroizi
         1 | 2 => {}
         _ => return Err(BlobError::Malformed.into()),
     }
-    if header.key_id != recipient.id() || header.version != recipient.version() {
+    if header.key_id != *key_id || header.version != version {
         return Err(BlobError::WrongRecipient.into());
     }
+    Ok(())
+}
+
+fn open(recipient: Recipient<'_>, blob: &[u8], kind: BlobKind) -> Result<Zeroizing<Vec<u8>>> {
+    check_header(blob, kind, recipient.version(), &recipient.id())?;
     let keys = match recipient {
         Recipient::Exchange(keys) => keys,
         Recipient::Wrapping(secret) => return unwrap(secret, blob),
@@ -656,18 +664,7 @@ impl SessionReceiver {
     /// Opens the session's next traffic-key blob. A blob whose counter is
     /// not past every one opened before is a replay.
     pub fn open_traffic_key(&mut self, blob: &[u8]) -> Result<([u8; 16], TrafficKeyMaterial)> {
-        let header = peek_header(blob)?;
-        if blob.len() < HEADER_LEN + COUNTER_LEN + SEAL_TAG_LEN {
-            return Err(BlobError::Malformed.into());
-        }
-        match header.kind {
-            1 => {}
-            2 => return Err(BlobError::WrongKind.into()),
-            _ => return Err(BlobError::Malformed.into()),
-        }
-        if header.version != FORMAT_SESSION || header.key_id != self.recipient {
-            return Err(BlobError::WrongRecipient.into());
-        }
+        check_header(blob, BlobKind::TrafficKey, FORMAT_SESSION, &self.recipient)?;
         let mut counter = [0u8; COUNTER_LEN];
         counter.copy_from_slice(&blob[HEADER_LEN..HEADER_LEN + COUNTER_LEN]);
         let counter = u64::from_be_bytes(counter);

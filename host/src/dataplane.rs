@@ -86,9 +86,10 @@ impl DataPlane {
     }
 
     /// Attaches a connection whose blobs were sealed elsewhere to this
-    /// guest instance (a worker process given a connection by the
-    /// handshake process). The guest may deliver no more plaintext than
-    /// the open blob could carry.
+    /// guest instance: wrapped for it (format 2, `GuestInstance::
+    /// seal_traffic_key`) or sealed to its exchange key by another process
+    /// (format 1). The guest may deliver no more plaintext than the open
+    /// blob could carry.
     pub fn from_blobs(
         guest: GuestInstance,
         seal_blob: &[u8],

@@ -14,6 +14,10 @@ use crate::component::GuestComponent;
 use crate::error::Result;
 use crate::instance::GuestInstance;
 
+/// Instances kept ready for the next connections, in one process or in a
+/// worker.
+pub const READY_INSTANCES: usize = 4;
+
 /// A few ready instances of one component, refilled in the background.
 pub struct ReadyInstances {
     component: GuestComponent,

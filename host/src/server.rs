@@ -21,7 +21,7 @@ use crate::dataplane::DataPlane;
 use crate::error::{Error, HandshakeError, Result};
 use crate::handshake::{Handoff, Handshake};
 use crate::instance::GuestInstance;
-use crate::ready::ReadyInstances;
+use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
     PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async,
     log_session, new_connection_id, run_session,
@@ -30,9 +30,6 @@ use crate::transport::{
 /// How long a client that arrives at the connection cap waits for an idle
 /// connection to make room before it is closed.
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
-
-/// Instances kept ready for the next connections (instance per connection).
-pub const READY_INSTANCES: usize = 4;
 
 /// How connections share guest instances (DESIGN section 7).
 #[derive(Clone)]

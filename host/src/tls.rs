@@ -148,11 +148,9 @@ impl Catalog {
         let wildcard = name
             .split_once('.')
             .map(|(_, parent)| format!("*.{parent}"));
-        let exact = self.names.get(&name).cloned().unwrap_or_default();
-        let wild = wildcard
-            .and_then(|w| self.names.get(&w).cloned())
-            .unwrap_or_default();
-        exact.into_iter().chain(wild)
+        let exact = self.names.get(&name);
+        let wild = wildcard.and_then(|w| self.names.get(&w));
+        exact.into_iter().chain(wild).flatten().copied()
     }
 }
 

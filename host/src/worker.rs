@@ -25,16 +25,12 @@ use crate::component::GuestComponent;
 use crate::dataplane::DataPlane;
 use crate::export::ConnectionKeys;
 use crate::handshake::Handoff;
-use crate::instance::ExchangeKey;
-use crate::instance::GuestInstance;
+use crate::instance::{ExchangeKey, GuestInstance};
+use crate::ready::READY_INSTANCES;
 use crate::transport::{
     PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Timeouts, blocking, log_session,
     run_session,
 };
-
-/// Instances a worker keeps ready, so a handed-over connection finds its
-/// instance already made and keyed.
-pub const READY_INSTANCES: usize = 4;
 
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keyferry_tests::process::{Server, read_exact, temp_dir, write_all};
+use keyferry_tests::process::{Server, read_exact, rustls_client_named, temp_dir, write_all};
 
 /// A self-signed certificate for `name` (subject CN=`name`), written to
 /// `dir`/`file`.pem and `file`.key.
@@ -52,15 +52,7 @@ fn connect(
     server: &Server,
     sni: Option<&str>,
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let mut config = keyferry::tls::TlsOptions::default()
-        .client_config(keyferry::tls::ServerVerification::DangerousNone)
-        .unwrap();
-    config.enable_sni = sni.is_some();
-    let name = rustls::pki_types::ServerName::try_from(sni.unwrap_or("unused.example").to_string())
-        .unwrap();
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let sock = std::net::TcpStream::connect(server.addr()).unwrap();
-    let mut stream = rustls::StreamOwned::new(conn, sock);
+    let mut stream = rustls_client_named(&server.addr(), sni);
     while stream.conn.is_handshaking() {
         stream.conn.complete_io(&mut stream.sock).unwrap();
     }

@@ -194,15 +194,23 @@ pub fn pem_identity(name: &str) -> (PathBuf, PathBuf) {
 /// A rustls client over TCP that accepts any certificate (test servers
 /// are self-signed), for protocol-level checks curl cannot make.
 pub fn rustls_client(addr: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let options = keyferry::tls::TlsOptions::default();
-    let config = Arc::new(
-        options
-            .client_config(keyferry::tls::ServerVerification::DangerousNone)
-            .unwrap(),
-    );
+    rustls_client_named(addr, Some("localhost"))
+}
+
+/// The same, sending `sni` as the server name (or no SNI at all).
+pub fn rustls_client_named(
+    addr: &str,
+    sni: Option<&str>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut config = keyferry::tls::TlsOptions::default()
+        .client_config(keyferry::tls::ServerVerification::DangerousNone)
+        .unwrap();
+    config.enable_sni = sni.is_some();
+    // Without SNI the name only picks the session cache entry.
+    let name = sni.unwrap_or("no-sni.invalid").to_string();
     let conn = rustls::ClientConnection::new(
-        config,
-        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        Arc::new(config),
+        rustls::pki_types::ServerName::try_from(name).unwrap(),
     )
     .unwrap();
     let sock = TcpStream::connect(addr).expect("connect");

@@ -664,37 +664,41 @@ impl Reload {
             return;
         }
         // Load everything first, then swap: all or nothing.
+        let swapped = self.load().and_then(|(identities, tickets)| {
+            if let Some(identities) = identities {
+                self.identities.replace(&identities)?;
+            }
+            if let (Some((keys, _)), Some(new)) = (&self.ticket_keys, tickets) {
+                keys.replace(new);
+            }
+            Ok(())
+        });
+        match swapped {
+            Ok(()) => {
+                info!(fingerprint = %self.identities.fingerprints().join(","), "SIGHUP: reloaded");
+            }
+            Err(e) => warn!(
+                error = %e,
+                "SIGHUP: reload failed; still serving the previous certificates and ticket keys"
+            ),
+        }
+    }
+
+    /// Reads every file this reload covers.
+    fn load(
+        &self,
+    ) -> keyferry::Result<(Option<Vec<Identity>>, Option<keyferry::tickets::TicketKeys>)> {
         let identities = if self.files.is_empty() {
             None
         } else {
-            match load_identities(&self.files) {
-                Ok(loaded) => Some(loaded),
-                Err(e) => {
-                    warn!(error = %e, "SIGHUP: reload failed; still serving the previous certificates");
-                    return;
-                }
-            }
+            Some(load_identities(&self.files)?)
         };
-        let tickets = match &self.ticket_keys {
-            Some((_, path)) => match keyferry::tickets::TicketKeys::from_file(path) {
-                Ok(keys) => Some(keys),
-                Err(e) => {
-                    warn!(error = %e, "SIGHUP: reload failed; still serving the previous certificates and ticket keys");
-                    return;
-                }
-            },
-            None => None,
-        };
-        if let Some(loaded) = identities
-            && let Err(e) = self.identities.replace(&loaded)
-        {
-            warn!(error = %e, "SIGHUP: reload failed; still serving the previous certificates");
-            return;
-        }
-        if let (Some((keys, _)), Some(new)) = (&self.ticket_keys, tickets) {
-            keys.replace(new);
-        }
-        info!(fingerprint = %self.identities.fingerprints().join(","), "SIGHUP: reloaded");
+        let tickets = self
+            .ticket_keys
+            .as_ref()
+            .map(|(_, path)| keyferry::tickets::TicketKeys::from_file(path))
+            .transpose()?;
+        Ok((identities, tickets))
     }
 }
 

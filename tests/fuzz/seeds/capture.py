@@ -21,6 +21,22 @@ def write(target, name, data):
         f.write(data)
 
 
+def receive(conn, quiet, enough):
+    """What `conn` sends until `enough(data)`, EOF, or `quiet` seconds of
+    silence."""
+    conn.settimeout(quiet)
+    data = b""
+    try:
+        while not enough(data):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return data
+
+
 def first_flight(command):
     """What a client sends first, captured by a listener that answers
     nothing."""
@@ -33,16 +49,8 @@ def first_flight(command):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     listener.settimeout(10)
     conn, _ = listener.accept()
-    conn.settimeout(1)
-    data = b""
-    try:
-        while len(data) < 5 or len(data) < 5 + struct.unpack(">H", data[3:5])[0]:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except socket.timeout:
-        pass
+    # The first record (the ClientHello) and nothing after it.
+    data = receive(conn, 1, lambda d: len(d) >= 5 and len(d) >= 5 + struct.unpack(">H", d[3:5])[0])
     conn.close()
     listener.close()
     proc.kill()
@@ -66,16 +74,7 @@ def server_flight(cert, key, args, hello):
         except OSError:
             time.sleep(0.05)
     conn.sendall(hello)
-    conn.settimeout(0.5)
-    data = b""
-    try:
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except socket.timeout:
-        pass
+    data = receive(conn, 0.5, lambda d: False)
     conn.close()
     proc.kill()
     proc.wait()
