@@ -27,7 +27,10 @@ use rustix::net::{
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use crate::error::TrapKind;
 use crate::instance::ExchangeKey;
+use crate::metrics::ConnectionOutcome;
+use crate::transport::EndingKind;
 
 /// The largest frame either side sends: two blobs with what was buffered
 /// at handoff (bounded by the handshake's own buffer), and the facts.
@@ -94,6 +97,8 @@ pub enum FromWorker {
     Done {
         /// Its id.
         connection_id: u64,
+        /// How it went, for the handshake process's metrics.
+        report: ConnectionReport,
     },
     /// The answer to [`ToWorker::ShedIdle`]: whether an idle connection was
     /// closed.
@@ -101,6 +106,18 @@ pub enum FromWorker {
         /// An idle connection was closed.
         closed: bool,
     },
+}
+
+/// What a worker says about a connection that ended: the counts its log
+/// line has, without names or text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionReport {
+    /// How it ended, its trap, and bytes each way.
+    pub outcome: ConnectionOutcome,
+    /// How long the worker took from receiving it to the guest being
+    /// ready (opening the blobs, attaching), in microseconds; `None` if no
+    /// guest took it.
+    pub attach_us: Option<u64>,
 }
 
 /// A connection handed to a worker (its socket travels beside the frame).
@@ -153,9 +170,19 @@ impl FromWorker {
                 w.push(READY);
                 w.extend_from_slice(&slot.to_be_bytes());
             }
-            Self::Done { connection_id } => {
+            Self::Done {
+                connection_id,
+                report,
+            } => {
                 w.push(DONE);
                 w.extend_from_slice(&connection_id.to_be_bytes());
+                let o = &report.outcome;
+                w.push(o.ending.code());
+                w.push(trap_code(o.trap));
+                w.extend_from_slice(&o.bytes_in.to_be_bytes());
+                w.extend_from_slice(&o.bytes_out.to_be_bytes());
+                // u64::MAX: no guest took it.
+                w.extend_from_slice(&report.attach_us.unwrap_or(u64::MAX).to_be_bytes());
             }
             Self::Shed { closed } => {
                 w.push(SHED);
@@ -185,6 +212,16 @@ impl FromWorker {
             READY => Self::Ready { slot: r.u32()? },
             DONE => Self::Done {
                 connection_id: r.u64()?,
+                report: ConnectionReport {
+                    outcome: ConnectionOutcome {
+                        ending: EndingKind::from_code(r.u8()?)
+                            .ok_or(ChannelError::BadField("ending"))?,
+                        trap: trap_from_code(r.u8()?)?,
+                        bytes_in: r.u64()?,
+                        bytes_out: r.u64()?,
+                    },
+                    attach_us: Some(r.u64()?).filter(|us| *us != u64::MAX),
+                },
             },
             SHED => Self::Shed {
                 closed: match r.u8()? {
@@ -253,6 +290,29 @@ impl ToWorker {
         };
         r.finish()?;
         Ok(frame)
+    }
+}
+
+const TRAPS: [TrapKind; 4] = [
+    TrapKind::OutOfFuel,
+    TrapKind::Deadline,
+    TrapKind::ResourceLimit,
+    TrapKind::Other,
+];
+
+fn trap_code(trap: Option<TrapKind>) -> u8 {
+    trap.and_then(|t| TRAPS.iter().position(|k| *k == t))
+        .map_or(0, |i| i as u8 + 1)
+}
+
+fn trap_from_code(code: u8) -> Result<Option<TrapKind>, ChannelError> {
+    match code {
+        0 => Ok(None),
+        c => TRAPS
+            .get(usize::from(c) - 1)
+            .copied()
+            .map(Some)
+            .ok_or(ChannelError::BadField("trap")),
     }
 }
 
@@ -595,13 +655,41 @@ mod tests {
                 public_key: [9; 32],
             },
         };
-        for frame in [hello, FromWorker::Ready { slot: 7 }] {
+        let done = |ending, trap, attach_us| FromWorker::Done {
+            connection_id: 42,
+            report: ConnectionReport {
+                outcome: ConnectionOutcome {
+                    ending,
+                    trap,
+                    bytes_in: 1234,
+                    bytes_out: 56789,
+                },
+                attach_us,
+            },
+        };
+        let mut frames = vec![hello, FromWorker::Ready { slot: 7 }];
+        frames.extend(EndingKind::ALL.iter().map(|e| done(*e, None, Some(35))));
+        frames.extend(
+            TRAPS
+                .iter()
+                .map(|t| done(EndingKind::GuestFailed, Some(*t), None)),
+        );
+        for frame in frames {
             let bytes = frame.encode();
             assert_eq!(FromWorker::decode(&bytes).unwrap(), frame);
             for cut in 0..bytes.len() {
                 assert!(FromWorker::decode(&bytes[..cut]).is_err(), "cut at {cut}");
             }
         }
+        // Unknown endings and traps are refused.
+        let mut bad = done(EndingKind::Shed, None, None).encode();
+        bad[9] = 0;
+        assert!(FromWorker::decode(&bad).is_err());
+        bad[9] = EndingKind::ALL.len() as u8 + 1;
+        assert!(FromWorker::decode(&bad).is_err());
+        let mut bad = done(EndingKind::Shed, None, None).encode();
+        bad[10] = TRAPS.len() as u8 + 1;
+        assert!(FromWorker::decode(&bad).is_err());
         // A worker cannot send what only the handshake process sends.
         assert!(matches!(
             FromWorker::decode(&ToWorker::Shutdown.encode().unwrap()),

@@ -196,6 +196,13 @@ impl Handshake {
                     let rest = &self.incoming[self.exposed..];
                     match framing::next_record(rest) {
                         Frame::Record(n) => self.exposed += n,
+                        // Not TLS at all (plain HTTP sent to this port,
+                        // say): its "length" would keep us waiting for
+                        // bytes that never come. Show rustls the header,
+                        // which it refuses with its own alert at once.
+                        Frame::Incomplete if self.exposed == 0 && not_tls(rest) => {
+                            self.exposed = HEADER_LEN;
+                        }
                         Frame::Incomplete => return Ok(Progress::NeedInput),
                         // Show rustls just the header: it refuses it with
                         // its own alert, which a peer deserves (RFC 8446
@@ -419,5 +426,47 @@ impl ResolvesServerCert for SniSlot {
             *seen = hello.server_name().map(str::to_string);
         }
         self.inner.resolve(hello)
+    }
+}
+
+/// Whether `bytes` start with a whole record header that no TLS peer sends:
+/// a content type outside 20..=24 (RFC 8446 section 5.1 and RFC 5246 6.2.1)
+/// or a major version other than 3.
+fn not_tls(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_LEN && (!(20..=24).contains(&bytes[0]) || bytes[1] != 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{Identity, TlsOptions};
+
+    #[test]
+    fn plain_http_is_refused_at_once_with_an_alert() {
+        let identity = Identity::self_signed(&["localhost".to_string()]).unwrap();
+        let config = Arc::new(TlsOptions::default().server_config(&identity).unwrap());
+        let mut hs = Handshake::server(&config, 1).unwrap();
+        // 8239 bytes, were "GET /" a record header.
+        hs.feed(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").unwrap();
+        let err = hs.advance().expect_err("refused without waiting for more");
+        assert!(
+            matches!(err, Error::Handshake(HandshakeError::Tls(_))),
+            "{err}"
+        );
+        let alert = hs.take_outgoing();
+        assert_eq!(alert.first(), Some(&21), "an alert record: {alert:?}");
+    }
+
+    #[test]
+    fn a_partial_tls_header_waits_for_more() {
+        let identity = Identity::self_signed(&["localhost".to_string()]).unwrap();
+        let config = Arc::new(TlsOptions::default().server_config(&identity).unwrap());
+        let mut hs = Handshake::server(&config, 1).unwrap();
+        hs.feed(&[22, 3, 1, 0x02, 0x00, 1, 0]).unwrap();
+        assert!(matches!(hs.advance(), Ok(Progress::NeedInput)));
+        assert!(not_tls(b"GET /"));
+        assert!(not_tls(&[22, 4, 1, 0, 1]));
+        assert!(!not_tls(&[23, 3, 3, 0x40, 0]));
+        assert!(!not_tls(b"GET"));
     }
 }

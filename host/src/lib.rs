@@ -42,6 +42,7 @@ pub mod export;
 pub mod handshake;
 pub mod instance;
 pub mod keystore;
+pub mod metrics;
 pub mod monitor;
 pub mod proxy;
 pub mod ready;

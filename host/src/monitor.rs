@@ -22,11 +22,12 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyferry_guest::blob::SessionSender;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -35,8 +36,9 @@ use tracing::{info, warn};
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
 use crate::error::Result;
 use crate::handshake::Handoff;
-use crate::server::{ADMISSION_WAIT, ServerStats, accept, admit, client_address, server_handshake};
-use crate::transport::new_connection_id;
+use crate::metrics::{ConnectionOutcome, Metrics};
+use crate::server::{ADMISSION_WAIT, accept, admit, client_address, server_handshake};
+use crate::transport::{EndingKind, new_connection_id};
 
 /// How to start a worker: this binary, in its worker mode.
 #[derive(Clone, Debug)]
@@ -64,6 +66,9 @@ pub struct MonitorOptions {
     pub drain_timeout: Duration,
     /// Every connection starts with a HAProxy PROXY v2 header.
     pub proxy_protocol: bool,
+    /// Where connections, handshakes and endings are counted, the
+    /// workers' included (they report each connection's end).
+    pub metrics: Arc<Metrics>,
 }
 
 /// One running worker, as the handshake process sees it.
@@ -77,6 +82,8 @@ struct Worker {
     blobs: tokio::sync::Mutex<Option<SessionSender>>,
     /// Tells the supervisor to cut the worker off.
     cut_off: Notify,
+    /// Its ready instances, for the metrics.
+    ready_level: Gauge,
 }
 
 /// How long handing a connection to a worker may take before the worker
@@ -89,13 +96,23 @@ struct WorkerState {
     greeted: bool,
     /// Instances announced and not yet given a connection, oldest first.
     ready: VecDeque<u32>,
-    /// Connections handed over and not yet reported done, each holding its
-    /// place under the connection cap.
-    open: HashMap<u64, OwnedSemaphorePermit>,
+    /// Connections handed over and not yet reported done. Whoever removes
+    /// one counts its ending, once.
+    open: HashMap<u64, Handed>,
     /// Set when the worker is cut off: it gets nothing more.
     dead: bool,
     /// Who waits for the answer to each ShedIdle asked, in order.
     shed_answers: VecDeque<oneshot::Sender<bool>>,
+}
+
+/// A connection in a worker's hands.
+struct Handed {
+    /// Its place under the connection cap, given back when it ends.
+    _permit: OwnedSemaphorePermit,
+    /// When its handshake completed.
+    handshake_done: Instant,
+    /// How long sealing and sending it took after that.
+    handing: Duration,
 }
 
 impl Worker {
@@ -109,6 +126,7 @@ impl Worker {
     fn apply(
         &self,
         frame: FromWorker,
+        metrics: &Metrics,
     ) -> std::result::Result<Option<(SessionSender, ToWorker)>, &'static str> {
         let mut state = self.lock();
         match frame {
@@ -132,11 +150,19 @@ impl Worker {
                     return Err("announced a slot twice");
                 }
                 state.ready.push_back(slot);
+                self.ready_level.set(state.ready.len() as i64);
             }
-            FromWorker::Done { connection_id } => {
-                if state.open.remove(&connection_id).is_none() {
+            FromWorker::Done {
+                connection_id,
+                report,
+            } => {
+                let Some(handed) = state.open.remove(&connection_id) else {
                     return Err("reported a connection it was never given");
+                };
+                if let Some(us) = report.attach_us {
+                    metrics.handoff(handed.handing + Duration::from_micros(us));
                 }
+                metrics.connection_ended(&report.outcome);
             }
             FromWorker::Shed { closed } => {
                 let Some(waiter) = state.shed_answers.pop_front() else {
@@ -154,7 +180,7 @@ struct Pool {
     workers: Mutex<Vec<Option<Arc<Worker>>>>,
     next: AtomicUsize,
     ready: Notify,
-    restarts: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Pool {
@@ -182,6 +208,7 @@ impl Pool {
                 return None;
             }
             let slot = state.ready.pop_front()?;
+            worker.ready_level.set(state.ready.len() as i64);
             drop(state);
             Some((worker.clone(), slot))
         })
@@ -222,13 +249,13 @@ pub async fn serve(
     listener: TcpListener,
     options: MonitorOptions,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<Arc<ServerStats>> {
-    let stats = Arc::new(ServerStats::default());
+) -> Result<()> {
+    let metrics = options.metrics.clone();
     let pool = Arc::new(Pool {
         workers: Mutex::new(vec![None; options.workers.max(1)]),
         next: AtomicUsize::new(0),
         ready: Notify::new(),
-        restarts: AtomicU64::new(0),
+        metrics: metrics.clone(),
     });
     let (stop_tx, stop) = watch::channel(false);
     let mut supervisors = tokio::task::JoinSet::new();
@@ -242,18 +269,14 @@ pub async fn serve(
     }
     let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some((stream, peer)) = accept(&listener, &mut shutdown, &stats).await {
-        let (options, stats, pool, permits) = (
-            options.clone(),
-            stats.clone(),
-            pool.clone(),
-            permits.clone(),
-        );
+    while let Some((stream, peer)) = accept(&listener, &mut shutdown, &metrics).await {
+        let (options, pool, permits) = (options.clone(), pool.clone(), permits.clone());
         tasks.spawn(async move {
-            let Some(permit) = admit(&permits, pool.shed_one(), &stats, peer).await else {
+            let metrics = &options.metrics;
+            let Some(permit) = admit(&permits, pool.shed_one(), metrics, peer).await else {
                 return;
             };
-            connection(stream, peer, &options, &stats, &pool, permit).await;
+            connection(stream, peer, &options, &pool, permit).await;
         });
         while tasks.try_join_next().is_some() {}
     }
@@ -272,7 +295,7 @@ pub async fn serve(
         warn!("workers still running after the drain timeout");
     }
     tasks.abort_all();
-    Ok(stats)
+    Ok(())
 }
 
 /// Keeps worker `index` running: starts it, reads its frames, and when it
@@ -297,7 +320,7 @@ async fn supervise(
         if *stop.borrow() {
             return;
         }
-        pool.restarts.fetch_add(1, Ordering::Relaxed);
+        pool.metrics.worker_restarted();
         quick_failures = if started.elapsed() < Duration::from_secs(2) {
             quick_failures + 1
         } else {
@@ -334,6 +357,7 @@ async fn run_worker(
         state: Mutex::new(WorkerState::default()),
         blobs: tokio::sync::Mutex::new(None),
         cut_off: Notify::new(),
+        ready_level: pool.metrics.ready_instances(&index.to_string()),
     });
     pool.workers.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(worker.clone());
     info!(worker = index, pid, "worker started");
@@ -356,7 +380,7 @@ async fn run_worker(
         let violation = match received {
             Ok((_, Some(_fd))) => "sent a descriptor".to_string(),
             Ok((frame, None)) => match FromWorker::decode(&frame) {
-                Ok(frame) => match worker.apply(frame) {
+                Ok(frame) => match worker.apply(frame, &pool.metrics) {
                     Ok(Some((sender, session))) => {
                         let mut blobs = worker.blobs.lock().await;
                         *blobs = Some(sender);
@@ -400,7 +424,15 @@ async fn run_worker(
     let mut state = worker.lock();
     state.dead = true;
     state.ready.clear();
-    state.open.clear();
+    worker.ready_level.set(0);
+    for _ in state.open.drain() {
+        pool.metrics.connection_ended(&ConnectionOutcome {
+            ending: EndingKind::WorkerExited,
+            trap: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+    }
     Ok(reason)
 }
 
@@ -408,10 +440,10 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     options: &MonitorOptions,
-    stats: &ServerStats,
     pool: &Pool,
     permit: OwnedSemaphorePermit,
 ) {
+    let metrics = &options.metrics;
     let _ = stream.set_nodelay(true);
     let Some(peer) = client_address(
         &mut stream,
@@ -430,12 +462,13 @@ async fn connection(
         id,
         options.handshake_timeout,
         peer,
-        stats,
+        metrics,
     )
     .await
     else {
         return;
     };
+    let handshake_done = Instant::now();
     // A ready instance: usually waiting already; a worker being replaced
     // may take a moment.
     let deadline = Instant::now() + ADMISSION_WAIT;
@@ -448,12 +481,17 @@ async fn connection(
             .await
             .is_err()
         {
-            stats.guest_failures.fetch_add(1, Ordering::Relaxed);
+            metrics.connection_unserved(&ConnectionOutcome::unserved(None));
             warn!(%peer, "no worker had an instance ready; closed");
             return;
         }
     };
-    match hand_over(&worker, slot, handoff, &stream, peer, permit).await {
+    let handed = Handed {
+        _permit: permit,
+        handshake_done,
+        handing: Duration::ZERO,
+    };
+    match hand_over(&worker, slot, handoff, &stream, peer, handed, metrics).await {
         Ok(()) => {
             info!(%peer, connection_id = id, worker_pid = worker.pid, "connection handed to a worker")
         }
@@ -473,15 +511,72 @@ async fn hand_over(
     handoff: Handoff,
     stream: &TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    mut handed: Handed,
+    metrics: &Metrics,
 ) -> Result<()> {
+    // Held until the frame is sent: the worker opens blobs in order.
+    let mut blobs = worker.blobs.lock().await;
+    let (connection_id, frame) = match assignment_frame(blobs.as_mut(), slot, handoff, peer) {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            metrics.connection_unserved(&ConnectionOutcome::unserved(None));
+            return Err(e);
+        }
+    };
+    {
+        let mut state = worker.lock();
+        if state.dead {
+            metrics.connection_unserved(&ConnectionOutcome::unserved(None));
+            return Err(std::io::Error::other("the worker died").into());
+        }
+        // Counted open before the frame goes: the worker may report it
+        // done before this task runs again.
+        handed.handing = handed.handshake_done.elapsed();
+        state.open.insert(connection_id, handed);
+        metrics.connection_opened();
+    }
+    // Given back, and counted as never served, unless the worker took it
+    // or already died with it (then its supervisor counted it).
+    let not_taken = || {
+        if worker.lock().open.remove(&connection_id).is_some() {
+            metrics.connection_ended(&ConnectionOutcome::unserved(None));
+        }
+    };
+    let sent = tokio::time::timeout(
+        HAND_OVER_TIMEOUT,
+        worker.channel.send(&frame, Some(stream.as_fd())),
+    )
+    .await;
+    match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            not_taken();
+            Err(std::io::Error::other(e).into())
+        }
+        Err(_) => {
+            not_taken();
+            // A worker that stops reading its channel would hold every
+            // connection queued for it: cut it off (its supervisor kills
+            // and replaces it, and its connections' places come back).
+            worker.lock().dead = true;
+            worker.cut_off.notify_one();
+            Err(std::io::Error::other("the worker stopped reading its channel").into())
+        }
+    }
+}
+
+/// A connection's frame for a worker, its keys sealed in the worker's blob
+/// session. The host's copies of the keys are zeroized when this returns.
+fn assignment_frame(
+    sender: Option<&mut SessionSender>,
+    slot: u32,
+    handoff: Handoff,
+    peer: SocketAddr,
+) -> Result<(u64, Vec<u8>)> {
     let Handoff { keys, facts, .. } = handoff;
     let read_with_handshake =
         (keys.open.buffered_ciphertext.len() + keys.open.buffered_plaintext.len()) as u64;
-    let mut blobs = worker.blobs.lock().await;
-    let sender = blobs
-        .as_mut()
-        .ok_or_else(|| std::io::Error::other("the worker has no blob session"))?;
+    let sender = sender.ok_or_else(|| std::io::Error::other("the worker has no blob session"))?;
     let seal_blob = sender.seal_traffic_key(&keys.seal)?;
     let open_blob = sender.seal_traffic_key(&keys.open)?;
     drop(keys);
@@ -497,31 +592,5 @@ async fn hand_over(
     }))
     .encode()
     .map_err(std::io::Error::other)?;
-    {
-        let mut state = worker.lock();
-        if state.dead {
-            return Err(std::io::Error::other("the worker died").into());
-        }
-        state.open.insert(connection_id, permit);
-    }
-    let sent = tokio::time::timeout(
-        HAND_OVER_TIMEOUT,
-        worker.channel.send(&frame, Some(stream.as_fd())),
-    )
-    .await;
-    match sent {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            worker.lock().open.remove(&connection_id);
-            Err(std::io::Error::other(e).into())
-        }
-        Err(_) => {
-            // A worker that stops reading its channel would hold every
-            // connection queued for it: cut it off (its supervisor kills
-            // and replaces it, and its connections' places come back).
-            worker.lock().dead = true;
-            worker.cut_off.notify_one();
-            Err(std::io::Error::other("the worker stopped reading its channel").into())
-        }
-    }
+    Ok((connection_id, frame))
 }

@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::component::GuestComponent;
 use crate::error::Result;
 use crate::instance::GuestInstance;
@@ -24,17 +26,21 @@ pub struct ReadyInstances {
     ready: Mutex<Vec<GuestInstance>>,
     target: usize,
     refilling: AtomicBool,
+    /// How many are ready, for the metrics.
+    level: Gauge,
 }
 
 impl ReadyInstances {
     /// Keeps up to `target` instances of `component` ready, starting with
-    /// the first [`take`](Self::take).
-    pub fn new(component: GuestComponent, target: usize) -> Arc<Self> {
+    /// the first [`take`](Self::take), and `level` (a metrics gauge) at how
+    /// many are.
+    pub fn new(component: GuestComponent, target: usize, level: Gauge) -> Arc<Self> {
         Arc::new(Self {
             component,
             ready: Mutex::new(Vec::with_capacity(target)),
             target,
             refilling: AtomicBool::new(false),
+            level,
         })
     }
 
@@ -42,7 +48,12 @@ impl ReadyInstances {
     /// one made now. Starts a refill in the background (inside a tokio
     /// runtime; outside one, instances are made on demand).
     pub fn take(self: &Arc<Self>) -> Result<GuestInstance> {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let ready = {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            let one = ready.pop();
+            self.level.set(ready.len() as i64);
+            one
+        };
         self.refill();
         match ready {
             Some(instance) if !instance.is_poisoned() => Ok(instance),
@@ -71,11 +82,11 @@ impl ReadyInstances {
         runtime.spawn_blocking(move || {
             while this.len() < this.target {
                 match this.component.instantiate() {
-                    Ok(instance) => this
-                        .ready
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(instance),
+                    Ok(instance) => {
+                        let mut ready = this.ready.lock().unwrap_or_else(|e| e.into_inner());
+                        ready.push(instance);
+                        this.level.set(ready.len() as i64);
+                    }
                     // The next connection makes its own and says why.
                     Err(_) => break,
                 }
@@ -94,7 +105,8 @@ mod tests {
     async fn instances_are_ready_ahead_and_never_handed_out_twice() {
         let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
         let component = GuestComponent::reference(&engine).unwrap();
-        let pool = ReadyInstances::new(component, 3);
+        let level = Gauge::default();
+        let pool = ReadyInstances::new(component, 3, level.clone());
         let first = pool.take().unwrap();
         // The refill runs in the background; wait for it.
         for _ in 0..500 {
@@ -104,6 +116,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(pool.len(), 3);
+        assert_eq!(level.get(), 3);
         let taken: Vec<_> = (0..3).map(|_| pool.take().unwrap()).collect();
         let mut ids: Vec<_> = taken.iter().map(|g| g.store_id()).collect();
         ids.push(first.store_id());

@@ -21,6 +21,7 @@ use crate::dataplane::DataPlane;
 use crate::error::{Error, HandshakeError, Result};
 use crate::handshake::{Handoff, Handshake};
 use crate::instance::GuestInstance;
+use crate::metrics::{ConnectionOutcome, Metrics};
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
     PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async,
@@ -75,8 +76,8 @@ impl SharedPool {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, peer: SocketAddr, stats: &ServerStats, e: Error) {
-    stats.guest_failures.fetch_add(1, Ordering::Relaxed);
+async fn refuse(stream: &mut TcpStream, peer: SocketAddr, metrics: &Metrics, e: Error) {
+    metrics.connection_unserved(&ConnectionOutcome::unserved(Some(&e)));
     warn!(%peer, error = %e, "guest could not take the connection");
     let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
 }
@@ -101,21 +102,9 @@ pub struct ServerOptions {
     pub proxy_protocol: bool,
     /// How long to wait for sessions to finish after shutdown starts.
     pub drain_timeout: Duration,
-}
-
-/// Counters for the final log line and for tests.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Handshakes that failed.
-    pub handshake_failures: AtomicU64,
-    /// Sessions whose guest failed.
-    pub guest_failures: AtomicU64,
-    /// Idle connections closed to admit a client at the cap.
-    pub shed: AtomicU64,
-    /// Clients closed at the cap because no connection was idle.
-    pub refused_at_cap: AtomicU64,
+    /// Where connections, handshakes and endings are counted (see
+    /// [`crate::metrics::serve_metrics`] to publish them).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves until `shutdown` becomes true, then sends close_notify on open
@@ -124,8 +113,8 @@ pub async fn serve(
     listener: TcpListener,
     options: ServerOptions,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<Arc<ServerStats>> {
-    let stats = Arc::new(ServerStats::default());
+) -> Result<()> {
+    let metrics = options.metrics.clone();
     let cap = options.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(cap));
     // Clients waiting at the cap for room; beyond this many, a new client
@@ -133,30 +122,34 @@ pub async fn serve(
     let waiting = Arc::new(Semaphore::new(cap));
     let slots = Arc::new(Sessions::default());
     let epoch = Instant::now();
-    let ready = ReadyInstances::new(options.component.clone(), READY_INSTANCES);
+    let ready = ReadyInstances::new(
+        options.component.clone(),
+        READY_INSTANCES,
+        metrics.ready_instances("in-process"),
+    );
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some((mut stream, peer)) = accept(&listener, &mut shutdown, &stats).await {
+    while let Some((mut stream, peer)) = accept(&listener, &mut shutdown, &metrics).await {
         let options = options.clone();
-        let stats = stats.clone();
+        let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         let permits = permits.clone();
         let slots = slots.clone();
         let ready = ready.clone();
         let Ok(waiter) = waiting.clone().try_acquire_owned() else {
-            stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
+            metrics.refused_at_cap();
             info!(%peer, "at the connection cap with a full queue; closed");
             continue;
         };
         tasks.spawn(async move {
             let shed = async { slots.shed_longest_idle() };
-            let Some(permit) = admit(&permits, shed, &stats, peer).await else {
+            let Some(permit) = admit(&permits, shed, &metrics, peer).await else {
                 let _ = stream.shutdown().await;
                 return;
             };
             drop(waiter);
             let shared = Shared {
                 options: &options,
-                stats: &stats,
+                metrics: &metrics,
                 slots: &slots,
                 ready: &ready,
                 epoch,
@@ -177,14 +170,14 @@ pub async fn serve(
     {
         warn!("sessions still open after the drain timeout; closing them");
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// What every connection of one server shares.
 #[derive(Clone, Copy)]
 struct Shared<'a> {
     options: &'a ServerOptions,
-    stats: &'a ServerStats,
+    metrics: &'a Metrics,
     slots: &'a Sessions,
     ready: &'a Arc<ReadyInstances>,
     epoch: Instant,
@@ -212,7 +205,7 @@ async fn session(
 ) {
     let Shared {
         options,
-        stats,
+        metrics,
         ready,
         epoch,
         ..
@@ -235,7 +228,7 @@ async fn session(
         id,
         options.timeouts.handshake,
         peer,
-        stats,
+        metrics,
     )
     .await
     else {
@@ -256,9 +249,11 @@ async fn session(
     });
     let (mut plane, first) = match attached {
         Ok(a) => a,
-        Err(e) => return refuse(stream, peer, stats, e).await,
+        Err(e) => return refuse(stream, peer, metrics, e).await,
     };
     let ready = handoff_done.elapsed();
+    metrics.connection_opened();
+    metrics.handoff(ready);
     let control = SessionControl {
         shutdown,
         slot,
@@ -268,15 +263,14 @@ async fn session(
     let mut summary = run_session(stream, &mut plane, first, control).await;
     summary.bytes_in += read_with_handshake;
     drop(plane);
-    if log_session(
+    metrics.connection_ended(&ConnectionOutcome::from(&summary));
+    log_session(
         &peer.to_string(),
         &facts,
         &summary,
         ready,
         started.elapsed(),
-    ) {
-        stats.guest_failures.fetch_add(1, Ordering::Relaxed);
-    }
+    );
 }
 
 /// The client's address: the TCP peer, or what the PROXY v2 header in front
@@ -310,13 +304,13 @@ pub(crate) async fn client_address(
 pub(crate) async fn accept(
     listener: &TcpListener,
     shutdown: &mut watch::Receiver<bool>,
-    stats: &ServerStats,
+    metrics: &Metrics,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => {
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    metrics.accepted();
                     return Some(a);
                 }
                 Err(e) => {
@@ -336,19 +330,18 @@ pub(crate) async fn accept(
 pub(crate) async fn admit(
     permits: &Arc<Semaphore>,
     shed: impl Future<Output = bool>,
-    stats: &ServerStats,
+    metrics: &Metrics,
     peer: SocketAddr,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     if let Ok(permit) = permits.clone().try_acquire_owned() {
         return Some(permit);
     }
-    if shed.await {
-        stats.shed.fetch_add(1, Ordering::Relaxed);
-    }
+    // The shed connection is counted when it ends (ending "shed").
+    shed.await;
     match tokio::time::timeout(ADMISSION_WAIT, permits.clone().acquire_owned()).await {
         Ok(Ok(permit)) => Some(permit),
         _ => {
-            stats.refused_at_cap.fetch_add(1, Ordering::Relaxed);
+            metrics.refused_at_cap();
             info!(%peer, "at the connection cap and nothing idle to close; closed");
             None
         }
@@ -364,7 +357,7 @@ pub(crate) async fn server_handshake(
     id: u64,
     timeout: Duration,
     peer: SocketAddr,
-    stats: &ServerStats,
+    metrics: &Metrics,
 ) -> Option<Handoff> {
     let handoff = match Handshake::server(tls, id) {
         Ok(hs) => tokio::time::timeout(timeout, handshake_async(stream, hs))
@@ -373,9 +366,12 @@ pub(crate) async fn server_handshake(
         Err(e) => Err(e),
     };
     match handoff {
-        Ok(h) => Some(h),
+        Ok(h) => {
+            metrics.handshake_completed(&h.facts);
+            Some(h)
+        }
         Err(e) => {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            metrics.handshake_failed(&e);
             info!(%peer, error = %e, "handshake failed");
             None
         }

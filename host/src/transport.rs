@@ -171,10 +171,128 @@ pub enum Ending {
     RequestTimeout,
     /// The peer stopped reading what we sent.
     WriteTimeout,
-    /// The guest failed (trap, limit, bad output); the text says how.
-    GuestFailed(String),
+    /// The guest failed (trap, limit, bad output).
+    GuestFailed {
+        /// What went wrong, for the log.
+        reason: String,
+        /// The trap, if the guest trapped.
+        trap: Option<crate::error::TrapKind>,
+    },
     /// The transport failed, or the peer stayed silent or stopped reading.
     Transport(String),
+}
+
+impl Ending {
+    /// The ending without its detail: what metrics count and what a worker
+    /// reports.
+    pub fn kind(&self) -> EndingKind {
+        match self {
+            Self::Clean | Self::Peer(Closed::CloseNotify) => EndingKind::CloseNotify,
+            Self::Peer(Closed::Truncated) => EndingKind::Truncated,
+            Self::Peer(Closed::PeerAlert(_)) => EndingKind::PeerAlert,
+            Self::Peer(Closed::LocalAlert(_)) => EndingKind::SentAlert,
+            Self::Shutdown => EndingKind::Shutdown,
+            Self::Shed => EndingKind::Shed,
+            Self::KeepaliveTimeout => EndingKind::KeepaliveTimeout,
+            Self::RequestTimeout => EndingKind::RequestTimeout,
+            Self::WriteTimeout => EndingKind::WriteTimeout,
+            Self::GuestFailed { .. } => EndingKind::GuestFailed,
+            Self::Transport(_) => EndingKind::Transport,
+        }
+    }
+
+    /// The guest's trap, if one ended the session.
+    pub fn trap(&self) -> Option<crate::error::TrapKind> {
+        match self {
+            Self::GuestFailed { trap, .. } => *trap,
+            _ => None,
+        }
+    }
+}
+
+/// How a connection ended, as a closed set: the label of
+/// `keyferry_connections_ended_total`, and a byte in a worker's report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndingKind {
+    /// close_notify from the peer.
+    CloseNotify,
+    /// EOF without close_notify.
+    Truncated,
+    /// The peer sent a fatal alert.
+    PeerAlert,
+    /// We sent a fatal alert (bad_record_mac, decode_error, ...).
+    SentAlert,
+    /// Server shutdown.
+    Shutdown,
+    /// Closed while idle to admit a client at the cap.
+    Shed,
+    /// Idle past the keep-alive timeout.
+    KeepaliveTimeout,
+    /// Stalled mid-record or mid-request.
+    RequestTimeout,
+    /// The peer stopped reading.
+    WriteTimeout,
+    /// The guest failed (trap, limit, bad output).
+    GuestFailed,
+    /// The transport failed.
+    Transport,
+    /// The handshake completed but no guest could take the connection
+    /// (no instance ready in time, or making one failed).
+    Unserved,
+    /// Its worker process died while serving it.
+    WorkerExited,
+}
+
+impl EndingKind {
+    /// Every kind, in the order of their wire codes (1, 2, ...).
+    pub const ALL: [Self; 13] = [
+        Self::CloseNotify,
+        Self::Truncated,
+        Self::PeerAlert,
+        Self::SentAlert,
+        Self::Shutdown,
+        Self::Shed,
+        Self::KeepaliveTimeout,
+        Self::RequestTimeout,
+        Self::WriteTimeout,
+        Self::GuestFailed,
+        Self::Transport,
+        Self::Unserved,
+        Self::WorkerExited,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CloseNotify => "close_notify",
+            Self::Truncated => "truncated",
+            Self::PeerAlert => "peer_alert",
+            Self::SentAlert => "sent_alert",
+            Self::Shutdown => "shutdown",
+            Self::Shed => "shed",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::RequestTimeout => "request_timeout",
+            Self::WriteTimeout => "write_timeout",
+            Self::GuestFailed => "guest_failure",
+            Self::Transport => "transport_error",
+            Self::Unserved => "unserved",
+            Self::WorkerExited => "worker_exited",
+        }
+    }
+
+    /// Its byte in a worker's report.
+    pub fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|k| *k == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    /// The kind a report's byte names.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
 }
 
 /// Totals of one session.
@@ -236,15 +354,19 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(d) if !d.plaintext.is_empty() => {
                 // Nothing here consumes plaintext: it belongs to an
                 // application inside the sandbox.
-                summary.ending = Ending::GuestFailed(
-                    "the component handed plaintext to the host; serve needs an application component".into(),
-                );
+                summary.ending = Ending::GuestFailed {
+                    reason: "the component handed plaintext to the host; serve needs an application component".into(),
+                    trap: None,
+                };
                 let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
                 break;
             }
             Ok(d) => d,
             Err(e) => {
-                summary.ending = Ending::GuestFailed(e.to_string());
+                summary.ending = Ending::GuestFailed {
+                    reason: e.to_string(),
+                    trap: e.trap(),
+                };
                 let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
                 break;
             }
@@ -387,14 +509,14 @@ pub(crate) fn new_connection_id() -> u64 {
     NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed) | (u64::from(std::process::id()) << 40)
 }
 
-/// Writes the per-connection log line; true if the guest failed.
+/// Writes the per-connection log line.
 pub(crate) fn log_session(
     peer: &str,
     facts: &Facts,
     summary: &SessionSummary,
     handoff: Duration,
     total: Duration,
-) -> bool {
+) {
     let version = match facts.version {
         keyferry_guest::ProtocolVersion::Tls13 => "TLSv1.3",
         keyferry_guest::ProtocolVersion::Tls12 => "TLSv1.2",
@@ -410,7 +532,7 @@ pub(crate) fn log_session(
         Ending::KeepaliveTimeout => "keep-alive timeout".to_string(),
         Ending::RequestTimeout => "request timeout (peer stalled mid-request)".to_string(),
         Ending::WriteTimeout => "write timeout (peer stopped reading)".to_string(),
-        Ending::GuestFailed(e) => {
+        Ending::GuestFailed { reason: e, .. } => {
             tracing::warn!(peer, error = %e, "guest failed; its connection is closed, the server carries on");
             format!("guest failed: {e}")
         }
@@ -428,5 +550,4 @@ pub(crate) fn log_session(
         ending = %ending,
         "connection"
     );
-    matches!(summary.ending, Ending::GuestFailed(_))
 }

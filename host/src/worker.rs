@@ -20,12 +20,13 @@ use tracing::warn;
 use keyferry_guest::blob::{ExchangeKeyPair, SessionReceiver};
 use keyferry_guest::record::TrafficKeyMaterial;
 
-use crate::channel::{Assignment, Channel, ChannelError, FromWorker, ToWorker};
+use crate::channel::{Assignment, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker};
 use crate::component::GuestComponent;
 use crate::dataplane::DataPlane;
 use crate::export::ConnectionKeys;
 use crate::handshake::Handoff;
 use crate::instance::{ExchangeKey, GuestInstance};
+use crate::metrics::ConnectionOutcome;
 use crate::ready::READY_INSTANCES;
 use crate::transport::{
     PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Timeouts, blocking, log_session,
@@ -200,7 +201,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 let timeouts = options.timeouts;
                 tasks.spawn(async move {
                     let id = assignment.connection_id;
-                    serve(
+                    let report = serve(
                         (*assignment, keys),
                         socket,
                         guest,
@@ -210,7 +211,10 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                         shutdown,
                     )
                     .await;
-                    let _ = done.send(FromWorker::Done { connection_id: id });
+                    let _ = done.send(FromWorker::Done {
+                        connection_id: id,
+                        report,
+                    });
                 });
             }
             (Ok(ToWorker::ShedIdle), None) => {
@@ -257,8 +261,12 @@ async fn serve(
     epoch: Instant,
     timeouts: Timeouts,
     shutdown: watch::Receiver<bool>,
-) {
+) -> ConnectionReport {
     let started = Instant::now();
+    let unserved = |e: Option<&crate::Error>| ConnectionReport {
+        outcome: ConnectionOutcome::unserved(e),
+        attach_us: None,
+    };
     let std_stream = std::net::TcpStream::from(socket);
     let stream = std_stream
         .set_nonblocking(true)
@@ -267,7 +275,7 @@ async fn serve(
         Ok(s) => s,
         Err(e) => {
             warn!(peer = %a.peer, error = %e, "handed a socket tokio cannot use");
-            return;
+            return unserved(None);
         }
     };
     let facts = a.facts.clone();
@@ -293,7 +301,7 @@ async fn serve(
             warn!(peer = %a.peer, error = %e, "guest could not take the connection");
             use tokio::io::AsyncWriteExt;
             let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
-            return;
+            return unserved(Some(&e));
         }
     };
     let ready = started.elapsed();
@@ -309,4 +317,8 @@ async fn serve(
     sessions.remove(a.connection_id);
     drop(plane);
     log_session(&a.peer, &facts, &summary, ready, started.elapsed());
+    ConnectionReport {
+        outcome: ConnectionOutcome::from(&summary),
+        attach_us: Some(u64::try_from(ready.as_micros()).unwrap_or(u64::MAX - 1)),
+    }
 }

@@ -6,6 +6,7 @@ mod connect;
 mod fleet;
 mod identities;
 mod limits;
+mod metrics;
 mod operator;
 mod privsep;
 mod robustness;

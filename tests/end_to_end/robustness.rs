@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use keyferry_tests::process::{PATIENCE, Server, read_exact, rustls_client, write_all};
+use keyferry_tests::process::{
+    PATIENCE, Server, read_exact, rustls_client, sample, scrape, write_all,
+};
 
 fn echo_works(server: &Server, text: &[u8]) {
     let mut c = rustls_client(&server.addr());
@@ -44,6 +46,8 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
         "300",
         "--memory-mib",
         "32",
+        "--metrics",
+        "127.0.0.1:0",
     ]);
     // A healthy connection stays open across the others' failures.
     let mut healthy = rustls_client(&server.addr());
@@ -77,6 +81,30 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
     assert!(
         log.contains("resource limit") || log.contains("trap"),
         "{log}"
+    );
+    // The metrics count each failure by its trap (the worker reports it a
+    // moment after its log line).
+    let metrics = server.metrics_addr();
+    let start = std::time::Instant::now();
+    let samples = loop {
+        let samples = scrape(&metrics);
+        if sample(&samples, "keyferry_guest_traps_total", &[]) >= 3.0 {
+            break samples;
+        }
+        assert!(start.elapsed() < PATIENCE, "{samples:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let traps = |kind| sample(&samples, "keyferry_guest_traps_total", &[("kind", kind)]);
+    assert_eq!(traps("other"), 1.0, "unreachable: {samples:?}");
+    assert_eq!(traps("deadline"), 1.0, "the loop: {samples:?}");
+    assert_eq!(traps("resource_limit"), 1.0, "the growth: {samples:?}");
+    assert_eq!(
+        sample(
+            &samples,
+            "keyferry_connections_ended_total",
+            &[("ending", "guest_failure")]
+        ),
+        3.0
     );
     let mut server = server;
     assert!(server.alive(), "the server carries on");

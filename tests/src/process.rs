@@ -319,3 +319,89 @@ pub fn private_key_bytes(pem: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
     let scalar = der[at + 5..at + 37].to_vec();
     (der, scalar)
 }
+
+impl Server {
+    /// The `--metrics` listener's address, as the server logged it.
+    pub fn metrics_addr(&self) -> String {
+        let log = self.stderr.wait_for("metrics at http://");
+        log.split("metrics at http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/metrics").next())
+            .expect("an address in the metrics line")
+            .to_string()
+    }
+}
+
+/// One sample of a scrape: its name, labels and value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Scrapes `http://ADDR/metrics` over plain HTTP/1.1 and parses the body
+/// with the Prometheus project's own OpenMetrics parser (python's
+/// `prometheus_client`), which refuses anything malformed. Fails the test
+/// on a non-200 answer, a wrong content type or text the parser refuses.
+pub fn scrape(addr: &str) -> Vec<Sample> {
+    let mut sock = TcpStream::connect(addr).expect("connect to the metrics listener");
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(sock, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    sock.read_to_string(&mut response).expect("read the scrape");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    let parser = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        print(json.dumps([[s.name, s.labels, s.value]\n\
+            for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))\n";
+    let mut python = Command::new("python3")
+        .args(["-c", parser])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (with prometheus_client: pip install prometheus-client)");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the scrape: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<(String, std::collections::BTreeMap<String, String>, f64)> =
+        serde_json::from_slice(&out.stdout).expect("the parser's JSON");
+    samples
+        .into_iter()
+        .map(|(name, labels, value)| Sample {
+            name,
+            labels,
+            value,
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include `labels` (0
+/// if there is none: a labelled counter that never moved is not listed).
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}

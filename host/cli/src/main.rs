@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use keyferry::handshake::Handshake;
+use keyferry::metrics::{self, Metrics};
 use keyferry::monitor::{MonitorOptions, WorkerCommand};
 use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
 use keyferry::tls::{self, Identities, Identity, ServerVerification, TlsOptions};
@@ -37,7 +38,7 @@ enum Command {
         curl -k https://127.0.0.1:8443/\n  \
         keyferry serve --echo --listen 127.0.0.1:9000\n  \
         keyferry serve --cert server.pem --key server.key --guest my_plugin.wasm")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Connect to a TLS server like `openssl s_client -quiet`: stdin to the
     /// peer, the peer to stdout, with the data plane in a guest.
     #[command(after_help = "Examples:\n  \
@@ -211,6 +212,13 @@ struct ServeArgs {
     /// Seconds a client may take to finish its handshake.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
+    /// Serve Prometheus metrics (OpenMetrics text) at
+    /// http://ADDR:PORT/metrics, on a listener of their own; a bare PORT
+    /// listens on 127.0.0.1. Handshakes by version, suite and outcome,
+    /// handoff latency, open connections, endings, bytes, guest traps,
+    /// ready instances and worker restarts.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    metrics: Option<String>,
     /// Share this many guest instances among all connections instead of a
     /// fresh instance per connection (cheaper handshakes; a guest failure
     /// then ends every connection in its instance). Needs --workers 0.
@@ -407,7 +415,7 @@ fn log_directives(setting: Option<&str>) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve_command(args),
+        Command::Serve(args) => serve_command(*args),
         Command::Connect(args) => connect_command(args),
         Command::SelfCheck => {
             let engine = GuestEngine::new(SandboxConfig::default())?;
@@ -570,6 +578,14 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             a
         },
     };
+    let metrics_address = match &args.metrics {
+        Some(spec) => Some(
+            metrics::metrics_address(spec)
+                .with_context(|| format!("--metrics {spec}: expected PORT or ADDR:PORT"))?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -586,13 +602,21 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         println!("keyferry serving on https://{local}/ (certificate SHA-256 {fingerprint})");
         tokio::spawn(reload.on_sighup(hangups));
         let (tx, rx) = tokio::sync::watch::channel(false);
+        if let Some(address) = metrics_address {
+            let scrape = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} for --metrics"))?;
+            let address = scrape.local_addr()?;
+            info!(%address, "metrics at http://{address}/metrics");
+            tokio::spawn(metrics::serve_metrics(scrape, metrics.clone(), rx.clone()));
+        }
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 info!("Ctrl-C: no longer accepting connections");
                 let _ = tx.send(true);
             }
         });
-        let stats = match in_process {
+        match in_process {
             Some(component) => {
                 let options = ServerOptions {
                     tls,
@@ -605,6 +629,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                         None => Isolation::PerConnection,
                     },
                     drain_timeout: Duration::from_secs(5),
+                    metrics: metrics.clone(),
                 };
                 serve(listener, options, rx).await?
             }
@@ -617,14 +642,12 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                     handshake_timeout: timeouts.handshake,
                     drain_timeout: Duration::from_secs(5),
                     proxy_protocol: args.proxy_protocol,
+                    metrics: metrics.clone(),
                 };
                 keyferry::monitor::serve(listener, options, rx).await?
             }
         };
-        info!(
-            accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
-            "stopped"
-        );
+        info!(accepted = metrics.accepted_total(), "stopped");
         Ok(())
     })
 }
