@@ -244,3 +244,91 @@ fn client_certificates_from_the_client_ca_are_required_or_optional() {
         "another CA's is refused"
     );
 }
+
+/// An RSA-2048 certificate for `name`, made by openssl (rcgen on ring
+/// cannot make RSA keys).
+fn rsa_identity(dir: &Path, file: &str, name: &str) -> (PathBuf, PathBuf) {
+    let (c, k) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-keyout")
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .args(["-subj", &format!("/CN={name}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .output()
+        .expect("run openssl req");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (c, k)
+}
+
+/// What openssl s_client reports when it offers only `sigalgs` at
+/// `version`: the server's signature type and its key size.
+fn signature_offered_only(server: &Server, version: &str, sigalgs: &str) -> (String, String) {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &server.addr(),
+            "-servername",
+            "localhost",
+        ])
+        .args([version, "-sigalgs", sigalgs])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {prefix:?} in s_client's output:\n{text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_string()
+    };
+    (
+        field("Peer signature type: "),
+        field("Server public key is "),
+    )
+}
+
+#[test]
+fn rsa_and_ecdsa_identities_for_one_name_serve_each_client_what_it_can_verify() {
+    let dir = temp_dir("rsa-ecdsa");
+    let (ecdsa_cert, ecdsa_key) = identity(&dir, "ecdsa", "localhost");
+    let (rsa_cert, rsa_key) = rsa_identity(&dir, "rsa", "localhost");
+    // Both orders: the first identity is only the default, not a
+    // preference that overrides what the client can verify.
+    for pairs in [
+        [(&ecdsa_cert, &ecdsa_key), (&rsa_cert, &rsa_key)],
+        [(&rsa_cert, &rsa_key), (&ecdsa_cert, &ecdsa_key)],
+    ] {
+        let mut args = Vec::new();
+        for (c, k) in pairs {
+            args.extend(["--cert", c.to_str().unwrap(), "--key", k.to_str().unwrap()]);
+        }
+        let server = Server::start(&args);
+        for version in ["-tls1_3", "-tls1_2"] {
+            let (kind, bits) =
+                signature_offered_only(&server, version, "rsa_pss_rsae_sha256:RSA+SHA256");
+            assert!(kind.starts_with("RSA"), "{version}: {kind}");
+            assert_eq!(bits, "2048 bit", "{version}");
+            let (kind, bits) = signature_offered_only(&server, version, "ecdsa_secp256r1_sha256");
+            assert_eq!(kind, "ECDSA", "{version}");
+            assert_eq!(bits, "256 bit", "{version}");
+        }
+    }
+}

@@ -9,7 +9,9 @@ fn main() -> anyhow::Result<()> {
         options.records = 16;
         options.rounds = 1;
     }
-    let report = keyferry_cli::bench::run(&engine, options)?;
+    let progress = keyferry_cli::charts::progress(keyferry_cli::bench::steps(&options));
+    let report = keyferry_cli::bench::run(&engine, options, &progress)?;
+    progress.finish_and_clear();
     println!("{report}");
     Ok(())
 }

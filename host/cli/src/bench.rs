@@ -14,12 +14,16 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, Connection, ServerConnection};
 
 use anyhow::{Result, bail};
+use indicatif::ProgressBar;
+use std::path::Path;
+
+use crate::charts::{Panel, grouped_bars};
 use keyferry::suites::{self, Suite};
 use keyferry::tls::{Identity, ServerVerification, TlsOptions};
 use keyferry::{DataPlane, GuestComponent, GuestEngine, GuestInstance};
 
 /// How much to measure.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct BenchOptions {
     /// Records per measurement.
     pub records: usize,
@@ -40,7 +44,7 @@ impl Default for BenchOptions {
 }
 
 /// Throughput of one variant, MB/s (10^6 bytes of plaintext per second).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Throughput {
     /// Sealing.
     pub seal: f64,
@@ -49,7 +53,7 @@ pub struct Throughput {
 }
 
 /// One suite's results.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct SuiteResult {
     /// Suite name.
     pub suite: &'static str,
@@ -64,7 +68,7 @@ pub struct SuiteResult {
 }
 
 /// Everything one run measured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Report {
     /// What was measured.
     pub options: BenchOptions,
@@ -79,7 +83,7 @@ pub struct Report {
 /// The handoff latency (DESIGN section 5): from rustls reporting the
 /// handshake complete to the guest ready to serve, covering key export,
 /// instantiation, sealing, import and start. Microseconds.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct HandoffLatency {
     /// Median over the runs, a fresh instance made after the handshake.
     pub median_us: f64,
@@ -105,8 +109,10 @@ pub struct HandoffLatency {
     pub runs: usize,
 }
 
-/// Runs every measurement with the engine's reference components.
-pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
+/// Runs every measurement with the engine's reference components,
+/// advancing `progress` one step per round of a suite (and one each for the
+/// call overhead and the handoff): [`steps`] in all.
+pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) -> Result<Report> {
     if options.record_size == 0 || options.record_size > keyferry_guest::record::MAX_PLAINTEXT {
         bail!("record size must be 1..=16384");
     }
@@ -121,7 +127,8 @@ pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
         let mut guest_hk = Vec::new();
         let mut native = Vec::new();
         let mut rustls_t = Vec::new();
-        for _ in 0..options.rounds {
+        for round in 0..options.rounds {
+            progress.set_message(format!("{name}, round {}", round + 1));
             connection_id += 2;
             guest.push(measure_guest(
                 &plain,
@@ -150,6 +157,7 @@ pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
                 connection_id + 1,
             )?);
             rustls_t.push(measure_rustls(&suite, &payload, options.records)?);
+            progress.inc(1);
         }
         suites.push(SuiteResult {
             suite: name,
@@ -159,14 +167,78 @@ pub fn run(engine: &GuestEngine, options: BenchOptions) -> Result<Report> {
             rustls: median(&rustls_t),
         });
     }
+    progress.set_message("host-to-guest call");
     let call_overhead_ns = measure_call_overhead(&plain)?;
+    progress.inc(1);
+    progress.set_message("handoff");
     let handoff = measure_handoff(&plain, options.rounds * 10)?;
+    progress.inc(1);
     Ok(Report {
         options,
         suites,
         call_overhead_ns,
         handoff,
     })
+}
+
+/// How many steps [`run`] reports to its progress bar.
+pub fn steps(options: &BenchOptions) -> u64 {
+    (suites::ALL.len() * options.rounds + 2) as u64
+}
+
+impl Report {
+    /// The throughput chart: MB/s of each variant per suite, sealing above
+    /// and opening below.
+    pub fn chart(&self, path: &Path) -> Result<()> {
+        let panel = |op: &str, pick: fn(&Throughput) -> f64| Panel {
+            title: format!(
+                "{op}: {} B records, median of {} rounds",
+                self.options.record_size, self.options.rounds
+            ),
+            y_label: "MB/s".into(),
+            groups: self.suites.iter().map(|s| short_suite(s.suite)).collect(),
+            series: [
+                (
+                    "guest (key in the sandbox)",
+                    (|s| &s.guest) as fn(&SuiteResult) -> &Throughput,
+                ),
+                ("guest + host-resident key", |s| &s.guest_host_key),
+                ("native RustCrypto", |s| &s.native),
+                ("rustls (ring)", |s| &s.rustls),
+            ]
+            .into_iter()
+            .map(|(name, variant)| {
+                (
+                    name.to_string(),
+                    self.suites.iter().map(|s| pick(variant(s))).collect(),
+                )
+            })
+            .collect(),
+        };
+        grouped_bars(
+            path,
+            "keyferry bench: record throughput",
+            &[panel("seal", |t| t.seal), panel("open", |t| t.open)],
+        )
+    }
+}
+
+/// "TLS 1.3 AES-128-GCM" for a suite's IANA name: short enough to label a
+/// bar group.
+fn short_suite(iana: &str) -> String {
+    let version = if iana.contains("_WITH_") {
+        "1.2"
+    } else {
+        "1.3"
+    };
+    let aead = if iana.contains("CHACHA20") {
+        "ChaCha20"
+    } else if iana.contains("AES_256") {
+        "AES-256-GCM"
+    } else {
+        "AES-128-GCM"
+    };
+    format!("TLS {version} {aead}")
 }
 
 fn material(

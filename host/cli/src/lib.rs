@@ -1,10 +1,11 @@
 //! The `keyferry` command's parts that are not the command line itself:
 //! the built-in application components, and the benchmarks (shared by the
-//! `bench` commands and `cargo bench`).
+//! `bench` commands and `cargo bench`) with their charts.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
 pub mod bench;
+pub mod charts;
 pub mod serve_bench;
 
 /// The built-in application components `keyferry serve` runs, built from

@@ -16,7 +16,7 @@ use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
 use keyferry::tls::{self, Identities, Identity, ServerVerification, TlsOptions};
 use keyferry::transport::Timeouts;
 use keyferry::{DataPlane, ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
-use keyferry_cli::{apps, bench, serve_bench};
+use keyferry_cli::{apps, bench, charts, serve_bench};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -68,6 +68,9 @@ enum Command {
         /// Idle connections opened to measure memory per connection.
         #[arg(long, default_value_t = 200)]
         idle: u32,
+        /// Where to write bench-serve.svg and bench-serve.json.
+        #[arg(long, value_name = "DIR", default_value = "keyferry-bench")]
+        out: PathBuf,
     },
     /// The plain rustls server `bench-serve` compares against.
     #[command(hide = true)]
@@ -354,6 +357,9 @@ struct BenchArgs {
     /// Measurements per variant (the median is reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Where to write bench.svg (the chart) and bench.json (every figure).
+    #[arg(long, value_name = "DIR", default_value = "keyferry-bench")]
+    out: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -442,17 +448,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rounds: args.rounds,
                 ..Default::default()
             };
-            println!("{}", bench::run(&engine, options)?);
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            let progress = charts::progress(bench::steps(&options));
+            let report = bench::run(&engine, options, &progress);
+            progress.finish_and_clear();
+            let report = report?;
+            println!("{report}");
+            let (chart, json) = (args.out.join("bench.svg"), args.out.join("bench.json"));
+            report.chart(&chart)?;
+            charts::write_json(&json, &report)?;
+            println!("wrote {} and {}", chart.display(), json.display());
             Ok(())
         }
         Command::BenchServe {
             seconds,
             connections,
             idle,
+            out,
         } => serve_bench::run(serve_bench::Options {
             duration: Duration::from_secs(seconds.max(1)),
             connections: connections.max(1),
             idle_connections: idle.max(1),
+            out,
         }),
         Command::BenchBaselineServer { listen, cert, key } => {
             serve_bench::baseline_server(listen, &cert, &key)

@@ -24,6 +24,51 @@ pub struct Options {
     pub connections: u32,
     /// Idle connections opened to measure memory per connection.
     pub idle_connections: u32,
+    /// Where to write bench-serve.svg and bench-serve.json.
+    pub out: PathBuf,
+}
+
+/// One server's figures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    /// Which server.
+    pub server: &'static str,
+    /// Keep-alive requests per second.
+    pub requests_per_second: f64,
+    /// New connections (one request each) per second.
+    pub handshakes_per_second: f64,
+    /// RSS growth per idle connection, KiB.
+    pub kib_per_connection: f64,
+}
+
+/// One server against another, from the same run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Ratio {
+    /// The server measured.
+    pub server: &'static str,
+    /// The server it is compared with.
+    pub against: &'static str,
+    /// Keep-alive requests/s, as a multiple of `against`'s.
+    pub requests: f64,
+    /// Handshakes/s, as a multiple of `against`'s.
+    pub handshakes: f64,
+}
+
+/// Everything one `bench-serve` run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// Seconds per wrk run.
+    pub seconds: u64,
+    /// Connections wrk kept open.
+    pub connections: u32,
+    /// Idle connections for the memory figure.
+    pub idle_connections: u32,
+    /// Response body bytes.
+    pub body_bytes: usize,
+    /// Per server, in the table's order.
+    pub rows: Vec<Row>,
+    /// keyferry's modes against each other and against the baselines.
+    pub ratios: Vec<Ratio>,
 }
 
 struct Target {
@@ -264,47 +309,129 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         Ok(t) => targets.push(t),
         Err(e) => eprintln!("skipping nginx: {e:#}"),
     }
-    println!(
-        "serve throughput on loopback, TLS 1.3 ChaCha20-Poly1305, wrk -t1 -c{} -d{}s, {}-byte body",
-        options.connections,
-        options.duration.as_secs(),
-        BODY.len()
-    );
-    println!(
-        "{:<42} {:>14} {:>16} {:>16}",
-        "server", "requests/s", "handshakes/s", "KiB/connection"
-    );
+    let progress = crate::charts::progress(3 * targets.len() as u64);
     let mut rows = Vec::new();
     for t in &targets {
-        let keepalive = wrk(t.port, &options, false)?;
-        let handshakes = wrk(t.port, &options, true)?;
-        let memory = memory_per_connection(t, options.idle_connections)?;
-        println!(
-            "{:<42} {:>14.0} {:>16.0} {:>16.1}",
-            t.name, keepalive, handshakes, memory
-        );
-        rows.push((keepalive, handshakes));
+        progress.set_message(format!("{}: keep-alive requests", t.name));
+        let keepalive = wrk(t.port, &options, false);
+        progress.inc(1);
+        progress.set_message(format!("{}: new connections", t.name));
+        let handshakes = wrk(t.port, &options, true);
+        progress.inc(1);
+        progress.set_message(format!("{}: memory per idle connection", t.name));
+        let memory = memory_per_connection(t, options.idle_connections);
+        progress.inc(1);
+        rows.push(Row {
+            server: t.name,
+            requests_per_second: keepalive?,
+            handshakes_per_second: handshakes?,
+            kib_per_connection: memory?,
+        });
     }
-    let ratio = |a: usize, b: usize| {
-        let ((k, h), (k2, h2)) = (rows[a], rows[b]);
-        println!(
-            "{} / {}: requests {:.2}x, handshakes {:.2}x",
-            targets[a].name,
-            targets[b].name,
-            k / k2.max(1e-9),
-            h / h2.max(1e-9)
-        );
+    progress.finish_and_clear();
+    let ratio = |a: usize, b: usize| Ratio {
+        server: rows[a].server,
+        against: rows[b].server,
+        requests: rows[a].requests_per_second / rows[b].requests_per_second.max(1e-9),
+        handshakes: rows[a].handshakes_per_second / rows[b].handshakes_per_second.max(1e-9),
     };
     // The cost of the process boundary, then each keyferry mode against
     // the plain rustls server and nginx.
-    ratio(0, 1);
-    for other in KEYFERRY_ROWS..targets.len() {
-        ratio(0, other);
-        ratio(1, other);
+    let mut ratios = vec![ratio(0, 1)];
+    for other in KEYFERRY_ROWS..rows.len() {
+        ratios.push(ratio(0, other));
+        ratios.push(ratio(1, other));
     }
+    let report = Report {
+        seconds: options.duration.as_secs(),
+        connections: options.connections,
+        idle_connections: options.idle_connections,
+        body_bytes: BODY.len(),
+        rows,
+        ratios,
+    };
+    print!("{report}");
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
+    let (chart, json) = (
+        options.out.join("bench-serve.svg"),
+        options.out.join("bench-serve.json"),
+    );
+    report.chart(&chart)?;
+    crate::charts::write_json(&json, &report)?;
+    println!("wrote {} and {}", chart.display(), json.display());
     drop(targets);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "serve throughput on loopback, TLS 1.3 ChaCha20-Poly1305, wrk -t1 -c{} -d{}s, {}-byte body",
+            self.connections, self.seconds, self.body_bytes
+        )?;
+        writeln!(
+            f,
+            "{:<42} {:>14} {:>16} {:>16}",
+            "server", "requests/s", "handshakes/s", "KiB/connection"
+        )?;
+        for r in &self.rows {
+            writeln!(
+                f,
+                "{:<42} {:>14.0} {:>16.0} {:>16.1}",
+                r.server, r.requests_per_second, r.handshakes_per_second, r.kib_per_connection
+            )?;
+        }
+        for r in &self.ratios {
+            writeln!(
+                f,
+                "{} / {}: requests {:.2}x, handshakes {:.2}x",
+                r.server, r.against, r.requests, r.handshakes
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// Requests/s, handshakes/s and memory per connection of every server,
+    /// one panel each.
+    pub fn chart(&self, path: &Path) -> anyhow::Result<()> {
+        let panel = |title: &str, unit: &str, pick: fn(&Row) -> f64| crate::charts::Panel {
+            title: title.into(),
+            y_label: unit.into(),
+            groups: vec![String::new()],
+            series: self
+                .rows
+                .iter()
+                .map(|r| (r.server.to_string(), vec![pick(r)]))
+                .collect(),
+        };
+        crate::charts::grouped_bars(
+            path,
+            &format!(
+                "keyferry bench-serve: wrk -c{} -d{}s on loopback, TLS 1.3 ChaCha20-Poly1305",
+                self.connections, self.seconds
+            ),
+            &[
+                panel(
+                    "keep-alive requests/s (higher is better)",
+                    "requests/s",
+                    |r| r.requests_per_second,
+                ),
+                panel(
+                    "new connections/s, one request each (higher is better)",
+                    "handshakes/s",
+                    |r| r.handshakes_per_second,
+                ),
+                panel("memory per idle connection (lower is better)", "KiB", |r| {
+                    r.kib_per_connection
+                }),
+            ],
+        )
+    }
 }
 
 /// The baseline: rustls and tokio with the same response, no sandbox.
@@ -357,4 +484,55 @@ pub fn baseline_server(
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_draws_and_serializes_every_server() {
+        let row = |server, k, h, m| Row {
+            server,
+            requests_per_second: k,
+            handshakes_per_second: h,
+            kib_per_connection: m,
+        };
+        let report = Report {
+            seconds: 5,
+            connections: 32,
+            idle_connections: 200,
+            body_bytes: BODY.len(),
+            rows: vec![
+                row("keyferry serve (workers, default)", 42206.0, 2154.0, 84.2),
+                row("plain rustls + tokio server", 84930.0, 3162.0, 30.5),
+            ],
+            ratios: vec![Ratio {
+                server: "keyferry serve (workers, default)",
+                against: "plain rustls + tokio server",
+                requests: 0.497,
+                handshakes: 0.681,
+            }],
+        };
+        let text = report.to_string();
+        assert!(text.contains("requests 0.50x, handshakes 0.68x"), "{text}");
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["rows"][1]["handshakes_per_second"], 3162.0);
+        assert_eq!(json["ratios"][0]["against"], "plain rustls + tokio server");
+        let dir = std::env::temp_dir().join(format!("keyferry-serve-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bench-serve.svg");
+        report.chart(&path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for text in [
+            "keyferry serve (workers, default)",
+            "plain rustls + tokio server",
+            "42k",
+            "3162",
+            "84.2",
+        ] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,0 +1,59 @@
+//! `keyferry bench` prints its table and writes the same figures as a
+//! chart and as JSON.
+
+use std::process::Command;
+
+use keyferry_tests::process::{keyferry, temp_dir};
+
+#[test]
+fn bench_writes_its_table_a_chart_and_json() {
+    let out = temp_dir("bench");
+    let run = Command::new(keyferry())
+        .args(["bench", "--records", "2", "--rounds", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("guest/rustls"), "{stdout}");
+    assert!(stdout.contains("wrote "), "{stdout}");
+    // No progress bar when stderr is not a terminal.
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("round 1"));
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    let suites = json["suites"].as_array().unwrap();
+    assert_eq!(suites.len(), keyferry::suites::ALL.len());
+    for s in suites {
+        for variant in ["guest", "guest_host_key", "native", "rustls"] {
+            for op in ["seal", "open"] {
+                let mbps = s[variant][op].as_f64().unwrap();
+                assert!(mbps > 0.0, "{} {variant} {op}: {mbps}", s["suite"]);
+            }
+        }
+        // The table shows the same figure, to one decimal.
+        let guest_seal = s["guest"]["seal"].as_f64().unwrap();
+        assert!(
+            stdout.contains(&format!("{guest_seal:.1}")),
+            "{guest_seal:.1} not in {stdout}"
+        );
+    }
+    assert_eq!(json["handoff"]["runs"], 10);
+    assert!(json["handoff"]["median_us"].as_f64().unwrap() > 0.0);
+
+    let svg = std::fs::read_to_string(out.join("bench.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+    for label in [
+        "TLS 1.3 AES-128-GCM",
+        "TLS 1.2 ChaCha20",
+        "rustls (ring)",
+        "seal",
+        "open",
+    ] {
+        assert!(svg.contains(label), "{label} not in the chart");
+    }
+}
