@@ -63,9 +63,10 @@ fn draw_panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    // Each group takes one slot per series plus one slot of gap.
-    let slots = panel.series.len() + 1;
+    // Each group takes one slot per series, plus one slot of gap between
+    // groups.
     let groups = panel.groups.len();
+    let slots = panel.series.len() + usize::from(groups > 1);
     let top = panel
         .series
         .iter()
@@ -82,7 +83,12 @@ where
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(groups * slots)
+        .x_labels(if panel.groups.iter().all(String::is_empty) {
+            0
+        } else {
+            groups * slots
+        })
+        .y_label_formatter(&|v| short(*v))
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) if i % slots == label_slot => {
                 panel.groups.get(i / slots).cloned().unwrap_or_default()
