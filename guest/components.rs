@@ -162,7 +162,9 @@ fn cargo(root: &Path, extra: &[&str]) {
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        // Debug info goes, function names stay: perf (with
+        // KEYFERRY_PERF_MAP=1) and trap backtraces then name guest code.
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         // wasmtime supports the SIMD proposal; let LLVM and the crypto
         // crates use 128-bit vectors.
         .env(

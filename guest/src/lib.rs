@@ -24,6 +24,8 @@
 
 pub mod application;
 pub mod blob;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod chacha20_simd128;
 pub mod cipher;
 pub mod connection;
 pub mod error;

@@ -106,6 +106,12 @@ impl GuestEngine {
     /// the execution bound is a deadline.
     pub fn new(config: SandboxConfig) -> Result<Self> {
         let mut wasm = Config::new();
+        // KEYFERRY_PERF_MAP=1: write /tmp/perf-PID.map so `perf report`
+        // names JIT-compiled guest functions (a profiling aid; off by
+        // default, as the map grows with every compiled component).
+        if std::env::var_os("KEYFERRY_PERF_MAP").is_some_and(|v| v == "1") {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         match config.execution {
             ExecutionBound::Fuel(_) => {
                 wasm.consume_fuel(true);
