@@ -83,11 +83,9 @@ where
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(if panel.groups.iter().all(String::is_empty) {
-            0
-        } else {
-            groups * slots
-        })
+        // One label per slot; the formatter leaves all but the middle of
+        // each group blank. (Asking plotters for zero labels never returns.)
+        .x_labels(groups * slots)
         .y_label_formatter(&|v| short(*v))
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) if i % slots == label_slot => {
