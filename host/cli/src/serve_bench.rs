@@ -37,8 +37,12 @@ pub struct Row {
     pub requests_per_second: f64,
     /// New connections (one request each) per second.
     pub handshakes_per_second: f64,
-    /// RSS growth per idle connection, KiB.
+    /// Memory per idle connection, KiB: growth of the proportional set
+    /// size (PSS) of the server and its children.
     pub kib_per_connection: f64,
+    /// The same in resident set size (RSS), which counts pages shared
+    /// between mappings once per mapping.
+    pub rss_kib_per_connection: f64,
 }
 
 /// One server against another, from the same run.
@@ -101,22 +105,28 @@ fn wait_listening(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
+/// Memory of one process, KiB: (RSS, PSS) from `smaps_rollup`.
+fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .with_context(|| format!("no {name} in smaps_rollup"))?
+            .parse()
+            .map_err(Into::into)
+    };
+    Ok((field("Rss:")?, field("Pss:")?))
 }
 
-/// Total RSS of a process and its children (nginx and keyferry run workers).
-fn tree_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let mut total = rss_kib(pid)?;
+/// (RSS, PSS) of a process and its children (nginx and keyferry run
+/// workers), KiB. PSS is what the machine pays: RSS counts a page once per
+/// mapping, and a wasmtime instance maps its component's memory image
+/// copy-on-write, so RSS counts the image's shared pages again for every
+/// instance.
+fn tree_memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let (mut rss, mut pss) = memory_kib(pid)?;
     // Each thread lists the children it started (keyferry's workers are
     // started from runtime threads), so read them all.
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
@@ -124,10 +134,12 @@ fn tree_rss_kib(pid: u32) -> anyhow::Result<u64> {
             continue;
         };
         for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            total += tree_rss_kib(child).unwrap_or(0);
+            let (r, p) = tree_memory_kib(child).unwrap_or((0, 0));
+            rss += r;
+            pss += p;
         }
     }
-    Ok(total)
+    Ok((rss, pss))
 }
 
 fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<f64> {
@@ -161,11 +173,11 @@ fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<f64> {
 }
 
 /// Opens `n` TLS connections that each make one request and then stay idle,
-/// and returns how much the server's RSS grew per connection.
-fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<f64> {
+/// and returns how much the server's (RSS, PSS) grew per connection.
+fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(f64, f64)> {
     let options = keyferry::tls::TlsOptions::default();
     let config = Arc::new(options.client_config(keyferry::tls::ServerVerification::DangerousNone)?);
-    let before = tree_rss_kib(target.child.id())?;
+    let before = tree_memory_kib(target.child.id())?;
     let mut held = Vec::new();
     for _ in 0..n {
         let conn = rustls::ClientConnection::new(config.clone(), "localhost".try_into()?)?;
@@ -177,9 +189,10 @@ fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<f64> {
         held.push(tls);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let after = tree_rss_kib(target.child.id())?;
+    let after = tree_memory_kib(target.child.id())?;
     drop(held);
-    Ok(after.saturating_sub(before) as f64 / f64::from(n))
+    let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / f64::from(n);
+    Ok((per(after.0, before.0), per(after.1, before.1)))
 }
 
 fn start_keyferry(
@@ -321,11 +334,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         progress.set_message(format!("{}: memory per idle connection", t.name));
         let memory = memory_per_connection(t, options.idle_connections);
         progress.inc(1);
+        let (rss, pss) = memory?;
         rows.push(Row {
             server: t.name,
             requests_per_second: keepalive?,
             handshakes_per_second: handshakes?,
-            kib_per_connection: memory?,
+            kib_per_connection: pss,
+            rss_kib_per_connection: rss,
         });
     }
     progress.finish_and_clear();
@@ -374,16 +389,24 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "{:<42} {:>14} {:>16} {:>16}",
-            "server", "requests/s", "handshakes/s", "KiB/connection"
+            "{:<42} {:>14} {:>16} {:>12} {:>12}",
+            "server", "requests/s", "handshakes/s", "KiB/conn", "(RSS)"
         )?;
         for r in &self.rows {
             writeln!(
                 f,
-                "{:<42} {:>14.0} {:>16.0} {:>16.1}",
-                r.server, r.requests_per_second, r.handshakes_per_second, r.kib_per_connection
+                "{:<42} {:>14.0} {:>16.0} {:>12.1} {:>12.1}",
+                r.server,
+                r.requests_per_second,
+                r.handshakes_per_second,
+                r.kib_per_connection,
+                r.rss_kib_per_connection
             )?;
         }
+        writeln!(
+            f,
+            "KiB/conn: PSS growth per idle connection (server and children); RSS counts copy-on-write pages once per mapping"
+        )?;
         for r in &self.ratios {
             writeln!(
                 f,
@@ -426,9 +449,11 @@ impl Report {
                     "handshakes/s",
                     |r| r.handshakes_per_second,
                 ),
-                panel("memory per idle connection (lower is better)", "KiB", |r| {
-                    r.kib_per_connection
-                }),
+                panel(
+                    "memory (PSS) per idle connection (lower is better)",
+                    "KiB",
+                    |r| r.kib_per_connection,
+                ),
             ],
         )
     }
@@ -497,6 +522,7 @@ mod tests {
             requests_per_second: k,
             handshakes_per_second: h,
             kib_per_connection: m,
+            rss_kib_per_connection: m + 1.0,
         };
         let report = Report {
             seconds: 5,
