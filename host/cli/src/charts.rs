@@ -78,7 +78,11 @@ where
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(80)
-        .build_cartesian_2d((0..groups * slots).into_segmented(), 0.0..top * 1.45)?;
+        .build_cartesian_2d(
+            // A segmented range has one segment per value, its end included.
+            (0..(groups * slots).saturating_sub(1)).into_segmented(),
+            0.0..top * 1.7,
+        )?;
     let label_slot = (slots - 1) / 2;
     chart
         .configure_mesh()
