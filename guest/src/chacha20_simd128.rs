@@ -7,8 +7,9 @@
 //! implements `cipher`'s `StreamCipherCore` and hands a backend with four
 //! parallel blocks (`ParBlocksSize = U4`) to the caller's closure. Wrapped
 //! in `StreamCipherCoreWrapper` it is a drop-in `StreamCipher +
-//! StreamCipherSeek`, so `chacha20poly1305::ChaChaPoly1305` uses it
-//! unchanged, Poly1305 and the AEAD construction included.
+//! StreamCipherSeek` (`chacha20poly1305::ChaChaPoly1305` takes it as it
+//! is); the guest's AEAD is [`crate::chacha20poly1305_simd128`], which
+//! pairs it with the `simd128` Poly1305.
 //!
 //! Layout: sixteen `v128` registers, register `i` holding word `i` of the
 //! state of four consecutive blocks (lane `j` is block `counter + j`). A
@@ -49,9 +50,6 @@ const CONSTANTS: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]
 
 /// ChaCha20 with the four-block `simd128` backend, as a stream cipher.
 pub type ChaCha20 = StreamCipherCoreWrapper<ChaCha20Core>;
-
-/// ChaCha20-Poly1305 (RFC 8439) over the `simd128` ChaCha20.
-pub type ChaCha20Poly1305 = chacha20poly1305::ChaChaPoly1305<ChaCha20, U12>;
 
 /// The state: constants, key, block counter, nonce.
 pub struct ChaCha20Core {

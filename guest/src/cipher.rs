@@ -4,7 +4,7 @@
 //! buffer that crossed into the sandbox is encrypted where it lies.
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-use crate::chacha20_simd128::ChaCha20Poly1305;
+use crate::chacha20poly1305_simd128::ChaCha20Poly1305;
 use aes_gcm::aead::{AeadInOut, KeyInit, Nonce, Tag};
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]

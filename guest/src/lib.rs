@@ -26,6 +26,8 @@ pub mod application;
 pub mod blob;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod chacha20_simd128;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod chacha20poly1305_simd128;
 pub mod cipher;
 pub mod connection;
 pub mod error;
@@ -35,6 +37,8 @@ pub mod instance;
 pub mod key_service;
 pub mod keyschedule;
 pub mod mac;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod poly1305_simd128;
 pub mod record;
 pub mod registry;
 pub mod selfcheck;

@@ -172,7 +172,7 @@ fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
              n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n\
              case $n in\n\
              1) printf 'not a frame at all' >&0; sleep 30 ;;\n\
-             2) printf '\\002\\000\\000\\000\\000\\000\\000\\000\\052' >&0; sleep 30 ;;\n\
+             2) printf '\\002\\000\\000\\000\\000\\000\\000\\000\\052\\001\\000{zeros}' >&0; sleep 30 ;;\n\
              3) dd if=/dev/zero bs=700000 count=1 >&0 2>/dev/null; sleep 30 ;;\n\
              4) printf '\\001\\000\\000\\000\\001' >&0; sleep 30 ;;\n\
              5) printf '\\004{key}' >&0; printf '\\004{key}' >&0; sleep 30 ;;\n\
@@ -181,6 +181,8 @@ fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
             counter = counter.display(),
             keyferry = keyferry().display(),
             key = "\\011".repeat(32),
+            // A whole Done frame's report: bytes in, bytes out, attach time.
+            zeros = "\\000".repeat(24),
         ),
     )
     .unwrap();

@@ -82,7 +82,19 @@ struct Target {
 }
 
 impl Drop for Target {
+    /// SIGTERM first, so a master process (nginx) takes its workers down
+    /// with it (SIGKILL would orphan them); SIGKILL if it lingers.
     fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

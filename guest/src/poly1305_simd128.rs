@@ -1,0 +1,291 @@
+//! Poly1305 (RFC 8439 section 2.5) for whole 16-byte blocks, two blocks at
+//! once with WebAssembly `simd128`.
+//!
+//! RustCrypto's `poly1305` runs scalar code in wasm, and after the
+//! four-block ChaCha20 ([`crate::chacha20_simd128`]) it was half of a
+//! record's time. This is the classic 26-bit-limb arithmetic
+//! (poly1305-donna) with two accumulators side by side in the lanes of a
+//! vector: every pair of blocks is `(h + m) * r²` in both lanes, and the
+//! last pair of each call multiplies the second lane by `r` instead, so
+//! that adding the lanes gives exactly the serial result
+//! `sum(m_i * r^(n-i+1))`. An odd last block goes through the scalar step.
+//! The products are `i64x2.extmul_low_i32x4_u` (26x28-bit, well inside 64
+//! bits), summed five at a time, then carried.
+//!
+//! Only whole blocks, each with the 2^128 bit set: that is every block
+//! ChaCha20-Poly1305 authenticates (the AEAD pads AAD and ciphertext to 16
+//! bytes itself), and the only use here.
+//!
+//! Constant time: multiplications, additions, shifts and masks on
+//! secret-derived limbs, no branch or index on them; the final reduction
+//! selects with a mask, as donna does. Branches depend only on lengths.
+//! The key, the accumulator and the powers of `r` are wiped on drop.
+
+use core::arch::wasm32::{
+    i32x4_shuffle, i64x2_add, i64x2_shl, u32x4, u32x4_add, u32x4_shl, u64x2,
+    u64x2_extmul_low_u32x4, u64x2_extract_lane, u64x2_shr, v128, v128_and,
+};
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+const MASK: u32 = 0x3ff_ffff;
+
+/// A Poly1305 state over whole blocks.
+pub struct Poly1305 {
+    /// `r`, clamped, in 26-bit limbs.
+    r: [u32; 5],
+    /// `r²`, reduced, in 26-bit limbs.
+    r2: [u32; 5],
+    /// The accumulator, partially reduced.
+    h: [u32; 5],
+    /// `s`, the second half of the key.
+    s: [u32; 4],
+}
+
+impl Drop for Poly1305 {
+    fn drop(&mut self) {
+        self.r.zeroize();
+        self.r2.zeroize();
+        self.h.zeroize();
+        self.s.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Poly1305 {}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// A block's five limbs, with the 2^128 bit.
+fn limbs(block: &[u8]) -> [u32; 5] {
+    [
+        le32(block, 0) & MASK,
+        (le32(block, 3) >> 2) & MASK,
+        (le32(block, 6) >> 4) & MASK,
+        (le32(block, 9) >> 6) & MASK,
+        (le32(block, 12) >> 8) | (1 << 24),
+    ]
+}
+
+/// `h * r` mod 2^130 - 5, partially reduced (limbs below 2^26, but for
+/// `h1`, which may reach 2^26 + 2^6).
+fn mul(h: &[u32; 5], r: &[u32; 5]) -> [u32; 5] {
+    let [h0, h1, h2, h3, h4] = h.map(u64::from);
+    let [r0, r1, r2, r3, r4] = r.map(u64::from);
+    let [s1, s2, s3, s4] = [r1 * 5, r2 * 5, r3 * 5, r4 * 5];
+    let d0 = h0 * r0 + h1 * s4 + h2 * s3 + h3 * s2 + h4 * s1;
+    let d1 = h0 * r1 + h1 * r0 + h2 * s4 + h3 * s3 + h4 * s2;
+    let d2 = h0 * r2 + h1 * r1 + h2 * r0 + h3 * s4 + h4 * s3;
+    let d3 = h0 * r3 + h1 * r2 + h2 * r1 + h3 * r0 + h4 * s4;
+    let d4 = h0 * r4 + h1 * r3 + h2 * r2 + h3 * r1 + h4 * r0;
+    carry([d0, d1, d2, d3, d4])
+}
+
+/// Two lanes of [`mul`]: lanes 0 and 1 of `h` times lanes 0 and 1 of `r`
+/// (`s` is `5 * r`, per lane).
+#[inline(always)]
+fn mul2(h: &[v128; 5], r: &[v128; 5], s: &[v128; 5]) -> [v128; 5] {
+    let m = |a: v128, b: v128| u64x2_extmul_low_u32x4(a, b);
+    let sum = |terms: [v128; 5]| {
+        let [a, b, c, d, e] = terms;
+        i64x2_add(i64x2_add(i64x2_add(a, b), i64x2_add(c, d)), e)
+    };
+    let [h0, h1, h2, h3, h4] = *h;
+    let d0 = sum([
+        m(h0, r[0]),
+        m(h1, s[4]),
+        m(h2, s[3]),
+        m(h3, s[2]),
+        m(h4, s[1]),
+    ]);
+    let d1 = sum([
+        m(h0, r[1]),
+        m(h1, r[0]),
+        m(h2, s[4]),
+        m(h3, s[3]),
+        m(h4, s[2]),
+    ]);
+    let d2 = sum([
+        m(h0, r[2]),
+        m(h1, r[1]),
+        m(h2, r[0]),
+        m(h3, s[4]),
+        m(h4, s[3]),
+    ]);
+    let d3 = sum([
+        m(h0, r[3]),
+        m(h1, r[2]),
+        m(h2, r[1]),
+        m(h3, r[0]),
+        m(h4, s[4]),
+    ]);
+    let d4 = sum([
+        m(h0, r[4]),
+        m(h1, r[3]),
+        m(h2, r[2]),
+        m(h3, r[1]),
+        m(h4, r[0]),
+    ]);
+    let mask = u64x2(u64::from(MASK), u64::from(MASK));
+    let d1 = i64x2_add(d1, u64x2_shr(d0, 26));
+    let d2 = i64x2_add(d2, u64x2_shr(d1, 26));
+    let d3 = i64x2_add(d3, u64x2_shr(d2, 26));
+    let d4 = i64x2_add(d4, u64x2_shr(d3, 26));
+    let c = u64x2_shr(d4, 26);
+    let d0 = i64x2_add(v128_and(d0, mask), i64x2_add(i64x2_shl(c, 2), c));
+    let d1 = i64x2_add(v128_and(d1, mask), u64x2_shr(d0, 26));
+    // Back to 32-bit lanes 0 and 1: the low half of each 64-bit lane.
+    let narrow = |v: v128| i32x4_shuffle::<0, 2, 0, 2>(v, v);
+    [
+        narrow(v128_and(d0, mask)),
+        narrow(d1),
+        narrow(v128_and(d2, mask)),
+        narrow(v128_and(d3, mask)),
+        narrow(v128_and(d4, mask)),
+    ]
+}
+
+fn lanes(a: &[u32; 5], b: &[u32; 5]) -> [v128; 5] {
+    core::array::from_fn(|i| u32x4(a[i], b[i], 0, 0))
+}
+
+fn times5(v: &[v128; 5]) -> [v128; 5] {
+    v.map(|x| u32x4_add(u32x4_shl(x, 2), x))
+}
+
+impl Poly1305 {
+    /// Keyed with the 32-byte one-time key `r || s`.
+    pub fn new(key: &[u8; 32]) -> Self {
+        let r = [
+            le32(key, 0) & 0x3ff_ffff,
+            (le32(key, 3) >> 2) & 0x3ff_ff03,
+            (le32(key, 6) >> 4) & 0x3ff_c0ff,
+            (le32(key, 9) >> 6) & 0x3f0_3fff,
+            (le32(key, 12) >> 8) & 0x00f_ffff,
+        ];
+        let r2 = mul(&r, &r);
+        let s = [le32(key, 16), le32(key, 20), le32(key, 24), le32(key, 28)];
+        Self {
+            r,
+            r2,
+            h: [0; 5],
+            s,
+        }
+    }
+
+    /// Absorbs `blocks`, whose length must be a multiple of 16.
+    pub fn update_blocks(&mut self, blocks: &[u8]) {
+        debug_assert_eq!(blocks.len() % 16, 0);
+        let mut pairs = blocks.chunks_exact(32);
+        let count = pairs.len();
+        if count > 0 {
+            let r2 = lanes(&self.r2, &self.r2);
+            let s2 = times5(&r2);
+            let last = lanes(&self.r2, &self.r);
+            let s_last = times5(&last);
+            let mut h = lanes(&self.h, &[0; 5]);
+            for (i, pair) in pairs.by_ref().enumerate() {
+                let m = lanes(&limbs(&pair[..16]), &limbs(&pair[16..]));
+                for (hi, mi) in h.iter_mut().zip(&m) {
+                    *hi = u32x4_add(*hi, *mi);
+                }
+                h = if i + 1 == count {
+                    mul2(&h, &last, &s_last)
+                } else {
+                    mul2(&h, &r2, &s2)
+                };
+            }
+            // The two lanes' sum is the serial accumulator.
+            let mut sum = [0u64; 5];
+            for (total, v) in sum.iter_mut().zip(&h) {
+                let wide = u64x2_extmul_low_u32x4(*v, u32x4(1, 1, 0, 0));
+                *total = u64x2_extract_lane::<0>(wide) + u64x2_extract_lane::<1>(wide);
+            }
+            self.h = carry(sum);
+        }
+        let rest = pairs.remainder();
+        if !rest.is_empty() {
+            let m = limbs(rest);
+            let mut h = self.h;
+            for (hi, mi) in h.iter_mut().zip(m) {
+                *hi += mi;
+            }
+            self.h = mul(&h, &self.r);
+        }
+    }
+
+    /// The tag.
+    pub fn finalize(mut self) -> [u8; 16] {
+        let mut h = self.h;
+        // Fully carry.
+        let mut c;
+        c = h[1] >> 26;
+        h[1] &= MASK;
+        h[2] += c;
+        c = h[2] >> 26;
+        h[2] &= MASK;
+        h[3] += c;
+        c = h[3] >> 26;
+        h[3] &= MASK;
+        h[4] += c;
+        c = h[4] >> 26;
+        h[4] &= MASK;
+        h[0] += c * 5;
+        c = h[0] >> 26;
+        h[0] &= MASK;
+        h[1] += c;
+        // g = h + 5 - 2^130; keep h if that borrowed (h < p), else g.
+        let mut g = [0u32; 5];
+        g[0] = h[0].wrapping_add(5);
+        c = g[0] >> 26;
+        g[0] &= MASK;
+        for i in 1..4 {
+            g[i] = h[i].wrapping_add(c);
+            c = g[i] >> 26;
+            g[i] &= MASK;
+        }
+        g[4] = h[4].wrapping_add(c).wrapping_sub(1 << 26);
+        let keep_g = (g[4] >> 31).wrapping_sub(1);
+        for (hi, gi) in h.iter_mut().zip(g) {
+            *hi = (*hi & !keep_g) | (gi & keep_g);
+        }
+        // h mod 2^128, then + s.
+        let words = [
+            h[0] | (h[1] << 26),
+            (h[1] >> 6) | (h[2] << 20),
+            (h[2] >> 12) | (h[3] << 14),
+            (h[3] >> 18) | (h[4] << 8),
+        ];
+        let mut tag = [0u8; 16];
+        let mut f = 0u64;
+        for (i, (w, s)) in words.iter().zip(self.s).enumerate() {
+            f = u64::from(*w) + u64::from(s) + (f >> 32);
+            tag[4 * i..4 * i + 4].copy_from_slice(&(f as u32).to_le_bytes());
+        }
+        h.zeroize();
+        g.zeroize();
+        self.h.zeroize();
+        tag
+    }
+}
+
+/// Carries 64-bit limb sums back into 26-bit limbs (partially reduced).
+fn carry(d: [u64; 5]) -> [u32; 5] {
+    let [d0, mut d1, mut d2, mut d3, mut d4] = d;
+    d1 += d0 >> 26;
+    d2 += d1 >> 26;
+    d3 += d2 >> 26;
+    d4 += d3 >> 26;
+    let mut out = [
+        (d0 as u32) & MASK,
+        (d1 as u32) & MASK,
+        (d2 as u32) & MASK,
+        (d3 as u32) & MASK,
+        (d4 as u32) & MASK,
+    ];
+    let c = (d4 >> 26) * 5 + u64::from(out[0]);
+    out[0] = (c as u32) & MASK;
+    out[1] += (c >> 26) as u32;
+    out
+}
