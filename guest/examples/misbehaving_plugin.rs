@@ -2,6 +2,9 @@
 //! except that a line `trap` makes it trap, `loop` makes it spin forever,
 //! and `grow` makes it allocate until its memory cap stops it. The host
 //! must end only that connection, with an alert, and keep serving others.
+//! A line `print` is not broken at all: it writes to the plugin's stdout
+//! and stderr (which the host discards), as a plugin's debug output or a
+//! Rust panic message does, and echoes; the host must serve it.
 #![cfg(target_arch = "wasm32")]
 
 use keyferry_guest::application::{Application, Reply};
@@ -22,6 +25,11 @@ impl Application for Broken {
                 loop {
                     n = core::hint::black_box(n.wrapping_add(1));
                 }
+            }
+            "print" => {
+                println!("plugin stdout");
+                eprintln!("plugin stderr");
+                reply.send(plaintext);
             }
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
