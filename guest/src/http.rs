@@ -5,7 +5,6 @@
 
 use crate::application::{Application, Reply};
 use crate::connection::{Facts, Role};
-use crate::suite::ProtocolVersion;
 
 /// The largest request head the responder buffers (431 past it).
 const MAX_HEAD: usize = 16 * 1024;
@@ -140,10 +139,7 @@ impl HttpResponder {
     fn report(&self, method: &str, target: &str) -> String {
         let f = &self.facts;
         let peer = f.peer_certificate.as_ref();
-        let version = match f.version {
-            ProtocolVersion::Tls13 => "TLSv1.3",
-            ProtocolVersion::Tls12 => "TLSv1.2",
-        };
+        let version = f.version.name();
         let role = match f.role {
             Role::Client => "client",
             Role::Server => "server",

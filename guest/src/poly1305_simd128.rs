@@ -69,7 +69,7 @@ fn limbs(block: &[u8]) -> [u32; 5] {
 }
 
 /// `h * r` mod 2^130 - 5, partially reduced (limbs below 2^26, but for
-/// `h1`, which may reach 2^26 + 2^6).
+/// `h1`, which may reach 2^26 + 2^10).
 fn mul(h: &[u32; 5], r: &[u32; 5]) -> [u32; 5] {
     let [h0, h1, h2, h3, h4] = h.map(u64::from);
     let [r0, r1, r2, r3, r4] = r.map(u64::from);
@@ -216,7 +216,7 @@ impl Poly1305 {
     }
 
     /// The tag.
-    pub fn finalize(mut self) -> [u8; 16] {
+    pub fn finalize(self) -> [u8; 16] {
         let mut h = self.h;
         // Fully carry.
         let mut c;
@@ -263,9 +263,9 @@ impl Poly1305 {
             f = u64::from(*w) + u64::from(s) + (f >> 32);
             tag[4 * i..4 * i + 4].copy_from_slice(&(f as u32).to_le_bytes());
         }
+        // `self` (and its accumulator) is wiped when it drops here.
         h.zeroize();
         g.zeroize();
-        self.h.zeroize();
         tag
     }
 }

@@ -13,6 +13,14 @@ pub enum ProtocolVersion {
 }
 
 impl ProtocolVersion {
+    /// The name openssl and the logs use: `TLSv1.3`, `TLSv1.2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tls12 => "TLSv1.2",
+            Self::Tls13 => "TLSv1.3",
+        }
+    }
+
     pub(crate) fn code(self) -> u8 {
         match self {
             Self::Tls12 => 2,

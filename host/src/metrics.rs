@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyferry_guest::ProtocolVersion;
 use keyferry_guest::connection::Facts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -225,10 +224,7 @@ impl Metrics {
     }
 
     pub(crate) fn handshake_completed(&self, facts: &Facts) {
-        let version = match facts.version {
-            ProtocolVersion::Tls13 => "TLSv1.3",
-            ProtocolVersion::Tls12 => "TLSv1.2",
-        };
+        let version = facts.version.name();
         let suite = crate::suites::ALL
             .iter()
             .find(|s| s.name() == facts.suite)

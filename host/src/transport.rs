@@ -543,10 +543,7 @@ pub(crate) fn log_session(
     handoff: Duration,
     total: Duration,
 ) {
-    let version = match facts.version {
-        keyferry_guest::ProtocolVersion::Tls13 => "TLSv1.3",
-        keyferry_guest::ProtocolVersion::Tls12 => "TLSv1.2",
-    };
+    let version = facts.version.name();
     let ending = match &summary.ending {
         Ending::Clean => "close_notify".to_string(),
         Ending::Peer(Closed::Truncated) => "truncated (EOF without close_notify)".to_string(),
