@@ -1,6 +1,7 @@
 //! A deliberately broken plugin, for the host's sandbox tests: it echoes,
 //! except that a line `trap` makes it trap, `loop` makes it spin forever,
-//! and `grow` makes it allocate until its memory cap stops it. The host
+//! `grow` makes it allocate until its memory cap stops it, and `sleep`
+//! makes it wait on a clock for an hour (a blocking WASI poll). The host
 //! must end only that connection, with an alert, and keep serving others.
 //! A line `print` is not broken at all: it writes to the plugin's stdout
 //! and stderr (which the host discards), as a plugin's debug output or a
@@ -26,6 +27,7 @@ impl Application for Broken {
                     n = core::hint::black_box(n.wrapping_add(1));
                 }
             }
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
             "print" => {
                 println!("plugin stdout");
                 eprintln!("plugin stderr");

@@ -293,22 +293,15 @@ impl ToWorker {
     }
 }
 
-const TRAPS: [TrapKind; 4] = [
-    TrapKind::OutOfFuel,
-    TrapKind::Deadline,
-    TrapKind::ResourceLimit,
-    TrapKind::Other,
-];
-
 fn trap_code(trap: Option<TrapKind>) -> u8 {
-    trap.and_then(|t| TRAPS.iter().position(|k| *k == t))
+    trap.and_then(|t| TrapKind::ALL.iter().position(|k| *k == t))
         .map_or(0, |i| i as u8 + 1)
 }
 
 fn trap_from_code(code: u8) -> Result<Option<TrapKind>, ChannelError> {
     match code {
         0 => Ok(None),
-        c => TRAPS
+        c => TrapKind::ALL
             .get(usize::from(c) - 1)
             .copied()
             .map(Some)
@@ -670,7 +663,7 @@ mod tests {
         let mut frames = vec![hello, FromWorker::Ready { slot: 7 }];
         frames.extend(EndingKind::ALL.iter().map(|e| done(*e, None, Some(35))));
         frames.extend(
-            TRAPS
+            TrapKind::ALL
                 .iter()
                 .map(|t| done(EndingKind::GuestFailed, Some(*t), None)),
         );
@@ -688,7 +681,7 @@ mod tests {
         bad[9] = EndingKind::ALL.len() as u8 + 1;
         assert!(FromWorker::decode(&bad).is_err());
         let mut bad = done(EndingKind::Shed, None, None).encode();
-        bad[10] = TRAPS.len() as u8 + 1;
+        bad[10] = TrapKind::ALL.len() as u8 + 1;
         assert!(FromWorker::decode(&bad).is_err());
         // A worker cannot send what only the handshake process sends.
         assert!(matches!(

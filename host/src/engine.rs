@@ -138,6 +138,7 @@ impl GuestEngine {
         let engine = Engine::new(&wasm).map_err(engine_error("creating the engine"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error("linking WASI"))?;
+        crate::wasi_io::add_to_linker(&mut linker).map_err(engine_error("linking WASI streams"))?;
         key_service::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(engine_error("linking the key service"))?;
         types::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)

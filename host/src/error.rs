@@ -106,6 +106,23 @@ pub enum TrapKind {
     /// Any other trap: unreachable, out-of-bounds access, stack overflow.
     #[error("wasm trap")]
     Other,
+    /// The guest tried to wait (a sleep, a poll, a stream that is not
+    /// ready) on a thread that serves other connections
+    /// ([`crate::wasi_io`]).
+    #[error("would block: a data-plane guest may not wait on a clock or a stream")]
+    WouldBlock,
+}
+
+impl TrapKind {
+    /// Every kind, in a fixed order (the process channel's codes are
+    /// positions in it).
+    pub const ALL: [TrapKind; 5] = [
+        TrapKind::OutOfFuel,
+        TrapKind::Deadline,
+        TrapKind::ResourceLimit,
+        TrapKind::Other,
+        TrapKind::WouldBlock,
+    ];
 }
 
 /// A configuration that cannot be used. Messages name the file or the

@@ -52,6 +52,7 @@ pub mod suites;
 pub mod tickets;
 pub mod tls;
 pub mod transport;
+pub mod wasi_io;
 mod wit;
 pub mod worker;
 mod x509;

@@ -321,6 +321,7 @@ fn trap_label(kind: TrapKind) -> &'static str {
         TrapKind::Deadline => "deadline",
         TrapKind::ResourceLimit => "resource_limit",
         TrapKind::Other => "other",
+        TrapKind::WouldBlock => "would_block",
     }
 }
 

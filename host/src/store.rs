@@ -12,6 +12,7 @@ use crate::bindings::keyferry::dataplane::key_service;
 use crate::bindings::keyferry::dataplane::types as wit;
 use crate::error::{Error, Result, SandboxError, TrapKind};
 use crate::keystore::HostKeyStore;
+use crate::wasi_io::WouldBlock;
 
 /// The epoch ticker's period: the granularity of [`ExecutionBound::Deadline`].
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -212,6 +213,7 @@ pub(crate) fn classify(source: wasmtime::Error) -> Error {
         Some(wasmtime::Trap::CannotEnterComponent) => return SandboxError::Poisoned.into(),
         Some(_) => TrapKind::Other,
         None if source.downcast_ref::<GrowRefused>().is_some() => TrapKind::ResourceLimit,
+        None if source.downcast_ref::<WouldBlock>().is_some() => TrapKind::WouldBlock,
         None => TrapKind::Other,
     };
     SandboxError::Trap { kind, source }.into()

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -321,24 +321,54 @@ pub struct SessionSummary {
 /// error either way.
 pub const PLAINTEXT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
-/// Runs a guest call from async code, under `block_in_place` on a
-/// multi-threaded runtime: a call may use its whole deadline, and tokio
-/// moves the worker's other tasks (accepts, other connections) elsewhere
-/// meanwhile.
+/// A guest call that computes longer than this (CPU time of its thread, so
+/// being preempted does not count) marks this process's guests as ones
+/// that may compute for long: from then on every guest call runs under
+/// `block_in_place`. A record or a request takes tens of microseconds, an
+/// instantiation about a hundred; this is far above that and far below a
+/// deadline.
+pub const INLINE_CALL_LIMIT: Duration = Duration::from_millis(10);
+
+/// Set once a guest call has run past [`INLINE_CALL_LIMIT`].
+static GUESTS_RUN_LONG: AtomicBool = AtomicBool::new(false);
+
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Runs a guest call from async code.
 ///
-/// It is also what makes WASI work inside a call: wasmtime-wasi's
-/// synchronous streams and polls (a guest writing to stderr, as a Rust
-/// guest does when it panics) `block_on` the current tokio runtime, which
-/// panics on a runtime worker thread outside `block_in_place`. Running
-/// calls inline was measured to be much faster under keep-alive load
-/// (53-58k against 35-38k requests/s) because the hand-off costs more than
-/// the guest's work, but it broke exactly that; doing it safely needs WASI
-/// streams that never block on the runtime (the misbehaving plugin's
-/// `print` test guards this).
+/// Guest calls are short (a record, a request), so they run on the tokio
+/// worker itself: `block_in_place` on every call hands the worker's core
+/// to another thread and back each time, and that hand-off cost more than
+/// the guest's work (about half of `serve`'s CPU under keep-alive load;
+/// 35-38k against 53-58k requests/s). A guest's WASI stdio never waits on
+/// the runtime ([`crate::wasi_io`]), so a plugin that prints is safe here.
+/// But a call may use its whole deadline (a looping guest), and meanwhile
+/// the worker's other tasks wait. So the first call that runs past
+/// [`INLINE_CALL_LIMIT`] switches this process to `block_in_place` for
+/// every later call (logged once): the other connections then move to
+/// another worker while a guest runs.
 pub fn blocking<R>(call: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(call)
+            if GUESTS_RUN_LONG.load(Ordering::Relaxed) {
+                return tokio::task::block_in_place(call);
+            }
+            let started = thread_cpu_time();
+            let result = call();
+            let took = thread_cpu_time().saturating_sub(started);
+            if took > INLINE_CALL_LIMIT && !GUESTS_RUN_LONG.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                    "a guest call ran long; guest calls now leave their tokio worker to the other connections (block_in_place)"
+                );
+            }
+            result
         }
         _ => call(),
     }

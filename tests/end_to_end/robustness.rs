@@ -53,14 +53,15 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
     let mut healthy = rustls_client(&server.addr());
     write_all(&mut healthy, b"first");
     assert_eq!(read_exact(&mut healthy, 5), b"first");
-    // A guest that writes to its stdout and stderr (WASI streams, which
-    // block on the host's runtime) is served, not a host-side panic.
+    // A guest that writes to its stdout and stderr (WASI streams, whose
+    // wasmtime-wasi versions block on the host's runtime) is served, not a
+    // host-side panic.
     let mut chatty = rustls_client(&server.addr());
     write_all(&mut chatty, b"print");
     assert_eq!(read_exact(&mut chatty, 5), b"print");
     write_all(&mut chatty, b"again");
     assert_eq!(read_exact(&mut chatty, 5), b"again");
-    for poison in ["trap", "loop", "grow"] {
+    for poison in ["trap", "loop", "grow", "sleep"] {
         let mut c = rustls_client(&server.addr());
         write_all(&mut c, poison.as_bytes());
         let mut buf = [0u8; 64];
@@ -85,17 +86,25 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
         log.contains("deadline") || log.contains("execution"),
         "the loop hit its bound: {log}"
     );
+    // Guest calls run on their tokio worker until one computes for long;
+    // the loop did, so later calls leave the worker to the others.
+    assert!(
+        log.contains("guest calls now leave their tokio worker"),
+        "{log}"
+    );
     assert!(
         log.contains("resource limit") || log.contains("trap"),
         "{log}"
     );
+    // The sleeper trapped instead of holding a thread for an hour.
+    assert!(log.contains("may not wait on a clock"), "{log}");
     // The metrics count each failure by its trap (the worker reports it a
     // moment after its log line).
     let metrics = server.metrics_addr();
     let start = std::time::Instant::now();
     let samples = loop {
         let samples = scrape(&metrics);
-        if sample(&samples, "keyferry_guest_traps_total", &[]) >= 3.0 {
+        if sample(&samples, "keyferry_guest_traps_total", &[]) >= 4.0 {
             break samples;
         }
         assert!(start.elapsed() < PATIENCE, "{samples:?}");
@@ -103,6 +112,7 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
     };
     let traps = |kind| sample(&samples, "keyferry_guest_traps_total", &[("kind", kind)]);
     assert_eq!(traps("other"), 1.0, "unreachable: {samples:?}");
+    assert_eq!(traps("would_block"), 1.0, "the sleep: {samples:?}");
     assert_eq!(traps("deadline"), 1.0, "the loop: {samples:?}");
     assert_eq!(traps("resource_limit"), 1.0, "the growth: {samples:?}");
     assert_eq!(
@@ -111,7 +121,7 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
             "keyferry_connections_ended_total",
             &[("ending", "guest_failure")]
         ),
-        3.0
+        4.0
     );
     let mut server = server;
     assert!(server.alive(), "the server carries on");
