@@ -223,14 +223,12 @@ fn quarter_round(v: &mut [v128; 16], a: usize, b: usize, c: usize, d: usize) {
     v[b] = rotl::<7, 25>(v128_xor(v[b], v[c]));
 }
 
-/// The keystream of blocks `counter .. counter + 4` of `state`, as each
-/// block's four rows of four words. The counter wraps within the four
-/// lanes exactly as four separate blocks would; the caller never asks past
-/// `remaining_blocks`.
+/// Blocks `counter .. counter + 4` of `state` before the rounds: lane `j`
+/// of vector `i` is word `i` of block `counter + j`.
 #[inline(always)]
-fn keystream(state: &[u32; 16]) -> [[v128; 4]; 4] {
+fn initial(state: &[u32; 16]) -> [v128; 16] {
     let counter = state[12];
-    let start: [v128; 16] = core::array::from_fn(|i| {
+    core::array::from_fn(|i| {
         if i == 12 {
             u32x4(
                 counter,
@@ -241,8 +239,16 @@ fn keystream(state: &[u32; 16]) -> [[v128; 4]; 4] {
         } else {
             u32x4_splat(state[i])
         }
-    });
-    let mut v = start;
+    })
+}
+
+/// The keystream of blocks `counter .. counter + 4` of `state`, as each
+/// block's four rows of four words. The counter wraps within the four
+/// lanes exactly as four separate blocks would; the caller never asks past
+/// `remaining_blocks`.
+#[inline(always)]
+fn keystream(state: &[u32; 16]) -> [[v128; 4]; 4] {
+    let mut v = initial(state);
     for _ in 0..10 {
         quarter_round(&mut v, 0, 4, 8, 12);
         quarter_round(&mut v, 1, 5, 9, 13);
@@ -253,8 +259,11 @@ fn keystream(state: &[u32; 16]) -> [[v128; 4]; 4] {
         quarter_round(&mut v, 2, 7, 8, 13);
         quarter_round(&mut v, 3, 4, 9, 14);
     }
-    for (word, first) in v.iter_mut().zip(&start) {
-        *word = u32x4_add(*word, *first);
+    // The input again, rebuilt from memory rather than kept in registers
+    // through the rounds: sixteen more live vectors would spill (the x86
+    // backend has sixteen vector registers).
+    for (word, first) in v.iter_mut().zip(initial(core::hint::black_box(state))) {
+        *word = u32x4_add(*word, first);
     }
     // Words 4g..4g+4 of the four blocks: transpose so that row j holds
     // block j's four words, in order.
