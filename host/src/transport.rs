@@ -321,24 +321,18 @@ pub struct SessionSummary {
 /// error either way.
 pub const PLAINTEXT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
-/// A guest call that computes longer than this (CPU time of its thread, so
-/// being preempted does not count) marks this process's guests as ones
-/// that may compute for long: from then on every guest call runs under
-/// `block_in_place`. A record or a request takes tens of microseconds, an
-/// instantiation about a hundred; this is far above that and far below a
-/// deadline.
+/// A guest call that runs longer than this marks this process's guests
+/// as ones that may compute for long: from then on every guest call runs
+/// under `block_in_place`. A record or a request takes tens of
+/// microseconds, an instantiation about a hundred; this is far above that
+/// and far below a deadline. It is wall-clock time (a vDSO read; the
+/// thread's CPU time is a system call, two per guest call): a call that
+/// was preempted for this long also kept its worker's other connections
+/// waiting, and the switch then costs only the speed measured before it.
 pub const INLINE_CALL_LIMIT: Duration = Duration::from_millis(10);
 
 /// Set once a guest call has run past [`INLINE_CALL_LIMIT`].
 static GUESTS_RUN_LONG: AtomicBool = AtomicBool::new(false);
-
-fn thread_cpu_time() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
-}
 
 /// Runs a guest call from async code.
 ///
@@ -359,9 +353,9 @@ pub fn blocking<R>(call: impl FnOnce() -> R) -> R {
             if GUESTS_RUN_LONG.load(Ordering::Relaxed) {
                 return tokio::task::block_in_place(call);
             }
-            let started = thread_cpu_time();
+            let started = Instant::now();
             let result = call();
-            let took = thread_cpu_time().saturating_sub(started);
+            let took = started.elapsed();
             if took > INLINE_CALL_LIMIT && !GUESTS_RUN_LONG.swap(true, Ordering::Relaxed) {
                 tracing::info!(
                     took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),

@@ -804,7 +804,13 @@ fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         timeouts: args.plane.timeouts(10),
         drain_timeout: Duration::from_secs(5),
     };
+    // One runtime thread: there is a worker process per core already, so
+    // more threads would only hand connections' wakeups from one to
+    // another. Multi-threaded all the same, so a guest call that computes
+    // for long can leave the thread to the other connections
+    // (`transport::blocking`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     // Ctrl-C (and a hangup) reach the whole process group: the handshake
