@@ -324,12 +324,12 @@ pub const PLAINTEXT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 /// A guest call that runs longer than this marks this process's guests
 /// as ones that may compute for long: from then on every guest call runs
 /// under `block_in_place`. A record or a request takes tens of
-/// microseconds, an instantiation about a hundred; this is far above that
-/// and far below a deadline. It is wall-clock time (a vDSO read; the
-/// thread's CPU time is a system call, two per guest call): a call that
-/// was preempted for this long also kept its worker's other connections
-/// waiting, and the switch then costs only the speed measured before it.
-pub const INLINE_CALL_LIMIT: Duration = Duration::from_millis(10);
+/// microseconds, an instantiation about a hundred. It is wall-clock time
+/// (a vDSO read; the thread's CPU time is a system call, two per guest
+/// call), so it must stay clear of preemption: on a loaded machine a
+/// thread may wait several scheduler slices of a few milliseconds each.
+/// 50 ms is far above that and far below the default 1 s deadline.
+pub const INLINE_CALL_LIMIT: Duration = Duration::from_millis(50);
 
 /// Set once a guest call has run past [`INLINE_CALL_LIMIT`].
 static GUESTS_RUN_LONG: AtomicBool = AtomicBool::new(false);
