@@ -649,7 +649,10 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                     drain_timeout: Duration::from_secs(5),
                     metrics: metrics.clone(),
                 };
-                serve(listener, options, rx).await?
+                // As a task on the runtime's threads, not on this one:
+                // what the accept loop spawns then starts on the same
+                // thread without waking another.
+                tokio::spawn(serve(listener, options, rx)).await??
             }
             None => {
                 let options = MonitorOptions {
@@ -662,7 +665,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                     proxy_protocol: args.proxy_protocol,
                     metrics: metrics.clone(),
                 };
-                keyferry::monitor::serve(listener, options, rx).await?
+                tokio::spawn(keyferry::monitor::serve(listener, options, rx)).await??
             }
         };
         info!(accepted = metrics.accepted_total(), "stopped");
@@ -829,8 +832,10 @@ fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         {
             tokio::spawn(async move { while hangups.recv().await.is_some() {} });
         }
-        keyferry::worker::run(channel, options).await
-    })?;
+        // On the runtime's thread, with the sessions it spawns, rather than
+        // on this one: a hand-over then wakes no other thread.
+        tokio::spawn(keyferry::worker::run(channel, options)).await
+    })??;
     Ok(())
 }
 
