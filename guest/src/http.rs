@@ -13,7 +13,9 @@ const MAX_BODY: usize = 1 << 20;
 
 /// The HTTP/1.1 responder.
 pub struct HttpResponder {
-    facts: Facts,
+    /// The report's lines about the connection, which do not change from
+    /// one request to the next: formatted once, when the session starts.
+    facts: String,
     pending: Vec<u8>,
     requests: u64,
 }
@@ -21,7 +23,7 @@ pub struct HttpResponder {
 impl Application for HttpResponder {
     fn new(facts: &Facts) -> Self {
         Self {
-            facts: facts.clone(),
+            facts: facts_report(facts),
             pending: Vec::new(),
             requests: 0,
         }
@@ -119,61 +121,83 @@ impl HttpResponder {
             self.pending.drain(..total);
             self.requests += 1;
             let body = self.report(method, target);
-            let mut response = format!(
-                "HTTP/1.1 200 OK\r\nServer: keyferry-guest\r\nContent-Type: text/plain; charset=utf-8\r\n\
-                 Content-Length: {}\r\nConnection: {}\r\n\r\n",
-                body.len(),
-                if close { "close" } else { "keep-alive" }
-            )
-            .into_bytes();
+            responses.extend_from_slice(
+                b"HTTP/1.1 200 OK\r\nServer: keyferry-guest\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
+            );
+            responses.extend_from_slice(body.len().to_string().as_bytes());
+            responses.extend_from_slice(if close {
+                b"\r\nConnection: close\r\n\r\n".as_slice()
+            } else {
+                b"\r\nConnection: keep-alive\r\n\r\n".as_slice()
+            });
             if method != "HEAD" {
-                response.extend_from_slice(body.as_bytes());
+                responses.extend_from_slice(body.as_bytes());
             }
-            responses.extend(response);
             if close {
                 return (responses, true);
             }
         }
     }
 
+    /// The body: the request, then the connection's facts.
     fn report(&self, method: &str, target: &str) -> String {
-        let f = &self.facts;
-        let peer = f.peer_certificate.as_ref();
-        let version = f.version.name();
-        let role = match f.role {
-            Role::Client => "client",
-            Role::Server => "server",
-        };
-        format!(
-            "keyferry: this response was produced inside the WebAssembly sandbox\n\
-             request: {method} {target}\n\
-             requests_on_connection: {}\n\
-             tls_version: {version}\n\
-             cipher_suite: {}\n\
-             server_name: {}\n\
-             alpn: {}\n\
-             peer_certificate: {}\n\
-             peer_issuer: {}\n\
-             peer_serial: {}\n\
-             peer_subject_alt_names: {}\n\
-             peer_sha256: {}\n\
-             role: {role}\n\
-             connection_id: {:016x}\n",
-            self.requests,
-            f.suite,
-            f.server_name.as_deref().unwrap_or("-"),
-            f.alpn
-                .as_ref()
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .unwrap_or_else(|| "-".into()),
-            peer.map_or("-", |c| c.subject.as_str()),
-            peer.map_or("-", |c| c.issuer.as_str()),
-            peer.map_or("-", |c| c.serial.as_str()),
-            peer.map_or_else(|| "-".to_string(), |c| c.subject_alt_names.join(", ")),
-            peer.map_or("-", |c| c.sha256.as_str()),
-            f.connection_id,
-        )
+        let count = self.requests.to_string();
+        let mut body = String::with_capacity(
+            REPORT_TITLE.len() + method.len() + target.len() + count.len() + 40 + self.facts.len(),
+        );
+        for part in [
+            REPORT_TITLE,
+            "request: ",
+            method,
+            " ",
+            target,
+            "\nrequests_on_connection: ",
+            &count,
+            "\n",
+            &self.facts,
+        ] {
+            body.push_str(part);
+        }
+        body
     }
+}
+
+/// The report's first line.
+const REPORT_TITLE: &str = "keyferry: this response was produced inside the WebAssembly sandbox\n";
+
+/// The report's lines about the connection.
+fn facts_report(f: &Facts) -> String {
+    let peer = f.peer_certificate.as_ref();
+    let role = match f.role {
+        Role::Client => "client",
+        Role::Server => "server",
+    };
+    format!(
+        "tls_version: {}\n\
+         cipher_suite: {}\n\
+         server_name: {}\n\
+         alpn: {}\n\
+         peer_certificate: {}\n\
+         peer_issuer: {}\n\
+         peer_serial: {}\n\
+         peer_subject_alt_names: {}\n\
+         peer_sha256: {}\n\
+         role: {role}\n\
+         connection_id: {:016x}\n",
+        f.version.name(),
+        f.suite,
+        f.server_name.as_deref().unwrap_or("-"),
+        f.alpn
+            .as_ref()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .unwrap_or_else(|| "-".into()),
+        peer.map_or("-", |c| c.subject.as_str()),
+        peer.map_or("-", |c| c.issuer.as_str()),
+        peer.map_or("-", |c| c.serial.as_str()),
+        peer.map_or_else(|| "-".to_string(), |c| c.subject_alt_names.join(", ")),
+        peer.map_or("-", |c| c.sha256.as_str()),
+        f.connection_id,
+    )
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
