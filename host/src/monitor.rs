@@ -335,6 +335,28 @@ async fn supervise(
     }
 }
 
+/// Reads what an exited worker sent before it exited: its reports of the
+/// connections that ended, which count as they ended rather than as
+/// `worker_exited`. The channel's other end closed with the worker, so
+/// this reads queued frames up to end of file; a frame that is not a
+/// report, or a wait past a second (a descendant still holding the other
+/// end), stops it.
+async fn drain_reports(worker: &Worker, metrics: &Metrics) {
+    let drained = async {
+        while let Ok((frame, None)) = worker.channel.recv().await {
+            match FromWorker::decode(&frame) {
+                Ok(report @ FromWorker::Done { .. }) => {
+                    if worker.apply(report, metrics).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
+}
+
 /// Runs one worker process until it exits or is cut off; returns why.
 async fn run_worker(
     index: usize,
@@ -370,10 +392,14 @@ async fn run_worker(
                 let _ = child.wait().await;
                 break "cut off: stopped reading its channel".to_string();
             }
-            status = child.wait() => break format!("exited ({})", status.map(|s| s.to_string()).unwrap_or_default()),
+            status = child.wait() => {
+                drain_reports(&worker, &pool.metrics).await;
+                break format!("exited ({})", status.map(|s| s.to_string()).unwrap_or_default());
+            }
             _ = stop.changed() => {
                 // Shutdown: the worker drains its sessions and exits.
                 let _ = child.wait().await;
+                drain_reports(&worker, &pool.metrics).await;
                 break "shut down".to_string();
             }
         };
@@ -593,4 +619,69 @@ fn assignment_frame(
     .encode()
     .map_err(std::io::Error::other)?;
     Ok((connection_id, frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::ConnectionReport;
+    use crate::transport::EndingKind;
+
+    /// A report the worker queued just before it exited counts as the
+    /// ending it reports; a connection it never reported is left for the
+    /// caller to write off as `worker_exited`.
+    #[tokio::test]
+    async fn reports_queued_before_a_worker_exits_count_as_they_ended() {
+        let (ours, theirs) = crate::channel::pair().unwrap();
+        let metrics = Metrics::new();
+        let worker = Worker {
+            pid: 0,
+            channel: Channel::new(ours).unwrap(),
+            state: Mutex::new(WorkerState::default()),
+            blobs: tokio::sync::Mutex::new(None),
+            cut_off: Notify::new(),
+            ready_level: metrics.ready_instances("0"),
+        };
+        let cap = Arc::new(Semaphore::new(2));
+        for id in [7, 8] {
+            worker.lock().open.insert(
+                id,
+                Handed {
+                    _permit: cap.clone().try_acquire_owned().unwrap(),
+                    handshake_done: Instant::now(),
+                    handing: Duration::ZERO,
+                },
+            );
+        }
+        let done = FromWorker::Done {
+            connection_id: 7,
+            report: ConnectionReport {
+                outcome: ConnectionOutcome {
+                    ending: EndingKind::CloseNotify,
+                    trap: None,
+                    bytes_in: 10,
+                    bytes_out: 20,
+                },
+                attach_us: Some(30),
+            },
+        };
+        let exited = Channel::new(theirs).unwrap();
+        exited.send(&done.encode(), None).await.unwrap();
+        drop(exited);
+        drain_reports(&worker, &metrics).await;
+        let state = worker.lock();
+        assert!(!state.open.contains_key(&7), "the report was read");
+        assert!(state.open.contains_key(&8), "the unreported one is left");
+        drop(state);
+        assert_eq!(cap.available_permits(), 1, "7's place came back");
+        let text = metrics.encode();
+        assert!(
+            text.contains("keyferry_connections_ended_total{ending=\"close_notify\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keyferry_bytes_total{direction=\"received\"} 10"),
+            "{text}"
+        );
+    }
 }
