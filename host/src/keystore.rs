@@ -135,6 +135,91 @@ impl HostKeyStore {
         self.len() == 0
     }
 
+    /// Seals a record body in `plaintext`'s own buffer and appends the
+    /// tag: no copy for TLS 1.3 and TLS 1.2 ChaCha20-Poly1305 (a TLS 1.2
+    /// AES-GCM body starts with its explicit nonce, so it is built anew).
+    fn seal_owned(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: &[u8],
+        plaintext: Vec<u8>,
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        let mut keys = self.lock();
+        let key = keys.get_mut(&key_ref).ok_or(KeyServiceError::UnknownKey)?;
+        if key.direction != Direction::Seal || key.generation != generation {
+            return Err(KeyServiceError::UnknownKey);
+        }
+        if sequence < key.next_seal || sequence == u64::MAX {
+            return Err(KeyServiceError::SequenceReused);
+        }
+        if key.aead.is_aes_gcm() && sequence >= AES_GCM_USAGE_LIMIT {
+            return Err(KeyServiceError::Exhausted);
+        }
+        if plaintext.len() > keyferry_guest::record::MAX_INNER_PLAINTEXT || aad.len() > 13 {
+            return Err(KeyServiceError::InvalidArgument);
+        }
+        key.next_seal = sequence + 1;
+        let nonce = xor_nonce(&key.iv, sequence);
+        let explicit = key.version == ProtocolVersion::Tls12 && key.aead.is_aes_gcm();
+        let (mut body, start) = if explicit {
+            let mut body = Vec::with_capacity(TLS12_EXPLICIT_NONCE_LEN + plaintext.len() + TAG_LEN);
+            body.extend_from_slice(&nonce[4..]);
+            body.extend_from_slice(&plaintext);
+            (body, TLS12_EXPLICIT_NONCE_LEN)
+        } else {
+            (plaintext, 0)
+        };
+        let tag = key
+            .cipher
+            .seal_in_place(&nonce, aad, &mut body[start..])
+            .map_err(|_| KeyServiceError::InvalidArgument)?;
+        body.extend_from_slice(&tag);
+        Ok(body)
+    }
+
+    /// Opens a record body in its own buffer and returns the plaintext in
+    /// it.
+    fn open_owned(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: &[u8],
+        mut body: Vec<u8>,
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        let keys = self.lock();
+        let key = keys.get(&key_ref).ok_or(KeyServiceError::UnknownKey)?;
+        if key.direction != Direction::Open || key.generation != generation {
+            return Err(KeyServiceError::UnknownKey);
+        }
+        let explicit = if key.version == ProtocolVersion::Tls12 && key.aead.is_aes_gcm() {
+            TLS12_EXPLICIT_NONCE_LEN
+        } else {
+            0
+        };
+        if body.len() < explicit + TAG_LEN || aad.len() > 13 {
+            return Err(KeyServiceError::AuthenticationFailed);
+        }
+        let nonce = if explicit > 0 {
+            let mut n = [0u8; 12];
+            n[..4].copy_from_slice(&key.iv[..4]);
+            n[4..].copy_from_slice(&body[..explicit]);
+            n
+        } else {
+            xor_nonce(&key.iv, sequence)
+        };
+        let text_end = body.len() - TAG_LEN;
+        let (text, tag) = body[explicit..].split_at_mut(text_end - explicit);
+        key.cipher
+            .open_in_place(&nonce, aad, text, tag)
+            .map_err(|_| KeyServiceError::AuthenticationFailed)?;
+        body.truncate(text_end);
+        body.drain(..explicit);
+        Ok(body)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HostKey>> {
         // A panic while holding the lock cannot leave a key half-updated in
         // a way that matters more than losing the store, so recover.
@@ -208,6 +293,38 @@ pub(crate) struct Bound<'a> {
     holder: u64,
 }
 
+impl Bound<'_> {
+    /// [`KeyService::seal_record`] on a buffer the caller gives away (what
+    /// the canonical ABI lifted from the guest): sealed where it lies.
+    pub(crate) fn seal_owned(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: &[u8],
+        plaintext: Vec<u8>,
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        self.store.check_holder(key_ref, Some(self.holder))?;
+        self.store
+            .seal_owned(key_ref, generation, sequence, aad, plaintext)
+    }
+
+    /// [`KeyService::open_record`] on a buffer the caller gives away:
+    /// opened where it lies.
+    pub(crate) fn open_owned(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        aad: &[u8],
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        self.store.check_holder(key_ref, Some(self.holder))?;
+        self.store
+            .open_owned(key_ref, generation, sequence, aad, body)
+    }
+}
+
 impl KeyService for Bound<'_> {
     fn seal_record(
         &self,
@@ -217,9 +334,7 @@ impl KeyService for Bound<'_> {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.store.check_holder(key_ref, Some(self.holder))?;
-        self.store
-            .seal_record(key_ref, generation, sequence, aad, plaintext)
+        self.seal_owned(key_ref, generation, sequence, aad, plaintext.to_vec())
     }
 
     fn open_record(
@@ -230,9 +345,7 @@ impl KeyService for Bound<'_> {
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.store.check_holder(key_ref, Some(self.holder))?;
-        self.store
-            .open_record(key_ref, generation, sequence, aad, body)
+        self.open_owned(key_ref, generation, sequence, aad, body.to_vec())
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
@@ -251,35 +364,7 @@ impl KeyService for HostKeyStore {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        let mut keys = self.lock();
-        let key = keys.get_mut(&key_ref).ok_or(KeyServiceError::UnknownKey)?;
-        if key.direction != Direction::Seal || key.generation != generation {
-            return Err(KeyServiceError::UnknownKey);
-        }
-        if sequence < key.next_seal || sequence == u64::MAX {
-            return Err(KeyServiceError::SequenceReused);
-        }
-        if key.aead.is_aes_gcm() && sequence >= AES_GCM_USAGE_LIMIT {
-            return Err(KeyServiceError::Exhausted);
-        }
-        if plaintext.len() > keyferry_guest::record::MAX_INNER_PLAINTEXT || aad.len() > 13 {
-            return Err(KeyServiceError::InvalidArgument);
-        }
-        key.next_seal = sequence + 1;
-        let nonce = xor_nonce(&key.iv, sequence);
-        let explicit = key.version == ProtocolVersion::Tls12 && key.aead.is_aes_gcm();
-        let mut body = Vec::with_capacity(TLS12_EXPLICIT_NONCE_LEN + plaintext.len() + TAG_LEN);
-        if explicit {
-            body.extend_from_slice(&nonce[4..]);
-        }
-        let start = body.len();
-        body.extend_from_slice(plaintext);
-        let tag = key
-            .cipher
-            .seal_in_place(&nonce, aad, &mut body[start..])
-            .map_err(|_| KeyServiceError::InvalidArgument)?;
-        body.extend_from_slice(&tag);
-        Ok(body)
+        self.seal_owned(key_ref, generation, sequence, aad, plaintext.to_vec())
     }
 
     fn open_record(
@@ -290,33 +375,7 @@ impl KeyService for HostKeyStore {
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        let keys = self.lock();
-        let key = keys.get(&key_ref).ok_or(KeyServiceError::UnknownKey)?;
-        if key.direction != Direction::Open || key.generation != generation {
-            return Err(KeyServiceError::UnknownKey);
-        }
-        let explicit = if key.version == ProtocolVersion::Tls12 && key.aead.is_aes_gcm() {
-            TLS12_EXPLICIT_NONCE_LEN
-        } else {
-            0
-        };
-        if body.len() < explicit + TAG_LEN || aad.len() > 13 {
-            return Err(KeyServiceError::AuthenticationFailed);
-        }
-        let nonce = if explicit > 0 {
-            let mut n = [0u8; 12];
-            n[..4].copy_from_slice(&key.iv[..4]);
-            n[4..].copy_from_slice(&body[..explicit]);
-            n
-        } else {
-            xor_nonce(&key.iv, sequence)
-        };
-        let (text, tag) = body[explicit..].split_at(body.len() - explicit - TAG_LEN);
-        let mut plain = text.to_vec();
-        key.cipher
-            .open_in_place(&nonce, aad, &mut plain, tag)
-            .map_err(|_| KeyServiceError::AuthenticationFailed)?;
-        Ok(plain)
+        self.open_owned(key_ref, generation, sequence, aad, body.to_vec())
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {

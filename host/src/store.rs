@@ -108,10 +108,9 @@ impl key_service::Host for StoreState {
         aad: Vec<u8>,
         plaintext: Vec<u8>,
     ) -> Result<Vec<u8>, wit::KeyServiceError> {
-        use keyferry_guest::key_service::KeyService;
         self.keys
             .bound(self.id)
-            .seal_record(key_ref, generation, sequence, &aad, &plaintext)
+            .seal_owned(key_ref, generation, sequence, &aad, plaintext)
             .map_err(Into::into)
     }
 
@@ -123,10 +122,9 @@ impl key_service::Host for StoreState {
         aad: Vec<u8>,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, wit::KeyServiceError> {
-        use keyferry_guest::key_service::KeyService;
         self.keys
             .bound(self.id)
-            .open_record(key_ref, generation, sequence, &aad, &body)
+            .open_owned(key_ref, generation, sequence, &aad, body)
             .map_err(Into::into)
     }
 
