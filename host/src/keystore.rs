@@ -13,12 +13,13 @@
 //! to an instance, moves the grant when the key migrates, and revokes it
 //! when the key is exported anywhere else, so an instance that gave a key
 //! away can no longer seal with it or move it on. Wasm has no AES
-//! instructions; the host has, so this is also the fast path for AES-GCM.
+//! instructions; the host has, so this is also the fast path for AES-GCM
+//! ([`crate::host_aead`]: ring's AEAD, wiped on drop).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use keyferry_guest::cipher::{RecordCipher, TAG_LEN};
+use keyferry_guest::cipher::TAG_LEN;
 use keyferry_guest::key_service::KeyService;
 use keyferry_guest::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
 use keyferry_guest::record::{TLS12_EXPLICIT_NONCE_LEN, TrafficKeyMaterial, xor_nonce};
@@ -27,12 +28,13 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{HandshakeError, Result};
+use crate::host_aead::HostAead;
 
 struct HostKey {
     version: ProtocolVersion,
     aead: AeadAlgorithm,
     direction: Direction,
-    cipher: RecordCipher,
+    cipher: HostAead,
     iv: Zeroizing<[u8; IV_LEN]>,
     secret: Option<Zeroizing<Vec<u8>>>,
     generation: u32,
@@ -90,7 +92,8 @@ impl HostKeyStore {
             version: material.version,
             aead: material.aead,
             direction: material.direction,
-            cipher: RecordCipher::new(material.aead, &material.key)?,
+            cipher: HostAead::new(material.aead, &material.key)
+                .map_err(|_| HandshakeError::Export("key length"))?,
             iv: Zeroizing::new(iv),
             secret,
             generation: material.generation,
@@ -392,7 +395,7 @@ impl KeyService for HostKeyStore {
             next_traffic_secret(key.aead, secret).map_err(|_| KeyServiceError::Unsupported)?;
         let (k, iv) =
             traffic_key_and_iv(key.aead, &next).map_err(|_| KeyServiceError::Unsupported)?;
-        key.cipher = RecordCipher::new(key.aead, &k).map_err(|_| KeyServiceError::Unsupported)?;
+        key.cipher = HostAead::new(key.aead, &k).map_err(|_| KeyServiceError::Unsupported)?;
         key.iv.copy_from_slice(&iv);
         key.secret = Some(next);
         key.generation = generation

@@ -40,6 +40,7 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod handshake;
+mod host_aead;
 pub mod instance;
 pub mod keystore;
 pub mod metrics;
