@@ -113,6 +113,13 @@ pub enum TrapKind {
     WouldBlock,
 }
 
+/// Why a guest trapped in a WASI stream or poll: what it would have
+/// waited in ([`crate::wasi_io`]). It classifies as
+/// [`TrapKind::WouldBlock`].
+#[derive(Debug, thiserror::Error)]
+#[error("the guest would wait in {0}; a data-plane guest may not block its thread")]
+pub struct WouldBlock(pub &'static str);
+
 impl TrapKind {
     /// Every kind, in a fixed order (the process channel's codes are
     /// positions in it).

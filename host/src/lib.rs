@@ -9,9 +9,10 @@
 //! the application) with wasmtime as the boundary.
 //!
 //! The layers, bottom up (each module imports only those below it):
-//! - [`error`], [`suites`], [`keystore`] (host-resident keys), [`export`]
-//!   (taking keys out of rustls);
+//! - [`error`], [`suites`], [`keystore`] (host-resident keys, and
+//!   `host_aead`, their AEAD), [`export`] (taking keys out of rustls);
 //! - [`store`] (what a guest store holds, and the one way to call in);
+//! - [`wasi_io`] (WASI streams and polls that never wait on the runtime);
 //! - [`engine`] (wasmtime engine, limits), [`component`] (compiled
 //!   components), [`instance`] (one guest instance and its key handles);
 //! - [`handshake`] (sans-IO rustls handshake and handoff), [`tls`]

@@ -10,9 +10,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::keyferry::dataplane::key_service;
 use crate::bindings::keyferry::dataplane::types as wit;
-use crate::error::{Error, Result, SandboxError, TrapKind};
+use crate::error::{Error, Result, SandboxError, TrapKind, WouldBlock};
 use crate::keystore::HostKeyStore;
-use crate::wasi_io::WouldBlock;
 
 /// The epoch ticker's period: the granularity of [`ExecutionBound::Deadline`].
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

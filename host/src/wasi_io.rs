@@ -31,6 +31,7 @@ use wasmtime_wasi::p2::bindings::io::streams::{
 use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
 
+use crate::error::WouldBlock;
 use crate::store::StoreState;
 
 /// Replaces the `wasi:io/streams` and `wasi:io/poll` functions that
@@ -55,12 +56,6 @@ impl HasData for NoWait {
 
 /// A store's resource table, seen through the no-wait `wasi:io`.
 struct NoWaitIo<'a>(&'a mut ResourceTable);
-
-/// Why a guest trapped: what it would have waited in. It classifies as
-/// [`crate::error::TrapKind::WouldBlock`].
-#[derive(Debug, thiserror::Error)]
-#[error("the guest would wait in {0}; a data-plane guest may not block its thread")]
-pub struct WouldBlock(pub &'static str);
 
 /// Runs `f` to completion if it is ready now. Inside a tokio runtime a
 /// future that is not ready is a [`WouldBlock`] trap; outside one,
