@@ -141,8 +141,11 @@ impl HostKeyStore {
     /// Seals a record body in `plaintext`'s own buffer and appends the
     /// tag: no copy for TLS 1.3 and TLS 1.2 ChaCha20-Poly1305 (a TLS 1.2
     /// AES-GCM body starts with its explicit nonce, so it is built anew).
+    /// With a `caller`, only the key's holder may use it (checked in the
+    /// same lookup).
     fn seal_owned(
         &self,
+        caller: Option<u64>,
         key_ref: u64,
         generation: u32,
         sequence: u64,
@@ -150,7 +153,10 @@ impl HostKeyStore {
         plaintext: Vec<u8>,
     ) -> Result<Vec<u8>, KeyServiceError> {
         let mut keys = self.lock();
-        let key = keys.get_mut(&key_ref).ok_or(KeyServiceError::UnknownKey)?;
+        let key = keys
+            .get_mut(&key_ref)
+            .filter(|key| held_by(key, caller))
+            .ok_or(KeyServiceError::UnknownKey)?;
         if key.direction != Direction::Seal || key.generation != generation {
             return Err(KeyServiceError::UnknownKey);
         }
@@ -183,9 +189,10 @@ impl HostKeyStore {
     }
 
     /// Opens a record body in its own buffer and returns the plaintext in
-    /// it.
+    /// it. `caller` as for [`Self::seal_owned`].
     fn open_owned(
         &self,
+        caller: Option<u64>,
         key_ref: u64,
         generation: u32,
         sequence: u64,
@@ -193,7 +200,10 @@ impl HostKeyStore {
         mut body: Vec<u8>,
     ) -> Result<Vec<u8>, KeyServiceError> {
         let keys = self.lock();
-        let key = keys.get(&key_ref).ok_or(KeyServiceError::UnknownKey)?;
+        let key = keys
+            .get(&key_ref)
+            .filter(|key| held_by(key, caller))
+            .ok_or(KeyServiceError::UnknownKey)?;
         if key.direction != Direction::Open || key.generation != generation {
             return Err(KeyServiceError::UnknownKey);
         }
@@ -279,15 +289,18 @@ impl HostKeyStore {
         }
     }
 
-    fn check_holder(&self, key_ref: u64, caller: Option<u64>) -> Result<(), KeyServiceError> {
-        let Some(caller) = caller else {
-            return Ok(());
-        };
+    fn check_holder(&self, key_ref: u64, holder: u64) -> Result<(), KeyServiceError> {
         match self.lock().get(&key_ref) {
-            Some(key) if key.holder == Some(caller) => Ok(()),
+            Some(key) if held_by(key, Some(holder)) => Ok(()),
             _ => Err(KeyServiceError::UnknownKey),
         }
     }
+}
+
+/// Whether `caller` may use `key`: the host (no caller) always, a guest
+/// store only if it holds the key's grant.
+fn held_by(key: &HostKey, caller: Option<u64>) -> bool {
+    caller.is_none() || key.holder == caller
 }
 
 /// [`HostKeyStore`] seen from one guest store: the key-service import.
@@ -307,9 +320,14 @@ impl Bound<'_> {
         aad: &[u8],
         plaintext: Vec<u8>,
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.store.check_holder(key_ref, Some(self.holder))?;
-        self.store
-            .seal_owned(key_ref, generation, sequence, aad, plaintext)
+        self.store.seal_owned(
+            Some(self.holder),
+            key_ref,
+            generation,
+            sequence,
+            aad,
+            plaintext,
+        )
     }
 
     /// [`KeyService::open_record`] on a buffer the caller gives away:
@@ -322,9 +340,8 @@ impl Bound<'_> {
         aad: &[u8],
         body: Vec<u8>,
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.store.check_holder(key_ref, Some(self.holder))?;
         self.store
-            .open_owned(key_ref, generation, sequence, aad, body)
+            .open_owned(Some(self.holder), key_ref, generation, sequence, aad, body)
     }
 }
 
@@ -352,7 +369,7 @@ impl KeyService for Bound<'_> {
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
-        self.store.check_holder(key_ref, Some(self.holder))?;
+        self.store.check_holder(key_ref, self.holder)?;
         self.store.update(key_ref, generation)
     }
 }
@@ -367,7 +384,7 @@ impl KeyService for HostKeyStore {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.seal_owned(key_ref, generation, sequence, aad, plaintext.to_vec())
+        self.seal_owned(None, key_ref, generation, sequence, aad, plaintext.to_vec())
     }
 
     fn open_record(
@@ -378,7 +395,7 @@ impl KeyService for HostKeyStore {
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.open_owned(key_ref, generation, sequence, aad, body.to_vec())
+        self.open_owned(None, key_ref, generation, sequence, aad, body.to_vec())
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
