@@ -31,9 +31,10 @@
 //! then costs one computation instead of one per block; under keep-alive
 //! HTTP load, single blocks were a third of the guest's time.
 //!
-//! Secrets: the state and the cached keystream are wiped on drop. As in RustCrypto's own SIMD
-//! backends, the working registers (and what the compiler spills of them)
-//! are not wiped; the keystream is written only into the caller's blocks.
+//! Secrets: the state and the cached keystream are wiped on drop. As in
+//! RustCrypto's own SIMD backends, the working registers (and what the
+//! compiler spills of them) are not wiped; the keystream is written only
+//! into the caller's blocks and the cache.
 //!
 //! Only compiled for `wasm32` with `simd128`; everywhere else the crate uses
 //! RustCrypto's `chacha20`, and the differential tests compare the two.

@@ -141,24 +141,10 @@ impl HttpResponder {
 
     /// The body: the request, then the connection's facts.
     fn report(&self, method: &str, target: &str) -> String {
-        let count = self.requests.to_string();
-        let mut body = String::with_capacity(
-            REPORT_TITLE.len() + method.len() + target.len() + count.len() + 40 + self.facts.len(),
-        );
-        for part in [
-            REPORT_TITLE,
-            "request: ",
-            method,
-            " ",
-            target,
-            "\nrequests_on_connection: ",
-            &count,
-            "\n",
-            &self.facts,
-        ] {
-            body.push_str(part);
-        }
-        body
+        format!(
+            "{REPORT_TITLE}request: {method} {target}\nrequests_on_connection: {}\n{}",
+            self.requests, self.facts
+        )
     }
 }
 
