@@ -40,6 +40,7 @@ mod host_keys {
     use crate::bindings::keyferry::dataplane::key_service as ks;
     use crate::error::KeyServiceError;
     use crate::key_service::KeyService;
+    use crate::suite::ContentType;
 
     /// The `key-service` import, seen as the record layer's trait.
     pub(super) struct Imported;
@@ -55,6 +56,27 @@ mod host_keys {
             plaintext: &[u8],
         ) -> Result<Vec<u8>, KeyServiceError> {
             ks::seal_record(key_ref, generation, sequence, aad, plaintext).map_err(Into::into)
+        }
+
+        fn seal_payload(
+            &self,
+            key_ref: u64,
+            generation: u32,
+            sequence: u64,
+            content_type: ContentType,
+            payload: &[u8],
+            padding: usize,
+        ) -> Result<Vec<u8>, KeyServiceError> {
+            let padding = u16::try_from(padding).map_err(|_| KeyServiceError::InvalidArgument)?;
+            ks::seal_payload(
+                key_ref,
+                generation,
+                sequence,
+                content_type.into(),
+                payload,
+                padding,
+            )
+            .map_err(Into::into)
         }
 
         fn open_record(

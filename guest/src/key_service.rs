@@ -5,6 +5,7 @@
 //! keeps the sequence; the service derives nonces and runs the AEAD.
 
 use crate::error::KeyServiceError;
+use crate::suite::ContentType;
 
 /// A store of host-resident traffic keys.
 pub trait KeyService: Sync {
@@ -17,6 +18,21 @@ pub trait KeyService: Sync {
         sequence: u64,
         aad: &[u8],
         plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyServiceError>;
+
+    /// Frames and seals one whole record and returns it, header included,
+    /// laid out as [`crate::record::SealParams::append`] lays it out. The
+    /// record layer's path: the payload is read once and the record comes
+    /// back once, where `seal_record` needs the inner plaintext built
+    /// first and the body copied behind a header after.
+    fn seal_payload(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
     ) -> Result<Vec<u8>, KeyServiceError>;
 
     /// Opens one record body (everything after the header).

@@ -4,7 +4,7 @@
 //! the IV, the sequence number, and for TLS 1.3 the traffic secret, so it can
 //! move to the next generation (KeyUpdate) without help from the host.
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
 use crate::error::{Alert, BlobError, Error, KeyServiceError, Result, UnusableReason};
@@ -382,14 +382,10 @@ impl TrafficKey {
             ProtocolVersion::Tls13 => padding,
             ProtocolVersion::Tls12 => 0,
         };
-        let inner_len = payload
-            .len()
-            .checked_add(1)
-            .and_then(|n| n.checked_add(padding))
-            .filter(|n| *n <= MAX_INNER_PLAINTEXT)
-            .ok_or(Error::Alert(Alert::RecordOverflow))?;
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + TLS12_EXPLICIT_NONCE_LEN + inner_len + TAG_LEN);
+        self.framing().record_len(payload.len(), padding)?;
+        // Sized by the first record sealed into it (or, with a host key,
+        // replaced by the record the key service returns).
+        let mut out = Vec::new();
         // A TLS 1.2 AES-GCM key cannot update itself: it stops at its
         // limit, keeping the last record for an alert, so it can still say
         // close_notify instead of leaving the peer to see a truncation.
@@ -447,85 +443,76 @@ impl TrafficKey {
         payload: &[u8],
         padding: usize,
     ) -> Result<()> {
+        // Checked before a sequence number is spent on a record that is
+        // never sent.
+        self.framing().record_len(payload.len(), padding)?;
         let seq = self.next_sequence()?;
-        let start = out.len();
-        match self.version {
-            ProtocolVersion::Tls13 => {
-                let body_len = payload
-                    .len()
-                    .checked_add(1 + TAG_LEN)
-                    .and_then(|n| n.checked_add(padding))
-                    .and_then(|n| u16::try_from(n).ok())
-                    .filter(|n| usize::from(*n) <= MAX_CIPHERTEXT)
-                    .ok_or(Error::Alert(Alert::RecordOverflow))?;
-                out.extend_from_slice(&[ContentType::ApplicationData.code(), 3, 3]);
-                out.extend_from_slice(&body_len.to_be_bytes());
-                out.extend_from_slice(payload);
-                out.push(content_type.code());
-                out.resize(out.len() + padding, 0);
-                let inner_start = start + HEADER_LEN;
-                match &self.residency {
-                    Residency::Software { cipher, iv, .. } => {
-                        let (header, inner) = out[start..].split_at_mut(HEADER_LEN);
-                        let tag = cipher.seal_in_place(&xor_nonce(iv, seq), header, inner)?;
-                        out.extend_from_slice(&tag);
-                    }
-                    Residency::Host { key_ref, service } => {
-                        let inner_len = out.len() - inner_start;
-                        let body = service.seal_record(
-                            *key_ref,
-                            self.generation,
-                            seq,
-                            &out[start..inner_start],
-                            &out[inner_start..],
-                        )?;
-                        if body.len() != inner_len + TAG_LEN {
-                            return Err(Error::KeyService(KeyServiceError::InvalidArgument));
-                        }
-                        out.truncate(inner_start);
-                        out.extend_from_slice(&body);
-                    }
-                }
+        match &self.residency {
+            Residency::Software { cipher, iv, .. } => SealParams {
+                version: self.version,
+                aead: self.aead,
+                iv,
+                sequence: seq,
             }
-            ProtocolVersion::Tls12 => {
-                let explicit = self.aead.is_aes_gcm();
-                let body_len = payload.len()
-                    + TAG_LEN
-                    + if explicit {
-                        TLS12_EXPLICIT_NONCE_LEN
-                    } else {
-                        0
-                    };
-                let body_len = u16::try_from(body_len)
-                    .ok()
-                    .filter(|n| usize::from(*n) <= MAX_CIPHERTEXT)
-                    .ok_or(Error::Alert(Alert::RecordOverflow))?;
-                out.extend_from_slice(&[content_type.code(), 3, 3]);
-                out.extend_from_slice(&body_len.to_be_bytes());
-                let aad = tls12_aad(seq, content_type.code(), [3, 3], payload.len());
-                match &self.residency {
-                    Residency::Host { key_ref, service } => {
-                        let body =
-                            service.seal_record(*key_ref, self.generation, seq, &aad, payload)?;
-                        if body.len() != usize::from(body_len) {
-                            return Err(Error::KeyService(KeyServiceError::InvalidArgument));
-                        }
-                        out.extend_from_slice(&body);
-                    }
-                    Residency::Software { cipher, iv, .. } => {
-                        let nonce = xor_nonce(iv, seq);
-                        if explicit {
-                            out.extend_from_slice(&nonce[4..]);
-                        }
-                        let text_start = out.len();
-                        out.extend_from_slice(payload);
-                        let tag = cipher.seal_in_place(&nonce, &aad, &mut out[text_start..])?;
-                        out.extend_from_slice(&tag);
-                    }
+            .append(out, content_type, payload, padding, |nonce, aad, text| {
+                cipher.seal_in_place(nonce, aad, text)
+            }),
+            Residency::Host { key_ref, service } => {
+                // The host frames the record the same way (`SealParams`)
+                // and returns it whole, so the payload leaves this memory
+                // once and the record comes back once.
+                let record = service.seal_payload(
+                    *key_ref,
+                    self.generation,
+                    seq,
+                    content_type,
+                    payload,
+                    padding,
+                )?;
+                self.check_sealed(&record, content_type, payload.len(), padding)?;
+                if out.is_empty() {
+                    *out = record;
+                } else {
+                    out.extend_from_slice(&record);
                 }
+                Ok(())
             }
         }
-        Ok(())
+    }
+
+    /// Framing only: the version and AEAD, with no IV (for lengths).
+    fn framing(&self) -> SealParams<'static> {
+        SealParams {
+            version: self.version,
+            aead: self.aead,
+            iv: &[0; IV_LEN],
+            sequence: 0,
+        }
+    }
+
+    /// A record the key service sealed has the header and length this key
+    /// would have written: a confused host cannot make the record layer
+    /// send a record of another type or a stream that no longer parses.
+    fn check_sealed(
+        &self,
+        record: &[u8],
+        content_type: ContentType,
+        payload_len: usize,
+        padding: usize,
+    ) -> Result<()> {
+        let len = self.framing().record_len(payload_len, padding)?;
+        let outer = match self.version {
+            ProtocolVersion::Tls13 => ContentType::ApplicationData,
+            ProtocolVersion::Tls12 => content_type,
+        };
+        let header_ok = record.len() == len
+            && record[..3] == [outer.code(), 3, 3]
+            && usize::from(u16::from_be_bytes([record[3], record[4]])) == len - HEADER_LEN;
+        if header_ok {
+            Ok(())
+        } else {
+            Err(Error::KeyService(KeyServiceError::InvalidArgument))
+        }
     }
 
     /// Authenticates and decrypts one whole record, header included. Any
@@ -707,6 +694,105 @@ pub fn xor_nonce(iv: &[u8; IV_LEN], seq: u64) -> [u8; NONCE_LEN] {
     nonce
 }
 
+/// What frames one record for sealing: the key's version, AEAD and IV, and
+/// the record's sequence number. The guest's software keys and the host key
+/// store both seal through it, so a record is laid out one way (RFC 8446
+/// section 5.2, RFC 5246 section 6.2.3.3, RFC 7905) whichever side holds
+/// the key; only the AEAD that fills it in differs.
+pub struct SealParams<'a> {
+    /// The key's protocol version.
+    pub version: ProtocolVersion,
+    /// The key's AEAD.
+    pub aead: AeadAlgorithm,
+    /// The key's record IV.
+    pub iv: &'a [u8; IV_LEN],
+    /// The record's sequence number.
+    pub sequence: u64,
+}
+
+impl SealParams<'_> {
+    /// The whole record's length, header to tag, or `record_overflow` if
+    /// `payload` and `padding` do not fit one record. TLS 1.2 has no
+    /// padding: any is refused.
+    pub fn record_len(&self, payload_len: usize, padding: usize) -> Result<usize> {
+        let body_len = match self.version {
+            ProtocolVersion::Tls13 => payload_len
+                .checked_add(1)
+                .and_then(|n| n.checked_add(padding))
+                .filter(|n| *n <= MAX_INNER_PLAINTEXT)
+                .map(|n| n + TAG_LEN),
+            ProtocolVersion::Tls12 if padding == 0 && payload_len <= MAX_PLAINTEXT => {
+                Some(payload_len + self.explicit_nonce_len() + TAG_LEN)
+            }
+            ProtocolVersion::Tls12 => None,
+        };
+        body_len
+            .filter(|n| *n <= MAX_CIPHERTEXT)
+            .map(|n| HEADER_LEN + n)
+            .ok_or(Error::Alert(Alert::RecordOverflow))
+    }
+
+    fn explicit_nonce_len(&self) -> usize {
+        match self.version {
+            ProtocolVersion::Tls12 if self.aead.is_aes_gcm() => TLS12_EXPLICIT_NONCE_LEN,
+            _ => 0,
+        }
+    }
+
+    /// Appends one sealed record to `out`: the header, a TLS 1.2 AES-GCM
+    /// explicit nonce, the text (TLS 1.3: `payload`, `content_type`, then
+    /// `padding` zero bytes; TLS 1.2: `payload`) encrypted in place by
+    /// `seal(nonce, aad, text)`, and the tag it returns. On an error `out`
+    /// is left as it was.
+    pub fn append(
+        &self,
+        out: &mut Vec<u8>,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+        seal: impl FnOnce(&[u8; NONCE_LEN], &[u8], &mut [u8]) -> Result<[u8; TAG_LEN]>,
+    ) -> Result<()> {
+        let len = self.record_len(payload.len(), padding)?;
+        let start = out.len();
+        out.reserve_exact(len);
+        let body_len = ((len - HEADER_LEN) as u16).to_be_bytes();
+        let nonce = xor_nonce(self.iv, self.sequence);
+        let sealed = match self.version {
+            ProtocolVersion::Tls13 => {
+                out.extend_from_slice(&[ContentType::ApplicationData.code(), 3, 3]);
+                out.extend_from_slice(&body_len);
+                out.extend_from_slice(payload);
+                out.push(content_type.code());
+                out.resize(start + len - TAG_LEN, 0);
+                let (header, text) = out[start..].split_at_mut(HEADER_LEN);
+                seal(&nonce, header, text)
+            }
+            ProtocolVersion::Tls12 => {
+                out.extend_from_slice(&[content_type.code(), 3, 3]);
+                out.extend_from_slice(&body_len);
+                let explicit = self.explicit_nonce_len();
+                out.extend_from_slice(&nonce[NONCE_LEN - explicit..]);
+                let text_start = out.len();
+                out.extend_from_slice(payload);
+                let aad = tls12_aad(self.sequence, content_type.code(), [3, 3], payload.len());
+                seal(&nonce, &aad, &mut out[text_start..])
+            }
+        };
+        match sealed {
+            Ok(tag) => {
+                out.extend_from_slice(&tag);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing half-sealed (or still plain) stays behind.
+                out[start..].zeroize();
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+}
+
 /// RFC 5246 section 6.2.3.3: seq_num + type + version + length.
 fn tls12_aad(seq: u64, content_type: u8, version: [u8; 2], len: usize) -> [u8; 13] {
     let mut aad = [0u8; 13];
@@ -743,6 +829,94 @@ fn check_received(code: u8, payload: &[u8]) -> Result<ContentType> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key service that answers every seal with the same record.
+    struct Confused(Vec<u8>);
+
+    impl KeyService for Confused {
+        fn seal_record(
+            &self,
+            _: u64,
+            _: u32,
+            _: u64,
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<Vec<u8>, KeyServiceError> {
+            Ok(self.0.clone())
+        }
+
+        fn seal_payload(
+            &self,
+            _: u64,
+            _: u32,
+            _: u64,
+            _: ContentType,
+            _: &[u8],
+            _: usize,
+        ) -> Result<Vec<u8>, KeyServiceError> {
+            Ok(self.0.clone())
+        }
+
+        fn open_record(
+            &self,
+            _: u64,
+            _: u32,
+            _: u64,
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<Vec<u8>, KeyServiceError> {
+            Err(KeyServiceError::AuthenticationFailed)
+        }
+
+        fn update(&self, _: u64, _: u32) -> Result<(), KeyServiceError> {
+            Ok(())
+        }
+    }
+
+    /// What the key service returns is sent only if it is framed as this
+    /// key would frame it: right outer type, version, length field and
+    /// length.
+    #[test]
+    fn a_record_the_key_service_framed_wrongly_is_not_sent() {
+        // TLS 1.3, 2 bytes of payload: 5 + 2 + 1 + 16 = 24 bytes.
+        let good = [&[23u8, 3, 3, 0, 19][..], &[0; 19]].concat();
+        let wrong = [
+            [&[22u8, 3, 3, 0, 19][..], &[0; 19]].concat(),
+            [&[23u8, 3, 1, 0, 19][..], &[0; 19]].concat(),
+            [&[23u8, 3, 3, 0, 18][..], &[0; 19]].concat(),
+            [&[23u8, 3, 3, 0, 19][..], &[0; 18]].concat(),
+            good[..3].to_vec(),
+            Vec::new(),
+        ];
+        for (i, answer) in std::iter::once(good).chain(wrong).enumerate() {
+            let service: &'static Confused = Box::leak(Box::new(Confused(answer.clone())));
+            let mut m = TrafficKeyMaterial::from_tls13_secret(
+                AeadAlgorithm::Aes128Gcm,
+                Direction::Seal,
+                &[7; 32],
+                0,
+                1,
+            )
+            .unwrap();
+            m.host_key_ref = Some(1);
+            m.key = Zeroizing::new(Vec::new());
+            m.iv = Zeroizing::new(Vec::new());
+            m.secret = Zeroizing::new(Vec::new());
+            let mut key = TrafficKey::from_material(m, Some(service)).unwrap();
+            let sealed = key.seal(ContentType::ApplicationData, b"hi", 0);
+            if i == 0 {
+                assert_eq!(sealed.unwrap(), answer);
+            } else {
+                assert!(
+                    matches!(
+                        sealed,
+                        Err(Error::KeyService(KeyServiceError::InvalidArgument))
+                    ),
+                    "answer {i} was sent"
+                );
+            }
+        }
+    }
 
     fn pair(version: ProtocolVersion) -> (TrafficKey, TrafficKey) {
         let key = |direction| {

@@ -15,7 +15,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::WasiCtx;
 
-use crate::bindings::keyferry::dataplane::{key_service, types};
+use crate::bindings::keyferry::dataplane::types;
 use crate::error::{Result, SandboxError};
 use crate::keystore::HostKeyStore;
 use crate::store::{EPOCH_TICK, ExecutionBound, Limits, StoreState};
@@ -139,7 +139,7 @@ impl GuestEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error("linking WASI"))?;
         crate::wasi_io::add_to_linker(&mut linker).map_err(engine_error("linking WASI streams"))?;
-        key_service::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+        crate::key_service::add_to_linker(&mut linker)
             .map_err(engine_error("linking the key service"))?;
         types::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(engine_error("linking the types interface"))?;

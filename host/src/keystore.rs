@@ -19,11 +19,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use keyferry_guest::cipher::TAG_LEN;
+use keyferry_guest::cipher::{NONCE_LEN, TAG_LEN};
 use keyferry_guest::key_service::KeyService;
 use keyferry_guest::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
-use keyferry_guest::record::{TLS12_EXPLICIT_NONCE_LEN, TrafficKeyMaterial, xor_nonce};
-use keyferry_guest::{AeadAlgorithm, Direction, KeyServiceError, ProtocolVersion};
+use keyferry_guest::record::{SealParams, TLS12_EXPLICIT_NONCE_LEN, TrafficKeyMaterial, xor_nonce};
+use keyferry_guest::{AeadAlgorithm, ContentType, Direction, KeyServiceError, ProtocolVersion};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -138,21 +138,107 @@ impl HostKeyStore {
         self.len() == 0
     }
 
-    /// Seals a record body in `plaintext`'s own buffer and appends the
-    /// tag: no copy for TLS 1.3 and TLS 1.2 ChaCha20-Poly1305 (a TLS 1.2
-    /// AES-GCM body starts with its explicit nonce, so it is built anew).
+    /// Seals a record body read from `plaintext` (for a guest, straight
+    /// from its linear memory) into one buffer of the body's final size:
+    /// the explicit nonce of a TLS 1.2 AES-GCM body, the ciphertext and the
+    /// tag. That is the only copy the host makes; it is sealed in place.
     /// With a `caller`, only the key's holder may use it (checked in the
     /// same lookup).
-    fn seal_owned(
+    fn seal_from(
         &self,
         caller: Option<u64>,
         key_ref: u64,
         generation: u32,
         sequence: u64,
         aad: &[u8],
-        plaintext: Vec<u8>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        if plaintext.len() > keyferry_guest::record::MAX_INNER_PLAINTEXT || aad.len() > 13 {
+            return Err(KeyServiceError::InvalidArgument);
+        }
+        let mut keys = self.lock();
+        let key = Self::seal_key(&mut keys, caller, key_ref, generation, sequence)?;
+        let nonce = xor_nonce(&key.iv, sequence);
+        let explicit = if key.version == ProtocolVersion::Tls12 && key.aead.is_aes_gcm() {
+            TLS12_EXPLICIT_NONCE_LEN
+        } else {
+            0
+        };
+        let mut body = Vec::with_capacity(explicit + plaintext.len() + TAG_LEN);
+        body.extend_from_slice(&nonce[NONCE_LEN - explicit..]);
+        body.extend_from_slice(plaintext);
+        let tag = key
+            .cipher
+            .seal_in_place(&nonce, aad, &mut body[explicit..])
+            .map_err(|_| KeyServiceError::InvalidArgument)?;
+        body.extend_from_slice(&tag);
+        Ok(body)
+    }
+
+    /// Frames and seals a whole record (the `seal-payload` import) read
+    /// from `payload`, for a guest straight from its linear memory, into
+    /// one buffer of the record's size: laid out by the record layer's own
+    /// [`SealParams`], sealed in place. `caller` as for
+    /// [`Self::seal_from`].
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the WIT function's arguments, plus the caller"
+    )]
+    fn seal_payload_from(
+        &self,
+        caller: Option<u64>,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
     ) -> Result<Vec<u8>, KeyServiceError> {
         let mut keys = self.lock();
+        // Framing first: a record that cannot be framed spends no sequence
+        // number.
+        let framing = keys
+            .get(&key_ref)
+            .map(|key| SealParams {
+                version: key.version,
+                aead: key.aead,
+                iv: &[0; IV_LEN],
+                sequence,
+            })
+            .ok_or(KeyServiceError::UnknownKey)?;
+        let len = framing
+            .record_len(payload.len(), padding)
+            .map_err(|_| KeyServiceError::InvalidArgument)?;
+        let key = Self::seal_key(&mut keys, caller, key_ref, generation, sequence)?;
+        let mut record = Vec::with_capacity(len);
+        SealParams {
+            iv: &key.iv,
+            ..framing
+        }
+        .append(
+            &mut record,
+            content_type,
+            payload,
+            padding,
+            |nonce, aad, text| {
+                key.cipher.seal_in_place(nonce, aad, text).map_err(|_| {
+                    keyferry_guest::Error::KeyService(KeyServiceError::InvalidArgument)
+                })
+            },
+        )
+        .map_err(|_| KeyServiceError::InvalidArgument)?;
+        Ok(record)
+    }
+
+    /// The seal key `key_ref`, if `caller` holds it at `generation` and may
+    /// seal at `sequence`; the sequence is then spent.
+    fn seal_key(
+        keys: &mut HashMap<u64, HostKey>,
+        caller: Option<u64>,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+    ) -> Result<&HostKey, KeyServiceError> {
         let key = keys
             .get_mut(&key_ref)
             .filter(|key| held_by(key, caller))
@@ -166,38 +252,22 @@ impl HostKeyStore {
         if key.aead.is_aes_gcm() && sequence >= AES_GCM_USAGE_LIMIT {
             return Err(KeyServiceError::Exhausted);
         }
-        if plaintext.len() > keyferry_guest::record::MAX_INNER_PLAINTEXT || aad.len() > 13 {
-            return Err(KeyServiceError::InvalidArgument);
-        }
         key.next_seal = sequence + 1;
-        let nonce = xor_nonce(&key.iv, sequence);
-        let explicit = key.version == ProtocolVersion::Tls12 && key.aead.is_aes_gcm();
-        let (mut body, start) = if explicit {
-            let mut body = Vec::with_capacity(TLS12_EXPLICIT_NONCE_LEN + plaintext.len() + TAG_LEN);
-            body.extend_from_slice(&nonce[4..]);
-            body.extend_from_slice(&plaintext);
-            (body, TLS12_EXPLICIT_NONCE_LEN)
-        } else {
-            (plaintext, 0)
-        };
-        let tag = key
-            .cipher
-            .seal_in_place(&nonce, aad, &mut body[start..])
-            .map_err(|_| KeyServiceError::InvalidArgument)?;
-        body.extend_from_slice(&tag);
-        Ok(body)
+        Ok(key)
     }
 
-    /// Opens a record body in its own buffer and returns the plaintext in
-    /// it. `caller` as for [`Self::seal_owned`].
-    fn open_owned(
+    /// Opens a record body read from `body` (for a guest, straight from its
+    /// linear memory): only the ciphertext is copied, into a buffer of the
+    /// plaintext's size, and decrypted there. `caller` as for
+    /// [`Self::seal_from`].
+    fn open_from(
         &self,
         caller: Option<u64>,
         key_ref: u64,
         generation: u32,
         sequence: u64,
         aad: &[u8],
-        mut body: Vec<u8>,
+        body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
         let keys = self.lock();
         let key = keys
@@ -216,21 +286,19 @@ impl HostKeyStore {
             return Err(KeyServiceError::AuthenticationFailed);
         }
         let nonce = if explicit > 0 {
-            let mut n = [0u8; 12];
+            let mut n = [0u8; NONCE_LEN];
             n[..4].copy_from_slice(&key.iv[..4]);
             n[4..].copy_from_slice(&body[..explicit]);
             n
         } else {
             xor_nonce(&key.iv, sequence)
         };
-        let text_end = body.len() - TAG_LEN;
-        let (text, tag) = body[explicit..].split_at_mut(text_end - explicit);
+        let (text, tag) = body[explicit..].split_at(body.len() - explicit - TAG_LEN);
+        let mut plain = text.to_vec();
         key.cipher
-            .open_in_place(&nonce, aad, text, tag)
+            .open_in_place(&nonce, aad, &mut plain, tag)
             .map_err(|_| KeyServiceError::AuthenticationFailed)?;
-        body.truncate(text_end);
-        body.drain(..explicit);
-        Ok(body)
+        Ok(plain)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HostKey>> {
@@ -310,17 +378,16 @@ pub(crate) struct Bound<'a> {
 }
 
 impl Bound<'_> {
-    /// [`KeyService::seal_record`] on a buffer the caller gives away (what
-    /// the canonical ABI lifted from the guest): sealed where it lies.
-    pub(crate) fn seal_owned(
+    /// [`KeyService::seal_record`] for this store's holder.
+    pub(crate) fn seal_from(
         &self,
         key_ref: u64,
         generation: u32,
         sequence: u64,
         aad: &[u8],
-        plaintext: Vec<u8>,
+        plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.store.seal_owned(
+        self.store.seal_from(
             Some(self.holder),
             key_ref,
             generation,
@@ -330,18 +397,38 @@ impl Bound<'_> {
         )
     }
 
-    /// [`KeyService::open_record`] on a buffer the caller gives away:
-    /// opened where it lies.
-    pub(crate) fn open_owned(
+    /// [`KeyService::seal_payload`] for this store's holder.
+    pub(crate) fn seal_payload_from(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        self.store.seal_payload_from(
+            Some(self.holder),
+            key_ref,
+            generation,
+            sequence,
+            content_type,
+            payload,
+            padding,
+        )
+    }
+
+    /// [`KeyService::open_record`] for this store's holder.
+    pub(crate) fn open_from(
         &self,
         key_ref: u64,
         generation: u32,
         sequence: u64,
         aad: &[u8],
-        body: Vec<u8>,
+        body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
         self.store
-            .open_owned(Some(self.holder), key_ref, generation, sequence, aad, body)
+            .open_from(Some(self.holder), key_ref, generation, sequence, aad, body)
     }
 }
 
@@ -354,7 +441,26 @@ impl KeyService for Bound<'_> {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.seal_owned(key_ref, generation, sequence, aad, plaintext.to_vec())
+        self.seal_from(key_ref, generation, sequence, aad, plaintext)
+    }
+
+    fn seal_payload(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        self.seal_payload_from(
+            key_ref,
+            generation,
+            sequence,
+            content_type,
+            payload,
+            padding,
+        )
     }
 
     fn open_record(
@@ -365,7 +471,7 @@ impl KeyService for Bound<'_> {
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.open_owned(key_ref, generation, sequence, aad, body.to_vec())
+        self.open_from(key_ref, generation, sequence, aad, body)
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
@@ -384,7 +490,27 @@ impl KeyService for HostKeyStore {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.seal_owned(None, key_ref, generation, sequence, aad, plaintext.to_vec())
+        self.seal_from(None, key_ref, generation, sequence, aad, plaintext)
+    }
+
+    fn seal_payload(
+        &self,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        self.seal_payload_from(
+            None,
+            key_ref,
+            generation,
+            sequence,
+            content_type,
+            payload,
+            padding,
+        )
     }
 
     fn open_record(
@@ -395,7 +521,7 @@ impl KeyService for HostKeyStore {
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.open_owned(None, key_ref, generation, sequence, aad, body.to_vec())
+        self.open_from(None, key_ref, generation, sequence, aad, body)
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
@@ -426,8 +552,7 @@ impl KeyService for HostKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyferry_guest::ContentType;
-    use keyferry_guest::record::TrafficKey;
+    use keyferry_guest::record::{MAX_PLAINTEXT, TrafficKey};
 
     fn leak(store: HostKeyStore) -> &'static HostKeyStore {
         Box::leak(Box::new(store))
@@ -476,6 +601,95 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The host frames a record with the record layer's own `SealParams`:
+    /// what `seal-payload` returns is byte for byte what a software key
+    /// with the same material seals, padding and TLS 1.2 explicit nonces
+    /// included.
+    #[test]
+    fn host_framed_records_match_software_ones_byte_for_byte() {
+        let store = leak(HostKeyStore::new());
+        for version in [ProtocolVersion::Tls13, ProtocolVersion::Tls12] {
+            for aead in AeadAlgorithm::ALL {
+                let material = || match version {
+                    ProtocolVersion::Tls13 => TrafficKeyMaterial::from_tls13_secret(
+                        aead,
+                        Direction::Seal,
+                        &vec![2; aead.tls13_hash().output_len()],
+                        7,
+                        5,
+                    )
+                    .unwrap(),
+                    ProtocolVersion::Tls12 => TrafficKeyMaterial::new(
+                        version,
+                        aead,
+                        Direction::Seal,
+                        &vec![4; aead.key_len()],
+                        &[6; 12],
+                        &[],
+                        7,
+                        5,
+                    ),
+                };
+                let mut hw =
+                    TrafficKey::from_material(store.insert(material()).unwrap(), Some(store))
+                        .unwrap();
+                let mut soft = TrafficKey::from_material(material(), None).unwrap();
+                let paddings: &[usize] = match version {
+                    ProtocolVersion::Tls13 => &[0, 1, 200],
+                    ProtocolVersion::Tls12 => &[0],
+                };
+                for (len, padding) in [0usize, 1, 1000, MAX_PLAINTEXT - 200]
+                    .into_iter()
+                    .flat_map(|len| paddings.iter().map(move |p| (len, *p)))
+                {
+                    let payload = vec![len as u8; len];
+                    let content_type = match len {
+                        0 => ContentType::ApplicationData,
+                        _ => ContentType::Alert,
+                    };
+                    let ctx = format!("{version:?} {aead:?} {len} bytes, padding {padding}");
+                    assert_eq!(
+                        hw.seal(content_type, &payload, padding).unwrap(),
+                        soft.seal(content_type, &payload, padding).unwrap(),
+                        "{ctx}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A record that cannot be framed is refused before its sequence
+    /// number is spent.
+    #[test]
+    fn an_unframeable_payload_spends_no_sequence_number() {
+        let store = HostKeyStore::new();
+        let m = TrafficKeyMaterial::new(
+            ProtocolVersion::Tls12,
+            AeadAlgorithm::Aes128Gcm,
+            Direction::Seal,
+            &[1; 16],
+            &[2; 12],
+            &[],
+            3,
+            1,
+        );
+        let key_ref = store.insert(m).unwrap().host_key_ref.unwrap();
+        let ct = ContentType::ApplicationData;
+        for (payload, padding) in [(&b"x"[..], 1), (&[0; MAX_PLAINTEXT + 1][..], 0)] {
+            assert_eq!(
+                store.seal_payload(key_ref, 0, 3, ct, payload, padding),
+                Err(KeyServiceError::InvalidArgument)
+            );
+        }
+        let record = store.seal_payload(key_ref, 0, 3, ct, b"x", 0).unwrap();
+        assert_eq!(record[..5], [23, 3, 3, 0, 8 + 1 + 16]);
+        assert_eq!(record[5..13], xor_nonce(&[2; 12], 3)[4..]);
+        assert_eq!(
+            store.seal_payload(key_ref, 0, 3, ct, b"x", 0),
+            Err(KeyServiceError::SequenceReused)
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod export;
 pub mod handshake;
 mod host_aead;
 pub mod instance;
+mod key_service;
 pub mod keystore;
 pub mod metrics;
 pub mod monitor;

@@ -8,7 +8,6 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::keyferry::dataplane::key_service;
 use crate::bindings::keyferry::dataplane::types as wit;
 use crate::error::{Error, Result, SandboxError, TrapKind, WouldBlock};
 use crate::keystore::HostKeyStore;
@@ -95,44 +94,6 @@ impl WasiView for StoreState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-impl key_service::Host for StoreState {
-    fn seal_record(
-        &mut self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
-        aad: Vec<u8>,
-        plaintext: Vec<u8>,
-    ) -> Result<Vec<u8>, wit::KeyServiceError> {
-        self.keys
-            .bound(self.id)
-            .seal_owned(key_ref, generation, sequence, &aad, plaintext)
-            .map_err(Into::into)
-    }
-
-    fn open_record(
-        &mut self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
-        aad: Vec<u8>,
-        body: Vec<u8>,
-    ) -> Result<Vec<u8>, wit::KeyServiceError> {
-        self.keys
-            .bound(self.id)
-            .open_owned(key_ref, generation, sequence, &aad, body)
-            .map_err(Into::into)
-    }
-
-    fn update(&mut self, key_ref: u64, generation: u32) -> Result<(), wit::KeyServiceError> {
-        use keyferry_guest::key_service::KeyService;
-        self.keys
-            .bound(self.id)
-            .update(key_ref, generation)
-            .map_err(Into::into)
     }
 }
 

@@ -1,0 +1,108 @@
+//! The `key-service` import, linked by hand.
+//!
+//! `bindgen!`'s generated host functions take `list<u8>` arguments as
+//! `Vec<u8>`: the canonical ABI copies every record body out of the guest
+//! into a fresh host allocation before the key store sees it, and the key
+//! store then copies it again to make room for the tag (and, for TLS 1.2
+//! AES-GCM, the explicit nonce). Taking the lists as [`WasmList`] instead
+//! lets the key store read a body where it lies in the guest's linear
+//! memory and copy it once, into the buffer that goes back. The contract
+//! is the WIT's, unchanged: what the guest gets back is byte for byte what
+//! the generated bindings returned.
+//!
+//! No guest code runs while the slices are borrowed, so the guest cannot
+//! change them under the AEAD.
+
+use wasmtime::component::{Linker, WasmList};
+
+use crate::bindings::keyferry::dataplane::types as wit;
+use crate::store::StoreState;
+
+/// The interface's name in the component model.
+const INTERFACE: &str = "keyferry:dataplane/key-service@0.1.0";
+
+type Reply<T> = wasmtime::Result<(Result<T, wit::KeyServiceError>,)>;
+
+/// Defines `seal-record`, `seal-payload`, `open-record` and `update` in
+/// `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    let mut instance = linker.instance(INTERFACE)?;
+    instance.func_wrap(
+        "seal-record",
+        |cx,
+         (key_ref, generation, sequence, aad, plaintext): (
+            u64,
+            u32,
+            u64,
+            WasmList<u8>,
+            WasmList<u8>,
+        )|
+         -> Reply<Vec<u8>> {
+            let state: &StoreState = cx.data();
+            let sealed = state.keys.bound(state.id).seal_from(
+                key_ref,
+                generation,
+                sequence,
+                aad.as_le_slice(&cx),
+                plaintext.as_le_slice(&cx),
+            );
+            Ok((sealed.map_err(Into::into),))
+        },
+    )?;
+    instance.func_wrap(
+        "seal-payload",
+        |cx,
+         (key_ref, generation, sequence, content_type, payload, padding): (
+            u64,
+            u32,
+            u64,
+            wit::ContentType,
+            WasmList<u8>,
+            u16,
+        )|
+         -> Reply<Vec<u8>> {
+            let state: &StoreState = cx.data();
+            let sealed = state.keys.bound(state.id).seal_payload_from(
+                key_ref,
+                generation,
+                sequence,
+                content_type.into(),
+                payload.as_le_slice(&cx),
+                usize::from(padding),
+            );
+            Ok((sealed.map_err(Into::into),))
+        },
+    )?;
+    instance.func_wrap(
+        "open-record",
+        |cx,
+         (key_ref, generation, sequence, aad, body): (
+            u64,
+            u32,
+            u64,
+            WasmList<u8>,
+            WasmList<u8>,
+        )|
+         -> Reply<Vec<u8>> {
+            let state: &StoreState = cx.data();
+            let opened = state.keys.bound(state.id).open_from(
+                key_ref,
+                generation,
+                sequence,
+                aad.as_le_slice(&cx),
+                body.as_le_slice(&cx),
+            );
+            Ok((opened.map_err(Into::into),))
+        },
+    )?;
+    instance.func_wrap(
+        "update",
+        |cx, (key_ref, generation): (u64, u32)| -> Reply<()> {
+            use keyferry_guest::key_service::KeyService;
+            let state: &StoreState = cx.data();
+            let updated = state.keys.bound(state.id).update(key_ref, generation);
+            Ok((updated.map_err(Into::into),))
+        },
+    )?;
+    Ok(())
+}
