@@ -14,6 +14,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::thread::{CapabilitySet, CapabilitySets};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
@@ -67,6 +68,20 @@ pub fn harden(user: Option<(u32, u32)>) -> Result<(), WorkerError> {
     if let Some((uid, gid)) = user
         && rustix::process::geteuid().is_root()
     {
+        // Only what the drop below needs. Without CAP_SYS_ADMIN the
+        // pagemap opened next shows no physical frame numbers, and the
+        // descriptor keeps what it was opened with.
+        let drop_only = CapabilitySet::SETUID | CapabilitySet::SETGID;
+        rustix::thread::set_capabilities(
+            None,
+            CapabilitySets {
+                effective: drop_only,
+                permitted: drop_only,
+                inheritable: CapabilitySet::empty(),
+            },
+        )
+        .map_err(|e| WorkerError::Harden(e.into()))?;
+        open_pagemap();
         let gid = rustix::process::Gid::from_raw(gid);
         let uid = rustix::process::Uid::from_raw(uid);
         rustix::thread::set_thread_groups(&[]).map_err(|e| WorkerError::Harden(e.into()))?;
@@ -75,8 +90,21 @@ pub fn harden(user: Option<(u32, u32)>) -> Result<(), WorkerError> {
         rustix::thread::set_thread_res_uid(uid, uid, uid)
             .map_err(|e| WorkerError::Harden(e.into()))?;
     }
+    // Opens it now if the drop above did not (a no-op if it did).
+    open_pagemap();
     rustix::thread::set_no_new_privs(true).map_err(|e| WorkerError::Harden(e.into()))?;
     Ok(())
+}
+
+/// Opens this process's `/proc/self/pagemap` for wasmtime's pooling
+/// allocator, which then resets a finished instance's memory by rewriting
+/// only the pages it dirtied ([`crate::engine`]). wasmtime opens the file
+/// once per process, on first use; after a drop from root the process is
+/// no longer dumpable, its `/proc/self` files belong to root, and the open
+/// would fail, so it is done before the drop.
+fn open_pagemap() {
+    let available = wasmtime::PoolingAllocationConfig::is_pagemap_scan_available();
+    tracing::debug!(available, "pagemap scan for instance reset");
 }
 
 /// Closes descriptors above 2 other than the channel. The handshake process

@@ -86,6 +86,22 @@ fn the_private_key_lives_only_in_the_handshake_process() {
         if rustix::process::geteuid().is_root() {
             let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
             assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
+            for set in ["CapPrm", "CapEff"] {
+                assert!(
+                    status.contains(&format!("{set}:\t0000000000000000")),
+                    "{set}: {status}"
+                );
+            }
+            // wasmtime's pagemap (for resetting instances) was opened
+            // before the drop: a process that has changed its uid can no
+            // longer open its own /proc files.
+            let pagemap = format!("/proc/{pid}/pagemap");
+            let opened = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .any(|l| l.display().to_string() == pagemap);
+            assert!(opened, "worker {pid} has no pagemap open");
         }
         // The listening socket stayed in the handshake process.
         let listener = listening_inode(server.port);
