@@ -3,6 +3,8 @@
 //! inside the sandbox, so `curl` shows that the response was made there.
 //! `keyferry serve` runs it by default, as a component of its own.
 
+use std::io::Write;
+
 use crate::application::{Application, Reply};
 use crate::connection::{Facts, Role};
 
@@ -56,15 +58,22 @@ impl HttpResponder {
                 }
                 return (responses, false);
             };
-            let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
+            // Borrowed, not copied, when the head is UTF-8 (it is ASCII in
+            // practice); the request is answered before it is drained.
+            let head = String::from_utf8_lossy(&self.pending[..head_end]);
             let mut lines = head.split("\r\n");
             let request_line = lines.next().unwrap_or_default();
-            let parts: Vec<&str> = request_line.split(' ').collect();
-            if parts.len() != 3 || !parts[2].starts_with("HTTP/1.") {
+            let mut parts = request_line.split(' ');
+            let (Some(method), Some(target), Some(http_version), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                responses.extend(simple(400, "Bad Request"));
+                return (responses, true);
+            };
+            if !http_version.starts_with("HTTP/1.") {
                 responses.extend(simple(400, "Bad Request"));
                 return (responses, true);
             }
-            let (method, target, http_version) = (parts[0], parts[1], parts[2]);
             let mut content_length = 0usize;
             let mut seen_length = false;
             let mut close = http_version == "HTTP/1.0";
@@ -74,10 +83,10 @@ impl HttpResponder {
                     return (responses, true);
                 };
                 let value = value.trim();
-                match name.trim().to_ascii_lowercase().as_str() {
+                match Field::of(name.trim()) {
                     // One Content-Length, digits only (RFC 9112 section 6.3):
                     // anything else is how requests get smuggled.
-                    "content-length"
+                    Field::ContentLength
                         if seen_length
                             || value.is_empty()
                             || !value.bytes().all(|b| b.is_ascii_digit()) =>
@@ -85,7 +94,7 @@ impl HttpResponder {
                         responses.extend(simple(400, "Bad Request"));
                         return (responses, true);
                     }
-                    "content-length" => match value.parse::<usize>() {
+                    Field::ContentLength => match value.parse::<usize>() {
                         Ok(n) if n <= MAX_BODY => {
                             seen_length = true;
                             content_length = n;
@@ -99,11 +108,11 @@ impl HttpResponder {
                             return (responses, true);
                         }
                     },
-                    "transfer-encoding" => {
+                    Field::TransferEncoding => {
                         responses.extend(simple(501, "Not Implemented"));
                         return (responses, true);
                     }
-                    "connection" => {
+                    Field::Connection => {
                         let v = value.to_ascii_lowercase();
                         if v.contains("close") {
                             close = true;
@@ -111,26 +120,28 @@ impl HttpResponder {
                             close = false;
                         }
                     }
-                    _ => {}
+                    Field::Other => {}
                 }
             }
             let total = head_end + 4 + content_length;
             if self.pending.len() < total {
                 return (responses, false);
             }
+            let body = self.report(self.requests + 1, method, target);
+            let send_body = method != "HEAD";
+            drop(head);
             self.pending.drain(..total);
             self.requests += 1;
-            let body = self.report(method, target);
-            responses.extend_from_slice(
-                b"HTTP/1.1 200 OK\r\nServer: keyferry-guest\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
-            );
-            responses.extend_from_slice(body.len().to_string().as_bytes());
+            responses.reserve(RESPONSE_HEAD.len() + 64 + body.len());
+            responses.extend_from_slice(RESPONSE_HEAD);
+            // Writing into a Vec cannot fail.
+            let _ = write!(responses, "{}", body.len());
             responses.extend_from_slice(if close {
                 b"\r\nConnection: close\r\n\r\n".as_slice()
             } else {
                 b"\r\nConnection: keep-alive\r\n\r\n".as_slice()
             });
-            if method != "HEAD" {
+            if send_body {
                 responses.extend_from_slice(body.as_bytes());
             }
             if close {
@@ -139,12 +150,39 @@ impl HttpResponder {
         }
     }
 
-    /// The body: the request, then the connection's facts.
-    fn report(&self, method: &str, target: &str) -> String {
+    /// The body of request number `request`: the request, then the
+    /// connection's facts.
+    fn report(&self, request: u64, method: &str, target: &str) -> String {
         format!(
-            "{REPORT_TITLE}request: {method} {target}\nrequests_on_connection: {}\n{}",
-            self.requests, self.facts
+            "{REPORT_TITLE}request: {method} {target}\nrequests_on_connection: {request}\n{}",
+            self.facts
         )
+    }
+}
+
+/// A 200 response's head up to its Content-Length value.
+const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: keyferry-guest\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ";
+
+/// The request header fields the responder acts on, matched without
+/// allocating (field names are case-insensitive, RFC 9110 section 5.1).
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Other,
+}
+
+impl Field {
+    fn of(name: &str) -> Self {
+        if name.eq_ignore_ascii_case("content-length") {
+            Self::ContentLength
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            Self::TransferEncoding
+        } else if name.eq_ignore_ascii_case("connection") {
+            Self::Connection
+        } else {
+            Self::Other
+        }
     }
 }
 
