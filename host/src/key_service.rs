@@ -39,12 +39,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
         )|
          -> Reply<Vec<u8>> {
             let state: &StoreState = cx.data();
-            let sealed = state.keys.bound(state.id).seal_from(
-                key_ref,
-                generation,
-                sequence,
-                aad.as_le_slice(&cx),
-                plaintext.as_le_slice(&cx),
+            let (aad, plaintext) = (aad.as_le_slice(&cx), plaintext.as_le_slice(&cx));
+            let sealed = state
+                .keys
+                .bound(state.id)
+                .seal_from(key_ref, generation, sequence, aad, plaintext);
+            state.keys.count_traffic(
+                aad.len() + plaintext.len(),
+                sealed.as_ref().map_or(0, Vec::len),
             );
             Ok((sealed.map_err(Into::into),))
         },
@@ -62,14 +64,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
         )|
          -> Reply<Vec<u8>> {
             let state: &StoreState = cx.data();
+            let payload = payload.as_le_slice(&cx);
             let sealed = state.keys.bound(state.id).seal_payload_from(
                 key_ref,
                 generation,
                 sequence,
                 content_type.into(),
-                payload.as_le_slice(&cx),
+                payload,
                 usize::from(padding),
             );
+            state
+                .keys
+                .count_traffic(payload.len(), sealed.as_ref().map_or(0, Vec::len));
             Ok((sealed.map_err(Into::into),))
         },
     )?;
@@ -85,13 +91,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
         )|
          -> Reply<Vec<u8>> {
             let state: &StoreState = cx.data();
-            let opened = state.keys.bound(state.id).open_from(
-                key_ref,
-                generation,
-                sequence,
-                aad.as_le_slice(&cx),
-                body.as_le_slice(&cx),
-            );
+            let (aad, body) = (aad.as_le_slice(&cx), body.as_le_slice(&cx));
+            let opened = state
+                .keys
+                .bound(state.id)
+                .open_from(key_ref, generation, sequence, aad, body);
+            state
+                .keys
+                .count_traffic(aad.len() + body.len(), opened.as_ref().map_or(0, Vec::len));
             Ok((opened.map_err(Into::into),))
         },
     )?;

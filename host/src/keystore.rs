@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyferry_guest::cipher::{NONCE_LEN, TAG_LEN};
 use keyferry_guest::key_service::KeyService;
@@ -53,6 +54,22 @@ pub struct HostKeyStore {
     keys: Mutex<HashMap<u64, HostKey>>,
     /// Live instances by exchange-key id: where a migrating key's grant goes.
     instances: Mutex<HashMap<[u8; 16], u64>>,
+    /// Bytes the key-service import read out of guests' memory.
+    from_guests: AtomicU64,
+    /// Bytes the key-service import returned into guests' memory.
+    to_guests: AtomicU64,
+}
+
+/// What the key-service import has moved across the sandbox boundary since
+/// the store was made: each byte is one copy out of a guest's linear memory
+/// or into it. `keyferry bench` divides it by the records it sealed and
+/// opened to count the copies a host-resident key costs per record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyServiceTraffic {
+    /// Bytes read out of guests' memory (AAD, plaintext, record bodies).
+    pub from_guests: u64,
+    /// Bytes returned into guests' memory (sealed records, plaintext).
+    pub to_guests: u64,
 }
 
 impl HostKeyStore {
@@ -126,6 +143,21 @@ impl HostKeyStore {
     /// is zeroized as it drops.
     pub fn remove(&self, key_ref: u64) -> bool {
         self.lock().remove(&key_ref).is_some()
+    }
+
+    /// The key-service import's traffic so far.
+    pub fn traffic(&self) -> KeyServiceTraffic {
+        KeyServiceTraffic {
+            from_guests: self.from_guests.load(Ordering::Relaxed),
+            to_guests: self.to_guests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one key-service call's copies across the boundary.
+    pub(crate) fn count_traffic(&self, from_guest: usize, to_guest: usize) {
+        self.from_guests
+            .fetch_add(from_guest as u64, Ordering::Relaxed);
+        self.to_guests.fetch_add(to_guest as u64, Ordering::Relaxed);
     }
 
     /// How many keys the store holds.

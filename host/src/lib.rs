@@ -73,5 +73,5 @@ pub use instance::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, T
 pub use keyferry_guest as record_layer;
 pub use keyferry_guest::record::TrafficKeyMaterial;
 pub use keyferry_guest::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
-pub use keystore::HostKeyStore;
+pub use keystore::{HostKeyStore, KeyServiceTraffic};
 pub use store::ExecutionBound;

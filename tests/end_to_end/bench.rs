@@ -35,6 +35,20 @@ fn bench_writes_its_table_a_chart_and_json() {
                 assert!(mbps > 0.0, "{} {variant} {op}: {mbps}", s["suite"]);
             }
         }
+        // Copies across the boundary, counted: one each way with the key
+        // in the guest; with a host-resident key the record also goes out
+        // to the key service and back. A new crossing shows up here.
+        for (variant, copies) in [("guest_copies", 1.0), ("guest_host_key_copies", 2.0)] {
+            for field in ["seal_in", "seal_out", "open_in", "open_out"] {
+                let got = s[variant][field].as_f64().unwrap();
+                assert!(
+                    (copies..copies + 0.01).contains(&got),
+                    "{} {variant} {field}: {got}",
+                    s["suite"]
+                );
+            }
+        }
+        assert!(stdout.contains("across the sandbox boundary"), "{stdout}");
         // The table shows the same figure, to one decimal.
         let guest_seal = s["guest"]["seal"].as_f64().unwrap();
         assert!(

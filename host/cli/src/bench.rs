@@ -52,6 +52,24 @@ pub struct Throughput {
     pub open: f64,
 }
 
+/// Copies of a record's bytes across the sandbox boundary, per record and
+/// in units of the record's plaintext: what the canonical ABI moved into
+/// the guest's linear memory and out of it, counted from the bytes each
+/// call passed and returned and, for host-resident keys, from the key
+/// service's own count ([`keyferry::KeyServiceTraffic`]). Copies inside
+/// the guest or inside the host are not crossings and are not counted.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Copies {
+    /// Sealing: into guest memory.
+    pub seal_in: f64,
+    /// Sealing: out of guest memory.
+    pub seal_out: f64,
+    /// Opening: into guest memory.
+    pub open_in: f64,
+    /// Opening: out of guest memory.
+    pub open_out: f64,
+}
+
 /// One suite's results.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SuiteResult {
@@ -65,6 +83,10 @@ pub struct SuiteResult {
     pub native: Throughput,
     /// rustls's record layer with its ring provider.
     pub rustls: Throughput,
+    /// Copies across the boundary with the key in the guest.
+    pub guest_copies: Copies,
+    /// Copies across the boundary with a host-resident key.
+    pub guest_host_key_copies: Copies,
 }
 
 /// Everything one run measured.
@@ -127,10 +149,12 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
         let mut guest_hk = Vec::new();
         let mut native = Vec::new();
         let mut rustls_t = Vec::new();
+        let mut guest_copies = Copies::default();
+        let mut guest_host_key_copies = Copies::default();
         for round in 0..options.rounds {
             progress.set_message(format!("{name}, round {}", round + 1));
             connection_id += 2;
-            guest.push(measure_guest(
+            let (throughput, copies) = measure_guest(
                 &plain,
                 None,
                 version,
@@ -138,7 +162,9 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
                 &payload,
                 options.records,
                 connection_id,
-            )?);
+            )?;
+            guest.push(throughput);
+            guest_copies = copies;
             native.push(measure_native(
                 version,
                 aead,
@@ -147,7 +173,7 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
                 connection_id,
             )?);
             let store = Some(engine.key_store().as_ref());
-            guest_hk.push(measure_guest(
+            let (throughput, copies) = measure_guest(
                 &host_keys,
                 store,
                 version,
@@ -155,7 +181,9 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
                 &payload,
                 options.records,
                 connection_id + 1,
-            )?);
+            )?;
+            guest_hk.push(throughput);
+            guest_host_key_copies = copies;
             rustls_t.push(measure_rustls(&suite, &payload, options.records)?);
             progress.inc(1);
         }
@@ -165,6 +193,8 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
             guest_host_key: median(&guest_hk),
             native: median(&native),
             rustls: median(&rustls_t),
+            guest_copies,
+            guest_host_key_copies,
         });
     }
     progress.set_message("host-to-guest call");
@@ -293,7 +323,7 @@ fn measure_guest(
     payload: &[u8],
     records: usize,
     connection_id: u64,
-) -> Result<Throughput> {
+) -> Result<(Throughput, Copies)> {
     let g = component.instantiate()?;
     let mut seal_m = material(version, aead, Direction::Seal, connection_id);
     let mut open_m = material(version, aead, Direction::Open, connection_id);
@@ -303,12 +333,15 @@ fn measure_guest(
     }
     let seal = g.import_traffic_key(&g.seal_traffic_key(&seal_m)?)?;
     let open = g.import_traffic_key(&g.seal_traffic_key(&open_m)?)?;
+    let traffic = || store.map(|s| s.traffic()).unwrap_or_default();
+    let before_seal = traffic();
     let start = Instant::now();
     let mut wire = Vec::with_capacity(records);
     for _ in 0..records {
         wire.push(g.seal(&seal, ContentType::ApplicationData, payload, 0)?);
     }
     let seal_time = start.elapsed();
+    let before_open = traffic();
     let start = Instant::now();
     for record in &wire {
         let (_, got) = g.open(&open, record)?;
@@ -317,14 +350,30 @@ fn measure_guest(
         }
     }
     let open_time = start.elapsed();
+    let after_open = traffic();
     if let (Some(store), Some(s), Some(o)) = (store, seal_m.host_key_ref, open_m.host_key_ref) {
         store.remove(s);
         store.remove(o);
     }
-    Ok(Throughput {
-        seal: mbps(payload.len() * records, seal_time),
-        open: mbps(payload.len() * records, open_time),
-    })
+    // What each call passed in and got back, plus the key service's own
+    // crossings, per byte of plaintext.
+    let plaintext = (payload.len() * records) as f64;
+    let wire_bytes = wire.iter().map(Vec::len).sum::<usize>() as f64;
+    let copies = Copies {
+        seal_in: (plaintext + (before_open.to_guests - before_seal.to_guests) as f64) / plaintext,
+        seal_out: (wire_bytes + (before_open.from_guests - before_seal.from_guests) as f64)
+            / plaintext,
+        open_in: (wire_bytes + (after_open.to_guests - before_open.to_guests) as f64) / plaintext,
+        open_out: (plaintext + (after_open.from_guests - before_open.from_guests) as f64)
+            / plaintext,
+    };
+    Ok((
+        Throughput {
+            seal: mbps(payload.len() * records, seal_time),
+            open: mbps(payload.len() * records, open_time),
+        },
+        copies,
+    ))
 }
 
 fn measure_native(
@@ -587,6 +636,28 @@ impl fmt::Display for Report {
                     g / r.max(1e-9)
                 )?;
             }
+        }
+        writeln!(
+            f,
+            "copies of a record across the sandbox boundary, counted (into guest memory / out of it, per byte of plaintext)"
+        )?;
+        writeln!(
+            f,
+            "{:<46} {:>11} {:>11} {:>14} {:>14}",
+            "suite", "guest seal", "guest open", "guest+hk seal", "guest+hk open"
+        )?;
+        let pair = |a: f64, b: f64| format!("{a:.2}/{b:.2}");
+        for s in &self.suites {
+            let (g, h) = (&s.guest_copies, &s.guest_host_key_copies);
+            writeln!(
+                f,
+                "{:<46} {:>11} {:>11} {:>14} {:>14}",
+                s.suite,
+                pair(g.seal_in, g.seal_out),
+                pair(g.open_in, g.open_out),
+                pair(h.seal_in, h.seal_out),
+                pair(h.open_in, h.open_out)
+            )?;
         }
         writeln!(
             f,
