@@ -56,8 +56,17 @@ fn bench_writes_its_table_a_chart_and_json() {
             "{guest_seal:.1} not in {stdout}"
         );
     }
-    assert_eq!(json["handoff"]["runs"], 10);
-    assert!(json["handoff"]["median_us"].as_f64().unwrap() > 0.0);
+    for handoff in ["handoff", "handoff_on_demand"] {
+        assert_eq!(json[handoff]["runs"], 10, "{handoff}");
+        assert!(
+            json[handoff]["median_us"].as_f64().unwrap() > 0.0,
+            "{handoff}"
+        );
+    }
+    assert!(
+        stdout.contains("serve's HTTP component, pooled slots"),
+        "{stdout}"
+    );
 
     let svg = std::fs::read_to_string(out.join("bench.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
