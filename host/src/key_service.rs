@@ -13,6 +13,7 @@
 //! No guest code runs while the slices are borrowed, so the guest cannot
 //! change them under the AEAD.
 
+use keyferry_guest::key_service::KeyService;
 use wasmtime::component::{Linker, WasmList};
 
 use crate::bindings::keyferry::dataplane::types as wit;
@@ -43,7 +44,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
             let sealed = state
                 .keys
                 .bound(state.id)
-                .seal_from(key_ref, generation, sequence, aad, plaintext);
+                .seal_record(key_ref, generation, sequence, aad, plaintext);
             state.keys.count_traffic(
                 aad.len() + plaintext.len(),
                 sealed.as_ref().map_or(0, Vec::len),
@@ -65,7 +66,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
          -> Reply<Vec<u8>> {
             let state: &StoreState = cx.data();
             let payload = payload.as_le_slice(&cx);
-            let sealed = state.keys.bound(state.id).seal_payload_from(
+            let sealed = state.keys.bound(state.id).seal_payload(
                 key_ref,
                 generation,
                 sequence,
@@ -95,7 +96,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
             let opened = state
                 .keys
                 .bound(state.id)
-                .open_from(key_ref, generation, sequence, aad, body);
+                .open_record(key_ref, generation, sequence, aad, body);
             state
                 .keys
                 .count_traffic(aad.len() + body.len(), opened.as_ref().map_or(0, Vec::len));
@@ -105,7 +106,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     instance.func_wrap(
         "update",
         |cx, (key_ref, generation): (u64, u32)| -> Reply<()> {
-            use keyferry_guest::key_service::KeyService;
             let state: &StoreState = cx.data();
             let updated = state.keys.bound(state.id).update(key_ref, generation);
             Ok((updated.map_err(Into::into),))

@@ -409,9 +409,10 @@ pub(crate) struct Bound<'a> {
     holder: u64,
 }
 
-impl Bound<'_> {
-    /// [`KeyService::seal_record`] for this store's holder.
-    pub(crate) fn seal_from(
+/// The key-service import's view: every call checks the holder in the same
+/// lookup as the operation.
+impl KeyService for Bound<'_> {
+    fn seal_record(
         &self,
         key_ref: u64,
         generation: u32,
@@ -419,18 +420,12 @@ impl Bound<'_> {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.store.seal_from(
-            Some(self.holder),
-            key_ref,
-            generation,
-            sequence,
-            aad,
-            plaintext,
-        )
+        let holder = Some(self.holder);
+        self.store
+            .seal_from(holder, key_ref, generation, sequence, aad, plaintext)
     }
 
-    /// [`KeyService::seal_payload`] for this store's holder.
-    pub(crate) fn seal_payload_from(
+    fn seal_payload(
         &self,
         key_ref: u64,
         generation: u32,
@@ -450,51 +445,6 @@ impl Bound<'_> {
         )
     }
 
-    /// [`KeyService::open_record`] for this store's holder.
-    pub(crate) fn open_from(
-        &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
-        aad: &[u8],
-        body: &[u8],
-    ) -> Result<Vec<u8>, KeyServiceError> {
-        self.store
-            .open_from(Some(self.holder), key_ref, generation, sequence, aad, body)
-    }
-}
-
-impl KeyService for Bound<'_> {
-    fn seal_record(
-        &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, KeyServiceError> {
-        self.seal_from(key_ref, generation, sequence, aad, plaintext)
-    }
-
-    fn seal_payload(
-        &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
-        content_type: ContentType,
-        payload: &[u8],
-        padding: usize,
-    ) -> Result<Vec<u8>, KeyServiceError> {
-        self.seal_payload_from(
-            key_ref,
-            generation,
-            sequence,
-            content_type,
-            payload,
-            padding,
-        )
-    }
-
     fn open_record(
         &self,
         key_ref: u64,
@@ -503,7 +453,9 @@ impl KeyService for Bound<'_> {
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.open_from(key_ref, generation, sequence, aad, body)
+        let holder = Some(self.holder);
+        self.store
+            .open_from(holder, key_ref, generation, sequence, aad, body)
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
