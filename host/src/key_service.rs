@@ -5,13 +5,14 @@
 //! into a fresh host allocation before the key store sees it, and the key
 //! store then copies it again to make room for the tag (and, for TLS 1.2
 //! AES-GCM, the explicit nonce). Taking the lists as [`WasmList`] instead
-//! lets the key store read a body where it lies in the guest's linear
-//! memory and copy it once, into the buffer that goes back. The contract
-//! is the WIT's, unchanged: what the guest gets back is byte for byte what
-//! the generated bindings returned.
+//! lets the key store read a payload or body where it lies in the guest's
+//! linear memory and copy it once, into the buffer that goes back. The
+//! functions and their results are the WIT's (`wit/key-service.wit`); only
+//! how the arguments are read differs from the generated bindings.
 //!
 //! No guest code runs while the slices are borrowed, so the guest cannot
-//! change them under the AEAD.
+//! change them under the AEAD. Every call counts what it read and returned
+//! ([`crate::HostKeyStore::traffic`]).
 
 use keyferry_guest::key_service::KeyService;
 use wasmtime::component::{Linker, WasmList};
