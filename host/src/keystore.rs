@@ -228,9 +228,11 @@ impl HostKeyStore {
     ) -> Result<Vec<u8>, KeyServiceError> {
         let mut keys = self.lock();
         // Framing first: a record that cannot be framed spends no sequence
-        // number.
+        // number. Only a holder learns how a key frames (anyone else gets
+        // unknown-key, as from `seal_key`).
         let framing = keys
             .get(&key_ref)
+            .filter(|key| held_by(key, caller))
             .map(|key| SealParams {
                 version: key.version,
                 aead: key.aead,
@@ -749,13 +751,21 @@ mod binding_tests {
             .unwrap();
         a.seal(&handle, ContentType::ApplicationData, b"from a", 0)
             .unwrap();
-        // An instance never given the key cannot use its reference.
+        // An instance never given the key cannot use its reference, nor
+        // learn how it frames (an unframeable payload is unknown-key too).
         assert_eq!(
             store
                 .bound(c.store_id())
                 .seal_record(key_ref, 0, 100, &AAD, b"x"),
             Err(KeyServiceError::UnknownKey)
         );
+        let outsider = store.bound(c.store_id());
+        for padding in [0, 1 << 15] {
+            assert_eq!(
+                outsider.seal_payload(key_ref, 0, 100, ContentType::Alert, b"x", padding),
+                Err(KeyServiceError::UnknownKey)
+            );
+        }
         // A migrates the key to B ...
         let blob = a
             .export_traffic_key(handle, &b.exchange_key().unwrap())
