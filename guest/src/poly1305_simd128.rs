@@ -23,7 +23,7 @@
 
 use core::arch::wasm32::{
     i32x4_shuffle, i64x2_add, i64x2_shl, u32x4, u32x4_add, u32x4_shl, u64x2,
-    u64x2_extmul_low_u32x4, u64x2_extract_lane, u64x2_shr, v128, v128_and,
+    u64x2_extmul_low_u32x4, u64x2_extract_lane, u64x2_shr, u64x2_splat, v128, v128_and, v128_or,
 };
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -66,6 +66,40 @@ fn limbs(block: &[u8]) -> [u32; 5] {
         (le32(block, 9) >> 6) & MASK,
         (le32(block, 12) >> 8) | (1 << 24),
     ]
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes([
+        b[at],
+        b[at + 1],
+        b[at + 2],
+        b[at + 3],
+        b[at + 4],
+        b[at + 5],
+        b[at + 6],
+        b[at + 7],
+    ])
+}
+
+/// Two blocks' limbs, with the 2^128 bit: block `a` in lane 0 and `b` in
+/// lane 1 of each vector, as [`lanes`] lays out [`limbs`] of each. Both
+/// blocks are read as two little-endian 64-bit words and cut with vector
+/// shifts and masks, instead of ten 32-bit reads put into lanes one by one.
+#[inline(always)]
+fn limbs2(a: &[u8], b: &[u8]) -> [v128; 5] {
+    let lo = u64x2(le64(a, 0), le64(b, 0));
+    let hi = u64x2(le64(a, 8), le64(b, 8));
+    let mask = u64x2_splat(u64::from(MASK));
+    let limbs = [
+        v128_and(lo, mask),
+        v128_and(u64x2_shr(lo, 26), mask),
+        v128_and(v128_or(u64x2_shr(lo, 52), i64x2_shl(hi, 12)), mask),
+        v128_and(u64x2_shr(hi, 14), mask),
+        v128_or(u64x2_shr(hi, 40), u64x2_splat(1 << 24)),
+    ];
+    // Each limb is the low half of its 64-bit lane: to 32-bit lanes 0 and
+    // 1 (lanes 2 and 3 are never read).
+    limbs.map(|v| i32x4_shuffle::<0, 2, 0, 2>(v, v))
 }
 
 /// `h * r` mod 2^130 - 5, partially reduced (limbs below 2^26, but for
@@ -186,7 +220,7 @@ impl Poly1305 {
             let s_last = times5(&last);
             let mut h = lanes(&self.h, &[0; 5]);
             for (i, pair) in pairs.by_ref().enumerate() {
-                let m = lanes(&limbs(&pair[..16]), &limbs(&pair[16..]));
+                let m = limbs2(&pair[..16], &pair[16..]);
                 for (hi, mi) in h.iter_mut().zip(&m) {
                     *hi = u32x4_add(*hi, *mi);
                 }
