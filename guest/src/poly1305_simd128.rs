@@ -68,17 +68,11 @@ fn limbs(block: &[u8]) -> [u32; 5] {
     ]
 }
 
+#[inline(always)]
 fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes([
-        b[at],
-        b[at + 1],
-        b[at + 2],
-        b[at + 3],
-        b[at + 4],
-        b[at + 5],
-        b[at + 6],
-        b[at + 7],
-    ])
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(word)
 }
 
 /// Two blocks' limbs, with the 2^128 bit: block `a` in lane 0 and `b` in
