@@ -591,11 +591,7 @@ impl TrafficKey {
                 Ok((content_type, record))
             }
             ProtocolVersion::Tls12 => {
-                let explicit = if self.aead.is_aes_gcm() {
-                    TLS12_EXPLICIT_NONCE_LEN
-                } else {
-                    0
-                };
+                let explicit = explicit_nonce_len(self.version, self.aead);
                 if length < explicit + TAG_LEN {
                     return Err(Error::Alert(Alert::BadRecordMac));
                 }
@@ -694,6 +690,16 @@ pub fn xor_nonce(iv: &[u8; IV_LEN], seq: u64) -> [u8; NONCE_LEN] {
     nonce
 }
 
+/// The explicit nonce a record body starts with: 8 bytes for TLS 1.2 GCM
+/// (RFC 5288), none for TLS 1.3 or TLS 1.2 ChaCha20-Poly1305 (RFC 7905).
+/// The record layer and the host key store frame and open bodies by it.
+pub fn explicit_nonce_len(version: ProtocolVersion, aead: AeadAlgorithm) -> usize {
+    match version {
+        ProtocolVersion::Tls12 if aead.is_aes_gcm() => TLS12_EXPLICIT_NONCE_LEN,
+        _ => 0,
+    }
+}
+
 /// What frames one record for sealing: the key's version, AEAD and IV, and
 /// the record's sequence number. The guest's software keys and the host key
 /// store both seal through it, so a record is laid out one way (RFC 8446
@@ -722,7 +728,7 @@ impl SealParams<'_> {
                 .filter(|n| *n <= MAX_INNER_PLAINTEXT)
                 .map(|n| n + TAG_LEN),
             ProtocolVersion::Tls12 if padding == 0 && payload_len <= MAX_PLAINTEXT => {
-                Some(payload_len + self.explicit_nonce_len() + TAG_LEN)
+                Some(payload_len + explicit_nonce_len(self.version, self.aead) + TAG_LEN)
             }
             ProtocolVersion::Tls12 => None,
         };
@@ -730,13 +736,6 @@ impl SealParams<'_> {
             .filter(|n| *n <= MAX_CIPHERTEXT)
             .map(|n| HEADER_LEN + n)
             .ok_or(Error::Alert(Alert::RecordOverflow))
-    }
-
-    fn explicit_nonce_len(&self) -> usize {
-        match self.version {
-            ProtocolVersion::Tls12 if self.aead.is_aes_gcm() => TLS12_EXPLICIT_NONCE_LEN,
-            _ => 0,
-        }
     }
 
     /// Appends one sealed record to `out`: the header, a TLS 1.2 AES-GCM
@@ -770,7 +769,7 @@ impl SealParams<'_> {
             ProtocolVersion::Tls12 => {
                 out.extend_from_slice(&[content_type.code(), 3, 3]);
                 out.extend_from_slice(&body_len);
-                let explicit = self.explicit_nonce_len();
+                let explicit = explicit_nonce_len(self.version, self.aead);
                 out.extend_from_slice(&nonce[NONCE_LEN - explicit..]);
                 let text_start = out.len();
                 out.extend_from_slice(payload);

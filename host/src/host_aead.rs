@@ -16,11 +16,8 @@
 use std::mem::MaybeUninit;
 
 use keyferry_guest::AeadAlgorithm;
-use keyferry_guest::cipher::TAG_LEN;
+use keyferry_guest::cipher::{NONCE_LEN, TAG_LEN};
 use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag};
-
-/// The nonce length of every TLS AEAD.
-const NONCE_LEN: usize = 12;
 
 /// A keyed AEAD, wiped on drop. No `Clone`, no `Debug`.
 pub(crate) struct HostAead {

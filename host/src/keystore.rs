@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use keyferry_guest::cipher::{NONCE_LEN, TAG_LEN};
 use keyferry_guest::key_service::KeyService;
 use keyferry_guest::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
-use keyferry_guest::record::{SealParams, TLS12_EXPLICIT_NONCE_LEN, TrafficKeyMaterial, xor_nonce};
+use keyferry_guest::record::{SealParams, TrafficKeyMaterial, explicit_nonce_len, xor_nonce};
 use keyferry_guest::{AeadAlgorithm, ContentType, Direction, KeyServiceError, ProtocolVersion};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -191,11 +191,7 @@ impl HostKeyStore {
         let mut keys = self.lock();
         let key = Self::seal_key(&mut keys, caller, key_ref, generation, sequence)?;
         let nonce = xor_nonce(&key.iv, sequence);
-        let explicit = if key.version == ProtocolVersion::Tls12 && key.aead.is_aes_gcm() {
-            TLS12_EXPLICIT_NONCE_LEN
-        } else {
-            0
-        };
+        let explicit = explicit_nonce_len(key.version, key.aead);
         let mut body = Vec::with_capacity(explicit + plaintext.len() + TAG_LEN);
         body.extend_from_slice(&nonce[NONCE_LEN - explicit..]);
         body.extend_from_slice(plaintext);
@@ -311,11 +307,7 @@ impl HostKeyStore {
         if key.direction != Direction::Open || key.generation != generation {
             return Err(KeyServiceError::UnknownKey);
         }
-        let explicit = if key.version == ProtocolVersion::Tls12 && key.aead.is_aes_gcm() {
-            TLS12_EXPLICIT_NONCE_LEN
-        } else {
-            0
-        };
+        let explicit = explicit_nonce_len(key.version, key.aead);
         if body.len() < explicit + TAG_LEN || aad.len() > 13 {
             return Err(KeyServiceError::AuthenticationFailed);
         }
