@@ -79,6 +79,37 @@ mod host_keys {
             .map_err(Into::into)
         }
 
+        fn seal_held(
+            &self,
+            key_ref: u64,
+            generation: u32,
+            sequence: u64,
+            content_type: ContentType,
+            payload: &[u8],
+            padding: usize,
+        ) -> Result<usize, KeyServiceError> {
+            let padding = u16::try_from(padding).map_err(|_| KeyServiceError::InvalidArgument)?;
+            let len = ks::seal_held(
+                key_ref,
+                generation,
+                sequence,
+                content_type.into(),
+                payload,
+                padding,
+            )?;
+            usize::try_from(len).map_err(|_| KeyServiceError::InvalidArgument)
+        }
+
+        fn open_held(
+            &self,
+            key_ref: u64,
+            generation: u32,
+            sequence: u64,
+            aad: &[u8],
+        ) -> Result<Vec<u8>, KeyServiceError> {
+            ks::open_held(key_ref, generation, sequence, aad).map_err(Into::into)
+        }
+
         fn open_record(
             &self,
             key_ref: u64,
@@ -310,11 +341,19 @@ mod reference {
             payload: Vec<u8>,
             padding: u16,
         ) -> Result<Vec<u8>, wit::Error> {
-            self.with(|k| k.seal(content_type.into(), &payload, padding as usize))
+            self.with(|k| k.seal_held(content_type.into(), &payload, padding as usize))
         }
 
         fn open(&self, wire: Vec<u8>) -> Result<wit::OpenedRecord, wit::Error> {
             self.with(|k| k.open(wire))
+                .map(|(content_type, payload)| wit::OpenedRecord {
+                    content_type: content_type.into(),
+                    payload,
+                })
+        }
+
+        fn open_held(&self, header: Vec<u8>) -> Result<wit::OpenedRecord, wit::Error> {
+            self.with(|k| k.open_held(&header))
                 .map(|(content_type, payload)| wit::OpenedRecord {
                     content_type: content_type.into(),
                     payload,

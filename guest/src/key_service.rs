@@ -35,6 +35,37 @@ pub trait KeyService: Sync {
         padding: usize,
     ) -> Result<Vec<u8>, KeyServiceError>;
 
+    /// [`Self::seal_payload`], with the record kept by the service (the
+    /// `seal-held` import): it goes out with the records the host collects
+    /// when the current export call returns, and only its length comes
+    /// back. A service with nowhere to keep records refuses, as the key
+    /// store does in the host's own process, where the record layer has
+    /// no boundary to save a crossing of.
+    fn seal_held(
+        &self,
+        _key_ref: u64,
+        _generation: u32,
+        _sequence: u64,
+        _content_type: ContentType,
+        _payload: &[u8],
+        _padding: usize,
+    ) -> Result<usize, KeyServiceError> {
+        Err(KeyServiceError::InvalidArgument)
+    }
+
+    /// Opens the body of the record the service holds for the current
+    /// call (the `open-held` import), with `aad`. A service that holds no
+    /// records refuses, as for [`Self::seal_held`].
+    fn open_held(
+        &self,
+        _key_ref: u64,
+        _generation: u32,
+        _sequence: u64,
+        _aad: &[u8],
+    ) -> Result<Vec<u8>, KeyServiceError> {
+        Err(KeyServiceError::InvalidArgument)
+    }
+
     /// Opens one record body (everything after the header).
     fn open_record(
         &self,

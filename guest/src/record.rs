@@ -373,6 +373,30 @@ impl TrafficKey {
         payload: &[u8],
         padding: usize,
     ) -> Result<Vec<u8>> {
+        self.seal_to(Sealed::Returned, content_type, payload, padding)
+    }
+
+    /// [`Self::seal`], except that a host-resident key leaves its records
+    /// with the key service ([`KeyService::seal_held`]) and returns none
+    /// of them: the record never comes back into this memory only to be
+    /// copied out again. A software key returns its records as `seal`
+    /// does. The caller must collect the held records from the service.
+    pub fn seal_held(
+        &mut self,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+    ) -> Result<Vec<u8>> {
+        self.seal_to(Sealed::Held, content_type, payload, padding)
+    }
+
+    fn seal_to(
+        &mut self,
+        to: Sealed,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+    ) -> Result<Vec<u8>> {
         self.usable(Direction::Seal)?;
         check_sendable(content_type, payload)?;
         // Padding only exists in TLS 1.3. Every length here is checked: a
@@ -398,13 +422,14 @@ impl TrafficKey {
         if self.sequence >= self.auto_update_limit {
             self.seal_into(
                 &mut out,
+                to,
                 ContentType::Handshake,
                 &key_update_message(false),
                 0,
             )?;
             self.update()?;
         }
-        self.seal_into(&mut out, content_type, payload, padding)?;
+        self.seal_into(&mut out, to, content_type, payload, padding)?;
         Ok(out)
     }
 
@@ -417,6 +442,7 @@ impl TrafficKey {
         let mut out = Vec::with_capacity(HEADER_LEN + 5 + 1 + TAG_LEN);
         self.seal_into(
             &mut out,
+            Sealed::Returned,
             ContentType::Handshake,
             &key_update_message(request_update),
             0,
@@ -439,6 +465,7 @@ impl TrafficKey {
     fn seal_into(
         &mut self,
         out: &mut Vec<u8>,
+        to: Sealed,
         content_type: ContentType,
         payload: &[u8],
         padding: usize,
@@ -457,6 +484,24 @@ impl TrafficKey {
             .append(out, content_type, payload, padding, |nonce, aad, text| {
                 cipher.seal_in_place(nonce, aad, text)
             }),
+            Residency::Host { key_ref, service } if to == Sealed::Held => {
+                // The host frames it (`SealParams`) and keeps it: the
+                // payload leaves this memory once and the record never
+                // enters it. The length is all there is to check here.
+                let len = service.seal_held(
+                    *key_ref,
+                    self.generation,
+                    seq,
+                    content_type,
+                    payload,
+                    padding,
+                )?;
+                if len == self.framing().record_len(payload.len(), padding)? {
+                    Ok(())
+                } else {
+                    Err(Error::KeyService(KeyServiceError::InvalidArgument))
+                }
+            }
             Residency::Host { key_ref, service } => {
                 // The host frames the record the same way (`SealParams`)
                 // and returns it whole, so the payload leaves this memory
@@ -519,20 +564,48 @@ impl TrafficKey {
     /// failure makes the key unusable: the connection must close.
     pub fn open(&mut self, record: Vec<u8>) -> Result<(ContentType, Vec<u8>)> {
         self.usable(Direction::Open)?;
-        let result = self.open_inner(record);
+        let result = self.open_inner(record, false);
         if result.is_err() {
             self.failed = true;
         }
         result
     }
 
-    fn open_inner(&mut self, mut record: Vec<u8>) -> Result<(ContentType, Vec<u8>)> {
+    /// [`Self::open`] for a host-resident key whose record the key service
+    /// holds: `header` is the record's 5-byte header, and the service
+    /// opens the body ([`KeyService::open_held`]) without it entering this
+    /// memory. A software key refuses with [`Error::WrongKeyType`] and
+    /// stays usable; any other failure makes the key unusable, as `open`.
+    pub fn open_held(&mut self, header: &[u8]) -> Result<(ContentType, Vec<u8>)> {
+        self.usable(Direction::Open)?;
+        if !matches!(self.residency, Residency::Host { .. }) {
+            return Err(Error::WrongKeyType);
+        }
+        let header = <[u8; HEADER_LEN]>::try_from(header).map_err(|_| {
+            self.failed = true;
+            Error::Alert(Alert::DecodeError)
+        })?;
+        let result = self.open_inner(header.to_vec(), true);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    /// Opens `record`, or with `held`, the record whose header `record`
+    /// is and whose body the key service holds.
+    fn open_inner(&mut self, mut record: Vec<u8>, held: bool) -> Result<(ContentType, Vec<u8>)> {
         let Some(length) = framing::body_len(&record) else {
             return Err(Error::Alert(Alert::DecodeError));
         };
         let outer_type = record[0];
         let version = [record[1], record[2]];
-        if version[0] != 3 || length != record.len() - HEADER_LEN {
+        let body_len = if held {
+            length
+        } else {
+            record.len() - HEADER_LEN
+        };
+        if version[0] != 3 || length != body_len {
             return Err(Error::Alert(Alert::DecodeError));
         }
         if length > MAX_CIPHERTEXT {
@@ -562,15 +635,13 @@ impl TrafficKey {
                         record.drain(..HEADER_LEN);
                     }
                     Residency::Host { key_ref, service } => {
-                        let plain = service
-                            .open_record(
-                                *key_ref,
-                                self.generation,
-                                seq,
-                                &record[..HEADER_LEN],
-                                &record[HEADER_LEN..],
-                            )
-                            .map_err(|_| Error::Alert(Alert::BadRecordMac))?;
+                        let (aad, body) = record.split_at(HEADER_LEN);
+                        let plain = if held {
+                            service.open_held(*key_ref, self.generation, seq, aad)
+                        } else {
+                            service.open_record(*key_ref, self.generation, seq, aad, body)
+                        }
+                        .map_err(|_| Error::Alert(Alert::BadRecordMac))?;
                         if plain.len() != inner_len {
                             return Err(Error::Alert(Alert::BadRecordMac));
                         }
@@ -618,15 +689,13 @@ impl TrafficKey {
                         record.drain(..text_start);
                     }
                     Residency::Host { key_ref, service } => {
-                        let plain = service
-                            .open_record(
-                                *key_ref,
-                                self.generation,
-                                seq,
-                                &aad,
-                                &record[HEADER_LEN..],
-                            )
-                            .map_err(|_| Error::Alert(Alert::BadRecordMac))?;
+                        let body = &record[HEADER_LEN..];
+                        let plain = if held {
+                            service.open_held(*key_ref, self.generation, seq, &aad)
+                        } else {
+                            service.open_record(*key_ref, self.generation, seq, &aad, body)
+                        }
+                        .map_err(|_| Error::Alert(Alert::BadRecordMac))?;
                         if plain.len() != text_len {
                             return Err(Error::Alert(Alert::BadRecordMac));
                         }
@@ -672,6 +741,15 @@ impl TrafficKey {
         self.sequence = 0;
         Ok(())
     }
+}
+
+/// Where a host-resident key's sealed records go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sealed {
+    /// Back into the record layer, to be returned ([`KeyService::seal_payload`]).
+    Returned,
+    /// Kept by the key service for its caller ([`KeyService::seal_held`]).
+    Held,
 }
 
 /// A KeyUpdate handshake message (RFC 8446 section 4.6.3).
@@ -856,6 +934,18 @@ mod tests {
             Ok(self.0.clone())
         }
 
+        fn seal_held(
+            &self,
+            _: u64,
+            _: u32,
+            _: u64,
+            _: ContentType,
+            _: &[u8],
+            _: usize,
+        ) -> Result<usize, KeyServiceError> {
+            Ok(self.0.len())
+        }
+
         fn open_record(
             &self,
             _: u64,
@@ -867,9 +957,30 @@ mod tests {
             Err(KeyServiceError::AuthenticationFailed)
         }
 
+        fn open_held(&self, _: u64, _: u32, _: u64, _: &[u8]) -> Result<Vec<u8>, KeyServiceError> {
+            Ok(self.0.clone())
+        }
+
         fn update(&self, _: u64, _: u32) -> Result<(), KeyServiceError> {
             Ok(())
         }
+    }
+
+    /// A TLS 1.3 AES-128-GCM key held by `service`.
+    fn host_key(direction: Direction, service: &'static Confused) -> TrafficKey {
+        let mut m = TrafficKeyMaterial::from_tls13_secret(
+            AeadAlgorithm::Aes128Gcm,
+            direction,
+            &[7; 32],
+            0,
+            1,
+        )
+        .unwrap();
+        m.host_key_ref = Some(1);
+        m.key = Zeroizing::new(Vec::new());
+        m.iv = Zeroizing::new(Vec::new());
+        m.secret = Zeroizing::new(Vec::new());
+        TrafficKey::from_material(m, Some(service)).unwrap()
     }
 
     /// What the key service returns is sent only if it is framed as this
@@ -889,19 +1000,7 @@ mod tests {
         ];
         for (i, answer) in std::iter::once(good).chain(wrong).enumerate() {
             let service: &'static Confused = Box::leak(Box::new(Confused(answer.clone())));
-            let mut m = TrafficKeyMaterial::from_tls13_secret(
-                AeadAlgorithm::Aes128Gcm,
-                Direction::Seal,
-                &[7; 32],
-                0,
-                1,
-            )
-            .unwrap();
-            m.host_key_ref = Some(1);
-            m.key = Zeroizing::new(Vec::new());
-            m.iv = Zeroizing::new(Vec::new());
-            m.secret = Zeroizing::new(Vec::new());
-            let mut key = TrafficKey::from_material(m, Some(service)).unwrap();
+            let mut key = host_key(Direction::Seal, service);
             let sealed = key.seal(ContentType::ApplicationData, b"hi", 0);
             if i == 0 {
                 assert_eq!(sealed.unwrap(), answer);
@@ -915,6 +1014,80 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A record the key service holds is not seen here, so its length is
+    /// checked: one the key would not have framed fails the seal.
+    #[test]
+    fn a_held_record_of_the_wrong_length_fails_the_seal() {
+        for (len, ok) in [(24, true), (23, false), (25, false), (0, false)] {
+            let service: &'static Confused = Box::leak(Box::new(Confused(vec![0; len])));
+            let mut key = host_key(Direction::Seal, service);
+            let sealed = key.seal_held(ContentType::ApplicationData, b"hi", 0);
+            if ok {
+                // Held, so nothing comes back here.
+                assert_eq!(sealed.unwrap(), Vec::<u8>::new());
+            } else {
+                assert!(
+                    matches!(
+                        sealed,
+                        Err(Error::KeyService(KeyServiceError::InvalidArgument))
+                    ),
+                    "length {len} was accepted"
+                );
+            }
+        }
+    }
+
+    /// `open_held` checks the header it is given and the plaintext the
+    /// service returns as `open` checks a whole record.
+    #[test]
+    fn a_held_record_is_checked_like_a_passed_one() {
+        // 2 bytes of data, its inner type, and the tag: a body of 19.
+        let header = [23u8, 3, 3, 0, 19];
+        let service: &'static Confused = Box::leak(Box::new(Confused(b"hi\x17".to_vec())));
+        let mut key = host_key(Direction::Open, service);
+        assert_eq!(
+            key.open_held(&header).unwrap(),
+            (ContentType::ApplicationData, b"hi".to_vec())
+        );
+        // The service's plaintext must have the length the header says.
+        let mut key = host_key(Direction::Open, service);
+        assert!(matches!(
+            key.open_held(&[23, 3, 3, 0, 20]),
+            Err(Error::Alert(Alert::BadRecordMac))
+        ));
+        assert!(matches!(
+            key.open_held(&header),
+            Err(Error::Unusable(UnusableReason::Failed))
+        ));
+        // Not a header: a decode error, and the key is done.
+        for bad in [&header[..4], &[23, 3, 3, 0, 19, 0][..], &[22, 3, 3, 0, 19]] {
+            let mut key = host_key(Direction::Open, service);
+            assert!(key.open_held(bad).is_err(), "{bad:?}");
+            assert!(key.open_held(&header).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A key held in this memory has no host copy to open: it refuses
+    /// without failing, so the caller can pass the record instead.
+    #[test]
+    fn a_software_key_refuses_open_held_and_stays_usable() {
+        let (mut seal, mut open) = pair(ProtocolVersion::Tls13);
+        let record = seal.seal(ContentType::ApplicationData, b"data", 0).unwrap();
+        assert!(matches!(
+            open.open_held(&record[..HEADER_LEN]),
+            Err(Error::WrongKeyType)
+        ));
+        assert_eq!(
+            open.open(record).unwrap(),
+            (ContentType::ApplicationData, b"data".to_vec())
+        );
+        // Sealing "held" with a software key returns the record as `seal`.
+        let held = seal
+            .seal_held(ContentType::ApplicationData, b"more", 0)
+            .unwrap();
+        assert_eq!(open.open(held).unwrap().1, b"more");
     }
 
     fn pair(version: ProtocolVersion) -> (TrafficKey, TrafficKey) {

@@ -224,6 +224,7 @@ impl GuestEngine {
             table: ResourceTable::new(),
             limits: Limits(limits, 0),
             keys: self.shared.keys.clone(),
+            held: Default::default(),
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use keyferry_guest::blob::{self, PUBLIC_KEY_LEN, WrappingSecret};
 use keyferry_guest::framing::count_records;
-use keyferry_guest::record::{MAX_PLAINTEXT, TrafficKeyMaterial};
+use keyferry_guest::record::{HEADER_LEN, MAX_PLAINTEXT, TrafficKeyMaterial};
 use keyferry_guest::{AeadAlgorithm, ContentType, MacAlgorithm};
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
@@ -61,6 +61,9 @@ impl ExchangeKey {
 pub struct TrafficKeyHandle {
     resource: ResourceAny,
     instance: u64,
+    /// The key lives in the host key store, so its records are opened
+    /// from the host's copy (`open-held`) without entering the guest.
+    host_resident: bool,
 }
 
 #[cfg(feature = "dangerous-test-hooks")]
@@ -72,6 +75,7 @@ impl TrafficKeyHandle {
         Self {
             resource: self.resource,
             instance: self.instance,
+            host_resident: self.host_resident,
         }
     }
 }
@@ -321,10 +325,11 @@ impl GuestInstance {
         result.ok_or_else(|| missing.into())
     }
 
-    fn own(&self, resource: ResourceAny) -> TrafficKeyHandle {
+    fn own(&self, resource: ResourceAny, host_resident: bool) -> TrafficKeyHandle {
         TrafficKeyHandle {
             resource,
             instance: self.id,
+            host_resident,
         }
     }
 
@@ -343,8 +348,12 @@ impl GuestInstance {
                 .traffic_key()
                 .call_import(s, blob)
         })?;
-        let handle = self.own(r.map_err(Error::from)?);
+        let mut handle = self.own(r.map_err(Error::from)?, false);
         self.refresh_epoch()?;
+        // Only a store with keys in it can have granted this one.
+        if !self.registration.keys.is_empty() {
+            handle.host_resident = self.state(&handle)?.host_key_ref.is_some();
+        }
         Ok(handle)
     }
 
@@ -359,17 +368,27 @@ impl GuestInstance {
     ) -> Result<Vec<u8>> {
         self.check(key.instance)?;
         let ct = content_type.into();
-        let out = self
-            .call(|s, b| {
-                b.keyferry_dataplane_keys().traffic_key().call_seal(
-                    s,
-                    key.resource,
-                    ct,
-                    payload,
-                    padding,
-                )
-            })?
-            .map_err(Error::from)?;
+        let (returned, held) = self.call(|s, b| {
+            let returned = b.keyferry_dataplane_keys().traffic_key().call_seal(
+                &mut *s,
+                key.resource,
+                ct,
+                payload,
+                padding,
+            );
+            // A host-resident key's records were sealed into the store
+            // (`seal-held`), in order, before anything the guest returns.
+            let held = std::mem::take(&mut s.data_mut().held);
+            returned.map(|r| (r, held.sealed))
+        })?;
+        let out = match returned.map_err(Error::from)? {
+            returned if held.is_empty() => returned,
+            returned => {
+                let mut out = held;
+                out.extend_from_slice(&returned);
+                out
+            }
+        };
         let records = count_records(&out).ok_or(GuestError::InvalidResult(
             "sealed output is not whole records",
         ))?;
@@ -382,13 +401,26 @@ impl GuestInstance {
     /// Opens one whole record in the guest.
     pub fn open(&self, key: &TrafficKeyHandle, record: &[u8]) -> Result<(ContentType, Vec<u8>)> {
         self.check(key.instance)?;
-        let opened = self
-            .call(|s, b| {
+        let opened = match record.get(..HEADER_LEN) {
+            // The body stays here: the key service opens it from the
+            // store's copy, and only the header and the plaintext cross.
+            Some(header) if key.host_resident => self.call(|s, b| {
+                s.data_mut().held.to_open = Some(record.to_vec());
+                let opened = b.keyferry_dataplane_keys().traffic_key().call_open_held(
+                    &mut *s,
+                    key.resource,
+                    header,
+                );
+                s.data_mut().held.to_open = None;
+                opened
+            })?,
+            _ => self.call(|s, b| {
                 b.keyferry_dataplane_keys()
                     .traffic_key()
                     .call_open(s, key.resource, record)
-            })?
-            .map_err(Error::from)?;
+            })?,
+        }
+        .map_err(Error::from)?;
         if opened.payload.len() > MAX_PLAINTEXT {
             return Err(GuestError::InvalidResult("opened payload over 2^14 bytes").into());
         }

@@ -14,19 +14,21 @@
 //! change them under the AEAD. Every call counts what it read and returned
 //! ([`crate::HostKeyStore::traffic`]).
 
+use keyferry_guest::KeyServiceError;
 use keyferry_guest::key_service::KeyService;
+use keyferry_guest::record::HEADER_LEN;
 use wasmtime::component::{Linker, WasmList};
 
 use crate::bindings::keyferry::dataplane::types as wit;
-use crate::store::StoreState;
+use crate::store::{HeldRecords, StoreState};
 
 /// The interface's name in the component model.
 const INTERFACE: &str = "keyferry:dataplane/key-service@0.1.0";
 
 type Reply<T> = wasmtime::Result<(Result<T, wit::KeyServiceError>,)>;
 
-/// Defines `seal-record`, `seal-payload`, `open-record` and `update` in
-/// `linker`.
+/// Defines `seal-record`, `seal-payload`, `seal-held`, `open-record`,
+/// `open-held` and `update` in `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     let mut instance = linker.instance(INTERFACE)?;
     instance.func_wrap(
@@ -79,6 +81,82 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
                 .keys
                 .count_traffic(payload.len(), sealed.as_ref().map_or(0, Vec::len));
             Ok((sealed.map_err(Into::into),))
+        },
+    )?;
+    instance.func_wrap(
+        "seal-held",
+        |mut cx,
+         (key_ref, generation, sequence, content_type, payload, padding): (
+            u64,
+            u32,
+            u64,
+            wit::ContentType,
+            WasmList<u8>,
+            u16,
+        )|
+         -> Reply<u32> {
+            // Taken out while the payload is borrowed from guest memory,
+            // and put back whatever happens.
+            let held = std::mem::take(&mut cx.data_mut().held);
+            let mut sealed = held.sealed;
+            let state: &StoreState = cx.data();
+            let result = if held.sealed_count >= HeldRecords::MAX_SEALED {
+                Err(KeyServiceError::InvalidArgument)
+            } else {
+                let payload = payload.as_le_slice(&cx);
+                let result = state.keys.seal_payload_into(
+                    &mut sealed,
+                    Some(state.id),
+                    key_ref,
+                    generation,
+                    sequence,
+                    content_type.into(),
+                    payload,
+                    usize::from(padding),
+                );
+                state.keys.count_traffic(payload.len(), 0);
+                result
+            };
+            let len = result.and_then(|len| {
+                state.keys.count_held(len);
+                u32::try_from(len).map_err(|_| KeyServiceError::InvalidArgument)
+            });
+            cx.data_mut().held = HeldRecords {
+                sealed,
+                sealed_count: held.sealed_count + usize::from(len.is_ok()),
+                to_open: held.to_open,
+            };
+            Ok((len.map_err(Into::into),))
+        },
+    )?;
+    instance.func_wrap(
+        "open-held",
+        |mut cx,
+         (key_ref, generation, sequence, aad): (u64, u32, u64, WasmList<u8>)|
+         -> Reply<Vec<u8>> {
+            // Single use: a second open in the same call finds nothing.
+            let record = cx.data_mut().held.to_open.take();
+            let state: &StoreState = cx.data();
+            let opened = match record.as_deref().and_then(|r| r.get(HEADER_LEN..)) {
+                Some(body) => {
+                    let aad = aad.as_le_slice(&cx);
+                    let opened = state.keys.open_from(
+                        Some(state.id),
+                        key_ref,
+                        generation,
+                        sequence,
+                        aad,
+                        body,
+                    );
+                    state.keys.count_held(body.len());
+                    state
+                        .keys
+                        .count_traffic(aad.len(), opened.as_ref().map_or(0, Vec::len));
+                    opened
+                }
+                None => Err(KeyServiceError::InvalidArgument),
+            };
+            Ok((opened.map_err(Into::into),))
         },
     )?;
     instance.func_wrap(

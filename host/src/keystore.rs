@@ -58,6 +58,8 @@ pub struct HostKeyStore {
     from_guests: AtomicU64,
     /// Bytes the key-service import returned into guests' memory.
     to_guests: AtomicU64,
+    /// Record bytes the key-service import kept in the host.
+    held: AtomicU64,
 }
 
 /// What the key-service import has moved across the sandbox boundary since
@@ -70,6 +72,11 @@ pub struct KeyServiceTraffic {
     pub from_guests: u64,
     /// Bytes returned into guests' memory (sealed records, plaintext).
     pub to_guests: u64,
+    /// Record bytes that stayed in the host instead: records sealed with
+    /// `seal-held`, and the bodies `open-held` opened. Not crossings; a
+    /// caller that counts what a guest call returned or was passed
+    /// subtracts them.
+    pub held: u64,
 }
 
 impl HostKeyStore {
@@ -150,6 +157,7 @@ impl HostKeyStore {
         KeyServiceTraffic {
             from_guests: self.from_guests.load(Ordering::Relaxed),
             to_guests: self.to_guests.load(Ordering::Relaxed),
+            held: self.held.load(Ordering::Relaxed),
         }
     }
 
@@ -158,6 +166,11 @@ impl HostKeyStore {
         self.from_guests
             .fetch_add(from_guest as u64, Ordering::Relaxed);
         self.to_guests.fetch_add(to_guest as u64, Ordering::Relaxed);
+    }
+
+    /// Counts record bytes a key-service call kept in the host.
+    pub(crate) fn count_held(&self, bytes: usize) {
+        self.held.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// How many keys the store holds.
@@ -222,6 +235,38 @@ impl HostKeyStore {
         payload: &[u8],
         padding: usize,
     ) -> Result<Vec<u8>, KeyServiceError> {
+        let mut record = Vec::new();
+        self.seal_payload_into(
+            &mut record,
+            caller,
+            key_ref,
+            generation,
+            sequence,
+            content_type,
+            payload,
+            padding,
+        )?;
+        Ok(record)
+    }
+
+    /// [`Self::seal_payload_from`], appending the record to `out` (the
+    /// `seal-held` import's held records) and returning its length. On an
+    /// error `out` is as it was.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the WIT function's arguments, plus the caller and the output"
+    )]
+    pub(crate) fn seal_payload_into(
+        &self,
+        out: &mut Vec<u8>,
+        caller: Option<u64>,
+        key_ref: u64,
+        generation: u32,
+        sequence: u64,
+        content_type: ContentType,
+        payload: &[u8],
+        padding: usize,
+    ) -> Result<usize, KeyServiceError> {
         let mut keys = self.lock();
         // Framing first: a record that cannot be framed spends no sequence
         // number. Only a holder learns how a key frames (anyone else gets
@@ -240,24 +285,21 @@ impl HostKeyStore {
             .record_len(payload.len(), padding)
             .map_err(|_| KeyServiceError::InvalidArgument)?;
         let key = Self::seal_key(&mut keys, caller, key_ref, generation, sequence)?;
-        let mut record = Vec::with_capacity(len);
-        SealParams {
+        let start = out.len();
+        let sealed = SealParams {
             iv: &key.iv,
             ..framing
         }
-        .append(
-            &mut record,
-            content_type,
-            payload,
-            padding,
-            |nonce, aad, text| {
-                key.cipher.seal_in_place(nonce, aad, text).map_err(|_| {
-                    keyferry_guest::Error::KeyService(KeyServiceError::InvalidArgument)
-                })
-            },
-        )
-        .map_err(|_| KeyServiceError::InvalidArgument)?;
-        Ok(record)
+        .append(out, content_type, payload, padding, |nonce, aad, text| {
+            key.cipher
+                .seal_in_place(nonce, aad, text)
+                .map_err(|_| keyferry_guest::Error::KeyService(KeyServiceError::InvalidArgument))
+        });
+        if sealed.is_err() || out.len() - start != len {
+            out.truncate(start);
+            return Err(KeyServiceError::InvalidArgument);
+        }
+        Ok(len)
     }
 
     /// The seal key `key_ref`, if `caller` holds it at `generation` and may
@@ -290,7 +332,7 @@ impl HostKeyStore {
     /// linear memory): only the ciphertext is copied, into a buffer of the
     /// plaintext's size, and decrypted there. `caller` as for
     /// [`Self::seal_from`].
-    fn open_from(
+    pub(crate) fn open_from(
         &self,
         caller: Option<u64>,
         key_ref: u64,

@@ -34,6 +34,30 @@ pub(crate) struct StoreState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: Limits,
     pub(crate) keys: Arc<HostKeyStore>,
+    /// Records the key service holds for the call in progress.
+    pub(crate) held: HeldRecords,
+}
+
+/// Records that stay in the host while a guest works on them: those a
+/// host-resident key sealed (`seal-held`), collected when the export call
+/// returns, and the one record an `open-held` call opens. Neither crosses
+/// into the guest's memory; the guest sees a length or a header.
+#[derive(Default)]
+pub(crate) struct HeldRecords {
+    /// Sealed records, in the order the guest sealed them.
+    pub(crate) sealed: Vec<u8>,
+    /// How many records `sealed` holds.
+    pub(crate) sealed_count: usize,
+    /// The record handed to `open-held`, header included, until the key
+    /// service opens it.
+    pub(crate) to_open: Option<Vec<u8>>,
+}
+
+impl HeldRecords {
+    /// The most records one export call may leave held: a `seal` makes at
+    /// most two (a KeyUpdate, then the record). More is a guest sealing
+    /// outside a call that collects them.
+    pub(crate) const MAX_SEALED: usize = 3;
 }
 
 /// A grow the store limits refused. Typed, so a trap it causes is
@@ -137,7 +161,11 @@ impl<E> Sandboxed<E> {
             return Err(SandboxError::Poisoned.into());
         }
         arm(&mut self.store, self.bound)?;
-        f(&mut self.store, &self.exports).map_err(|e| {
+        let result = f(&mut self.store, &self.exports);
+        // Records held for a call are its own: what it did not collect
+        // (a guest sealing where no caller collects) goes with it.
+        self.store.data_mut().held = HeldRecords::default();
+        result.map_err(|e| {
             self.poisoned = true;
             classify(e)
         })

@@ -3,6 +3,8 @@
 //! noticing. Also host-resident keys, and the automatic AES-GCM KeyUpdate
 //! against a live peer.
 
+use std::io::Write;
+
 use keyferry::{AeadAlgorithm, ContentType, Error, ProtocolVersion};
 use keyferry_guest::{BlobError, Error as RecordError};
 use keyferry_tests::{
@@ -142,17 +144,76 @@ fn host_resident_keys_stay_in_the_host_and_survive_export() {
     }
 }
 
+/// A tampered record fails to open where the host holds the record for a
+/// host-resident key, and the key is done; the peer's next record is not
+/// opened with it.
+#[test]
+fn a_tampered_record_held_in_the_host_fails_and_ends_the_key() {
+    let store = fixture().engine.key_store().clone();
+    for suite in all_suites() {
+        let ctx = suite.name();
+        let (keys, peer) = handshake_and_export(suite, Role::Server, 0x7a4d);
+        let version = keys.version;
+        let seal = store.insert(keys.seal).unwrap();
+        let open = store.insert(keys.open).unwrap();
+        let mut link = Link::import(guest_with_host_keys(), version, &seal, &open, peer);
+        assert_eq!(link.peer_sends(b"first").0, b"first", "{ctx}");
+        link.peer.writer().write_all(b"second").unwrap();
+        let mut wire = Vec::new();
+        while link.peer.wants_write() {
+            link.peer.write_tls(&mut wire).unwrap();
+        }
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        assert!(
+            matches!(
+                link.guest.open(&link.open, &wire),
+                Err(Error::Record(RecordError::Alert(
+                    keyferry_guest::Alert::BadRecordMac
+                )))
+            ),
+            "{ctx}"
+        );
+        wire[last] ^= 1;
+        assert!(
+            link.guest.open(&link.open, &wire).is_err(),
+            "{ctx}: a key that failed opened the next record"
+        );
+        for key in [seal, open] {
+            assert!(store.remove(key.host_key_ref.unwrap()), "{ctx}");
+        }
+    }
+}
+
 #[test]
 fn aes_gcm_keys_update_themselves_before_the_limit() {
-    for suite in all_suites().into_iter().take(2) {
+    let store = fixture().engine.key_store().clone();
+    // Software keys, then host-resident keys, whose KeyUpdate record and
+    // data record are both held in the host and come out in order.
+    for (suite, host_resident) in all_suites()
+        .into_iter()
+        .take(2)
+        .flat_map(|suite| [(suite, false), (suite, true)])
+    {
         let (mut keys, peer) = handshake_and_export(suite, Role::Server, 7);
         assert!(matches!(
             keys.aead,
             AeadAlgorithm::Aes128Gcm | AeadAlgorithm::Aes256Gcm
         ));
         keys.seal.auto_update_limit = 3;
-        let mut link = Link::import(guest(), keys.version, &keys.seal, &keys.open, peer);
-        drop(keys);
+        let version = keys.version;
+        let (guest, seal, open) = if host_resident {
+            let seal = store.insert(keys.seal).unwrap();
+            let open = store.insert(keys.open).unwrap();
+            (guest_with_host_keys(), seal, open)
+        } else {
+            (guest(), keys.seal, keys.open)
+        };
+        let mut link = Link::import(guest, version, &seal, &open, peer);
+        assert_eq!(
+            link.guest.state(&link.seal).unwrap().host_resident,
+            host_resident
+        );
         let start = link.guest.state(&link.seal).unwrap().sequence;
         assert!(
             start <= 3,
@@ -181,13 +242,15 @@ fn aes_gcm_keys_update_themselves_before_the_limit() {
             state.generation
         );
         assert!(state.sequence <= 3, "{}", suite.name());
+        if let (Some(s), Some(o)) = (seal.host_key_ref, open.host_key_ref) {
+            assert!(store.remove(s) && store.remove(o));
+        }
     }
 }
 
 #[test]
 fn a_whole_connection_migrates_with_a_record_half_received() {
     use keyferry_tests::handoff::{configs, connect, drain, feed_peer, peer_to_plane};
-    use std::io::Write;
     let suite = all_suites()[2];
     let configs = configs(suite);
     let (plane, _, mut peer, _) = connect(suite, Role::Server, &configs, 4096, |_| {});
