@@ -4,8 +4,11 @@
 //! buffer that crossed into the sandbox is encrypted where it lies.
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use crate::aes_gcm_simd128::{Aes128Gcm, Aes256Gcm};
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use crate::chacha20poly1305_simd128::ChaCha20Poly1305;
 use aes_gcm::aead::{AeadInOut, KeyInit, Nonce, Tag};
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 use chacha20poly1305::ChaCha20Poly1305;

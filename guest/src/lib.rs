@@ -22,6 +22,10 @@
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod aes_gcm_simd128;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod aes_simd128;
 pub mod application;
 pub mod blob;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

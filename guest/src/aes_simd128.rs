@@ -1,0 +1,468 @@
+//! AES-128 and AES-256 encryption, fixsliced, eight blocks at once in wasm
+//! `simd128` registers: the block cipher under the guest's AES-GCM.
+//!
+//! Wasm has no AES instructions, so RustCrypto's `aes` runs its portable
+//! fixsliced backend there (Adomnicai and Peyrin, "Fixslicing AES-like
+//! Ciphers", <https://eprint.iacr.org/2020/1123>), four blocks at a time in
+//! `u64` words. That backend is written once over a `Word` trait (one row
+//! of the bitsliced state; `u16`, `u32` and `u64` in the crate). This
+//! module is that code, taken from `aes` 0.9.4 (`src/backends/fixslice/`,
+//! MIT or Apache-2.0, original C code by Alexandre Adomnicai), trimmed to
+//! encryption, which is all counter mode needs, plus one more `Word`:
+//! [`U64x2`], two independent `u64` rows side by side in one `v128`. Every
+//! operation the algorithm does on a word is lane-wise (and, or, xor, not,
+//! shifts and rotations within 64 bits), so the two lanes are the crate's
+//! four-block computation twice, on blocks 0-3 and 4-7, for about the
+//! instructions of one. Rotations cost three instructions instead of one
+//! (wasm has no 64-bit lane rotate); the S-box, most of the work, is plain
+//! logic.
+//!
+//! The key schedule runs on the crate's `u16` word (one block), as the
+//! crate's does; its round keys are kept spread to `u64` rows, so making
+//! the eight-block words is one splat each. There is no single-block
+//! path: [`crate::aes_gcm_simd128`] asks for eight blocks at a time, the
+//! tag mask with the first seven keystream blocks, so a short record costs
+//! one eight-block computation where `aes-gcm` over the crate's cipher
+//! costs one per block beyond its last four-block batch.
+//!
+//! Constant time: fixslicing is bitslicing. The S-box is a Boolean circuit
+//! (Boyar, Peralta and Calik), ShiftRows and MixColumns are fixed
+//! rotations and masks, and nothing branches on, or indexes memory by, the
+//! key or the data; the only branches are on the round count. wasm
+//! `simd128` integer instructions have no data-dependent timing in the
+//! engines we target (wasmtime lowers them to SSE integer instructions).
+//!
+//! Secrets: the round keys are wiped on drop. As in the crate, the
+//! splatted round keys and the bitsliced state live on the stack for one
+//! call and are not wiped.
+//!
+//! Only compiled for `wasm32` with `simd128`; everywhere else the guest
+//! uses RustCrypto's `aes`, and the differential tests compare the two.
+
+use core::arch::wasm32::{
+    i64x2_shl, u64x2, u64x2_extract_lane, u64x2_shr, u64x2_splat, v128, v128_and, v128_not,
+    v128_or, v128_xor,
+};
+use core::ops::{BitAnd, BitAndAssign, BitOr, BitOrAssign, BitXor, BitXorAssign, Not, Shl, Shr};
+
+use cipher::array::{Array, ArraySize};
+use cipher::consts::{U1, U8, U16};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+#[path = "aes_simd128/aes128.rs"]
+mod aes128;
+#[path = "aes_simd128/aes256.rs"]
+mod aes256;
+#[path = "aes_simd128/mix_columns.rs"]
+mod mix_columns;
+#[path = "aes_simd128/sbox.rs"]
+mod sbox;
+#[path = "aes_simd128/utils.rs"]
+mod utils;
+
+/// One AES block.
+pub type Block = Array<u8, U16>;
+/// The bitsliced state: eight words, one per bit of a byte.
+type State<W> = [W; 8];
+/// The blocks one call of a word's computation takes.
+type BatchBlocks<W> = Array<Block, <W as Word>::Blocks>;
+/// The word round keys are kept in (one block), as in the crate.
+type MinWord = u16;
+
+/// One row of a bitsliced AES state: the crate's `Word` trait, unchanged.
+trait Word:
+    Sized
+    + Copy
+    + Default
+    + 'static
+    + BitAnd<Output = Self>
+    + BitAndAssign
+    + BitOr<Output = Self>
+    + BitOrAssign
+    + BitXor<Output = Self>
+    + BitXorAssign
+    + Not<Output = Self>
+    + Shl<u32, Output = Self>
+    + Shr<u32, Output = Self>
+{
+    /// Number of 128-bit blocks bitsliced together in one state.
+    type Blocks: ArraySize;
+
+    /// Width in bits of one row of the bitsliced state (4 for `u16`, 16
+    /// for a `u64` lane).
+    const ROW_BITS: u32 = (size_of::<Self>() * 2) as u32;
+    /// Half of `ROW_BITS`.
+    const HALF_ROW: u32 = Self::ROW_BITS / 2;
+    /// Quarter of `ROW_BITS`.
+    const QUARTER_ROW: u32 = Self::ROW_BITS / 4;
+
+    /// Distance in bits to rotate a state row by `(rows, cols)` positions.
+    #[inline(always)]
+    fn ror_distance(rows: u32, cols: u32) -> u32 {
+        rows * Self::ROW_BITS + cols * Self::QUARTER_ROW
+    }
+
+    /// Rotate right by `n` bits.
+    fn ror(self, n: u32) -> Self;
+
+    /// Pack the same nibble across all 4 rows of the word.
+    fn uniform_row(b: u8) -> Self;
+
+    /// Place one nibble at each of the 4 row positions (row 0 = LSB).
+    fn pack_rows(r0: u8, r1: u8, r2: u8, r3: u8) -> Self;
+
+    /// Replicate byte `b` across every byte of the word.
+    fn byte_repeat(b: u8) -> Self;
+
+    /// Pack `Self::Blocks` input blocks into a bitsliced 8-row state slice.
+    fn bitslice(output: &mut [Self], input: &Array<Block, Self::Blocks>);
+
+    /// Unpack a bitsliced 8-row state slice into `Self::Blocks` blocks.
+    fn inv_bitslice(input: &[Self]) -> Array<Block, Self::Blocks>;
+}
+
+impl Word for u16 {
+    type Blocks = U1;
+
+    #[inline(always)]
+    fn ror(self, n: u32) -> u16 {
+        self.rotate_right(n)
+    }
+
+    #[inline(always)]
+    fn uniform_row(b: u8) -> u16 {
+        (b as u16) * 0x1111
+    }
+
+    #[inline(always)]
+    fn pack_rows(r0: u8, r1: u8, r2: u8, r3: u8) -> u16 {
+        (r0 as u16) | ((r1 as u16) << 4) | ((r2 as u16) << 8) | ((r3 as u16) << 12)
+    }
+
+    #[inline(always)]
+    fn byte_repeat(b: u8) -> u16 {
+        (b as u16) * 0x0101
+    }
+
+    /// Bitslices one block: the bit index goes from (column, row,
+    /// position) `c1 c0 r1 r0 p2 p1 p0` to `p2 p1 p0 r1 r0 c1 c0`.
+    fn bitslice(output: &mut [u16], input: &Array<Block, U1>) {
+        debug_assert_eq!(output.len(), 8);
+        let b = input[0].as_slice();
+        fn read_reordered(input: &[u8]) -> u16 {
+            (u16::from(input[0x0])) | (u16::from(input[0x2]) << 8)
+        }
+        let mut t = [
+            read_reordered(&b[0x00..0x03]),
+            read_reordered(&b[0x04..0x07]),
+            read_reordered(&b[0x08..0x0b]),
+            read_reordered(&b[0x0c..0x0f]),
+            read_reordered(&b[0x01..0x04]),
+            read_reordered(&b[0x05..0x08]),
+            read_reordered(&b[0x09..0x0c]),
+            read_reordered(&b[0x0d..0x10]),
+        ];
+        bitslice_swaps(&mut t);
+        output[..8].copy_from_slice(&t);
+    }
+
+    fn inv_bitslice(input: &[u16]) -> Array<Block, U1> {
+        debug_assert_eq!(input.len(), 8);
+        let mut t = [
+            input[0], input[1], input[2], input[3], input[4], input[5], input[6], input[7],
+        ];
+        bitslice_swaps(&mut t);
+        fn write_reordered(rows: u16, output: &mut [u8]) {
+            output[0x0] = rows as u8;
+            output[0x2] = (rows >> 8) as u8;
+        }
+        let mut output = Array::<Block, U1>::default();
+        write_reordered(t[0], &mut output[0][0x00..0x03]);
+        write_reordered(t[1], &mut output[0][0x04..0x07]);
+        write_reordered(t[2], &mut output[0][0x08..0x0b]);
+        write_reordered(t[3], &mut output[0][0x0c..0x0f]);
+        write_reordered(t[4], &mut output[0][0x01..0x04]);
+        write_reordered(t[5], &mut output[0][0x05..0x08]);
+        write_reordered(t[6], &mut output[0][0x09..0x0c]);
+        write_reordered(t[7], &mut output[0][0x0d..0x10]);
+        output
+    }
+}
+
+/// Expands a 16-bit row pattern to a 64-bit one by quadrupling each bit
+/// (the crate's; folds to a constant when `b` is one).
+#[inline(always)]
+const fn quad_bits_16_to_64(b: u16) -> u64 {
+    let x = b as u64;
+    let x = (x | (x << 24)) & 0x000000FF000000FF;
+    let x = (x | (x << 12)) & 0x000F000F000F000F;
+    let x = (x | (x << 6)) & 0x0303030303030303;
+    let x = (x | (x << 3)) & 0x1111111111111111;
+    x | (x << 1) | (x << 2) | (x << 3)
+}
+
+/// Two `u64` rows in one `v128`: lane 0 bitslices blocks 0-3 and lane 1
+/// blocks 4-7, exactly as the crate's `u64` word bitslices four. Shifts
+/// and rotations act within each lane, so the lanes never mix.
+#[derive(Clone, Copy)]
+struct U64x2(v128);
+
+impl Default for U64x2 {
+    #[inline(always)]
+    fn default() -> Self {
+        Self(u64x2_splat(0))
+    }
+}
+
+macro_rules! lane_op {
+    ($trait:ident, $method:ident, $assign_trait:ident, $assign:ident, $op:ident) => {
+        impl $trait for U64x2 {
+            type Output = Self;
+            #[inline(always)]
+            fn $method(self, rhs: Self) -> Self {
+                Self($op(self.0, rhs.0))
+            }
+        }
+        impl $assign_trait for U64x2 {
+            #[inline(always)]
+            fn $assign(&mut self, rhs: Self) {
+                self.0 = $op(self.0, rhs.0);
+            }
+        }
+    };
+}
+
+lane_op!(BitAnd, bitand, BitAndAssign, bitand_assign, v128_and);
+lane_op!(BitOr, bitor, BitOrAssign, bitor_assign, v128_or);
+lane_op!(BitXor, bitxor, BitXorAssign, bitxor_assign, v128_xor);
+
+impl Not for U64x2 {
+    type Output = Self;
+    #[inline(always)]
+    fn not(self) -> Self {
+        Self(v128_not(self.0))
+    }
+}
+
+impl Shl<u32> for U64x2 {
+    type Output = Self;
+    #[inline(always)]
+    fn shl(self, n: u32) -> Self {
+        Self(i64x2_shl(self.0, n))
+    }
+}
+
+impl Shr<u32> for U64x2 {
+    type Output = Self;
+    #[inline(always)]
+    fn shr(self, n: u32) -> Self {
+        Self(u64x2_shr(self.0, n))
+    }
+}
+
+/// The crate's `u64` input order: each block's bytes reordered
+/// `c1 c0 r1 r0` to `c0 r1 r0 c1`, 64 bits at a time.
+#[inline(always)]
+fn read_reordered(input: &[u8]) -> u64 {
+    u64::from(input[0x0])
+        | (u64::from(input[0x1]) << 0x10)
+        | (u64::from(input[0x2]) << 0x20)
+        | (u64::from(input[0x3]) << 0x30)
+        | (u64::from(input[0x8]) << 0x08)
+        | (u64::from(input[0x9]) << 0x18)
+        | (u64::from(input[0xa]) << 0x28)
+        | (u64::from(input[0xb]) << 0x38)
+}
+
+/// The inverse of [`read_reordered`].
+#[inline(always)]
+fn write_reordered(columns: u64, output: &mut [u8]) {
+    output[0x0] = columns as u8;
+    output[0x1] = (columns >> 0x10) as u8;
+    output[0x2] = (columns >> 0x20) as u8;
+    output[0x3] = (columns >> 0x30) as u8;
+    output[0x8] = (columns >> 0x08) as u8;
+    output[0x9] = (columns >> 0x18) as u8;
+    output[0xa] = (columns >> 0x28) as u8;
+    output[0xb] = (columns >> 0x38) as u8;
+}
+
+impl Word for U64x2 {
+    type Blocks = U8;
+
+    // Each lane is a `u64` row: 16 bits, not the 32 that `v128`'s size
+    // would give.
+    const ROW_BITS: u32 = 16;
+
+    #[inline(always)]
+    fn ror(self, n: u32) -> Self {
+        // wasm shifts count modulo 64, so n = 0 gives x | x.
+        Self(v128_or(
+            u64x2_shr(self.0, n),
+            i64x2_shl(self.0, 64u32.wrapping_sub(n)),
+        ))
+    }
+
+    #[inline(always)]
+    fn uniform_row(b: u8) -> Self {
+        Self(u64x2_splat(
+            quad_bits_16_to_64(b as u16) * 0x0001_0001_0001_0001,
+        ))
+    }
+
+    #[inline(always)]
+    fn pack_rows(r0: u8, r1: u8, r2: u8, r3: u8) -> Self {
+        Self(u64x2_splat(
+            quad_bits_16_to_64(r0 as u16)
+                | (quad_bits_16_to_64(r1 as u16) << 16)
+                | (quad_bits_16_to_64(r2 as u16) << 32)
+                | (quad_bits_16_to_64(r3 as u16) << 48),
+        ))
+    }
+
+    #[inline(always)]
+    fn byte_repeat(b: u8) -> Self {
+        Self(u64x2_splat((b as u64) * 0x0101010101010101))
+    }
+
+    /// Bitslices eight blocks: the crate's `u64` bitslicing of blocks 0-3
+    /// in lane 0 and of blocks 4-7 in lane 1, with the swaps done on both
+    /// lanes at once.
+    #[inline(always)]
+    fn bitslice(output: &mut [Self], input: &Array<Block, U8>) {
+        debug_assert_eq!(output.len(), 8);
+        let word = |block: usize, offset: usize| {
+            Self(u64x2(
+                read_reordered(&input[block][offset..offset + 0x0c]),
+                read_reordered(&input[block + 4][offset..offset + 0x0c]),
+            ))
+        };
+        let mut t = [
+            word(0, 0x00),
+            word(1, 0x00),
+            word(2, 0x00),
+            word(3, 0x00),
+            word(0, 0x04),
+            word(1, 0x04),
+            word(2, 0x04),
+            word(3, 0x04),
+        ];
+        bitslice_swaps(&mut t);
+        output[..8].copy_from_slice(&t);
+    }
+
+    #[inline(always)]
+    fn inv_bitslice(input: &[Self]) -> Array<Block, U8> {
+        debug_assert_eq!(input.len(), 8);
+        let mut t = [
+            input[0], input[1], input[2], input[3], input[4], input[5], input[6], input[7],
+        ];
+        bitslice_swaps(&mut t);
+        let mut output = Array::<Block, U8>::default();
+        for (i, w) in t.iter().enumerate() {
+            // Word i holds bytes 0 (i < 4) or 4 (i >= 4) onwards of block
+            // i % 4 in lane 0, and of block i % 4 + 4 in lane 1.
+            let (block, offset) = (i % 4, (i / 4) * 4);
+            write_reordered(
+                u64x2_extract_lane::<0>(w.0),
+                &mut output[block][offset..offset + 0x0c],
+            );
+            write_reordered(
+                u64x2_extract_lane::<1>(w.0),
+                &mut output[block + 4][offset..offset + 0x0c],
+            );
+        }
+        output
+    }
+}
+
+/// The crate's delta-swap pipeline shared by `bitslice` and
+/// `inv_bitslice` (it inverts itself).
+#[inline(always)]
+fn bitslice_swaps<W: Word>(t: &mut [W; 8]) {
+    use utils::delta_swap_2;
+    let [t0, t1, t2, t3, t4, t5, t6, t7] = t;
+    let m0 = W::byte_repeat(0x55);
+    delta_swap_2(t1, t0, 1, m0);
+    delta_swap_2(t3, t2, 1, m0);
+    delta_swap_2(t5, t4, 1, m0);
+    delta_swap_2(t7, t6, 1, m0);
+    let m1 = W::byte_repeat(0x33);
+    delta_swap_2(t2, t0, 2, m1);
+    delta_swap_2(t3, t1, 2, m1);
+    delta_swap_2(t6, t4, 2, m1);
+    delta_swap_2(t7, t5, 2, m1);
+    let m2 = W::byte_repeat(0x0f);
+    delta_swap_2(t4, t0, 4, m2);
+    delta_swap_2(t5, t1, 4, m2);
+    delta_swap_2(t6, t2, 4, m2);
+    delta_swap_2(t7, t3, 4, m2);
+}
+
+/// Eight blocks encrypted at once: what counter mode asks of the cipher.
+pub trait Aes8: ZeroizeOnDrop {
+    /// The round keys as eight-block words, made once per message.
+    type Wide;
+
+    /// Keys the cipher; `None` if `key` has the wrong length.
+    fn new(key: &[u8]) -> Option<Self>
+    where
+        Self: Sized;
+
+    /// The round keys as eight-block words, for [`Self::encrypt8`].
+    fn widen(&self) -> Self::Wide;
+
+    /// Encrypts eight blocks.
+    fn encrypt8(wide: &Self::Wide, blocks: &Array<Block, U8>) -> Array<Block, U8>;
+}
+
+/// Round keys splatted to eight-block words: stack-sized, for one message.
+pub struct Wide<const N: usize>([U64x2; N]);
+
+macro_rules! aes_cipher {
+    ($name:ident, $module:ident, $key_len:literal, $rounds_words:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[doc = " encryption, eight blocks at once in `simd128` registers."]
+        ///
+        /// Not `Clone` or `Debug`: it holds the round keys, which are wiped
+        /// when it drops.
+        pub struct $name {
+            /// The round keys, each already spread to one `u64` row: one
+            /// splat each makes the eight-block words.
+            rk: $module::RoundKeys<u64>,
+        }
+
+        impl Aes8 for $name {
+            type Wide = Wide<{ $rounds_words }>;
+
+            fn new(key: &[u8]) -> Option<Self> {
+                let key: &[u8; $key_len] = key.try_into().ok()?;
+                let mut rk = $module::key_schedule::<MinWord>(key);
+                let wide = rk.map(quad_bits_16_to_64);
+                rk.zeroize();
+                Some(Self { rk: wide })
+            }
+
+            #[inline]
+            fn widen(&self) -> Self::Wide {
+                Wide(self.rk.map(|k| U64x2(u64x2_splat(k))))
+            }
+
+            #[inline]
+            fn encrypt8(wide: &Self::Wide, blocks: &Array<Block, U8>) -> Array<Block, U8> {
+                $module::encrypt(&wide.0, blocks)
+            }
+        }
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                self.rk.zeroize();
+            }
+        }
+
+        impl ZeroizeOnDrop for $name {}
+    };
+}
+
+aes_cipher!(Aes128, aes128, 16, 88, "AES-128");
+aes_cipher!(Aes256, aes256, 32, 120, "AES-256");
