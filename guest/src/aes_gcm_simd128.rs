@@ -1,7 +1,7 @@
 //! AES-GCM (NIST SP 800-38D, 96-bit nonces, 128-bit tags) over the
-//! guest's eight-block AES ([`crate::aes_simd128`]) and RustCrypto's
-//! `ghash`, behind the same `aead` traits as RustCrypto's `aes-gcm`, so
-//! the record layer uses either.
+//! guest's eight-block AES ([`crate::aes_simd128`]) and GHASH
+//! ([`crate::ghash_simd128`]), behind the same `aead` traits as
+//! RustCrypto's `aes-gcm`, so the record layer uses either.
 //!
 //! `aes-gcm` takes any block cipher, but its counter mode (`ctr`) hands
 //! the cipher whole batches and then every block left over one at a time,
@@ -15,21 +15,20 @@
 //! the text XORed with `E(inc32^i(J0))` for `i = 1, 2, ...`, and the tag
 //! `GHASH(H, aad, ciphertext) XOR E(J0)`. Opening checks the tag (in
 //! constant time, with `subtle`) before it decrypts anything. GHASH is
-//! RustCrypto's, the same code `aes-gcm` runs.
+//! [`crate::ghash_simd128`], four blocks per reduction.
 //!
-//! Secrets: the cipher's round keys and the GHASH key are wiped on drop
-//! (`ghash`'s `zeroize` feature); keystream is wiped after use.
+//! Secrets: the cipher's round keys and the GHASH key are wiped on drop;
+//! keystream is wiped after use.
 
 use aes_gcm::aead::array::Array;
 use aes_gcm::aead::consts::{U8, U12, U16, U32};
 use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{AeadCore, AeadInOut, Error, KeyInit, KeySizeUser, TagPosition};
-use ghash::GHash;
-use ghash::universal_hash::UniversalHash;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::aes_simd128::{Aes8, Aes128, Aes256, Block};
+use crate::ghash_simd128::GHashKey;
 
 /// Most plaintext one nonce may protect (SP 800-38D: 2^39 - 256 bits).
 const P_MAX: u64 = (1 << 36) - 32;
@@ -39,7 +38,7 @@ const A_MAX: u64 = (1 << 61) - 1;
 /// AES-GCM keyed with `A`: [`Aes128Gcm`] or [`Aes256Gcm`].
 pub struct AesGcm<A: Aes8> {
     aes: A,
-    ghash: GHash,
+    ghash: GHashKey,
 }
 
 /// AES-128-GCM.
@@ -74,7 +73,7 @@ impl<A: Aes8> AesGcm<A> {
         // `KeyInit` passes an array of `A::KEY_LEN` bytes.
         let aes = A::new(key).expect("key length fixed by the key type");
         let mut h = A::encrypt8(&aes.widen(), &Array::default());
-        let ghash = GHash::new(&h[0]);
+        let ghash = GHashKey::new(&h[0].0);
         wipe(&mut h);
         Self { aes, ghash }
     }
@@ -105,18 +104,14 @@ impl<A: Aes8> AesGcm<A> {
 
     /// `GHASH(H, aad, ciphertext)` XOR `mask`.
     fn tag(&self, mask: &Block, aad: &[u8], ciphertext: &[u8]) -> Block {
-        let mut ghash = self.ghash.clone();
+        let mut ghash = self.ghash.start();
         ghash.update_padded(aad);
         ghash.update_padded(ciphertext);
-        let mut lengths = Block::default();
-        lengths[..8].copy_from_slice(&(aad.len() as u64 * 8).to_be_bytes());
-        lengths[8..].copy_from_slice(&(ciphertext.len() as u64 * 8).to_be_bytes());
-        ghash.update(&[lengths]);
-        let mut tag = ghash.finalize();
+        let mut tag = ghash.finalize(aad.len() as u64, ciphertext.len() as u64);
         for (t, m) in tag.iter_mut().zip(mask.iter()) {
             *t ^= m;
         }
-        tag
+        Block::from(tag)
     }
 
     /// The round keys for this message, `J0` for a 96-bit nonce, and the

@@ -40,8 +40,8 @@
 //! uses RustCrypto's `aes`, and the differential tests compare the two.
 
 use core::arch::wasm32::{
-    i64x2_shl, u64x2, u64x2_extract_lane, u64x2_shr, u64x2_splat, v128, v128_and, v128_not,
-    v128_or, v128_xor,
+    i8x16_shuffle, i64x2_shl, u64x2, u64x2_extract_lane, u64x2_shr, u64x2_splat, v128, v128_and,
+    v128_not, v128_or, v128_xor,
 };
 use core::ops::{BitAnd, BitAndAssign, BitOr, BitOrAssign, BitXor, BitXorAssign, Not, Shl, Shr};
 
@@ -294,13 +294,23 @@ impl Word for U64x2 {
     // would give.
     const ROW_BITS: u32 = 16;
 
+    /// Whole-byte rotations (most of MixColumns': `n` is a constant
+    /// here once inlined) are one byte shuffle; the rest two shifts and
+    /// an or.
     #[inline(always)]
     fn ror(self, n: u32) -> Self {
-        // wasm shifts count modulo 64, so n = 0 gives x | x.
-        Self(v128_or(
-            u64x2_shr(self.0, n),
-            i64x2_shl(self.0, 64u32.wrapping_sub(n)),
-        ))
+        let x = self.0;
+        Self(match n % 64 {
+            8 => i8x16_shuffle::<1, 2, 3, 4, 5, 6, 7, 0, 9, 10, 11, 12, 13, 14, 15, 8>(x, x),
+            16 => i8x16_shuffle::<2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9>(x, x),
+            24 => i8x16_shuffle::<3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10>(x, x),
+            32 => i8x16_shuffle::<4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11>(x, x),
+            40 => i8x16_shuffle::<5, 6, 7, 0, 1, 2, 3, 4, 13, 14, 15, 8, 9, 10, 11, 12>(x, x),
+            48 => i8x16_shuffle::<6, 7, 0, 1, 2, 3, 4, 5, 14, 15, 8, 9, 10, 11, 12, 13>(x, x),
+            56 => i8x16_shuffle::<7, 0, 1, 2, 3, 4, 5, 6, 15, 8, 9, 10, 11, 12, 13, 14>(x, x),
+            // wasm shifts count modulo 64, so n = 0 gives x | x.
+            n => v128_or(u64x2_shr(x, n), i64x2_shl(x, 64 - n)),
+        })
     }
 
     #[inline(always)]

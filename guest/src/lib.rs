@@ -36,6 +36,8 @@ pub mod cipher;
 pub mod connection;
 pub mod error;
 pub mod framing;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod ghash_simd128;
 pub mod http;
 pub mod instance;
 pub mod key_service;
