@@ -260,31 +260,21 @@ impl Shr<u32> for U64x2 {
     }
 }
 
-/// The crate's `u64` input order: each block's bytes reordered
-/// `c1 c0 r1 r0` to `c0 r1 r0 c1`, 64 bits at a time.
+/// A block as a `v128`, bytes in order.
 #[inline(always)]
-fn read_reordered(input: &[u8]) -> u64 {
-    u64::from(input[0x0])
-        | (u64::from(input[0x1]) << 0x10)
-        | (u64::from(input[0x2]) << 0x20)
-        | (u64::from(input[0x3]) << 0x30)
-        | (u64::from(input[0x8]) << 0x08)
-        | (u64::from(input[0x9]) << 0x18)
-        | (u64::from(input[0xa]) << 0x28)
-        | (u64::from(input[0xb]) << 0x38)
+fn load(block: &Block) -> v128 {
+    let (lo, hi) = block.split_at(8);
+    u64x2(
+        u64::from_le_bytes(lo.try_into().expect("8 bytes")),
+        u64::from_le_bytes(hi.try_into().expect("8 bytes")),
+    )
 }
 
-/// The inverse of [`read_reordered`].
+/// Writes a `v128` to a block, bytes in order.
 #[inline(always)]
-fn write_reordered(columns: u64, output: &mut [u8]) {
-    output[0x0] = columns as u8;
-    output[0x1] = (columns >> 0x10) as u8;
-    output[0x2] = (columns >> 0x20) as u8;
-    output[0x3] = (columns >> 0x30) as u8;
-    output[0x8] = (columns >> 0x08) as u8;
-    output[0x9] = (columns >> 0x18) as u8;
-    output[0xa] = (columns >> 0x28) as u8;
-    output[0xb] = (columns >> 0x38) as u8;
+fn store(v: v128, block: &mut Block) {
+    block[..8].copy_from_slice(&u64x2_extract_lane::<0>(v).to_le_bytes());
+    block[8..].copy_from_slice(&u64x2_extract_lane::<1>(v).to_le_bytes());
 }
 
 impl Word for U64x2 {
@@ -336,31 +326,59 @@ impl Word for U64x2 {
     }
 
     /// Bitslices eight blocks: the crate's `u64` bitslicing of blocks 0-3
-    /// in lane 0 and of blocks 4-7 in lane 1, with the swaps done on both
-    /// lanes at once.
+    /// in lane 0 and of blocks 4-7 in lane 1. The crate reads each block's
+    /// bytes into a word in the order 0, 8, 1, 9, 2, 10, 3, 11 (and 4, 12,
+    /// ... 7, 15 for the second word); here one shuffle makes a word of
+    /// two blocks at once. The swaps then run on both lanes.
     #[inline(always)]
     fn bitslice(output: &mut [Self], input: &Array<Block, U8>) {
         debug_assert_eq!(output.len(), 8);
-        let word = |block: usize, offset: usize| {
-            Self(u64x2(
-                read_reordered(&input[block][offset..offset + 0x0c]),
-                read_reordered(&input[block + 4][offset..offset + 0x0c]),
-            ))
-        };
-        let mut t = [
-            word(0, 0x00),
-            word(1, 0x00),
-            word(2, 0x00),
-            word(3, 0x00),
-            word(0, 0x04),
-            word(1, 0x04),
-            word(2, 0x04),
-            word(3, 0x04),
-        ];
+        let mut t = [Self::default(); 8];
+        for j in 0..4 {
+            let (a, b) = (load(&input[j]), load(&input[j + 4]));
+            t[j] = Self(i8x16_shuffle::<
+                0,
+                8,
+                1,
+                9,
+                2,
+                10,
+                3,
+                11,
+                16,
+                24,
+                17,
+                25,
+                18,
+                26,
+                19,
+                27,
+            >(a, b));
+            t[j + 4] = Self(i8x16_shuffle::<
+                4,
+                12,
+                5,
+                13,
+                6,
+                14,
+                7,
+                15,
+                20,
+                28,
+                21,
+                29,
+                22,
+                30,
+                23,
+                31,
+            >(a, b));
+        }
         bitslice_swaps(&mut t);
         output[..8].copy_from_slice(&t);
     }
 
+    /// The inverse of [`Self::bitslice`]: the swaps, then one shuffle per
+    /// block to put its bytes back in order.
     #[inline(always)]
     fn inv_bitslice(input: &[Self]) -> Array<Block, U8> {
         debug_assert_eq!(input.len(), 8);
@@ -369,17 +387,15 @@ impl Word for U64x2 {
         ];
         bitslice_swaps(&mut t);
         let mut output = Array::<Block, U8>::default();
-        for (i, w) in t.iter().enumerate() {
-            // Word i holds bytes 0 (i < 4) or 4 (i >= 4) onwards of block
-            // i % 4 in lane 0, and of block i % 4 + 4 in lane 1.
-            let (block, offset) = (i % 4, (i / 4) * 4);
-            write_reordered(
-                u64x2_extract_lane::<0>(w.0),
-                &mut output[block][offset..offset + 0x0c],
+        for j in 0..4 {
+            let (a, b) = (t[j].0, t[j + 4].0);
+            store(
+                i8x16_shuffle::<0, 2, 4, 6, 16, 18, 20, 22, 1, 3, 5, 7, 17, 19, 21, 23>(a, b),
+                &mut output[j],
             );
-            write_reordered(
-                u64x2_extract_lane::<1>(w.0),
-                &mut output[block + 4][offset..offset + 0x0c],
+            store(
+                i8x16_shuffle::<8, 10, 12, 14, 24, 26, 28, 30, 9, 11, 13, 15, 25, 27, 29, 31>(a, b),
+                &mut output[j + 4],
             );
         }
         output

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,6 @@ use rustls::{ClientConnection, Connection, ServerConnection};
 
 use anyhow::{Result, bail};
 use indicatif::ProgressBar;
-use std::path::Path;
 
 use crate::charts::{Panel, grouped_bars};
 use keyferry::suites::{self, Suite};
@@ -105,6 +105,74 @@ pub struct Report {
     /// The same with the reference component on the library's default
     /// engine (an mmap per instance, unmapped when it drops).
     pub handoff_on_demand: HandoffLatency,
+    /// RustCrypto's AES-GCM built natively with software AES, when the run
+    /// was given the comparison binary ([`soft_aes`]).
+    pub soft_aes: Option<SoftAes>,
+}
+
+/// RustCrypto's AES-GCM built natively with software AES (`--cfg
+/// aes_backend="soft"`), as the separately built `keyferry-soft-aes`
+/// (`host/cli/soft-aes`) measured it in the same run, with the same
+/// records: the native code the guest's AES-GCM, which has no AES
+/// instructions either, is compared with.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct SoftAes {
+    /// AES-128-GCM.
+    pub aes128: Throughput,
+    /// AES-256-GCM.
+    pub aes256: Throughput,
+}
+
+/// Runs the comparison binary at `path` with `options`' records, rounds
+/// and record size, and reads what it printed.
+pub fn soft_aes(path: &Path, options: &BenchOptions) -> Result<SoftAes> {
+    let out = std::process::Command::new(path)
+        .args([options.records, options.rounds, options.record_size].map(|n| n.to_string()))
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", path.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_soft_aes(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Reads `AES-128-GCM seal 201.3` lines: all four figures, each once.
+fn parse_soft_aes(text: &str) -> Result<SoftAes> {
+    let mut figures = [None; 4];
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [aead, op, mbps] = fields[..] else {
+            bail!("unexpected line from the comparison binary: {line:?}");
+        };
+        let slot = match (aead, op) {
+            ("AES-128-GCM", "seal") => 0,
+            ("AES-128-GCM", "open") => 1,
+            ("AES-256-GCM", "seal") => 2,
+            ("AES-256-GCM", "open") => 3,
+            _ => bail!("unexpected line from the comparison binary: {line:?}"),
+        };
+        let mbps: f64 = mbps.parse()?;
+        if figures[slot].replace(mbps).is_some() || !mbps.is_finite() || mbps <= 0.0 {
+            bail!("unexpected line from the comparison binary: {line:?}");
+        }
+    }
+    let [Some(s128), Some(o128), Some(s256), Some(o256)] = figures else {
+        bail!("the comparison binary printed {text:?}, not all four figures");
+    };
+    Ok(SoftAes {
+        aes128: Throughput {
+            seal: s128,
+            open: o128,
+        },
+        aes256: Throughput {
+            seal: s256,
+            open: o256,
+        },
+    })
 }
 
 /// The handoff latency (DESIGN section 5): from rustls reporting the
@@ -234,6 +302,7 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
         call_overhead_ns,
         handoff,
         handoff_on_demand,
+        soft_aes: None,
     })
 }
 
@@ -748,6 +817,40 @@ impl fmt::Display for Report {
                 100.0 * sandbox / h.handshake_us.max(1e-9)
             )?;
         }
+        if let Some(soft) = &self.soft_aes {
+            writeln!(
+                f,
+                "guest AES-GCM against RustCrypto built natively with software AES (host/cli/soft-aes), MB/s"
+            )?;
+            writeln!(
+                f,
+                "{:<46} {:>4} {:>9} {:>11} {:>17}",
+                "suite", "op", "guest", "native-soft", "guest/native-soft"
+            )?;
+            for s in &self.suites {
+                let native = if s.suite.contains("AES_128_GCM") {
+                    soft.aes128
+                } else if s.suite.contains("AES_256_GCM") {
+                    soft.aes256
+                } else {
+                    continue;
+                };
+                for (op, g, n) in [
+                    ("seal", s.guest.seal, native.seal),
+                    ("open", s.guest.open, native.open),
+                ] {
+                    writeln!(
+                        f,
+                        "{:<46} {:>4} {:>9.1} {:>11.1} {:>17.2}",
+                        s.suite,
+                        op,
+                        g,
+                        n,
+                        g / n.max(1e-9)
+                    )?;
+                }
+            }
+        }
         writeln!(
             f,
             "guest = software key in the sandbox; guest+hk = host-resident key (AEAD in the host via key-service);"
@@ -756,5 +859,28 @@ impl fmt::Display for Report {
             f,
             "native = the guest's record layer and RustCrypto crates compiled natively; rustls = rustls 0.23 with ring"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_comparison_binarys_figures_are_read_all_or_refused() {
+        let good = "AES-128-GCM seal 200.5\nAES-128-GCM open 197.7\n\
+                    AES-256-GCM seal 151.8\nAES-256-GCM open 152.0\n";
+        let soft = parse_soft_aes(good).unwrap();
+        assert_eq!((soft.aes128.seal, soft.aes256.open), (200.5, 152.0));
+        for bad in [
+            "",
+            "AES-128-GCM seal 200.5\nAES-128-GCM open 197.7\nAES-256-GCM seal 151.8\n",
+            &good.replace("151.8", "0"),
+            &good.replace("151.8", "NaN"),
+            &good.replace("AES-256-GCM seal", "AES-128-GCM seal"),
+            &format!("{good}warning: something\n"),
+        ] {
+            assert!(parse_soft_aes(bad).is_err(), "{bad:?}");
+        }
     }
 }

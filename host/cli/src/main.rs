@@ -360,6 +360,11 @@ struct BenchArgs {
     /// Where to write bench.svg (the chart) and bench.json (every figure).
     #[arg(long, value_name = "DIR", default_value = "keyferry-bench")]
     out: PathBuf,
+    /// Also compare the guest's AES-GCM with RustCrypto's built natively
+    /// with software AES: the binary `cargo build --release` makes in
+    /// host/cli/soft-aes (target/release/keyferry-soft-aes there).
+    #[arg(long, value_name = "PATH")]
+    soft_aes: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -453,7 +458,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = charts::progress(bench::steps(&options));
             let report = bench::run(&engine, options, &progress);
             progress.finish_and_clear();
-            let report = report?;
+            let mut report = report?;
+            if let Some(path) = &args.soft_aes {
+                report.soft_aes = Some(bench::soft_aes(path, &options)?);
+            }
             println!("{report}");
             let (chart, json) = (args.out.join("bench.svg"), args.out.join("bench.json"));
             report.chart(&chart)?;
