@@ -80,3 +80,54 @@ fn bench_writes_its_table_a_chart_and_json() {
         assert!(svg.contains(label), "{label} not in the chart");
     }
 }
+
+/// `--soft-aes` runs the comparison binary (built here from
+/// host/cli/soft-aes, with software AES) and sets its figures beside the
+/// guest's, in the table and the JSON.
+#[test]
+fn bench_compares_the_guests_aes_gcm_with_software_aes_natively() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("soft-aes");
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--locked", "--quiet"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(built.success(), "building host/cli/soft-aes");
+    let binary = dir.join("target/release/keyferry-soft-aes");
+    let out = temp_dir("bench-soft-aes");
+    let run = Command::new(keyferry())
+        .args(["bench", "--records", "2", "--rounds", "1", "--out"])
+        .arg(&out)
+        .arg("--soft-aes")
+        .arg(&binary)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("guest/native-soft"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    for aead in ["aes128", "aes256"] {
+        for op in ["seal", "open"] {
+            let mbps = json["soft_aes"][aead][op].as_f64().unwrap();
+            assert!(mbps > 0.0, "{aead} {op}: {mbps}");
+        }
+    }
+    // A binary that prints something else is refused, not half read.
+    let run = Command::new(keyferry())
+        .args(["bench", "--records", "2", "--rounds", "1", "--out"])
+        .arg(&out)
+        .args(["--soft-aes", "/bin/true"])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("not all four figures"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
