@@ -15,10 +15,10 @@
 //!   reversals of the product's high halves happen once per four blocks;
 //! - `H`, `H^2`, `H^3` and `H^4`, their bit reversals and Karatsuba sums
 //!   are split into their four masked parts once per key;
-//! - each block's own bit reversal is done on all 16 bytes at once with
-//!   `i8x16.swizzle` nibble tables (wasm has no bit-reverse instruction:
-//!   `u64::reverse_bits` is about thirty instructions), and its big-endian
-//!   load with one byte shuffle.
+//! - bit reversals are done 128 bits at a time, a byte shuffle and two
+//!   `i8x16.swizzle` nibble-table lookups (wasm has no bit-reverse
+//!   instruction: `u64::reverse_bits` is about forty), and a block's
+//!   big-endian load is one byte shuffle.
 //!
 //! Constant time: multiplications, shifts, masks and XORs on the key and
 //! the data, and swizzles whose tables are constants in registers. Nothing
@@ -129,9 +129,9 @@ impl Sums {
         let (mut z0h, mut z1h, mut z2h) = (z(3), z(4), z(5));
         z2 ^= z0 ^ z1;
         z2h ^= z0h ^ z1h;
-        z0h = z0h.reverse_bits() >> 1;
-        z1h = z1h.reverse_bits() >> 1;
-        z2h = z2h.reverse_bits() >> 1;
+        (z0h, z1h) = reverse_bits2(z0h, z1h);
+        (z2h, _) = reverse_bits2(z2h, 0);
+        (z0h, z1h, z2h) = (z0h >> 1, z1h >> 1, z2h >> 1);
         let (mut v0, mut v1, mut v2, mut v3) = (z0, z0h ^ z2, z1 ^ z2h, z1h);
         v3 = (v3 << 1) | (v2 >> 63);
         v2 = (v2 << 1) | (v1 >> 63);
@@ -145,6 +145,42 @@ impl Sums {
     }
 }
 
+/// Every byte's bits reversed.
+#[inline(always)]
+fn reverse_byte_bits(v: v128) -> v128 {
+    v128_or(
+        u8x16_swizzle(REV_LOW_NIBBLE, v128_and(v, u8x16_splat(0x0f))),
+        u8x16_swizzle(REV_HIGH_NIBBLE, u8x16_shr(v, 4)),
+    )
+}
+
+/// `(a.reverse_bits(), b.reverse_bits())`, both at once: the bytes
+/// reversed with a shuffle and each byte's bits with two swizzles, where
+/// `u64::reverse_bits` is about forty instructions in wasm.
+#[inline(always)]
+fn reverse_bits2(a: u64, b: u64) -> (u64, u64) {
+    let v = u64x2(a, b);
+    let r = reverse_byte_bits(i8x16_shuffle::<
+        7,
+        6,
+        5,
+        4,
+        3,
+        2,
+        1,
+        0,
+        15,
+        14,
+        13,
+        12,
+        11,
+        10,
+        9,
+        8,
+    >(v, v));
+    (u64x2_extract_lane::<0>(r), u64x2_extract_lane::<1>(r))
+}
+
 /// A block as its two big-endian halves `(x1, x0)` and their bit
 /// reversals: one load, one byte shuffle, two swizzles.
 #[inline(always)]
@@ -155,10 +191,7 @@ fn load(block: &[u8]) -> ((u64, u64), (u64, u64)) {
     let be = i8x16_shuffle::<7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8>(v, v);
     // A big-endian half's bit reversal is its bytes' bits reversed, read
     // little-endian.
-    let reversed = v128_or(
-        u8x16_swizzle(REV_LOW_NIBBLE, v128_and(v, u8x16_splat(0x0f))),
-        u8x16_swizzle(REV_HIGH_NIBBLE, u8x16_shr(v, 4)),
-    );
+    let reversed = reverse_byte_bits(v);
     (
         (u64x2_extract_lane::<0>(be), u64x2_extract_lane::<1>(be)),
         (
@@ -243,8 +276,9 @@ impl GHash<'_> {
             let ((mut x1, mut x0), (mut x1r, mut x0r)) = load(block);
             if k == 0 {
                 let (y1, y0) = self.y;
+                let (y1r, y0r) = reverse_bits2(y1, y0);
                 (x1, x0) = (x1 ^ y1, x0 ^ y0);
-                (x1r, x0r) = (x1r ^ y1.reverse_bits(), x0r ^ y0.reverse_bits());
+                (x1r, x0r) = (x1r ^ y1r, x0r ^ y0r);
             }
             sums.add((x1, x0), (x1r, x0r), &self.key.powers[n - 1 - k]);
         }
