@@ -10,13 +10,11 @@ fn main() -> anyhow::Result<()> {
         options.rounds = 1;
     }
     let progress = keyferry_cli::charts::progress(keyferry_cli::bench::steps(&options));
-    let mut report = keyferry_cli::bench::run(&engine, options, &progress)?;
-    progress.finish_and_clear();
     // KEYFERRY_SOFT_AES=PATH: the guest's AES-GCM against RustCrypto's
     // with software AES too (`keyferry bench --soft-aes`).
-    if let Some(path) = std::env::var_os("KEYFERRY_SOFT_AES") {
-        report.soft_aes = Some(keyferry_cli::bench::soft_aes(path.as_ref(), &options)?);
-    }
+    let soft_aes = std::env::var_os("KEYFERRY_SOFT_AES").map(std::path::PathBuf::from);
+    let report = keyferry_cli::bench::run_with(&engine, options, soft_aes.as_deref(), &progress)?;
+    progress.finish_and_clear();
     println!("{report}");
     Ok(())
 }

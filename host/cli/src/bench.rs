@@ -83,6 +83,10 @@ pub struct SuiteResult {
     pub native: Throughput,
     /// rustls's record layer with its ring provider.
     pub rustls: Throughput,
+    /// RustCrypto's AES-GCM built natively with software AES (the
+    /// comparison binary, [`soft_aes`]), for an AES-GCM suite when the
+    /// run was given it.
+    pub native_soft: Option<Throughput>,
     /// Copies across the boundary with the key in the guest.
     pub guest_copies: Copies,
     /// Copies across the boundary with a host-resident key.
@@ -105,16 +109,13 @@ pub struct Report {
     /// The same with the reference component on the library's default
     /// engine (an mmap per instance, unmapped when it drops).
     pub handoff_on_demand: HandoffLatency,
-    /// RustCrypto's AES-GCM built natively with software AES, when the run
-    /// was given the comparison binary ([`soft_aes`]).
-    pub soft_aes: Option<SoftAes>,
 }
 
 /// RustCrypto's AES-GCM built natively with software AES (`--cfg
 /// aes_backend="soft"`), as the separately built `keyferry-soft-aes`
-/// (`host/cli/soft-aes`) measured it in the same run, with the same
-/// records: the native code the guest's AES-GCM, which has no AES
-/// instructions either, is compared with.
+/// (`host/cli/soft-aes`) measured it, with the same records: the native
+/// code the guest's AES-GCM, which has no AES instructions either, is
+/// compared with.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct SoftAes {
     /// AES-128-GCM.
@@ -220,6 +221,18 @@ impl HandoffLatency {
 /// advancing `progress` one step per round of a suite (and one each for the
 /// call overhead and the handoff): [`steps`] in all.
 pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) -> Result<Report> {
+    run_with(engine, options, None, progress)
+}
+
+/// [`run`], and with `soft_aes` (the comparison binary, [`soft_aes`]) each
+/// round of an AES-GCM suite also runs it once, right after the guest, so
+/// the two are measured in the same minutes.
+pub fn run_with(
+    engine: &GuestEngine,
+    options: BenchOptions,
+    soft_aes: Option<&Path>,
+    progress: &ProgressBar,
+) -> Result<Report> {
     if options.record_size == 0 || options.record_size > keyferry_guest::record::MAX_PLAINTEXT {
         bail!("record size must be 1..=16384");
     }
@@ -234,6 +247,7 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
         let mut guest_hk = Vec::new();
         let mut native = Vec::new();
         let mut rustls_t = Vec::new();
+        let mut native_soft = Vec::new();
         let mut guest_copies = Copies::default();
         let mut guest_host_key_copies = Copies::default();
         for round in 0..options.rounds {
@@ -250,6 +264,17 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
             )?;
             guest.push(throughput);
             guest_copies = copies;
+            if let Some(path) = soft_aes.filter(|_| aead.is_aes_gcm()) {
+                let once = BenchOptions {
+                    rounds: 1,
+                    ..options
+                };
+                let soft = self::soft_aes(path, &once)?;
+                native_soft.push(match aead {
+                    AeadAlgorithm::Aes128Gcm => soft.aes128,
+                    _ => soft.aes256,
+                });
+            }
             native.push(measure_native(
                 version,
                 aead,
@@ -278,6 +303,7 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
             guest_host_key: median(&guest_hk),
             native: median(&native),
             rustls: median(&rustls_t),
+            native_soft: (!native_soft.is_empty()).then(|| median(&native_soft)),
             guest_copies,
             guest_host_key_copies,
         });
@@ -302,7 +328,6 @@ pub fn run(engine: &GuestEngine, options: BenchOptions, progress: &ProgressBar) 
         call_overhead_ns,
         handoff,
         handoff_on_demand,
-        soft_aes: None,
     })
 }
 
@@ -817,7 +842,7 @@ impl fmt::Display for Report {
                 100.0 * sandbox / h.handshake_us.max(1e-9)
             )?;
         }
-        if let Some(soft) = &self.soft_aes {
+        if self.suites.iter().any(|s| s.native_soft.is_some()) {
             writeln!(
                 f,
                 "guest AES-GCM against RustCrypto built natively with software AES (host/cli/soft-aes), MB/s"
@@ -828,11 +853,7 @@ impl fmt::Display for Report {
                 "suite", "op", "guest", "native-soft", "guest/native-soft"
             )?;
             for s in &self.suites {
-                let native = if s.suite.contains("AES_128_GCM") {
-                    soft.aes128
-                } else if s.suite.contains("AES_256_GCM") {
-                    soft.aes256
-                } else {
+                let Some(native) = s.native_soft else {
                     continue;
                 };
                 for (op, g, n) in [

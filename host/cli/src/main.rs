@@ -456,12 +456,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(&args.out)
                 .with_context(|| format!("creating {}", args.out.display()))?;
             let progress = charts::progress(bench::steps(&options));
-            let report = bench::run(&engine, options, &progress);
+            let report = bench::run_with(&engine, options, args.soft_aes.as_deref(), &progress);
             progress.finish_and_clear();
-            let mut report = report?;
-            if let Some(path) = &args.soft_aes {
-                report.soft_aes = Some(bench::soft_aes(path, &options)?);
-            }
+            let report = report?;
             println!("{report}");
             let (chart, json) = (args.out.join("bench.svg"), args.out.join("bench.json"));
             report.chart(&chart)?;
