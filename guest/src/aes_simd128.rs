@@ -4,26 +4,25 @@
 //! Wasm has no AES instructions, so RustCrypto's `aes` runs its portable
 //! fixsliced backend there (Adomnicai and Peyrin, "Fixslicing AES-like
 //! Ciphers", <https://eprint.iacr.org/2020/1123>), four blocks at a time in
-//! `u64` words. That backend is written once over a `Word` trait (one row
-//! of the bitsliced state; `u16`, `u32` and `u64` in the crate). This
-//! module is that code, taken from `aes` 0.9.4 (`src/backends/fixslice/`,
-//! MIT or Apache-2.0, original C code by Alexandre Adomnicai), trimmed to
-//! encryption, which is all counter mode needs, plus one more `Word`:
-//! [`U64x2`], two independent `u64` rows side by side in one `v128`. Every
-//! operation the algorithm does on a word is lane-wise (and, or, xor, not,
-//! shifts and rotations within 64 bits), so the two lanes are the crate's
-//! four-block computation twice, on blocks 0-3 and 4-7, for about the
-//! instructions of one. Rotations cost three instructions instead of one
-//! (wasm has no 64-bit lane rotate); the S-box, most of the work, is plain
-//! logic.
+//! `u64` words. That backend is written once over a `Word` trait (one
+//! bit plane of the bitsliced state; `u16`, `u32` and `u64` in the crate).
+//! This module is that code, taken from `aes` 0.9.4
+//! (`src/backends/fixslice/`, MIT or Apache-2.0, original C code by
+//! Alexandre Adomnicai), trimmed to encryption, which is all counter mode
+//! needs, plus one more `Word`: [`Cols8`], eight blocks in one `v128`,
+//! four 32-bit rows with each column a byte. The state's bit planes keep
+//! the crate's order, so its S-box circuit and MixColumns run unchanged;
+//! every rotation they make is by whole rows and columns, which here is
+//! whole bytes, one `i8x16.shuffle` (in the crate's `u64` word a column is
+//! a nibble). Packing eight blocks into planes is a 4x4 byte transpose per
+//! block and the crate's three rounds of bit swaps.
 //!
 //! The key schedule runs on the crate's `u16` word (one block), as the
-//! crate's does; its round keys are kept spread to `u64` rows, so making
-//! the eight-block words is one splat each. There is no single-block
-//! path: [`crate::aes_gcm_simd128`] asks for eight blocks at a time, the
-//! tag mask with the first seven keystream blocks, so a short record costs
-//! one eight-block computation where `aes-gcm` over the crate's cipher
-//! costs one per block beyond its last four-block batch.
+//! crate's does; its round keys are kept spread to eight blocks. There is
+//! no single-block path: [`crate::aes_gcm_simd128`] asks for eight blocks
+//! at a time, the tag mask with the first seven keystream blocks, so a
+//! short record costs one eight-block computation where `aes-gcm` over the
+//! crate's cipher costs one per block beyond its last four-block batch.
 //!
 //! Constant time: fixslicing is bitslicing. The S-box is a Boolean circuit
 //! (Boyar, Peralta and Calik), ShiftRows and MixColumns are fixed
@@ -33,15 +32,15 @@
 //! engines we target (wasmtime lowers them to SSE integer instructions).
 //!
 //! Secrets: the round keys are wiped on drop. As in the crate, the
-//! splatted round keys and the bitsliced state live on the stack for one
-//! call and are not wiped.
+//! round keys loaded for one message and the bitsliced state live on the
+//! stack for that call and are not wiped.
 //!
 //! Only compiled for `wasm32` with `simd128`; everywhere else the guest
 //! uses RustCrypto's `aes`, and the differential tests compare the two.
 
 use core::arch::wasm32::{
-    i8x16_shuffle, i64x2_shl, u64x2, u64x2_extract_lane, u64x2_shr, u64x2_splat, v128, v128_and,
-    v128_not, v128_or, v128_xor,
+    i8x16_shuffle, i64x2_shl, u8x16_splat, u64x2, u64x2_extract_lane, u64x2_shr, u64x2_splat, v128,
+    v128_and, v128_not, v128_or, v128_xor,
 };
 use core::ops::{BitAnd, BitAndAssign, BitOr, BitOrAssign, BitXor, BitXorAssign, Not, Shl, Shr};
 
@@ -189,25 +188,47 @@ impl Word for u16 {
     }
 }
 
-/// Expands a 16-bit row pattern to a 64-bit one by quadrupling each bit
-/// (the crate's; folds to a constant when `b` is one).
+/// A row pattern per row (a nibble each, bit `c` for column `c`) spread
+/// over [`Cols8`]: byte `r * 4 + c` all ones where row `r`'s bit `c` is set.
 #[inline(always)]
-const fn quad_bits_16_to_64(b: u16) -> u64 {
-    let x = b as u64;
-    let x = (x | (x << 24)) & 0x000000FF000000FF;
-    let x = (x | (x << 12)) & 0x000F000F000F000F;
-    let x = (x | (x << 6)) & 0x0303030303030303;
-    let x = (x | (x << 3)) & 0x1111111111111111;
-    x | (x << 1) | (x << 2) | (x << 3)
+const fn spread_rows(rows: [u8; 4]) -> u128 {
+    let mut x = 0u128;
+    let mut i = 0;
+    while i < 16 {
+        if (rows[i / 4] >> (i % 4)) & 1 == 1 {
+            x |= 0xff << (i * 8);
+        }
+        i += 1;
+    }
+    x
 }
 
-/// Two `u64` rows in one `v128`: lane 0 bitslices blocks 0-3 and lane 1
-/// blocks 4-7, exactly as the crate's `u64` word bitslices four. Shifts
-/// and rotations act within each lane, so the lanes never mix.
-#[derive(Clone, Copy)]
-struct U64x2(v128);
+/// A round key word of one block (`u16`, bit `r * 4 + c`) spread over
+/// [`Cols8`]: byte `r * 4 + c` all ones where the bit is set.
+#[inline(always)]
+const fn spread_key(k: u16) -> u128 {
+    let mut x = 0u128;
+    let mut i = 0;
+    while i < 16 {
+        if (k >> i) & 1 == 1 {
+            x |= 0xff << (i * 8);
+        }
+        i += 1;
+    }
+    x
+}
 
-impl Default for U64x2 {
+/// One bitsliced plane of eight blocks in one `v128`: four 32-bit rows,
+/// each column one byte, each block one bit of it (bit `r * 32 + c * 8 +
+/// b` is row `r`, column `c` of block `b`). The crate's own words keep a
+/// column in a nibble (`u64`: four blocks) or less, so its column
+/// rotations are bit rotations; here every rotation the algorithm makes
+/// (whole rows and whole columns) is a whole-byte rotation of the 128
+/// bits: one byte shuffle.
+#[derive(Clone, Copy)]
+struct Cols8(v128);
+
+impl Default for Cols8 {
     #[inline(always)]
     fn default() -> Self {
         Self(u64x2_splat(0))
@@ -216,14 +237,14 @@ impl Default for U64x2 {
 
 macro_rules! lane_op {
     ($trait:ident, $method:ident, $assign_trait:ident, $assign:ident, $op:ident) => {
-        impl $trait for U64x2 {
+        impl $trait for Cols8 {
             type Output = Self;
             #[inline(always)]
             fn $method(self, rhs: Self) -> Self {
                 Self($op(self.0, rhs.0))
             }
         }
-        impl $assign_trait for U64x2 {
+        impl $assign_trait for Cols8 {
             #[inline(always)]
             fn $assign(&mut self, rhs: Self) {
                 self.0 = $op(self.0, rhs.0);
@@ -236,7 +257,7 @@ lane_op!(BitAnd, bitand, BitAndAssign, bitand_assign, v128_and);
 lane_op!(BitOr, bitor, BitOrAssign, bitor_assign, v128_or);
 lane_op!(BitXor, bitxor, BitXorAssign, bitxor_assign, v128_xor);
 
-impl Not for U64x2 {
+impl Not for Cols8 {
     type Output = Self;
     #[inline(always)]
     fn not(self) -> Self {
@@ -244,7 +265,11 @@ impl Not for U64x2 {
     }
 }
 
-impl Shl<u32> for U64x2 {
+// Shifts are per 64-bit lane. Every shift the algorithm makes on this word
+// moves bits within a 32-bit row, never across the lanes' boundary: by 1,
+// 2 and 4 within a byte (bitslicing), by 16 within a row (ShiftRows twice,
+// before AES-128's last round).
+impl Shl<u32> for Cols8 {
     type Output = Self;
     #[inline(always)]
     fn shl(self, n: u32) -> Self {
@@ -252,11 +277,18 @@ impl Shl<u32> for U64x2 {
     }
 }
 
-impl Shr<u32> for U64x2 {
+impl Shr<u32> for Cols8 {
     type Output = Self;
     #[inline(always)]
     fn shr(self, n: u32) -> Self {
         Self(u64x2_shr(self.0, n))
+    }
+}
+
+impl From<u128> for Cols8 {
+    #[inline(always)]
+    fn from(x: u128) -> Self {
+        Self(u64x2(x as u64, (x >> 64) as u64))
     }
 }
 
@@ -277,108 +309,82 @@ fn store(v: v128, block: &mut Block) {
     block[8..].copy_from_slice(&u64x2_extract_lane::<1>(v).to_le_bytes());
 }
 
-impl Word for U64x2 {
+/// A block's bytes from column order (`c * 4 + r`, AES's) to row order
+/// (`r * 4 + c`), and back: a 4x4 transpose.
+#[inline(always)]
+fn transpose(v: v128) -> v128 {
+    i8x16_shuffle::<0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15>(v, v)
+}
+
+/// Rotates the 128 bits right by `K` bytes.
+macro_rules! ror_bytes {
+    ($x:expr, $($k:literal => [$($i:literal),+]),+ $(,)?) => {
+        |k: u32| match k {
+            $($k => i8x16_shuffle::<$($i),+>($x, $x),)+
+            _ => unreachable!("a rotation by {k} bytes"),
+        }
+    };
+}
+
+impl Word for Cols8 {
     type Blocks = U8;
 
-    // Each lane is a `u64` row: 16 bits, not the 32 that `v128`'s size
-    // would give.
-    const ROW_BITS: u32 = 16;
-
-    /// Whole-byte rotations (most of MixColumns': `n` is a constant
-    /// here once inlined) are one byte shuffle; the rest two shifts and
-    /// an or.
+    /// Every distance is whole bytes here (`ror_distance` is rows times
+    /// 32 plus columns times 8), and a constant once inlined.
     #[inline(always)]
     fn ror(self, n: u32) -> Self {
+        debug_assert_eq!(n % 8, 0);
         let x = self.0;
-        Self(match n % 64 {
-            8 => i8x16_shuffle::<1, 2, 3, 4, 5, 6, 7, 0, 9, 10, 11, 12, 13, 14, 15, 8>(x, x),
-            16 => i8x16_shuffle::<2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9>(x, x),
-            24 => i8x16_shuffle::<3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10>(x, x),
-            32 => i8x16_shuffle::<4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11>(x, x),
-            40 => i8x16_shuffle::<5, 6, 7, 0, 1, 2, 3, 4, 13, 14, 15, 8, 9, 10, 11, 12>(x, x),
-            48 => i8x16_shuffle::<6, 7, 0, 1, 2, 3, 4, 5, 14, 15, 8, 9, 10, 11, 12, 13>(x, x),
-            56 => i8x16_shuffle::<7, 0, 1, 2, 3, 4, 5, 6, 15, 8, 9, 10, 11, 12, 13, 14>(x, x),
-            // wasm shifts count modulo 64, so n = 0 gives x | x.
-            n => v128_or(u64x2_shr(x, n), i64x2_shl(x, 64 - n)),
-        })
+        let rotate = ror_bytes!(x,
+            0 => [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+            1 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0],
+            2 => [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1],
+            3 => [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2],
+            4 => [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3],
+            5 => [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4],
+            6 => [6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5],
+            7 => [7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6],
+            8 => [8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7],
+            9 => [9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+            10 => [10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            11 => [11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            12 => [12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+            13 => [13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+            14 => [14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+            15 => [15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+        );
+        Self(rotate((n / 8) % 16))
     }
 
     #[inline(always)]
     fn uniform_row(b: u8) -> Self {
-        Self(u64x2_splat(
-            quad_bits_16_to_64(b as u16) * 0x0001_0001_0001_0001,
-        ))
+        Self::from(spread_rows([b; 4]))
     }
 
     #[inline(always)]
     fn pack_rows(r0: u8, r1: u8, r2: u8, r3: u8) -> Self {
-        Self(u64x2_splat(
-            quad_bits_16_to_64(r0 as u16)
-                | (quad_bits_16_to_64(r1 as u16) << 16)
-                | (quad_bits_16_to_64(r2 as u16) << 32)
-                | (quad_bits_16_to_64(r3 as u16) << 48),
-        ))
+        Self::from(spread_rows([r0, r1, r2, r3]))
     }
 
     #[inline(always)]
     fn byte_repeat(b: u8) -> Self {
-        Self(u64x2_splat((b as u64) * 0x0101010101010101))
+        Self(u8x16_splat(b))
     }
 
-    /// Bitslices eight blocks: the crate's `u64` bitslicing of blocks 0-3
-    /// in lane 0 and of blocks 4-7 in lane 1. The crate reads each block's
-    /// bytes into a word in the order 0, 8, 1, 9, 2, 10, 3, 11 (and 4, 12,
-    /// ... 7, 15 for the second word); here one shuffle makes a word of
-    /// two blocks at once. The swaps then run on both lanes.
+    /// Bitslices eight blocks: block `k`'s bytes transposed to row order
+    /// in word `k`, then the crate's swaps, which exchange the word index
+    /// with the bit index within each byte: word `p` then holds bit `p` of
+    /// every byte, at bit `(r * 4 + c) * 8 + k`.
     #[inline(always)]
     fn bitslice(output: &mut [Self], input: &Array<Block, U8>) {
         debug_assert_eq!(output.len(), 8);
-        let mut t = [Self::default(); 8];
-        for j in 0..4 {
-            let (a, b) = (load(&input[j]), load(&input[j + 4]));
-            t[j] = Self(i8x16_shuffle::<
-                0,
-                8,
-                1,
-                9,
-                2,
-                10,
-                3,
-                11,
-                16,
-                24,
-                17,
-                25,
-                18,
-                26,
-                19,
-                27,
-            >(a, b));
-            t[j + 4] = Self(i8x16_shuffle::<
-                4,
-                12,
-                5,
-                13,
-                6,
-                14,
-                7,
-                15,
-                20,
-                28,
-                21,
-                29,
-                22,
-                30,
-                23,
-                31,
-            >(a, b));
-        }
+        let mut t: [Self; 8] = core::array::from_fn(|k| Self(transpose(load(&input[k]))));
         bitslice_swaps(&mut t);
         output[..8].copy_from_slice(&t);
     }
 
-    /// The inverse of [`Self::bitslice`]: the swaps, then one shuffle per
-    /// block to put its bytes back in order.
+    /// The inverse of [`Self::bitslice`]: the swaps, then each block's
+    /// bytes back to column order.
     #[inline(always)]
     fn inv_bitslice(input: &[Self]) -> Array<Block, U8> {
         debug_assert_eq!(input.len(), 8);
@@ -387,16 +393,8 @@ impl Word for U64x2 {
         ];
         bitslice_swaps(&mut t);
         let mut output = Array::<Block, U8>::default();
-        for j in 0..4 {
-            let (a, b) = (t[j].0, t[j + 4].0);
-            store(
-                i8x16_shuffle::<0, 2, 4, 6, 16, 18, 20, 22, 1, 3, 5, 7, 17, 19, 21, 23>(a, b),
-                &mut output[j],
-            );
-            store(
-                i8x16_shuffle::<8, 10, 12, 14, 24, 26, 28, 30, 9, 11, 13, 15, 25, 27, 29, 31>(a, b),
-                &mut output[j + 4],
-            );
+        for (block, word) in output.iter_mut().zip(t) {
+            store(transpose(word.0), block);
         }
         output
     }
@@ -443,7 +441,7 @@ pub trait Aes8: ZeroizeOnDrop {
 }
 
 /// Round keys splatted to eight-block words: stack-sized, for one message.
-pub struct Wide<const N: usize>([U64x2; N]);
+pub struct Wide<const N: usize>([Cols8; N]);
 
 macro_rules! aes_cipher {
     ($name:ident, $module:ident, $key_len:literal, $rounds_words:literal, $doc:literal) => {
@@ -453,9 +451,8 @@ macro_rules! aes_cipher {
         /// Not `Clone` or `Debug`: it holds the round keys, which are wiped
         /// when it drops.
         pub struct $name {
-            /// The round keys, each already spread to one `u64` row: one
-            /// splat each makes the eight-block words.
-            rk: $module::RoundKeys<u64>,
+            /// The round keys, each already spread to eight blocks.
+            rk: $module::RoundKeys<u128>,
         }
 
         impl Aes8 for $name {
@@ -464,14 +461,14 @@ macro_rules! aes_cipher {
             fn new(key: &[u8]) -> Option<Self> {
                 let key: &[u8; $key_len] = key.try_into().ok()?;
                 let mut rk = $module::key_schedule::<MinWord>(key);
-                let wide = rk.map(quad_bits_16_to_64);
+                let wide = rk.map(spread_key);
                 rk.zeroize();
                 Some(Self { rk: wide })
             }
 
             #[inline]
             fn widen(&self) -> Self::Wide {
-                Wide(self.rk.map(|k| U64x2(u64x2_splat(k))))
+                Wide(self.rk.map(Cols8::from))
             }
 
             #[inline]
