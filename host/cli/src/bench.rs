@@ -83,9 +83,9 @@ pub struct SuiteResult {
     pub native: Throughput,
     /// rustls's record layer with its ring provider.
     pub rustls: Throughput,
-    /// RustCrypto's AES-GCM built natively with software AES (the
-    /// comparison binary, [`soft_aes`]), for an AES-GCM suite when the
-    /// run was given it.
+    /// The same record layer natively over RustCrypto with software AES
+    /// (the comparison binary, [`soft_aes`]), for an AES-GCM suite when
+    /// the run was given it.
     pub native_soft: Option<Throughput>,
     /// Copies across the boundary with the key in the guest.
     pub guest_copies: Copies,
@@ -111,11 +111,11 @@ pub struct Report {
     pub handoff_on_demand: HandoffLatency,
 }
 
-/// RustCrypto's AES-GCM built natively with software AES (`--cfg
-/// aes_backend="soft"`), as the separately built `keyferry-soft-aes`
-/// (`host/cli/soft-aes`) measured it, with the same records: the native
-/// code the guest's AES-GCM, which has no AES instructions either, is
-/// compared with.
+/// The guest crate's record layer built natively over RustCrypto's
+/// AES-GCM with software AES (`--cfg aes_backend="soft"`), as the
+/// separately built `keyferry-soft-aes` (`host/cli/soft-aes`) measured it
+/// with the same records: the "native" column with the AES instructions
+/// taken away, as the guest has none.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct SoftAes {
     /// AES-128-GCM.
@@ -125,10 +125,14 @@ pub struct SoftAes {
 }
 
 /// Runs the comparison binary at `path` with `options`' records, rounds
-/// and record size, and reads what it printed.
-pub fn soft_aes(path: &Path, options: &BenchOptions) -> Result<SoftAes> {
+/// and record size, for `version`'s records, and reads what it printed.
+pub fn soft_aes(path: &Path, options: &BenchOptions, version: ProtocolVersion) -> Result<SoftAes> {
     let out = std::process::Command::new(path)
         .args([options.records, options.rounds, options.record_size].map(|n| n.to_string()))
+        .arg(match version {
+            ProtocolVersion::Tls13 => "tls13",
+            ProtocolVersion::Tls12 => "tls12",
+        })
         .output()
         .map_err(|e| anyhow::anyhow!("running {}: {e}", path.display()))?;
     if !out.status.success() {
@@ -269,7 +273,7 @@ pub fn run_with(
                     rounds: 1,
                     ..options
                 };
-                let soft = self::soft_aes(path, &once)?;
+                let soft = self::soft_aes(path, &once, version)?;
                 native_soft.push(match aead {
                     AeadAlgorithm::Aes128Gcm => soft.aes128,
                     _ => soft.aes256,
@@ -845,7 +849,7 @@ impl fmt::Display for Report {
         if self.suites.iter().any(|s| s.native_soft.is_some()) {
             writeln!(
                 f,
-                "guest AES-GCM against RustCrypto built natively with software AES (host/cli/soft-aes), MB/s"
+                "guest AES-GCM against the same record layer natively over RustCrypto with software AES (host/cli/soft-aes), MB/s"
             )?;
             writeln!(
                 f,

@@ -360,9 +360,10 @@ struct BenchArgs {
     /// Where to write bench.svg (the chart) and bench.json (every figure).
     #[arg(long, value_name = "DIR", default_value = "keyferry-bench")]
     out: PathBuf,
-    /// Also compare the guest's AES-GCM with RustCrypto's built natively
-    /// with software AES: the binary `cargo build --release` makes in
-    /// host/cli/soft-aes (target/release/keyferry-soft-aes there).
+    /// Also compare the guest's AES-GCM with the same record layer built
+    /// natively over RustCrypto with software AES: the binary `cargo build
+    /// --release` makes in host/cli/soft-aes
+    /// (target/release/keyferry-soft-aes there).
     #[arg(long, value_name = "PATH")]
     soft_aes: Option<PathBuf>,
 }

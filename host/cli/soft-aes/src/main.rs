@@ -1,10 +1,12 @@
-//! Seals and opens records with RustCrypto's AES-GCM built with software
-//! AES, and prints MB/s, one line per AEAD and operation:
+//! Seals and opens records with the guest crate's record layer built
+//! natively, over RustCrypto's AES-GCM with software AES: what `keyferry
+//! bench` calls "native", with the AES instructions taken away, as the
+//! guest has none. Prints MB/s, one line per AEAD and operation:
 //! `AES-128-GCM seal 201.3`. `keyferry bench --soft-aes PATH` runs it with
-//! its own records, rounds and record size, and sets the figures beside
-//! the guest's.
+//! its own records, rounds, record size and protocol version, and sets the
+//! figures beside the guest's.
 //!
-//! Usage: `keyferry-soft-aes RECORDS ROUNDS RECORD_SIZE`.
+//! Usage: `keyferry-soft-aes RECORDS ROUNDS RECORD_SIZE [tls12|tls13]`.
 
 #[cfg(not(aes_backend = "soft"))]
 compile_error!(
@@ -14,59 +16,95 @@ compile_error!(
 use std::hint::black_box;
 use std::time::Instant;
 
-use aes_gcm::aead::{AeadInOut, KeyInit, Nonce, Tag};
-use aes_gcm::{Aes128Gcm, Aes256Gcm};
+use keyferry_guest::record::{TrafficKey, TrafficKeyMaterial};
+use keyferry_guest::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
 
-/// The median of `rounds` timings of `records` records, in MB/s.
-fn median(rounds: usize, bytes: usize, mut once: impl FnMut()) -> f64 {
-    let mut rates: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let start = Instant::now();
-            once();
-            bytes as f64 / start.elapsed().as_secs_f64() / 1e6
-        })
-        .collect();
+/// The bench's own key material (`keyferry_cli::bench`): a fixed secret.
+fn material(
+    version: ProtocolVersion,
+    aead: AeadAlgorithm,
+    direction: Direction,
+) -> TrafficKeyMaterial {
+    match version {
+        ProtocolVersion::Tls13 => TrafficKeyMaterial::from_tls13_secret(
+            aead,
+            direction,
+            &vec![0x3c; aead.tls13_hash().output_len()],
+            0,
+            1,
+        )
+        .expect("derivation of a fixed secret"),
+        ProtocolVersion::Tls12 => TrafficKeyMaterial::new(
+            version,
+            aead,
+            direction,
+            &vec![0x3c; aead.key_len()],
+            &[0x5a; 12],
+            &[],
+            0,
+            1,
+        ),
+    }
+}
+
+/// The median of `rates`.
+fn median(mut rates: Vec<f64>) -> f64 {
     rates.sort_by(f64::total_cmp);
     rates[rates.len() / 2]
 }
 
-fn run<A: AeadInOut + KeyInit>(name: &str, records: usize, rounds: usize, size: usize) {
-    let aead = A::new_from_slice(&[0x3c; 32][..A::key_size()]).expect("key length");
-    let nonce = Nonce::<A>::try_from(&[7u8; 12][..]).expect("nonce length");
-    let aad = [23u8, 3, 3, 64, 17];
-    let mut buffers = vec![vec![0xa5u8; size]; records];
-    let mut tags = vec![Tag::<A>::default(); records];
-    let seal = median(rounds, records * size, || {
-        // Each round seals the last round's output again: the same work.
-        for (buffer, tag) in buffers.iter_mut().zip(&mut tags) {
-            *tag = aead
-                .encrypt_inout_detached(&nonce, &aad, buffer.as_mut_slice().into())
-                .expect("seal");
+/// Seals `records` records, then opens them, `rounds` times, as the
+/// bench's native measurement does; median MB/s of each.
+fn run(
+    version: ProtocolVersion,
+    aead: AeadAlgorithm,
+    records: usize,
+    rounds: usize,
+    size: usize,
+) -> (f64, f64) {
+    let payload = vec![0xa5u8; size];
+    let (mut seals, mut opens) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let key = |direction| {
+            TrafficKey::from_material(material(version, aead, direction), None).expect("key")
+        };
+        let (mut seal, mut open) = (key(Direction::Seal), key(Direction::Open));
+        let start = Instant::now();
+        let wire: Vec<Vec<u8>> = (0..records)
+            .map(|_| {
+                seal.seal(ContentType::ApplicationData, &payload, 0)
+                    .expect("seal")
+            })
+            .collect();
+        seals.push((records * size) as f64 / start.elapsed().as_secs_f64() / 1e6);
+        let start = Instant::now();
+        for record in wire {
+            black_box(open.open(record).expect("open"));
         }
-        black_box(&buffers);
-    });
-    // Opening a copy, so every round opens the same records; the copy is
-    // about 1% of the time.
-    let open = median(rounds, records * size, || {
-        for (buffer, tag) in buffers.iter().zip(&tags) {
-            let mut copy = buffer.clone();
-            aead.decrypt_inout_detached(&nonce, &aad, copy.as_mut_slice().into(), tag)
-                .expect("open");
-            black_box(&copy);
-        }
-    });
-    println!("{name} seal {seal:.1}");
-    println!("{name} open {open:.1}");
+        opens.push((records * size) as f64 / start.elapsed().as_secs_f64() / 1e6);
+    }
+    (median(seals), median(opens))
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("RECORDS ROUNDS RECORD_SIZE"))
-        .collect();
-    let [records, rounds, size] = args[..] else {
-        panic!("usage: keyferry-soft-aes RECORDS ROUNDS RECORD_SIZE");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize| -> usize {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .expect("usage: keyferry-soft-aes RECORDS ROUNDS RECORD_SIZE [tls12|tls13]")
     };
-    run::<Aes128Gcm>("AES-128-GCM", records.max(1), rounds.max(1), size);
-    run::<Aes256Gcm>("AES-256-GCM", records.max(1), rounds.max(1), size);
+    let (records, rounds, size) = (number(0).max(1), number(1).max(1), number(2));
+    let version = match args.get(3).map(String::as_str) {
+        None | Some("tls13") => ProtocolVersion::Tls13,
+        Some("tls12") => ProtocolVersion::Tls12,
+        Some(other) => panic!("unknown version {other}: tls12 or tls13"),
+    };
+    for (name, aead) in [
+        ("AES-128-GCM", AeadAlgorithm::Aes128Gcm),
+        ("AES-256-GCM", AeadAlgorithm::Aes256Gcm),
+    ] {
+        let (seal, open) = run(version, aead, records, rounds, size);
+        println!("{name} seal {seal:.1}");
+        println!("{name} open {open:.1}");
+    }
 }
