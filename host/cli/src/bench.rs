@@ -87,10 +87,41 @@ pub struct SuiteResult {
     /// (the comparison binary, [`soft_aes`]), for an AES-GCM suite when
     /// the run was given it.
     pub native_soft: Option<Throughput>,
+    /// The ratios, each the median of the rounds' own ratios: the two
+    /// figures of a round are measured seconds apart, the rounds minutes
+    /// apart on a machine whose speed drifts.
+    pub ratios: Ratios,
     /// Copies across the boundary with the key in the guest.
     pub guest_copies: Copies,
     /// Copies across the boundary with a host-resident key.
     pub guest_host_key_copies: Copies,
+}
+
+/// A suite's ratios, seal and open each the median over the rounds of
+/// that round's ratio.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Ratios {
+    /// guest / native.
+    pub guest_native: Throughput,
+    /// guest / rustls.
+    pub guest_rustls: Throughput,
+    /// guest+hk / rustls.
+    pub host_key_rustls: Throughput,
+    /// guest / native with software AES, for AES-GCM with `--soft-aes`.
+    pub guest_native_soft: Option<Throughput>,
+}
+
+/// The median over rounds of `a[i] / b[i]`, seal and open.
+fn median_ratio(a: &[Throughput], b: &[Throughput]) -> Throughput {
+    let ratios: Vec<Throughput> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| Throughput {
+            seal: a.seal / b.seal.max(1e-9),
+            open: a.open / b.open.max(1e-9),
+        })
+        .collect();
+    median(&ratios)
 }
 
 /// Everything one run measured.
@@ -308,6 +339,13 @@ pub fn run_with(
             native: median(&native),
             rustls: median(&rustls_t),
             native_soft: (!native_soft.is_empty()).then(|| median(&native_soft)),
+            ratios: Ratios {
+                guest_native: median_ratio(&guest, &native),
+                guest_rustls: median_ratio(&guest, &rustls_t),
+                host_key_rustls: median_ratio(&guest_hk, &rustls_t),
+                guest_native_soft: (!native_soft.is_empty())
+                    .then(|| median_ratio(&guest, &native_soft)),
+            },
             guest_copies,
             guest_host_key_copies,
         });
@@ -736,7 +774,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "record seal/open throughput, {} B records, {} records x {} rounds (median), MB/s",
+            "record seal/open throughput, {} B records, {} records x {} rounds (median), MB/s; \
+             each ratio is the median of the rounds' ratios",
             self.options.record_size, self.options.records, self.options.rounds
         )?;
         writeln!(
@@ -753,34 +792,23 @@ impl fmt::Display for Report {
             "hk/rustls"
         )?;
         for s in &self.suites {
-            for (op, g, hk, n, r) in [
-                (
-                    "seal",
-                    s.guest.seal,
-                    s.guest_host_key.seal,
-                    s.native.seal,
-                    s.rustls.seal,
-                ),
-                (
-                    "open",
-                    s.guest.open,
-                    s.guest_host_key.open,
-                    s.native.open,
-                    s.rustls.open,
-                ),
+            let r = &s.ratios;
+            for (op, pick) in [
+                ("seal", (|t: &Throughput| t.seal) as fn(&Throughput) -> f64),
+                ("open", |t: &Throughput| t.open),
             ] {
                 writeln!(
                     f,
                     "{:<46} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>13.2} {:>13.2} {:>10.2}",
                     s.suite,
                     op,
-                    g,
-                    hk,
-                    n,
-                    r,
-                    g / n.max(1e-9),
-                    g / r.max(1e-9),
-                    hk / r.max(1e-9)
+                    pick(&s.guest),
+                    pick(&s.guest_host_key),
+                    pick(&s.native),
+                    pick(&s.rustls),
+                    pick(&r.guest_native),
+                    pick(&r.guest_rustls),
+                    pick(&r.host_key_rustls)
                 )?;
             }
         }
@@ -857,21 +885,18 @@ impl fmt::Display for Report {
                 "suite", "op", "guest", "native-soft", "guest/native-soft"
             )?;
             for s in &self.suites {
-                let Some(native) = s.native_soft else {
+                let (Some(native), Some(ratio)) = (s.native_soft, s.ratios.guest_native_soft)
+                else {
                     continue;
                 };
-                for (op, g, n) in [
-                    ("seal", s.guest.seal, native.seal),
-                    ("open", s.guest.open, native.open),
+                for (op, g, n, ratio) in [
+                    ("seal", s.guest.seal, native.seal, ratio.seal),
+                    ("open", s.guest.open, native.open, ratio.open),
                 ] {
                     writeln!(
                         f,
                         "{:<46} {:>4} {:>9.1} {:>11.1} {:>17.2}",
-                        s.suite,
-                        op,
-                        g,
-                        n,
-                        g / n.max(1e-9)
+                        s.suite, op, g, n, ratio
                     )?;
                 }
             }
