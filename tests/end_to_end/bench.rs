@@ -5,20 +5,32 @@ use std::process::Command;
 
 use keyferry_tests::process::{keyferry, temp_dir};
 
-#[test]
-fn bench_writes_its_table_a_chart_and_json() {
-    let out = temp_dir("bench");
-    let run = Command::new(keyferry())
+/// A short `keyferry bench` into `out`, with `extra` arguments.
+fn bench(out: &std::path::Path, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(keyferry())
         .args(["bench", "--records", "2", "--rounds", "1", "--out"])
-        .arg(&out)
+        .arg(out)
+        .args(extra)
         .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
+        .unwrap()
+}
+
+/// `run`'s stdout, after checking it succeeded.
+fn succeeded(run: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(
         run.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    stdout
+}
+
+#[test]
+fn bench_writes_its_table_a_chart_and_json() {
+    let out = temp_dir("bench");
+    let run = bench(&out, &[]);
+    let stdout = succeeded(&run);
     assert!(stdout.contains("guest/rustls"), "{stdout}");
     assert!(stdout.contains("wrote "), "{stdout}");
     // No progress bar when stderr is not a terminal.
@@ -95,19 +107,7 @@ fn bench_compares_the_guests_aes_gcm_with_software_aes_natively() {
     assert!(built.success(), "building host/cli/soft-aes");
     let binary = dir.join("target/release/keyferry-soft-aes");
     let out = temp_dir("bench-soft-aes");
-    let run = Command::new(keyferry())
-        .args(["bench", "--records", "2", "--rounds", "1", "--out"])
-        .arg(&out)
-        .arg("--soft-aes")
-        .arg(&binary)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stdout = succeeded(&bench(&out, &["--soft-aes".as_ref(), binary.as_os_str()]));
     assert!(stdout.contains("guest/native-soft"), "{stdout}");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
@@ -120,12 +120,7 @@ fn bench_compares_the_guests_aes_gcm_with_software_aes_natively() {
         }
     }
     // A binary that prints something else is refused, not half read.
-    let run = Command::new(keyferry())
-        .args(["bench", "--records", "2", "--rounds", "1", "--out"])
-        .arg(&out)
-        .args(["--soft-aes", "/bin/true"])
-        .output()
-        .unwrap();
+    let run = bench(&out, &["--soft-aes".as_ref(), "/bin/true".as_ref()]);
     assert!(!run.status.success());
     assert!(
         String::from_utf8_lossy(&run.stderr).contains("not all four figures"),
