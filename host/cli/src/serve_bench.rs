@@ -297,7 +297,7 @@ fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
 }
 
 /// How many rows of the table are keyferry itself.
-const KEYFERRY_ROWS: usize = 3;
+const KEYFERRY_ROWS: usize = 4;
 
 /// Runs wrk against keyferry (instance per connection and shared), a plain
 /// rustls server and nginx, each its own process, and prints the table.
@@ -311,9 +311,18 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     std::fs::write(&cert, ck.cert.pem())?;
     std::fs::write(&key, ck.signing_key.serialize_pem())?;
 
-    // Keep KEYFERRY_ROWS in step with these: the first three are keyferry.
+    // Keep KEYFERRY_ROWS in step with these: the first four are keyferry.
+    // One worker as well as the default (one per core): wrk runs on the
+    // same cores, so the default has more busy processes than cores here.
     let mut targets = vec![
         start_keyferry(&exe, &cert, &key, &[], "keyferry serve (workers, default)")?,
+        start_keyferry(
+            &exe,
+            &cert,
+            &key,
+            &["--workers", "1"],
+            "keyferry serve --workers 1",
+        )?,
         start_keyferry(
             &exe,
             &cert,
@@ -362,12 +371,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         requests: rows[a].requests_per_second / rows[b].requests_per_second.max(1e-9),
         handshakes: rows[a].handshakes_per_second / rows[b].handshakes_per_second.max(1e-9),
     };
-    // The cost of the process boundary, then each keyferry mode against
-    // the plain rustls server and nginx.
-    let mut ratios = vec![ratio(0, 1)];
+    // The cost of the process boundary, then each keyferry mode with an
+    // instance per connection against the plain rustls server and nginx.
+    let mut ratios = vec![ratio(0, 2), ratio(1, 2)];
     for other in KEYFERRY_ROWS..rows.len() {
         ratios.push(ratio(0, other));
         ratios.push(ratio(1, other));
+        ratios.push(ratio(2, other));
     }
     let report = Report {
         seconds: options.duration.as_secs(),
