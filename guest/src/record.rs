@@ -565,10 +565,7 @@ impl TrafficKey {
     pub fn open(&mut self, record: Vec<u8>) -> Result<(ContentType, Vec<u8>)> {
         self.usable(Direction::Open)?;
         let result = self.open_inner(record, false);
-        if result.is_err() {
-            self.failed = true;
-        }
-        result
+        self.fail_on_error(result)
     }
 
     /// [`Self::open`] for a host-resident key whose record the key service
@@ -581,11 +578,14 @@ impl TrafficKey {
         if !matches!(self.residency, Residency::Host { .. }) {
             return Err(Error::WrongKeyType);
         }
-        let header = <[u8; HEADER_LEN]>::try_from(header).map_err(|_| {
-            self.failed = true;
-            Error::Alert(Alert::DecodeError)
-        })?;
-        let result = self.open_inner(header.to_vec(), true);
+        let result = <[u8; HEADER_LEN]>::try_from(header)
+            .map_err(|_| Error::Alert(Alert::DecodeError))
+            .and_then(|header| self.open_inner(header.to_vec(), true));
+        self.fail_on_error(result)
+    }
+
+    /// An open that failed makes the key unusable for good.
+    fn fail_on_error<T>(&mut self, result: Result<T>) -> Result<T> {
         if result.is_err() {
             self.failed = true;
         }

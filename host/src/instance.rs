@@ -404,15 +404,12 @@ impl GuestInstance {
         let opened = match record.get(..HEADER_LEN) {
             // The body stays here: the key service opens it from the
             // store's copy, and only the header and the plaintext cross.
+            // (`Sandboxed::call` drops it after the call.)
             Some(header) if key.host_resident => self.call(|s, b| {
                 s.data_mut().held.to_open = Some(record.to_vec());
-                let opened = b.keyferry_dataplane_keys().traffic_key().call_open_held(
-                    &mut *s,
-                    key.resource,
-                    header,
-                );
-                s.data_mut().held.to_open = None;
-                opened
+                b.keyferry_dataplane_keys()
+                    .traffic_key()
+                    .call_open_held(s, key.resource, header)
             })?,
             _ => self.call(|s, b| {
                 b.keyferry_dataplane_keys()

@@ -15,6 +15,7 @@
 //! ([`crate::HostKeyStore::traffic`]).
 
 use keyferry_guest::KeyServiceError;
+use keyferry_guest::framing::count_records;
 use keyferry_guest::key_service::KeyService;
 use keyferry_guest::record::HEADER_LEN;
 use wasmtime::component::{Linker, WasmList};
@@ -97,10 +98,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
          -> Reply<u32> {
             // Taken out while the payload is borrowed from guest memory,
             // and put back whatever happens.
-            let held = std::mem::take(&mut cx.data_mut().held);
-            let mut sealed = held.sealed;
+            let mut sealed = std::mem::take(&mut cx.data_mut().held.sealed);
             let state: &StoreState = cx.data();
-            let result = if held.sealed_count >= HeldRecords::MAX_SEALED {
+            let full = count_records(&sealed).is_none_or(|n| n >= HeldRecords::MAX_SEALED);
+            let result = if full {
                 Err(KeyServiceError::InvalidArgument)
             } else {
                 let payload = payload.as_le_slice(&cx);
@@ -121,11 +122,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
                 state.keys.count_held(len);
                 u32::try_from(len).map_err(|_| KeyServiceError::InvalidArgument)
             });
-            cx.data_mut().held = HeldRecords {
-                sealed,
-                sealed_count: held.sealed_count + usize::from(len.is_ok()),
-                to_open: held.to_open,
-            };
+            cx.data_mut().held.sealed = sealed;
             Ok((len.map_err(Into::into),))
         },
     )?;

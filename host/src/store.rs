@@ -46,8 +46,6 @@ pub(crate) struct StoreState {
 pub(crate) struct HeldRecords {
     /// Sealed records, in the order the guest sealed them.
     pub(crate) sealed: Vec<u8>,
-    /// How many records `sealed` holds.
-    pub(crate) sealed_count: usize,
     /// The record handed to `open-held`, header included, until the key
     /// service opens it.
     pub(crate) to_open: Option<Vec<u8>>,
