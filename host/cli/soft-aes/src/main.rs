@@ -3,10 +3,11 @@
 //! bench` calls "native", with the AES instructions taken away, as the
 //! guest has none. Prints MB/s, one line per AEAD and operation:
 //! `AES-128-GCM seal 201.3`. `keyferry bench --soft-aes PATH` runs it with
-//! its own records, rounds, record size and protocol version, and sets the
-//! figures beside the guest's.
+//! its own records, rounds, record size, protocol version and the AEAD it
+//! is measuring, and sets the figures beside the guest's.
 //!
-//! Usage: `keyferry-soft-aes RECORDS ROUNDS RECORD_SIZE [tls12|tls13]`.
+//! Usage: `keyferry-soft-aes RECORDS ROUNDS RECORD_SIZE [tls12|tls13]
+//! [AES-128-GCM|AES-256-GCM]` (both AEADs when none is named).
 
 #[cfg(not(aes_backend = "soft"))]
 compile_error!(
@@ -91,7 +92,7 @@ fn main() {
     let number = |i: usize| -> usize {
         args.get(i)
             .and_then(|a| a.parse().ok())
-            .expect("usage: keyferry-soft-aes RECORDS ROUNDS RECORD_SIZE [tls12|tls13]")
+            .expect("usage: keyferry-soft-aes RECORDS ROUNDS RECORD_SIZE [tls12|tls13] [AEAD]")
     };
     let (records, rounds, size) = (number(0).max(1), number(1).max(1), number(2));
     let version = match args.get(3).map(String::as_str) {
@@ -99,10 +100,18 @@ fn main() {
         Some("tls12") => ProtocolVersion::Tls12,
         Some(other) => panic!("unknown version {other}: tls12 or tls13"),
     };
-    for (name, aead) in [
+    let only = args.get(4).map(String::as_str);
+    let aeads = [
         ("AES-128-GCM", AeadAlgorithm::Aes128Gcm),
         ("AES-256-GCM", AeadAlgorithm::Aes256Gcm),
-    ] {
+    ];
+    if let Some(name) = only.filter(|n| aeads.iter().all(|(a, _)| a != n)) {
+        panic!("unknown AEAD {name}: AES-128-GCM or AES-256-GCM");
+    }
+    for (name, aead) in aeads
+        .into_iter()
+        .filter(|(a, _)| only.is_none_or(|n| n == *a))
+    {
         let (seal, open) = run(version, aead, records, rounds, size);
         println!("{name} seal {seal:.1}");
         println!("{name} open {open:.1}");
