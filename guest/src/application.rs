@@ -272,6 +272,7 @@ impl<A: Application> Session<A> {
         step.plaintext = to_host;
         if !send.is_empty() {
             match self.conn.send(&send) {
+                Ok(wire) if step.to_send.is_empty() => step.to_send = wire,
                 Ok(wire) => step.to_send.extend(wire),
                 // Our side is already closed or the key is used up: what the
                 // application said cannot go out, so the connection ends.

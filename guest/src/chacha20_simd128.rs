@@ -1,15 +1,18 @@
 //! ChaCha20 (RFC 8439, the IETF variant: 96-bit nonce, 32-bit block
-//! counter) computing four blocks at once with WebAssembly `simd128`.
+//! counter) computing four blocks at once with WebAssembly `simd128`, for
+//! the guest's ChaCha20-Poly1305 ([`crate::chacha20poly1305_simd128`]).
 //!
 //! RustCrypto's `chacha20` has SSE2, AVX2, AVX-512 and NEON backends but
 //! none for wasm, where it runs one block at a time in scalar code. This is
-//! the missing backend, built the way RustCrypto's are: a core type that
-//! implements `cipher`'s `StreamCipherCore` and hands a backend with four
-//! parallel blocks (`ParBlocksSize = U4`) to the caller's closure. Wrapped
-//! in `StreamCipherCoreWrapper` it is a drop-in `StreamCipher +
-//! StreamCipherSeek` (`chacha20poly1305::ChaChaPoly1305` takes it as it
-//! is); the guest's AEAD is [`crate::chacha20poly1305_simd128`], which
-//! pairs it with the `simd128` Poly1305.
+//! the missing computation, shaped for the AEAD rather than for `cipher`'s
+//! stream-cipher traits: [`MessageKeystream`] yields the keystream of one
+//! message four blocks at a time, from block 0. Block 0 keys Poly1305 and
+//! the text starts at block 1, so a record of up to three blocks costs one
+//! computation and every four blocks after that one more, the fewest there
+//! can be. Through the stream-cipher wrapper the same record cost one
+//! computation more: asked for block 0 and then for blocks 1 to 4, it had
+//! to start again at block 1 (under keep-alive HTTP load, ChaCha20 was the
+//! largest part of the guest's time).
 //!
 //! Layout: sixteen `v128` registers, register `i` holding word `i` of the
 //! state of four consecutive blocks (lane `j` is block `counter + j`). A
@@ -19,200 +22,125 @@
 //!
 //! Constant time: ChaCha20 is add-rotate-xor on 32-bit words. Nothing here
 //! branches on, or indexes memory by, the key, the nonce, the counter or
-//! the data; the only branches are on lengths the caller already knows
-//! (how many blocks). wasm `simd128` integer instructions have no
-//! data-dependent timing in the engines we target (wasmtime lowers them to
-//! SSE/AVX integer instructions).
+//! the data; the only branches are on lengths the caller already knows.
+//! wasm `simd128` integer instructions have no data-dependent timing in the
+//! engines we target (wasmtime lowers them to SSE/AVX integer
+//! instructions).
 //!
-//! Single blocks (a message's tail, the Poly1305 key) cost a four-block
-//! computation too, so the other three are kept: the next single blocks,
-//! or the next four, come from that cache while the counter is in its
-//! range. A short record (block 0 for the MAC key, a few data blocks)
-//! then costs one computation instead of one per block; under keep-alive
-//! HTTP load, single blocks were a third of the guest's time.
-//!
-//! Secrets: the state and the cached keystream are wiped on drop. As in
+//! Secrets: the state and the buffered keystream are wiped on drop. As in
 //! RustCrypto's own SIMD backends, the working registers (and what the
-//! compiler spills of them) are not wiped; the keystream is written only
-//! into the caller's blocks and the cache.
+//! compiler spills of them) are not wiped.
 //!
 //! Only compiled for `wasm32` with `simd128`; everywhere else the crate uses
-//! RustCrypto's `chacha20`, and the differential tests compare the two.
+//! RustCrypto's `chacha20poly1305`, and the differential tests
+//! (`tests/tests/vectors.rs`) compare the two on 100,000 random messages.
 
 use core::arch::wasm32::{
     i8x16_shuffle, i32x4_shuffle, u32x4, u32x4_add, u32x4_shl, u32x4_shr, u32x4_splat,
     u64x2_extract_lane, v128, v128_or, v128_xor,
 };
 
-use ::cipher::array::Array;
-use ::cipher::consts::{U4, U12, U32, U64};
-use ::cipher::{
-    BlockSizeUser, IvSizeUser, KeyIvInit, KeySizeUser, ParBlocks, ParBlocksSizeUser,
-    StreamCipherBackend, StreamCipherClosure, StreamCipherCore, StreamCipherCoreWrapper,
-    StreamCipherSeekCore,
-};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// "expand 32-byte k".
 const CONSTANTS: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 
-/// ChaCha20 with the four-block `simd128` backend, as a stream cipher.
-pub type ChaCha20 = StreamCipherCoreWrapper<ChaCha20Core>;
+/// 64-bit words in four blocks.
+const CHUNK_WORDS: usize = 4 * 64 / 8;
 
-/// The state: constants, key, block counter, nonce; and the keystream of
-/// the last four blocks computed for a single-block request.
-pub struct ChaCha20Core {
+/// The keystream of one message (one key and nonce), four blocks at a time
+/// from block 0.
+pub struct MessageKeystream {
+    /// Constants, key, the counter of the next four blocks, nonce.
     state: [u32; 16],
-    /// Four blocks as little-endian 64-bit words: wiped on drop with a
-    /// quarter of the volatile stores bytes would take, and filled straight
-    /// from the vector lanes.
-    cache: [u64; 4 * WORDS],
-    /// The counter of the cache's first block; `None` until it is filled.
-    cached_at: Option<u32>,
+    /// The last four blocks computed, as little-endian 64-bit words:
+    /// filled straight from the vector lanes, and wiped on drop with a
+    /// quarter of the volatile stores bytes would take.
+    chunk: [u64; CHUNK_WORDS],
+    /// Words of `chunk` already used.
+    used: usize,
 }
 
-/// Bytes in a block.
-const BLOCK: usize = 64;
-
-/// 64-bit words in a block.
-const WORDS: usize = BLOCK / 8;
-
-impl KeySizeUser for ChaCha20Core {
-    type KeySize = U32;
-}
-
-impl IvSizeUser for ChaCha20Core {
-    type IvSize = U12;
-}
-
-impl BlockSizeUser for ChaCha20Core {
-    type BlockSize = U64;
-}
-
-impl KeyIvInit for ChaCha20Core {
-    fn new(key: &Array<u8, U32>, iv: &Array<u8, U12>) -> Self {
+impl MessageKeystream {
+    /// The keystream under `key` and `nonce`, with blocks 0 to 3 computed.
+    pub fn new(key: &[u8; 32], nonce: &[u8; 12]) -> Self {
         let mut state = [0u32; 16];
         state[..4].copy_from_slice(&CONSTANTS);
         for (word, bytes) in state[4..12].iter_mut().zip(key.chunks_exact(4)) {
             *word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
-        for (word, bytes) in state[13..].iter_mut().zip(iv.chunks_exact(4)) {
+        for (word, bytes) in state[13..].iter_mut().zip(nonce.chunks_exact(4)) {
             *word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
-        Self {
+        let mut stream = Self {
             state,
-            cache: [0; 4 * WORDS],
-            cached_at: None,
+            chunk: [0; CHUNK_WORDS],
+            used: 0,
+        };
+        stream.refill();
+        stream
+    }
+
+    /// Block 0's first 32 bytes, the Poly1305 key, into `key`; the stream
+    /// then stands at block 1, where the text starts. Call it first.
+    pub fn mac_key(&mut self, key: &mut [u8; 32]) {
+        debug_assert_eq!(self.used, 0, "the MAC key is block 0");
+        for (word, bytes) in self.chunk[..4].iter().zip(key.chunks_exact_mut(8)) {
+            bytes.copy_from_slice(&word.to_le_bytes());
+        }
+        self.used = 64 / 8;
+    }
+
+    /// XORs the keystream into `data`, from where the stream stands. Only
+    /// the last call of a message may end inside a 64-bit word: the rest
+    /// of that word is not kept.
+    pub fn apply(&mut self, data: &mut [u8]) {
+        let mut words = data.chunks_exact_mut(8);
+        for bytes in &mut words {
+            if self.used == CHUNK_WORDS {
+                self.refill();
+            }
+            let word = u64::from_le_bytes((&*bytes).try_into().expect("8 bytes"));
+            bytes.copy_from_slice(&(word ^ self.chunk[self.used]).to_le_bytes());
+            self.used += 1;
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            if self.used == CHUNK_WORDS {
+                self.refill();
+            }
+            let key = self.chunk[self.used].to_le_bytes();
+            for (byte, k) in tail.iter_mut().zip(key) {
+                *byte ^= k;
+            }
+            self.used += 1;
         }
     }
-}
 
-impl StreamCipherSeekCore for ChaCha20Core {
-    type Counter = u32;
-
-    fn get_block_pos(&self) -> u32 {
-        self.state[12]
-    }
-
-    fn set_block_pos(&mut self, pos: u32) {
-        self.state[12] = pos;
-    }
-}
-
-impl StreamCipherCore for ChaCha20Core {
-    fn remaining_blocks(&self) -> Option<usize> {
-        // As RustCrypto's IETF variant: the counter must not wrap.
-        usize::try_from(u32::MAX - self.state[12]).ok()
-    }
-
-    fn process_with_backend(&mut self, f: impl StreamCipherClosure<BlockSize = Self::BlockSize>) {
-        f.call(&mut Backend(self));
+    /// Computes the next four blocks and moves the counter past them. The
+    /// AEAD bounds a message's length, so the counter never wraps into
+    /// blocks already used.
+    fn refill(&mut self) {
+        let rows = keystream(&self.state);
+        for (block, words) in rows.iter().zip(self.chunk.chunks_exact_mut(8)) {
+            for (lanes, pair) in block.iter().zip(words.chunks_exact_mut(2)) {
+                pair[0] = u64x2_extract_lane::<0>(*lanes);
+                pair[1] = u64x2_extract_lane::<1>(*lanes);
+            }
+        }
+        self.state[12] = self.state[12].wrapping_add(4);
+        self.used = 0;
     }
 }
 
-impl ChaCha20Core {
-    /// Where block `counter` sits in the cache, if it is there. Counters
-    /// are public (positions in the stream), so this may branch on them.
-    fn cached(&self, counter: u32) -> Option<usize> {
-        let index = counter.wrapping_sub(self.cached_at?);
-        (index < 4).then_some(index as usize)
-    }
-}
-
-impl Drop for ChaCha20Core {
+impl Drop for MessageKeystream {
     fn drop(&mut self) {
         self.state.zeroize();
-        self.cache.zeroize();
+        self.chunk.zeroize();
     }
 }
 
-impl ZeroizeOnDrop for ChaCha20Core {}
-
-struct Backend<'a>(&'a mut ChaCha20Core);
-
-impl BlockSizeUser for Backend<'_> {
-    type BlockSize = U64;
-}
-
-impl ParBlocksSizeUser for Backend<'_> {
-    type ParBlocksSize = U4;
-}
-
-impl StreamCipherBackend for Backend<'_> {
-    fn gen_ks_block(&mut self, block: &mut Array<u8, U64>) {
-        let core = &mut *self.0;
-        let counter = core.state[12];
-        let index = match core.cached(counter) {
-            Some(index) => index,
-            None => {
-                let rows = keystream(&core.state);
-                for (row, cached) in rows.iter().zip(core.cache.chunks_exact_mut(WORDS)) {
-                    for (lanes, words) in row.iter().zip(cached.chunks_exact_mut(2)) {
-                        words[0] = u64x2_extract_lane::<0>(*lanes);
-                        words[1] = u64x2_extract_lane::<1>(*lanes);
-                    }
-                }
-                core.cached_at = Some(counter);
-                0
-            }
-        };
-        copy_words(&core.cache[index * WORDS..][..WORDS], block);
-        core.state[12] = counter.wrapping_add(1);
-    }
-
-    fn gen_par_ks_blocks(&mut self, blocks: &mut ParBlocks<Self>) {
-        let core = &mut *self.0;
-        let counter = core.state[12];
-        if core.cached(counter) == Some(0) {
-            for (cached, block) in core.cache.chunks_exact(WORDS).zip(blocks.iter_mut()) {
-                copy_words(cached, block);
-            }
-        } else {
-            let rows = keystream(&core.state);
-            for (row, block) in rows.iter().zip(blocks.iter_mut()) {
-                store(row, block);
-            }
-        }
-        core.state[12] = counter.wrapping_add(4);
-    }
-}
-
-/// Writes cached words into a block's bytes, little-endian.
-#[inline(always)]
-fn copy_words(words: &[u64], out: &mut [u8]) {
-    for (word, bytes) in words.iter().zip(out.chunks_exact_mut(8)) {
-        bytes.copy_from_slice(&word.to_le_bytes());
-    }
-}
-
-/// Writes one block's four rows of words, little-endian, into `out`.
-#[inline(always)]
-fn store(rows: &[v128; 4], out: &mut [u8]) {
-    for (row, bytes) in rows.iter().zip(out.chunks_exact_mut(16)) {
-        bytes[..8].copy_from_slice(&u64x2_extract_lane::<0>(*row).to_le_bytes());
-        bytes[8..].copy_from_slice(&u64x2_extract_lane::<1>(*row).to_le_bytes());
-    }
-}
+impl ZeroizeOnDrop for MessageKeystream {}
 
 #[inline(always)]
 fn rotl16(x: v128) -> v128 {

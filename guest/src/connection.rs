@@ -234,6 +234,10 @@ impl Connection {
                 "connection already closed for writing",
             ));
         }
+        if (1..=MAX_PLAINTEXT).contains(&plaintext.len()) {
+            // One record, the common case: no second buffer to copy it into.
+            return self.seal.seal(ContentType::ApplicationData, plaintext, 0);
+        }
         let mut out =
             Vec::with_capacity(plaintext.len() + plaintext.len() / MAX_PLAINTEXT * 40 + 40);
         for chunk in plaintext.chunks(MAX_PLAINTEXT) {

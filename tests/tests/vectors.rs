@@ -175,11 +175,15 @@ impl SplitMix {
 }
 
 /// Lengths around every boundary the AEADs and the guest's SIMD paths
-/// have: empty, one byte, one block either side, ChaCha20's four blocks
-/// either side, AES-GCM's first eight-block batch (the tag mask and seven
-/// keystream blocks, 112 bytes) and the next (240) either side, and a
+/// have: empty, one byte, one block either side, four blocks either side,
+/// AES-GCM's first eight-block batch (the tag mask and seven keystream
+/// blocks, 112 bytes) and the next (240) either side, ChaCha20's first
+/// four-block computation (block 0 keys Poly1305, so it holds 192 bytes
+/// of text) and the next (448) either side, the largest message whose
+/// ChaCha20-Poly1305 MAC input is copied into one Poly1305 call (1008
+/// bytes of text without AAD, 992 with up to 16 bytes) either side, and a
 /// whole TLS record's worth (16 KiB + 256).
-const EDGE_LENGTHS: [usize; 18] = [
+const EDGE_LENGTHS: [usize; 30] = [
     0,
     1,
     15,
@@ -191,12 +195,24 @@ const EDGE_LENGTHS: [usize; 18] = [
     111,
     112,
     113,
+    191,
+    192,
+    193,
     239,
     240,
     241,
     255,
     256,
     257,
+    447,
+    448,
+    449,
+    991,
+    992,
+    993,
+    1008,
+    1009,
+    1010,
     16 * 1024 + 256,
 ];
 
