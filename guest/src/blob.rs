@@ -64,7 +64,6 @@
 //!
 //! The contents are the same in every format.
 
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
@@ -72,6 +71,7 @@ use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::blob_aead;
 use crate::error::{BlobError, Error, Result};
 use crate::mac::MacKey;
 use crate::record::TrafficKeyMaterial;
@@ -221,13 +221,13 @@ impl WrappingSecret {
         &self.secret[..]
     }
 
-    /// The AEAD for one blob's salt: HKDF-Expand(secret, label || salt).
-    fn blob_cipher(&self, salt: &[u8]) -> chacha20poly1305::ChaCha20Poly1305 {
+    /// The AEAD key for one blob's salt: HKDF-Expand(secret, label || salt).
+    fn blob_key(&self, salt: &[u8]) -> Zeroizing<[u8; 32]> {
         let mut key = Zeroizing::new([0u8; 32]);
         self.expand
             .expand_multi_info(&[WRAPPED_INFO, salt], &mut key[..])
             .expect("32 bytes is a valid HKDF-SHA256 length");
-        chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key[..]).expect("a 32-byte key")
+        key
     }
 }
 
@@ -299,18 +299,31 @@ pub fn peek_header(blob: &[u8]) -> Result<BlobHeader> {
 
 /// Seals traffic-key material to `recipient` (an X25519 public key).
 pub fn seal_traffic_key(recipient: &[u8], m: &TrafficKeyMaterial) -> Result<Vec<u8>> {
-    seal(recipient, BlobKind::TrafficKey, &traffic_key_contents(m)?)
+    seal(
+        recipient,
+        BlobKind::TrafficKey,
+        &traffic_key_contents(m, &random_id()?)?,
+    )
 }
 
-/// Wraps traffic-key material with an instance's wrapping secret.
+/// Wraps traffic-key material with an instance's wrapping secret. Its TLS
+/// 1.3 key and IV are checked against its secret here, natively in the
+/// host, so the instance need not check them again in wasm.
 pub fn wrap_traffic_key(secret: &WrappingSecret, m: &TrafficKeyMaterial) -> Result<Vec<u8>> {
-    wrap(secret, BlobKind::TrafficKey, traffic_key_contents(m)?)
+    m.check_derivation()?;
+    let (salt, blob_id) = salt_and_id()?;
+    wrap(
+        secret,
+        BlobKind::TrafficKey,
+        &salt,
+        traffic_key_contents(m, &blob_id)?,
+    )
 }
 
 /// The clear contents of a traffic-key blob. The buffer is sized exactly
 /// and never grows: a reallocation would free a block holding the key, IV
 /// and secret without wiping it.
-fn traffic_key_contents(m: &TrafficKeyMaterial) -> Result<Zeroizing<Vec<u8>>> {
+fn traffic_key_contents(m: &TrafficKeyMaterial, blob_id: &[u8; 16]) -> Result<Zeroizing<Vec<u8>>> {
     let len = COMMON_LEN
         + 3
         + 4
@@ -323,10 +336,9 @@ fn traffic_key_contents(m: &TrafficKeyMaterial) -> Result<Zeroizing<Vec<u8>>> {
         + (4 + m.buffered_plaintext.len())
         + (4 + m.buffered_ciphertext.len());
     let mut w = Zeroizing::new(Vec::with_capacity(len));
-    let blob_id = random_id()?;
     put_common(
         &mut w,
-        &blob_id,
+        blob_id,
         m.connection_id,
         m.exportable,
         m.host_key_ref.is_some(),
@@ -348,20 +360,29 @@ fn traffic_key_contents(m: &TrafficKeyMaterial) -> Result<Zeroizing<Vec<u8>>> {
 
 /// Seals a MAC key to `recipient`.
 pub fn seal_mac_key(recipient: &[u8], key: &MacKey) -> Result<Vec<u8>> {
-    seal(recipient, BlobKind::MacKey, &mac_key_contents(key)?)
+    seal(
+        recipient,
+        BlobKind::MacKey,
+        &mac_key_contents(key, &random_id()?)?,
+    )
 }
 
 /// Wraps a MAC key with an instance's wrapping secret.
 pub fn wrap_mac_key(secret: &WrappingSecret, key: &MacKey) -> Result<Vec<u8>> {
-    wrap(secret, BlobKind::MacKey, mac_key_contents(key)?)
+    let (salt, blob_id) = salt_and_id()?;
+    wrap(
+        secret,
+        BlobKind::MacKey,
+        &salt,
+        mac_key_contents(key, &blob_id)?,
+    )
 }
 
 /// The clear contents of a MAC-key blob, sized exactly as above.
-fn mac_key_contents(key: &MacKey) -> Result<Zeroizing<Vec<u8>>> {
+fn mac_key_contents(key: &MacKey, blob_id: &[u8; 16]) -> Result<Zeroizing<Vec<u8>>> {
     let len = COMMON_LEN + 1 + (1 + key.key.len());
     let mut w = Zeroizing::new(Vec::with_capacity(len));
-    let blob_id = random_id()?;
-    put_common(&mut w, &blob_id, key.connection_id, key.exportable, false);
+    put_common(&mut w, blob_id, key.connection_id, key.exportable, false);
     w.push(key.algorithm.code());
     put_short(&mut w, &key.key)?;
     exactly_sized(w, len)
@@ -469,12 +490,16 @@ fn seal(recipient: &[u8], kind: BlobKind, inner: &[u8]) -> Result<Vec<u8>> {
     Ok(blob)
 }
 
-/// Wraps `inner` (consumed, so its buffer is wiped here) with `secret`.
-fn wrap(secret: &WrappingSecret, kind: BlobKind, inner: Zeroizing<Vec<u8>>) -> Result<Vec<u8>> {
-    let mut salt = [0u8; SALT_LEN];
-    getrandom::fill(&mut salt).map_err(|_| Error::InvalidArgument("no system randomness"))?;
-    let cipher = secret.blob_cipher(&salt);
-    wrap_with(FORMAT_WRAPPED, kind, &secret.id, &salt, &cipher, inner)
+/// Wraps `inner` (consumed, so its buffer is wiped here) with `secret`
+/// under a fresh `salt`.
+fn wrap(
+    secret: &WrappingSecret,
+    kind: BlobKind,
+    salt: &[u8; SALT_LEN],
+    inner: Zeroizing<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let key = secret.blob_key(salt);
+    wrap_with(FORMAT_WRAPPED, kind, &secret.id, salt, &key, inner)
 }
 
 /// Formats 2 and 3: header, salt (or counter), then `inner` sealed with
@@ -484,7 +509,7 @@ fn wrap_with(
     kind: BlobKind,
     recipient: &[u8; 16],
     salt: &[u8],
-    cipher: &chacha20poly1305::ChaCha20Poly1305,
+    key: &[u8; 32],
     inner: Zeroizing<Vec<u8>>,
 ) -> Result<Vec<u8>> {
     let start = HEADER_LEN + salt.len();
@@ -497,7 +522,7 @@ fn wrap_with(
     blob.extend_from_slice(&inner);
     drop(inner);
     let (aad, body) = blob.split_at_mut(start);
-    let sealed = cipher.encrypt_inout_detached(&Default::default(), aad, body.into());
+    let sealed = blob_aead::get().seal(key, aad, body);
     let Ok(tag) = sealed else {
         zeroize::Zeroize::zeroize(&mut blob);
         return Err(Error::InvalidArgument("blob contents too long"));
@@ -552,22 +577,18 @@ fn open(recipient: Recipient<'_>, blob: &[u8], kind: BlobKind) -> Result<Zeroizi
 
 /// Opens a format 2 blob whose header was checked.
 fn unwrap(secret: &WrappingSecret, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-    let cipher = secret.blob_cipher(&blob[HEADER_LEN..HEADER_LEN + SALT_LEN]);
-    unwrap_with(&cipher, SALT_LEN, blob)
+    let key = secret.blob_key(&blob[HEADER_LEN..HEADER_LEN + SALT_LEN]);
+    unwrap_with(&key, SALT_LEN, blob)
 }
 
 /// Opens a format 2 or 3 blob whose header and length were checked.
-fn unwrap_with(
-    cipher: &chacha20poly1305::ChaCha20Poly1305,
-    salt_len: usize,
-    blob: &[u8],
-) -> Result<Zeroizing<Vec<u8>>> {
+fn unwrap_with(key: &[u8; 32], salt_len: usize, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let (aad, sealed) = blob.split_at(HEADER_LEN + salt_len);
     let (text, tag) = sealed.split_at(sealed.len() - SEAL_TAG_LEN);
     let mut inner = Zeroizing::new(text.to_vec());
-    let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| BlobError::Malformed)?;
-    cipher
-        .decrypt_inout_detached(&Default::default(), aad, inner.as_mut_slice().into(), &tag)
+    let tag: &[u8; SEAL_TAG_LEN] = tag.try_into().map_err(|_| BlobError::Malformed)?;
+    blob_aead::get()
+        .open(key, aad, &mut inner, tag)
         .map_err(|_| BlobError::AuthenticationFailed)?;
     Ok(inner)
 }
@@ -575,17 +596,17 @@ fn unwrap_with(
 type SessionContextS = hpke::aead::AeadCtxS<ChaCha20Poly1305, HkdfSha256, Kem>;
 type SessionContextR = hpke::aead::AeadCtxR<ChaCha20Poly1305, HkdfSha256, Kem>;
 
-/// The AEAD for blob `counter` of a session: HPKE's Export for it.
-fn session_cipher(
+/// The AEAD key for blob `counter` of a session: HPKE's Export for it.
+fn session_key(
     export: impl FnOnce(&[u8], &mut [u8]) -> core::result::Result<(), hpke::HpkeError>,
     counter: u64,
-) -> Result<chacha20poly1305::ChaCha20Poly1305> {
+) -> Result<Zeroizing<[u8; 32]>> {
     let mut context = [0u8; SESSION_EXPORT_LABEL.len() + COUNTER_LEN];
     context[..SESSION_EXPORT_LABEL.len()].copy_from_slice(SESSION_EXPORT_LABEL);
     context[SESSION_EXPORT_LABEL.len()..].copy_from_slice(&counter.to_be_bytes());
     let mut key = Zeroizing::new([0u8; 32]);
     export(&context, &mut key[..]).map_err(|_| Error::InvalidArgument("hpke export"))?;
-    Ok(chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key[..]).expect("a 32-byte key"))
+    Ok(key)
 }
 
 /// The sending end of a format 3 session: the handshake process's, one per
@@ -632,14 +653,14 @@ impl SessionSender {
             .checked_add(1)
             .filter(|next| *next < u64::MAX)
             .ok_or(Error::InvalidArgument("blob session exhausted"))?;
-        let cipher = session_cipher(|c, out| self.context.export(c, out), counter)?;
+        let key = session_key(|c, out| self.context.export(c, out), counter)?;
         wrap_with(
             FORMAT_SESSION,
             BlobKind::TrafficKey,
             &self.recipient,
             &counter.to_be_bytes(),
-            &cipher,
-            traffic_key_contents(m)?,
+            &key,
+            traffic_key_contents(m, &random_id()?)?,
         )
     }
 }
@@ -682,8 +703,8 @@ impl SessionReceiver {
         if counter < self.next || counter == u64::MAX {
             return Err(BlobError::Replayed.into());
         }
-        let cipher = session_cipher(|c, out| self.context.export(c, out), counter)?;
-        let inner = unwrap_with(&cipher, COUNTER_LEN, blob)?;
+        let key = session_key(|c, out| self.context.export(c, out), counter)?;
+        let inner = unwrap_with(&key, COUNTER_LEN, blob)?;
         let opened = traffic_key_from_contents(&inner)?;
         self.next = counter + 1;
         Ok(opened)
@@ -691,6 +712,19 @@ impl SessionReceiver {
 }
 
 /// A fresh random blob id.
+/// A wrapped blob's salt and id, from one read of the system's
+/// randomness: every connection wraps two blobs, and each read is a system
+/// call.
+fn salt_and_id() -> Result<([u8; SALT_LEN], [u8; 16])> {
+    let mut both = [0u8; SALT_LEN + 16];
+    getrandom::fill(&mut both).map_err(|_| Error::InvalidArgument("no system randomness"))?;
+    let (salt, id) = both.split_at(SALT_LEN);
+    Ok((
+        salt.try_into().expect("SALT_LEN bytes"),
+        id.try_into().expect("16 bytes"),
+    ))
+}
+
 fn random_id() -> Result<[u8; 16]> {
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Error::InvalidArgument("no system randomness"))?;
@@ -982,12 +1016,12 @@ mod tests {
                 };
                 m.buffered_plaintext = Zeroizing::new(vec![1; buffered]);
                 m.buffered_ciphertext = vec![2; buffered / 2];
-                let w = traffic_key_contents(&m).unwrap();
+                let w = traffic_key_contents(&m, &[3; 16]).unwrap();
                 assert_eq!(w.len(), w.capacity(), "{version:?} {aead:?} {buffered}");
             }
         }
         let mac = MacKey::new(MacAlgorithm::HmacSha384, &[5; 48], true, 1).unwrap();
-        let w = mac_key_contents(&mac).unwrap();
+        let w = mac_key_contents(&mac, &[4; 16]).unwrap();
         assert_eq!(w.len(), w.capacity());
     }
 }

@@ -132,8 +132,16 @@ impl Instance {
 
     /// CryptImportKey for a traffic key.
     pub fn import_traffic_key(&mut self, sealed: &[u8]) -> Result<TrafficKey> {
-        let (blob_id, material) = blob::open_traffic_key(self.recipient(sealed)?, sealed)?;
-        let key = TrafficKey::from_material(material, self.service)?;
+        let recipient = self.recipient(sealed)?;
+        let (blob_id, material) = blob::open_traffic_key(recipient, sealed)?;
+        // Only the host that made this instance holds its wrapping secret,
+        // and it checks what it wraps (`blob::wrap_traffic_key`); a blob
+        // sealed to the exchange key may come from anyone holding the
+        // public key, another instance included.
+        let key = match recipient {
+            Recipient::Wrapping(_) => TrafficKey::from_checked_material(material, self.service)?,
+            Recipient::Exchange(_) => TrafficKey::from_material(material, self.service)?,
+        };
         self.registry
             .admit_traffic(blob_id, key.fingerprint(), position(&key), self.epoch)?;
         self.imported();

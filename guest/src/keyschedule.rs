@@ -19,13 +19,52 @@ pub fn expand_label(
     context: &[u8],
     length: usize,
 ) -> Result<Zeroizing<Vec<u8>>> {
+    let mut out = Zeroizing::new(vec![0u8; length]);
+    with_prk(hash, secret, |expand| {
+        expand_label_into(expand, label, context, &mut out)
+    })?;
+    Ok(out)
+}
+
+/// HKDF-Expand under one PRK: `info` pieces in, `out` filled.
+type Expand<'a> = dyn Fn(&[&[u8]], &mut [u8]) -> Result<()> + 'a;
+
+/// Runs `f` with HKDF-Expand keyed by `secret`. Keying HMAC is two of the
+/// four compressions of a short expansion, so derivations from one secret
+/// share it.
+fn with_prk(
+    hash: MacAlgorithm,
+    secret: &[u8],
+    f: impl FnOnce(&Expand<'_>) -> Result<()>,
+) -> Result<()> {
+    let short = |_| Error::InvalidArgument("secret shorter than the hash");
+    let long = |_| Error::InvalidArgument("hkdf output too long");
+    match hash {
+        MacAlgorithm::HmacSha256 => {
+            let prk = Hkdf::<Sha256>::from_prk(secret).map_err(short)?;
+            f(&|info, out| prk.expand_multi_info(info, out).map_err(long))
+        }
+        MacAlgorithm::HmacSha384 => {
+            let prk = Hkdf::<Sha384>::from_prk(secret).map_err(short)?;
+            f(&|info, out| prk.expand_multi_info(info, out).map_err(long))
+        }
+    }
+}
+
+/// HKDF-Expand-Label into `out`, whose length is the label's length.
+fn expand_label_into(
+    expand: &Expand<'_>,
+    label: &[u8],
+    context: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     let full_label_len = 6 + label.len();
-    if full_label_len > 255 || context.len() > 255 || length > u16::MAX as usize {
+    if full_label_len > 255 || context.len() > 255 || out.len() > u16::MAX as usize {
         return Err(Error::InvalidArgument(
             "hkdf label, context or length too long",
         ));
     }
-    let len = (length as u16).to_be_bytes();
+    let len = (out.len() as u16).to_be_bytes();
     let info: [&[u8]; 6] = [
         &len,
         &[full_label_len as u8],
@@ -34,27 +73,20 @@ pub fn expand_label(
         &[context.len() as u8],
         context,
     ];
-    let mut out = Zeroizing::new(vec![0u8; length]);
-    let expanded = match hash {
-        MacAlgorithm::HmacSha256 => Hkdf::<Sha256>::from_prk(secret)
-            .map_err(|_| Error::InvalidArgument("secret shorter than the hash"))?
-            .expand_multi_info(&info, &mut out),
-        MacAlgorithm::HmacSha384 => Hkdf::<Sha384>::from_prk(secret)
-            .map_err(|_| Error::InvalidArgument("secret shorter than the hash"))?
-            .expand_multi_info(&info, &mut out),
-    };
-    expanded.map_err(|_| Error::InvalidArgument("hkdf output too long"))?;
-    Ok(out)
+    expand(&info, out)
 }
 
 /// A record key and its IV, both zeroized on drop.
 pub type KeyAndIv = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
 
-/// The record key and IV of a TLS 1.3 traffic secret.
+/// The record key and IV of a TLS 1.3 traffic secret, under one keyed HMAC.
 pub fn traffic_key_and_iv(aead: AeadAlgorithm, secret: &[u8]) -> Result<KeyAndIv> {
-    let hash = aead.tls13_hash();
-    let key = expand_label(hash, secret, b"key", b"", aead.key_len())?;
-    let iv = expand_label(hash, secret, b"iv", b"", IV_LEN)?;
+    let mut key = Zeroizing::new(vec![0u8; aead.key_len()]);
+    let mut iv = Zeroizing::new(vec![0u8; IV_LEN]);
+    with_prk(aead.tls13_hash(), secret, |expand| {
+        expand_label_into(expand, b"key", b"", &mut key)?;
+        expand_label_into(expand, b"iv", b"", &mut iv)
+    })?;
     Ok((key, iv))
 }
 

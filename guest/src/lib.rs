@@ -28,6 +28,7 @@ pub mod aes_gcm_simd128;
 pub mod aes_simd128;
 pub mod application;
 pub mod blob;
+pub mod blob_aead;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod chacha20_simd128;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

@@ -118,6 +118,7 @@ impl GuestEngine {
     /// Builds the engine and linker. Starts the epoch ticker thread when
     /// the execution bound is a deadline.
     pub fn new(config: SandboxConfig) -> Result<Self> {
+        crate::host_aead::install_blob_aead();
         let mut wasm = Config::new();
         // KEYFERRY_PERF_MAP=1: write /tmp/perf-PID.map so `perf report`
         // names JIT-compiled guest functions (a profiling aid; off by

@@ -135,6 +135,7 @@ impl Worker {
                     return Err("published its key twice");
                 }
                 state.greeted = true;
+                crate::host_aead::install_blob_aead();
                 let (sender, encapsulated) = SessionSender::new(&exchange.public_key)
                     .map_err(|_| "published a key that is not an X25519 public key")?;
                 return Ok(Some((sender, ToWorker::Session { encapsulated })));

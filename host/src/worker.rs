@@ -208,6 +208,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 if session.is_some() {
                     break Err(WorkerError::Session);
                 }
+                crate::host_aead::install_blob_aead();
                 match SessionReceiver::new(&keys, &encapsulated) {
                     Ok(s) => session = Some(s),
                     Err(e) => break Err(crate::Error::from(e).into()),
