@@ -68,6 +68,10 @@ enum Command {
         /// Idle connections opened to measure memory per connection.
         #[arg(long, default_value_t = 200)]
         idle: u32,
+        /// Measurements of each server, interleaved; the table shows
+        /// medians, and each ratio is the median of its rounds' ratios.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Where to write bench-serve.svg and bench-serve.json.
         #[arg(long, value_name = "DIR", default_value = "keyferry-bench")]
         out: PathBuf,
@@ -471,11 +475,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             connections,
             idle,
+            rounds,
             out,
         } => serve_bench::run(serve_bench::Options {
             duration: Duration::from_secs(seconds.max(1)),
             connections: connections.max(1),
             idle_connections: idle.max(1),
+            rounds: rounds.max(1),
             out,
         }),
         Command::BenchBaselineServer { listen, cert, key } => {

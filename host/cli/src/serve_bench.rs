@@ -24,6 +24,9 @@ pub struct Options {
     pub connections: u32,
     /// Idle connections opened to measure memory per connection.
     pub idle_connections: u32,
+    /// How many times each server is measured; rates and ratios are the
+    /// medians.
+    pub rounds: usize,
     /// Where to write bench-serve.svg and bench-serve.json.
     pub out: PathBuf,
 }
@@ -43,9 +46,16 @@ pub struct Row {
     /// The same in resident set size (RSS), which counts pages shared
     /// between mappings once per mapping.
     pub rss_kib_per_connection: f64,
+    /// Server CPU time (user and system, the server and its children) per
+    /// keep-alive request, µs: what a request costs whatever shares the
+    /// cores, here wrk.
+    pub cpu_us_per_request: f64,
+    /// The same per new connection (a handshake and one request).
+    pub cpu_us_per_connection: f64,
 }
 
-/// One server against another, from the same run.
+/// One server against another, from the same run: the median over the
+/// rounds of each round's ratio.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Ratio {
     /// The server measured.
@@ -67,6 +77,8 @@ pub struct Report {
     pub connections: u32,
     /// Idle connections for the memory figure.
     pub idle_connections: u32,
+    /// Measurements per server; rates and ratios are medians.
+    pub rounds: usize,
     /// Response body bytes.
     pub body_bytes: usize,
     /// Per server, in the table's order.
@@ -132,29 +144,78 @@ fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("Rss:")?, field("Pss:")?))
 }
 
-/// (RSS, PSS) of a process and its children (nginx and keyferry run
-/// workers), KiB. PSS is what the machine pays: RSS counts a page once per
-/// mapping, and a wasmtime instance maps its component's memory image
-/// copy-on-write, so RSS counts the image's shared pages again for every
-/// instance.
-fn tree_memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let (mut rss, mut pss) = memory_kib(pid)?;
+/// A process and its descendants (nginx and keyferry run workers).
+fn tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
     // Each thread lists the children it started (keyferry's workers are
     // started from runtime threads), so read them all.
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+    for task in tasks.into_iter().flatten().flatten() {
         let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
             continue;
         };
         for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            let (r, p) = tree_memory_kib(child).unwrap_or((0, 0));
-            rss += r;
-            pss += p;
+            pids.extend(tree(child));
         }
+    }
+    pids
+}
+
+/// (RSS, PSS) of a process and its children, KiB. PSS is what the machine
+/// pays: RSS counts a page once per mapping, and a wasmtime instance maps
+/// its component's memory image copy-on-write, so RSS counts the image's
+/// shared pages again for every instance.
+fn tree_memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let (mut rss, mut pss) = memory_kib(pid)?;
+    for child in tree(pid).into_iter().skip(1) {
+        let (r, p) = memory_kib(child).unwrap_or((0, 0));
+        rss += r;
+        pss += p;
     }
     Ok((rss, pss))
 }
 
-fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<f64> {
+/// CPU time (user and system) a process and its children have used, in
+/// clock ticks.
+fn tree_cpu_ticks(pid: u32) -> u64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| cpu_ticks(&stat))
+        .sum()
+}
+
+/// utime + stime from a `/proc/PID/stat` line: fields 14 and 15, counted
+/// after the command name's closing parenthesis (the name may hold
+/// spaces).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// One wrk run against a server: requests/s, and the server's CPU µs per
+/// request.
+struct Load {
+    rate: f64,
+    cpu_us_per_request: f64,
+}
+
+fn measure(target: &Target, options: &Options, close: bool) -> anyhow::Result<Load> {
+    let pid = target.child.id();
+    let before = tree_cpu_ticks(pid);
+    let (rate, requests) = wrk(target.port, options, close)?;
+    let ticks = tree_cpu_ticks(pid).saturating_sub(before);
+    let tick_us = 1e6 / rustix::param::clock_ticks_per_second() as f64;
+    Ok(Load {
+        rate,
+        cpu_us_per_request: ticks as f64 * tick_us / requests.max(1) as f64,
+    })
+}
+
+/// Requests/s and the number of requests wrk completed.
+fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<(f64, u64)> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t",
@@ -178,10 +239,22 @@ fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<f64> {
         .context("wrk printed no Requests/sec")?
         .trim()
         .parse()?;
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .context("wrk printed no request count")?
+        .0
+        .parse()?;
     if text.contains("Non-2xx") || text.contains("Socket errors") && !close {
         eprintln!("wrk reported errors against port {port}:\n{text}");
     }
-    Ok(rate)
+    Ok((rate, requests))
+}
+
+/// The median (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Opens `n` TLS connections that each make one request and then stay idle,
@@ -343,33 +416,65 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         Ok(t) => targets.push(t),
         Err(e) => eprintln!("skipping nginx: {e:#}"),
     }
-    let progress = crate::charts::progress(3 * targets.len() as u64);
+    // Rounds, each measuring every server once, starting one server later
+    // each time: the machine's speed drifts over minutes, and a ratio of
+    // two figures measured in the same round is steadier than a ratio of
+    // medians taken minutes apart.
+    let rounds = options.rounds.max(1);
+    let n = targets.len();
+    let progress = crate::charts::progress(((2 * rounds + 1) * n) as u64);
+    let mut keepalive: Vec<Vec<Load>> = (0..n).map(|_| Vec::with_capacity(rounds)).collect();
+    let mut handshakes: Vec<Vec<Load>> = (0..n).map(|_| Vec::with_capacity(rounds)).collect();
+    for round in 0..rounds {
+        for i in (0..n).map(|k| (k + round) % n) {
+            let t = &targets[i];
+            progress.set_message(format!(
+                "round {}/{rounds}, {}: keep-alive requests",
+                round + 1,
+                t.name
+            ));
+            keepalive[i].push(measure(t, &options, false)?);
+            progress.inc(1);
+            progress.set_message(format!(
+                "round {}/{rounds}, {}: new connections",
+                round + 1,
+                t.name
+            ));
+            handshakes[i].push(measure(t, &options, true)?);
+            progress.inc(1);
+        }
+    }
     let mut rows = Vec::new();
-    for t in &targets {
-        progress.set_message(format!("{}: keep-alive requests", t.name));
-        let keepalive = wrk(t.port, &options, false);
-        progress.inc(1);
-        progress.set_message(format!("{}: new connections", t.name));
-        let handshakes = wrk(t.port, &options, true);
-        progress.inc(1);
+    for (i, t) in targets.iter().enumerate() {
         progress.set_message(format!("{}: memory per idle connection", t.name));
-        let memory = memory_per_connection(t, options.idle_connections);
+        let (rss, pss) = memory_per_connection(t, options.idle_connections)?;
         progress.inc(1);
-        let (rss, pss) = memory?;
+        let pick = |loads: &[Load], f: fn(&Load) -> f64| median(loads.iter().map(f).collect());
         rows.push(Row {
             server: t.name,
-            requests_per_second: keepalive?,
-            handshakes_per_second: handshakes?,
+            requests_per_second: pick(&keepalive[i], |l| l.rate),
+            handshakes_per_second: pick(&handshakes[i], |l| l.rate),
             kib_per_connection: pss,
             rss_kib_per_connection: rss,
+            cpu_us_per_request: pick(&keepalive[i], |l| l.cpu_us_per_request),
+            cpu_us_per_connection: pick(&handshakes[i], |l| l.cpu_us_per_request),
         });
     }
     progress.finish_and_clear();
+    let per_round = |figures: &[Vec<Load>], a: usize, b: usize| {
+        median(
+            figures[a]
+                .iter()
+                .zip(&figures[b])
+                .map(|(x, y)| x.rate / y.rate.max(1e-9))
+                .collect(),
+        )
+    };
     let ratio = |a: usize, b: usize| Ratio {
         server: rows[a].server,
         against: rows[b].server,
-        requests: rows[a].requests_per_second / rows[b].requests_per_second.max(1e-9),
-        handshakes: rows[a].handshakes_per_second / rows[b].handshakes_per_second.max(1e-9),
+        requests: per_round(&keepalive, a, b),
+        handshakes: per_round(&handshakes, a, b),
     };
     // The cost of the process boundary, then each keyferry mode with an
     // instance per connection against the plain rustls server and nginx.
@@ -383,6 +488,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         seconds: options.duration.as_secs(),
         connections: options.connections,
         idle_connections: options.idle_connections,
+        rounds,
         body_bytes: BODY.len(),
         rows,
         ratios,
@@ -406,28 +512,35 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "serve throughput on loopback, TLS 1.3 ChaCha20-Poly1305, wrk -t1 -c{} -d{}s, {}-byte body",
-            self.connections, self.seconds, self.body_bytes
+            "serve throughput on loopback, TLS 1.3 ChaCha20-Poly1305, wrk -t1 -c{} -d{}s, {}-byte body; \
+             median of {} rounds (ratios: median of each round's ratio)",
+            self.connections, self.seconds, self.body_bytes, self.rounds
         )?;
         writeln!(
             f,
-            "{:<42} {:>14} {:>16} {:>12} {:>12}",
-            "server", "requests/s", "handshakes/s", "KiB/conn", "(RSS)"
+            "{:<42} {:>12} {:>13} {:>10} {:>8} {:>10} {:>10}",
+            "server", "requests/s", "handshakes/s", "KiB/conn", "(RSS)", "us/req", "us/conn"
         )?;
         for r in &self.rows {
             writeln!(
                 f,
-                "{:<42} {:>14.0} {:>16.0} {:>12.1} {:>12.1}",
+                "{:<42} {:>12.0} {:>13.0} {:>10.1} {:>8.1} {:>10.1} {:>10.0}",
                 r.server,
                 r.requests_per_second,
                 r.handshakes_per_second,
                 r.kib_per_connection,
-                r.rss_kib_per_connection
+                r.rss_kib_per_connection,
+                r.cpu_us_per_request,
+                r.cpu_us_per_connection
             )?;
         }
         writeln!(
             f,
             "KiB/conn: PSS growth per idle connection (server and children); RSS counts copy-on-write pages once per mapping"
+        )?;
+        writeln!(
+            f,
+            "us/req, us/conn: server CPU (user + system, server and children) per keep-alive request and per new connection"
         )?;
         for r in &self.ratios {
             writeln!(
@@ -441,8 +554,8 @@ impl std::fmt::Display for Report {
 }
 
 impl Report {
-    /// Requests/s, handshakes/s and memory per connection of every server,
-    /// one panel each.
+    /// Requests/s, handshakes/s, CPU per request and memory per connection
+    /// of every server, one panel each.
     pub fn chart(&self, path: &Path) -> anyhow::Result<()> {
         let panel = |title: &str, unit: &str, pick: fn(&Row) -> f64| crate::charts::Panel {
             title: title.into(),
@@ -470,6 +583,11 @@ impl Report {
                     "new connections/s, one request each (higher is better)",
                     "handshakes/s",
                     |r| r.handshakes_per_second,
+                ),
+                panel(
+                    "server CPU per keep-alive request (lower is better)",
+                    "us",
+                    |r| r.cpu_us_per_request,
                 ),
                 panel(
                     "memory (PSS) per idle connection (lower is better)",
@@ -538,6 +656,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cpu_ticks_reads_utime_and_stime_past_the_command_name() {
+        let stat = "4242 (tokio rt) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 56 0 0 20 0 3 0";
+        assert_eq!(cpu_ticks(stat), Some(1290));
+        assert_eq!(cpu_ticks("4242 (x"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(cpu_ticks(&own).is_some(), "{own}");
+    }
+
+    #[test]
+    fn median_takes_the_middle_figure() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median(vec![5.0]), 5.0);
+    }
+
+    #[test]
     fn the_report_draws_and_serializes_every_server() {
         let row = |server, k, h, m| Row {
             server,
@@ -545,11 +679,14 @@ mod tests {
             handshakes_per_second: h,
             kib_per_connection: m,
             rss_kib_per_connection: m + 1.0,
+            cpu_us_per_request: 1e6 / k,
+            cpu_us_per_connection: 1e6 / h,
         };
         let report = Report {
             seconds: 5,
             connections: 32,
             idle_connections: 200,
+            rounds: 3,
             body_bytes: BODY.len(),
             rows: vec![
                 row("keyferry serve (workers, default)", 42206.0, 2154.0, 84.2),
@@ -564,6 +701,7 @@ mod tests {
         };
         let text = report.to_string();
         assert!(text.contains("requests 0.50x, handshakes 0.68x"), "{text}");
+        assert!(text.contains("median of 3 rounds"), "{text}");
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["rows"][1]["handshakes_per_second"], 3162.0);
         assert_eq!(json["ratios"][0]["against"], "plain rustls + tokio server");
