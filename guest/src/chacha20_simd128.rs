@@ -36,7 +36,7 @@
 //! (`tests/tests/vectors.rs`) compare the two on 100,000 random messages.
 
 use core::arch::wasm32::{
-    i8x16_shuffle, i32x4_shuffle, u32x4, u32x4_add, u32x4_shl, u32x4_shr, u32x4_splat,
+    i8x16_shuffle, i32x4_shuffle, u32x4, u32x4_add, u32x4_shl, u32x4_shr, u32x4_splat, u64x2,
     u64x2_extract_lane, v128, v128_or, v128_xor,
 };
 
@@ -95,20 +95,48 @@ impl MessageKeystream {
     /// the last call of a message may end inside a 64-bit word: the rest
     /// of that word is not kept.
     pub fn apply(&mut self, data: &mut [u8]) {
-        let mut words = data.chunks_exact_mut(8);
-        for bytes in &mut words {
-            if self.used == CHUNK_WORDS {
-                self.refill();
+        // What is left of the computed blocks, then whole four-block runs
+        // straight from the registers (no round trip through the buffer),
+        // then the tail from a fresh computation.
+        let buffered = ((CHUNK_WORDS - self.used) * 8).min(data.len());
+        let (head, rest) = data.split_at_mut(buffered);
+        self.xor_buffered(head);
+        let mut runs = rest.chunks_exact_mut(CHUNK_WORDS * 8);
+        for run in &mut runs {
+            let rows = keystream(&self.state);
+            self.state[12] = self.state[12].wrapping_add(4);
+            for (block, bytes) in rows.iter().zip(run.chunks_exact_mut(64)) {
+                for (row, sixteen) in block.iter().zip(bytes.chunks_exact_mut(16)) {
+                    let (lo, hi) = sixteen.split_at_mut(8);
+                    let text = u64x2(
+                        u64::from_le_bytes((&*lo).try_into().expect("8 bytes")),
+                        u64::from_le_bytes((&*hi).try_into().expect("8 bytes")),
+                    );
+                    let out = v128_xor(text, *row);
+                    lo.copy_from_slice(&u64x2_extract_lane::<0>(out).to_le_bytes());
+                    hi.copy_from_slice(&u64x2_extract_lane::<1>(out).to_le_bytes());
+                }
             }
-            let word = u64::from_le_bytes((&*bytes).try_into().expect("8 bytes"));
-            bytes.copy_from_slice(&(word ^ self.chunk[self.used]).to_le_bytes());
-            self.used += 1;
         }
+        let tail = runs.into_remainder();
+        if !tail.is_empty() {
+            self.refill();
+            self.xor_buffered(tail);
+        }
+    }
+
+    /// XORs buffered keystream into `data`, which is no longer than what
+    /// is left of the buffer.
+    fn xor_buffered(&mut self, data: &mut [u8]) {
+        let whole = data.len() / 8;
+        let mut words = data.chunks_exact_mut(8);
+        for (bytes, key) in (&mut words).zip(&self.chunk[self.used..]) {
+            let word = u64::from_le_bytes((&*bytes).try_into().expect("8 bytes"));
+            bytes.copy_from_slice(&(word ^ key).to_le_bytes());
+        }
+        self.used += whole;
         let tail = words.into_remainder();
         if !tail.is_empty() {
-            if self.used == CHUNK_WORDS {
-                self.refill();
-            }
             let key = self.chunk[self.used].to_le_bytes();
             for (byte, k) in tail.iter_mut().zip(key) {
                 *byte ^= k;

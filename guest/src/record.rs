@@ -224,7 +224,7 @@ impl TrafficKey {
     /// ([`TrafficKeyMaterial::check_derivation`]), as the host checks what
     /// it wraps for an instance (blob format 2). Everything else is still
     /// checked. In the guest the derivation is 16 SHA-256 compressions per
-    /// connection, scalar in wasm, and about a tenth of attaching one.
+    /// connection, scalar in wasm: two fifths of attaching a connection.
     pub fn from_checked_material(
         m: TrafficKeyMaterial,
         service: Option<&'static dyn KeyService>,
