@@ -154,7 +154,11 @@ pub async fn serve(
                 ready: &ready,
                 epoch,
             };
-            connection(stream, peer, shared, shutdown).await;
+            // Boxed: a connection's future is about 8 KB (the handshake,
+            // then the data plane), and tokio copies a task's future when
+            // it makes the task and again as the task moves through its
+            // stages; a box is copied as one pointer.
+            Box::pin(connection(stream, peer, shared, shutdown)).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}

@@ -135,12 +135,16 @@ pub fn handshake<S: Read + Write>(stream: &mut S, mut hs: Handshake) -> Result<H
     }
 }
 
-/// Runs a handshake to completion over a tokio stream.
+/// Runs a handshake to completion over a tokio stream. The read buffer
+/// starts at [`IDLE_READ`], which holds a typical client flight, and grows
+/// to [`READ_CHUNK`] once a read fills it (a large ClientHello or a client
+/// certificate chain): zeroing a whole record's buffer for every handshake
+/// showed in the profile of new connections.
 pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     mut hs: Handshake,
 ) -> Result<Handoff> {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = vec![0u8; IDLE_READ];
     loop {
         let progress = hs.advance();
         let out = hs.take_outgoing();
@@ -156,6 +160,9 @@ pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(
                     return Err(HandshakeError::PeerClosed.into());
                 }
                 hs.feed(&buf[..n])?;
+                if n == buf.len() && buf.len() < READ_CHUNK {
+                    buf.resize(READ_CHUNK, 0);
+                }
             }
         }
     }

@@ -230,7 +230,10 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 let timeouts = options.timeouts;
                 tasks.spawn(async move {
                     let id = assignment.connection_id;
-                    let report = serve(
+                    // Boxed, as `server::serve` boxes its connections: the
+                    // task's future is then small, and tokio's copies of it
+                    // cheap.
+                    let report = Box::pin(serve(
                         (*assignment, keys),
                         socket,
                         guest,
@@ -238,7 +241,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                         epoch,
                         timeouts,
                         shutdown,
-                    )
+                    ))
                     .await;
                     let _ = done.send(FromWorker::Done {
                         connection_id: id,
