@@ -192,21 +192,20 @@ impl Word for u16 {
 /// over [`Cols8`]: byte `r * 4 + c` all ones where row `r`'s bit `c` is set.
 #[inline(always)]
 const fn spread_rows(rows: [u8; 4]) -> u128 {
-    let mut x = 0u128;
-    let mut i = 0;
-    while i < 16 {
-        if (rows[i / 4] >> (i % 4)) & 1 == 1 {
-            x |= 0xff << (i * 8);
-        }
-        i += 1;
+    let mut bits = 0u16;
+    let mut r = 0;
+    while r < 4 {
+        bits |= ((rows[r] & 0xf) as u16) << (r * 4);
+        r += 1;
     }
-    x
+    spread_bits(bits)
 }
 
-/// A round key word of one block (`u16`, bit `r * 4 + c`) spread over
-/// [`Cols8`]: byte `r * 4 + c` all ones where the bit is set.
+/// A 16-bit pattern of one block (bit `r * 4 + c`, as a round key word
+/// keeps it) spread over [`Cols8`]: byte `r * 4 + c` all ones where the
+/// bit is set.
 #[inline(always)]
-const fn spread_key(k: u16) -> u128 {
+const fn spread_bits(k: u16) -> u128 {
     let mut x = 0u128;
     let mut i = 0;
     while i < 16 {
@@ -461,7 +460,7 @@ macro_rules! aes_cipher {
             fn new(key: &[u8]) -> Option<Self> {
                 let key: &[u8; $key_len] = key.try_into().ok()?;
                 let mut rk = $module::key_schedule::<MinWord>(key);
-                let wide = rk.map(spread_key);
+                let wide = rk.map(spread_bits);
                 rk.zeroize();
                 Some(Self { rk: wide })
             }
