@@ -450,12 +450,15 @@ fn mbps(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
 
+/// The median of `figures` (the upper one of an even count; 0 for none):
+/// every median the benchmarks report.
+pub(crate) fn median_of(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures.get(figures.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn median(samples: &[Throughput]) -> Throughput {
-    let pick = |f: fn(&Throughput) -> f64| {
-        let mut v: Vec<f64> = samples.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
+    let pick = |f: fn(&Throughput) -> f64| median_of(samples.iter().map(f).collect());
     Throughput {
         seal: pick(|t| t.seal),
         open: pick(|t| t.open),
@@ -900,6 +903,14 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_takes_the_middle_figure() {
+        assert_eq!(median_of(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median_of(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median_of(vec![5.0]), 5.0);
+        assert_eq!(median_of(Vec::new()), 0.0);
+    }
 
     #[test]
     fn the_comparison_binarys_figures_are_read_all_or_refused() {

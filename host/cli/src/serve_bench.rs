@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::bench::median_of;
+
 /// The body every server sends, sized like keyferry's HTTP report.
 pub const BODY: &str = "keyferry benchmark body: the same bytes from every server under test, so the comparison \
 is the TLS and data-plane work and nothing else. Lorem ipsum dolor sit amet, consectetur adipiscing elit, \
@@ -251,12 +253,6 @@ fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<(f64, u64)> 
     Ok((rate, requests))
 }
 
-/// The median (the upper one of an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Opens `n` TLS connections that each make one request and then stay idle,
 /// and returns how much the server's (RSS, PSS) grew per connection.
 fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(f64, f64)> {
@@ -449,7 +445,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         progress.set_message(format!("{}: memory per idle connection", t.name));
         let (rss, pss) = memory_per_connection(t, options.idle_connections)?;
         progress.inc(1);
-        let pick = |loads: &[Load], f: fn(&Load) -> f64| median(loads.iter().map(f).collect());
+        let pick = |loads: &[Load], f: fn(&Load) -> f64| median_of(loads.iter().map(f).collect());
         rows.push(Row {
             server: t.name,
             requests_per_second: pick(&keepalive[i], |l| l.rate),
@@ -462,7 +458,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     progress.finish_and_clear();
     let per_round = |figures: &[Vec<Load>], a: usize, b: usize| {
-        median(
+        median_of(
             figures[a]
                 .iter()
                 .zip(&figures[b])
@@ -662,13 +658,6 @@ mod tests {
         assert_eq!(cpu_ticks("4242 (x"), None);
         let own = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert!(cpu_ticks(&own).is_some(), "{own}");
-    }
-
-    #[test]
-    fn median_takes_the_middle_figure() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
-        assert_eq!(median(vec![5.0]), 5.0);
     }
 
     #[test]
