@@ -137,17 +137,17 @@ impl TrafficKeyMaterial {
 }
 
 impl TrafficKeyMaterial {
-    /// Checks that a TLS 1.3 software key's key and IV are the ones its
-    /// secret derives: material that disagrees with itself is refused
-    /// rather than half-working until the first KeyUpdate. Other material
-    /// (TLS 1.2, host-resident, or a secret of the wrong length, which
-    /// building the key refuses) passes.
+    /// Checks that a TLS 1.3 software key's secret has its hash's length
+    /// and that its key and IV are the ones the secret derives: material
+    /// that disagrees with itself is refused rather than half-working
+    /// until the first KeyUpdate. TLS 1.2 and host-resident material,
+    /// which carry no secret here, pass.
     pub fn check_derivation(&self) -> Result<()> {
-        if self.version != ProtocolVersion::Tls13
-            || self.host_key_ref.is_some()
-            || self.secret.len() != self.aead.tls13_hash().output_len()
-        {
+        if self.version != ProtocolVersion::Tls13 || self.host_key_ref.is_some() {
             return Ok(());
+        }
+        if self.secret.len() != self.aead.tls13_hash().output_len() {
+            return Err(Error::Blob(BlobError::InvalidState));
         }
         let (key, iv) = traffic_key_and_iv(self.aead, &self.secret)?;
         let same = subtle::ConstantTimeEq::ct_eq(&key[..], &self.key[..])
@@ -1126,6 +1126,50 @@ mod tests {
             .seal_held(ContentType::ApplicationData, b"more", 0)
             .unwrap();
         assert_eq!(open.open(held).unwrap().1, b"more");
+    }
+
+    /// The check the host makes before it wraps material for an instance:
+    /// a TLS 1.3 secret of the wrong length, or a key or IV it does not
+    /// derive, is refused; TLS 1.2 material (no secret) passes.
+    #[test]
+    fn check_derivation_refuses_what_the_secret_does_not_derive() {
+        let good = || {
+            TrafficKeyMaterial::from_tls13_secret(
+                AeadAlgorithm::Aes256Gcm,
+                Direction::Seal,
+                &[7; 48],
+                0,
+                1,
+            )
+            .unwrap()
+        };
+        good().check_derivation().unwrap();
+        let refused = |m: TrafficKeyMaterial| {
+            matches!(
+                m.check_derivation(),
+                Err(Error::Blob(BlobError::InvalidState))
+            )
+        };
+        let mut m = good();
+        m.key[0] ^= 1;
+        assert!(refused(m));
+        let mut m = good();
+        m.iv[11] ^= 1;
+        assert!(refused(m));
+        let mut m = good();
+        m.secret = Zeroizing::new(vec![7; 32]);
+        assert!(refused(m), "a SHA-256-length secret for a SHA-384 suite");
+        let tls12 = TrafficKeyMaterial::new(
+            ProtocolVersion::Tls12,
+            AeadAlgorithm::Aes128Gcm,
+            Direction::Seal,
+            &[7; 16],
+            &[9; 12],
+            &[],
+            0,
+            1,
+        );
+        tls12.check_derivation().unwrap();
     }
 
     fn pair(version: ProtocolVersion) -> (TrafficKey, TrafficKey) {

@@ -12,11 +12,9 @@
 use std::io::Read;
 use std::sync::Mutex;
 
-use keyferry_guest::keyschedule::traffic_key_and_iv;
 use keyferry_guest::record::TrafficKeyMaterial;
 use keyferry_guest::{AeadAlgorithm, Direction, ProtocolVersion};
 use rustls::{ConnectionTrafficSecrets, KeyLog, Side};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{HandshakeError, Result};
@@ -206,17 +204,7 @@ fn material(
         }
         _ => return Err(HandshakeError::Export("unsupported cipher suite").into()),
     };
-    if version == ProtocolVersion::Tls13 {
-        let (derived_key, derived_iv) = traffic_key_and_iv(aead, secret)?;
-        let same = derived_key[..].ct_eq(key) & derived_iv[..].ct_eq(iv);
-        if !bool::from(same) {
-            return Err(HandshakeError::Export(
-                "logged traffic secret does not match the connection's key",
-            )
-            .into());
-        }
-    }
-    Ok(TrafficKeyMaterial::new(
+    let material = TrafficKeyMaterial::new(
         version,
         aead,
         direction,
@@ -225,5 +213,9 @@ fn material(
         secret,
         sequence,
         connection_id,
-    ))
+    );
+    material.check_derivation().map_err(|_| {
+        HandshakeError::Export("logged traffic secret does not match the connection's key")
+    })?;
+    Ok(material)
 }
