@@ -89,10 +89,11 @@ pub enum FromWorker {
         /// The worker's public key.
         exchange: ExchangeKey,
     },
-    /// An instance is ready for one connection.
+    /// Instances are ready, each for one connection: a worker makes them
+    /// a batch at a time (`crate::ready`), and says so in one frame.
     Ready {
-        /// The worker's name for the instance.
-        slot: u32,
+        /// The worker's names for the instances: 1 to [`MAX_READY`].
+        slots: Vec<u32>,
     },
     /// A connection the handshake process handed over has ended.
     Done {
@@ -167,9 +168,14 @@ impl FromWorker {
                 w.push(HELLO);
                 w.extend_from_slice(&exchange.public_key);
             }
-            Self::Ready { slot } => {
+            Self::Ready { slots } => {
                 w.push(READY);
-                w.extend_from_slice(&slot.to_be_bytes());
+                // The decoder refuses a count out of 1..=MAX_READY, so a
+                // worker never sends one.
+                w.push(u8::try_from(slots.len()).unwrap_or(u8::MAX));
+                for slot in slots {
+                    w.extend_from_slice(&slot.to_be_bytes());
+                }
             }
             Self::Done {
                 connection_id,
@@ -210,7 +216,15 @@ impl FromWorker {
                     },
                 }
             }
-            READY => Self::Ready { slot: r.u32()? },
+            READY => {
+                let count = usize::from(r.u8()?);
+                if !(1..=MAX_READY).contains(&count) {
+                    return Err(ChannelError::BadField("ready instances"));
+                }
+                Self::Ready {
+                    slots: (0..count).map(|_| r.u32()).collect::<Result<_, _>>()?,
+                }
+            }
             DONE => Self::Done {
                 connection_id: r.u64()?,
                 report: ConnectionReport {
@@ -674,7 +688,13 @@ mod tests {
                 attach_us,
             },
         };
-        let mut frames = vec![hello, FromWorker::Ready { slot: 7 }];
+        let mut frames = vec![
+            hello,
+            FromWorker::Ready { slots: vec![7] },
+            FromWorker::Ready {
+                slots: (1..=MAX_READY as u32).collect(),
+            },
+        ];
         frames.extend(EndingKind::ALL.iter().map(|e| done(*e, None, Some(35))));
         frames.extend(
             TrapKind::ALL
@@ -697,6 +717,17 @@ mod tests {
         let mut bad = done(EndingKind::Shed, None, None).encode();
         bad[10] = TrapKind::ALL.len() as u8 + 1;
         assert!(FromWorker::decode(&bad).is_err());
+        // A batch of no instances, or of more than may be announced.
+        assert!(matches!(
+            FromWorker::decode(&[READY, 0]),
+            Err(ChannelError::BadField(_))
+        ));
+        let mut over = vec![READY, MAX_READY as u8 + 1];
+        over.extend(std::iter::repeat_n(0, 4 * (MAX_READY + 1)));
+        assert!(matches!(
+            FromWorker::decode(&over),
+            Err(ChannelError::BadField(_))
+        ));
         // A worker cannot send what only the handshake process sends.
         assert!(matches!(
             FromWorker::decode(&ToWorker::Shutdown.encode().unwrap()),

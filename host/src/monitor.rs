@@ -140,17 +140,19 @@ impl Worker {
                     .map_err(|_| "published a key that is not an X25519 public key")?;
                 return Ok(Some((sender, ToWorker::Session { encapsulated })));
             }
-            FromWorker::Ready { slot } => {
+            FromWorker::Ready { slots } => {
                 if !state.greeted {
                     return Err("announced an instance before publishing its key");
                 }
-                if state.ready.len() >= MAX_READY {
-                    return Err("announced too many ready instances");
+                for slot in slots {
+                    if state.ready.len() >= MAX_READY {
+                        return Err("announced too many ready instances");
+                    }
+                    if state.ready.contains(&slot) {
+                        return Err("announced a slot twice");
+                    }
+                    state.ready.push_back(slot);
                 }
-                if state.ready.contains(&slot) {
-                    return Err("announced a slot twice");
-                }
-                state.ready.push_back(slot);
                 self.ready_level.set(state.ready.len() as i64);
             }
             FromWorker::Done {

@@ -210,7 +210,7 @@ async fn session(
     let Shared {
         options,
         metrics,
-        ready,
+        ready: instances,
         epoch,
         ..
     } = shared;
@@ -246,7 +246,7 @@ async fn session(
         + handoff.keys.open.buffered_plaintext.len()) as u64;
     let attached = blocking(|| {
         let guest = match &options.isolation {
-            Isolation::PerConnection => ready.take()?,
+            Isolation::PerConnection => instances.take()?,
             Isolation::Shared(pool) => pool.instance(&options.component)?,
         };
         DataPlane::new(guest, handoff)
@@ -266,7 +266,13 @@ async fn session(
     };
     let mut summary = run_session(stream, &mut plane, first, control).await;
     summary.bytes_in += read_with_handshake;
+    // Dropping the plane wipes the connection's keys in the guest; its own
+    // instance is then dropped with the next batch (`crate::ready`).
+    let guest = plane.guest().clone();
     drop(plane);
+    if matches!(options.isolation, Isolation::PerConnection) {
+        instances.retire(guest);
+    }
     metrics.connection_ended(&ConnectionOutcome::from(&summary));
     log_session(
         &peer.to_string(),

@@ -28,7 +28,7 @@ use crate::export::ConnectionKeys;
 use crate::handshake::Handoff;
 use crate::instance::{ExchangeKey, GuestInstance};
 use crate::metrics::ConnectionOutcome;
-use crate::ready::READY_INSTANCES;
+use crate::ready::{BATCH, READY_INSTANCES, Retired, make_batch};
 use crate::transport::{
     PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Timeouts, blocking, log_session,
     run_session,
@@ -184,19 +184,35 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
     });
     let mut session: Option<SessionReceiver> = None;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let sessions = Arc::new(Sessions::default());
-    let epoch = Instant::now();
+    let shared = Arc::new(Shared {
+        sessions: Sessions::default(),
+        retired: Arc::new(Retired::default()),
+        epoch: Instant::now(),
+        timeouts: options.timeouts,
+    });
     let mut ready: HashMap<u32, GuestInstance> = HashMap::new();
     let mut next_slot = 0u32;
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
-        while ready.len() < READY_INSTANCES {
-            // Made and keyed (its wrapping secret) off the path of the
-            // connection it will serve.
-            let instance = blocking(|| options.component.instantiate())?;
-            next_slot = next_slot.wrapping_add(1);
-            let _ = to_monitor.send(FromWorker::Ready { slot: next_slot });
-            ready.insert(next_slot, instance);
+        if ready.len() + BATCH <= READY_INSTANCES {
+            // Made and keyed (each its wrapping secret) off the path of the
+            // connections they will serve, a batch at a time, after the
+            // ended connections' instances are dropped; announced in one
+            // frame.
+            let made = blocking(|| {
+                make_batch(
+                    &options.component,
+                    &shared.retired,
+                    READY_INSTANCES - ready.len(),
+                )
+            })?;
+            let mut slots = Vec::with_capacity(made.len());
+            for instance in made {
+                next_slot = next_slot.wrapping_add(1);
+                slots.push(next_slot);
+                ready.insert(next_slot, instance);
+            }
+            let _ = to_monitor.send(FromWorker::Ready { slots });
         }
         let (frame, fd) = match channel.recv().await {
             Ok(f) => f,
@@ -225,24 +241,16 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 // counter it has passed, so none opens twice.
                 let keys = open_pair(receiver, &mut assignment);
                 let done = to_monitor.clone();
-                let sessions = sessions.clone();
+                let shared = shared.clone();
                 let shutdown = shutdown.clone();
-                let timeouts = options.timeouts;
                 tasks.spawn(async move {
                     let id = assignment.connection_id;
                     // Boxed, as `server::serve` boxes its connections: the
                     // task's future is then small, and tokio's copies of it
                     // cheap.
-                    let report = Box::pin(serve(
-                        (*assignment, keys),
-                        socket,
-                        guest,
-                        &sessions,
-                        epoch,
-                        timeouts,
-                        shutdown,
-                    ))
-                    .await;
+                    let report =
+                        Box::pin(serve((*assignment, keys), socket, guest, &shared, shutdown))
+                            .await;
                     let _ = done.send(FromWorker::Done {
                         connection_id: id,
                         report,
@@ -250,7 +258,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 });
             }
             (Ok(ToWorker::ShedIdle), None) => {
-                let closed = sessions.shed_longest_idle();
+                let closed = shared.sessions.shed_longest_idle();
                 let _ = to_monitor.send(FromWorker::Shed { closed });
             }
             (Ok(ToWorker::Shutdown), None) => break Ok(()),
@@ -272,6 +280,16 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
     result
 }
 
+/// What every connection a worker serves shares.
+struct Shared {
+    sessions: Sessions,
+    /// Instances whose connections have ended, dropped a batch at a time.
+    retired: Arc<Retired>,
+    /// When the worker started: session slots keep time from it.
+    epoch: Instant,
+    timeouts: Timeouts,
+}
+
 /// Opens a connection's two blobs from the handshake process. The blobs
 /// are spent either way.
 fn open_pair(receiver: &mut SessionReceiver, a: &mut Assignment) -> Opened {
@@ -289,9 +307,7 @@ async fn serve(
     (a, keys): (Assignment, Opened),
     socket: OwnedFd,
     guest: GuestInstance,
-    sessions: &Sessions,
-    epoch: Instant,
-    timeouts: Timeouts,
+    shared: &Shared,
     shutdown: watch::Receiver<bool>,
 ) -> ConnectionReport {
     let started = Instant::now();
@@ -337,17 +353,21 @@ async fn serve(
         }
     };
     let ready = started.elapsed();
-    let slot = sessions.insert(a.connection_id);
+    let slot = shared.sessions.insert(a.connection_id);
     let control = SessionControl {
         shutdown,
         slot,
-        epoch,
-        timeouts,
+        epoch: shared.epoch,
+        timeouts: shared.timeouts,
     };
     let mut summary = run_session(&mut stream, &mut plane, first, control).await;
     summary.bytes_in += a.read_with_handshake;
-    sessions.remove(a.connection_id);
+    shared.sessions.remove(a.connection_id);
+    // Dropping the plane wipes the connection's keys in the guest; its
+    // instance is then dropped with the next batch.
+    let guest = plane.guest().clone();
     drop(plane);
+    shared.retired.retire(guest);
     log_session(&a.peer, &facts, &summary, ready, started.elapsed());
     ConnectionReport {
         outcome: ConnectionOutcome::from(&summary),

@@ -190,7 +190,7 @@ fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
              1) printf 'not a frame at all' >&0; sleep 30 ;;\n\
              2) printf '\\002\\000\\000\\000\\000\\000\\000\\000\\052\\001\\000{zeros}' >&0; sleep 30 ;;\n\
              3) dd if=/dev/zero bs=700000 count=1 >&0 2>/dev/null; sleep 30 ;;\n\
-             4) printf '\\001\\000\\000\\000\\001' >&0; sleep 30 ;;\n\
+             4) printf '\\001\\001\\000\\000\\000\\001' >&0; sleep 30 ;;\n\
              5) printf '\\004{key}' >&0; printf '\\004{key}' >&0; sleep 30 ;;\n\
              *) exec {keyferry} \"$@\" ;;\n\
              esac\n",
@@ -248,7 +248,7 @@ fn the_channel_carries_no_private_key_bytes() {
         format!(
             "#!/bin/sh\n\
              printf '\\004{key}' >&0\n\
-             printf '\\001\\000\\000\\000\\001' >&0\n\
+             printf '\\001\\001\\000\\000\\000\\001' >&0\n\
              exec cat <&0 > {capture}\n",
             key = "\\011".repeat(32),
             capture = capture.display(),

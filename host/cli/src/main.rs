@@ -583,7 +583,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             args.plane
                 .sandbox
                 .config()
-                .with_pooling(u32::try_from(args.max_connections.max(1)).unwrap_or(u32::MAX)),
+                .with_pooling(pool_slots(args.max_connections)),
         )?;
         Some(args.plane.component(&engine)?)
     } else {
@@ -683,6 +683,14 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         info!(accepted = metrics.accepted_total(), "stopped");
         Ok(())
     })
+}
+
+/// Instance slots for a pooled engine that serves up to `max_connections`:
+/// one each, and room for the ready and retired instances besides.
+fn pool_slots(max_connections: usize) -> u32 {
+    u32::try_from(max_connections.max(1))
+        .unwrap_or(u32::MAX)
+        .saturating_add(keyferry::ready::SPARE_SLOTS)
 }
 
 /// Reads each certificate and key pair.
@@ -811,7 +819,7 @@ fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         args.plane
             .sandbox
             .config()
-            .with_pooling(u32::try_from(args.max_connections.max(1) + 8).unwrap_or(u32::MAX)),
+            .with_pooling(pool_slots(args.max_connections)),
     )?;
     let component = args.plane.component(&engine)?;
     let options = keyferry::worker::WorkerOptions {
