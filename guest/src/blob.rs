@@ -711,18 +711,35 @@ impl SessionReceiver {
     }
 }
 
-/// A fresh random blob id.
-/// A wrapped blob's salt and id, from one read of the system's
-/// randomness: every connection wraps two blobs, and each read is a system
-/// call.
+/// A wrapped blob's salt and id. Both are public and need only never
+/// repeat, so they come from a buffer that one read of the system's
+/// randomness fills for eight blobs: every connection wraps two, and each
+/// read is a system call (natively) or a host call (in a guest). Keys never
+/// come from it, and bytes handed out are wiped from it. A process forked
+/// without exec would repeat the parent's next ones; keyferry's processes
+/// exec.
 fn salt_and_id() -> Result<([u8; SALT_LEN], [u8; 16])> {
-    let mut both = [0u8; SALT_LEN + 16];
-    getrandom::fill(&mut both).map_err(|_| Error::InvalidArgument("no system randomness"))?;
-    let (salt, id) = both.split_at(SALT_LEN);
-    Ok((
-        salt.try_into().expect("SALT_LEN bytes"),
-        id.try_into().expect("16 bytes"),
-    ))
+    const TAKE: usize = SALT_LEN + 16;
+    const POOL_LEN: usize = 8 * TAKE;
+    std::thread_local! {
+        static POOL: core::cell::RefCell<([u8; POOL_LEN], usize)> =
+            const { core::cell::RefCell::new(([0; POOL_LEN], POOL_LEN)) };
+    }
+    POOL.with_borrow_mut(|(bytes, used)| {
+        if *used == POOL_LEN {
+            getrandom::fill(bytes).map_err(|_| Error::InvalidArgument("no system randomness"))?;
+            *used = 0;
+        }
+        let both = &mut bytes[*used..*used + TAKE];
+        *used += TAKE;
+        let (salt, id) = both.split_at(SALT_LEN);
+        let taken = (
+            salt.try_into().expect("SALT_LEN bytes"),
+            id.try_into().expect("16 bytes"),
+        );
+        both.fill(0);
+        Ok(taken)
+    })
 }
 
 fn random_id() -> Result<[u8; 16]> {
@@ -851,6 +868,19 @@ mod tests {
         .unwrap();
         m.buffered_ciphertext = vec![1, 2, 3];
         m
+    }
+
+    #[test]
+    fn salts_and_ids_never_repeat_across_refills() {
+        let mut seen = std::collections::HashSet::new();
+        // Five refills of the buffer.
+        for _ in 0..40 {
+            let (salt, id) = salt_and_id().unwrap();
+            assert_ne!(salt, [0; SALT_LEN]);
+            assert_ne!(id, [0; 16]);
+            assert!(seen.insert(salt.to_vec()), "a salt repeated");
+            assert!(seen.insert(id.to_vec()), "an id repeated");
+        }
     }
 
     #[test]
