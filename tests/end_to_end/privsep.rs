@@ -133,7 +133,12 @@ fn listening_inode(port: u16) -> String {
 
 #[test]
 fn a_killed_worker_loses_only_its_own_connections() {
-    let server = Server::start(&["--workers", "2", "--echo"]);
+    // The hand-over line `worker_of` reads is logged at debug.
+    let server = Server::start_with_env(
+        "127.0.0.1:0",
+        &["--workers", "2", "--echo"],
+        &[("KEYFERRY_LOG", "debug")],
+    );
     workers(&server, 2);
     let mut clients: Vec<Client> = (0..6)
         .map(|i| {
@@ -256,17 +261,22 @@ fn the_channel_carries_no_private_key_bytes() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let server = Server::start(&[
-        "--workers",
-        "1",
-        "--echo",
-        "--worker-program",
-        script.to_str().unwrap(),
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]);
+    // Logged at debug: the hand-over line this waits for.
+    let server = Server::start_with_env(
+        "127.0.0.1:0",
+        &[
+            "--workers",
+            "1",
+            "--echo",
+            "--worker-program",
+            script.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        &[("KEYFERRY_LOG", "debug")],
+    );
     // A handshake; the connection goes to the recording worker (which will
     // never answer, so the client is dropped).
     let mut c = rustls_client(&server.addr());
