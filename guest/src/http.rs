@@ -49,7 +49,7 @@ impl HttpResponder {
     fn serve_http(&mut self) -> (Vec<u8>, bool) {
         let mut responses = Vec::new();
         loop {
-            let Some(head_end) = find(&self.pending, b"\r\n\r\n") else {
+            let Some((head_end, body_start)) = head_end(&self.pending) else {
                 if self.pending.len() > MAX_HEAD {
                     responses.extend(simple(431, "Request Header Fields Too Large"));
                     return (responses, true);
@@ -126,7 +126,7 @@ impl HttpResponder {
                     Field::Other => {}
                 }
             }
-            let total = head_end + 4 + content_length;
+            let total = body_start + content_length;
             if self.pending.len() < total {
                 return (responses, false);
             }
@@ -267,8 +267,22 @@ fn facts_report(f: &Facts) -> String {
     )
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Where a request's head ends: its length up to the blank line's first
+/// LF, and where the body starts. The blank line is CRLF CRLF, or a bare
+/// LF in either place: RFC 9112 section 2.2 lets a recipient take a bare
+/// LF as a line's end, and a client that sends only LFs must not wait for
+/// a CRLF that never comes.
+fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+        let at = from + i;
+        match &buf[at + 1..] {
+            [b'\n', ..] => return Some((at, at + 2)),
+            [b'\r', b'\n', ..] => return Some((at, at + 3)),
+            _ => from = at + 1,
+        }
+    }
+    None
 }
 
 fn simple(status: u16, reason: &str) -> Vec<u8> {
@@ -321,6 +335,27 @@ mod tests {
             assert_eq!(out, n.to_string().into_bytes());
             assert_eq!(decimal_len(n), out.len(), "{n}");
         }
+    }
+
+    #[test]
+    fn a_head_ends_at_a_blank_line_with_or_without_crs() {
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"),
+            Some((24, 27))
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\nbody"), Some((22, 24)));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\n\r\n"), Some((23, 26)));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        // A client that ends its lines with bare LFs is answered.
+        let (mut s, mut c) = pair::<HttpResponder>();
+        let out = s.receive(
+            &c.send(b"GET /lf HTTP/1.1\nHost: x\nConnection: close\n\n")
+                .unwrap(),
+        );
+        let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("request: GET /lf\n"), "{text}");
     }
 
     #[test]
