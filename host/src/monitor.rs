@@ -633,6 +633,45 @@ mod tests {
     use crate::channel::ConnectionReport;
     use crate::transport::EndingKind;
 
+    fn test_worker(metrics: &Metrics) -> Worker {
+        let (ours, _theirs) = crate::channel::pair().unwrap();
+        Worker {
+            pid: 0,
+            channel: Channel::new(ours).unwrap(),
+            state: Mutex::new(WorkerState::default()),
+            blobs: tokio::sync::Mutex::new(None),
+            cut_off: Notify::new(),
+            ready_level: metrics.ready_instances("0"),
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_batches_are_taken_in_order_and_checked_slot_by_slot() {
+        let metrics = Metrics::new();
+        let worker = test_worker(&metrics);
+        let ready = |slots: Vec<u32>| FromWorker::Ready { slots };
+        assert!(
+            worker.apply(ready(vec![1]), &metrics).is_err(),
+            "an instance before the worker's key"
+        );
+        let worker = test_worker(&metrics);
+        worker.lock().greeted = true;
+        assert!(worker.apply(ready(vec![1, 2, 3, 4]), &metrics).is_ok());
+        assert_eq!(worker.lock().ready, [1, 2, 3, 4]);
+        assert!(
+            worker.apply(ready(vec![5, 5]), &metrics).is_err(),
+            "a slot twice in one batch"
+        );
+        let worker = test_worker(&metrics);
+        worker.lock().greeted = true;
+        let all: Vec<u32> = (1..=MAX_READY as u32).collect();
+        assert!(worker.apply(ready(all), &metrics).is_ok());
+        assert!(
+            worker.apply(ready(vec![1000]), &metrics).is_err(),
+            "more than MAX_READY waiting"
+        );
+    }
+
     /// A report the worker queued just before it exited counts as the
     /// ending it reports; a connection it never reported is left for the
     /// caller to write off as `worker_exited`.

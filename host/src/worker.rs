@@ -212,7 +212,9 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 slots.push(next_slot);
                 ready.insert(next_slot, instance);
             }
-            let _ = to_monitor.send(FromWorker::Ready { slots });
+            if !slots.is_empty() {
+                let _ = to_monitor.send(FromWorker::Ready { slots });
+            }
         }
         let (frame, fd) = match channel.recv().await {
             Ok(f) => f,
