@@ -633,28 +633,31 @@ mod tests {
     use crate::channel::ConnectionReport;
     use crate::transport::EndingKind;
 
-    fn test_worker(metrics: &Metrics) -> Worker {
-        let (ours, _theirs) = crate::channel::pair().unwrap();
-        Worker {
+    /// A worker as the handshake process sees it, and the worker's end of
+    /// its channel.
+    fn test_worker(metrics: &Metrics) -> (Worker, std::os::fd::OwnedFd) {
+        let (ours, theirs) = crate::channel::pair().unwrap();
+        let worker = Worker {
             pid: 0,
             channel: Channel::new(ours).unwrap(),
             state: Mutex::new(WorkerState::default()),
             blobs: tokio::sync::Mutex::new(None),
             cut_off: Notify::new(),
             ready_level: metrics.ready_instances("0"),
-        }
+        };
+        (worker, theirs)
     }
 
     #[tokio::test]
     async fn ready_batches_are_taken_in_order_and_checked_slot_by_slot() {
         let metrics = Metrics::new();
-        let worker = test_worker(&metrics);
+        let (worker, _channel) = test_worker(&metrics);
         let ready = |slots: Vec<u32>| FromWorker::Ready { slots };
         assert!(
             worker.apply(ready(vec![1]), &metrics).is_err(),
             "an instance before the worker's key"
         );
-        let worker = test_worker(&metrics);
+        let (worker, _channel) = test_worker(&metrics);
         worker.lock().greeted = true;
         assert!(worker.apply(ready(vec![1, 2, 3, 4]), &metrics).is_ok());
         assert_eq!(worker.lock().ready, [1, 2, 3, 4]);
@@ -662,7 +665,7 @@ mod tests {
             worker.apply(ready(vec![5, 5]), &metrics).is_err(),
             "a slot twice in one batch"
         );
-        let worker = test_worker(&metrics);
+        let (worker, _channel) = test_worker(&metrics);
         worker.lock().greeted = true;
         let all: Vec<u32> = (1..=MAX_READY as u32).collect();
         assert!(worker.apply(ready(all), &metrics).is_ok());
@@ -677,16 +680,8 @@ mod tests {
     /// caller to write off as `worker_exited`.
     #[tokio::test]
     async fn reports_queued_before_a_worker_exits_count_as_they_ended() {
-        let (ours, theirs) = crate::channel::pair().unwrap();
         let metrics = Metrics::new();
-        let worker = Worker {
-            pid: 0,
-            channel: Channel::new(ours).unwrap(),
-            state: Mutex::new(WorkerState::default()),
-            blobs: tokio::sync::Mutex::new(None),
-            cut_off: Notify::new(),
-            ready_level: metrics.ready_instances("0"),
-        };
+        let (worker, theirs) = test_worker(&metrics);
         let cap = Arc::new(Semaphore::new(2));
         for id in [7, 8] {
             worker.lock().open.insert(
