@@ -715,40 +715,50 @@ impl SessionReceiver {
     }
 }
 
-/// A wrapped blob's salt and id. Both are public and need only never
-/// repeat, so they come from a buffer that one read of the system's
-/// randomness fills for eight blobs: every connection wraps two, and each
-/// read is a system call (natively) or a host call (in a guest). Keys never
-/// come from it, and bytes handed out are wiped from it. A process forked
-/// without exec would repeat the parent's next ones; keyferry's processes
-/// exec.
-fn salt_and_id() -> Result<([u8; SALT_LEN], [u8; 16])> {
-    const TAKE: usize = SALT_LEN + 16;
-    const POOL_LEN: usize = 8 * TAKE;
+/// Fills `out` with random bytes that are public and need only never
+/// repeat: blob salts and blob ids. They come from a per-thread buffer
+/// that one read of the system's randomness fills for several blobs:
+/// every connection seals or wraps two, and each read is a system call
+/// (natively) or a host call (in a guest). Keys never come from it, and
+/// bytes handed out are wiped from it. A process forked without exec
+/// would repeat the parent's next ones; keyferry's processes exec.
+fn public_random(out: &mut [u8]) -> Result<()> {
+    const POOL_LEN: usize = 256;
     std::thread_local! {
         static POOL: core::cell::RefCell<([u8; POOL_LEN], usize)> =
             const { core::cell::RefCell::new(([0; POOL_LEN], POOL_LEN)) };
     }
+    if out.len() > POOL_LEN {
+        return Err(Error::InvalidArgument(
+            "more public randomness than the buffer holds",
+        ));
+    }
     POOL.with_borrow_mut(|(bytes, used)| {
-        if *used == POOL_LEN {
+        if POOL_LEN - *used < out.len() {
             getrandom::fill(bytes).map_err(|_| Error::InvalidArgument("no system randomness"))?;
             *used = 0;
         }
-        let both = &mut bytes[*used..*used + TAKE];
-        *used += TAKE;
-        let (salt, id) = both.split_at(SALT_LEN);
-        let taken = (
-            salt.try_into().expect("SALT_LEN bytes"),
-            id.try_into().expect("16 bytes"),
-        );
-        both.fill(0);
-        Ok(taken)
+        let taken = &mut bytes[*used..*used + out.len()];
+        out.copy_from_slice(taken);
+        taken.fill(0);
+        *used += out.len();
+        Ok(())
     })
 }
 
+/// A wrapped blob's salt and id.
+fn salt_and_id() -> Result<([u8; SALT_LEN], [u8; 16])> {
+    let mut salt = [0u8; SALT_LEN];
+    let mut id = [0u8; 16];
+    public_random(&mut salt)?;
+    public_random(&mut id)?;
+    Ok((salt, id))
+}
+
+/// A sealed blob's id (formats 1 and 3).
 fn random_id() -> Result<[u8; 16]> {
     let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|_| Error::InvalidArgument("no system randomness"))?;
+    public_random(&mut id)?;
     Ok(id)
 }
 
@@ -877,13 +887,19 @@ mod tests {
     #[test]
     fn salts_and_ids_never_repeat_across_refills() {
         let mut seen = std::collections::HashSet::new();
-        // Five refills of the buffer.
+        // Several refills of the buffer, with draws of both sizes.
         for _ in 0..40 {
             let (salt, id) = salt_and_id().unwrap();
+            let sealed_id = random_id().unwrap();
             assert_ne!(salt, [0; SALT_LEN]);
             assert_ne!(id, [0; 16]);
+            assert_ne!(sealed_id, [0; 16]);
             assert!(seen.insert(salt.to_vec()), "a salt repeated");
             assert!(seen.insert(id.to_vec()), "an id repeated");
+            assert!(
+                seen.insert(sealed_id.to_vec()),
+                "a sealed blob's id repeated"
+            );
         }
     }
 
