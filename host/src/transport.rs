@@ -112,6 +112,14 @@ const READ_CHUNK: usize = 16 * 1024 + 512;
 /// fills it grows it to [`READ_CHUNK`] until the session is idle again.
 const IDLE_READ: usize = 2 * 1024;
 
+/// Grows a read buffer that the last read (`n` bytes) filled to
+/// [`READ_CHUNK`]: more is coming, so read whole records at once.
+fn grow_after_full_read(buf: &mut Vec<u8>, n: usize) {
+    if n == buf.len() && buf.len() < READ_CHUNK {
+        buf.resize(READ_CHUNK, 0);
+    }
+}
+
 /// Runs a handshake to completion over a blocking stream.
 pub fn handshake<S: Read + Write>(stream: &mut S, mut hs: Handshake) -> Result<Handoff> {
     let mut buf = vec![0u8; READ_CHUNK];
@@ -160,9 +168,7 @@ pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(
                     return Err(HandshakeError::PeerClosed.into());
                 }
                 hs.feed(&buf[..n])?;
-                if n == buf.len() && buf.len() < READ_CHUNK {
-                    buf.resize(READ_CHUNK, 0);
-                }
+                grow_after_full_read(&mut buf, n);
             }
         }
     }
@@ -489,10 +495,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Ok(n)) => {
                         summary.bytes_in += n as u64;
                         let step = blocking(|| plane.receive(&buf[..n]));
-                        if n == buf.len() && buf.len() < READ_CHUNK {
-                            // More is coming: read whole records at once.
-                            buf.resize(READ_CHUNK, 0);
-                        }
+                        grow_after_full_read(&mut buf, n);
                         step
                     }
                     Ok(Err(e)) => {
