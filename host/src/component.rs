@@ -8,7 +8,7 @@
 use wasmtime::component::{Component, InstancePre};
 
 use crate::bindings::DataplaneHostKeysIndices;
-use crate::bindings::exports::keyferry::dataplane::connection;
+use crate::connection_exports::ConnectionIndices;
 use crate::engine::GuestEngine;
 use crate::error::{Result, SandboxError};
 use crate::instance::{Exports, GuestInstance};
@@ -29,7 +29,7 @@ pub const REFERENCE_COMPONENT_HOST_KEYS: &[u8] =
 pub struct GuestComponent {
     engine: GuestEngine,
     pre: InstancePre<StoreState>,
-    connection: connection::GuestIndices,
+    connection: ConnectionIndices,
     full: Option<DataplaneHostKeysIndices>,
 }
 
@@ -86,7 +86,7 @@ impl GuestComponent {
             .linker()
             .instantiate_pre(&component)
             .map_err(engine_error("linking the component"))?;
-        let connection = connection::GuestIndices::new(&pre).map_err(engine_error(
+        let connection = ConnectionIndices::new(&pre).map_err(engine_error(
             "the component does not export keyferry:dataplane/connection",
         ))?;
         let full = DataplaneHostKeysIndices::new(&pre).ok();

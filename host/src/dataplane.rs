@@ -118,10 +118,7 @@ impl DataPlane {
     ) -> Result<(Self, Delivery)> {
         let wfacts = (&facts).into();
         let conn = guest
-            .call_connection(|s, c| {
-                c.tls_connection()
-                    .call_attach(s, seal_blob, open_blob, &wfacts)
-            })?
+            .call_connection(|s, c| c.call_attach(s, seal_blob, open_blob, &wfacts))?
             .map_err(Error::from)?;
         // Two imports: the instance may have rotated its keys.
         guest.refresh_epoch()?;
@@ -134,9 +131,7 @@ impl DataPlane {
             bytes_in: buffered as u64,
             plaintext_out: 0,
         };
-        let out = plane
-            .guest
-            .call_connection(|s, c| c.tls_connection().call_start(s, conn))?;
+        let out = plane.guest.call_connection(|s, c| c.call_start(s, conn))?;
         let delivery = plane.deliver(out, 0)?;
         Ok((plane, delivery))
     }
@@ -166,7 +161,7 @@ impl DataPlane {
         let conn = self.handle()?;
         let out = self
             .guest
-            .call_connection(|s, c| c.tls_connection().call_receive(s, conn, ciphertext))?;
+            .call_connection(|s, c| c.call_receive(s, conn, ciphertext))?;
         self.deliver(out, ciphertext.len())
     }
 
@@ -175,7 +170,7 @@ impl DataPlane {
         let conn = self.handle()?;
         let out = self
             .guest
-            .call_connection(|s, c| c.tls_connection().call_end_of_stream(s, conn))?;
+            .call_connection(|s, c| c.call_end_of_stream(s, conn))?;
         self.deliver(out, 0)
     }
 
@@ -185,7 +180,7 @@ impl DataPlane {
         let conn = self.handle()?;
         let wire = self
             .guest
-            .call_connection(|s, c| c.tls_connection().call_send(s, conn, plaintext))?
+            .call_connection(|s, c| c.call_send(s, conn, plaintext))?
             .map_err(Error::from)?;
         if count_records(&wire).is_none() || wire.len() < plaintext.len() {
             return Err(GuestError::InvalidResult("sealed output is not whole records").into());
@@ -196,9 +191,7 @@ impl DataPlane {
     /// Ends the connection: close_notify for the peer.
     pub fn close(&mut self) -> Result<Delivery> {
         let conn = self.handle()?;
-        let out = self
-            .guest
-            .call_connection(|s, c| c.tls_connection().call_close(s, conn))?;
+        let out = self.guest.call_connection(|s, c| c.call_close(s, conn))?;
         self.deliver(out, 0)
     }
 
@@ -208,7 +201,7 @@ impl DataPlane {
         let conn = self.handle()?;
         let wire = self
             .guest
-            .call_connection(|s, c| c.tls_connection().call_key_update(s, conn, request_update))?
+            .call_connection(|s, c| c.call_key_update(s, conn, request_update))?
             .map_err(Error::from)?;
         if count_records(&wire) != Some(1) {
             return Err(GuestError::InvalidResult("key update output is not one record").into());
@@ -221,7 +214,7 @@ impl DataPlane {
         let conn = self.handle()?;
         let (seal, open) = self
             .guest
-            .call_connection(|s, c| c.tls_connection().call_key_states(s, conn))?;
+            .call_connection(|s, c| c.call_key_states(s, conn))?;
         Ok((seal.into(), open.into()))
     }
 
@@ -236,10 +229,7 @@ impl DataPlane {
         let recipient = to.exchange_key()?;
         let moved = self
             .guest
-            .call_connection(|s, c| {
-                c.tls_connection()
-                    .call_export(s, conn, &recipient.public_key)
-            })?
+            .call_connection(|s, c| c.call_export(s, conn, &recipient.public_key))?
             .map_err(Error::from)?;
         recipient.check_addressed(&moved.seal_blob)?;
         recipient.check_addressed(&moved.open_blob)?;

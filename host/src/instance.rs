@@ -15,7 +15,7 @@ use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 use crate::bindings::DataplaneHostKeys;
-use crate::bindings::exports::keyferry::dataplane::connection;
+use crate::connection_exports::ConnectionExports;
 use crate::error::{Error, GuestError, Result, SandboxError};
 use crate::keystore::HostKeyStore;
 use crate::store::{ExecutionBound, Sandboxed, StoreState};
@@ -91,7 +91,7 @@ pub use keyferry_guest::record::TrafficKeyState;
 /// What an instance exports: every component's `connection`, and the
 /// reference component's key-level interfaces.
 pub(crate) struct Exports {
-    pub(crate) connection: connection::Guest,
+    pub(crate) connection: ConnectionExports,
     pub(crate) full: Option<DataplaneHostKeys>,
 }
 
@@ -299,7 +299,7 @@ impl GuestInstance {
     /// Calls the instance's `connection` export.
     pub(crate) fn call_connection<R>(
         &self,
-        f: impl FnOnce(&mut Store<StoreState>, &connection::Guest) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<StoreState>, &ConnectionExports) -> wasmtime::Result<R>,
     ) -> Result<R> {
         self.sandbox
             .lock()

@@ -36,6 +36,7 @@
 pub mod bindings;
 pub mod channel;
 pub mod component;
+mod connection_exports;
 pub mod dataplane;
 pub mod engine;
 pub mod error;
