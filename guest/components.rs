@@ -95,9 +95,13 @@ pub fn library(root: &Path, features: &[&str], name: &str) -> PathBuf {
 }
 
 /// Builds application components from `guest/examples` (without the
-/// reference component's exports) and copies each to `OUT_DIR/<name>.wasm`.
-pub fn examples(root: &Path, names: &[&str]) -> Vec<PathBuf> {
+/// reference component's exports) with `features`, and copies each to
+/// `OUT_DIR/<name>.wasm`.
+pub fn examples(root: &Path, features: &[&str], names: &[&str]) -> Vec<PathBuf> {
     let mut args = vec!["--no-default-features"];
+    for feature in features {
+        args.extend(["--features", feature]);
+    }
     for name in names {
         args.extend(["--example", name]);
     }

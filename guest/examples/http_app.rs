@@ -1,5 +1,6 @@
 //! `keyferry serve`'s default application: the HTTP/1.1 responder that
 //! reports the connection's TLS facts from inside the sandbox.
 #![cfg(target_arch = "wasm32")]
+#![no_std]
 
 keyferry_guest::export_application!(keyferry_guest::http::HttpResponder);

@@ -8,6 +8,7 @@
 //! application, and the WIT `tls-connection` resource is a thin shell over
 //! it.
 
+use alloc::vec::Vec;
 use zeroize::Zeroizing;
 
 use crate::connection::{Closed, Connection, Event, Facts, Output};

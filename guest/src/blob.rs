@@ -64,6 +64,7 @@
 //!
 //! The contents are the same in every format.
 
+use alloc::vec::Vec;
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
@@ -724,7 +725,7 @@ impl SessionReceiver {
 /// would repeat the parent's next ones; keyferry's processes exec.
 fn public_random(out: &mut [u8]) -> Result<()> {
     const POOL_LEN: usize = 256;
-    std::thread_local! {
+    crate::local::instance_local! {
         static POOL: core::cell::RefCell<([u8; POOL_LEN], usize)> =
             const { core::cell::RefCell::new(([0; POOL_LEN], POOL_LEN)) };
     }

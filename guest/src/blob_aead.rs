@@ -16,8 +16,6 @@
 //! ring's, which rustls already links. The output is the same either way
 //! (ChaCha20-Poly1305 is deterministic), which the host's tests check.
 
-use std::sync::OnceLock;
-
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 
 /// ChaCha20-Poly1305 (RFC 8439) with a 32-byte key and the all-zero nonce.
@@ -74,19 +72,25 @@ impl BlobAead for CrateAead {
     }
 }
 
-static INSTALLED: OnceLock<&'static dyn BlobAead> = OnceLock::new();
+#[cfg(not(target_arch = "wasm32"))]
+static INSTALLED: std::sync::OnceLock<&'static dyn BlobAead> = std::sync::OnceLock::new();
 
 /// Makes `aead` the blob AEAD of this process. The first installation
 /// stays: returns false if another was installed before (or blobs were
 /// already sealed or opened with the crate's own), so every blob of a
-/// process goes through one implementation.
+/// process goes through one implementation. Native only: a component
+/// always uses the crate's own.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn install(aead: &'static dyn BlobAead) -> bool {
     INSTALLED.set(aead).is_ok()
 }
 
 /// The process's blob AEAD.
 pub(crate) fn get() -> &'static dyn BlobAead {
-    *INSTALLED.get_or_init(|| &CrateAead)
+    #[cfg(not(target_arch = "wasm32"))]
+    return *INSTALLED.get_or_init(|| &CrateAead);
+    #[cfg(target_arch = "wasm32")]
+    &CrateAead
 }
 
 #[cfg(test)]

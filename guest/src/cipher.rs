@@ -3,6 +3,9 @@
 //! In-place `AeadInOut` calls mean no allocation per record: the record
 //! buffer that crossed into the sandbox is encrypted where it lies.
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use crate::aes_gcm_simd128::{Aes128Gcm, Aes256Gcm};
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

@@ -7,6 +7,7 @@
 //! this layer does not own (NewSessionTicket, CertificateRequest) go to the
 //! host as events; none is dropped.
 
+use alloc::{string::String, vec::Vec};
 use zeroize::Zeroizing;
 
 use crate::error::{Alert, Error, Result};
@@ -334,7 +335,7 @@ impl Connection {
             Frame::Record(len) => len,
         };
         let rest = self.inbuf.split_off(len);
-        let record = std::mem::replace(&mut self.inbuf, rest);
+        let record = core::mem::replace(&mut self.inbuf, rest);
         let (content_type, payload) = self.open.open(record)?;
         match content_type {
             ContentType::ApplicationData => {
@@ -414,7 +415,7 @@ impl Connection {
                 return Ok(());
             }
             let rest = self.handshake.split_off(4 + len);
-            let message = std::mem::replace(&mut self.handshake, rest);
+            let message = core::mem::replace(&mut self.handshake, rest);
             self.handshake_message(message, out)?;
         }
     }
@@ -554,7 +555,7 @@ mod tests {
         // One byte at a time, then growing chunks.
         let (head, tail) = wire.split_at(3000);
         for byte in head {
-            got.extend_from_slice(&b.receive(std::slice::from_ref(byte)).plaintext);
+            got.extend_from_slice(&b.receive(core::slice::from_ref(byte)).plaintext);
         }
         let mut rest = tail;
         let mut n = 1;

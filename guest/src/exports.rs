@@ -6,8 +6,9 @@
 //! feature the world also exports traffic and MAC keys, the stateless
 //! primitives, `self-check` and `describe`.
 
-use std::cell::RefCell;
-use std::marker::PhantomData;
+use alloc::{string::ToString, vec::Vec};
+use core::cell::RefCell;
+use core::marker::PhantomData;
 
 use crate::application::{Application, Session, Step};
 use crate::bindings::exports::keyferry::dataplane::connection::{
@@ -37,6 +38,8 @@ fn key_service() -> Option<&'static dyn crate::key_service::KeyService> {
 
 #[cfg(feature = "host-keys")]
 mod host_keys {
+    use alloc::vec::Vec;
+
     use crate::bindings::keyferry::dataplane::key_service as ks;
     use crate::error::KeyServiceError;
     use crate::key_service::KeyService;
@@ -289,7 +292,10 @@ macro_rules! export_application {
 
 #[cfg(feature = "reference-component")]
 mod reference {
-    use std::cell::RefCell;
+    use alloc::format;
+    use alloc::string::{String, ToString};
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
 
     use super::{Exports, with_instance};
     use crate::application::Application;
@@ -381,7 +387,7 @@ mod reference {
             let (plaintext, ciphertext) = match slot.as_mut() {
                 Some(key) => {
                     let (mut plaintext, ciphertext) = key.take_buffered();
-                    (std::mem::take(&mut *plaintext), ciphertext)
+                    (core::mem::take(&mut *plaintext), ciphertext)
                 }
                 None => Default::default(),
             };
@@ -553,7 +559,7 @@ impl From<Step> for wconn::Output {
     fn from(mut s: Step) -> Self {
         Self {
             to_send: s.to_send,
-            plaintext: std::mem::take(&mut *s.plaintext),
+            plaintext: core::mem::take(&mut *s.plaintext),
             events: s.events.into_iter().map(Into::into).collect(),
             closed: s.closed.map(Into::into),
             done: s.done,

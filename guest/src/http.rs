@@ -5,6 +5,7 @@
 
 use crate::application::{Application, Reply};
 use crate::connection::{Facts, Role};
+use alloc::{format, string::String, vec::Vec};
 
 /// The largest request head the responder buffers (431 past it).
 const MAX_HEAD: usize = 16 * 1024;
@@ -299,6 +300,8 @@ fn simple(status: u16, reason: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use alloc::string::ToString;
+
     use super::*;
     use crate::application::tests::pair;
     use crate::connection::Closed;

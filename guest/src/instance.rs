@@ -16,7 +16,8 @@
 //! rotations old cannot be opened at all, so its id, and the marks of keys
 //! released before then, can be forgotten without allowing a replay.
 
-use std::cell::RefCell;
+use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use crate::blob::{self, ExchangeKeyPair, Recipient, WrappingSecret};
 use crate::connection::{Connection, Facts};
@@ -180,9 +181,8 @@ impl Instance {
     }
 }
 
-thread_local! {
-    /// The keys of the component instance this code runs in. A component
-    /// instance is single-threaded, so one per thread is one per instance.
+crate::local::instance_local! {
+    /// The keys of the component instance this code runs in.
     static LOCAL: RefCell<Option<Instance>> = const { RefCell::new(None) };
 }
 

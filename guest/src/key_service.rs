@@ -6,6 +6,7 @@
 
 use crate::error::KeyServiceError;
 use crate::suite::ContentType;
+use alloc::vec::Vec;
 
 /// A store of host-resident traffic keys.
 pub trait KeyService: Sync {

@@ -1,6 +1,7 @@
 //! TLS 1.3 HKDF-Expand-Label (RFC 8446 section 7.1) and the traffic key
 //! derivations KeyUpdate needs, on the `hkdf` crate over `hmac`.
 
+use alloc::{vec, vec::Vec};
 use hkdf::Hkdf;
 use sha2::{Sha256, Sha384};
 use zeroize::Zeroizing;

@@ -1,5 +1,6 @@
 //! HMAC keys: CryptoAPI's MAC keys, imported from blobs and used in the guest.
 
+use alloc::vec::Vec;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Sha256, Sha384};
 use zeroize::Zeroizing;

@@ -4,6 +4,7 @@
 //! the IV, the sequence number, and for TLS 1.3 the traffic secret, so it can
 //! move to the next generation (KeyUpdate) without help from the host.
 
+use alloc::vec::Vec;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
@@ -948,6 +949,8 @@ fn check_received(code: u8, payload: &[u8]) -> Result<ContentType> {
 
 #[cfg(test)]
 mod tests {
+    use alloc::boxed::Box;
+
     use super::*;
 
     /// A key service that answers every seal with the same record.
@@ -1041,7 +1044,7 @@ mod tests {
             good[..3].to_vec(),
             Vec::new(),
         ];
-        for (i, answer) in std::iter::once(good).chain(wrong).enumerate() {
+        for (i, answer) in core::iter::once(good).chain(wrong).enumerate() {
             let service: &'static Confused = Box::leak(Box::new(Confused(answer.clone())));
             let mut key = host_key(Direction::Seal, service);
             let sealed = key.seal(ContentType::ApplicationData, b"hi", 0);

@@ -4,7 +4,7 @@
 //! A rollback is how AES-GCM nonces get reused, and reuse is fatal, so the
 //! check runs before any key is built.
 
-use std::collections::HashMap;
+use alloc::collections::BTreeMap;
 
 use crate::error::{BlobError, Result};
 
@@ -36,8 +36,8 @@ struct Mark {
 /// with the exchange-key epoch it belongs to.
 #[derive(Default)]
 pub struct Registry {
-    imported: HashMap<[u8; 16], u32>,
-    marks: HashMap<Fingerprint, Mark>,
+    imported: BTreeMap<[u8; 16], u32>,
+    marks: BTreeMap<Fingerprint, Mark>,
 }
 
 impl Registry {

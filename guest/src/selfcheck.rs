@@ -11,6 +11,7 @@ use crate::keyschedule::traffic_key_and_iv;
 use crate::mac;
 use crate::record::{TrafficKey, TrafficKeyMaterial};
 use crate::suite::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
+use alloc::{format, string::String, string::ToString, vec, vec::Vec};
 use vectors as v;
 
 /// Decodes lowercase or uppercase hex.

@@ -8,5 +8,6 @@ fn main() {
     let root = components::workspace_root(2);
     components::rerun_if_guest_changed(&root);
     components::ensure_target();
-    components::examples(&root, &["http_app", "echo_app"]);
+    // Without std in the component: fewer imports, cheaper instances.
+    components::examples(&root, &["component-runtime"], &["http_app", "echo_app"]);
 }
