@@ -124,6 +124,22 @@ impl GuestComponent {
         Ok(guest)
     }
 
+    /// The names of the instances the component imports (WIT interfaces
+    /// such as `wasi:random/random@0.2.6`), sorted: what the host must
+    /// provide, and what each instance pays to be linked to.
+    pub fn imports(&self) -> Vec<String> {
+        let engine = self.engine.wasmtime();
+        let mut names: Vec<String> = self
+            .pre
+            .component()
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Whether the component exports the key-level interfaces (`keys`,
     /// `primitives`, `self-check`), as the reference component does.
     pub fn has_keys_interface(&self) -> bool {
@@ -133,5 +149,32 @@ impl GuestComponent {
     /// The engine this component belongs to.
     pub fn engine(&self) -> &GuestEngine {
         &self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SandboxConfig;
+
+    /// Built without std: no WASI CLI or I/O imports (see the guest
+    /// crate's `component-runtime`).
+    #[test]
+    fn the_reference_components_import_only_what_they_use() {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        assert_eq!(
+            GuestComponent::reference(&engine).unwrap().imports(),
+            ["keyferry:dataplane/types@0.1.0", "wasi:random/random@0.2.6"]
+        );
+        assert_eq!(
+            GuestComponent::reference_with_host_keys(&engine)
+                .unwrap()
+                .imports(),
+            [
+                "keyferry:dataplane/key-service@0.1.0",
+                "keyferry:dataplane/types@0.1.0",
+                "wasi:random/random@0.2.6"
+            ]
+        );
     }
 }

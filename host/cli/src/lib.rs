@@ -16,4 +16,25 @@ pub mod apps {
     pub const HTTP_RESPONDER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/http_app.wasm"));
     /// Echo (`keyferry serve --echo`).
     pub const ECHO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_app.wasm"));
+
+    #[cfg(test)]
+    mod tests {
+        use keyferry::{GuestComponent, GuestEngine, SandboxConfig};
+
+        /// Built without std (the guest crate's `component-runtime`): no
+        /// WASI CLI or I/O imports, whose lowering would cost every
+        /// instance two more core modules. A `println!` or a std
+        /// collection in the applications would bring them back.
+        #[test]
+        fn the_built_in_applications_import_only_randomness_and_types() {
+            let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+            for wasm in [super::HTTP_RESPONDER, super::ECHO] {
+                let component = GuestComponent::new(&engine, wasm).unwrap();
+                assert_eq!(
+                    component.imports(),
+                    ["keyferry:dataplane/types@0.1.0", "wasi:random/random@0.2.6"]
+                );
+            }
+        }
+    }
 }
