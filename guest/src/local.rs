@@ -8,6 +8,12 @@
 #[cfg(target_arch = "wasm32")]
 use core::cell::RefCell;
 
+// The `Sync` below rests on there being one thread. Wasm with threads has
+// the `atomics` feature: refuse to build there rather than share a
+// `RefCell` between threads.
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+compile_error!("keyferry-guest's per-instance statics assume wasm without threads");
+
 /// A `static` of one component instance: what `instance_local!` declares
 /// in wasm, with the part of `LocalKey`'s API this crate uses.
 #[cfg(target_arch = "wasm32")]
