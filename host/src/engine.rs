@@ -14,7 +14,6 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
     StoreLimitsBuilder,
 };
-use wasmtime_wasi::WasiCtx;
 
 use crate::bindings::keyferry::dataplane::types;
 use crate::error::{Result, SandboxError};
@@ -221,7 +220,7 @@ impl GuestEngine {
         static NEXT_STORE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let state = StoreState {
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
-            wasi: WasiCtx::builder().build(),
+            wasi: None,
             table: ResourceTable::new(),
             limits: Limits(limits, 0),
             keys: self.shared.keys.clone(),

@@ -264,6 +264,12 @@ impl GuestInstance {
         self.id
     }
 
+    /// Whether a WASI call has built the store's WASI context.
+    #[cfg(test)]
+    pub(crate) fn has_wasi_context(&self) -> bool {
+        self.sandbox.lock().is_ok_and(|s| s.has_wasi_context())
+    }
+
     /// The largest this instance's linear memory has grown, in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.sandbox.lock().map_or(0, |s| s.memory_bytes())
@@ -633,6 +639,22 @@ impl GuestInstance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::component::GuestComponent;
+    use crate::engine::{GuestEngine, SandboxConfig};
+
+    #[test]
+    fn a_store_builds_its_wasi_context_only_for_a_wasi_call() {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        let guest = GuestComponent::reference(&engine)
+            .unwrap()
+            .instantiate()
+            .unwrap();
+        // Instantiated and handed its wrapping secret: no WASI call yet.
+        assert!(!guest.has_wasi_context());
+        // Making its exchange key reads WASI randomness.
+        guest.exchange_key().unwrap();
+        assert!(guest.has_wasi_context());
+    }
 
     #[test]
     fn a_late_epoch_report_never_makes_the_host_forget_a_secret() {

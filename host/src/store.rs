@@ -30,7 +30,11 @@ pub enum ExecutionBound {
 pub(crate) struct StoreState {
     /// This store's id: the holder the host key store grants keys to.
     pub(crate) id: u64,
-    pub(crate) wasi: WasiCtx,
+    /// WASI state, built on the guest's first WASI call. `serve`'s
+    /// built-in components, which have no std, make none on a
+    /// connection's path, and a `WasiCtx` (boxed stdio, clocks, a seeded
+    /// RNG) was part of the cost of every store.
+    pub(crate) wasi: Option<WasiCtx>,
     pub(crate) table: ResourceTable,
     pub(crate) limits: Limits,
     pub(crate) keys: Arc<HostKeyStore>,
@@ -113,7 +117,7 @@ impl ResourceLimiter for Limits {
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
             table: &mut self.table,
         }
     }
@@ -147,6 +151,12 @@ impl<E> Sandboxed<E> {
     /// The largest the guest's linear memory has grown, in bytes.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.store.data().limits.1
+    }
+
+    /// Whether a WASI call has built the store's WASI context.
+    #[cfg(test)]
+    pub(crate) fn has_wasi_context(&self) -> bool {
+        self.store.data().wasi.is_some()
     }
 
     /// Calls into the guest. Any wasmtime error poisons the store: only a
