@@ -186,11 +186,23 @@ pub struct WrappingSecret {
 }
 
 impl WrappingSecret {
-    /// A fresh secret from the system's randomness.
+    /// A fresh secret from the system's randomness, read ahead for
+    /// several instances ([`crate::random`]).
     pub fn generate() -> Result<Self> {
+        /// The host makes a secret per connection: sixteen per read of the
+        /// system's randomness. A pool of its own, so public draws (salts,
+        /// ids) never come from it. In wasm, where the host makes the
+        /// secrets, nothing is read ahead.
+        #[cfg(not(target_arch = "wasm32"))]
+        const POOL_LEN: usize = 16 * WRAPPING_SECRET_LEN;
+        #[cfg(target_arch = "wasm32")]
+        const POOL_LEN: usize = WRAPPING_SECRET_LEN;
+        crate::local::instance_local! {
+            static SECRETS: core::cell::RefCell<crate::random::Pool<POOL_LEN>> =
+                const { core::cell::RefCell::new(crate::random::Pool::new()) };
+        }
         let mut secret = Zeroizing::new([0u8; WRAPPING_SECRET_LEN]);
-        getrandom::fill(&mut secret[..])
-            .map_err(|_| Error::InvalidArgument("no system randomness"))?;
+        SECRETS.with_borrow_mut(|pool| pool.fill(&mut secret[..]))?;
         Ok(Self::from_array(secret))
     }
 
@@ -716,35 +728,21 @@ impl SessionReceiver {
     }
 }
 
-/// Fills `out` with random bytes that are public and need only never
-/// repeat: blob salts and blob ids. They come from a per-thread buffer
-/// that one read of the system's randomness fills for several blobs:
-/// every connection seals or wraps two, and each read is a system call
-/// (natively) or a host call (in a guest). Keys never come from it, and
-/// bytes handed out are wiped from it. A process forked without exec
-/// would repeat the parent's next ones; keyferry's processes exec.
+/// Public randomness, read ahead ([`crate::random`]): blob salts and blob
+/// ids, which leave in the clear. Keys never come from this pool.
 fn public_random(out: &mut [u8]) -> Result<()> {
+    /// The host wraps or seals two blobs per connection (64 bytes), so one
+    /// read serves sixteen connections. An instance makes few blobs, and
+    /// in wasm each 8 bytes is a host call.
+    #[cfg(not(target_arch = "wasm32"))]
+    const POOL_LEN: usize = 1024;
+    #[cfg(target_arch = "wasm32")]
     const POOL_LEN: usize = 256;
     crate::local::instance_local! {
-        static POOL: core::cell::RefCell<([u8; POOL_LEN], usize)> =
-            const { core::cell::RefCell::new(([0; POOL_LEN], POOL_LEN)) };
+        static POOL: core::cell::RefCell<crate::random::Pool<POOL_LEN>> =
+            const { core::cell::RefCell::new(crate::random::Pool::new()) };
     }
-    if out.len() > POOL_LEN {
-        return Err(Error::InvalidArgument(
-            "more public randomness than the buffer holds",
-        ));
-    }
-    POOL.with_borrow_mut(|(bytes, used)| {
-        if POOL_LEN - *used < out.len() {
-            getrandom::fill(bytes).map_err(|_| Error::InvalidArgument("no system randomness"))?;
-            *used = 0;
-        }
-        let taken = &mut bytes[*used..*used + out.len()];
-        out.copy_from_slice(taken);
-        taken.fill(0);
-        *used += out.len();
-        Ok(())
-    })
+    POOL.with_borrow_mut(|pool| pool.fill(out))
 }
 
 /// A wrapped blob's salt and id.

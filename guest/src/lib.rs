@@ -56,6 +56,7 @@ mod local;
 pub mod mac;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod poly1305_simd128;
+mod random;
 pub mod record;
 pub mod registry;
 pub mod selfcheck;
