@@ -9,9 +9,9 @@ use wasmtime::component::{Component, InstancePre};
 
 use crate::bindings::DataplaneHostKeysIndices;
 use crate::connection_exports::ConnectionIndices;
-use crate::engine::GuestEngine;
-use crate::error::{Result, SandboxError};
-use crate::instance::{Exports, GuestInstance};
+use crate::engine::{GuestEngine, engine_error};
+use crate::error::Result;
+use crate::instance::{Exports, FullExports, GuestInstance};
 use crate::store::{StoreState, arm, classify};
 
 /// The reference component (`dataplane` world): its connections hand their
@@ -31,10 +31,6 @@ pub struct GuestComponent {
     pre: InstancePre<StoreState>,
     connection: ConnectionIndices,
     full: Option<DataplaneHostKeysIndices>,
-}
-
-fn engine_error(context: &'static str) -> impl FnOnce(wasmtime::Error) -> SandboxError {
-    move |source| SandboxError::Engine { context, source }
 }
 
 impl GuestComponent {
@@ -110,12 +106,8 @@ impl GuestComponent {
             .load(&mut store, &instance)
             .map_err(engine_error("loading the connection exports"))?;
         let full = match &self.full {
-            Some(indices) => Some(
-                indices
-                    .load(&mut store, &instance)
-                    .map_err(engine_error("loading the data-plane exports"))?,
-            ),
-            None => None,
+            Some(indices) => FullExports::Unloaded(indices.clone(), instance),
+            None => FullExports::Absent,
         };
         let guest = GuestInstance::new(store, Exports { connection, full }, bound)?;
         // Pre-keyed: the instance gets its wrapping secret now, off the

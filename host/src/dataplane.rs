@@ -121,7 +121,7 @@ impl DataPlane {
             .call_connection(|s, c| c.call_attach(s, seal_blob, open_blob, &wfacts))?
             .map_err(Error::from)?;
         // Two imports: the instance may have rotated its keys.
-        guest.refresh_epoch()?;
+        guest.note_import();
         let mut plane = Self {
             guest,
             conn: Some(conn),
@@ -313,7 +313,16 @@ impl DataPlane {
 impl Drop for DataPlane {
     /// Drops the connection in the guest (its keys are zeroized there), so
     /// an instance that serves many connections does not keep their state.
+    ///
+    /// Not when this holds the instance's last handle, as it does for an
+    /// instance per connection: the store goes right after, and wasmtime
+    /// rewrites a pooled slot's dirtied pages (or unmaps the memory), keys
+    /// included, so running the guest's destructor first would only cost a
+    /// host-guest call.
     fn drop(&mut self) {
+        if self.guest.is_last_handle() {
+            return;
+        }
         if let Some(conn) = self.conn.take()
             && !self.guest.is_poisoned()
         {

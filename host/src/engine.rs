@@ -91,7 +91,8 @@ pub struct GuestEngine {
     shared: Arc<Shared>,
 }
 
-fn engine_error(context: &'static str) -> impl FnOnce(wasmtime::Error) -> SandboxError {
+/// Wraps a wasmtime error with what was being done.
+pub(crate) fn engine_error(context: &'static str) -> impl FnOnce(wasmtime::Error) -> SandboxError {
     move |source| SandboxError::Engine { context, source }
 }
 

@@ -14,7 +14,7 @@ use keyferry_guest::{AeadAlgorithm, ContentType, MacAlgorithm};
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
-use crate::bindings::DataplaneHostKeys;
+use crate::bindings::{DataplaneHostKeys, DataplaneHostKeysIndices};
 use crate::connection_exports::ConnectionExports;
 use crate::error::{Error, GuestError, Result, SandboxError};
 use crate::keystore::HostKeyStore;
@@ -92,7 +92,41 @@ pub use keyferry_guest::record::TrafficKeyState;
 /// reference component's key-level interfaces.
 pub(crate) struct Exports {
     pub(crate) connection: ConnectionExports,
-    pub(crate) full: Option<DataplaneHostKeys>,
+    pub(crate) full: FullExports,
+}
+
+/// The key-level interfaces (`keys`, `primitives`, `self-check`) of one
+/// instance, looked up on the first call that needs them. `bindgen!`'s
+/// loader type-checks every export of the world, `connection` included,
+/// and has no check-once form (`crate::connection_exports` is that for
+/// `connection`): an instance that only ever serves a connection, as
+/// `DataPlane` uses it, never pays for it.
+pub(crate) enum FullExports {
+    /// The component does not export them.
+    Absent,
+    /// Exported; not looked up in this instance yet.
+    Unloaded(DataplaneHostKeysIndices, wasmtime::component::Instance),
+    /// Looked up and type-checked.
+    Loaded(DataplaneHostKeys),
+}
+
+impl FullExports {
+    /// Looks the interfaces up if that has not happened yet. No guest code
+    /// runs.
+    fn load(&mut self, store: &mut Store<StoreState>) -> Result<Option<&DataplaneHostKeys>> {
+        if let Self::Unloaded(indices, instance) = self {
+            let loaded = indices
+                .load(store, instance)
+                .map_err(crate::engine::engine_error(
+                    "loading the data-plane exports",
+                ))?;
+            *self = Self::Loaded(loaded);
+        }
+        Ok(match self {
+            Self::Loaded(full) => Some(full),
+            Self::Absent | Self::Unloaded(..) => None,
+        })
+    }
 }
 
 /// A running guest: its store, its exports and its exchange key.
@@ -130,6 +164,11 @@ struct Epoch {
     /// The secret this process wraps blobs for the instance with, and the
     /// epoch the instance took it for.
     wrapping: Option<(u32, WrappingSecret)>,
+    /// The instance has imported since it last reported its epoch, so it
+    /// may have rotated. Asked when the epoch is next needed, not after
+    /// every import: an instance that serves one connection imports its
+    /// two blobs and is never asked, one host-guest call fewer.
+    unreported_import: bool,
 }
 
 impl Epoch {
@@ -188,6 +227,7 @@ impl GuestInstance {
     /// long ago.
     pub fn exchange_key(&self) -> Result<ExchangeKey> {
         let mut epoch = self.epoch();
+        self.catch_up(&mut epoch)?;
         if let Some(key) = epoch.exchange {
             return Ok(key);
         }
@@ -203,15 +243,23 @@ impl GuestInstance {
         Ok(key)
     }
 
-    /// Asks the guest for its epoch after an import: when it has rotated,
-    /// the keys the host knows for it are old, and are fetched (exchange
-    /// key) or handed over (wrapping secret) again when next needed.
-    pub(crate) fn refresh_epoch(&self) -> Result<()> {
-        // Under the epoch lock (epoch, then sandbox: the one lock order),
-        // so reports are applied in the order they were made.
-        let mut epoch = self.epoch();
-        let number = self.call_connection(|s, c| c.call_instance_epoch(s))?;
-        epoch.advance(number);
+    /// Notes an import: the instance may have rotated. The guest is asked
+    /// when the epoch is next needed ([`Self::catch_up`]); if it has
+    /// rotated, the keys the host knows for it are old, and are fetched
+    /// (exchange key) or handed over (wrapping secret) again.
+    pub(crate) fn note_import(&self) {
+        self.epoch().unreported_import = true;
+    }
+
+    /// Asks the guest for its epoch if it has imported since it last
+    /// reported. Under the epoch lock (epoch, then sandbox: the one lock
+    /// order), so reports are applied in the order they were made.
+    fn catch_up(&self, epoch: &mut Epoch) -> Result<()> {
+        if epoch.unreported_import {
+            let number = self.call_connection(|s, c| c.call_instance_epoch(s))?;
+            epoch.advance(number);
+            epoch.unreported_import = false;
+        }
         Ok(())
     }
 
@@ -224,6 +272,7 @@ impl GuestInstance {
     }
 
     fn ensure_wrapping(&self, epoch: &mut Epoch) -> Result<()> {
+        self.catch_up(epoch)?;
         if matches!(&epoch.wrapping, Some((n, _)) if *n == epoch.number) {
             return Ok(());
         }
@@ -253,6 +302,12 @@ impl GuestInstance {
         Ok(wrap(secret)?)
     }
 
+    /// Whether this is the instance's only handle, so dropping it drops
+    /// the store and its memory.
+    pub(crate) fn is_last_handle(&self) -> bool {
+        Arc::strong_count(&self.sandbox) == 1 && Arc::weak_count(&self.sandbox) == 0
+    }
+
     /// Whether an earlier trap has made this instance unusable.
     pub fn is_poisoned(&self) -> bool {
         self.sandbox.lock().map_or(true, |s| s.is_poisoned())
@@ -268,6 +323,20 @@ impl GuestInstance {
     #[cfg(test)]
     pub(crate) fn has_wasi_context(&self) -> bool {
         self.sandbox.lock().is_ok_and(|s| s.has_wasi_context())
+    }
+
+    /// Whether the key-level exports have been looked up in this instance.
+    #[cfg(test)]
+    fn has_loaded_key_exports(&self) -> bool {
+        self.sandbox
+            .lock()
+            .is_ok_and(|mut s| matches!(s.parts_mut().1.full, FullExports::Loaded(_)))
+    }
+
+    /// Whether the instance has imported since it last reported its epoch.
+    #[cfg(test)]
+    fn has_unreported_import(&self) -> bool {
+        self.epoch().unreported_import
     }
 
     /// The largest this instance's linear memory has grown, in bytes.
@@ -323,10 +392,13 @@ impl GuestInstance {
             return Err(SandboxError::Poisoned.into());
         }
         let missing = GuestError::MissingExport("keyferry:dataplane/keys");
-        let mut f = Some(f);
+        let (store, exports) = sandbox.parts_mut();
+        if exports.full.load(store)?.is_none() {
+            return Err(missing.into());
+        }
         let result = sandbox.call(|s, e| match &e.full {
-            Some(full) => (f.take().expect("called once"))(s, full).map(Some),
-            None => Ok(None),
+            FullExports::Loaded(full) => f(s, full).map(Some),
+            FullExports::Absent | FullExports::Unloaded(..) => Ok(None),
         })?;
         result.ok_or_else(|| missing.into())
     }
@@ -355,7 +427,7 @@ impl GuestInstance {
                 .call_import(s, blob)
         })?;
         let mut handle = self.own(r.map_err(Error::from)?, false);
-        self.refresh_epoch()?;
+        self.note_import();
         // Only a store with keys in it can have granted this one.
         if !self.registration.keys.is_empty() {
             handle.host_resident = self.state(&handle)?.host_key_ref.is_some();
@@ -516,7 +588,7 @@ impl GuestInstance {
         let r = self
             .call(|s, b| b.keyferry_dataplane_keys().mac_key().call_import(s, blob))?
             .map_err(Error::from)?;
-        self.refresh_epoch()?;
+        self.note_import();
         Ok(MacKeyHandle {
             resource: r,
             instance: self.id,
@@ -654,6 +726,60 @@ mod tests {
         // Making its exchange key reads WASI randomness.
         guest.exchange_key().unwrap();
         assert!(guest.has_wasi_context());
+    }
+
+    fn material(secret: u8) -> TrafficKeyMaterial {
+        TrafficKeyMaterial::from_tls13_secret(
+            AeadAlgorithm::ChaCha20Poly1305,
+            keyferry_guest::Direction::Seal,
+            &[secret; 32],
+            0,
+            u64::from(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn key_level_exports_are_looked_up_on_the_first_call_that_needs_them() {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        let guest = GuestComponent::reference(&engine)
+            .unwrap()
+            .instantiate()
+            .unwrap();
+        // Instantiating and wrapping use `connection` alone.
+        let blob = guest.seal_traffic_key(&material(1)).unwrap();
+        assert!(!guest.has_loaded_key_exports());
+        let key = guest.import_traffic_key(&blob).unwrap();
+        assert!(guest.has_loaded_key_exports());
+        assert_eq!(guest.state(&key).unwrap().sequence, 0);
+        guest.drop_traffic_key(key).unwrap();
+    }
+
+    #[test]
+    fn an_import_is_reported_when_the_epoch_is_next_needed() {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        let guest = GuestComponent::reference(&engine)
+            .unwrap()
+            .instantiate()
+            .unwrap();
+        assert!(!guest.has_unreported_import());
+        let key = guest
+            .import_traffic_key(&guest.seal_traffic_key(&material(1)).unwrap())
+            .unwrap();
+        // Not asked after the import (an instance per connection never
+        // needs its epoch again) ...
+        assert!(guest.has_unreported_import());
+        // ... but before the next wrap, which must use the current epoch's
+        // secret: the blob it makes opens.
+        let blob = guest.seal_traffic_key(&material(2)).unwrap();
+        assert!(!guest.has_unreported_import());
+        let second = guest.import_traffic_key(&blob).unwrap();
+        assert!(guest.has_unreported_import());
+        // The exchange key asks too.
+        guest.exchange_key().unwrap();
+        assert!(!guest.has_unreported_import());
+        guest.drop_traffic_key(key).unwrap();
+        guest.drop_traffic_key(second).unwrap();
     }
 
     #[test]

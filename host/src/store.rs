@@ -153,6 +153,12 @@ impl<E> Sandboxed<E> {
         self.store.data().limits.1
     }
 
+    /// The store and the exports, for looking exports up (no guest code
+    /// runs, so no bound is armed).
+    pub(crate) fn parts_mut(&mut self) -> (&mut Store<StoreState>, &mut E) {
+        (&mut self.store, &mut self.exports)
+    }
+
     /// Whether a WASI call has built the store's WASI context.
     #[cfg(test)]
     pub(crate) fn has_wasi_context(&self) -> bool {
