@@ -892,8 +892,8 @@ impl fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "  parts (medians): export {:.0} us, instantiate {:.0} us, seal {:.0} us, \
-                 deliver+import+start {:.0} us, teardown {:.0} us; the rustls server handshake \
+                "  parts (medians): export {:.1} us, instantiate {:.1} us, seal {:.1} us, \
+                 deliver+import+start {:.1} us, teardown {:.1} us; the rustls server handshake \
                  itself: {:.0} us (fresh handoff = {:.0}%, ready = {:.0}% of it)",
                 h.export_us,
                 h.instantiate_us,
@@ -908,9 +908,9 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "  sandbox work per connection (instantiate + seal + deliver/import/start + teardown): \
-                 one instance at a time {one:.0} us = {:.0}% of the rustls server handshake; \
-                 made and dropped {BATCH} at a time, as serve does (instantiate {:.0} us, teardown {:.0} us): \
-                 {batched:.0} us = {:.0}%",
+                 one instance at a time {one:.1} us = {:.0}% of the rustls server handshake; \
+                 made and dropped {BATCH} at a time, as serve does (instantiate {:.1} us, teardown {:.1} us): \
+                 {batched:.1} us = {:.0}%",
                 100.0 * one / h.handshake_us.max(1e-9),
                 h.batched_instantiate_us,
                 h.batched_teardown_us,

@@ -85,6 +85,10 @@ enum Command {
         cert: PathBuf,
         #[arg(long)]
         key: PathBuf,
+        /// Body length; bench-serve sets it so the response is as long as
+        /// keyferry's.
+        #[arg(long, default_value_t = serve_bench::BODY.len())]
+        body_bytes: usize,
     },
     /// A data-plane worker of `serve --workers N`, talking to the
     /// handshake process on standard input.
@@ -484,9 +488,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rounds: rounds.max(1),
             out,
         }),
-        Command::BenchBaselineServer { listen, cert, key } => {
-            serve_bench::baseline_server(listen, &cert, &key)
-        }
+        Command::BenchBaselineServer {
+            listen,
+            cert,
+            key,
+            body_bytes,
+        } => serve_bench::baseline_server(listen, &cert, &key, body_bytes),
         Command::Worker(args) => worker_command(args),
         Command::WriteGuest { path } => {
             std::fs::write(&path, keyferry::REFERENCE_COMPONENT)

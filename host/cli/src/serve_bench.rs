@@ -1,7 +1,7 @@
 //! `keyferry bench-serve`: `keyferry serve` against a plain rustls server
-//! and nginx on loopback, with the same response body and the same suite,
-//! side by side in one run. wrk drives the load; each server runs as its own
-//! process so its memory per connection can be read from /proc.
+//! and nginx on loopback, with responses of the same length and the same
+//! suite, side by side in one run. wrk drives the load; each server runs as
+//! its own process so its memory per connection can be read from /proc.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,10 +13,27 @@ use anyhow::{Context, bail};
 
 use crate::bench::median_of;
 
-/// The body every server sends, sized like keyferry's HTTP report.
+/// The text of the baselines' body. Each baseline repeats it to the length
+/// that makes its whole response (status line, headers, body) as long as
+/// keyferry's HTTP report, measured at start-up ([`padded_body`]).
 pub const BODY: &str = "keyferry benchmark body: the same bytes from every server under test, so the comparison \
 is the TLS and data-plane work and nothing else. Lorem ipsum dolor sit amet, consectetur adipiscing elit, \
 sed do eiusmod tempor incididunt ut labore et dolore magna aliqua.\n";
+
+/// [`BODY`] repeated, or cut, to exactly `len` bytes, ending in a newline.
+pub fn padded_body(len: usize) -> String {
+    let text = BODY.trim_end();
+    let mut body: String = text
+        .chars()
+        .chain(core::iter::once(' '))
+        .cycle()
+        .take(len.saturating_sub(1))
+        .collect();
+    if len > 0 {
+        body.push('\n');
+    }
+    body
+}
 
 /// How long and how hard `bench-serve` drives each server.
 pub struct Options {
@@ -54,6 +71,10 @@ pub struct Row {
     pub cpu_us_per_request: f64,
     /// The same per new connection (a handshake and one request).
     pub cpu_us_per_connection: f64,
+    /// Bytes of one keep-alive response (status line, headers and body),
+    /// read at start-up: the baselines' bodies are padded to match
+    /// keyferry's, so every server encrypts and sends as much.
+    pub response_bytes: usize,
 }
 
 /// One server against another, from the same run: the median over the
@@ -81,8 +102,6 @@ pub struct Report {
     pub idle_connections: u32,
     /// Measurements per server; rates and ratios are medians.
     pub rounds: usize,
-    /// Response body bytes.
-    pub body_bytes: usize,
     /// Per server, in the table's order.
     pub rows: Vec<Row>,
     /// keyferry's modes against each other and against the baselines.
@@ -93,6 +112,8 @@ struct Target {
     name: &'static str,
     child: Child,
     port: u16,
+    /// What one response measured at start-up.
+    response_bytes: usize,
 }
 
 impl Drop for Target {
@@ -276,6 +297,64 @@ fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(f64, f64)> 
     Ok((per(after.0, before.0), per(after.1, before.1)))
 }
 
+/// The length of one keep-alive response to `GET /` from the server on
+/// `port`: status line, headers and body.
+fn response_bytes(port: u16) -> anyhow::Result<usize> {
+    let options = keyferry::tls::TlsOptions::default();
+    let config = Arc::new(options.client_config(keyferry::tls::ServerVerification::DangerousNone)?);
+    // By address, as wrk connects: no SNI, which keyferry's report echoes.
+    let conn = rustls::ClientConnection::new(config, "127.0.0.1".try_into()?)?;
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .context("a response without Content-Length")?
+                .trim()
+                .parse()?;
+            let total = end + 4 + length;
+            if got.len() >= total {
+                return Ok(total);
+            }
+        }
+        let n = tls.read(&mut buf)?;
+        if n == 0 {
+            bail!("server on port {port} closed before a whole response");
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Starts a baseline whose body is padded so that its response is `want`
+/// bytes long. Its headers (nginx's `Date` and `Server`) are measured, not
+/// assumed: start with [`BODY`]'s length, read one response, restart with
+/// the difference made up (again if the `Content-Length` digits changed).
+fn start_matched(
+    want: usize,
+    start: impl Fn(usize) -> anyhow::Result<Target>,
+) -> anyhow::Result<Target> {
+    let mut body = BODY.len();
+    for _ in 0..3 {
+        let mut target = start(body)?;
+        let got = response_bytes(target.port)?;
+        if got == want {
+            target.response_bytes = got;
+            return Ok(target);
+        }
+        body = (body + want)
+            .checked_sub(got)
+            .context("a baseline's headers alone are longer than keyferry's response")?;
+    }
+    bail!("could not match a baseline's response length to {want} bytes")
+}
+
 fn start_keyferry(
     exe: &Path,
     cert: &Path,
@@ -302,16 +381,25 @@ fn start_keyferry(
         // Workers announce their instances shortly after the listener is up.
         std::thread::sleep(Duration::from_millis(500));
     }
-    Ok(Target { name, child, port })
+    let mut target = Target {
+        name,
+        child,
+        port,
+        response_bytes: 0,
+    };
+    target.response_bytes = response_bytes(port)?;
+    Ok(target)
 }
 
-fn start_baseline(exe: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
+fn start_baseline(exe: &Path, cert: &Path, key: &Path, body: usize) -> anyhow::Result<Target> {
     let port = free_port()?;
     let child = Command::new(exe)
         .args([
             "bench-baseline-server",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--body-bytes",
+            &body.to_string(),
         ])
         .arg("--cert")
         .arg(cert)
@@ -325,10 +413,11 @@ fn start_baseline(exe: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target>
         name: "plain rustls + tokio server",
         child,
         port,
+        response_bytes: 0,
     })
 }
 
-fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
+fn start_nginx(dir: &Path, cert: &Path, key: &Path, body: usize) -> anyhow::Result<Target> {
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -345,7 +434,8 @@ fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
             dir = dir.display(),
             cert = cert.display(),
             key = key.display(),
-            body = BODY.trim_end(),
+            // nginx's `return` text: no quote or `$` in it.
+            body = padded_body(body).trim_end(),
         ),
     )?;
     let child = Command::new("nginx")
@@ -362,6 +452,7 @@ fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Target> {
         name: "nginx 1.22 (OpenSSL)",
         child,
         port,
+        response_bytes: 0,
     })
 }
 
@@ -406,9 +497,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             &["--workers", "0", "--shared-instances", "2"],
             "keyferry --workers 0 --shared-instances 2",
         )?,
-        start_baseline(&exe, &cert, &key)?,
     ];
-    match start_nginx(&dir, &cert, &key) {
+    // Every server sends responses as long as keyferry's report, whose
+    // length this reads from the default server.
+    let want = targets[0].response_bytes;
+    targets.push(start_matched(want, |body| {
+        start_baseline(&exe, &cert, &key, body)
+    })?);
+    match start_matched(want, |body| start_nginx(&dir, &cert, &key, body)) {
         Ok(t) => targets.push(t),
         Err(e) => eprintln!("skipping nginx: {e:#}"),
     }
@@ -454,6 +550,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             rss_kib_per_connection: rss,
             cpu_us_per_request: pick(&keepalive[i], |l| l.cpu_us_per_request),
             cpu_us_per_connection: pick(&handshakes[i], |l| l.cpu_us_per_request),
+            response_bytes: t.response_bytes,
         });
     }
     progress.finish_and_clear();
@@ -485,7 +582,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         connections: options.connections,
         idle_connections: options.idle_connections,
         rounds,
-        body_bytes: BODY.len(),
         rows,
         ratios,
     };
@@ -508,26 +604,34 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "serve throughput on loopback, TLS 1.3 ChaCha20-Poly1305, wrk -t1 -c{} -d{}s, {}-byte body; \
+            "serve throughput on loopback, TLS 1.3 ChaCha20-Poly1305, wrk -t1 -c{} -d{}s; \
              median of {} rounds (ratios: median of each round's ratio)",
-            self.connections, self.seconds, self.body_bytes, self.rounds
+            self.connections, self.seconds, self.rounds
         )?;
         writeln!(
             f,
-            "{:<42} {:>12} {:>13} {:>10} {:>8} {:>10} {:>10}",
-            "server", "requests/s", "handshakes/s", "KiB/conn", "(RSS)", "us/req", "us/conn"
+            "{:<42} {:>12} {:>13} {:>10} {:>8} {:>10} {:>10} {:>7}",
+            "server",
+            "requests/s",
+            "handshakes/s",
+            "KiB/conn",
+            "(RSS)",
+            "us/req",
+            "us/conn",
+            "resp B"
         )?;
         for r in &self.rows {
             writeln!(
                 f,
-                "{:<42} {:>12.0} {:>13.0} {:>10.1} {:>8.1} {:>10.1} {:>10.0}",
+                "{:<42} {:>12.0} {:>13.0} {:>10.1} {:>8.1} {:>10.1} {:>10.0} {:>7}",
                 r.server,
                 r.requests_per_second,
                 r.handshakes_per_second,
                 r.kib_per_connection,
                 r.rss_kib_per_connection,
                 r.cpu_us_per_request,
-                r.cpu_us_per_connection
+                r.cpu_us_per_connection,
+                r.response_bytes
             )?;
         }
         writeln!(
@@ -537,6 +641,10 @@ impl std::fmt::Display for Report {
         writeln!(
             f,
             "us/req, us/conn: server CPU (user + system, server and children) per keep-alive request and per new connection"
+        )?;
+        writeln!(
+            f,
+            "resp B: bytes of one response (status line, headers, body); the baselines' bodies are padded to keyferry's length"
         )?;
         for r in &self.ratios {
             writeln!(
@@ -595,12 +703,15 @@ impl Report {
     }
 }
 
-/// The baseline: rustls and tokio with the same response, no sandbox.
+/// The baseline: rustls and tokio with a response of the same length, no
+/// sandbox.
 pub fn baseline_server(
     listen: std::net::SocketAddr,
     cert: &Path,
     key: &Path,
+    body_bytes: usize,
 ) -> anyhow::Result<()> {
+    let body: Arc<str> = padded_body(body_bytes).into();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let identity = keyferry::tls::Identity::from_pem_files(cert, key)?;
     let options = keyferry::tls::TlsOptions::default().with_versions(&[&rustls::version::TLS13]);
@@ -614,6 +725,7 @@ pub fn baseline_server(
         loop {
             let (sock, _) = listener.accept().await?;
             let acceptor = acceptor.clone();
+            let body = body.clone();
             tokio::spawn(async move {
                 let _ = sock.set_nodelay(true);
                 let Ok(mut tls) = acceptor.accept(sock).await else { return };
@@ -629,8 +741,8 @@ pub fn baseline_server(
                         let close = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase().contains("connection: close");
                         pending.drain(..end + 4);
                         let response = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{BODY}",
-                            BODY.len(),
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+                            body.len(),
                             if close { "close" } else { "keep-alive" }
                         );
                         if tls.write_all(response.as_bytes()).await.is_err() {
@@ -661,6 +773,25 @@ mod tests {
     }
 
     #[test]
+    fn a_padded_body_has_exactly_the_length_asked_for() {
+        for len in [
+            1,
+            2,
+            BODY.len() - 1,
+            BODY.len(),
+            BODY.len() + 1,
+            3 * BODY.len() + 7,
+        ] {
+            let body = padded_body(len);
+            assert_eq!(body.len(), len);
+            assert!(body.ends_with('\n'));
+            assert!(!body.contains(['\'', '$']), "unsafe in nginx's return text");
+        }
+        assert_eq!(padded_body(BODY.len()), BODY);
+        assert_eq!(padded_body(0), "");
+    }
+
+    #[test]
     fn the_report_draws_and_serializes_every_server() {
         let row = |server, k, h, m| Row {
             server,
@@ -670,13 +801,13 @@ mod tests {
             rss_kib_per_connection: m + 1.0,
             cpu_us_per_request: 1e6 / k,
             cpu_us_per_connection: 1e6 / h,
+            response_bytes: 442,
         };
         let report = Report {
             seconds: 5,
             connections: 32,
             idle_connections: 200,
             rounds: 3,
-            body_bytes: BODY.len(),
             rows: vec![
                 row("keyferry serve (workers, default)", 42206.0, 2154.0, 84.2),
                 row("plain rustls + tokio server", 84930.0, 3162.0, 30.5),
@@ -691,6 +822,7 @@ mod tests {
         let text = report.to_string();
         assert!(text.contains("requests 0.50x, handshakes 0.68x"), "{text}");
         assert!(text.contains("median of 3 rounds"), "{text}");
+        assert!(text.contains(" 442\n"), "{text}");
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["rows"][1]["handshakes_per_second"], 3162.0);
         assert_eq!(json["ratios"][0]["against"], "plain rustls + tokio server");
