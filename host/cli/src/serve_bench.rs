@@ -434,8 +434,9 @@ fn start_nginx(dir: &Path, cert: &Path, key: &Path, body: usize) -> anyhow::Resu
             dir = dir.display(),
             cert = cert.display(),
             key = key.display(),
-            // nginx's `return` text: no quote or `$` in it.
-            body = padded_body(body).trim_end(),
+            // nginx's `return` text, on one line: exactly `body` bytes
+            // without the newline (no quote or `$` in it).
+            body = padded_body(body + 1).trim_end_matches('\n'),
         ),
     )?;
     let child = Command::new("nginx")
