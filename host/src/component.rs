@@ -5,6 +5,8 @@
 //! `self-check`). Instantiating from a [`GuestComponent`] skips all
 //! compilation and type checking.
 
+use std::sync::Arc;
+
 use wasmtime::component::{Component, InstancePre};
 
 use crate::bindings::DataplaneHostKeysIndices;
@@ -30,7 +32,7 @@ pub struct GuestComponent {
     engine: GuestEngine,
     pre: InstancePre<StoreState>,
     connection: ConnectionIndices,
-    full: Option<DataplaneHostKeysIndices>,
+    full: Option<Arc<DataplaneHostKeysIndices>>,
 }
 
 impl GuestComponent {
@@ -85,7 +87,7 @@ impl GuestComponent {
         let connection = ConnectionIndices::new(&pre).map_err(engine_error(
             "the component does not export keyferry:dataplane/connection",
         ))?;
-        let full = DataplaneHostKeysIndices::new(&pre).ok();
+        let full = DataplaneHostKeysIndices::new(&pre).ok().map(Arc::new);
         Ok(Self {
             engine: engine.clone(),
             pre,

@@ -104,10 +104,12 @@ pub(crate) struct Exports {
 pub(crate) enum FullExports {
     /// The component does not export them.
     Absent,
-    /// Exported; not looked up in this instance yet.
-    Unloaded(DataplaneHostKeysIndices, wasmtime::component::Instance),
-    /// Looked up and type-checked.
-    Loaded(DataplaneHostKeys),
+    /// Exported; not looked up in this instance yet. The indices are the
+    /// component's, shared by its instances.
+    Unloaded(Arc<DataplaneHostKeysIndices>, wasmtime::component::Instance),
+    /// Looked up and type-checked (boxed: several hundred bytes, that an
+    /// instance used only through `connection` need not carry).
+    Loaded(Box<DataplaneHostKeys>),
 }
 
 impl FullExports {
@@ -120,7 +122,7 @@ impl FullExports {
                 .map_err(crate::engine::engine_error(
                     "loading the data-plane exports",
                 ))?;
-            *self = Self::Loaded(loaded);
+            *self = Self::Loaded(Box::new(loaded));
         }
         Ok(match self {
             Self::Loaded(full) => Some(full),
