@@ -718,16 +718,21 @@ mod tests {
 
     #[test]
     fn a_store_builds_its_wasi_context_only_for_a_wasi_call() {
-        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
-        let guest = GuestComponent::reference(&engine)
-            .unwrap()
-            .instantiate()
-            .unwrap();
+        let guest = reference_instance();
         // Instantiated and handed its wrapping secret: no WASI call yet.
         assert!(!guest.has_wasi_context());
         // Making its exchange key reads WASI randomness.
         guest.exchange_key().unwrap();
         assert!(guest.has_wasi_context());
+    }
+
+    /// An instance of the reference component on the default engine.
+    fn reference_instance() -> GuestInstance {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        GuestComponent::reference(&engine)
+            .unwrap()
+            .instantiate()
+            .unwrap()
     }
 
     fn material(secret: u8) -> TrafficKeyMaterial {
@@ -743,11 +748,7 @@ mod tests {
 
     #[test]
     fn key_level_exports_are_looked_up_on_the_first_call_that_needs_them() {
-        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
-        let guest = GuestComponent::reference(&engine)
-            .unwrap()
-            .instantiate()
-            .unwrap();
+        let guest = reference_instance();
         // Instantiating and wrapping use `connection` alone.
         let blob = guest.seal_traffic_key(&material(1)).unwrap();
         assert!(!guest.has_loaded_key_exports());
@@ -759,11 +760,7 @@ mod tests {
 
     #[test]
     fn an_import_is_reported_when_the_epoch_is_next_needed() {
-        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
-        let guest = GuestComponent::reference(&engine)
-            .unwrap()
-            .instantiate()
-            .unwrap();
+        let guest = reference_instance();
         assert!(!guest.has_unreported_import());
         let key = guest
             .import_traffic_key(&guest.seal_traffic_key(&material(1)).unwrap())
