@@ -3,7 +3,8 @@
 //! Every component exports `keyferry:dataplane/connection`; the reference
 //! component also exports the key-level interfaces (`keys`, `primitives`,
 //! `self-check`). Instantiating from a [`GuestComponent`] skips all
-//! compilation and type checking.
+//! compilation; the `connection` exports are type-checked once per
+//! component, and the key-level ones on an instance's first call to them.
 
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@ use wasmtime::component::ResourceAny;
 
 use crate::bindings::{DataplaneHostKeys, DataplaneHostKeysIndices};
 use crate::connection_exports::ConnectionExports;
+use crate::engine::engine_error;
 use crate::error::{Error, GuestError, Result, SandboxError};
 use crate::keystore::HostKeyStore;
 use crate::store::{ExecutionBound, Sandboxed, StoreState};
@@ -119,9 +120,7 @@ impl FullExports {
         if let Self::Unloaded(indices, instance) = self {
             let loaded = indices
                 .load(store, instance)
-                .map_err(crate::engine::engine_error(
-                    "loading the data-plane exports",
-                ))?;
+                .map_err(engine_error("loading the data-plane exports"))?;
             *self = Self::Loaded(Box::new(loaded));
         }
         Ok(match self {
