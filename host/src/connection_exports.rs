@@ -203,11 +203,11 @@ mod tests {
         let (engine, pre) = prepared();
         let indices = ConnectionIndices::new(&pre).unwrap();
         assert!(!indices.checked.load(Ordering::Acquire));
-        for expected_checked in [true, true] {
+        for _ in 0..2 {
             let mut store = armed_store(&engine);
             let instance = pre.instantiate(&mut store).unwrap();
             let exports = indices.load(&mut store, &instance).unwrap();
-            assert_eq!(indices.checked.load(Ordering::Acquire), expected_checked);
+            assert!(indices.checked.load(Ordering::Acquire));
             // Calls through the unchecked functions work on every instance.
             assert_eq!(exports.call_instance_epoch(&mut store).unwrap(), 0);
             let key = exports.call_instance_exchange_key(&mut store).unwrap();

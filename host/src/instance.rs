@@ -116,17 +116,14 @@ pub(crate) enum FullExports {
 impl FullExports {
     /// Looks the interfaces up if that has not happened yet. No guest code
     /// runs.
-    fn load(&mut self, store: &mut Store<StoreState>) -> Result<Option<&DataplaneHostKeys>> {
+    fn load(&mut self, store: &mut Store<StoreState>) -> Result<()> {
         if let Self::Unloaded(indices, instance) = self {
             let loaded = indices
                 .load(store, instance)
                 .map_err(engine_error("loading the data-plane exports"))?;
             *self = Self::Loaded(Box::new(loaded));
         }
-        Ok(match self {
-            Self::Loaded(full) => Some(full),
-            Self::Absent | Self::Unloaded(..) => None,
-        })
+        Ok(())
     }
 }
 
@@ -392,16 +389,13 @@ impl GuestInstance {
         if sandbox.is_poisoned() {
             return Err(SandboxError::Poisoned.into());
         }
-        let missing = GuestError::MissingExport("keyferry:dataplane/keys");
         let (store, exports) = sandbox.parts_mut();
-        if exports.full.load(store)?.is_none() {
-            return Err(missing.into());
-        }
+        exports.full.load(store)?;
         let result = sandbox.call(|s, e| match &e.full {
             FullExports::Loaded(full) => f(s, full).map(Some),
             FullExports::Absent | FullExports::Unloaded(..) => Ok(None),
         })?;
-        result.ok_or_else(|| missing.into())
+        result.ok_or_else(|| GuestError::MissingExport("keyferry:dataplane/keys").into())
     }
 
     fn own(&self, resource: ResourceAny, host_resident: bool) -> TrafficKeyHandle {

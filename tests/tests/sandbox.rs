@@ -227,3 +227,35 @@ fn a_guest_cannot_make_the_host_lift_more_than_its_memory_from_aliased_lists() {
         "another connection carries on"
     );
 }
+
+#[test]
+fn a_plugin_without_the_key_level_interfaces_says_so_and_still_serves() {
+    use keyferry::error::GuestError;
+    use keyferry::{Direction, TrafficKeyMaterial};
+    let engine = GuestEngine::new(SandboxConfig::default()).expect("engine");
+    let wasm = std::fs::read(keyferry_tests::plugins::UPPERCASE).expect("uppercase plugin");
+    let component = GuestComponent::new(&engine, &wasm).expect("compile");
+    assert!(!component.has_keys_interface());
+    let g = component.instantiate().expect("instantiate");
+    let material = TrafficKeyMaterial::from_tls13_secret(
+        AeadAlgorithm::ChaCha20Poly1305,
+        Direction::Seal,
+        &[3; 32],
+        0,
+        1,
+    )
+    .unwrap();
+    // Wrapping goes through `connection`, which every component exports.
+    let blob = g.seal_traffic_key(&material).expect("wrap");
+    // A key-level call is refused with a typed error, every time, and the
+    // instance is not poisoned by asking.
+    for _ in 0..2 {
+        assert!(matches!(
+            g.import_traffic_key(&blob),
+            Err(Error::Guest(GuestError::MissingExport(
+                "keyferry:dataplane/keys"
+            )))
+        ));
+    }
+    assert!(!g.is_poisoned());
+}
