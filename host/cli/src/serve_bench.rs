@@ -277,15 +277,11 @@ fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<(f64, u64)> 
 /// Opens `n` TLS connections that each make one request and then stay idle,
 /// and returns how much the server's (RSS, PSS) grew per connection.
 fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(f64, f64)> {
-    let options = keyferry::tls::TlsOptions::default();
-    let config = Arc::new(options.client_config(keyferry::tls::ServerVerification::DangerousNone)?);
+    let config = client_config()?;
     let before = tree_memory_kib(target.child.id())?;
     let mut held = Vec::new();
     for _ in 0..n {
-        let conn = rustls::ClientConnection::new(config.clone(), "localhost".try_into()?)?;
-        let sock = std::net::TcpStream::connect(("127.0.0.1", target.port))?;
-        let mut tls = rustls::StreamOwned::new(conn, sock);
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut tls = send_get(&config, "localhost", "localhost", target.port)?;
         let mut buf = [0u8; 4096];
         let _ = tls.read(&mut buf)?;
         held.push(tls);
@@ -297,17 +293,37 @@ fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(f64, f64)> 
     Ok((per(after.0, before.0), per(after.1, before.1)))
 }
 
-/// The length of one keep-alive response to `GET /` from the server on
-/// `port`: status line, headers and body.
-fn response_bytes(port: u16) -> anyhow::Result<usize> {
+/// A client for the servers under test, whose self-signed certificate it
+/// does not check.
+fn client_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let options = keyferry::tls::TlsOptions::default();
-    let config = Arc::new(options.client_config(keyferry::tls::ServerVerification::DangerousNone)?);
-    // By address, as wrk connects: no SNI, which keyferry's report echoes.
-    let conn = rustls::ClientConnection::new(config, "127.0.0.1".try_into()?)?;
+    Ok(Arc::new(options.client_config(
+        keyferry::tls::ServerVerification::DangerousNone,
+    )?))
+}
+
+/// A TLS connection to the server on `port` that has sent `GET /` with
+/// `host` as its Host; `server_name` is the SNI (none for an address).
+fn send_get(
+    config: &Arc<rustls::ClientConfig>,
+    server_name: &str,
+    host: &str,
+    port: u16,
+) -> anyhow::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    let conn = rustls::ClientConnection::new(config.clone(), server_name.to_owned().try_into()?)?;
     let sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, sock);
-    tls.write_all(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())?;
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
+    Ok(tls)
+}
+
+/// The length of one keep-alive response to `GET /` from the server on
+/// `port`: status line, headers and body.
+fn response_bytes(port: u16) -> anyhow::Result<usize> {
+    // By address, as wrk connects: no SNI, which keyferry's report echoes.
+    let host = format!("127.0.0.1:{port}");
+    let mut tls = send_get(&client_config()?, "127.0.0.1", &host, port)?;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
