@@ -80,8 +80,8 @@ pub fn ensure_target() {
 /// to `OUT_DIR/<name>.wasm`.
 pub fn library(root: &Path, features: &[&str], name: &str) -> PathBuf {
     let mut args = vec!["--lib"];
-    if !features.is_empty() {
-        args.extend(["--features", features[0]]);
+    for feature in features {
+        args.extend(["--features", feature]);
     }
     let _lock = lock_target_dir();
     cargo(root, &args);
