@@ -36,6 +36,7 @@
 pub mod bindings;
 pub mod channel;
 pub mod component;
+pub mod confine;
 mod connection_exports;
 pub mod dataplane;
 pub mod engine;

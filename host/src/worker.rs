@@ -52,6 +52,13 @@ pub enum WorkerError {
     /// Dropping privileges or closing inherited descriptors failed.
     #[error("hardening the worker: {0}")]
     Harden(std::io::Error),
+    /// Started as root with no unprivileged user to become (or with uid 0
+    /// as that user): a worker never runs as root.
+    #[error("a worker never runs as uid 0: give it an unprivileged user")]
+    RunsAsRoot,
+    /// Confinement could not be set up, or a privilege drop did not hold.
+    #[error("confining the worker: {0}")]
+    Confine(#[from] crate::confine::ConfineError),
     /// The sandbox could not make an instance.
     #[error(transparent)]
     Guest(#[from] crate::Error),
@@ -61,13 +68,21 @@ pub enum WorkerError {
 /// before any other thread exists: closes every inherited descriptor but
 /// standard input (the channel), output and error; sets no-new-privs; and,
 /// when started as root, drops to `user` (uid, gid) with no supplementary
-/// groups. Per-thread credential calls are process-wide here because the
-/// process still has one thread.
+/// groups, and checks the drop ([`crate::confine::verify_dropped`]). A
+/// worker never runs as uid 0: started as root without a user to become,
+/// or with uid 0 as that user, it refuses to start. Per-thread credential
+/// calls are process-wide here because the process still has one thread.
+///
+/// What the worker reads from the file system (its guest) it reads after
+/// this; then [`crate::confine::confine_worker`] shuts it in.
 pub fn harden(user: Option<(u32, u32)>) -> Result<(), WorkerError> {
+    let harden = |e: rustix::io::Errno| WorkerError::Harden(e.into());
     close_inherited_descriptors().map_err(WorkerError::Harden)?;
-    if let Some((uid, gid)) = user
-        && rustix::process::geteuid().is_root()
-    {
+    if rustix::process::geteuid().is_root() || rustix::process::getuid().is_root() {
+        let (uid, gid) = match user {
+            Some((uid, gid)) if uid != 0 && gid != 0 => (uid, gid),
+            _ => return Err(WorkerError::RunsAsRoot),
+        };
         // Only what the drop below needs. Without CAP_SYS_ADMIN the
         // pagemap opened next shows no physical frame numbers, and the
         // descriptor keeps what it was opened with.
@@ -80,19 +95,19 @@ pub fn harden(user: Option<(u32, u32)>) -> Result<(), WorkerError> {
                 inheritable: CapabilitySet::empty(),
             },
         )
-        .map_err(|e| WorkerError::Harden(e.into()))?;
+        .map_err(harden)?;
+        rustix::thread::clear_ambient_capability_set().map_err(harden)?;
         open_pagemap();
         let gid = rustix::process::Gid::from_raw(gid);
         let uid = rustix::process::Uid::from_raw(uid);
-        rustix::thread::set_thread_groups(&[]).map_err(|e| WorkerError::Harden(e.into()))?;
-        rustix::thread::set_thread_res_gid(gid, gid, gid)
-            .map_err(|e| WorkerError::Harden(e.into()))?;
-        rustix::thread::set_thread_res_uid(uid, uid, uid)
-            .map_err(|e| WorkerError::Harden(e.into()))?;
+        rustix::thread::set_thread_groups(&[]).map_err(harden)?;
+        rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(harden)?;
+        rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(harden)?;
+        crate::confine::verify_dropped()?;
     }
     // Opens it now if the drop above did not (a no-op if it did).
     open_pagemap();
-    rustix::thread::set_no_new_privs(true).map_err(|e| WorkerError::Harden(e.into()))?;
+    rustix::thread::set_no_new_privs(true).map_err(harden)?;
     Ok(())
 }
 

@@ -268,15 +268,34 @@ struct PlaneArgs {
 
 impl PlaneArgs {
     fn component(&self, engine: &GuestEngine) -> anyhow::Result<GuestComponent> {
-        Ok(match &self.guest {
-            Some(path) => {
-                let wasm = std::fs::read(path)
-                    .with_context(|| format!("reading guest {}", path.display()))?;
-                GuestComponent::new(engine, &wasm)
-                    .with_context(|| format!("loading guest {}", path.display()))?
-            }
-            None if self.echo => GuestComponent::new(engine, apps::ECHO)?,
-            None => GuestComponent::new(engine, apps::HTTP_RESPONDER)?,
+        let wasm = self.guest_bytes()?;
+        self.component_from(engine, wasm.as_deref())
+    }
+
+    /// The guest's bytes, read from its file (`None` for a built-in
+    /// application): a worker reads them before it shuts itself in.
+    fn guest_bytes(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.guest
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))
+            })
+            .transpose()
+    }
+
+    /// Compiles `wasm` (from [`PlaneArgs::guest_bytes`]), or the built-in
+    /// application.
+    fn component_from(
+        &self,
+        engine: &GuestEngine,
+        wasm: Option<&[u8]>,
+    ) -> anyhow::Result<GuestComponent> {
+        Ok(match (wasm, &self.guest) {
+            (Some(wasm), Some(path)) => GuestComponent::new(engine, wasm)
+                .with_context(|| format!("loading guest {}", path.display()))?,
+            (Some(wasm), None) => GuestComponent::new(engine, wasm)?,
+            (None, _) if self.echo => GuestComponent::new(engine, apps::ECHO)?,
+            (None, _) => GuestComponent::new(engine, apps::HTTP_RESPONDER)?,
         })
     }
 
@@ -509,6 +528,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the key is read: from here on, no process of this uid (a
+    // worker included) can read this one's memory, and no core file holds
+    // the key.
+    keyferry::confine::protect_key_holder().context("making the key holder non-dumpable")?;
     // The built-in responder speaks HTTP/1.1 only: do not let ALPN promise
     // a client anything else.
     if args.plane.guest.is_none()
@@ -615,6 +638,9 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             a
         },
     };
+    if workers > 0 {
+        log_key_protection(&args.user);
+    }
     let metrics_address = match &args.metrics {
         Some(spec) => Some(
             metrics::metrics_address(spec)
@@ -690,6 +716,42 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         info!(accepted = metrics.accepted_total(), "stopped");
         Ok(())
     })
+}
+
+/// Says at start what protects the key from the workers and what does not
+/// (DESIGN section 6; the README's threat model has the table).
+fn log_key_protection(user: &str) {
+    let root = rustix::process::geteuid().is_root();
+    let yama = keyferry::confine::yama_ptrace_scope();
+    let landlock = keyferry::confine::landlock_abi();
+    info!(
+        dumpable = keyferry::confine::is_dumpable(),
+        workers_user = if root { user } else { "this uid" },
+        yama_ptrace_scope = yama.map_or_else(|| "absent".to_string(), |s| s.to_string()),
+        landlock_abi = landlock.map_or_else(|| "unavailable".to_string(), |v| v.to_string()),
+        seccomp = true,
+        "key protection"
+    );
+    if root && user == "nobody" {
+        warn!(
+            "workers run as nobody, a user other daemons share (they could signal the workers): \
+             create a dedicated one (useradd --system --no-create-home keyferry) and pass --user keyferry"
+        );
+    }
+    if !root {
+        warn!(
+            "started as an unprivileged user: workers run as this uid, kept from the key by \
+             non-dumpability, Landlock and seccomp only; any other process of this uid can \
+             still read the key file and signal this process (start as root with --user for \
+             a separate uid)"
+        );
+    }
+    if landlock.is_none() {
+        warn!(
+            "this kernel has no Landlock: workers can open any file their uid can read, \
+             the key file included when they share this uid"
+        );
+    }
 }
 
 /// Instance slots for a pooled engine that serves up to `max_connections`:
@@ -809,8 +871,13 @@ fn lookup_user(name: &str) -> anyhow::Result<Option<(u32, u32)>> {
         })
         .flatten()
         .next()
-        .map(Some)
         .with_context(|| format!("--user {name}: no such user in /etc/passwd"))
+        .and_then(|(uid, gid)| {
+            if uid == 0 || gid == 0 {
+                bail!("--user {name}: workers never run as uid or gid 0; name an unprivileged user")
+            }
+            Ok(Some((uid, gid)))
+        })
 }
 
 /// `keyferry worker`: harden first, while this is the only thread, then
@@ -822,13 +889,25 @@ fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         .as_fd()
         .try_clone_to_owned()
         .context("the channel on standard input")?;
+    // The guest is the one file a worker reads; after it, no file opens
+    // (Landlock), and what an escaped guest would reach for is refused
+    // (seccomp). Before the engine, whose compiler starts threads.
+    let wasm = args.plane.guest_bytes()?;
+    let confinement =
+        keyferry::confine::confine_worker().map_err(keyferry::worker::WorkerError::from)?;
+    info!(
+        landlock = confinement.landlock.as_str(),
+        seccomp = confinement.seccomp,
+        uid = rustix::process::getuid().as_raw(),
+        "worker confined"
+    );
     let engine = GuestEngine::new(
         args.plane
             .sandbox
             .config()
             .with_pooling(pool_slots(args.max_connections)),
     )?;
-    let component = args.plane.component(&engine)?;
+    let component = args.plane.component_from(&engine, wasm.as_deref())?;
     let options = keyferry::worker::WorkerOptions {
         component,
         timeouts: args.plane.timeouts(10),
