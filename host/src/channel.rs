@@ -74,6 +74,10 @@ pub enum ChannelError {
     /// The other side closed the channel.
     #[error("channel closed")]
     Closed,
+    /// A datagram of no bytes: no frame is empty, and one would otherwise
+    /// read as the channel closing.
+    #[error("empty frame")]
+    Empty,
     /// The socket failed.
     #[error("channel i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -571,6 +575,23 @@ impl Channel {
         }
     }
 
+    /// Whether the other end has closed (or shut down writing).
+    fn peer_hung_up(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags};
+        let mut fds = [PollFd::new(self.fd.get_ref(), PollFlags::RDHUP)];
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&zero)) {
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP),
+            // Cannot tell: take it for closed, which ends the channel too.
+            Err(_) => true,
+        }
+    }
+
     /// Receives one frame and the descriptor that came with it, if any.
     pub async fn recv(&self) -> Result<(Vec<u8>, Option<OwnedFd>), ChannelError> {
         loop {
@@ -600,7 +621,15 @@ impl Channel {
                 Ok((frame, msg.flags, fds))
             });
             match got {
-                Ok(Ok((frame, _, _))) if frame.is_empty() => return Err(ChannelError::Closed),
+                Ok(Ok((frame, _, _))) if frame.is_empty() => {
+                    // End of file and an empty datagram both read as no
+                    // bytes; only a hang-up sets POLLRDHUP.
+                    return Err(if self.peer_hung_up() {
+                        ChannelError::Closed
+                    } else {
+                        ChannelError::Empty
+                    });
+                }
                 Ok(Ok((frame, flags, mut fds))) => {
                     if flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) || fds.len() > 1 {
                         return Err(ChannelError::TooLong);
@@ -753,6 +782,11 @@ mod tests {
             let (frame, fd) = b.recv().await.unwrap();
             assert_eq!(frame, b"plain");
             assert!(fd.is_none());
+            // An empty datagram is not the end of the channel.
+            a.send(b"", None).await.unwrap();
+            assert!(matches!(b.recv().await, Err(ChannelError::Empty)));
+            a.send(b"after", None).await.unwrap();
+            assert_eq!(b.recv().await.unwrap().0, b"after");
             drop(a);
             assert!(matches!(b.recv().await, Err(ChannelError::Closed)));
         });

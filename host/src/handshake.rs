@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use keyferry_guest::connection::{Facts, Role};
-use keyferry_guest::framing::{self, Frame, HEADER_LEN};
+use keyferry_guest::framing::{self, Frame, HEADER_LEN, MAX_PLAINTEXT};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
@@ -75,6 +75,10 @@ pub struct Handshake {
     early: Zeroizing<Vec<u8>>,
     connection_id: u64,
     complete: bool,
+    /// We have sent a change_cipher_spec or a protected record: from then
+    /// on an alert of ours must be protected too, so only rustls can send
+    /// one.
+    protecting: bool,
 }
 
 enum Step {
@@ -149,6 +153,7 @@ impl Handshake {
             early: Zeroizing::new(Vec::new()),
             connection_id,
             complete: false,
+            protecting: false,
         }
     }
 
@@ -163,7 +168,43 @@ impl Handshake {
 
     /// Bytes to send to the peer now.
     pub fn take_outgoing(&mut self) -> Vec<u8> {
+        self.note_protection();
         std::mem::take(&mut self.outgoing)
+    }
+
+    /// Notes whether what we are about to send switches us to protected
+    /// records: a change_cipher_spec (TLS 1.2, or TLS 1.3's middlebox
+    /// compatibility one, sent just before protected records) or an
+    /// application_data record (TLS 1.3's protected records).
+    fn note_protection(&mut self) {
+        let mut rest = &self.outgoing[..];
+        while let Frame::Record(n) = framing::next_record(rest) {
+            if matches!(rest[0], CHANGE_CIPHER_SPEC | APPLICATION_DATA) {
+                self.protecting = true;
+                return;
+            }
+            rest = &rest[n..];
+        }
+    }
+
+    /// Refuses a record over the size limits (RFC 8446 section 5.1,
+    /// RFC 5246 section 6.2.1) with a fatal `record_overflow` alert, before
+    /// rustls sees it: rustls takes headers up to 18431 bytes long and
+    /// would wait for a body it must refuse. While we still send in the
+    /// clear, the alert is ours; once our records are protected only rustls
+    /// can protect one, so it is shown the header with its length at the
+    /// most a record field holds, which it refuses with its own (protected)
+    /// `decode_error` alert.
+    fn refuse_oversize(&mut self) -> Result<Progress> {
+        self.note_protection();
+        if !self.protecting {
+            self.outgoing.extend_from_slice(&RECORD_OVERFLOW_ALERT);
+            return Err(HandshakeError::RecordOverflow.into());
+        }
+        let header = self.exposed;
+        self.incoming[header + 3..header + HEADER_LEN].copy_from_slice(&[0xff, 0xff]);
+        self.exposed += HEADER_LEN;
+        Ok(Progress::NeedInput)
     }
 
     /// Runs the handshake as far as the bytes fed so far allow. On error,
@@ -195,6 +236,14 @@ impl Handshake {
                     // Show rustls exactly one more whole record, if we have one.
                     let rest = &self.incoming[self.exposed..];
                     match framing::next_record(rest) {
+                        // A record in the clear (a handshake record other
+                        // than TLS 1.3's protected ones, an alert, a
+                        // change_cipher_spec) holds at most 2^14 bytes.
+                        Frame::Record(n)
+                            if n - HEADER_LEN > MAX_PLAINTEXT && rest[0] != APPLICATION_DATA =>
+                        {
+                            self.refuse_oversize()?;
+                        }
                         Frame::Record(n) => self.exposed += n,
                         // Not TLS at all (plain HTTP sent to this port,
                         // say): its "length" would keep us waiting for
@@ -204,23 +253,43 @@ impl Handshake {
                             self.exposed = HEADER_LEN;
                         }
                         Frame::Incomplete => return Ok(Progress::NeedInput),
-                        // Show rustls just the header: it refuses it with
-                        // its own alert, which a peer deserves (RFC 8446
-                        // section 5.1, record_overflow).
-                        Frame::Oversize if self.exposed == 0 => self.exposed = HEADER_LEN,
+                        Frame::Oversize if not_tls(rest) => self.exposed += HEADER_LEN,
                         Frame::Oversize => {
-                            // rustls did not refuse the oversize header it
-                            // was shown; never parse past it as a record.
-                            self.flush_alert();
-                            return Err(HandshakeError::RecordOverflow.into());
+                            self.refuse_oversize()?;
                         }
                     }
                 }
                 Step::Fail(e) => {
                     self.flush_alert();
+                    self.tls12_certificate_alert(&e);
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// rustls refuses a TLS 1.2 client that sends no certificate when one
+    /// is required with `certificate_required`, an alert TLS 1.3 defined;
+    /// TLS 1.2 (RFC 5246 section 7.4.6) wants `handshake_failure`. The
+    /// alert goes in the clear then (our change_cipher_spec comes after
+    /// the client's certificate), so its description is put right here.
+    fn tls12_certificate_alert(&mut self, e: &Error) {
+        let tls12 = match &self.conn {
+            Unbuffered::Server(s) => s.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2),
+            Unbuffered::Client(_) => false,
+        };
+        let no_certificate = matches!(
+            e,
+            Error::Handshake(HandshakeError::Tls(rustls::Error::NoCertificatesPresented))
+        );
+        if !(tls12 && no_certificate) || self.protecting {
+            return;
+        }
+        if let Some(alert) = self.outgoing.rchunks_exact_mut(ALERT_RECORD_LEN).next()
+            && alert[..ALERT_RECORD_LEN - 1] == RECORD_OVERFLOW_ALERT[..ALERT_RECORD_LEN - 1]
+            && alert[ALERT_RECORD_LEN - 1] == CERTIFICATE_REQUIRED
+        {
+            alert[ALERT_RECORD_LEN - 1] = HANDSHAKE_FAILURE;
         }
     }
 
@@ -428,6 +497,15 @@ impl ResolvesServerCert for SniSlot {
         self.inner.resolve(hello)
     }
 }
+
+const CHANGE_CIPHER_SPEC: u8 = 20;
+const APPLICATION_DATA: u8 = 23;
+const CERTIFICATE_REQUIRED: u8 = 116;
+const HANDSHAKE_FAILURE: u8 = 40;
+const ALERT_RECORD_LEN: usize = HEADER_LEN + 2;
+/// A fatal `record_overflow` alert in the clear: type alert, legacy
+/// version TLS 1.2, length 2, level fatal, description 22.
+const RECORD_OVERFLOW_ALERT: [u8; ALERT_RECORD_LEN] = [21, 3, 3, 0, 2, 2, 22];
 
 /// Whether `bytes` start with a whole record header that no TLS peer sends:
 /// a content type outside 20..=24 (RFC 8446 section 5.1 and RFC 5246 6.2.1)

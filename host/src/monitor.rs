@@ -89,6 +89,16 @@ struct Worker {
 /// How long handing a connection to a worker may take before the worker
 /// is taken for stuck.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any other frame to a worker (its session, a shed request,
+/// shutdown) may wait for room in the channel before the worker is cut
+/// off: a worker that stops reading is never waited for.
+const CONTROL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a worker that closed its channel, or was killed, may take to
+/// be reaped before it is killed (again) and left.
+const REAP_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest line of a worker's standard error relayed as one log line;
+/// the rest of a longer line is cut.
+const RELAYED_LINE: usize = 4096;
 
 #[derive(Default)]
 struct WorkerState {
@@ -101,8 +111,11 @@ struct WorkerState {
     open: HashMap<u64, Handed>,
     /// Set when the worker is cut off: it gets nothing more.
     dead: bool,
-    /// Who waits for the answer to each ShedIdle asked, in order.
-    shed_answers: VecDeque<oneshot::Sender<bool>>,
+    /// Who waits for the answer to each ShedIdle asked, in order, by the
+    /// number each question got.
+    shed_answers: VecDeque<(u64, oneshot::Sender<bool>)>,
+    /// The number the next ShedIdle gets.
+    next_question: u64,
 }
 
 /// A connection in a worker's hands.
@@ -118,6 +131,38 @@ struct Handed {
 impl Worker {
     fn lock(&self) -> std::sync::MutexGuard<'_, WorkerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the worker dead and tells its supervisor to kill it.
+    fn cut_off(&self) {
+        self.lock().dead = true;
+        self.cut_off.notify_one();
+    }
+
+    /// Sends a frame, waiting at most `timeout` for room in the channel. A
+    /// worker that does not make room in time, or whose channel failed, is
+    /// cut off; false then.
+    async fn send_bounded(
+        &self,
+        frame: &[u8],
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> bool {
+        match tokio::time::timeout(timeout, self.channel.send(frame, fd)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) | Err(_) => {
+                self.cut_off();
+                false
+            }
+        }
+    }
+
+    /// Sends a control frame (no descriptor) within [`CONTROL_SEND_TIMEOUT`].
+    async fn send_control(&self, frame: &ToWorker) -> bool {
+        match frame.encode() {
+            Ok(bytes) => self.send_bounded(&bytes, None, CONTROL_SEND_TIMEOUT).await,
+            Err(_) => false,
+        }
     }
 
     /// Applies one frame from the worker; an error cuts the worker off.
@@ -168,7 +213,7 @@ impl Worker {
                 metrics.connection_ended(&report.outcome);
             }
             FromWorker::Shed { closed } => {
-                let Some(waiter) = state.shed_answers.pop_front() else {
+                let Some((_, waiter)) = state.shed_answers.pop_front() else {
                     return Err("answered a question it was not asked");
                 };
                 let _ = waiter.send(closed);
@@ -184,6 +229,8 @@ struct Pool {
     next: AtomicUsize,
     ready: Notify,
     metrics: Arc<Metrics>,
+    /// How long a worker told to shut down may take to exit.
+    drain_timeout: Duration,
 }
 
 impl Pool {
@@ -193,6 +240,7 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .flatten()
+            .filter(|w| !w.lock().dead)
             .cloned()
             .collect()
     }
@@ -224,17 +272,22 @@ impl Pool {
         workers.sort_by_key(|w| std::cmp::Reverse(w.lock().open.len()));
         for worker in workers {
             let (tx, rx) = oneshot::channel();
-            {
+            let question = {
                 let mut state = worker.lock();
                 if state.dead || state.open.is_empty() {
                     continue;
                 }
-                state.shed_answers.push_back(tx);
-            }
-            let Ok(frame) = ToWorker::ShedIdle.encode() else {
-                continue;
+                let question = state.next_question;
+                state.next_question += 1;
+                state.shed_answers.push_back((question, tx));
+                question
             };
-            if worker.channel.send(&frame, None).await.is_err() {
+            if !worker.send_control(&ToWorker::ShedIdle).await {
+                // Never asked: the answer it would wait for is not owed.
+                worker
+                    .lock()
+                    .shed_answers
+                    .retain(|(asked, _)| *asked != question);
                 continue;
             }
             if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
@@ -259,6 +312,7 @@ pub async fn serve(
         next: AtomicUsize::new(0),
         ready: Notify::new(),
         metrics: metrics.clone(),
+        drain_timeout: options.drain_timeout,
     });
     let (stop_tx, stop) = watch::channel(false);
     let mut supervisors = tokio::task::JoinSet::new();
@@ -270,26 +324,38 @@ pub async fn serve(
             stop.clone(),
         ));
     }
-    let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let cap = options.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(cap));
+    // Clients waiting at the cap for room, as in the single-process
+    // server: beyond this many, a new client is closed at once.
+    let waiting = Arc::new(Semaphore::new(cap));
     let mut tasks = tokio::task::JoinSet::new();
     while let Some((stream, peer)) = accept(&listener, &mut shutdown, &metrics).await {
         let (options, pool, permits) = (options.clone(), pool.clone(), permits.clone());
+        let Ok(waiter) = waiting.clone().try_acquire_owned() else {
+            metrics.refused_at_cap();
+            info!(%peer, "at the connection cap with a full queue; closed");
+            continue;
+        };
         tasks.spawn(async move {
             let metrics = &options.metrics;
             let Some(permit) = admit(&permits, pool.shed_one(), metrics, peer).await else {
                 return;
             };
+            drop(waiter);
             connection(stream, peer, &options, &pool, permit).await;
         });
         while tasks.try_join_next().is_some() {}
     }
     info!("shutting down: workers close their connections with close_notify");
     let _ = stop_tx.send(true);
+    // Each live worker is told once, each within a bound; one that does not
+    // take the frame is cut off rather than waited for.
+    let mut told = tokio::task::JoinSet::new();
     for worker in pool.live() {
-        if let Ok(frame) = ToWorker::Shutdown.encode() {
-            let _ = worker.channel.send(&frame, None).await;
-        }
+        told.spawn(async move { worker.send_control(&ToWorker::Shutdown).await });
     }
+    told.join_all().await;
     let drain = async { while supervisors.join_next().await.is_some() {} };
     if tokio::time::timeout(options.drain_timeout + Duration::from_secs(2), drain)
         .await
@@ -372,10 +438,15 @@ async fn run_worker(
         .args(&command.args)
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        // Relayed line by line, tagged with the worker, so nothing a worker
+        // writes can pass for a line of this process.
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().unwrap_or(0);
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(relay_stderr(stderr, index, pid));
+    }
     let worker = Arc::new(Worker {
         pid,
         channel: Channel::new(ours)?,
@@ -391,8 +462,7 @@ async fn run_worker(
         let received = tokio::select! {
             r = worker.channel.recv() => r,
             _ = worker.cut_off.notified() => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                kill_and_reap(&mut child).await;
                 break "cut off: stopped reading its channel".to_string();
             }
             status = child.wait() => {
@@ -400,8 +470,13 @@ async fn run_worker(
                 break format!("exited ({})", status.map(|s| s.to_string()).unwrap_or_default());
             }
             _ = stop.changed() => {
-                // Shutdown: the worker drains its sessions and exits.
-                let _ = child.wait().await;
+                // Shutdown: the worker drains its sessions and exits, within
+                // the drain timeout; past it, it is killed.
+                let waited = pool.drain_timeout + REAP_TIMEOUT;
+                if tokio::time::timeout(waited, child.wait()).await.is_err() {
+                    warn!(worker = index, pid, "worker still running after the drain timeout; killed");
+                    kill_and_reap(&mut child).await;
+                }
                 drain_reports(&worker, &pool.metrics).await;
                 break "shut down".to_string();
             }
@@ -413,10 +488,7 @@ async fn run_worker(
                     Ok(Some((sender, session))) => {
                         let mut blobs = worker.blobs.lock().await;
                         *blobs = Some(sender);
-                        let sent = match session.encode() {
-                            Ok(frame) => worker.channel.send(&frame, None).await.is_ok(),
-                            Err(_) => false,
-                        };
+                        let sent = worker.send_control(&session).await;
                         drop(blobs);
                         if sent {
                             continue;
@@ -436,17 +508,23 @@ async fn run_worker(
                 Err(e) => format!("sent a malformed frame ({e})"),
             },
             Err(ChannelError::Closed) => {
-                let status = child.wait().await;
-                break format!(
-                    "closed its channel and exited ({})",
-                    status.map(|s| s.to_string()).unwrap_or_default()
-                );
+                // A worker that closed its channel is on its way out; one
+                // that lingers (or hands the channel's end to something
+                // else) is not waited for.
+                let status = match tokio::time::timeout(REAP_TIMEOUT, child.wait()).await {
+                    Ok(status) => status.map(|s| s.to_string()).unwrap_or_default(),
+                    Err(_) => {
+                        kill_and_reap(&mut child).await;
+                        "killed: it did not exit".to_string()
+                    }
+                };
+                break format!("closed its channel and exited ({status})");
             }
+            Err(ChannelError::Empty) => "sent an empty frame".to_string(),
             Err(e) => format!("channel failed ({e})"),
         };
         warn!(worker = index, pid, violation = %violation, "worker broke the protocol; cutting it off");
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        kill_and_reap(&mut child).await;
         break format!("cut off: {violation}");
     };
     // Its connections died with it; their places under the cap come back.
@@ -463,6 +541,105 @@ async fn run_worker(
         });
     }
     Ok(reason)
+}
+
+/// Kills a worker and reaps it, waiting at most [`REAP_TIMEOUT`]: SIGKILL
+/// ends any process, but a wait is still bounded.
+async fn kill_and_reap(child: &mut tokio::process::Child) {
+    let _ = child.start_kill();
+    if tokio::time::timeout(REAP_TIMEOUT, child.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            pid = child.id().unwrap_or(0),
+            "a killed worker was not reaped in time"
+        );
+    }
+}
+
+/// Relays a worker's standard error as this process's log lines, each
+/// tagged with the worker and its pid, at the level the worker's line
+/// names (info if none). Control characters are shown escaped and a line
+/// is cut at [`RELAYED_LINE`] bytes, so a worker can neither forge a line
+/// of this process nor make one without end.
+async fn relay_stderr(stderr: tokio::process::ChildStderr, index: usize, pid: u32) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(RELAYED_LINE as u64);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') && line.len() >= RELAYED_LINE {
+            // Skip the rest of an overlong line, a buffer at a time.
+            loop {
+                let Ok(buffered) = reader.fill_buf().await else {
+                    return;
+                };
+                if buffered.is_empty() {
+                    break;
+                }
+                match buffered.iter().position(|b| *b == b'\n') {
+                    Some(end) => {
+                        reader.consume(end + 1);
+                        break;
+                    }
+                    None => {
+                        let all = buffered.len();
+                        reader.consume(all);
+                    }
+                }
+            }
+        }
+        let text = relayed_text(&line);
+        match worker_line_level(&text) {
+            tracing::Level::ERROR => tracing::error!(worker = index, pid, "{text}"),
+            tracing::Level::WARN => warn!(worker = index, pid, "{text}"),
+            tracing::Level::DEBUG => debug!(worker = index, pid, "{text}"),
+            tracing::Level::TRACE => tracing::trace!(worker = index, pid, "{text}"),
+            _ => info!(worker = index, pid, "{text}"),
+        }
+    }
+}
+
+/// A worker's line as text to log: without its line end, invalid UTF-8
+/// replaced, and control characters (escape sequences, carriage returns)
+/// shown escaped.
+fn relayed_text(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    String::from_utf8_lossy(line)
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() && c != '\t' {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// The level a worker's text log line names in its first words (the
+/// worker logs as this process does), info if it names none.
+fn worker_line_level(text: &str) -> tracing::Level {
+    let head: String = text.chars().take(48).collect();
+    [
+        (" ERROR ", tracing::Level::ERROR),
+        (" WARN ", tracing::Level::WARN),
+        (" DEBUG ", tracing::Level::DEBUG),
+        (" TRACE ", tracing::Level::TRACE),
+        ("\"level\":\"ERROR\"", tracing::Level::ERROR),
+        ("\"level\":\"WARN\"", tracing::Level::WARN),
+        ("\"level\":\"DEBUG\"", tracing::Level::DEBUG),
+    ]
+    .into_iter()
+    .find(|(word, _)| head.contains(word))
+    .map_or(tracing::Level::INFO, |(_, level)| level)
 }
 
 async fn connection(
@@ -574,26 +751,17 @@ async fn hand_over(
             metrics.connection_ended(&ConnectionOutcome::unserved(None));
         }
     };
-    let sent = tokio::time::timeout(
-        HAND_OVER_TIMEOUT,
-        worker.channel.send(&frame, Some(stream.as_fd())),
-    )
-    .await;
-    match sent {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            not_taken();
-            Err(std::io::Error::other(e).into())
-        }
-        Err(_) => {
-            not_taken();
-            // A worker that stops reading its channel would hold every
-            // connection queued for it: cut it off (its supervisor kills
-            // and replaces it, and its connections' places come back).
-            worker.lock().dead = true;
-            worker.cut_off.notify_one();
-            Err(std::io::Error::other("the worker stopped reading its channel").into())
-        }
+    // A worker that stops reading its channel would hold every connection
+    // queued for it: it is cut off (its supervisor kills and replaces it,
+    // and its connections' places come back).
+    if worker
+        .send_bounded(&frame, Some(stream.as_fd()), HAND_OVER_TIMEOUT)
+        .await
+    {
+        Ok(())
+    } else {
+        not_taken();
+        Err(std::io::Error::other("the worker did not take the connection; cut off").into())
     }
 }
 
@@ -631,6 +799,44 @@ fn assignment_frame(
 mod tests {
     use super::*;
     use crate::channel::ConnectionReport;
+
+    #[test]
+    fn a_relayed_line_cannot_pass_for_another() {
+        assert_eq!(
+            relayed_text(b"one\rTIME  INFO keyferry: forged\x1b[2K\n"),
+            "one\\rTIME  INFO keyferry: forged\\u{1b}[2K"
+        );
+        assert_eq!(relayed_text(b"bad \xff utf-8"), "bad \u{fffd} utf-8");
+        assert_eq!(
+            worker_line_level("2026-12-06T10:19:09Z  WARN keyferry: x"),
+            tracing::Level::WARN
+        );
+        assert_eq!(worker_line_level("no level here"), tracing::Level::INFO);
+    }
+
+    /// A worker that stops reading its channel is cut off by the first send
+    /// that finds no room, never waited for.
+    #[tokio::test]
+    async fn a_send_to_a_worker_that_stopped_reading_cuts_it_off() {
+        let metrics = Metrics::new();
+        let (worker, _theirs) = test_worker(&metrics);
+        let frame = vec![0u8; 60_000];
+        let mut sent = 0;
+        while worker
+            .send_bounded(&frame, None, Duration::from_millis(200))
+            .await
+        {
+            sent += 1;
+            assert!(sent < 10_000, "the channel never filled");
+        }
+        assert!(worker.lock().dead, "cut off");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), worker.cut_off.notified())
+                .await
+                .is_ok(),
+            "its supervisor is told"
+        );
+    }
     use crate::transport::EndingKind;
 
     /// A worker as the handshake process sees it, and the worker's end of

@@ -199,8 +199,14 @@ impl ResolvesServerCert for Identities {
         let by_name = hello
             .server_name()
             .and_then(|name| catalog.candidates(name).find(can_sign));
-        let chosen = by_name.or_else(|| (0..catalog.keys.len()).find(can_sign))?;
-        Some(catalog.keys[chosen].clone())
+        // With no identity that can sign for this client (it offered no
+        // suite or signature scheme we share), the default goes on, and
+        // rustls refuses the client with handshake_failure as the RFCs
+        // ask; no certificate at all would be access_denied.
+        let chosen = by_name
+            .or_else(|| (0..catalog.keys.len()).find(can_sign))
+            .unwrap_or(0);
+        catalog.keys.get(chosen).cloned()
     }
 }
 

@@ -1,0 +1,141 @@
+//! The handshake's alerts, as RFC 8446 section 6 and RFC 5246 section 7.2
+//! name them, driven from raw sockets and from openssl s_client.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use keyferry_tests::process::{PATIENCE, Server, pem_identity};
+
+const RECORD_OVERFLOW: u8 = 22;
+
+/// Sends `bytes` on a fresh connection and returns the description of the
+/// first alert the server sends in the clear, and every record type seen
+/// before it.
+fn alert_after(server: &Server, bytes: &[u8]) -> (Option<u8>, Vec<u8>) {
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(PATIENCE)).unwrap();
+    raw.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let _ = raw.read_to_end(&mut got);
+    let mut types = Vec::new();
+    let mut rest = &got[..];
+    while rest.len() >= 5 {
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        let Some(body) = rest.get(5..5 + len) else {
+            break;
+        };
+        if rest[0] == 21 && len == 2 {
+            assert_eq!(body[0], 2, "a fatal alert");
+            return (Some(body[1]), types);
+        }
+        types.push(rest[0]);
+        rest = &rest[5 + len..];
+    }
+    (None, types)
+}
+
+/// A real ClientHello handshake message, as rustls sends it.
+fn client_hello() -> Vec<u8> {
+    let config = keyferry::tls::TlsOptions::default()
+        .client_config(keyferry::tls::ServerVerification::DangerousNone)
+        .unwrap();
+    let mut conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut wire = Vec::new();
+    conn.write_tls(&mut wire).unwrap();
+    assert_eq!(wire[0], 22, "a handshake record");
+    let len = usize::from(u16::from_be_bytes([wire[3], wire[4]]));
+    assert_eq!(wire.len(), 5 + len, "one record");
+    wire[5..].to_vec()
+}
+
+fn record(content_type: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(payload.len()).unwrap();
+    let mut r = vec![content_type, 3, 1];
+    r.extend_from_slice(&len.to_be_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+#[test]
+fn oversize_records_during_the_handshake_get_record_overflow() {
+    let server = Server::start(&["--workers", "0", "--echo"]);
+    // Headers over 2^14+256, each sent alone: the server must not wait for
+    // a body it will refuse (it used to, or to read the body as a header).
+    for len in [16641u16, 17000, 18432, 0xffff] {
+        let mut header = vec![22, 3, 1];
+        header.extend_from_slice(&len.to_be_bytes());
+        let (alert, before) = alert_after(&server, &header);
+        assert_eq!(alert, Some(RECORD_OVERFLOW), "length {len}");
+        assert!(before.is_empty(), "nothing before the alert: {before:?}");
+    }
+    // A well-formed ClientHello in a record padded past 2^14: a plaintext
+    // record over the limit, refused before rustls answers it.
+    let mut padded = client_hello();
+    padded.resize((1 << 14) + 100, 0);
+    let (alert, before) = alert_after(&server, &record(22, &padded));
+    assert_eq!(alert, Some(RECORD_OVERFLOW));
+    assert!(before.is_empty(), "no ServerHello: {before:?}");
+    // The same ClientHello in a record of legal size is answered.
+    let (alert, before) = alert_after(&server, &record(22, &client_hello()));
+    assert_eq!(alert, None, "answered: {before:?}");
+    assert_eq!(before.first(), Some(&22), "a ServerHello");
+    let log = server.stderr.wait_for("record over the TLS size limit");
+    assert!(log.contains("handshake failed"), "{log}");
+}
+
+/// openssl s_client with `args`; its output and whether it connected.
+fn s_client(server: &Server, args: &[&str]) -> (String, bool) {
+    let out = std::process::Command::new("openssl")
+        .arg("s_client")
+        .args(["-connect", &server.addr()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (text, out.status.success())
+}
+
+#[test]
+fn a_client_with_nothing_in_common_gets_handshake_failure() {
+    let server = Server::start(&["--workers", "0", "--echo"]);
+    // No cipher suite in common (CBC only; rustls has none).
+    let (text, ok) = s_client(&server, &["-tls1_2", "-cipher", "AES128-SHA"]);
+    assert!(!ok && text.contains("alert number 40"), "{text}");
+    // Suites in common, but no signature scheme the server's ECDSA key can
+    // make: handshake_failure, not access_denied (49).
+    for version in ["-tls1_3", "-tls1_2"] {
+        let (text, ok) = s_client(&server, &[version, "-sigalgs", "RSA-PSS+SHA256"]);
+        assert!(!ok && text.contains("alert number 40"), "{version}: {text}");
+    }
+    // The same client with a scheme in common is served.
+    let (text, ok) = s_client(&server, &["-tls1_3", "-sigalgs", "ECDSA+SHA256"]);
+    assert!(ok && text.contains("TLSv1.3"), "{text}");
+}
+
+#[test]
+fn a_tls12_client_without_a_required_certificate_gets_handshake_failure() {
+    let (ca, _) = pem_identity("alerts-client-ca");
+    let server = Server::start(&[
+        "--workers",
+        "0",
+        "--echo",
+        "--client-ca",
+        ca.to_str().unwrap(),
+    ]);
+    // TLS 1.2 has no certificate_required (116): handshake_failure.
+    let (text, ok) = s_client(&server, &["-tls1_2"]);
+    assert!(!ok && text.contains("alert number 40"), "{text}");
+    // TLS 1.3 defined certificate_required for this, and keeps it.
+    let (text, _) = s_client(&server, &["-tls1_3", "-ign_eof"]);
+    assert!(text.contains("alert number 116"), "{text}");
+}
