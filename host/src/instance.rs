@@ -145,6 +145,8 @@ pub struct GuestInstance {
 /// instances, removed when the last handle goes.
 struct Registration {
     keys: Arc<HostKeyStore>,
+    /// The instance's store id: the one its exchange keys register to.
+    store: u64,
     epoch: Mutex<Epoch>,
     exchange_ids: Mutex<Vec<[u8; 16]>>,
 }
@@ -187,7 +189,7 @@ impl Drop for Registration {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner());
         for id in ids.iter() {
-            self.keys.unregister_instance(id);
+            self.keys.unregister_instance(id, self.store);
         }
     }
 }
@@ -205,6 +207,7 @@ impl GuestInstance {
             id,
             registration: Arc::new(Registration {
                 keys,
+                store: id,
                 epoch: Mutex::new(Epoch::default()),
                 exchange_ids: Mutex::new(Vec::new()),
             }),
@@ -231,7 +234,11 @@ impl GuestInstance {
         }
         let key = self.call_connection(|s, c| c.call_instance_exchange_key(s))?;
         let key = ExchangeKey::checked(&key.id, &key.public_key)?;
-        self.registration.keys.register_instance(key.id, self.id);
+        if !self.registration.keys.register_instance(key.id, self.id) {
+            return Err(
+                GuestError::InvalidResult("exchange key belongs to another instance").into(),
+            );
+        }
         self.registration
             .exchange_ids
             .lock()

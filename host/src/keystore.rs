@@ -400,20 +400,29 @@ impl HostKeyStore {
         }
     }
 
-    /// Records a live instance's exchange-key id.
-    pub(crate) fn register_instance(&self, exchange_id: [u8; 16], store: u64) {
-        self.instances
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(exchange_id, store);
+    /// Records a live instance's exchange-key id; false, and nothing
+    /// changed, if another live instance has it. A guest that reports a
+    /// victim's exchange key as its own must not take over the victim's
+    /// registration, and with it the grants of keys migrating to the
+    /// victim.
+    #[must_use]
+    pub(crate) fn register_instance(&self, exchange_id: [u8; 16], store: u64) -> bool {
+        let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        match instances.entry(exchange_id) {
+            std::collections::hash_map::Entry::Occupied(held) => *held.get() == store,
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(store);
+                true
+            }
+        }
     }
 
-    /// Forgets an instance that has gone.
-    pub(crate) fn unregister_instance(&self, exchange_id: &[u8; 16]) {
-        self.instances
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(exchange_id);
+    /// Forgets an instance that has gone: only the ids registered to it.
+    pub(crate) fn unregister_instance(&self, exchange_id: &[u8; 16], store: u64) {
+        let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        if instances.get(exchange_id) == Some(&store) {
+            instances.remove(exchange_id);
+        }
     }
 
     /// The store as guest store `holder` may use it: only the keys granted
@@ -576,6 +585,40 @@ mod tests {
 
     fn leak(store: HostKeyStore) -> &'static HostKeyStore {
         Box::leak(Box::new(store))
+    }
+
+    /// An instance that reports a victim's exchange key as its own takes
+    /// neither the victim's registration nor the grant of a key migrating
+    /// to the victim, and cannot unregister the victim.
+    #[test]
+    fn an_exchange_key_registered_to_one_instance_is_refused_to_another() {
+        let store = HostKeyStore::default();
+        let (victim, thief, id) = (1, 2, [7u8; 16]);
+        assert!(store.register_instance(id, victim));
+        assert!(store.register_instance(id, victim), "its own, again");
+        assert!(!store.register_instance(id, thief), "refused");
+        store.unregister_instance(&id, thief);
+        // A key the holder (store 3) migrates to the victim's exchange key
+        // goes to the victim, not to the thief.
+        let material = TrafficKeyMaterial::new(
+            ProtocolVersion::Tls12,
+            AeadAlgorithm::Aes128Gcm,
+            Direction::Seal,
+            &[4; 16],
+            &[6; 12],
+            &[],
+            0,
+            0,
+        );
+        let key = store.insert(material).unwrap().host_key_ref.unwrap();
+        store.grant(key, 3);
+        store.transfer(key, 3, &id);
+        assert_eq!(store.lock()[&key].holder, Some(victim), "the victim's");
+        store.unregister_instance(&id, victim);
+        assert!(
+            store.register_instance(id, thief),
+            "free once the victim is gone"
+        );
     }
 
     #[test]

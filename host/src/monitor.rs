@@ -104,6 +104,8 @@ const RELAYED_LINE: usize = 4096;
 struct WorkerState {
     /// Whether the worker has published its key.
     greeted: bool,
+    /// The id of the key it published.
+    exchange: Option<[u8; 16]>,
     /// Instances announced and not yet given a connection, oldest first.
     ready: VecDeque<u32>,
     /// Connections handed over and not yet reported done. Whoever removes
@@ -180,6 +182,7 @@ impl Worker {
                     return Err("published its key twice");
                 }
                 state.greeted = true;
+                state.exchange = Some(exchange.id);
                 crate::host_aead::install_blob_aead();
                 let (sender, encapsulated) = SessionSender::new(&exchange.public_key)
                     .map_err(|_| "published a key that is not an X25519 public key")?;
@@ -243,6 +246,15 @@ impl Pool {
             .filter(|w| !w.lock().dead)
             .cloned()
             .collect()
+    }
+
+    /// Whether a live worker other than `worker` published the key `id`. A
+    /// worker that publishes another's key could not open what is sealed
+    /// to it, but is refused all the same: each key has one owner.
+    fn published_by_another(&self, worker: &Arc<Worker>, id: &[u8; 16]) -> bool {
+        self.live()
+            .iter()
+            .any(|other| !Arc::ptr_eq(other, worker) && other.lock().exchange == Some(*id))
     }
 
     /// Takes a ready instance, round-robin over the workers that have one.
@@ -484,6 +496,11 @@ async fn run_worker(
         let violation = match received {
             Ok((_, Some(_fd))) => "sent a descriptor".to_string(),
             Ok((frame, None)) => match FromWorker::decode(&frame) {
+                Ok(FromWorker::Hello { exchange })
+                    if pool.published_by_another(&worker, &exchange.id) =>
+                {
+                    "published another worker's key".to_string()
+                }
                 Ok(frame) => match worker.apply(frame, &pool.metrics) {
                     Ok(Some((sender, session))) => {
                         let mut blobs = worker.blobs.lock().await;

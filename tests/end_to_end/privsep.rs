@@ -340,3 +340,261 @@ fn curl_and_many_clients_are_served_through_workers() {
         h.join().expect("a client failed");
     }
 }
+
+/// How many descriptors process `pid` holds.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Whether a process of uid 65534 (or of the tests' own uid, run without
+/// root) can open `/proc/PID/mem`, the door to another process's memory.
+fn same_uid_opens_memory_of(pid: u32) -> bool {
+    let mut command = if rustix::process::geteuid().is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(keyferry_tests::process::UNPRIVILEGED).arg("head");
+        c
+    } else {
+        std::process::Command::new("head")
+    };
+    // Opens the file and reads nothing: the open is what is refused.
+    command
+        .args(["-c", "0", &format!("/proc/{pid}/mem")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn without_root_the_key_is_out_of_reach_of_the_workers_uid() {
+    let (cert, key) = pem_identity("privsep-unprivileged");
+    let server = keyferry_tests::process::Server::start_unprivileged(&[
+        "--workers",
+        "1",
+        "--echo",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let log = server.stderr.wait_for("worker ready");
+    let mut c = rustls_client(&server.addr());
+    echo(&mut c, b"served by a confined worker");
+    let holder = server.child.id();
+    // The same uid can read a dumpable process's memory (the control),
+    // and not the key holder's.
+    let mut control = std::process::Command::new(if rustix::process::geteuid().is_root() {
+        "setpriv"
+    } else {
+        "sleep"
+    });
+    if rustix::process::geteuid().is_root() {
+        control
+            .args(keyferry_tests::process::UNPRIVILEGED)
+            .arg("sleep");
+    }
+    let mut control = control.arg("30").spawn().unwrap();
+    // setpriv is not dumpable between its setuid and its exec of sleep.
+    let start = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{}/comm", control.id()))
+        .is_ok_and(|comm| comm.trim() != "sleep")
+    {
+        assert!(start.elapsed() < PATIENCE, "the control never became sleep");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let readable = same_uid_opens_memory_of(control.id());
+    let _ = control.kill();
+    let _ = control.wait();
+    assert!(readable, "the same uid reads a dumpable process's memory");
+    assert!(
+        !same_uid_opens_memory_of(holder),
+        "the same uid reads the key holder's memory"
+    );
+    assert!(log.contains("key protection dumpable=false"), "{log}");
+    // The worker tried the key file after confining itself, and could not
+    // open it.
+    let tried = server
+        .stderr
+        .wait_for("worker cannot open the key holder's file");
+    assert!(tried.contains(key.to_str().unwrap()), "{tried}");
+    for pid in workers(&server, 1) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.contains("Seccomp:\t2"), "seccomp filter: {status}");
+        assert!(status.contains("NoNewPrivs:\t1"), "no-new-privs: {status}");
+        assert!(
+            !same_uid_opens_memory_of(holder),
+            "worker {pid}'s uid reads the key holder's memory"
+        );
+    }
+}
+
+#[test]
+fn workers_never_run_as_root() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: --user has no effect, nothing to refuse");
+        return;
+    }
+    let out = std::process::Command::new(keyferry())
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--user", "root"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("workers never run as uid or gid 0"), "{text}");
+    // A worker started by hand as root with no user to become refuses too.
+    let out = std::process::Command::new(keyferry())
+        .args(["worker", "--echo"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("a worker never runs as uid 0"), "{text}");
+}
+
+/// A forged worker program: the first start runs `first` (with the
+/// channel on standard input), every later start the real worker.
+fn forged_worker(name: &str, first: &str) -> std::path::PathBuf {
+    let dir = temp_dir(name);
+    let counter = dir.join("runs");
+    let script = dir.join("forged-worker.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n\
+             if [ $n -eq 1 ]; then {first}; fi\n\
+             exec {keyferry} \"$@\"\n",
+            counter = counter.display(),
+            keyferry = keyferry().display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn a_worker_that_sends_an_empty_datagram_is_cut_off() {
+    let script = forged_worker(
+        "empty-datagram",
+        "exec python3 -c \"import socket, time; \
+         s = socket.socket(fileno=0); s.send(b''); time.sleep(60)\"",
+    );
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--echo",
+        "--worker-program",
+        script.to_str().unwrap(),
+    ]);
+    let log = server.stderr.wait_for("sent an empty frame");
+    assert!(log.contains("cutting it off"), "{log}");
+    // Its replacement (the real worker) serves.
+    server.stderr.wait_for("worker ready");
+    let mut c = rustls_client(&server.addr());
+    echo(&mut c, b"served after the empty datagram");
+}
+
+#[test]
+fn a_worker_that_publishes_another_workers_key_is_cut_off() {
+    let dir = temp_dir("stolen-key");
+    let counter = dir.join("runs");
+    let script = dir.join("forged-worker.sh");
+    // The first two starts (one per worker) publish the same key; the
+    // second to arrive is cut off. Later starts are the real worker.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n\
+             if [ $n -le 2 ]; then printf '\\004{key}' >&0; exec sleep 60; fi\n\
+             exec {keyferry} \"$@\"\n",
+            counter = counter.display(),
+            keyferry = keyferry().display(),
+            key = "\\011".repeat(32),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--echo",
+        "--worker-program",
+        script.to_str().unwrap(),
+    ]);
+    server.stderr.wait_for("published another worker's key");
+}
+
+#[test]
+fn a_worker_that_stops_reading_cannot_wedge_the_key_holder() {
+    // Publishes a key and one ready instance, then never reads again.
+    let script = forged_worker(
+        "stops-reading",
+        &format!(
+            "printf '\\004{key}' >&0; printf '\\001\\001\\000\\000\\000\\001' >&0; exec sleep 3600",
+            key = "\\011".repeat(32)
+        ),
+    );
+    let mut server = Server::start_with_env(
+        "127.0.0.1:0",
+        &[
+            "--workers",
+            "1",
+            "--echo",
+            "--max-connections",
+            "1",
+            "--worker-program",
+            script.to_str().unwrap(),
+        ],
+        &[("KEYFERRY_LOG", "debug")],
+    );
+    // One connection in the silent worker's hands: the only place under
+    // the cap.
+    let mut held = rustls_client(&server.addr());
+    held.conn.writer().write_all(b"never answered").unwrap();
+    while held.conn.is_handshaking() {
+        held.conn.complete_io(&mut held.sock).unwrap();
+    }
+    server.stderr.wait_for("handed to a worker");
+    let holder = server.child.id();
+    let baseline = descriptors(holder);
+    let addr = server.addr();
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    if let Ok(s) = std::net::TcpStream::connect(&addr) {
+                        drop(s);
+                    }
+                }
+            })
+        })
+        .collect();
+    for f in flood {
+        f.join().unwrap();
+    }
+    let start = Instant::now();
+    while descriptors(holder) > baseline {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "descriptors stay above the baseline {baseline}: {}",
+            descriptors(holder)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Ctrl-C ends it, the silent worker included, within its drain time.
+    let asked = Instant::now();
+    let status = server.interrupt();
+    assert!(status.success(), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "exit took {:?}",
+        asked.elapsed()
+    );
+    drop(held);
+}

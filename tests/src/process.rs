@@ -84,7 +84,30 @@ impl Server {
 
     /// The same, with extra environment variables.
     pub fn start_with_env(address: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(keyferry())
+        Self::start_command(Command::new(keyferry()), address, args, env)
+    }
+
+    /// `keyferry serve` as an unprivileged user would start it: as uid and
+    /// gid 65534 (through setpriv) when the tests run as root, as the
+    /// tests' own user otherwise.
+    pub fn start_unprivileged(args: &[&str]) -> Server {
+        let command = if rustix::process::geteuid().is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(UNPRIVILEGED).arg(keyferry());
+            c
+        } else {
+            Command::new(keyferry())
+        };
+        Self::start_command(command, "127.0.0.1:0", args, &[])
+    }
+
+    fn start_command(
+        mut command: Command,
+        address: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let mut child = command
             .arg("serve")
             .args(["--listen", address])
             .args(args)
@@ -170,6 +193,10 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// setpriv's arguments that make a command run as uid and gid 65534 with
+/// no supplementary groups (for tests that run as root).
+pub const UNPRIVILEGED: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
 
 /// A temporary directory for PEM files.
 pub fn temp_dir(name: &str) -> PathBuf {

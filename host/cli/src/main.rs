@@ -353,6 +353,11 @@ struct WorkerArgs {
     /// Connections this worker may hold (sizes its instance pool).
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
+    /// Files the worker must not be able to open once confined (serve
+    /// passes its private keys and ticket keys): each is tried, and a file
+    /// that opens under a full Landlock ruleset stops the worker.
+    #[arg(long, value_name = "FILE")]
+    check_unreadable: Vec<PathBuf>,
     #[command(flatten)]
     plane: PlaneArgs,
 }
@@ -634,6 +639,9 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 "--max-connections".into(),
                 args.max_connections.to_string().into(),
             ]);
+            for secret in args.key.iter().chain(&args.ticket_keys) {
+                a.extend(["--check-unreadable".into(), secret.into()]);
+            }
             a.extend(args.plane.to_args());
             a
         },
@@ -901,6 +909,7 @@ fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         uid = rustix::process::getuid().as_raw(),
         "worker confined"
     );
+    check_unreadable(&args.check_unreadable, confinement.landlock)?;
     let engine = GuestEngine::new(
         args.plane
             .sandbox
@@ -942,6 +951,34 @@ fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         // on this one: a hand-over then wakes no other thread.
         tokio::spawn(keyferry::worker::run(channel, options)).await
     })??;
+    Ok(())
+}
+
+/// Tries to open each of the key holder's secret files from the confined
+/// worker, as OpenSSH's privsep child tries `setuid(0)` after its drop: a
+/// confinement that should hold and does not is an error, not a warning.
+fn check_unreadable(
+    files: &[PathBuf],
+    landlock: keyferry::confine::LandlockLevel,
+) -> anyhow::Result<()> {
+    for file in files {
+        match std::fs::File::open(file) {
+            Err(e) => {
+                info!(file = %file.display(), error = %e, "worker cannot open the key holder's file")
+            }
+            Ok(_) if landlock == keyferry::confine::LandlockLevel::Full => {
+                bail!(
+                    "confinement did not hold: the worker opened {}",
+                    file.display()
+                )
+            }
+            Ok(_) => warn!(
+                file = %file.display(),
+                landlock = landlock.as_str(),
+                "the worker can open the key holder's file: this kernel's Landlock does not keep it out"
+            ),
+        }
+    }
     Ok(())
 }
 
