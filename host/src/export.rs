@@ -31,12 +31,22 @@ pub struct SecretLog {
 struct Secrets {
     client: Option<Zeroizing<Vec<u8>>>,
     server: Option<Zeroizing<Vec<u8>>>,
+    /// The client's handshake traffic secret: a server opens the first
+    /// record of the client's flight with it to tell rejected 0-RTT data
+    /// from the flight (`crate::handshake`).
+    client_handshake: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl SecretLog {
     /// An empty log.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The client's handshake traffic secret, once rustls has it.
+    pub(crate) fn client_handshake_secret(&self) -> Option<Zeroizing<Vec<u8>>> {
+        let s = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        s.client_handshake.clone()
     }
 
     fn take(&self, side: Side) -> Option<Zeroizing<Vec<u8>>> {
@@ -61,12 +71,20 @@ impl KeyLog for SecretLog {
         match label {
             "CLIENT_TRAFFIC_SECRET_0" => s.client = Some(Zeroizing::new(secret.to_vec())),
             "SERVER_TRAFFIC_SECRET_0" => s.server = Some(Zeroizing::new(secret.to_vec())),
+            "CLIENT_HANDSHAKE_TRAFFIC_SECRET" => {
+                s.client_handshake = Some(Zeroizing::new(secret.to_vec()));
+            }
             _ => {}
         }
     }
 
     fn will_log(&self, label: &str) -> bool {
-        matches!(label, "CLIENT_TRAFFIC_SECRET_0" | "SERVER_TRAFFIC_SECRET_0")
+        matches!(
+            label,
+            "CLIENT_TRAFFIC_SECRET_0"
+                | "SERVER_TRAFFIC_SECRET_0"
+                | "CLIENT_HANDSHAKE_TRAFFIC_SECRET"
+        )
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use keyferry_guest::connection::{Facts, Role};
 use keyferry_guest::framing::{self, Frame, HEADER_LEN, MAX_PLAINTEXT};
+use keyferry_guest::record::{TrafficKey, TrafficKeyMaterial};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
@@ -79,6 +80,10 @@ pub struct Handshake {
     /// on an alert of ours must be protected too, so only rustls can send
     /// one.
     protecting: bool,
+    /// A server that has not yet seen the client's protected flight start:
+    /// records before it may be 0-RTT data it rejected, to be skipped
+    /// (RFC 8446 section 4.2.10).
+    early_window: bool,
 }
 
 enum Step {
@@ -142,6 +147,7 @@ impl Handshake {
         server_name: Option<String>,
         connection_id: u64,
     ) -> Self {
+        let early_window = matches!(conn, Unbuffered::Server(_));
         Self {
             conn,
             log,
@@ -154,6 +160,7 @@ impl Handshake {
             connection_id,
             complete: false,
             protecting: false,
+            early_window,
         }
     }
 
@@ -185,6 +192,56 @@ impl Handshake {
             }
             rest = &rest[n..];
         }
+    }
+
+    /// Drops a record rustls skipped as rejected 0-RTT data, so it is not
+    /// shown to rustls again. rustls's unbuffered server skips records
+    /// that do not open under the client's handshake key, up to its budget
+    /// (`max_early_data_size`), but reports none of them as processed until
+    /// a handshake message follows; shown them again with the next record,
+    /// it skips them again and spends its budget on each once more, so a
+    /// few records of early data exhaust it and end in `bad_record_mac`.
+    ///
+    /// rustls blocked with nothing discarded and exactly one protected
+    /// record shown means it skipped the record, or holds it as the first
+    /// fragment of a handshake message. Opening it with the client's
+    /// handshake key tells which: the flight's first record has sequence
+    /// number 0. Once one opens, the window closes.
+    fn skip_rejected_early_data(&mut self) -> bool {
+        if !self.early_window || self.exposed == 0 {
+            return false;
+        }
+        let shown = &self.incoming[..self.exposed];
+        if shown[0] != APPLICATION_DATA || framing::next_record(shown) != Frame::Record(shown.len())
+        {
+            return false;
+        }
+        let Unbuffered::Server(server) = &self.conn else {
+            return false;
+        };
+        let (Some(secret), Some(aead)) = (
+            self.log.client_handshake_secret(),
+            server.negotiated_cipher_suite().and_then(tls13_aead),
+        ) else {
+            return false;
+        };
+        let opens = TrafficKeyMaterial::from_tls13_secret(
+            aead,
+            keyferry_guest::Direction::Open,
+            &secret,
+            0,
+            self.connection_id,
+        )
+        .and_then(|m| TrafficKey::from_material(m, None))
+        .and_then(|mut key| key.open(shown.to_vec()))
+        .is_ok();
+        if opens {
+            self.early_window = false;
+            return false;
+        }
+        self.incoming.drain(..self.exposed);
+        self.exposed = 0;
+        true
     }
 
     /// Refuses a record over the size limits (RFC 8446 section 5.1,
@@ -228,6 +285,7 @@ impl Handshake {
             self.exposed -= discard;
             match step {
                 Step::Again => {}
+                Step::Blocked if discard == 0 && self.skip_rejected_early_data() => {}
                 Step::Traffic if !self.is_handshaking() => {
                     self.complete = true;
                     return Ok(Progress::Complete);
@@ -495,6 +553,19 @@ impl ResolvesServerCert for SniSlot {
             *seen = hello.server_name().map(str::to_string);
         }
         self.inner.resolve(hello)
+    }
+}
+
+/// The AEAD of a TLS 1.3 suite.
+fn tls13_aead(suite: rustls::SupportedCipherSuite) -> Option<keyferry_guest::AeadAlgorithm> {
+    use keyferry_guest::AeadAlgorithm;
+    match suite.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => Some(AeadAlgorithm::Aes128Gcm),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => Some(AeadAlgorithm::Aes256Gcm),
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => {
+            Some(AeadAlgorithm::ChaCha20Poly1305)
+        }
+        _ => None,
     }
 }
 

@@ -139,3 +139,90 @@ fn a_tls12_client_without_a_required_certificate_gets_handshake_failure() {
     let (text, _) = s_client(&server, &["-tls1_3", "-ign_eof"]);
     assert!(text.contains("alert number 116"), "{text}");
 }
+
+/// Moves what `from` has to send into `to`, and lets `to` process it.
+fn pump(
+    from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl Sized>>,
+    to: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl Sized>>,
+) {
+    let mut wire = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut wire).unwrap();
+    }
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        to.read_tls(&mut rest).unwrap();
+        to.process_new_packets().unwrap();
+    }
+}
+
+#[test]
+fn rejected_early_data_is_skipped_as_the_rfc_says() {
+    use keyferry::tls::{ServerVerification, TlsOptions};
+    let (cert, key) = pem_identity("early-data");
+    let server = Server::start(&[
+        "--workers",
+        "0",
+        "--echo",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    // A server whose tickets allow 0-RTT (rustls offers it only with
+    // stateful resumption): its ticket makes the client send early data to
+    // keyferry, which knows nothing of the ticket, so it makes a full
+    // handshake and must skip the early data (RFC 8446 section 4.2.10).
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let mut twin = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .unwrap();
+    twin.max_early_data_size = 1 << 14;
+    twin.send_tls13_tickets = 1;
+    let mut config = TlsOptions::default()
+        .client_config(ServerVerification::DangerousNone)
+        .unwrap();
+    config.enable_early_data = true;
+    let config = Arc::new(config);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(config.clone(), name.clone()).unwrap();
+    let mut twin = rustls::ServerConnection::new(Arc::new(twin)).unwrap();
+    // Hello, the server's flight, the client's Finished, then the
+    // tickets.
+    for _ in 0..3 {
+        pump(&mut client, &mut twin);
+        pump(&mut twin, &mut client);
+    }
+    // 2^14 bytes of early data in four records, each 4,017 bytes
+    // protected: 16,068 of the 16,384 rustls skips at most.
+    let mut client = rustls::ClientConnection::new(config, name).unwrap();
+    let mut early = client.early_data().expect("the ticket allows 0-RTT");
+    for _ in 0..4 {
+        early.write_all(&[7u8; 4000]).unwrap();
+    }
+    let sock = TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = rustls::StreamOwned::new(client, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .expect("the handshake completes");
+    }
+    assert!(
+        !tls.conn.is_early_data_accepted(),
+        "0-RTT is off in keyferry"
+    );
+    tls.write_all(b"after the early data").unwrap();
+    let mut echoed = [0u8; 20];
+    tls.read_exact(&mut echoed).unwrap();
+    assert_eq!(
+        &echoed, b"after the early data",
+        "nothing of the early data"
+    );
+}
