@@ -213,6 +213,9 @@ pub enum HandshakeError {
     /// The peer sent a record over the TLS size limit.
     #[error("record over the TLS size limit")]
     RecordOverflow,
+    /// The peer sent a record of a content type TLS does not define.
+    #[error("record of an unknown content type")]
+    UnexpectedRecord,
     /// A step was taken out of order (finishing before completion, or
     /// with unsent bytes).
     #[error("handshake used out of order: {0}")]

@@ -244,6 +244,36 @@ impl Handshake {
         true
     }
 
+    /// A record of a content type TLS does not define must end the
+    /// connection with `unexpected_message` (RFC 8446 section 5, RFC 5246
+    /// section 6); rustls answers one with `decode_error`. In the clear the
+    /// alert is ours, sent here; once our records are protected, rustls's
+    /// (protected) alert stands.
+    fn refuse_unknown_type(&mut self) -> Option<Error> {
+        self.note_protection();
+        if self.protecting {
+            return None;
+        }
+        self.outgoing.extend_from_slice(&alert(UNEXPECTED_MESSAGE));
+        Some(HandshakeError::UnexpectedRecord.into())
+    }
+
+    /// rustls ends some handshakes without the alert the RFCs ask for: a
+    /// record of another type between the fragments of a handshake message
+    /// (RFC 8446 section 5.1), or a protected record with no content type.
+    /// While we still send in the clear, `unexpected_message` goes here;
+    /// after that only rustls could protect one (the README's conformance
+    /// list says so).
+    fn alert_rustls_left_out(&mut self, e: &Error) {
+        self.note_protection();
+        let Error::Handshake(HandshakeError::Tls(rustls::Error::PeerMisbehaved(_))) = e else {
+            return;
+        };
+        if !self.protecting {
+            self.outgoing.extend_from_slice(&alert(UNEXPECTED_MESSAGE));
+        }
+    }
+
     /// Refuses a record over the size limits (RFC 8446 section 5.1,
     /// RFC 5246 section 6.2.1) with a fatal `record_overflow` alert, before
     /// rustls sees it: rustls takes headers up to 18431 bytes long and
@@ -293,6 +323,13 @@ impl Handshake {
                 Step::Traffic | Step::Blocked => {
                     // Show rustls exactly one more whole record, if we have one.
                     let rest = &self.incoming[self.exposed..];
+                    if rest.len() >= HEADER_LEN
+                        && !(20..=24).contains(&rest[0])
+                        && let Some(e) = self.refuse_unknown_type()
+                    {
+                        return Err(e);
+                    }
+                    let rest = &self.incoming[self.exposed..];
                     match framing::next_record(rest) {
                         // A record in the clear (a handshake record other
                         // than TLS 1.3's protected ones, an alert, a
@@ -318,7 +355,11 @@ impl Handshake {
                     }
                 }
                 Step::Fail(e) => {
+                    let queued = self.outgoing.len();
                     self.flush_alert();
+                    if self.outgoing.len() == queued {
+                        self.alert_rustls_left_out(&e);
+                    }
                     self.tls12_certificate_alert(&e);
                     return Err(e);
                 }
@@ -574,9 +615,16 @@ const APPLICATION_DATA: u8 = 23;
 const CERTIFICATE_REQUIRED: u8 = 116;
 const HANDSHAKE_FAILURE: u8 = 40;
 const ALERT_RECORD_LEN: usize = HEADER_LEN + 2;
-/// A fatal `record_overflow` alert in the clear: type alert, legacy
-/// version TLS 1.2, length 2, level fatal, description 22.
-const RECORD_OVERFLOW_ALERT: [u8; ALERT_RECORD_LEN] = [21, 3, 3, 0, 2, 2, 22];
+const UNEXPECTED_MESSAGE: u8 = 10;
+const RECORD_OVERFLOW: u8 = 22;
+/// A fatal `record_overflow` alert in the clear.
+const RECORD_OVERFLOW_ALERT: [u8; ALERT_RECORD_LEN] = alert(RECORD_OVERFLOW);
+
+/// A fatal alert in the clear: type alert, legacy version TLS 1.2, length
+/// 2, level fatal, then the description.
+const fn alert(description: u8) -> [u8; ALERT_RECORD_LEN] {
+    [21, 3, 3, 0, 2, 2, description]
+}
 
 /// Whether `bytes` start with a whole record header that no TLS peer sends:
 /// a content type outside 20..=24 (RFC 8446 section 5.1 and RFC 5246 6.2.1)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use keyferry_tests::process::{PATIENCE, Server, pem_identity};
 
+const UNEXPECTED_MESSAGE: u8 = 10;
 const RECORD_OVERFLOW: u8 = 22;
 
 /// Sends `bytes` on a fresh connection and returns the description of the
@@ -86,6 +87,30 @@ fn oversize_records_during_the_handshake_get_record_overflow() {
     assert_eq!(before.first(), Some(&22), "a ServerHello");
     let log = server.stderr.wait_for("record over the TLS size limit");
     assert!(log.contains("handshake failed"), "{log}");
+}
+
+#[test]
+fn unknown_record_types_and_interleaved_records_get_unexpected_message() {
+    let server = Server::start(&["--workers", "0", "--echo"]);
+    // A content type TLS does not define (0), first or after a hello
+    // fragment.
+    let (alert, _) = alert_after(&server, &[0, 3, 3, 0, 1, 0]);
+    assert_eq!(alert, Some(UNEXPECTED_MESSAGE));
+    // A ClientHello in two records with an application_data record between
+    // them (RFC 8446 section 5.1: handshake fragments are not interleaved).
+    let hello = client_hello();
+    let (first, second) = hello.split_at(40);
+    let mut wire = record(22, first);
+    wire.extend(record(23, &[0; 20]));
+    wire.extend(record(22, second));
+    let (alert, before) = alert_after(&server, &wire);
+    assert_eq!(alert, Some(UNEXPECTED_MESSAGE), "before: {before:?}");
+    // Split without anything between, it is answered.
+    let mut wire = record(22, first);
+    wire.extend(record(22, second));
+    let (alert, before) = alert_after(&server, &wire);
+    assert_eq!(alert, None);
+    assert_eq!(before.first(), Some(&22), "a ServerHello");
 }
 
 /// openssl s_client with `args`; its output and whether it connected.
