@@ -10,8 +10,9 @@
 //!
 //! What is buffered is wiped as it is handed out, and the rest when the
 //! pool drops (natively, when its thread exits; in wasm the host wipes the
-//! instance's memory). A process forked without exec would hand out the
-//! parent's next bytes again; keyferry's processes exec.
+//! instance's memory). Natively a pool remembers the process that filled
+//! it: a child forked without exec, which would hand out its parent's next
+//! bytes again, wipes what it inherited and reads its own.
 
 use zeroize::Zeroize;
 
@@ -22,6 +23,9 @@ pub(crate) struct Pool<const N: usize> {
     bytes: [u8; N],
     /// Bytes already handed out (and wiped).
     used: usize,
+    /// The process whose read filled the buffer (0: none yet).
+    #[cfg(not(target_arch = "wasm32"))]
+    filled_by: u32,
 }
 
 impl<const N: usize> Pool<N> {
@@ -30,6 +34,8 @@ impl<const N: usize> Pool<N> {
         Self {
             bytes: [0; N],
             used: N,
+            #[cfg(not(target_arch = "wasm32"))]
+            filled_by: 0,
         }
     }
 
@@ -40,12 +46,25 @@ impl<const N: usize> Pool<N> {
                 "more randomness than the buffer holds",
             ));
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.filled_by != std::process::id() {
+            // Filled before a fork: another process has these bytes.
+            self.bytes.zeroize();
+            self.used = N;
+        }
         if N - self.used < out.len() {
             // What is left is too short for this draw: wiped and skipped.
             self.bytes.zeroize();
+            // Empty until the read succeeds: a failed read leaves zeros,
+            // which are never handed out.
+            self.used = N;
             getrandom::fill(&mut self.bytes)
                 .map_err(|_| Error::InvalidArgument("no system randomness"))?;
             self.used = 0;
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                self.filled_by = std::process::id();
+            }
         }
         let taken = &mut self.bytes[self.used..self.used + out.len()];
         out.copy_from_slice(taken);
@@ -80,6 +99,22 @@ mod tests {
                 "a handed-out byte stayed in the buffer"
             );
         }
+    }
+
+    /// A pool filled by another process (as after a fork) hands out none
+    /// of what it holds: it reads afresh.
+    #[test]
+    fn bytes_filled_by_another_process_are_not_handed_out() {
+        let mut pool = Pool::<64>::new();
+        let mut first = [0u8; 16];
+        pool.fill(&mut first).unwrap();
+        let inherited = pool.bytes;
+        pool.filled_by = pool.filled_by.wrapping_add(1);
+        let mut next = [0u8; 16];
+        pool.fill(&mut next).unwrap();
+        assert_ne!(next[..], inherited[16..32], "the parent's next bytes");
+        assert_eq!(pool.used, 16, "read afresh");
+        assert_eq!(pool.filled_by, std::process::id());
     }
 
     #[test]

@@ -330,6 +330,8 @@ const MAX_REQUEST: usize = 8 * 1024;
 
 /// How long a scraper may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes served at once.
+const MAX_SCRAPES: usize = 8;
 
 /// Serves `GET /metrics` (plain HTTP/1.1, one request per connection) on
 /// `listener` until `shutdown` becomes true. Any other path is a 404, any
@@ -340,6 +342,9 @@ pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Scrapes served at once: a scraper is one client, a few at most; more
+    // are closed at once rather than queued.
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -352,11 +357,16 @@ pub async fn serve_metrics(
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(permit) = scrapes.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics listener: too many scrapes at once; closed");
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = scrape(stream, &metrics).await {
                 debug!(%peer, error = %e, "metrics request failed");
             }
+            drop(permit);
         });
     }
 }
@@ -391,11 +401,17 @@ async fn scrape(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
          Connection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    if !line.starts_with("HEAD ") {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
+    // A scraper that stops reading is dropped, not waited for.
+    let head_only = line.starts_with("HEAD ");
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        if !head_only {
+            stream.write_all(body.as_bytes()).await?;
+        }
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// The status, content type and body for one request line.

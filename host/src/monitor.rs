@@ -64,8 +64,9 @@ pub struct MonitorOptions {
     pub handshake_timeout: Duration,
     /// How long workers may take to close their sessions at shutdown.
     pub drain_timeout: Duration,
-    /// Every connection starts with a HAProxy PROXY v2 header.
-    pub proxy_protocol: bool,
+    /// Every connection starts with a HAProxy PROXY v2 header, believed
+    /// only from these sources. `None`: no header.
+    pub proxy_protocol: Option<Arc<crate::proxy::TrustedSources>>,
     /// Where connections, handshakes and endings are counted, the
     /// workers' included (they report each connection's end).
     pub metrics: Arc<Metrics>,
@@ -671,7 +672,7 @@ async fn connection(
     let Some(peer) = client_address(
         &mut stream,
         peer,
-        options.proxy_protocol,
+        options.proxy_protocol.as_deref(),
         options.handshake_timeout,
     )
     .await

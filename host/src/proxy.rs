@@ -27,6 +27,10 @@ pub enum ProxyError {
     /// The address block is shorter than its family needs, or too long.
     #[error("malformed PROXY address block")]
     Malformed,
+    /// An IP address family with a transport other than TCP (UDP, or an
+    /// unknown one): the header does not describe a TCP client.
+    #[error("PROXY header for a transport other than TCP ({0:#04x})")]
+    Protocol(u8),
     /// Reading the header failed.
     #[error("reading the PROXY header: {0}")]
     Io(#[from] std::io::Error),
@@ -66,6 +70,11 @@ pub fn parse(version_command: u8, family: u8, block: &[u8]) -> Result<Proxied, P
         0x21 => {}
         other => return Err(ProxyError::Version(other)),
     }
+    // An IP client over anything but TCP (0x11 and 0x21) describes some
+    // other connection than this one.
+    if matches!(family >> 4, 0x1 | 0x2) && family & 0x0f != 0x1 {
+        return Err(ProxyError::Protocol(family));
+    }
     let address = match family >> 4 {
         // AF_INET: source, destination, source port, destination port.
         0x1 => {
@@ -87,6 +96,85 @@ pub fn parse(version_command: u8, family: u8, block: &[u8]) -> Result<Proxied, P
         _ => return Ok(Proxied::Local),
     };
     Ok(Proxied::Client(address))
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), or one
+/// address (`192.0.2.7`, a /32 or /128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    address: IpAddr,
+    prefix: u8,
+}
+
+/// Why a network did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("not an address or CIDR network: {0:?}")]
+pub struct NetworkError(String);
+
+impl std::str::FromStr for Network {
+    type Err = NetworkError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || NetworkError(text.to_string());
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let address: IpAddr = address.parse().map_err(|_| error())?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(error)?,
+            None => bits,
+        };
+        Ok(Self { address, prefix })
+    }
+}
+
+impl Network {
+    /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address
+    /// counts as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => (u128::from(v4.to_bits()) << 96, 32u8),
+            IpAddr::V6(v6) => (v6.to_bits(), 128u8),
+        };
+        let (ours, width) = bits(self.address);
+        let (theirs, their_width) = bits(ip.to_canonical());
+        if width != their_width {
+            return false;
+        }
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0);
+        ours & mask == theirs & mask
+    }
+}
+
+/// The load balancers whose PROXY headers are believed: a header from any
+/// other peer is refused, so a client that reaches the port directly
+/// cannot claim another client's address. None listed: any peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedSources(Vec<Network>);
+
+impl TrustedSources {
+    /// Headers from these networks only (none: from anyone).
+    pub fn new(networks: Vec<Network>) -> Self {
+        Self(networks)
+    }
+
+    /// Whether a header from `peer` is believed.
+    pub fn allows(&self, peer: IpAddr) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n.contains(peer))
+    }
+
+    /// Whether any peer is believed.
+    pub fn is_any(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A version 2 PROXY header for `client` (TCP over IPv4 or IPv6) arriving at
@@ -122,6 +210,53 @@ pub fn header(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let net: Network = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            net.contains("::ffff:10.1.0.9".parse().unwrap()),
+            "v4-mapped"
+        );
+        assert!(!net.contains("2001:db8::1".parse().unwrap()));
+        let one: Network = "192.0.2.7".parse().unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        let v6: Network = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        let all: Network = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "::/129", "example.com", "10.0.0.0/", "/8"] {
+            assert!(bad.parse::<Network>().is_err(), "{bad}");
+        }
+        let trusted = TrustedSources::new(vec![net]);
+        assert!(trusted.allows("10.1.0.1".parse().unwrap()));
+        assert!(!trusted.allows("127.0.0.1".parse().unwrap()));
+        assert!(TrustedSources::default().allows("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn only_tcp_clients_are_taken() {
+        let mut block = vec![127, 0, 0, 1, 127, 0, 0, 1, 0x30, 0x39, 1, 187];
+        assert!(matches!(parse(0x21, 0x11, &block), Ok(Proxied::Client(_))));
+        assert!(matches!(
+            parse(0x21, 0x12, &block),
+            Err(ProxyError::Protocol(0x12))
+        ));
+        assert!(matches!(
+            parse(0x21, 0x10, &block),
+            Err(ProxyError::Protocol(0x10))
+        ));
+        block.resize(36, 0);
+        assert!(matches!(
+            parse(0x21, 0x22, &block),
+            Err(ProxyError::Protocol(0x22))
+        ));
+        assert!(matches!(parse(0x21, 0x21, &block), Ok(Proxied::Client(_))));
+        assert_eq!(parse(0x21, 0x00, &[]).unwrap(), Proxied::Local);
+    }
 
     fn read(bytes: &[u8]) -> Result<Proxied, ProxyError> {
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -24,8 +24,8 @@ use crate::instance::GuestInstance;
 use crate::metrics::{ConnectionOutcome, Metrics};
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
-    PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async,
-    log_session, new_connection_id, run_session,
+    SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async, log_session,
+    new_connection_id, run_session,
 };
 
 /// How long a client that arrives at the connection cap waits for an idle
@@ -79,7 +79,7 @@ impl SharedPool {
 async fn refuse(stream: &mut TcpStream, peer: SocketAddr, metrics: &Metrics, e: Error) {
     metrics.connection_unserved(&ConnectionOutcome::unserved(Some(&e)));
     warn!(%peer, error = %e, "guest could not take the connection");
-    let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
+    crate::transport::send_internal_error(stream).await;
 }
 
 /// Everything a server needs.
@@ -98,8 +98,9 @@ pub struct ServerOptions {
     /// Handshake, keep-alive, request and write timeouts.
     pub timeouts: Timeouts,
     /// Every connection starts with a HAProxy PROXY v2 header (behind an
-    /// L4 load balancer); its client address goes in the log.
-    pub proxy_protocol: bool,
+    /// L4 load balancer), believed only from these sources; its client
+    /// address goes in the log. `None`: no header.
+    pub proxy_protocol: Option<Arc<crate::proxy::TrustedSources>>,
     /// How long to wait for sessions to finish after shutdown starts.
     pub drain_timeout: Duration,
     /// Where connections, handshakes and endings are counted (see
@@ -219,7 +220,7 @@ async fn session(
     let Some(peer) = client_address(
         stream,
         peer,
-        options.proxy_protocol,
+        options.proxy_protocol.as_deref(),
         options.timeouts.handshake,
     )
     .await
@@ -288,11 +289,15 @@ async fn session(
 pub(crate) async fn client_address(
     stream: &mut TcpStream,
     peer: SocketAddr,
-    proxy_protocol: bool,
+    proxy_protocol: Option<&crate::proxy::TrustedSources>,
     timeout: Duration,
 ) -> Option<SocketAddr> {
-    if !proxy_protocol {
+    let Some(trusted) = proxy_protocol else {
         return Some(peer);
+    };
+    if !trusted.allows(peer.ip()) {
+        info!(%peer, "PROXY header expected from a trusted balancer; this peer is not one; closed");
+        return None;
     }
     match tokio::time::timeout(timeout, crate::proxy::read_header(stream)).await {
         Ok(Ok(crate::proxy::Proxied::Client(client))) => Some(client),

@@ -334,6 +334,22 @@ pub struct SessionSummary {
 /// error either way.
 pub const PLAINTEXT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
+/// How long sending [`PLAINTEXT_INTERNAL_ERROR`] may wait for a peer that
+/// does not read: seven bytes fit any socket buffer, unless the peer left
+/// it full.
+const ALERT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Sends [`PLAINTEXT_INTERNAL_ERROR`], waiting at most a second: the
+/// connection is over either way, and its task must not stay behind for a
+/// peer that stopped reading.
+pub(crate) async fn send_internal_error<S: AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = tokio::time::timeout(
+        ALERT_WRITE_TIMEOUT,
+        stream.write_all(&PLAINTEXT_INTERNAL_ERROR),
+    )
+    .await;
+}
+
 /// A guest call that runs longer than this marks this process's guests
 /// as ones that may compute for long: from then on every guest call runs
 /// under `block_in_place`. A record or a request takes tens of
@@ -413,7 +429,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     reason: "the component handed plaintext to the host; serve needs an application component".into(),
                     trap: None,
                 };
-                let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
+                send_internal_error(stream).await;
                 break;
             }
             Ok(d) => d,
@@ -422,7 +438,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     reason: e.to_string(),
                     trap: e.trap(),
                 };
-                let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
+                send_internal_error(stream).await;
                 break;
             }
         };

@@ -29,10 +29,7 @@ use crate::handshake::Handoff;
 use crate::instance::{ExchangeKey, GuestInstance};
 use crate::metrics::ConnectionOutcome;
 use crate::ready::{BATCH, READY_INSTANCES, Retired, make_batch};
-use crate::transport::{
-    PLAINTEXT_INTERNAL_ERROR, SessionControl, Sessions, Timeouts, blocking, log_session,
-    run_session,
-};
+use crate::transport::{SessionControl, Sessions, Timeouts, blocking, log_session, run_session};
 
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +106,33 @@ pub fn harden(user: Option<(u32, u32)>) -> Result<(), WorkerError> {
     open_pagemap();
     rustix::thread::set_no_new_privs(true).map_err(harden)?;
     Ok(())
+}
+
+/// Descriptors a worker may hold beyond one per connection: standard
+/// streams, the channel, the runtime's, wasmtime's.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Caps the descriptors this worker may ever hold (soft and hard limit) at
+/// one per connection it may serve, plus a few. The handshake process
+/// counts a connection's place under the cap free when the worker reports
+/// it done; a compromised worker could report early and keep the socket,
+/// and this bounds how many it can keep: it cannot raise a hard limit.
+pub fn limit_descriptors(max_connections: usize) -> Result<(), WorkerError> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let wanted = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(SPARE_DESCRIPTORS);
+    let limit = getrlimit(Resource::Nofile)
+        .maximum
+        .map_or(wanted, |hard| hard.min(wanted));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        },
+    )
+    .map_err(|e| WorkerError::Harden(e.into()))
 }
 
 /// Opens this process's `/proc/self/pagemap` for wasmtime's pooling
@@ -364,8 +388,7 @@ async fn serve(
         Ok(p) => p,
         Err(e) => {
             warn!(peer = %a.peer, error = %e, "guest could not take the connection");
-            use tokio::io::AsyncWriteExt;
-            let _ = stream.write_all(&PLAINTEXT_INTERNAL_ERROR).await;
+            crate::transport::send_internal_error(&mut stream).await;
             return unserved(Some(&e));
         }
     };

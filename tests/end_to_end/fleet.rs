@@ -65,6 +65,37 @@ fn a_proxy_v2_header_gives_the_log_the_client_address() {
 }
 
 #[test]
+fn proxy_headers_are_believed_only_from_the_balancers() {
+    // 127.0.0.2 is not this test's address: every header here is refused.
+    let elsewhere = Server::start(&["--echo", "--proxy-protocol", "--proxy-from", "127.0.0.2/32"]);
+    let mut sock = TcpStream::connect(elsewhere.addr()).unwrap();
+    let client = "203.0.113.9:4444".parse().unwrap();
+    sock.write_all(&keyferry::proxy::header(client, sock.peer_addr().unwrap()))
+        .unwrap();
+    elsewhere.stderr.wait_for("this peer is not one; closed");
+    // The loopback network is: the header is believed.
+    let trusted = Server::start(&["--echo", "--proxy-protocol", "--proxy-from", "127.0.0.0/8"]);
+    let mut sock = TcpStream::connect(trusted.addr()).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    sock.write_all(&keyferry::proxy::header(client, sock.peer_addr().unwrap()))
+        .unwrap();
+    let config = keyferry::tls::TlsOptions::default()
+        .client_config(keyferry::tls::ServerVerification::DangerousNone)
+        .unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write_all(&mut tls, b"from a balancer");
+    assert_eq!(read_exact(&mut tls, 15), b"from a balancer");
+    drop(tls);
+    trusted.stderr.wait_for("peer=\"203.0.113.9:4444\"");
+    assert!(
+        !elsewhere.stderr.text().contains("203.0.113.9"),
+        "never believed"
+    );
+}
+
+#[test]
 fn a_ticket_from_one_server_resumes_on_another_sharing_the_keys() {
     let dir = temp_dir("ticket-keys");
     let keys = dir.join("ticket.key");

@@ -83,6 +83,18 @@ fn the_private_key_lives_only_in_the_handshake_process() {
     for pid in &pids {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(status.contains("NoNewPrivs:\t1"), "no-new-privs: {status}");
+        // A descriptor per connection it may hold (8), and 64 more: a
+        // worker that reports connections done early cannot keep more.
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let files = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        assert_eq!(
+            files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(),
+            ["72", "72"],
+            "{files}"
+        );
         if rustix::process::geteuid().is_root() {
             let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
             assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");

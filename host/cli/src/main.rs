@@ -203,6 +203,12 @@ struct ServeArgs {
     /// L4 load balancer in front); its client address is logged.
     #[arg(long)]
     proxy_protocol: bool,
+    /// With --proxy-protocol: believe PROXY headers only from this network
+    /// (CIDR, or one address; repeat for several), the load balancers'. A
+    /// client that reaches the port from elsewhere is closed. Without it,
+    /// any peer may claim any client address.
+    #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
+    proxy_from: Vec<keyferry::proxy::Network>,
     /// Set SO_REUSEPORT, so several serve processes on one host share the
     /// port and the kernel spreads connections among them.
     #[arg(long)]
@@ -649,6 +655,13 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     if workers > 0 {
         log_key_protection(&args.user);
     }
+    let proxy_protocol = args.proxy_protocol.then(|| {
+        let trusted = keyferry::proxy::TrustedSources::new(args.proxy_from.clone());
+        if trusted.is_any() {
+            warn!("--proxy-protocol without --proxy-from: any peer may claim any client address");
+        }
+        Arc::new(trusted)
+    });
     let metrics_address = match &args.metrics {
         Some(spec) => Some(
             metrics::metrics_address(spec)
@@ -694,7 +707,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                     component,
                     max_connections: args.max_connections,
                     timeouts,
-                    proxy_protocol: args.proxy_protocol,
+                    proxy_protocol: proxy_protocol.clone(),
                     isolation: match args.shared_instances {
                         Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
                         None => Isolation::PerConnection,
@@ -715,7 +728,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                     max_connections: args.max_connections,
                     handshake_timeout: timeouts.handshake,
                     drain_timeout: Duration::from_secs(5),
-                    proxy_protocol: args.proxy_protocol,
+                    proxy_protocol: proxy_protocol.clone(),
                     metrics: metrics.clone(),
                 };
                 tokio::spawn(keyferry::monitor::serve(listener, options, rx)).await??
@@ -893,6 +906,7 @@ fn lookup_user(name: &str) -> anyhow::Result<Option<(u32, u32)>> {
 fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     use std::os::fd::AsFd;
     keyferry::worker::harden(args.uid.zip(args.gid))?;
+    keyferry::worker::limit_descriptors(args.max_connections)?;
     let channel = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
