@@ -254,7 +254,8 @@ impl Handshake {
         if self.protecting {
             return None;
         }
-        self.outgoing.extend_from_slice(&alert(UNEXPECTED_MESSAGE));
+        self.outgoing
+            .extend_from_slice(&alert_record(UNEXPECTED_MESSAGE));
         Some(HandshakeError::UnexpectedRecord.into())
     }
 
@@ -270,7 +271,8 @@ impl Handshake {
             return;
         };
         if !self.protecting {
-            self.outgoing.extend_from_slice(&alert(UNEXPECTED_MESSAGE));
+            self.outgoing
+                .extend_from_slice(&alert_record(UNEXPECTED_MESSAGE));
         }
     }
 
@@ -618,11 +620,11 @@ const ALERT_RECORD_LEN: usize = HEADER_LEN + 2;
 const UNEXPECTED_MESSAGE: u8 = 10;
 const RECORD_OVERFLOW: u8 = 22;
 /// A fatal `record_overflow` alert in the clear.
-const RECORD_OVERFLOW_ALERT: [u8; ALERT_RECORD_LEN] = alert(RECORD_OVERFLOW);
+const RECORD_OVERFLOW_ALERT: [u8; ALERT_RECORD_LEN] = alert_record(RECORD_OVERFLOW);
 
 /// A fatal alert in the clear: type alert, legacy version TLS 1.2, length
 /// 2, level fatal, then the description.
-const fn alert(description: u8) -> [u8; ALERT_RECORD_LEN] {
+const fn alert_record(description: u8) -> [u8; ALERT_RECORD_LEN] {
     [21, 3, 3, 0, 2, 2, description]
 }
 
@@ -647,11 +649,12 @@ mod tests {
         hs.feed(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").unwrap();
         let err = hs.advance().expect_err("refused without waiting for more");
         assert!(
-            matches!(err, Error::Handshake(HandshakeError::Tls(_))),
+            matches!(err, Error::Handshake(HandshakeError::UnexpectedRecord)),
             "{err}"
         );
+        // 'G' is no record type: unexpected_message (RFC 8446 section 5).
         let alert = hs.take_outgoing();
-        assert_eq!(alert.first(), Some(&21), "an alert record: {alert:?}");
+        assert_eq!(alert, alert_record(UNEXPECTED_MESSAGE), "{alert:?}");
     }
 
     #[test]

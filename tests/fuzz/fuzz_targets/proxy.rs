@@ -1,7 +1,8 @@
 //! The PROXY protocol v2 reader, fed whatever arrives before the TLS
 //! handshake from a load balancer (or from anyone, when the listener is
 //! exposed by mistake). A header it accepts must be one it could have
-//! written.
+//! written, for a TCP client. The `--proxy-from` networks are parsed from
+//! the same bytes: a network always contains its own address.
 #![no_main]
 
 use keyferry::proxy::{self, Proxied};
@@ -27,10 +28,22 @@ fuzz_target!(|data: &[u8]| {
             consumed >= proxy::SIGNATURE.len() + 4,
             "accepted less than a header"
         );
+        assert!(
+            matches!(data[13], 0x11 | 0x21),
+            "a client of a transport other than TCP: {:#04x}",
+            data[13]
+        );
         let server = "127.0.0.1:443".parse().expect("an address");
         let again = proxy::header(client, server);
         let mut reader = &again[..];
         let reread = runtime.block_on(proxy::read_header(&mut reader));
         assert_eq!(reread.ok(), Some(Proxied::Client(client)), "round trip");
+    }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(network) = text.parse::<proxy::Network>()
+    {
+        let address = text.split('/').next().and_then(|a| a.parse().ok());
+        let address = address.expect("a network parses only with an address");
+        assert!(network.contains(address), "{text} leaves out its own address");
     }
 });
