@@ -138,6 +138,8 @@ pub struct Assignment {
     /// Bytes the client sent with its last handshake flight (they travel
     /// in the open blob), for the log line's count.
     pub read_with_handshake: u64,
+    /// Whether the handshake resumed a session.
+    pub resumed: bool,
     /// The handshake facts.
     pub facts: Facts,
     /// The seal key's blob, sealed in the worker's session.
@@ -188,7 +190,7 @@ impl FromWorker {
                 w.push(DONE);
                 w.extend_from_slice(&connection_id.to_be_bytes());
                 let o = &report.outcome;
-                w.push(o.ending.code());
+                w.push(ending_code(o.ending));
                 w.push(trap_code(o.trap));
                 w.extend_from_slice(&o.bytes_in.to_be_bytes());
                 w.extend_from_slice(&o.bytes_out.to_be_bytes());
@@ -233,8 +235,7 @@ impl FromWorker {
                 connection_id: r.u64()?,
                 report: ConnectionReport {
                     outcome: ConnectionOutcome {
-                        ending: EndingKind::from_code(r.u8()?)
-                            .ok_or(ChannelError::BadField("ending"))?,
+                        ending: ending_from_code(r.u8()?)?,
                         trap: trap_from_code(r.u8()?)?,
                         bytes_in: r.u64()?,
                         bytes_out: r.u64()?,
@@ -243,11 +244,7 @@ impl FromWorker {
                 },
             },
             SHED => Self::Shed {
-                closed: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(ChannelError::BadField("shed answer")),
-                },
+                closed: r.flag("shed answer")?,
             },
             other => return Err(ChannelError::UnexpectedType(other)),
         };
@@ -267,6 +264,7 @@ impl ToWorker {
                 w.extend_from_slice(&a.connection_id.to_be_bytes());
                 put(&mut w, a.peer.as_bytes())?;
                 w.extend_from_slice(&a.read_with_handshake.to_be_bytes());
+                w.push(u8::from(a.resumed));
                 put_facts(&mut w, &a.facts)?;
                 put(&mut w, &a.seal_blob)?;
                 put(&mut w, &a.open_blob)?;
@@ -293,6 +291,7 @@ impl ToWorker {
                 connection_id: r.u64()?,
                 peer: r.string()?,
                 read_with_handshake: r.u64()?,
+                resumed: r.flag("resumed")?,
                 facts: r.facts()?,
                 seal_blob: r.bytes()?.to_vec(),
                 open_blob: r.bytes()?.to_vec(),
@@ -312,20 +311,68 @@ impl ToWorker {
     }
 }
 
+// The wire codes of endings and traps, each written out: the protocol does
+// not change when a variant is added or the enums are reordered. A new
+// variant needs a new code here (the matches are exhaustive).
+
+fn ending_code(ending: EndingKind) -> u8 {
+    match ending {
+        EndingKind::CloseNotify => 1,
+        EndingKind::Truncated => 2,
+        EndingKind::PeerAlert => 3,
+        EndingKind::SentAlert => 4,
+        EndingKind::Shutdown => 5,
+        EndingKind::Shed => 6,
+        EndingKind::KeepaliveTimeout => 7,
+        EndingKind::RequestTimeout => 8,
+        EndingKind::WriteTimeout => 9,
+        EndingKind::GuestFailed => 10,
+        EndingKind::Transport => 11,
+        EndingKind::Unserved => 12,
+        EndingKind::WorkerExited => 13,
+    }
+}
+
+fn ending_from_code(code: u8) -> Result<EndingKind, ChannelError> {
+    Ok(match code {
+        1 => EndingKind::CloseNotify,
+        2 => EndingKind::Truncated,
+        3 => EndingKind::PeerAlert,
+        4 => EndingKind::SentAlert,
+        5 => EndingKind::Shutdown,
+        6 => EndingKind::Shed,
+        7 => EndingKind::KeepaliveTimeout,
+        8 => EndingKind::RequestTimeout,
+        9 => EndingKind::WriteTimeout,
+        10 => EndingKind::GuestFailed,
+        11 => EndingKind::Transport,
+        12 => EndingKind::Unserved,
+        13 => EndingKind::WorkerExited,
+        _ => return Err(ChannelError::BadField("ending")),
+    })
+}
+
 fn trap_code(trap: Option<TrapKind>) -> u8 {
-    trap.and_then(|t| TrapKind::ALL.iter().position(|k| *k == t))
-        .map_or(0, |i| i as u8 + 1)
+    match trap {
+        None => 0,
+        Some(TrapKind::OutOfFuel) => 1,
+        Some(TrapKind::Deadline) => 2,
+        Some(TrapKind::ResourceLimit) => 3,
+        Some(TrapKind::Other) => 4,
+        Some(TrapKind::WouldBlock) => 5,
+    }
 }
 
 fn trap_from_code(code: u8) -> Result<Option<TrapKind>, ChannelError> {
-    match code {
-        0 => Ok(None),
-        c => TrapKind::ALL
-            .get(usize::from(c) - 1)
-            .copied()
-            .map(Some)
-            .ok_or(ChannelError::BadField("trap")),
-    }
+    Ok(Some(match code {
+        0 => return Ok(None),
+        1 => TrapKind::OutOfFuel,
+        2 => TrapKind::Deadline,
+        3 => TrapKind::ResourceLimit,
+        4 => TrapKind::Other,
+        5 => TrapKind::WouldBlock,
+        _ => return Err(ChannelError::BadField("trap")),
+    }))
 }
 
 fn put(w: &mut Vec<u8>, bytes: &[u8]) -> Result<(), ChannelError> {
@@ -403,6 +450,14 @@ impl<'a> Reader<'a> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_be_bytes(b))
+    }
+
+    fn flag(&mut self, name: &'static str) -> Result<bool, ChannelError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(ChannelError::BadField(name)),
+        }
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], ChannelError> {
@@ -674,6 +729,7 @@ mod tests {
             connection_id: 42,
             peer: "127.0.0.1:5000".into(),
             read_with_handshake: 17,
+            resumed: true,
             facts: facts(),
             seal_blob: vec![1; 150],
             open_blob: vec![2; 300],
@@ -762,6 +818,26 @@ mod tests {
             FromWorker::decode(&ToWorker::Shutdown.encode().unwrap()),
             Err(ChannelError::UnexpectedType(SHUTDOWN))
         ));
+    }
+
+    /// The wire codes are the protocol: pinned here, so a reordered enum
+    /// or a changed code fails a test rather than mixing up reports.
+    #[test]
+    fn ending_and_trap_codes_are_fixed() {
+        let endings: Vec<u8> = EndingKind::ALL.iter().map(|e| ending_code(*e)).collect();
+        assert_eq!(endings, (1..=13).collect::<Vec<u8>>());
+        assert_eq!(ending_code(EndingKind::CloseNotify), 1);
+        assert_eq!(ending_code(EndingKind::WorkerExited), 13);
+        for e in EndingKind::ALL {
+            assert_eq!(ending_from_code(ending_code(e)).unwrap(), e);
+        }
+        assert_eq!(trap_code(Some(TrapKind::OutOfFuel)), 1);
+        assert_eq!(trap_code(Some(TrapKind::WouldBlock)), 5);
+        for t in TrapKind::ALL {
+            assert_eq!(trap_from_code(trap_code(Some(t))).unwrap(), Some(t));
+        }
+        assert!(ending_from_code(0).is_err() && ending_from_code(14).is_err());
+        assert!(trap_from_code(6).is_err());
     }
 
     #[test]

@@ -791,7 +791,12 @@ fn assignment_frame(
     handoff: Handoff,
     peer: SocketAddr,
 ) -> Result<(u64, Vec<u8>)> {
-    let Handoff { keys, facts, .. } = handoff;
+    let Handoff {
+        keys,
+        facts,
+        resumed,
+        ..
+    } = handoff;
     let read_with_handshake =
         (keys.open.buffered_ciphertext.len() + keys.open.buffered_plaintext.len()) as u64;
     let sender = sender.ok_or_else(|| std::io::Error::other("the worker has no blob session"))?;
@@ -804,6 +809,7 @@ fn assignment_frame(
         connection_id,
         peer: peer.to_string(),
         read_with_handshake,
+        resumed,
         facts,
         seal_blob,
         open_blob,

@@ -270,6 +270,7 @@ async fn session(
     // Dropping the plane wipes the connection's keys in the guest; its own
     // instance is then dropped with the next batch (`crate::ready`).
     let guest = plane.guest().clone();
+    let resumed = plane.resumed();
     drop(plane);
     if matches!(options.isolation, Isolation::PerConnection) {
         instances.retire(guest);
@@ -279,6 +280,7 @@ async fn session(
         &peer.to_string(),
         &facts,
         &summary,
+        resumed,
         ready,
         started.elapsed(),
     );

@@ -265,7 +265,7 @@ pub enum EndingKind {
 }
 
 impl EndingKind {
-    /// Every kind, in the order of their wire codes (1, 2, ...).
+    /// Every kind.
     pub const ALL: [Self; 13] = [
         Self::CloseNotify,
         Self::Truncated,
@@ -299,19 +299,6 @@ impl EndingKind {
             Self::Unserved => "unserved",
             Self::WorkerExited => "worker_exited",
         }
-    }
-
-    /// Its byte in a worker's report.
-    pub fn code(self) -> u8 {
-        Self::ALL
-            .iter()
-            .position(|k| *k == self)
-            .map_or(0, |i| i as u8 + 1)
-    }
-
-    /// The kind a report's byte names.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
     }
 }
 
@@ -590,6 +577,7 @@ pub(crate) fn log_session(
     peer: &str,
     facts: &Facts,
     summary: &SessionSummary,
+    resumed: bool,
     handoff: Duration,
     total: Duration,
 ) {
@@ -616,6 +604,7 @@ pub(crate) fn log_session(
         version,
         suite = %facts.suite,
         sni = facts.server_name.as_deref().unwrap_or("-"),
+        resumed,
         bytes_in = summary.bytes_in,
         bytes_out = summary.bytes_out,
         handoff_us = handoff.as_micros() as u64,

@@ -380,7 +380,7 @@ async fn serve(
             },
             facts: a.facts,
             kernel: None,
-            resumed: false,
+            resumed: a.resumed,
         };
         blocking(|| DataPlane::new(guest, handoff))
     });
@@ -406,9 +406,10 @@ async fn serve(
     // Dropping the plane wipes the connection's keys in the guest; its
     // instance is then dropped with the next batch.
     let guest = plane.guest().clone();
+    let resumed = plane.resumed();
     drop(plane);
     shared.retired.retire(guest);
-    log_session(&a.peer, &facts, &summary, ready, started.elapsed());
+    log_session(&a.peer, &facts, &summary, resumed, ready, started.elapsed());
     ConnectionReport {
         outcome: ConnectionOutcome::from(&summary),
         attach_us: Some(u64::try_from(ready.as_micros()).unwrap_or(u64::MAX - 1)),

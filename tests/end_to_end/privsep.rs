@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyferry_tests::process::{
@@ -609,4 +610,36 @@ fn a_worker_that_stops_reading_cannot_wedge_the_key_holder() {
         asked.elapsed()
     );
     drop(held);
+}
+
+/// A worker knows what the handshake process knew of a connection: that it
+/// resumed a session, in its log line (it was always false with workers).
+#[test]
+fn a_resumed_handshake_is_known_as_such_in_the_worker() {
+    let server = Server::start(&["--workers", "1", "--echo"]);
+    let config = Arc::new(
+        keyferry::tls::TlsOptions::default()
+            .client_config(keyferry::tls::ServerVerification::DangerousNone)
+            .unwrap(),
+    );
+    let mut ports = Vec::new();
+    for expected in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+        let conn =
+            rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
+        let sock = std::net::TcpStream::connect(server.addr()).unwrap();
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut c = rustls::StreamOwned::new(conn, sock);
+        // The echo is read after the server's tickets: the client keeps one.
+        echo(&mut c, b"twice");
+        assert_eq!(c.conn.handshake_kind(), Some(expected));
+        ports.push(c.sock.local_addr().unwrap().port());
+        c.conn.send_close_notify();
+        let _ = c.flush();
+    }
+    for (port, resumed) in ports.iter().zip([false, true]) {
+        let needle = format!("peer=\"127.0.0.1:{port}\"");
+        let log = server.stderr.wait_for(&needle);
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        assert!(line.contains(&format!("resumed={resumed}")), "{line}");
+    }
 }
