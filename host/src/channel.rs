@@ -28,10 +28,9 @@ use rustix::net::{
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use crate::ending::{ConnectionOutcome, EndingKind};
 use crate::error::TrapKind;
 use crate::instance::ExchangeKey;
-use crate::metrics::ConnectionOutcome;
-use crate::transport::EndingKind;
 
 /// The largest frame either side sends: two blobs with what was buffered
 /// at handoff (bounded by the handshake's own buffer), and the facts.

@@ -17,11 +17,15 @@
 //!   components), [`instance`] (one guest instance and its key handles);
 //! - [`handshake`] (sans-IO rustls handshake and handoff), [`tls`]
 //!   (identities and configs), [`dataplane`] (the one connection driver);
+//! - [`ending`] (how a connection ended: the set the log, the metrics and
+//!   a worker's report share), [`metrics`] (the counters) and [`scrape`]
+//!   (their HTTP listener);
 //! - [`transport`] (byte-stream loops), [`server`] (`keyferry serve`'s
 //!   accept loop in one process);
 //! - the process split: [`channel`] (the protocol between the two sides),
 //!   [`worker`] (the unprivileged data-plane side), [`monitor`] (the
-//!   handshake process that holds the key and supervises workers).
+//!   handshake process that holds the key and supervises workers), and
+//!   [`confine`] (what keeps the key from the workers without root).
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
@@ -39,6 +43,7 @@ pub mod component;
 pub mod confine;
 mod connection_exports;
 pub mod dataplane;
+pub mod ending;
 pub mod engine;
 pub mod error;
 pub mod export;
@@ -51,6 +56,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod proxy;
 pub mod ready;
+pub mod scrape;
 pub mod server;
 pub mod store;
 pub mod suites;

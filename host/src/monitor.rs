@@ -34,11 +34,13 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
+use crate::ending::ConnectionOutcome;
+use crate::ending::EndingKind;
 use crate::error::Result;
 use crate::handshake::Handoff;
-use crate::metrics::{ConnectionOutcome, Metrics};
+use crate::metrics::Metrics;
 use crate::server::{ADMISSION_WAIT, accept, admit, client_address, server_handshake};
-use crate::transport::{EndingKind, new_connection_id};
+use crate::transport::new_connection_id;
 
 /// How to start a worker: this binary, in its worker mode.
 #[derive(Clone, Debug)]
@@ -861,7 +863,7 @@ mod tests {
             "its supervisor is told"
         );
     }
-    use crate::transport::EndingKind;
+    use crate::ending::EndingKind;
 
     /// A worker as the handshake process sees it, and the worker's end of
     /// its channel.

@@ -18,10 +18,11 @@ use tracing::{info, warn};
 
 use crate::component::GuestComponent;
 use crate::dataplane::DataPlane;
+use crate::ending::ConnectionOutcome;
 use crate::error::{Error, HandshakeError, Result};
 use crate::handshake::{Handoff, Handshake};
 use crate::instance::GuestInstance;
-use crate::metrics::{ConnectionOutcome, Metrics};
+use crate::metrics::Metrics;
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
     SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async, log_session,
@@ -104,7 +105,7 @@ pub struct ServerOptions {
     /// How long to wait for sessions to finish after shutdown starts.
     pub drain_timeout: Duration,
     /// Where connections, handshakes and endings are counted (see
-    /// [`crate::metrics::serve_metrics`] to publish them).
+    /// [`crate::scrape::serve_metrics`] to publish them).
     pub metrics: Arc<Metrics>,
 }
 

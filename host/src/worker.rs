@@ -24,10 +24,10 @@ use keyferry_guest::record::TrafficKeyMaterial;
 use crate::channel::{Assignment, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker};
 use crate::component::GuestComponent;
 use crate::dataplane::DataPlane;
+use crate::ending::ConnectionOutcome;
 use crate::export::ConnectionKeys;
 use crate::handshake::Handoff;
 use crate::instance::{ExchangeKey, GuestInstance};
-use crate::metrics::ConnectionOutcome;
 use crate::ready::{BATCH, READY_INSTANCES, Retired, make_batch};
 use crate::transport::{SessionControl, Sessions, Timeouts, blocking, log_session, run_session};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use keyferry::handshake::Handshake;
-use keyferry::metrics::{self, Metrics};
+use keyferry::metrics::Metrics;
 use keyferry::monitor::{MonitorOptions, WorkerCommand};
 use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
 use keyferry::tls::{self, Identities, Identity, ServerVerification, TlsOptions};
@@ -664,7 +664,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     });
     let metrics_address = match &args.metrics {
         Some(spec) => Some(
-            metrics::metrics_address(spec)
+            keyferry::scrape::metrics_address(spec)
                 .with_context(|| format!("--metrics {spec}: expected PORT or ADDR:PORT"))?,
         ),
         None => None,
@@ -692,7 +692,11 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {address} for --metrics"))?;
             let address = scrape.local_addr()?;
             info!(%address, "metrics at http://{address}/metrics");
-            tokio::spawn(metrics::serve_metrics(scrape, metrics.clone(), rx.clone()));
+            tokio::spawn(keyferry::scrape::serve_metrics(
+                scrape,
+                metrics.clone(),
+                rx.clone(),
+            ));
         }
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
