@@ -1,0 +1,172 @@
+//! The arguments `serve`, `worker` and `connect` share: the sandbox's
+//! limits, the TLS versions and ALPN, and what runs the data plane.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use keyferry::tls::TlsOptions;
+use keyferry::transport::Timeouts;
+use keyferry::{ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
+use keyferry_cli::apps;
+
+#[derive(Args)]
+pub(crate) struct SandboxArgs {
+    /// Linear memory cap per guest instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) memory_mib: usize,
+    /// Wall-clock bound on each call into a guest, in milliseconds.
+    #[arg(long, default_value_t = 1000, conflicts_with = "fuel")]
+    pub(crate) deadline_ms: u64,
+    /// Fuel (about one unit per wasm instruction) per call, instead of a deadline.
+    #[arg(long)]
+    pub(crate) fuel: Option<u64>,
+}
+
+impl SandboxArgs {
+    pub(crate) fn config(&self) -> SandboxConfig {
+        let bound = match self.fuel {
+            Some(fuel) => ExecutionBound::Fuel(fuel),
+            None => ExecutionBound::Deadline(Duration::from_millis(self.deadline_ms)),
+        };
+        SandboxConfig::default()
+            .with_memory_limit(self.memory_mib << 20)
+            .with_execution_bound(bound)
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct TlsArgs {
+    /// ALPN protocols, in preference order.
+    #[arg(long = "alpn")]
+    pub(crate) alpn: Vec<String>,
+    /// Only TLS 1.3.
+    #[arg(long, conflicts_with = "tls12")]
+    pub(crate) tls13: bool,
+    /// Only TLS 1.2.
+    #[arg(long)]
+    pub(crate) tls12: bool,
+}
+
+impl TlsArgs {
+    pub(crate) fn options(&self) -> TlsOptions {
+        let mut options = TlsOptions::default();
+        if self.tls12 {
+            options = options.with_versions(&[&rustls::version::TLS12]);
+        }
+        if self.tls13 {
+            options = options.with_versions(&[&rustls::version::TLS13]);
+        }
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(|a| a.as_bytes()).collect();
+        options.with_alpn(&alpn)
+    }
+}
+
+/// What runs the data plane: the application, the sandbox, the session
+/// timeouts. `serve` uses these in-process or passes them to its workers.
+#[derive(Args)]
+pub(crate) struct PlaneArgs {
+    /// An application component (exporting keyferry:dataplane/connection,
+    /// e.g. built with keyferry_guest::export_application!) to run instead
+    /// of the built-in HTTP responder.
+    #[arg(long)]
+    pub(crate) guest: Option<PathBuf>,
+    /// Echo instead of the HTTP responder.
+    #[arg(long, conflicts_with = "guest")]
+    pub(crate) echo: bool,
+    /// Seconds an idle connection (between requests) stays open.
+    #[arg(long, default_value_t = 75)]
+    pub(crate) keepalive_timeout: u64,
+    /// Seconds a connection may stall in the middle of a request.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) request_timeout: u64,
+    /// Seconds a write may wait for a client that does not read.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) write_timeout: u64,
+    #[command(flatten)]
+    pub(crate) sandbox: SandboxArgs,
+}
+
+impl PlaneArgs {
+    pub(crate) fn component(&self, engine: &GuestEngine) -> anyhow::Result<GuestComponent> {
+        let wasm = self.guest_bytes()?;
+        self.component_from(engine, wasm.as_deref())
+    }
+
+    /// The guest's bytes, read from its file (`None` for a built-in
+    /// application): a worker reads them before it shuts itself in.
+    pub(crate) fn guest_bytes(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.guest
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))
+            })
+            .transpose()
+    }
+
+    /// Compiles `wasm` (from [`PlaneArgs::guest_bytes`]), or the built-in
+    /// application.
+    pub(crate) fn component_from(
+        &self,
+        engine: &GuestEngine,
+        wasm: Option<&[u8]>,
+    ) -> anyhow::Result<GuestComponent> {
+        Ok(match (wasm, &self.guest) {
+            (Some(wasm), Some(path)) => GuestComponent::new(engine, wasm)
+                .with_context(|| format!("loading guest {}", path.display()))?,
+            (Some(wasm), None) => GuestComponent::new(engine, wasm)?,
+            (None, _) if self.echo => GuestComponent::new(engine, apps::ECHO)?,
+            (None, _) => GuestComponent::new(engine, apps::HTTP_RESPONDER)?,
+        })
+    }
+
+    pub(crate) fn application(&self) -> &'static str {
+        match (&self.guest, self.echo) {
+            (Some(_), _) => "plugin",
+            (None, true) => "echo",
+            (None, false) => "http",
+        }
+    }
+
+    pub(crate) fn timeouts(&self, handshake: u64) -> Timeouts {
+        Timeouts {
+            handshake: Duration::from_secs(handshake.max(1)),
+            keepalive: Duration::from_secs(self.keepalive_timeout.max(1)),
+            request: Duration::from_secs(self.request_timeout.max(1)),
+            write: Duration::from_secs(self.write_timeout.max(1)),
+        }
+    }
+
+    /// The same settings as `worker` arguments.
+    pub(crate) fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(path) = &self.guest {
+            args.extend(["--guest".into(), path.into()]);
+        }
+        if self.echo {
+            args.push("--echo".into());
+        }
+        for (flag, value) in [
+            ("--keepalive-timeout", self.keepalive_timeout),
+            ("--request-timeout", self.request_timeout),
+            ("--write-timeout", self.write_timeout),
+            ("--memory-mib", self.sandbox.memory_mib as u64),
+            ("--deadline-ms", self.sandbox.deadline_ms),
+        ] {
+            args.extend([flag.into(), value.to_string().into()]);
+        }
+        if let Some(fuel) = self.sandbox.fuel {
+            args.extend(["--fuel".into(), fuel.to_string().into()]);
+        }
+        args
+    }
+}
+
+/// Instance slots for a pooled engine that serves up to `max_connections`:
+/// one each, and room for the ready and retired instances besides.
+pub(crate) fn pool_slots(max_connections: usize) -> u32 {
+    u32::try_from(max_connections.max(1))
+        .unwrap_or(u32::MAX)
+        .saturating_add(keyferry::ready::SPARE_SLOTS)
+}

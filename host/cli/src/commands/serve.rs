@@ -1,0 +1,472 @@
+//! `keyferry serve`: the handshake process, with its workers or with the
+//! data plane in this process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use keyferry::GuestEngine;
+use keyferry::metrics::Metrics;
+use keyferry::monitor::{MonitorOptions, WorkerCommand};
+use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
+use keyferry::tls::{self, Identities, Identity};
+use tracing::{info, warn};
+
+use super::args::{PlaneArgs, TlsArgs, pool_slots};
+
+/// Whether a client must present a certificate.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum ClientAuth {
+    /// Refuse clients without one.
+    Required,
+    /// Serve clients without one; one from another CA is still refused.
+    Optional,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on: IP:PORT or HOST:PORT (a host name is
+    /// resolved; the first address that binds is used).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub(crate) listen: String,
+    /// PEM certificate chain (a self-signed one is made at start without
+    /// it). Repeat with --key for several identities: each client gets the
+    /// one valid for the name it sent (SNI), exact before wildcard, and the
+    /// first serves clients that send none or an unknown one. SIGHUP
+    /// re-reads them all (and --ticket-keys); if one fails to load, the
+    /// ones in service stay.
+    #[arg(long, requires = "key")]
+    pub(crate) cert: Vec<PathBuf>,
+    /// PEM private key for the --cert in the same position.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Vec<PathBuf>,
+    /// Verify client certificates against these PEM CA certificates
+    /// (inbound mTLS). The application in the guest sees the client
+    /// certificate's subject in the handshake facts.
+    #[arg(long)]
+    pub(crate) client_ca: Option<PathBuf>,
+    /// With --client-ca: `required` refuses clients without a certificate
+    /// (certificate_required alert), `optional` serves them.
+    #[arg(long, value_enum, default_value = "required", requires = "client_ca")]
+    pub(crate) client_auth: ClientAuth,
+    /// Data-plane worker processes (default: one per core). The handshake
+    /// process holds the key and hands each connection to a worker that
+    /// never has it; 0 runs the data plane in this process, beside the key
+    /// (for embedding and debugging).
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
+    /// The user workers run as when serve is started as root.
+    #[arg(long, default_value = "nobody")]
+    pub(crate) user: String,
+    /// Each connection starts with a HAProxy PROXY protocol v2 header (an
+    /// L4 load balancer in front); its client address is logged.
+    #[arg(long)]
+    pub(crate) proxy_protocol: bool,
+    /// With --proxy-protocol: believe PROXY headers only from this network
+    /// (CIDR, or one address; repeat for several), the load balancers'. A
+    /// client that reaches the port from elsewhere is closed. Without it,
+    /// any peer may claim any client address.
+    #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
+    pub(crate) proxy_from: Vec<keyferry::proxy::Network>,
+    /// Set SO_REUSEPORT, so several serve processes on one host share the
+    /// port and the kernel spreads connections among them.
+    #[arg(long)]
+    pub(crate) reuse_port: bool,
+    /// Session-ticket keys shared by a fleet: one or more 48-byte keys (a
+    /// 16-byte name, a 32-byte key); the first issues tickets, all open
+    /// them. Make one with `head -c 48 /dev/urandom > ticket.key`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ticket_keys: Option<PathBuf>,
+    /// The program workers run (default: this binary). For tests.
+    #[arg(long, hide = true)]
+    pub(crate) worker_program: Option<PathBuf>,
+    /// Most connections served at once. At the cap the longest-idle
+    /// keep-alive connection is closed to admit a new client; a client that
+    /// still cannot be admitted within 2 s is closed.
+    #[arg(long, default_value_t = 512)]
+    pub(crate) max_connections: usize,
+    /// Seconds a client may take to finish its handshake.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) handshake_timeout: u64,
+    /// Serve Prometheus metrics (OpenMetrics text) at
+    /// http://ADDR:PORT/metrics, on a listener of their own; a bare PORT
+    /// listens on 127.0.0.1. Handshakes by version, suite and outcome,
+    /// handoff latency, open connections, endings, bytes, guest traps,
+    /// ready instances and worker restarts.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub(crate) metrics: Option<String>,
+    /// Share this many guest instances among all connections instead of a
+    /// fresh instance per connection (cheaper handshakes; a guest failure
+    /// then ends every connection in its instance). Needs --workers 0.
+    #[arg(long, value_name = "INSTANCES")]
+    pub(crate) shared_instances: Option<usize>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    #[command(flatten)]
+    pub(crate) plane: PlaneArgs,
+}
+
+pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the key is read: from here on, no process of this uid (a
+    // worker included) can read this one's memory, and no core file holds
+    // the key.
+    keyferry::confine::protect_key_holder().context("making the key holder non-dumpable")?;
+    // The built-in responder speaks HTTP/1.1 only: do not let ALPN promise
+    // a client anything else.
+    if args.plane.guest.is_none()
+        && !args.plane.echo
+        && let Some(other) = args.tls.alpn.iter().find(|p| *p != "http/1.1")
+    {
+        bail!(
+            "--alpn {other}: the built-in HTTP responder speaks only http/1.1 \
+             (use --echo, or --guest with an application that speaks {other})"
+        );
+    }
+    let listen_host = args
+        .listen
+        .rsplit_once(':')
+        .map(|(host, _)| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+        .context("--listen must be HOST:PORT")?;
+    if args.cert.len() != args.key.len() {
+        bail!(
+            "{} --cert and {} --key: give each certificate its key, in the same order",
+            args.cert.len(),
+            args.key.len()
+        );
+    }
+    let files: Vec<(PathBuf, PathBuf)> = args
+        .cert
+        .iter()
+        .cloned()
+        .zip(args.key.iter().cloned())
+        .collect();
+    let identities = if files.is_empty() {
+        vec![Identity::self_signed(&[
+            "localhost".to_string(),
+            listen_host,
+        ])?]
+    } else {
+        load_identities(&files)?
+    };
+    let identities = Arc::new(Identities::new(&identities)?);
+    let mut options = args.tls.options();
+    if let Some(path) = &args.client_ca {
+        let roots = tls::roots_from_pem_file(path)?;
+        options = match args.client_auth {
+            ClientAuth::Required => options.with_client_verification(roots),
+            ClientAuth::Optional => options.with_optional_client_verification(roots),
+        };
+    }
+    let ticket_keys = match &args.ticket_keys {
+        Some(path) => Some(Arc::new(keyferry::tickets::TicketKeys::from_file(path)?)),
+        None => None,
+    };
+    if let Some(keys) = &ticket_keys {
+        options = options.with_ticket_keys(keys.clone());
+    }
+    let tls = Arc::new(options.server_config_for(identities.clone())?);
+    let reload = Reload {
+        identities: identities.clone(),
+        files,
+        ticket_keys: ticket_keys.zip(args.ticket_keys.clone()),
+    };
+    let workers = match (args.workers, args.shared_instances) {
+        (Some(n), None) => n,
+        (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // Shared instances live in one process.
+        (None | Some(0), Some(_)) => 0,
+        (Some(_), Some(_)) => {
+            bail!("--shared-instances shares instances within one process: use it with --workers 0")
+        }
+    };
+    let application = args.plane.application();
+    let timeouts = args.plane.timeouts(args.handshake_timeout);
+    // With workers, this process holds the key and never compiles or runs
+    // guest code; the workers do.
+    let in_process = if workers == 0 {
+        let engine = GuestEngine::new(
+            args.plane
+                .sandbox
+                .config()
+                .with_pooling(pool_slots(args.max_connections)),
+        )?;
+        Some(args.plane.component(&engine)?)
+    } else {
+        None
+    };
+    let worker_command = WorkerCommand {
+        program: match &args.worker_program {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("finding this binary to start workers")?,
+        },
+        args: {
+            let mut a: Vec<std::ffi::OsString> = vec!["worker".into()];
+            if let Some((uid, gid)) = lookup_user(&args.user)? {
+                a.extend(["--uid".into(), uid.to_string().into()]);
+                a.extend(["--gid".into(), gid.to_string().into()]);
+            }
+            a.extend([
+                "--max-connections".into(),
+                args.max_connections.to_string().into(),
+            ]);
+            for secret in args.key.iter().chain(&args.ticket_keys) {
+                a.extend(["--check-unreadable".into(), secret.into()]);
+            }
+            a.extend(args.plane.to_args());
+            a
+        },
+    };
+    if workers > 0 {
+        log_key_protection(&args.user);
+    }
+    let proxy_protocol = args.proxy_protocol.then(|| {
+        let trusted = keyferry::proxy::TrustedSources::new(args.proxy_from.clone());
+        if trusted.is_any() {
+            warn!("--proxy-protocol without --proxy-from: any peer may claim any client address");
+        }
+        Arc::new(trusted)
+    });
+    let metrics_address = match &args.metrics {
+        Some(spec) => Some(
+            keyferry::scrape::metrics_address(spec)
+                .with_context(|| format!("--metrics {spec}: expected PORT or ADDR:PORT"))?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // SIGHUP is caught before anything else, so a reload signal sent
+        // as soon as the process exists never kills it.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let listener = bind(&args.listen, args.reuse_port)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        let fingerprint = identities.fingerprints().join(",");
+        info!(address = %local, fingerprint = %fingerprint, application, workers, "listening");
+        println!("keyferry serving on https://{local}/ (certificate SHA-256 {fingerprint})");
+        tokio::spawn(reload.on_sighup(hangups));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        if let Some(address) = metrics_address {
+            let scrape = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} for --metrics"))?;
+            let address = scrape.local_addr()?;
+            info!(%address, "metrics at http://{address}/metrics");
+            tokio::spawn(keyferry::scrape::serve_metrics(
+                scrape,
+                metrics.clone(),
+                rx.clone(),
+            ));
+        }
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                info!("Ctrl-C: no longer accepting connections");
+                let _ = tx.send(true);
+            }
+        });
+        match in_process {
+            Some(component) => {
+                let options = ServerOptions {
+                    tls,
+                    component,
+                    max_connections: args.max_connections,
+                    timeouts,
+                    proxy_protocol: proxy_protocol.clone(),
+                    isolation: match args.shared_instances {
+                        Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
+                        None => Isolation::PerConnection,
+                    },
+                    drain_timeout: Duration::from_secs(5),
+                    metrics: metrics.clone(),
+                };
+                // As a task on the runtime's threads, not on this one:
+                // what the accept loop spawns then starts on the same
+                // thread without waking another.
+                tokio::spawn(serve(listener, options, rx)).await??
+            }
+            None => {
+                let options = MonitorOptions {
+                    tls,
+                    workers,
+                    command: worker_command,
+                    max_connections: args.max_connections,
+                    handshake_timeout: timeouts.handshake,
+                    drain_timeout: Duration::from_secs(5),
+                    proxy_protocol: proxy_protocol.clone(),
+                    metrics: metrics.clone(),
+                };
+                tokio::spawn(keyferry::monitor::serve(listener, options, rx)).await??
+            }
+        };
+        info!(accepted = metrics.accepted_total(), "stopped");
+        Ok(())
+    })
+}
+
+/// Says at start what protects the key from the workers and what does not
+/// (DESIGN section 6; the README's threat model has the table).
+pub(crate) fn log_key_protection(user: &str) {
+    let root = rustix::process::geteuid().is_root();
+    let yama = keyferry::confine::yama_ptrace_scope();
+    let landlock = keyferry::confine::landlock_abi();
+    info!(
+        dumpable = keyferry::confine::is_dumpable(),
+        workers_user = if root { user } else { "this uid" },
+        yama_ptrace_scope = yama.map_or_else(|| "absent".to_string(), |s| s.to_string()),
+        landlock_abi = landlock.map_or_else(|| "unavailable".to_string(), |v| v.to_string()),
+        seccomp = true,
+        "key protection"
+    );
+    if root && user == "nobody" {
+        warn!(
+            "workers run as nobody, a user other daemons share (they could signal the workers): \
+             create a dedicated one (useradd --system --no-create-home keyferry) and pass --user keyferry"
+        );
+    }
+    if !root {
+        warn!(
+            "started as an unprivileged user: workers run as this uid, kept from the key by \
+             non-dumpability, Landlock and seccomp only; any other process of this uid can \
+             still read the key file and signal this process (start as root with --user for \
+             a separate uid)"
+        );
+    }
+    if landlock.is_none() {
+        warn!(
+            "this kernel has no Landlock: workers can open any file their uid can read, \
+             the key file included when they share this uid"
+        );
+    }
+}
+
+/// Reads each certificate and key pair.
+pub(crate) fn load_identities(files: &[(PathBuf, PathBuf)]) -> keyferry::Result<Vec<Identity>> {
+    files
+        .iter()
+        .map(|(cert, key)| Identity::from_pem_files(cert, key))
+        .collect()
+}
+
+/// What SIGHUP re-reads, as nginx's `-s reload` does: new handshakes use
+/// the new identities and ticket keys, connections already made carry on,
+/// and anything that fails to load leaves what is in service in place.
+/// With workers, only this (the handshake) process holds them.
+pub(crate) struct Reload {
+    pub(crate) identities: Arc<Identities>,
+    pub(crate) files: Vec<(PathBuf, PathBuf)>,
+    pub(crate) ticket_keys: Option<(Arc<keyferry::tickets::TicketKeys>, PathBuf)>,
+}
+
+impl Reload {
+    async fn on_sighup(self, hangups: std::io::Result<tokio::signal::unix::Signal>) {
+        let Ok(mut hangups) = hangups else {
+            warn!("cannot listen for SIGHUP; reloading is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            self.reload();
+        }
+    }
+
+    pub(crate) fn reload(&self) {
+        if self.files.is_empty() && self.ticket_keys.is_none() {
+            info!("SIGHUP: nothing to reload (the certificate was made at start)");
+            return;
+        }
+        // Load everything first, then swap: all or nothing.
+        let swapped = self.load().and_then(|(identities, tickets)| {
+            if let Some(identities) = identities {
+                self.identities.replace(&identities)?;
+            }
+            if let (Some((keys, _)), Some(new)) = (&self.ticket_keys, tickets) {
+                keys.replace(new);
+            }
+            Ok(())
+        });
+        match swapped {
+            Ok(()) => {
+                info!(fingerprint = %self.identities.fingerprints().join(","), "SIGHUP: reloaded");
+            }
+            Err(e) => warn!(
+                error = %e,
+                "SIGHUP: reload failed; still serving the previous certificates and ticket keys"
+            ),
+        }
+    }
+
+    /// Reads every file this reload covers.
+    pub(crate) fn load(
+        &self,
+    ) -> keyferry::Result<(Option<Vec<Identity>>, Option<keyferry::tickets::TicketKeys>)> {
+        let identities = if self.files.is_empty() {
+            None
+        } else {
+            Some(load_identities(&self.files)?)
+        };
+        let tickets = self
+            .ticket_keys
+            .as_ref()
+            .map(|(_, path)| keyferry::tickets::TicketKeys::from_file(path))
+            .transpose()?;
+        Ok((identities, tickets))
+    }
+}
+
+/// Binds the first address `listen` resolves to that binds, with
+/// SO_REUSEADDR (as tokio does) and, if asked, SO_REUSEPORT.
+pub(crate) async fn bind(
+    listen: &str,
+    reuse_port: bool,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        match socket.bind(addr).and_then(|()| socket.listen(1024)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
+}
+
+/// The uid and gid of `name` from /etc/passwd, when this process is root
+/// (otherwise workers keep this process's user and need nothing).
+pub(crate) fn lookup_user(name: &str) -> anyhow::Result<Option<(u32, u32)>> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        })
+        .flatten()
+        .next()
+        .with_context(|| format!("--user {name}: no such user in /etc/passwd"))
+        .and_then(|(uid, gid)| {
+            if uid == 0 || gid == 0 {
+                bail!("--user {name}: workers never run as uid or gid 0; name an unprivileged user")
+            }
+            Ok(Some((uid, gid)))
+        })
+}

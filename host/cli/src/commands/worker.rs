@@ -1,0 +1,128 @@
+//! `keyferry worker`: a data-plane worker, started by `serve` (not for
+//! people).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use keyferry::GuestEngine;
+use tracing::{info, warn};
+
+use super::args::{PlaneArgs, pool_slots};
+
+/// A data-plane worker (started by `serve --workers N`; not for people).
+#[derive(Args)]
+pub(crate) struct WorkerArgs {
+    /// Drop to this user id when started as root.
+    #[arg(long, requires = "gid")]
+    pub(crate) uid: Option<u32>,
+    /// Drop to this group id when started as root.
+    #[arg(long, requires = "uid")]
+    pub(crate) gid: Option<u32>,
+    /// Connections this worker may hold (sizes its instance pool).
+    #[arg(long, default_value_t = 512)]
+    pub(crate) max_connections: usize,
+    /// Files the worker must not be able to open once confined (serve
+    /// passes its private keys and ticket keys): each is tried, and a file
+    /// that opens under a full Landlock ruleset stops the worker.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) check_unreadable: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) plane: PlaneArgs,
+}
+
+/// `keyferry worker`: harden first, while this is the only thread, then
+/// serve what the handshake process hands over on standard input.
+pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
+    use std::os::fd::AsFd;
+    keyferry::worker::harden(args.uid.zip(args.gid))?;
+    keyferry::worker::limit_descriptors(args.max_connections)?;
+    let channel = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("the channel on standard input")?;
+    // The guest is the one file a worker reads; after it, no file opens
+    // (Landlock), and what an escaped guest would reach for is refused
+    // (seccomp). Before the engine, whose compiler starts threads.
+    let wasm = args.plane.guest_bytes()?;
+    let confinement =
+        keyferry::confine::confine_worker().map_err(keyferry::worker::WorkerError::from)?;
+    info!(
+        landlock = confinement.landlock.as_str(),
+        seccomp = confinement.seccomp,
+        uid = rustix::process::getuid().as_raw(),
+        "worker confined"
+    );
+    check_unreadable(&args.check_unreadable, confinement.landlock)?;
+    let engine = GuestEngine::new(
+        args.plane
+            .sandbox
+            .config()
+            .with_pooling(pool_slots(args.max_connections)),
+    )?;
+    let component = args.plane.component_from(&engine, wasm.as_deref())?;
+    let options = keyferry::worker::WorkerOptions {
+        component,
+        timeouts: args.plane.timeouts(10),
+        drain_timeout: Duration::from_secs(5),
+    };
+    // One runtime thread: there is a worker process per core already, so
+    // more threads would only hand connections' wakeups from one to
+    // another. Multi-threaded all the same, so a guest call that computes
+    // for long can leave the thread to the other connections
+    // (`transport::blocking`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    // Ctrl-C (and a hangup) reach the whole process group: the handshake
+    // process tells workers when to stop and reloads what it holds, so a
+    // worker ignores both signals itself.
+    runtime.block_on(async move {
+        tokio::spawn(async {
+            loop {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    break;
+                }
+            }
+        });
+        if let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move { while hangups.recv().await.is_some() {} });
+        }
+        // On the runtime's thread, with the sessions it spawns, rather than
+        // on this one: a hand-over then wakes no other thread.
+        tokio::spawn(keyferry::worker::run(channel, options)).await
+    })??;
+    Ok(())
+}
+
+/// Tries to open each of the key holder's secret files from the confined
+/// worker, as OpenSSH's privsep child tries `setuid(0)` after its drop: a
+/// confinement that should hold and does not is an error, not a warning.
+pub(crate) fn check_unreadable(
+    files: &[PathBuf],
+    landlock: keyferry::confine::LandlockLevel,
+) -> anyhow::Result<()> {
+    for file in files {
+        match std::fs::File::open(file) {
+            Err(e) => {
+                info!(file = %file.display(), error = %e, "worker cannot open the key holder's file")
+            }
+            Ok(_) if landlock == keyferry::confine::LandlockLevel::Full => {
+                bail!(
+                    "confinement did not hold: the worker opened {}",
+                    file.display()
+                )
+            }
+            Ok(_) => warn!(
+                file = %file.display(),
+                landlock = landlock.as_str(),
+                "the worker can open the key holder's file: this kernel's Landlock does not keep it out"
+            ),
+        }
+    }
+    Ok(())
+}
