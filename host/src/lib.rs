@@ -37,7 +37,7 @@
     reason = "generated code"
 )]
 #[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
-pub mod bindings;
+mod bindings;
 pub mod channel;
 pub mod component;
 pub mod confine;
@@ -58,12 +58,12 @@ pub mod proxy;
 pub mod ready;
 pub mod scrape;
 pub mod server;
-pub mod store;
+mod store;
 pub mod suites;
 pub mod tickets;
 pub mod tls;
 pub mod transport;
-pub mod wasi_io;
+mod wasi_io;
 mod wit;
 pub mod worker;
 mod x509;
@@ -78,7 +78,6 @@ pub use dataplane::{DataPlane, Delivery};
 pub use engine::{GuestEngine, SandboxConfig};
 pub use error::{Error, Result, TrapKind};
 pub use instance::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, TrafficKeyState};
-pub use keyferry_guest as record_layer;
 pub use keyferry_guest::record::TrafficKeyMaterial;
 pub use keyferry_guest::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
 pub use keystore::{HostKeyStore, KeyServiceTraffic};

@@ -13,7 +13,7 @@ use crate::error::{Error, Result, SandboxError, TrapKind, WouldBlock};
 use crate::keystore::HostKeyStore;
 
 /// The epoch ticker's period: the granularity of [`ExecutionBound::Deadline`].
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How long one call into a guest may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

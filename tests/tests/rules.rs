@@ -2,8 +2,8 @@
 //! never a trap or a panic, and the instance stays usable where the rule
 //! says it should.
 
-use keyferry::record_layer::cipher::RecordCipher;
-use keyferry::record_layer::record::xor_nonce;
+use keyferry_guest::cipher::RecordCipher;
+use keyferry_guest::record::xor_nonce;
 use keyferry::{AeadAlgorithm, ContentType, Direction, Error, ProtocolVersion, TrafficKeyMaterial};
 use keyferry_guest::mac::MacKey;
 use keyferry_guest::{Alert, BlobError, Error as RecordError, MacAlgorithm, UnusableReason};
@@ -122,7 +122,7 @@ fn tampered_truncated_and_misaddressed_blobs_are_refused() {
 
 #[test]
 fn version_1_blobs_sealed_with_hpke_still_import_once_and_only_where_addressed() {
-    use keyferry::record_layer::blob;
+    use keyferry_guest::blob;
     let g = guest();
     let exchange = g.exchange_key().unwrap();
     let v1 =
