@@ -150,7 +150,7 @@ impl BlobAead for RingBlobAead {
 
 /// Makes ring's ChaCha20-Poly1305 this process's blob AEAD, before the
 /// first blob is sealed or opened (later calls change nothing).
-pub(crate) fn install_blob_aead() {
+pub fn install_blob_aead() {
     static RING: RingBlobAead = RingBlobAead;
     let _ = blob_aead::install(&RING);
 }

@@ -318,9 +318,9 @@ impl GuestInstance {
         self.sandbox.lock().map_or(true, |s| s.is_poisoned())
     }
 
-    /// The instance's store id: what host-resident keys are granted to.
-    #[cfg(test)]
-    pub(crate) fn store_id(&self) -> u64 {
+    /// The instance's store id, unique in this process: what host-resident
+    /// keys are granted to.
+    pub fn store_id(&self) -> u64 {
         self.id
     }
 

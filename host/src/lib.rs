@@ -11,21 +11,16 @@
 //! The layers, bottom up (each module imports only those below it):
 //! - [`error`], [`suites`], [`keystore`] (host-resident keys, and
 //!   `host_aead`, their AEAD), [`export`] (taking keys out of rustls);
-//! - [`store`] (what a guest store holds, and the one way to call in);
-//! - [`wasi_io`] (WASI streams and polls that never wait on the runtime);
+//! - `store` (what a guest store holds, and the one way to call in);
+//! - `wasi_io` (WASI streams and polls that never wait on the runtime);
 //! - [`engine`] (wasmtime engine, limits), [`component`] (compiled
 //!   components), [`instance`] (one guest instance and its key handles);
 //! - [`handshake`] (sans-IO rustls handshake and handoff), [`tls`]
 //!   (identities and configs), [`dataplane`] (the one connection driver);
-//! - [`ending`] (how a connection ended: the set the log, the metrics and
-//!   a worker's report share), [`metrics`] (the counters) and [`scrape`]
-//!   (their HTTP listener);
-//! - [`transport`] (byte-stream loops), [`server`] (`keyferry serve`'s
-//!   accept loop in one process);
-//! - the process split: [`channel`] (the protocol between the two sides),
-//!   [`worker`] (the unprivileged data-plane side), [`monitor`] (the
-//!   handshake process that holds the key and supervises workers), and
-//!   [`confine`] (what keeps the key from the workers without root).
+//!
+//! The server built on it (connection lifecycle, the process split,
+//! metrics, PROXY, tickets) is the `keyferry-server` crate beside this one;
+//! an embedder who brings its own event loop takes this crate alone.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
@@ -38,12 +33,9 @@
 )]
 #[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
 mod bindings;
-pub mod channel;
 pub mod component;
-pub mod confine;
 mod connection_exports;
 pub mod dataplane;
-pub mod ending;
 pub mod engine;
 pub mod error;
 pub mod export;
@@ -52,20 +44,11 @@ mod host_aead;
 pub mod instance;
 mod key_service;
 pub mod keystore;
-pub mod metrics;
-pub mod monitor;
-pub mod proxy;
-pub mod ready;
-pub mod scrape;
-pub mod server;
 mod store;
 pub mod suites;
-pub mod tickets;
 pub mod tls;
-pub mod transport;
 mod wasi_io;
 mod wit;
-pub mod worker;
 mod x509;
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
@@ -77,6 +60,7 @@ pub use component::{GuestComponent, REFERENCE_COMPONENT, REFERENCE_COMPONENT_HOS
 pub use dataplane::{DataPlane, Delivery};
 pub use engine::{GuestEngine, SandboxConfig};
 pub use error::{Error, Result, TrapKind};
+pub use host_aead::install_blob_aead;
 pub use instance::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, TrafficKeyState};
 pub use keyferry_guest::record::TrafficKeyMaterial;
 pub use keyferry_guest::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ConfigError, Result};
 use crate::export::SecretLog;
 use crate::suites;
-use crate::tickets::TicketKeys;
+use rustls::server::ProducesTickets;
 
 /// A certificate chain and its private key. No `Debug`, no `Clone`: it
 /// holds the long-term private key.
@@ -51,15 +51,32 @@ impl Identity {
         Ok(identity)
     }
 
-    /// A fresh self-signed ECDSA P-256 certificate for `names`.
-    pub fn self_signed(names: &[String]) -> Result<Self> {
+    /// A certificate chain (leaf first) and its private key, already
+    /// decoded: a certificate made at start, or read from elsewhere than a
+    /// PEM file. The key is checked to belong to the leaf.
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self> {
+        if chain.is_empty() {
+            return Err(ConfigError::NoCertificate {
+                path: "(given chain)".into(),
+            }
+            .into());
+        }
+        let identity = Self { chain, key };
+        identity.check_key_matches()?;
+        Ok(identity)
+    }
+
+    /// A self-signed certificate for the core's own tests (the server
+    /// crate makes them for real, `keyferry_server::certificate`).
+    #[cfg(test)]
+    pub(crate) fn self_signed(names: &[String]) -> Result<Self> {
         let ck = rcgen::generate_simple_self_signed(names.to_vec())
             .map_err(|e| ConfigError::SelfSigned(e.to_string()))?;
         let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-        Ok(Self {
-            chain: vec![ck.cert.der().clone()],
-            key,
-        })
+        Self::from_der(vec![ck.cert.der().clone()], key)
     }
 
     /// The leaf certificate's SHA-256 fingerprint, colon-separated hex, as
@@ -260,7 +277,7 @@ pub struct TlsOptions {
     client_roots: Option<Arc<RootCertStore>>,
     client_optional: bool,
     client_identity: Option<Arc<Identity>>,
-    ticket_keys: Option<Arc<TicketKeys>>,
+    ticket_keys: Option<Arc<dyn ProducesTickets>>,
 }
 
 impl Default for TlsOptions {
@@ -323,7 +340,7 @@ impl TlsOptions {
 
     /// Server side: issue stateless session tickets with these keys, so any
     /// server sharing them resumes the session.
-    pub fn with_ticket_keys(mut self, keys: Arc<TicketKeys>) -> Self {
+    pub fn with_ticket_keys(mut self, keys: Arc<dyn ProducesTickets>) -> Self {
         self.ticket_keys = Some(keys);
         self
     }

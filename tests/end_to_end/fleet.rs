@@ -49,8 +49,11 @@ fn a_proxy_v2_header_gives_the_log_the_client_address() {
     let mut sock = TcpStream::connect(server.addr()).unwrap();
     sock.set_read_timeout(Some(PATIENCE)).unwrap();
     let client = "203.0.113.9:4444".parse().unwrap();
-    sock.write_all(&keyferry::proxy::header(client, sock.peer_addr().unwrap()))
-        .unwrap();
+    sock.write_all(&keyferry_server::proxy::header(
+        client,
+        sock.peer_addr().unwrap(),
+    ))
+    .unwrap();
     let config = keyferry::tls::TlsOptions::default()
         .client_config(keyferry::tls::ServerVerification::DangerousNone)
         .unwrap();
@@ -74,15 +77,21 @@ fn proxy_headers_are_believed_only_from_the_balancers() {
     let elsewhere = Server::start(&["--echo", "--proxy-protocol", "--proxy-from", "127.0.0.2/32"]);
     let mut sock = TcpStream::connect(elsewhere.addr()).unwrap();
     let client = "203.0.113.9:4444".parse().unwrap();
-    sock.write_all(&keyferry::proxy::header(client, sock.peer_addr().unwrap()))
-        .unwrap();
+    sock.write_all(&keyferry_server::proxy::header(
+        client,
+        sock.peer_addr().unwrap(),
+    ))
+    .unwrap();
     elsewhere.stderr.wait_for("this peer is not one; closed");
     // The loopback network is: the header is believed.
     let trusted = Server::start(&["--echo", "--proxy-protocol", "--proxy-from", "127.0.0.0/8"]);
     let mut sock = TcpStream::connect(trusted.addr()).unwrap();
     sock.set_read_timeout(Some(PATIENCE)).unwrap();
-    sock.write_all(&keyferry::proxy::header(client, sock.peer_addr().unwrap()))
-        .unwrap();
+    sock.write_all(&keyferry_server::proxy::header(
+        client,
+        sock.peer_addr().unwrap(),
+    ))
+    .unwrap();
     let config = keyferry::tls::TlsOptions::default()
         .client_config(keyferry::tls::ServerVerification::DangerousNone)
         .unwrap();

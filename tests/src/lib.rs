@@ -335,7 +335,7 @@ pub mod handoff {
 
     use keyferry::dataplane::{DataPlane, Delivery};
     use keyferry::handshake::{Handoff, Handshake, Progress};
-    use keyferry::tls::{Identity, ServerVerification, TlsOptions};
+    use keyferry::tls::{ServerVerification, TlsOptions};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, Connection, ServerConfig};
 
@@ -351,7 +351,8 @@ pub mod handoff {
         let options = TlsOptions::default()
             .with_versions(&[suite.rustls_version()])
             .with_suites(&[suite.rustls]);
-        let identity = Identity::self_signed(&["localhost".into()]).expect("identity");
+        let identity =
+            keyferry_server::certificate::self_signed(&["localhost".into()]).expect("identity");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.chain()[0].clone()).expect("root");
         Configs {

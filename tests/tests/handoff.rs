@@ -315,10 +315,11 @@ fn a_tampered_record_ends_only_that_connection_with_bad_record_mac() {
 
 #[test]
 fn client_authentication_facts_reach_the_guest() {
-    use keyferry::tls::{Identity, ServerVerification, TlsOptions};
+    use keyferry::tls::{ServerVerification, TlsOptions};
     let options = TlsOptions::default();
-    let server_id = Identity::self_signed(&["localhost".into()]).unwrap();
-    let client_id = Identity::self_signed(&["client.keyferry.test".into()]).unwrap();
+    let server_id = keyferry_server::certificate::self_signed(&["localhost".into()]).unwrap();
+    let client_id =
+        keyferry_server::certificate::self_signed(&["client.keyferry.test".into()]).unwrap();
     let mut client_roots = rustls::RootCertStore::empty();
     client_roots.add(client_id.chain()[0].clone()).unwrap();
     let server = Arc::new(
@@ -414,7 +415,7 @@ fn blocking_transport_over_real_tcp() {
     });
     let mut sock = std::net::TcpStream::connect(addr).unwrap();
     let hs = Handshake::client(&c.client, ServerName::try_from("localhost").unwrap(), 5).unwrap();
-    let handoff = keyferry::transport::handshake(&mut sock, hs).unwrap();
+    let handoff = keyferry_server::transport::handshake(&mut sock, hs).unwrap();
     let (mut plane, first) = DataPlane::new(guest(), handoff).unwrap();
     sock.write_all(&first.to_send).unwrap();
     sock.write_all(&plane.send(b"blocking").unwrap()).unwrap();

@@ -2,10 +2,10 @@
 //! never a trap or a panic, and the instance stays usable where the rule
 //! says it should.
 
-use keyferry_guest::cipher::RecordCipher;
-use keyferry_guest::record::xor_nonce;
 use keyferry::{AeadAlgorithm, ContentType, Direction, Error, ProtocolVersion, TrafficKeyMaterial};
+use keyferry_guest::cipher::RecordCipher;
 use keyferry_guest::mac::MacKey;
+use keyferry_guest::record::xor_nonce;
 use keyferry_guest::{Alert, BlobError, Error as RecordError, MacAlgorithm, UnusableReason};
 use keyferry_tests::guest;
 

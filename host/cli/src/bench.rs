@@ -18,10 +18,10 @@ use anyhow::{Result, bail};
 use indicatif::ProgressBar;
 
 use crate::charts::{Panel, grouped_bars};
-use keyferry::ready::{BATCH, Retired, make_batch};
 use keyferry::suites::{self, Suite};
-use keyferry::tls::{Identity, ServerVerification, TlsOptions};
+use keyferry::tls::{ServerVerification, TlsOptions};
 use keyferry::{DataPlane, GuestComponent, GuestEngine, GuestInstance, SandboxConfig};
+use keyferry_server::ready::{BATCH, Retired, make_batch};
 
 /// How much to measure.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -227,7 +227,7 @@ pub struct HandoffLatency {
     /// memory slot).
     pub teardown_us: f64,
     /// Instantiation per instance in a batch, as `serve` makes its ready
-    /// instances (`keyferry::ready`): the batch's time over its size.
+    /// instances (`keyferry_server::ready`): the batch's time over its size.
     pub batched_instantiate_us: f64,
     /// Teardown per connection with stores dropped in a batch before the
     /// next one is made, as `serve` does: the connection's own drop (its
@@ -585,7 +585,7 @@ fn rustls_pair(suite: &Suite) -> Result<(Connection, Connection)> {
     let options = TlsOptions::default()
         .with_versions(&[suite.rustls_version()])
         .with_suites(&[suite.rustls]);
-    let identity = Identity::self_signed(&["localhost".into()])?;
+    let identity = keyferry_server::certificate::self_signed(&["localhost".into()])?;
     let server = Arc::new(options.server_config(&identity)?);
     let client = Arc::new(options.client_config(ServerVerification::DangerousNone)?);
     let mut c: Connection = ClientConnection::new(
@@ -673,7 +673,7 @@ fn measure_call_overhead(component: &GuestComponent) -> Result<f64> {
 /// times each handoff into a fresh application instance.
 pub fn measure_handoff(component: &GuestComponent, runs: usize) -> Result<HandoffLatency> {
     use keyferry::handshake::{Handshake, Progress};
-    let identity = Identity::self_signed(&["localhost".into()])?;
+    let identity = keyferry_server::certificate::self_signed(&["localhost".into()])?;
     let options = TlsOptions::default();
     let server = Arc::new(options.server_config(&identity)?);
     let client = Arc::new(options.client_config(ServerVerification::DangerousNone)?);

@@ -3,7 +3,7 @@
 //! error, and what decodes re-encodes to the same value.
 #![no_main]
 
-use keyferry::channel::{FromWorker, ToWorker};
+use keyferry_server::channel::{FromWorker, ToWorker};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -15,7 +15,7 @@ use rustls::{ClientConfig, ServerConfig};
 fn configs() -> &'static (Arc<ServerConfig>, Arc<ClientConfig>) {
     static CONFIGS: OnceLock<(Arc<ServerConfig>, Arc<ClientConfig>)> = OnceLock::new();
     CONFIGS.get_or_init(|| {
-        let identity = Identity::self_signed(&["fuzz.example".into()]).expect("a certificate");
+        let identity = keyferry_server::certificate::self_signed(&["fuzz.example".into()]).expect("a certificate");
         let options = TlsOptions::default().with_alpn(&[b"http/1.1"]);
         (
             Arc::new(options.server_config(&identity).expect("server config")),

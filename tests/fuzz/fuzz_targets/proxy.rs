@@ -5,7 +5,7 @@
 //! the same bytes: a network always contains its own address.
 #![no_main]
 
-use keyferry::proxy::{self, Proxied};
+use keyferry_server::proxy::{self, Proxied};
 use libfuzzer_sys::fuzz_target;
 
 fn runtime() -> &'static tokio::runtime::Runtime {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use keyferry::tls::TlsOptions;
-use keyferry::transport::Timeouts;
 use keyferry::{ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
 use keyferry_cli::apps;
+use keyferry_server::transport::Timeouts;
 
 #[derive(Args)]
 pub(crate) struct SandboxArgs {
@@ -168,5 +168,5 @@ impl PlaneArgs {
 pub(crate) fn pool_slots(max_connections: usize) -> u32 {
     u32::try_from(max_connections.max(1))
         .unwrap_or(u32::MAX)
-        .saturating_add(keyferry::ready::SPARE_SLOTS)
+        .saturating_add(keyferry_server::ready::SPARE_SLOTS)
 }

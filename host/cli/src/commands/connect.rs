@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use keyferry::handshake::Handshake;
 use keyferry::tls::{self, ServerVerification};
-use keyferry::transport::Timeouts;
 use keyferry::{DataPlane, GuestComponent, GuestEngine};
+use keyferry_server::transport::Timeouts;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
@@ -68,7 +68,7 @@ pub(crate) fn connect_command(args: ConnectArgs) -> anyhow::Result<()> {
         let hs = Handshake::client(&config, server_name, rand_id())?;
         let handoff = tokio::time::timeout(
             Timeouts::default().handshake,
-            keyferry::transport::handshake_async(&mut stream, hs),
+            keyferry_server::transport::handshake_async(&mut stream, hs),
         )
         .await
         .context("the handshake timed out")??;

@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use keyferry::GuestEngine;
-use keyferry::metrics::Metrics;
-use keyferry::monitor::{MonitorOptions, WorkerCommand};
-use keyferry::server::{Isolation, ServerOptions, SharedPool, serve};
 use keyferry::tls::{self, Identities, Identity};
+use keyferry_server::metrics::Metrics;
+use keyferry_server::monitor::{MonitorOptions, WorkerCommand};
+use keyferry_server::server::{Isolation, ServerOptions, SharedPool, serve};
 use tracing::{info, warn};
 
 use super::args::{PlaneArgs, TlsArgs, pool_slots};
@@ -70,7 +70,7 @@ pub(crate) struct ServeArgs {
     /// client that reaches the port from elsewhere is closed. Without it,
     /// any peer may claim any client address.
     #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
-    pub(crate) proxy_from: Vec<keyferry::proxy::Network>,
+    pub(crate) proxy_from: Vec<keyferry_server::proxy::Network>,
     /// Set SO_REUSEPORT, so several serve processes on one host share the
     /// port and the kernel spreads connections among them.
     #[arg(long)]
@@ -113,7 +113,7 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     // Before the key is read: from here on, no process of this uid (a
     // worker included) can read this one's memory, and no core file holds
     // the key.
-    keyferry::confine::protect_key_holder().context("making the key holder non-dumpable")?;
+    keyferry_server::confine::protect_key_holder().context("making the key holder non-dumpable")?;
     // The built-in responder speaks HTTP/1.1 only: do not let ALPN promise
     // a client anything else.
     if args.plane.guest.is_none()
@@ -148,7 +148,7 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .zip(args.key.iter().cloned())
         .collect();
     let identities = if files.is_empty() {
-        vec![Identity::self_signed(&[
+        vec![keyferry_server::certificate::self_signed(&[
             "localhost".to_string(),
             listen_host,
         ])?]
@@ -165,7 +165,9 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         };
     }
     let ticket_keys = match &args.ticket_keys {
-        Some(path) => Some(Arc::new(keyferry::tickets::TicketKeys::from_file(path)?)),
+        Some(path) => Some(Arc::new(keyferry_server::tickets::TicketKeys::from_file(
+            path,
+        )?)),
         None => None,
     };
     if let Some(keys) = &ticket_keys {
@@ -227,7 +229,7 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         log_key_protection(&args.user);
     }
     let proxy_protocol = args.proxy_protocol.then(|| {
-        let trusted = keyferry::proxy::TrustedSources::new(args.proxy_from.clone());
+        let trusted = keyferry_server::proxy::TrustedSources::new(args.proxy_from.clone());
         if trusted.is_any() {
             warn!("--proxy-protocol without --proxy-from: any peer may claim any client address");
         }
@@ -235,7 +237,7 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     });
     let metrics_address = match &args.metrics {
         Some(spec) => Some(
-            keyferry::scrape::metrics_address(spec)
+            keyferry_server::scrape::metrics_address(spec)
                 .with_context(|| format!("--metrics {spec}: expected PORT or ADDR:PORT"))?,
         ),
         None => None,
@@ -263,7 +265,7 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {address} for --metrics"))?;
             let address = scrape.local_addr()?;
             info!(%address, "metrics at http://{address}/metrics");
-            tokio::spawn(keyferry::scrape::serve_metrics(
+            tokio::spawn(keyferry_server::scrape::serve_metrics(
                 scrape,
                 metrics.clone(),
                 rx.clone(),
@@ -306,7 +308,7 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                     proxy_protocol: proxy_protocol.clone(),
                     metrics: metrics.clone(),
                 };
-                tokio::spawn(keyferry::monitor::serve(listener, options, rx)).await??
+                tokio::spawn(keyferry_server::monitor::serve(listener, options, rx)).await??
             }
         };
         info!(accepted = metrics.accepted_total(), "stopped");
@@ -318,10 +320,10 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
 /// (DESIGN section 6; the README's threat model has the table).
 pub(crate) fn log_key_protection(user: &str) {
     let root = rustix::process::geteuid().is_root();
-    let yama = keyferry::confine::yama_ptrace_scope();
-    let landlock = keyferry::confine::landlock_abi();
+    let yama = keyferry_server::confine::yama_ptrace_scope();
+    let landlock = keyferry_server::confine::landlock_abi();
     info!(
-        dumpable = keyferry::confine::is_dumpable(),
+        dumpable = keyferry_server::confine::is_dumpable(),
         workers_user = if root { user } else { "this uid" },
         yama_ptrace_scope = yama.map_or_else(|| "absent".to_string(), |s| s.to_string()),
         landlock_abi = landlock.map_or_else(|| "unavailable".to_string(), |v| v.to_string()),
@@ -365,7 +367,7 @@ pub(crate) fn load_identities(files: &[(PathBuf, PathBuf)]) -> keyferry::Result<
 pub(crate) struct Reload {
     pub(crate) identities: Arc<Identities>,
     pub(crate) files: Vec<(PathBuf, PathBuf)>,
-    pub(crate) ticket_keys: Option<(Arc<keyferry::tickets::TicketKeys>, PathBuf)>,
+    pub(crate) ticket_keys: Option<(Arc<keyferry_server::tickets::TicketKeys>, PathBuf)>,
 }
 
 impl Reload {
@@ -408,7 +410,10 @@ impl Reload {
     /// Reads every file this reload covers.
     pub(crate) fn load(
         &self,
-    ) -> keyferry::Result<(Option<Vec<Identity>>, Option<keyferry::tickets::TicketKeys>)> {
+    ) -> keyferry::Result<(
+        Option<Vec<Identity>>,
+        Option<keyferry_server::tickets::TicketKeys>,
+    )> {
         let identities = if self.files.is_empty() {
             None
         } else {
@@ -417,7 +422,7 @@ impl Reload {
         let tickets = self
             .ticket_keys
             .as_ref()
-            .map(|(_, path)| keyferry::tickets::TicketKeys::from_file(path))
+            .map(|(_, path)| keyferry_server::tickets::TicketKeys::from_file(path))
             .transpose()?;
         Ok((identities, tickets))
     }

@@ -36,8 +36,8 @@ pub(crate) struct WorkerArgs {
 /// serve what the handshake process hands over on standard input.
 pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     use std::os::fd::AsFd;
-    keyferry::worker::harden(args.uid.zip(args.gid))?;
-    keyferry::worker::limit_descriptors(args.max_connections)?;
+    keyferry_server::worker::harden(args.uid.zip(args.gid))?;
+    keyferry_server::worker::limit_descriptors(args.max_connections)?;
     let channel = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -46,8 +46,8 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     // (Landlock), and what an escaped guest would reach for is refused
     // (seccomp). Before the engine, whose compiler starts threads.
     let wasm = args.plane.guest_bytes()?;
-    let confinement =
-        keyferry::confine::confine_worker().map_err(keyferry::worker::WorkerError::from)?;
+    let confinement = keyferry_server::confine::confine_worker()
+        .map_err(keyferry_server::worker::WorkerError::from)?;
     info!(
         landlock = confinement.landlock.as_str(),
         seccomp = confinement.seccomp,
@@ -62,7 +62,7 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
             .with_pooling(pool_slots(args.max_connections)),
     )?;
     let component = args.plane.component_from(&engine, wasm.as_deref())?;
-    let options = keyferry::worker::WorkerOptions {
+    let options = keyferry_server::worker::WorkerOptions {
         component,
         timeouts: args.plane.timeouts(10),
         drain_timeout: Duration::from_secs(5),
@@ -94,7 +94,7 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         }
         // On the runtime's thread, with the sessions it spawns, rather than
         // on this one: a hand-over then wakes no other thread.
-        tokio::spawn(keyferry::worker::run(channel, options)).await
+        tokio::spawn(keyferry_server::worker::run(channel, options)).await
     })??;
     Ok(())
 }
@@ -104,14 +104,14 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
 /// confinement that should hold and does not is an error, not a warning.
 pub(crate) fn check_unreadable(
     files: &[PathBuf],
-    landlock: keyferry::confine::LandlockLevel,
+    landlock: keyferry_server::confine::LandlockLevel,
 ) -> anyhow::Result<()> {
     for file in files {
         match std::fs::File::open(file) {
             Err(e) => {
                 info!(file = %file.display(), error = %e, "worker cannot open the key holder's file")
             }
-            Ok(_) if landlock == keyferry::confine::LandlockLevel::Full => {
+            Ok(_) if landlock == keyferry_server::confine::LandlockLevel::Full => {
                 bail!(
                     "confinement did not hold: the worker opened {}",
                     file.display()

@@ -22,14 +22,14 @@ use keyferry_guest::blob::{ExchangeKeyPair, SessionReceiver};
 use keyferry_guest::record::TrafficKeyMaterial;
 
 use crate::channel::{Assignment, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker};
-use crate::component::GuestComponent;
-use crate::dataplane::DataPlane;
 use crate::ending::ConnectionOutcome;
-use crate::export::ConnectionKeys;
-use crate::handshake::Handoff;
-use crate::instance::{ExchangeKey, GuestInstance};
 use crate::ready::{BATCH, READY_INSTANCES, Retired, make_batch};
 use crate::transport::{SessionControl, Sessions, Timeouts, blocking, log_session, run_session};
+use keyferry::component::GuestComponent;
+use keyferry::dataplane::DataPlane;
+use keyferry::export::ConnectionKeys;
+use keyferry::handshake::Handoff;
+use keyferry::instance::{ExchangeKey, GuestInstance};
 
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub enum WorkerError {
     Confine(#[from] crate::confine::ConfineError),
     /// The sandbox could not make an instance.
     #[error(transparent)]
-    Guest(#[from] crate::Error),
+    Guest(#[from] keyferry::Error),
 }
 
 /// Takes the worker down to what it needs, first thing after `exec`,
@@ -137,7 +137,7 @@ pub fn limit_descriptors(max_connections: usize) -> Result<(), WorkerError> {
 
 /// Opens this process's `/proc/self/pagemap` for wasmtime's pooling
 /// allocator, which then resets a finished instance's memory by rewriting
-/// only the pages it dirtied ([`crate::engine`]). wasmtime opens the file
+/// only the pages it dirtied ([`keyferry::engine`]). wasmtime opens the file
 /// once per process, on first use; after a drop from root the process is
 /// no longer dumpable, its `/proc/self` files belong to root, and the open
 /// would fail, so it is done before the drop.
@@ -265,10 +265,10 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 if session.is_some() {
                     break Err(WorkerError::Session);
                 }
-                crate::host_aead::install_blob_aead();
+                keyferry::install_blob_aead();
                 match SessionReceiver::new(&keys, &encapsulated) {
                     Ok(s) => session = Some(s),
-                    Err(e) => break Err(crate::Error::from(e).into()),
+                    Err(e) => break Err(keyferry::Error::from(e).into()),
                 }
             }
             (Ok(ToWorker::Connection(mut assignment)), Some(socket)) => {
@@ -342,7 +342,7 @@ fn open_pair(receiver: &mut SessionReceiver, a: &mut Assignment) -> Opened {
 }
 
 /// A connection's two keys as its blobs opened, seal then open.
-type Opened = crate::Result<(TrafficKeyMaterial, TrafficKeyMaterial)>;
+type Opened = keyferry::Result<(TrafficKeyMaterial, TrafficKeyMaterial)>;
 
 async fn serve(
     (a, keys): (Assignment, Opened),
@@ -352,7 +352,7 @@ async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> ConnectionReport {
     let started = Instant::now();
-    let unserved = |e: Option<&crate::Error>| ConnectionReport {
+    let unserved = |e: Option<&keyferry::Error>| ConnectionReport {
         outcome: ConnectionOutcome::unserved(e),
         attach_us: None,
     };

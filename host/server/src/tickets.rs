@@ -15,7 +15,7 @@ use keyferry_guest::AeadAlgorithm;
 use keyferry_guest::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
 use rustls::server::ProducesTickets;
 
-use crate::error::{ConfigError, Result};
+use keyferry::error::{ConfigError, Result};
 
 /// Bytes per key in the file.
 pub const KEY_LEN: usize = 48;

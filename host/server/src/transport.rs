@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use keyferry_guest::connection::{Closed, Facts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::dataplane::{DataPlane, Delivery};
 use crate::ending::{Ending, SessionSummary};
-use crate::error::{HandshakeError, Result};
-use crate::handshake::{Handoff, Handshake, Progress};
+use keyferry::dataplane::{DataPlane, Delivery};
+use keyferry::error::{HandshakeError, Result};
+use keyferry::handshake::{Handoff, Handshake, Progress};
 
 /// How long a session may wait on its peer, in each state (nginx's
 /// `keepalive_timeout`, `client_header_timeout` and `send_timeout`).
@@ -217,7 +217,7 @@ static GUESTS_RUN_LONG: AtomicBool = AtomicBool::new(false);
 /// to another thread and back each time, and that hand-off cost more than
 /// the guest's work (about half of `serve`'s CPU under keep-alive load;
 /// 35-38k against 53-58k requests/s). A guest's WASI stdio never waits on
-/// the runtime ([`crate::wasi_io`]), so a plugin that prints is safe here.
+/// the runtime (keyferry's `wasi_io`), so a plugin that prints is safe here.
 /// But a call may use its whole deadline (a looping guest), and meanwhile
 /// the worker's other tasks wait. So the first call that runs past
 /// [`INLINE_CALL_LIMIT`] switches this process to `block_in_place` for

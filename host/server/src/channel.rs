@@ -29,8 +29,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::ending::{ConnectionOutcome, EndingKind};
-use crate::error::TrapKind;
-use crate::instance::ExchangeKey;
+use keyferry::error::TrapKind;
+use keyferry::instance::ExchangeKey;
 
 /// The largest frame either side sends: two blobs with what was buffered
 /// at handoff (bounded by the handshake's own buffer), and the facts.
@@ -312,7 +312,9 @@ impl ToWorker {
 
 // The wire codes of endings and traps, each written out: the protocol does
 // not change when a variant is added or the enums are reordered. A new
-// variant needs a new code here (the matches are exhaustive).
+// ending needs a new code here (the match is exhaustive); a trap kind the
+// core adds (its enum is non-exhaustive) travels as "other" until it gets
+// one.
 
 fn ending_code(ending: EndingKind) -> u8 {
     match ending {
@@ -359,6 +361,9 @@ fn trap_code(trap: Option<TrapKind>) -> u8 {
         Some(TrapKind::ResourceLimit) => 3,
         Some(TrapKind::Other) => 4,
         Some(TrapKind::WouldBlock) => 5,
+        // A kind the core adds later travels as "other" until it has a
+        // code of its own here.
+        Some(_) => 4,
     }
 }
 

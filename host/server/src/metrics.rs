@@ -22,7 +22,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ending::ConnectionOutcome;
-use crate::error::{Error, HandshakeError, TrapKind};
+use keyferry::error::{Error, HandshakeError, TrapKind};
 
 /// The content type of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -181,7 +181,7 @@ impl Metrics {
 
     pub(crate) fn handshake_completed(&self, facts: &Facts) {
         let version = facts.version.name();
-        let suite = crate::suites::ALL
+        let suite = keyferry::suites::ALL
             .iter()
             .find(|s| s.name() == facts.suite)
             .map_or("unknown", |s| s.name());
@@ -278,6 +278,8 @@ fn trap_label(kind: TrapKind) -> &'static str {
         TrapKind::ResourceLimit => "resource_limit",
         TrapKind::Other => "other",
         TrapKind::WouldBlock => "would_block",
+        // A kind the core adds later counts as "other" until it is named here.
+        _ => "other",
     }
 }
 

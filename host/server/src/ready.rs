@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::component::GuestComponent;
-use crate::error::Result;
-use crate::instance::GuestInstance;
+use keyferry::component::GuestComponent;
+use keyferry::error::Result;
+use keyferry::instance::GuestInstance;
 
 /// Instances kept ready for the next connections, in one process or in a
 /// worker. A refill starts when [`BATCH`] of them have been taken.
@@ -56,7 +56,7 @@ pub struct Retired {
 
 impl Retired {
     /// Takes `instance`, whose connection has ended (drop its
-    /// [`DataPlane`](crate::DataPlane) first: that wipes the connection's
+    /// [`DataPlane`](keyferry::DataPlane) first: that wipes the connection's
     /// keys in the guest). Inside a tokio runtime a sweeper task runs
     /// while any wait; outside one, they wait for the next
     /// [`drop_all`](Self::drop_all) or for `2 * BATCH` to gather.
@@ -260,7 +260,7 @@ impl ReadyInstances {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{GuestEngine, SandboxConfig};
+    use keyferry::engine::{GuestEngine, SandboxConfig};
 
     async fn until(what: impl Fn() -> bool) {
         for _ in 0..500 {

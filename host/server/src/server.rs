@@ -16,18 +16,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
-use crate::component::GuestComponent;
-use crate::dataplane::DataPlane;
 use crate::ending::ConnectionOutcome;
-use crate::error::{Error, HandshakeError, Result};
-use crate::handshake::{Handoff, Handshake};
-use crate::instance::GuestInstance;
 use crate::metrics::Metrics;
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
     SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async, log_session,
     new_connection_id, run_session,
 };
+use keyferry::component::GuestComponent;
+use keyferry::dataplane::DataPlane;
+use keyferry::error::{Error, HandshakeError, Result};
+use keyferry::handshake::{Handoff, Handshake};
+use keyferry::instance::GuestInstance;
 
 /// How long a client that arrives at the connection cap waits for an idle
 /// connection to make room before it is closed.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keyferry_guest::connection::Closed;
 
-use crate::error::{Error, TrapKind};
+use keyferry::error::{Error, TrapKind};
 
 /// How a served session ended, for the per-connection log line.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -36,11 +36,11 @@ use tracing::{debug, info, warn};
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
 use crate::ending::ConnectionOutcome;
 use crate::ending::EndingKind;
-use crate::error::Result;
-use crate::handshake::Handoff;
 use crate::metrics::Metrics;
 use crate::server::{ADMISSION_WAIT, accept, admit, client_address, server_handshake};
 use crate::transport::new_connection_id;
+use keyferry::error::Result;
+use keyferry::handshake::Handoff;
 
 /// How to start a worker: this binary, in its worker mode.
 #[derive(Clone, Debug)]
@@ -186,7 +186,7 @@ impl Worker {
                 }
                 state.greeted = true;
                 state.exchange = Some(exchange.id);
-                crate::host_aead::install_blob_aead();
+                keyferry::install_blob_aead();
                 let (sender, encapsulated) = SessionSender::new(&exchange.public_key)
                     .map_err(|_| "published a key that is not an X25519 public key")?;
                 return Ok(Some((sender, ToWorker::Session { encapsulated })));

@@ -1,0 +1,35 @@
+//! keyferry's server: what `keyferry serve` is made of, on the
+//! [`keyferry`] core.
+//!
+//! The core runs handshakes, exports keys, and drives a connection's data
+//! plane in a guest ([`keyferry::DataPlane`]); this crate serves
+//! connections with it. The layers, bottom up (each module imports only
+//! those below it):
+//! - [`ending`] (how a connection ended: the set the log, the metrics and
+//!   a worker's report share), [`metrics`] (the counters) and [`scrape`]
+//!   (their HTTP listener), [`proxy`] (the PROXY v2 header), [`tickets`]
+//!   (session-ticket keys a fleet shares), [`certificate`] (a self-signed
+//!   certificate for a server started without one);
+//! - [`ready`] (guest instances made and keyed ahead of their
+//!   connections), [`transport`] (byte-stream loops), [`server`] (the
+//!   accept loop in one process);
+//! - the process split: [`channel`] (the protocol between the two sides),
+//!   [`worker`] (the unprivileged data-plane side), [`monitor`] (the
+//!   handshake process that holds the key and supervises workers), and
+//!   [`confine`] (what keeps the key from the workers without root).
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, unused_qualifications)]
+
+pub mod certificate;
+pub mod channel;
+pub mod confine;
+pub mod ending;
+pub mod metrics;
+pub mod monitor;
+pub mod proxy;
+pub mod ready;
+pub mod scrape;
+pub mod server;
+pub mod tickets;
+pub mod transport;
+pub mod worker;
