@@ -43,6 +43,13 @@ impl SecretLog {
         Self::default()
     }
 
+    /// The server's first application traffic secret, once rustls has it,
+    /// left in the log for the export.
+    pub(crate) fn server_traffic_secret(&self) -> Option<Zeroizing<Vec<u8>>> {
+        let s = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        s.server.clone()
+    }
+
     /// The client's handshake traffic secret, once rustls has it.
     pub(crate) fn client_handshake_secret(&self) -> Option<Zeroizing<Vec<u8>>> {
         let s = self.secrets.lock().unwrap_or_else(|e| e.into_inner());

@@ -13,6 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use keyferry_guest::ContentType;
 use keyferry_guest::connection::{Facts, Role};
 use keyferry_guest::framing::{self, Frame, HEADER_LEN, MAX_PLAINTEXT};
 use keyferry_guest::record::{TrafficKey, TrafficKeyMaterial};
@@ -246,33 +247,38 @@ impl Handshake {
 
     /// A record of a content type TLS does not define must end the
     /// connection with `unexpected_message` (RFC 8446 section 5, RFC 5246
-    /// section 6); rustls answers one with `decode_error`. In the clear the
-    /// alert is ours, sent here; once our records are protected, rustls's
-    /// (protected) alert stands.
+    /// section 6); rustls answers one with `decode_error`. The alert is
+    /// ours, in the clear or protected as [`Self::protected_tls13_alert`]
+    /// says; where neither is possible, rustls's stands.
     fn refuse_unknown_type(&mut self) -> Option<Error> {
-        self.note_protection();
-        if self.protecting {
-            return None;
-        }
-        self.outgoing
-            .extend_from_slice(&alert_record(UNEXPECTED_MESSAGE));
+        let alert = self.our_alert(UNEXPECTED_MESSAGE)?;
+        self.outgoing.extend_from_slice(&alert);
         Some(HandshakeError::UnexpectedRecord.into())
     }
 
     /// rustls ends some handshakes without the alert the RFCs ask for: a
     /// record of another type between the fragments of a handshake message
     /// (RFC 8446 section 5.1), or a protected record with no content type.
-    /// While we still send in the clear, `unexpected_message` goes here;
-    /// after that only rustls could protect one (the README's conformance
-    /// list says so).
+    /// `unexpected_message` goes here, in the clear or protected; where
+    /// neither is possible, none does (the README's conformance list says
+    /// so).
     fn alert_rustls_left_out(&mut self, e: &Error) {
-        self.note_protection();
         let Error::Handshake(HandshakeError::Tls(rustls::Error::PeerMisbehaved(_))) = e else {
             return;
         };
-        if !self.protecting {
-            self.outgoing
-                .extend_from_slice(&alert_record(UNEXPECTED_MESSAGE));
+        if let Some(alert) = self.our_alert(UNEXPECTED_MESSAGE) {
+            self.outgoing.extend_from_slice(&alert);
+        }
+    }
+
+    /// A fatal alert we can send now: in the clear while we send in the
+    /// clear, protected as a TLS 1.3 server's after its flight, or none.
+    fn our_alert(&mut self, description: u8) -> Option<Vec<u8>> {
+        self.note_protection();
+        if self.protecting {
+            self.protected_tls13_alert(description)
+        } else {
+            Some(alert_record(description).to_vec())
         }
     }
 
@@ -280,20 +286,45 @@ impl Handshake {
     /// RFC 5246 section 6.2.1) with a fatal `record_overflow` alert, before
     /// rustls sees it: rustls takes headers up to 18431 bytes long and
     /// would wait for a body it must refuse. While we still send in the
-    /// clear, the alert is ours; once our records are protected only rustls
-    /// can protect one, so it is shown the header with its length at the
-    /// most a record field holds, which it refuses with its own (protected)
-    /// `decode_error` alert.
+    /// clear, the alert goes in the clear. A TLS 1.3 server that has sent
+    /// its flight protects it as rustls would: under its first application
+    /// traffic key (rustls switches to it with its Finished), at sequence
+    /// number 0 (its tickets come only after the client's Finished).
+    /// Otherwise (a resumed TLS 1.2 handshake, say) only rustls holds the
+    /// key, so it is shown the header with its length at the most a record
+    /// field holds, which it refuses with its own `decode_error` alert.
     fn refuse_oversize(&mut self) -> Result<Progress> {
-        self.note_protection();
-        if !self.protecting {
-            self.outgoing.extend_from_slice(&RECORD_OVERFLOW_ALERT);
+        if let Some(alert) = self.our_alert(RECORD_OVERFLOW) {
+            self.outgoing.extend_from_slice(&alert);
             return Err(HandshakeError::RecordOverflow.into());
         }
         let header = self.exposed;
         self.incoming[header + 3..header + HEADER_LEN].copy_from_slice(&[0xff, 0xff]);
         self.exposed += HEADER_LEN;
         Ok(Progress::NeedInput)
+    }
+
+    /// A fatal alert protected as a TLS 1.3 server's first record under its
+    /// application traffic key, if this is one that has sent its flight.
+    fn protected_tls13_alert(&self, description: u8) -> Option<Vec<u8>> {
+        let Unbuffered::Server(server) = &self.conn else {
+            return None;
+        };
+        if server.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return None;
+        }
+        let aead = server.negotiated_cipher_suite().and_then(tls13_aead)?;
+        let secret = self.log.server_traffic_secret()?;
+        let material = TrafficKeyMaterial::from_tls13_secret(
+            aead,
+            keyferry_guest::Direction::Seal,
+            &secret,
+            0,
+            self.connection_id,
+        )
+        .ok()?;
+        let mut key = TrafficKey::from_material(material, None).ok()?;
+        key.seal(ContentType::Alert, &[2, description], 0).ok()
     }
 
     /// Runs the handshake as far as the bytes fed so far allow. On error,

@@ -89,6 +89,50 @@ fn oversize_records_during_the_handshake_get_record_overflow() {
     assert!(log.contains("handshake failed"), "{log}");
 }
 
+/// Completes the server's side of a TLS 1.3 handshake (its flight, up to
+/// its Finished), sends `bytes` instead of the client's Finished, and
+/// returns what the client makes of the server's answer.
+fn answer_after_the_servers_flight(server: &Server, bytes: &[u8]) -> rustls::Error {
+    let config = keyferry::tls::TlsOptions::default()
+        .client_config(keyferry::tls::ServerVerification::DangerousNone)
+        .unwrap();
+    let mut client = rustls::ClientConnection::new(
+        Arc::new(config),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut sock = TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    client.write_tls(&mut sock).unwrap();
+    while client.is_handshaking() {
+        client.read_tls(&mut sock).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    sock.write_all(bytes).unwrap();
+    loop {
+        match client.read_tls(&mut sock) {
+            Ok(0) => panic!("closed without an alert"),
+            Ok(_) => {}
+            Err(e) => panic!("no alert: {e}"),
+        }
+        if let Err(e) = client.process_new_packets() {
+            return e;
+        }
+    }
+}
+
+/// After the server's flight its records are protected, and so are its
+/// alerts: the client must be able to open them.
+#[test]
+fn alerts_after_the_servers_flight_are_protected() {
+    use rustls::AlertDescription::{RecordOverflow, UnexpectedMessage};
+    let server = Server::start(&["--workers", "0", "--echo", "--tls13"]);
+    let overflow = answer_after_the_servers_flight(&server, &[23, 3, 3, 0x41, 0x01]);
+    assert_eq!(overflow, rustls::Error::AlertReceived(RecordOverflow));
+    let unknown = answer_after_the_servers_flight(&server, &[0, 3, 3, 0, 1, 0]);
+    assert_eq!(unknown, rustls::Error::AlertReceived(UnexpectedMessage));
+}
+
 #[test]
 fn unknown_record_types_and_interleaved_records_get_unexpected_message() {
     let server = Server::start(&["--workers", "0", "--echo"]);
