@@ -51,8 +51,10 @@ pub struct WorkerCommand {
     pub args: Vec<OsString>,
 }
 
-/// Everything the handshake process needs.
+/// Everything the handshake process needs: [`MonitorOptions::new`] with
+/// the TLS config and how to start a worker, then `with_*` steps.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct MonitorOptions {
     /// TLS settings (identity, versions, suites, ALPN).
     pub tls: Arc<ServerConfig>,
@@ -72,6 +74,61 @@ pub struct MonitorOptions {
     /// Where connections, handshakes and endings are counted, the
     /// workers' included (they report each connection's end).
     pub metrics: Arc<Metrics>,
+}
+
+impl MonitorOptions {
+    /// Hands connections made with `tls` to workers started by `command`:
+    /// one worker, at most 512 connections, a 10 s handshake timeout, no
+    /// PROXY header, 5 s to drain, and fresh metrics.
+    pub fn new(tls: Arc<ServerConfig>, command: WorkerCommand) -> Self {
+        Self {
+            tls,
+            workers: 1,
+            command,
+            max_connections: 512,
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            proxy_protocol: None,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// How many workers to keep running (at least one).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Most connections open at once across all workers (at least one).
+    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections.max(1);
+        self
+    }
+
+    /// How long a client may take to finish its handshake.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long workers may take to close their sessions at shutdown.
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Expect a PROXY v2 header on every connection, believed only from
+    /// `trusted`.
+    pub fn with_proxy_protocol(mut self, trusted: Arc<crate::proxy::TrustedSources>) -> Self {
+        self.proxy_protocol = Some(trusted);
+        self
+    }
+
+    /// Where connections are counted, the workers' reports included.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
 }
 
 /// One running worker, as the handshake process sees it.

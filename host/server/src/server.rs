@@ -83,8 +83,11 @@ async fn refuse(stream: &mut TcpStream, peer: SocketAddr, metrics: &Metrics, e: 
     crate::transport::send_internal_error(stream).await;
 }
 
-/// Everything a server needs.
+/// Everything a server needs: [`ServerOptions::new`] with the TLS config
+/// and the application, then `with_*` steps for the rest. Fields are read
+/// freely; new ones come with defaults, so adding one breaks no caller.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerOptions {
     /// TLS settings (identity, versions, suites, ALPN).
     pub tls: Arc<ServerConfig>,
@@ -107,6 +110,61 @@ pub struct ServerOptions {
     /// Where connections, handshakes and endings are counted (see
     /// [`crate::scrape::serve_metrics`] to publish them).
     pub metrics: Arc<Metrics>,
+}
+
+impl ServerOptions {
+    /// Serves `component` with `tls`: an instance per connection, at most
+    /// 512 connections, nginx's timeouts ([`Timeouts::default`]), no PROXY
+    /// header, 5 s to drain, and fresh metrics.
+    pub fn new(tls: Arc<ServerConfig>, component: GuestComponent) -> Self {
+        Self {
+            tls,
+            component,
+            isolation: Isolation::PerConnection,
+            max_connections: 512,
+            timeouts: Timeouts::default(),
+            proxy_protocol: None,
+            drain_timeout: Duration::from_secs(5),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// How connections share guest instances.
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Most connections served at once (at least one).
+    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections.max(1);
+        self
+    }
+
+    /// Handshake, keep-alive, request and write timeouts.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Expect a PROXY v2 header on every connection, believed only from
+    /// `trusted`.
+    pub fn with_proxy_protocol(mut self, trusted: Arc<crate::proxy::TrustedSources>) -> Self {
+        self.proxy_protocol = Some(trusted);
+        self
+    }
+
+    /// How long to wait for sessions to finish after shutdown starts.
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Where connections are counted (share it with a metrics listener).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
 }
 
 /// Serves until `shutdown` becomes true, then sends close_notify on open

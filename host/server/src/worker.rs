@@ -186,7 +186,9 @@ fn close_raw(fd: i32) {
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
 }
 
-/// What a worker serves connections with.
+/// What a worker serves connections with: [`WorkerOptions::new`], then
+/// `with_*` steps.
+#[non_exhaustive]
 pub struct WorkerOptions {
     /// The application component.
     pub component: GuestComponent,
@@ -194,6 +196,29 @@ pub struct WorkerOptions {
     pub timeouts: Timeouts,
     /// How long to wait for sessions after shutdown before leaving.
     pub drain_timeout: Duration,
+}
+
+impl WorkerOptions {
+    /// Serves connections with `component`: nginx's timeouts, 5 s to drain.
+    pub fn new(component: GuestComponent) -> Self {
+        Self {
+            component,
+            timeouts: Timeouts::default(),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Keep-alive, request and write timeouts.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// How long to wait for sessions after shutdown before leaving.
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
 }
 
 /// Serves connections from the handshake process on `channel` until it

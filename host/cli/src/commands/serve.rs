@@ -279,35 +279,33 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         });
         match in_process {
             Some(component) => {
-                let options = ServerOptions {
-                    tls,
-                    component,
-                    max_connections: args.max_connections,
-                    timeouts,
-                    proxy_protocol: proxy_protocol.clone(),
-                    isolation: match args.shared_instances {
+                let mut options = ServerOptions::new(tls, component)
+                    .with_max_connections(args.max_connections)
+                    .with_timeouts(timeouts)
+                    .with_isolation(match args.shared_instances {
                         Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
                         None => Isolation::PerConnection,
-                    },
-                    drain_timeout: Duration::from_secs(5),
-                    metrics: metrics.clone(),
-                };
+                    })
+                    .with_drain_timeout(Duration::from_secs(5))
+                    .with_metrics(metrics.clone());
+                if let Some(trusted) = &proxy_protocol {
+                    options = options.with_proxy_protocol(trusted.clone());
+                }
                 // As a task on the runtime's threads, not on this one:
                 // what the accept loop spawns then starts on the same
                 // thread without waking another.
                 tokio::spawn(serve(listener, options, rx)).await??
             }
             None => {
-                let options = MonitorOptions {
-                    tls,
-                    workers,
-                    command: worker_command,
-                    max_connections: args.max_connections,
-                    handshake_timeout: timeouts.handshake,
-                    drain_timeout: Duration::from_secs(5),
-                    proxy_protocol: proxy_protocol.clone(),
-                    metrics: metrics.clone(),
-                };
+                let mut options = MonitorOptions::new(tls, worker_command)
+                    .with_workers(workers)
+                    .with_max_connections(args.max_connections)
+                    .with_handshake_timeout(timeouts.handshake)
+                    .with_drain_timeout(Duration::from_secs(5))
+                    .with_metrics(metrics.clone());
+                if let Some(trusted) = &proxy_protocol {
+                    options = options.with_proxy_protocol(trusted.clone());
+                }
                 tokio::spawn(keyferry_server::monitor::serve(listener, options, rx)).await??
             }
         };

@@ -62,11 +62,9 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
             .with_pooling(pool_slots(args.max_connections)),
     )?;
     let component = args.plane.component_from(&engine, wasm.as_deref())?;
-    let options = keyferry_server::worker::WorkerOptions {
-        component,
-        timeouts: args.plane.timeouts(10),
-        drain_timeout: Duration::from_secs(5),
-    };
+    let options = keyferry_server::worker::WorkerOptions::new(component)
+        .with_timeouts(args.plane.timeouts(10))
+        .with_drain_timeout(Duration::from_secs(5));
     // One runtime thread: there is a worker process per core already, so
     // more threads would only hand connections' wakeups from one to
     // another. Multi-threaded all the same, so a guest call that computes
