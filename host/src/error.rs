@@ -108,13 +108,13 @@ pub enum TrapKind {
     Other,
     /// The guest tried to wait (a sleep, a poll, a stream that is not
     /// ready) on a thread that serves other connections
-    /// ([`crate::wasi_io`]).
+    /// (the crate's `wasi_io`).
     #[error("would block: a data-plane guest may not wait on a clock or a stream")]
     WouldBlock,
 }
 
 /// Why a guest trapped in a WASI stream or poll: what it would have
-/// waited in ([`crate::wasi_io`]). It classifies as
+/// waited in (the crate's `wasi_io`). It classifies as
 /// [`TrapKind::WouldBlock`].
 #[derive(Debug, thiserror::Error)]
 #[error("the guest would wait in {0}; a data-plane guest may not block its thread")]

@@ -14,7 +14,7 @@
 //! when the key is exported anywhere else, so an instance that gave a key
 //! away can no longer seal with it or move it on. Wasm has no AES
 //! instructions; the host has, so this is also the fast path for AES-GCM
-//! ([`crate::host_aead`]: ring's AEAD, wiped on drop).
+//! (`host_aead`: ring's AEAD, wiped on drop).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -18,6 +18,14 @@
 //! - [`handshake`] (sans-IO rustls handshake and handoff), [`tls`]
 //!   (identities and configs), [`dataplane`] (the one connection driver);
 //!
+//! Embedding, in short: make a [`GuestEngine`] and a [`GuestComponent`],
+//! run a [`handshake::Handshake`] over your transport (it is sans-IO:
+//! `feed`, `advance`, `take_outgoing`), then hand the finished handshake to
+//! a fresh instance with [`DataPlane::new`] and move ciphertext with
+//! [`DataPlane::receive`] and [`DataPlane::send`]. `examples/embed.rs` is
+//! a whole server connection over a `std::net::TcpStream` (`cargo run -p
+//! keyferry --example embed`), and the README's library section a tour.
+//!
 //! The server built on it (connection lifecycle, the process split,
 //! metrics, PROXY, tickets) is the `keyferry-server` crate beside this one;
 //! an embedder who brings its own event loop takes this crate alone.

@@ -22,7 +22,7 @@ pub enum ExecutionBound {
     /// Deterministic, at some cost in speed.
     Fuel(u64),
     /// Each call must return within this wall-clock time (epoch
-    /// interruption, checked every [`EPOCH_TICK`]). Cheap.
+    /// interruption, checked every 10 ms). Cheap.
     Deadline(Duration),
 }
 

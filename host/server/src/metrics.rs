@@ -6,7 +6,7 @@
 //! connection's end in a frame ([`crate::channel::FromWorker::Done`]), so
 //! one scrape sees every connection and no worker needs a listener.
 //!
-//! The text is encoded by `prometheus-client`; [`serve_metrics`] only puts
+//! The text is encoded by `prometheus-client`; [`crate::scrape::serve_metrics`] only puts
 //! it on a plain-HTTP listener of its own, loopback unless the operator
 //! says otherwise. Nothing here is derived from key material or plaintext:
 //! counts, sizes, times and names that are already in the log line.

@@ -145,8 +145,8 @@ pub fn handshake<S: Read + Write>(stream: &mut S, mut hs: Handshake) -> Result<H
 }
 
 /// Runs a handshake to completion over a tokio stream. The read buffer
-/// starts at [`IDLE_READ`], which holds a typical client flight, and grows
-/// to [`READ_CHUNK`] once a read fills it (a large ClientHello or a client
+/// starts at `IDLE_READ` (a few KiB), which holds a typical client flight, and grows
+/// to `READ_CHUNK` (a whole record) once a read fills it (a large ClientHello or a client
 /// certificate chain): zeroing a whole record's buffer for every handshake
 /// showed in the profile of new connections.
 pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(
