@@ -20,12 +20,12 @@ use crate::ending::ConnectionOutcome;
 use crate::metrics::Metrics;
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
-    SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async, log_session,
-    new_connection_id, run_session,
+    SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async, new_connection_id,
+    refuse_unattached, serve_attached,
 };
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
-use keyferry::error::{Error, HandshakeError, Result};
+use keyferry::error::{HandshakeError, Result};
 use keyferry::handshake::{Handoff, Handshake};
 use keyferry::instance::GuestInstance;
 
@@ -75,12 +75,6 @@ impl SharedPool {
             }
         }
     }
-}
-
-async fn refuse(stream: &mut TcpStream, peer: SocketAddr, metrics: &Metrics, e: Error) {
-    metrics.connection_unserved(&ConnectionOutcome::unserved(Some(&e)));
-    warn!(%peer, error = %e, "guest could not take the connection");
-    crate::transport::send_internal_error(stream).await;
 }
 
 /// Everything a server needs: [`ServerOptions::new`] with the TLS config
@@ -299,7 +293,6 @@ async fn session(
         return;
     };
     let handoff_done = Instant::now();
-    let facts = handoff.facts.clone();
     // Bytes the peer sent with its last handshake flight (data in the same
     // write as its Finished) count as received after the handshake.
     let read_with_handshake = (handoff.keys.open.buffered_ciphertext.len()
@@ -311,9 +304,13 @@ async fn session(
         };
         DataPlane::new(guest, handoff)
     });
-    let (mut plane, first) = match attached {
+    let peer = peer.to_string();
+    let (plane, first) = match attached {
         Ok(a) => a,
-        Err(e) => return refuse(stream, peer, metrics, e).await,
+        Err(e) => {
+            metrics.connection_unserved(&ConnectionOutcome::unserved(Some(&e)));
+            return refuse_unattached(stream, &peer, &e).await;
+        }
     };
     let ready = handoff_done.elapsed();
     metrics.connection_opened();
@@ -324,25 +321,22 @@ async fn session(
         epoch,
         timeouts: options.timeouts,
     };
-    let mut summary = run_session(stream, &mut plane, first, control).await;
-    summary.bytes_in += read_with_handshake;
-    // Dropping the plane wipes the connection's keys in the guest; its own
-    // instance is then dropped with the next batch (`crate::ready`).
-    let guest = plane.guest().clone();
-    let resumed = plane.resumed();
-    drop(plane);
+    let timing = (ready, started);
+    let (summary, guest) = serve_attached(
+        stream,
+        plane,
+        first,
+        control,
+        &peer,
+        read_with_handshake,
+        timing,
+    )
+    .await;
+    // Its own instance is dropped with the next batch (`crate::ready`).
     if matches!(options.isolation, Isolation::PerConnection) {
         instances.retire(guest);
     }
     metrics.connection_ended(&ConnectionOutcome::from(&summary));
-    log_session(
-        &peer.to_string(),
-        &facts,
-        &summary,
-        resumed,
-        ready,
-        started.elapsed(),
-    );
 }
 
 /// The client's address: the TCP peer, or what the PROXY v2 header in front

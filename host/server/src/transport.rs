@@ -186,6 +186,44 @@ pub const PLAINTEXT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 /// it full.
 const ALERT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A connection no guest could take, the same in one process and in a
+/// worker: logged, and told with [`PLAINTEXT_INTERNAL_ERROR`].
+pub(crate) async fn refuse_unattached<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    peer: &str,
+    error: &keyferry::Error,
+) {
+    tracing::warn!(peer, error = %error, "guest could not take the connection");
+    send_internal_error(stream).await;
+}
+
+/// The rest of a connection attached to its guest, the same in one
+/// process and in a worker: the session runs to its end, the plane is
+/// dropped (which wipes the connection's keys in the guest), and the
+/// connection's one log line is written. `read_with_handshake` counts the
+/// bytes the client sent with its last handshake flight; `ready` is how
+/// long the guest took to be ready after the handshake, and `started` when
+/// the connection began. Returns the summary, and the guest instance for
+/// its owner to retire or keep.
+pub(crate) async fn serve_attached<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut plane: DataPlane,
+    first: Delivery,
+    control: SessionControl,
+    peer: &str,
+    read_with_handshake: u64,
+    (ready, started): (Duration, Instant),
+) -> (SessionSummary, keyferry::GuestInstance) {
+    let facts = plane.facts().clone();
+    let mut summary = run_session(stream, &mut plane, first, control).await;
+    summary.bytes_in += read_with_handshake;
+    let guest = plane.guest().clone();
+    let resumed = plane.resumed();
+    drop(plane);
+    log_session(peer, &facts, &summary, resumed, ready, started.elapsed());
+    (summary, guest)
+}
+
 /// Sends [`PLAINTEXT_INTERNAL_ERROR`], waiting at most a second: the
 /// connection is over either way, and its task must not stay behind for a
 /// peer that stopped reading.
@@ -433,7 +471,7 @@ pub(crate) fn new_connection_id() -> u64 {
 }
 
 /// Writes the per-connection log line.
-pub(crate) fn log_session(
+fn log_session(
     peer: &str,
     facts: &Facts,
     summary: &SessionSummary,

@@ -24,7 +24,7 @@ use keyferry_guest::record::TrafficKeyMaterial;
 use crate::channel::{Assignment, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker};
 use crate::ending::ConnectionOutcome;
 use crate::ready::{BATCH, READY_INSTANCES, Retired, make_batch};
-use crate::transport::{SessionControl, Sessions, Timeouts, blocking, log_session, run_session};
+use crate::transport::{SessionControl, Sessions, Timeouts, blocking, serve_attached};
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
 use keyferry::export::ConnectionKeys;
@@ -392,7 +392,6 @@ async fn serve(
             return unserved(None);
         }
     };
-    let facts = a.facts.clone();
     // Wrapped again for the instance it goes to (blob format 2); the
     // material is wiped when the handoff drops.
     let attached = keys.and_then(|(seal, open)| {
@@ -409,11 +408,10 @@ async fn serve(
         };
         blocking(|| DataPlane::new(guest, handoff))
     });
-    let (mut plane, first) = match attached {
+    let (plane, first) = match attached {
         Ok(p) => p,
         Err(e) => {
-            warn!(peer = %a.peer, error = %e, "guest could not take the connection");
-            crate::transport::send_internal_error(&mut stream).await;
+            crate::transport::refuse_unattached(&mut stream, &a.peer, &e).await;
             return unserved(Some(&e));
         }
     };
@@ -425,16 +423,19 @@ async fn serve(
         epoch: shared.epoch,
         timeouts: shared.timeouts,
     };
-    let mut summary = run_session(&mut stream, &mut plane, first, control).await;
-    summary.bytes_in += a.read_with_handshake;
+    let (summary, guest) = serve_attached(
+        &mut stream,
+        plane,
+        first,
+        control,
+        &a.peer,
+        a.read_with_handshake,
+        (ready, started),
+    )
+    .await;
     shared.sessions.remove(a.connection_id);
-    // Dropping the plane wipes the connection's keys in the guest; its
-    // instance is then dropped with the next batch.
-    let guest = plane.guest().clone();
-    let resumed = plane.resumed();
-    drop(plane);
+    // Its instance is dropped with the next batch.
     shared.retired.retire(guest);
-    log_session(&a.peer, &facts, &summary, resumed, ready, started.elapsed());
     ConnectionReport {
         outcome: ConnectionOutcome::from(&summary),
         attach_us: Some(u64::try_from(ready.as_micros()).unwrap_or(u64::MAX - 1)),
