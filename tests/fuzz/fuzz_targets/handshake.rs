@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use keyferry::handshake::{Handshake, Progress};
-use keyferry::tls::{Identity, ServerVerification, TlsOptions};
+use keyferry::tls::{ServerVerification, TlsOptions};
 use libfuzzer_sys::fuzz_target;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
