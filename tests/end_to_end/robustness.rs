@@ -189,6 +189,47 @@ fn ctrl_c_sends_close_notify_and_exits() {
     assert!(server.stderr.text().contains("server shutdown"));
 }
 
+/// systemd, `docker stop` and Kubernetes stop a service with SIGTERM: it
+/// drains as Ctrl-C does, in every worker, and exits 0 with its workers.
+#[test]
+fn sigterm_closes_every_connection_with_close_notify_and_exits() {
+    let mut server = Server::start(&["--echo", "--workers", "1"]);
+    let mut c = rustls_client(&server.addr());
+    write_all(&mut c, b"idle soon");
+    assert_eq!(read_exact(&mut c, 9), b"idle soon");
+    let workers = keyferry_tests::process::children(server.child.id());
+    assert!(!workers.is_empty(), "a worker runs");
+    let status = server.signal("TERM");
+    assert!(
+        status.success(),
+        "serve exits cleanly on SIGTERM: {status:?}"
+    );
+    let mut rest = Vec::new();
+    let n = c
+        .read_to_end(&mut rest)
+        .expect("a clean close_notify from the worker, not a reset");
+    assert_eq!(n, 0);
+    let log = server.stderr.text();
+    assert!(log.contains("signal=\"SIGTERM\""), "{log}");
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "worker {pid} outlived serve"
+        );
+    }
+}
+
+/// `--fuel` reaches the workers as their only execution bound (they were
+/// given `--deadline-ms` too, which they refuse, and never started).
+#[test]
+fn fuel_bounds_guests_in_workers() {
+    let server = Server::start(&["--echo", "--workers", "1", "--fuel", "100000000"]);
+    server.stderr.wait_for("worker ready");
+    echo_works(&server, b"fuelled");
+}
+
 #[test]
 fn a_plugin_built_on_the_guest_library_serves_connections() {
     let server = Server::start(&["--guest", keyferry_tests::plugins::UPPERCASE]);

@@ -170,8 +170,13 @@ impl Server {
 
     /// Ctrl-C, then the exit status.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        self.signal("INT")
+    }
+
+    /// Sends `signal` (`INT`, `TERM`, ...), then waits for the exit status.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
         let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status();
         let start = Instant::now();
         loop {
@@ -180,7 +185,7 @@ impl Server {
             }
             assert!(
                 start.elapsed() < PATIENCE,
-                "serve did not stop after Ctrl-C"
+                "serve did not stop after SIG{signal}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -16,11 +16,14 @@ pub(crate) struct SandboxArgs {
     /// Linear memory cap per guest instance, in MiB.
     #[arg(long, default_value_t = 64)]
     pub(crate) memory_mib: usize,
-    /// Wall-clock bound on each call into a guest, in milliseconds.
-    #[arg(long, default_value_t = 1000, conflicts_with = "fuel")]
+    /// Wall-clock bound on each call into a guest, in milliseconds (at
+    /// least 1).
+    #[arg(long, default_value_t = 1000, conflicts_with = "fuel",
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) deadline_ms: u64,
-    /// Fuel (about one unit per wasm instruction) per call, instead of a deadline.
-    #[arg(long)]
+    /// Fuel (about one unit per wasm instruction) per call, instead of a
+    /// deadline (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) fuel: Option<u64>,
 }
 
@@ -152,12 +155,16 @@ impl PlaneArgs {
             ("--request-timeout", self.request_timeout),
             ("--write-timeout", self.write_timeout),
             ("--memory-mib", self.sandbox.memory_mib as u64),
-            ("--deadline-ms", self.sandbox.deadline_ms),
         ] {
             args.extend([flag.into(), value.to_string().into()]);
         }
-        if let Some(fuel) = self.sandbox.fuel {
-            args.extend(["--fuel".into(), fuel.to_string().into()]);
+        // One execution bound or the other: the worker refuses both.
+        match self.sandbox.fuel {
+            Some(fuel) => args.extend(["--fuel".into(), fuel.to_string().into()]),
+            None => args.extend([
+                "--deadline-ms".into(),
+                self.sandbox.deadline_ms.to_string().into(),
+            ]),
         }
         args
     }

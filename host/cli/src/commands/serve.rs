@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use clap::builder::TypedValueParser as _;
 use keyferry::GuestEngine;
 use keyferry::tls::{self, Identities, Identity};
 use keyferry_server::metrics::Metrics;
@@ -85,8 +86,9 @@ pub(crate) struct ServeArgs {
     pub(crate) worker_program: Option<PathBuf>,
     /// Most connections served at once. At the cap the longest-idle
     /// keep-alive connection is closed to admit a new client; a client that
-    /// still cannot be admitted within 2 s is closed.
-    #[arg(long, default_value_t = 512)]
+    /// still cannot be admitted within 2 s is closed. At least 1.
+    #[arg(long, default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     pub(crate) max_connections: usize,
     /// Seconds a client may take to finish its handshake.
     #[arg(long, default_value_t = 10)]
@@ -183,9 +185,12 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         (Some(n), None) => n,
         (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         // Shared instances live in one process.
-        (None | Some(0), Some(_)) => 0,
-        (Some(_), Some(_)) => {
-            bail!("--shared-instances shares instances within one process: use it with --workers 0")
+        (Some(0), Some(_)) => 0,
+        (_, Some(_)) => {
+            bail!(
+                "--shared-instances shares instances within one process, beside the key: \
+                 say so with --workers 0"
+            )
         }
     };
     let application = args.plane.application();
@@ -271,9 +276,19 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 rx.clone(),
             ));
         }
+        // SIGINT (Ctrl-C) and SIGTERM (systemd, docker stop, Kubernetes)
+        // both stop accepting and close what is open with close_notify.
+        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                info!("Ctrl-C: no longer accepting connections");
+            let signal = match terminate {
+                Ok(mut terminate) => tokio::select! {
+                    r = tokio::signal::ctrl_c() => r.ok().map(|()| "SIGINT"),
+                    r = terminate.recv() => r.map(|()| "SIGTERM"),
+                },
+                Err(_) => tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT"),
+            };
+            if let Some(signal) = signal {
+                info!(signal, "no longer accepting connections");
                 let _ = tx.send(true);
             }
         });
