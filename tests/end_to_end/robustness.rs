@@ -243,6 +243,8 @@ fn shared_instances_serve_many_connections_and_recover_from_a_trap() {
     let server = Server::start(&[
         "--guest",
         keyferry_tests::plugins::MISBEHAVING,
+        "--workers",
+        "0",
         "--shared-instances",
         "1",
     ]);
