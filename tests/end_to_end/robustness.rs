@@ -230,6 +230,68 @@ fn fuel_bounds_guests_in_workers() {
     echo_works(&server, b"fuelled");
 }
 
+/// A guest that cannot run fails the start, with the reason, whether the
+/// data plane runs in workers (the default) or in this process; nothing
+/// prints "serving" and restarts workers forever.
+#[test]
+fn a_guest_that_cannot_run_fails_the_start() {
+    let dir = keyferry_tests::process::temp_dir("bad-guests");
+    let not_wasm = dir.join("not.wasm");
+    std::fs::write(&not_wasm, b"-----BEGIN CERTIFICATE-----").unwrap();
+    let missing = dir.join("missing.wasm");
+    for (guest, reason) in [
+        (&not_wasm, "magic header not detected"),
+        (&missing, "No such file or directory"),
+    ] {
+        for workers in ["2", "0"] {
+            let out = std::process::Command::new(keyferry_tests::process::keyferry())
+                .args(["serve", "--listen", "127.0.0.1:0", "--workers", workers])
+                .arg("--guest")
+                .arg(guest)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "--workers {workers}: {stderr}");
+            assert!(stderr.contains(reason), "--workers {workers}: {stderr}");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("serving"),
+                "it never says it serves"
+            );
+        }
+    }
+}
+
+/// Workers that die as soon as they start are restarted a bounded number
+/// of times; then serve stops with an error, as a supervisor should see.
+#[test]
+fn a_worker_crash_loop_stops_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = keyferry_tests::process::temp_dir("crash-loop");
+    let script = dir.join("dies.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut server = Server::start(&[
+        "--echo",
+        "--workers",
+        "1",
+        "--worker-program",
+        script.to_str().unwrap(),
+    ]);
+    let log = server.stderr.wait_for("workers crash in a loop; giving up");
+    assert!(log.contains("worker ended; starting another"), "{log}");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < PATIENCE, "serve did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a crash loop is a failure: {status:?}");
+    server.stderr.wait_for("failed 10 times in a row");
+}
+
 #[test]
 fn a_plugin_built_on_the_guest_library_serves_connections() {
     let server = Server::start(&["--guest", keyferry_tests::plugins::UPPERCASE]);

@@ -149,6 +149,13 @@ struct Worker {
 /// How long handing a connection to a worker may take before the worker
 /// is taken for stuck.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Workers in a row that die within [`QUICK_FAILURE`] of starting before
+/// the handshake process gives up and stops: a crash loop serves nobody,
+/// and a supervisor (systemd, Kubernetes) should see the failure.
+const MAX_QUICK_FAILURES: u32 = 10;
+/// A worker that dies sooner than this after starting failed quickly.
+const QUICK_FAILURE: Duration = Duration::from_secs(2);
+
 /// How long any other frame to a worker (its session, a shed request,
 /// shutdown) may wait for room in the channel before the worker is cut
 /// off: a worker that stops reading is never waited for.
@@ -294,6 +301,10 @@ struct Pool {
     metrics: Arc<Metrics>,
     /// How long a worker told to shut down may take to exit.
     drain_timeout: Duration,
+    /// Why the handshake process gave up on its workers, if it did.
+    gave_up: Mutex<Option<String>>,
+    /// Tells the accept loop to stop when a supervisor gives up.
+    give_up: watch::Sender<bool>,
 }
 
 impl Pool {
@@ -379,12 +390,25 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let metrics = options.metrics.clone();
+    // Accepting stops at the caller's shutdown, or when a worker slot is
+    // given up as a crash loop.
+    let (give_up, mut gave_up) = watch::channel(false);
+    let (accepting_tx, mut accepting) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = gave_up.changed() => {}
+        }
+        let _ = accepting_tx.send(true);
+    });
     let pool = Arc::new(Pool {
         workers: Mutex::new(vec![None; options.workers.max(1)]),
         next: AtomicUsize::new(0),
         ready: Notify::new(),
         metrics: metrics.clone(),
         drain_timeout: options.drain_timeout,
+        gave_up: Mutex::new(None),
+        give_up,
     });
     let (stop_tx, stop) = watch::channel(false);
     let mut supervisors = tokio::task::JoinSet::new();
@@ -402,7 +426,7 @@ pub async fn serve(
     // server: beyond this many, a new client is closed at once.
     let waiting = Arc::new(Semaphore::new(cap));
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some((stream, peer)) = accept(&listener, &mut shutdown, &metrics).await {
+    while let Some((stream, peer)) = accept(&listener, &mut accepting, &metrics).await {
         let (options, pool, permits) = (options.clone(), pool.clone(), permits.clone());
         let Ok(waiter) = waiting.clone().try_acquire_owned() else {
             metrics.refused_at_cap();
@@ -436,7 +460,15 @@ pub async fn serve(
         warn!("workers still running after the drain timeout");
     }
     tasks.abort_all();
-    Ok(())
+    let gave_up = pool
+        .gave_up
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match gave_up {
+        Some(reason) => Err(std::io::Error::other(reason).into()),
+        None => Ok(()),
+    }
 }
 
 /// Keeps worker `index` running: starts it, reads its frames, and when it
@@ -462,11 +494,21 @@ async fn supervise(
             return;
         }
         pool.metrics.worker_restarted();
-        quick_failures = if started.elapsed() < Duration::from_secs(2) {
+        quick_failures = if started.elapsed() < QUICK_FAILURE {
             quick_failures + 1
         } else {
             0
         };
+        if quick_failures >= MAX_QUICK_FAILURES {
+            let why = format!(
+                "worker {index} failed {quick_failures} times in a row within {QUICK_FAILURE:?} \
+                 of starting; the last: {reason}"
+            );
+            tracing::error!(worker = index, reason = %reason, "workers crash in a loop; giving up");
+            *pool.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            let _ = pool.give_up.send(true);
+            return;
+        }
         let backoff = Duration::from_millis(100 << quick_failures.min(5));
         warn!(worker = index, reason = %reason, ?backoff, "worker ended; starting another");
         tokio::select! {

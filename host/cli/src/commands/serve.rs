@@ -232,6 +232,10 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     };
     if workers > 0 {
         log_key_protection(&args.user);
+        // This process never compiles guest code: a worker-to-be checks the
+        // guest, confined and as the workers' user, and a guest that cannot
+        // run fails the start instead of every worker, forever.
+        check_guest(&worker_command.args).context("the guest cannot run in a worker")?;
     }
     let proxy_protocol = args.proxy_protocol.then(|| {
         let trusted = keyferry_server::proxy::TrustedSources::new(args.proxy_from.clone());
@@ -327,6 +331,53 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         info!(accepted = metrics.accepted_total(), "stopped");
         Ok(())
     })
+}
+
+/// Runs this binary as a worker with `--check` (the workers' own
+/// arguments) and waits for its verdict, up to two minutes (compiling a
+/// large component takes a while); its error, if any, is the reason.
+fn check_guest(worker_args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    use std::io::Read;
+    let program = std::env::current_exe().context("finding this binary to check the guest")?;
+    let mut child = std::process::Command::new(program)
+        .args(worker_args)
+        .arg("--check")
+        .env("KEYFERRY_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting a worker to check the guest")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("checking the guest took over two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut said = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut said);
+    }
+    // The worker's own error and its causes, one line.
+    let reason: Vec<&str> = said
+        .lines()
+        .map(|l| {
+            l.trim()
+                .trim_start_matches("keyferry: error: ")
+                .trim_start_matches("caused by: ")
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    bail!("{}", reason.join(": "))
 }
 
 /// Says at start what protects the key from the workers and what does not

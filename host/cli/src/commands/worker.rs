@@ -28,6 +28,11 @@ pub(crate) struct WorkerArgs {
     /// that opens under a full Landlock ruleset stops the worker.
     #[arg(long, value_name = "FILE")]
     pub(crate) check_unreadable: Vec<PathBuf>,
+    /// Check, and exit: load the guest as a worker would (confined, as the
+    /// worker's user), make one instance, and exit 0, or exit 1 saying why.
+    /// `serve` runs this before it listens.
+    #[arg(long)]
+    pub(crate) check: bool,
     #[command(flatten)]
     pub(crate) plane: PlaneArgs,
 }
@@ -62,6 +67,12 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
             .with_pooling(pool_slots(args.max_connections)),
     )?;
     let component = args.plane.component_from(&engine, wasm.as_deref())?;
+    if args.check {
+        component
+            .instantiate()
+            .context("making an instance of the guest")?;
+        return Ok(());
+    }
     let options = keyferry_server::worker::WorkerOptions::new(component)
         .with_timeouts(args.plane.timeouts(10))
         .with_drain_timeout(Duration::from_secs(5));
