@@ -69,7 +69,7 @@ impl SandboxConfig {
     }
 }
 
-struct Shared {
+struct EngineShared {
     engine: Engine,
     linker: Linker<StoreState>,
     config: SandboxConfig,
@@ -77,7 +77,7 @@ struct Shared {
     ticker_stop: Arc<AtomicBool>,
 }
 
-impl Drop for Shared {
+impl Drop for EngineShared {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
@@ -88,7 +88,7 @@ impl Drop for Shared {
 /// share. Cheap to clone.
 #[derive(Clone)]
 pub struct GuestEngine {
-    shared: Arc<Shared>,
+    shared: Arc<EngineShared>,
 }
 
 /// Wraps a wasmtime error with what was being done.
@@ -179,7 +179,7 @@ impl GuestEngine {
                 })?;
         }
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(EngineShared {
                 engine,
                 linker,
                 config,

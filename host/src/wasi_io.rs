@@ -4,7 +4,7 @@
 //! (a blocking write or read, a flush, a poll, even dropping a stream)
 //! through `Handle::block_on` on the current tokio runtime, and that panics
 //! on a runtime worker thread. `serve` runs guest calls on its tokio
-//! workers (`keyferry_server::transport::blocking`), so a plugin's `println!`, or
+//! workers (`keyferry_server::transport::guest_call`), so a plugin's `println!`, or
 //! the message of a Rust guest that panics, would take the host task down
 //! with it. [`add_to_linker`] shadows those two interfaces.
 //!

@@ -20,7 +20,7 @@ use crate::ending::ConnectionOutcome;
 use crate::metrics::Metrics;
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
-    SessionControl, Sessions, Slot, Timeouts, blocking, handshake_async, new_connection_id,
+    SessionControl, Sessions, Slot, Timeouts, guest_call, handshake_async, new_connection_id,
     refuse_unattached, serve_attached,
 };
 use keyferry::component::GuestComponent;
@@ -201,7 +201,7 @@ pub async fn serve(
                 return;
             };
             drop(waiter);
-            let shared = Shared {
+            let shared = ServerContext {
                 options: &options,
                 metrics: &metrics,
                 slots: &slots,
@@ -233,7 +233,7 @@ pub async fn serve(
 
 /// What every connection of one server shares.
 #[derive(Clone, Copy)]
-struct Shared<'a> {
+struct ServerContext<'a> {
     options: &'a ServerOptions,
     metrics: &'a Metrics,
     slots: &'a Sessions,
@@ -244,7 +244,7 @@ struct Shared<'a> {
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    shared: Shared<'_>,
+    shared: ServerContext<'_>,
     shutdown: watch::Receiver<bool>,
 ) {
     let id = new_connection_id();
@@ -258,10 +258,10 @@ async fn session(
     peer: SocketAddr,
     id: u64,
     slot: Arc<Slot>,
-    shared: Shared<'_>,
+    shared: ServerContext<'_>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let Shared {
+    let ServerContext {
         options,
         metrics,
         ready: instances,
@@ -297,7 +297,7 @@ async fn session(
     // write as its Finished) count as received after the handshake.
     let read_with_handshake = (handoff.keys.open.buffered_ciphertext.len()
         + handoff.keys.open.buffered_plaintext.len()) as u64;
-    let attached = blocking(|| {
+    let attached = guest_call(|| {
         let guest = match &options.isolation {
             Isolation::PerConnection => instances.take()?,
             Isolation::Shared(pool) => pool.instance(&options.component)?,

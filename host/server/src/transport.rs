@@ -253,15 +253,15 @@ static GUESTS_RUN_LONG: AtomicBool = AtomicBool::new(false);
 /// Guest calls are short (a record, a request), so they run on the tokio
 /// worker itself: `block_in_place` on every call hands the worker's core
 /// to another thread and back each time, and that hand-off cost more than
-/// the guest's work (about half of `serve`'s CPU under keep-alive load;
-/// 35-38k against 53-58k requests/s). A guest's WASI stdio never waits on
+/// the guest's work (it was about half of `serve`'s CPU under keep-alive
+/// load; PERF.md has the figures). A guest's WASI stdio never waits on
 /// the runtime (keyferry's `wasi_io`), so a plugin that prints is safe here.
 /// But a call may use its whole deadline (a looping guest), and meanwhile
 /// the worker's other tasks wait. So the first call that runs past
 /// [`INLINE_CALL_LIMIT`] switches this process to `block_in_place` for
 /// every later call (logged once): the other connections then move to
 /// another worker while a guest runs.
-pub fn blocking<R>(call: impl FnOnce() -> R) -> R {
+pub fn guest_call<R>(call: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             if GUESTS_RUN_LONG.load(Ordering::Relaxed) {
@@ -383,7 +383,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(_) if d.idle => {
                         summary.ending = Ending::KeepaliveTimeout;
                         closing = true;
-                        blocking(|| plane.close())
+                        guest_call(|| plane.close())
                     }
                     Err(_) => {
                         summary.ending = Ending::RequestTimeout;
@@ -391,11 +391,11 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Ok(Ok(0)) => {
                         eof = true;
-                        blocking(|| plane.end_of_stream())
+                        guest_call(|| plane.end_of_stream())
                     }
                     Ok(Ok(n)) => {
                         summary.bytes_in += n as u64;
-                        let step = blocking(|| plane.receive(&buf[..n]));
+                        let step = guest_call(|| plane.receive(&buf[..n]));
                         grow_after_full_read(&mut buf, n);
                         step
                     }
@@ -408,12 +408,12 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             _ = slot.shed.notified() => {
                 summary.ending = Ending::Shed;
                 closing = true;
-                blocking(|| plane.close())
+                guest_call(|| plane.close())
             }
             _ = control.shutdown.changed(), if !closing => {
                 summary.ending = Ending::Shutdown;
                 closing = true;
-                blocking(|| plane.close())
+                guest_call(|| plane.close())
             }
         };
     }

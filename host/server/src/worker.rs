@@ -24,7 +24,7 @@ use keyferry_guest::record::TrafficKeyMaterial;
 use crate::channel::{Assignment, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker};
 use crate::ending::ConnectionOutcome;
 use crate::ready::{BATCH, READY_INSTANCES, Retired, make_batch};
-use crate::transport::{SessionControl, Sessions, Timeouts, blocking, serve_attached};
+use crate::transport::{SessionControl, Sessions, Timeouts, guest_call, serve_attached};
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
 use keyferry::export::ConnectionKeys;
@@ -248,7 +248,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
     });
     let mut session: Option<SessionReceiver> = None;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(WorkerContext {
         sessions: Sessions::default(),
         retired: Arc::new(Retired::default()),
         epoch: Instant::now(),
@@ -263,7 +263,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
             // connections they will serve, a batch at a time, after the
             // ended connections' instances are dropped; announced in one
             // frame.
-            let made = blocking(|| {
+            let made = guest_call(|| {
                 make_batch(
                     &options.component,
                     &shared.retired,
@@ -347,7 +347,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
 }
 
 /// What every connection a worker serves shares.
-struct Shared {
+struct WorkerContext {
     sessions: Sessions,
     /// Instances whose connections have ended, dropped a batch at a time.
     retired: Arc<Retired>,
@@ -373,7 +373,7 @@ async fn serve(
     (a, keys): (Assignment, Opened),
     socket: OwnedFd,
     guest: GuestInstance,
-    shared: &Shared,
+    shared: &WorkerContext,
     shutdown: watch::Receiver<bool>,
 ) -> ConnectionReport {
     let started = Instant::now();
@@ -406,7 +406,7 @@ async fn serve(
             kernel: None,
             resumed: a.resumed,
         };
-        blocking(|| DataPlane::new(guest, handoff))
+        guest_call(|| DataPlane::new(guest, handoff))
     });
     let (plane, first) = match attached {
         Ok(p) => p,

@@ -80,7 +80,7 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     // more threads would only hand connections' wakeups from one to
     // another. Multi-threaded all the same, so a guest call that computes
     // for long can leave the thread to the other connections
-    // (`transport::blocking`).
+    // (`transport::guest_call`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
