@@ -96,7 +96,7 @@ pub enum FromWorker {
     /// a batch at a time (`crate::ready`), and says so in one frame.
     Ready {
         /// The worker's names for the instances: 1 to [`MAX_READY`].
-        slots: Vec<u32>,
+        instances: Vec<u32>,
     },
     /// A connection the handshake process handed over has ended.
     Done {
@@ -129,7 +129,7 @@ pub struct ConnectionReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
     /// The ready instance it goes to.
-    pub slot: u32,
+    pub instance: u32,
     /// The connection id both blobs carry.
     pub connection_id: u64,
     /// The client's address, for the log line.
@@ -173,13 +173,13 @@ impl FromWorker {
                 w.push(HELLO);
                 w.extend_from_slice(&exchange.public_key);
             }
-            Self::Ready { slots } => {
+            Self::Ready { instances } => {
                 w.push(READY);
                 // The decoder refuses a count out of 1..=MAX_READY, so a
                 // worker never sends one.
-                w.push(u8::try_from(slots.len()).unwrap_or(u8::MAX));
-                for slot in slots {
-                    w.extend_from_slice(&slot.to_be_bytes());
+                w.push(u8::try_from(instances.len()).unwrap_or(u8::MAX));
+                for instance in instances {
+                    w.extend_from_slice(&instance.to_be_bytes());
                 }
             }
             Self::Done {
@@ -227,7 +227,7 @@ impl FromWorker {
                     return Err(ChannelError::BadField("ready instances"));
                 }
                 Self::Ready {
-                    slots: (0..count).map(|_| r.u32()).collect::<Result<_, _>>()?,
+                    instances: (0..count).map(|_| r.u32()).collect::<Result<_, _>>()?,
                 }
             }
             DONE => Self::Done {
@@ -259,7 +259,7 @@ impl ToWorker {
         match self {
             Self::Connection(a) => {
                 w.push(CONNECTION);
-                w.extend_from_slice(&a.slot.to_be_bytes());
+                w.extend_from_slice(&a.instance.to_be_bytes());
                 w.extend_from_slice(&a.connection_id.to_be_bytes());
                 put(&mut w, a.peer.as_bytes())?;
                 w.extend_from_slice(&a.read_with_handshake.to_be_bytes());
@@ -286,7 +286,7 @@ impl ToWorker {
         let mut r = Reader(frame);
         let frame = match r.u8()? {
             CONNECTION => Self::Connection(Box::new(Assignment {
-                slot: r.u32()?,
+                instance: r.u32()?,
                 connection_id: r.u64()?,
                 peer: r.string()?,
                 read_with_handshake: r.u64()?,
@@ -729,7 +729,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_every_truncation_is_refused() {
         let assignment = ToWorker::Connection(Box::new(Assignment {
-            slot: 3,
+            instance: 3,
             connection_id: 42,
             peer: "127.0.0.1:5000".into(),
             read_with_handshake: 17,
@@ -779,9 +779,9 @@ mod tests {
         };
         let mut frames = vec![
             hello,
-            FromWorker::Ready { slots: vec![7] },
+            FromWorker::Ready { instances: vec![7] },
             FromWorker::Ready {
-                slots: (1..=MAX_READY as u32).collect(),
+                instances: (1..=MAX_READY as u32).collect(),
             },
         ];
         frames.extend(EndingKind::ALL.iter().map(|e| done(*e, None, Some(35))));

@@ -255,18 +255,18 @@ impl Worker {
                     .map_err(|_| "published a key that is not an X25519 public key")?;
                 return Ok(Some((sender, ToWorker::Session { encapsulated })));
             }
-            FromWorker::Ready { slots } => {
+            FromWorker::Ready { instances } => {
                 if !state.greeted {
                     return Err("announced an instance before publishing its key");
                 }
-                for slot in slots {
+                for instance in instances {
                     if state.ready.len() >= MAX_READY {
                         return Err("announced too many ready instances");
                     }
-                    if state.ready.contains(&slot) {
-                        return Err("announced a slot twice");
+                    if state.ready.contains(&instance) {
+                        return Err("announced an instance twice");
                     }
-                    state.ready.push_back(slot);
+                    state.ready.push_back(instance);
                 }
                 self.ready_level.set(state.ready.len() as i64);
             }
@@ -341,10 +341,10 @@ impl Pool {
             if state.dead {
                 return None;
             }
-            let slot = state.ready.pop_front()?;
+            let instance = state.ready.pop_front()?;
             worker.ready_level.set(state.ready.len() as i64);
             drop(state);
-            Some((worker.clone(), slot))
+            Some((worker.clone(), instance))
         })
     }
 
@@ -390,7 +390,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let metrics = options.metrics.clone();
-    // Accepting stops at the caller's shutdown, or when a worker slot is
+    // Accepting stops at the caller's shutdown, or when a worker instance is
     // given up as a crash loop.
     let (give_up, mut gave_up) = watch::channel(false);
     let (accepting_tx, mut accepting) = watch::channel(false);
@@ -797,7 +797,7 @@ async fn connection(
     // A ready instance: usually waiting already; a worker being replaced
     // may take a moment.
     let deadline = Instant::now() + ADMISSION_WAIT;
-    let (worker, slot) = loop {
+    let (worker, instance) = loop {
         let notified = pool.ready.notified();
         if let Some(ready) = pool.take_ready() {
             break ready;
@@ -816,7 +816,7 @@ async fn connection(
         handshake_done,
         handing: Duration::ZERO,
     };
-    match hand_over(&worker, slot, handoff, &stream, peer, handed, metrics).await {
+    match hand_over(&worker, instance, handoff, &stream, peer, handed, metrics).await {
         // At debug: the worker logs the connection's one line when it
         // ends. A second line per connection at info was about 2% of the
         // server's CPU under `Connection: close` load (a DWARF profile).
@@ -835,7 +835,7 @@ async fn connection(
 /// returns.
 async fn hand_over(
     worker: &Worker,
-    slot: u32,
+    instance: u32,
     handoff: Handoff,
     stream: &TcpStream,
     peer: SocketAddr,
@@ -844,7 +844,7 @@ async fn hand_over(
 ) -> Result<()> {
     // Held until the frame is sent: the worker opens blobs in order.
     let mut blobs = worker.blobs.lock().await;
-    let (connection_id, frame) = match assignment_frame(blobs.as_mut(), slot, handoff, peer) {
+    let (connection_id, frame) = match assignment_frame(blobs.as_mut(), instance, handoff, peer) {
         Ok(sealed) => sealed,
         Err(e) => {
             metrics.connection_unserved(&ConnectionOutcome::unserved(None));
@@ -888,7 +888,7 @@ async fn hand_over(
 /// session. The host's copies of the keys are zeroized when this returns.
 fn assignment_frame(
     sender: Option<&mut SessionSender>,
-    slot: u32,
+    instance: u32,
     handoff: Handoff,
     peer: SocketAddr,
 ) -> Result<(u64, Vec<u8>)> {
@@ -906,7 +906,7 @@ fn assignment_frame(
     drop(keys);
     let connection_id = facts.connection_id;
     let frame = ToWorker::Connection(Box::new(Assignment {
-        slot,
+        instance,
         connection_id,
         peer: peer.to_string(),
         read_with_handshake,
@@ -983,7 +983,7 @@ mod tests {
     async fn ready_batches_are_taken_in_order_and_checked_slot_by_slot() {
         let metrics = Metrics::new();
         let (worker, _channel) = test_worker(&metrics);
-        let ready = |slots: Vec<u32>| FromWorker::Ready { slots };
+        let ready = |instances: Vec<u32>| FromWorker::Ready { instances };
         assert!(
             worker.apply(ready(vec![1]), &metrics).is_err(),
             "an instance before the worker's key"
@@ -994,7 +994,7 @@ mod tests {
         assert_eq!(worker.lock().ready, [1, 2, 3, 4]);
         assert!(
             worker.apply(ready(vec![5, 5]), &metrics).is_err(),
-            "a slot twice in one batch"
+            "an instance twice in one batch"
         );
         let (worker, _channel) = test_worker(&metrics);
         worker.lock().greeted = true;

@@ -20,8 +20,8 @@ use crate::ending::ConnectionOutcome;
 use crate::metrics::Metrics;
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
-    SessionControl, Sessions, Slot, Timeouts, guest_call, handshake_async, new_connection_id,
-    refuse_unattached, serve_attached,
+    SessionControl, SessionHandle, Sessions, Timeouts, guest_call, handshake_async,
+    new_connection_id, refuse_unattached, serve_attached,
 };
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
@@ -174,7 +174,7 @@ pub async fn serve(
     // Clients waiting at the cap for room; beyond this many, a new client
     // is closed at once.
     let waiting = Arc::new(Semaphore::new(cap));
-    let slots = Arc::new(Sessions::default());
+    let sessions = Arc::new(Sessions::default());
     let epoch = Instant::now();
     let ready = ReadyInstances::new(
         options.component.clone(),
@@ -187,7 +187,7 @@ pub async fn serve(
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         let permits = permits.clone();
-        let slots = slots.clone();
+        let sessions = sessions.clone();
         let ready = ready.clone();
         let Ok(waiter) = waiting.clone().try_acquire_owned() else {
             metrics.refused_at_cap();
@@ -195,7 +195,7 @@ pub async fn serve(
             continue;
         };
         tasks.spawn(async move {
-            let shed = async { slots.shed_longest_idle() };
+            let shed = async { sessions.shed_longest_idle() };
             let Some(permit) = admit(&permits, shed, &metrics, peer).await else {
                 let _ = stream.shutdown().await;
                 return;
@@ -204,7 +204,7 @@ pub async fn serve(
             let shared = ServerContext {
                 options: &options,
                 metrics: &metrics,
-                slots: &slots,
+                sessions: &sessions,
                 ready: &ready,
                 epoch,
             };
@@ -236,7 +236,7 @@ pub async fn serve(
 struct ServerContext<'a> {
     options: &'a ServerOptions,
     metrics: &'a Metrics,
-    slots: &'a Sessions,
+    sessions: &'a Sessions,
     ready: &'a Arc<ReadyInstances>,
     epoch: Instant,
 }
@@ -248,16 +248,16 @@ async fn connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let id = new_connection_id();
-    let slot = shared.slots.insert(id);
-    session(&mut stream, peer, id, slot, shared, shutdown).await;
-    shared.slots.remove(id);
+    let handle = shared.sessions.insert(id);
+    session(&mut stream, peer, id, handle, shared, shutdown).await;
+    shared.sessions.remove(id);
 }
 
 async fn session(
     stream: &mut TcpStream,
     peer: SocketAddr,
     id: u64,
-    slot: Arc<Slot>,
+    handle: Arc<SessionHandle>,
     shared: ServerContext<'_>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -317,7 +317,7 @@ async fn session(
     metrics.handoff(ready);
     let control = SessionControl {
         shutdown,
-        slot,
+        handle,
         epoch,
         timeouts: options.timeouts,
     };

@@ -50,14 +50,14 @@ impl Default for Timeouts {
 /// a way for the server to ask it to close so another client can be
 /// admitted.
 #[derive(Debug, Default)]
-pub struct Slot {
+pub struct SessionHandle {
     /// Milliseconds since `epoch` when the session last became idle; 0
     /// while it is busy (mid-handshake, mid-record, mid-request, writing).
     idle_since_ms: AtomicU64,
     shed: tokio::sync::Notify,
 }
 
-impl Slot {
+impl SessionHandle {
     fn set_idle(&self, epoch: Instant, idle: bool) {
         let ms = if idle {
             u64::try_from(epoch.elapsed().as_millis())
@@ -95,9 +95,9 @@ impl Slot {
 pub struct SessionControl {
     /// Becomes true when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// The session's slot among the server's connections.
-    pub slot: Arc<Slot>,
-    /// The server's time origin for [`Slot`] timestamps.
+    /// The session's handle among the server's connections.
+    pub handle: Arc<SessionHandle>,
+    /// The server's time origin for [`SessionHandle`] timestamps.
     pub epoch: Instant,
     /// Timeouts.
     pub timeouts: Timeouts,
@@ -300,7 +300,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         ending: Ending::Clean,
         duration: Duration::ZERO,
     };
-    let slot = control.slot.clone();
+    let handle = control.handle.clone();
     let mut buf = vec![0u8; IDLE_READ];
     let mut step: Result<Delivery> = Ok(first);
     let mut eof = false;
@@ -332,7 +332,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 stream.write_all(&d.to_send).await?;
                 stream.flush().await
             };
-            // A peer that never reads must not hold its slot forever, nor
+            // A peer that never reads must not hold its place forever, nor
             // keep the server from shutting down.
             let written = tokio::select! {
                 w = tokio::time::timeout(control.timeouts.write, write) => w,
@@ -367,7 +367,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             };
             break;
         }
-        slot.set_idle(control.epoch, d.idle);
+        handle.set_idle(control.epoch, d.idle);
         if d.idle && buf.len() > IDLE_READ {
             buf = vec![0u8; IDLE_READ];
         }
@@ -378,7 +378,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         };
         step = tokio::select! {
             read = tokio::time::timeout(wait, stream.read(&mut buf)) => {
-                slot.set_idle(control.epoch, false);
+                handle.set_idle(control.epoch, false);
                 match read {
                     Err(_) if d.idle => {
                         summary.ending = Ending::KeepaliveTimeout;
@@ -405,7 +405,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             },
-            _ = slot.shed.notified() => {
+            _ = handle.shed.notified() => {
                 summary.ending = Ending::Shed;
                 closing = true;
                 guest_call(|| plane.close())
@@ -417,7 +417,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
     }
-    slot.set_idle(control.epoch, false);
+    handle.set_idle(control.epoch, false);
     let _ = stream.shutdown().await;
     summary.duration = started.elapsed();
     summary
@@ -427,15 +427,15 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
 /// longest-idle one when it is at its cap.
 #[derive(Default)]
 pub struct Sessions {
-    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    handles: Mutex<HashMap<u64, Arc<SessionHandle>>>,
 }
 
 impl Sessions {
     /// Registers session `id`; it starts busy.
-    pub fn insert(&self, id: u64) -> Arc<Slot> {
-        let slot = Arc::new(Slot::default());
-        self.lock().insert(id, slot.clone());
-        slot
+    pub fn insert(&self, id: u64) -> Arc<SessionHandle> {
+        let handle = Arc::new(SessionHandle::default());
+        self.lock().insert(id, handle.clone());
+        handle
     }
 
     /// Forgets session `id`.
@@ -443,22 +443,22 @@ impl Sessions {
         self.lock().remove(&id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SessionHandle>>> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks the longest-idle connection to close; false if none is idle.
     /// Busy connections (mid-handshake, mid-request, writing) are never
     /// chosen.
     pub fn shed_longest_idle(&self) -> bool {
-        let mut idle: Vec<(u64, Arc<Slot>)> = self
+        let mut idle: Vec<(u64, Arc<SessionHandle>)> = self
             .lock()
             .values()
-            .filter_map(|slot| slot.idle_since_ms().map(|ms| (ms, slot.clone())))
+            .filter_map(|handle| handle.idle_since_ms().map(|ms| (ms, handle.clone())))
             .collect();
         idle.sort_by_key(|(ms, _)| *ms);
         idle.into_iter()
-            .any(|(ms, slot)| slot.shed_if_idle_since(ms))
+            .any(|(ms, handle)| handle.shed_if_idle_since(ms))
     }
 }
 

@@ -40,7 +40,7 @@ pub enum WorkerError {
     #[error("channel: {0}")]
     Channel(#[from] ChannelError),
     /// The handshake process named an instance this worker never offered.
-    #[error("connection for unknown slot {0}")]
+    #[error("connection for unknown instance {0}")]
     UnknownSlot(u32),
     /// The handshake process sent a connection before opening the blob
     /// session, or opened a second one.
@@ -270,14 +270,14 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                     READY_INSTANCES - ready.len(),
                 )
             })?;
-            let mut slots = Vec::with_capacity(made.len());
+            let mut instances = Vec::with_capacity(made.len());
             for instance in made {
                 next_slot = next_slot.wrapping_add(1);
-                slots.push(next_slot);
+                instances.push(next_slot);
                 ready.insert(next_slot, instance);
             }
-            if !slots.is_empty() {
-                let _ = to_monitor.send(FromWorker::Ready { slots });
+            if !instances.is_empty() {
+                let _ = to_monitor.send(FromWorker::Ready { instances });
             }
         }
         let (frame, fd) = match channel.recv().await {
@@ -297,8 +297,8 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 }
             }
             (Ok(ToWorker::Connection(mut assignment)), Some(socket)) => {
-                let Some(guest) = ready.remove(&assignment.slot) else {
-                    break Err(WorkerError::UnknownSlot(assignment.slot));
+                let Some(guest) = ready.remove(&assignment.instance) else {
+                    break Err(WorkerError::UnknownSlot(assignment.instance));
                 };
                 let Some(receiver) = session.as_mut() else {
                     break Err(WorkerError::Session);
@@ -351,7 +351,7 @@ struct WorkerContext {
     sessions: Sessions,
     /// Instances whose connections have ended, dropped a batch at a time.
     retired: Arc<Retired>,
-    /// When the worker started: session slots keep time from it.
+    /// When the worker started: session instances keep time from it.
     epoch: Instant,
     timeouts: Timeouts,
 }
@@ -416,10 +416,10 @@ async fn serve(
         }
     };
     let ready = started.elapsed();
-    let slot = shared.sessions.insert(a.connection_id);
+    let handle = shared.sessions.insert(a.connection_id);
     let control = SessionControl {
         shutdown,
-        slot,
+        handle,
         epoch: shared.epoch,
         timeouts: shared.timeouts,
     };
