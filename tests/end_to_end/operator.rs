@@ -140,3 +140,47 @@ fn json_logs_are_one_object_per_line_with_the_connection_fields() {
     }
     assert_eq!(connection["suite"], "TLS_CHACHA20_POLY1305_SHA256");
 }
+
+/// With JSON logs, a fatal error is a JSON line too, and a format that is
+/// neither text nor json is refused rather than silently ignored.
+#[test]
+fn fatal_errors_follow_the_log_format_and_unknown_formats_are_refused() {
+    let out = Command::new(keyferry())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--guest",
+            "/nonexistent/guest.wasm",
+        ])
+        .env("KEYFERRY_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let fatal = stderr
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .find(|v| v["message"] == "fatal")
+        .unwrap_or_else(|| panic!("no fatal line: {stderr}"));
+    assert_eq!(fatal["level"], "ERROR");
+    assert!(
+        fatal["causes"]
+            .as_str()
+            .unwrap()
+            .contains("No such file or directory"),
+        "{fatal}"
+    );
+    let out = Command::new(keyferry())
+        .arg("describe")
+        .env("KEYFERRY_LOG_FORMAT", "yaml")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("KEYFERRY_LOG_FORMAT=yaml: expected text or json")
+    );
+}

@@ -108,12 +108,21 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     // KEYFERRY_LOG_FORMAT=json: one JSON object per line, with the same
-    // fields as the text lines, at the top level, for log shippers.
-    match std::env::var("KEYFERRY_LOG_FORMAT").as_deref() {
-        Ok("json") => logs.json().flatten_event(true).init(),
-        _ => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+    // fields as the text lines, at the top level, for log shippers; fatal
+    // errors too. Anything but text or json is refused.
+    let json = match std::env::var("KEYFERRY_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("" | "text") => false,
+        Ok("json") => true,
+        Ok(other) => {
+            eprintln!("keyferry: error: KEYFERRY_LOG_FORMAT={other}: expected text or json");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,16 +133,24 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("keyferry: error: {e}");
             // A message that already shows its cause (as "cannot read F:
             // reason" does) is not followed by the cause again.
             let mut shown = e.to_string();
+            let mut causes = Vec::new();
             for cause in e.chain().skip(1) {
                 let text = cause.to_string();
                 if !shown.contains(&text) {
-                    eprintln!("  caused by: {text}");
+                    causes.push(text.clone());
                 }
                 shown = text;
+            }
+            if json {
+                tracing::error!(error = %e, causes = %causes.join(": "), "fatal");
+            } else {
+                eprintln!("keyferry: error: {e}");
+                for cause in causes {
+                    eprintln!("  caused by: {cause}");
+                }
             }
             ExitCode::FAILURE
         }

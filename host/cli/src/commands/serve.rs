@@ -343,6 +343,7 @@ fn check_guest(worker_args: &[std::ffi::OsString]) -> anyhow::Result<()> {
         .args(worker_args)
         .arg("--check")
         .env("KEYFERRY_LOG", "error")
+        .env("KEYFERRY_LOG_FORMAT", "text")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
