@@ -414,7 +414,13 @@ impl TlsOptions {
 /// Reads a PEM bundle of trust anchors.
 pub fn roots_from_pem_file(path: &Path) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
-    for cert in read_certificates(path)? {
+    let certificates = read_certificates(path)?;
+    // A file with no certificate in it (not PEM, or the wrong file) would
+    // trust no one, or fail later without naming the file.
+    if certificates.is_empty() {
+        return Err(ConfigError::NoCertificate { path: path.into() }.into());
+    }
+    for cert in certificates {
         roots.add(cert).map_err(|e| ConfigError::BadCa {
             path: path.into(),
             reason: e.to_string(),

@@ -184,3 +184,58 @@ fn fatal_errors_follow_the_log_format_and_unknown_formats_are_refused() {
             .contains("KEYFERRY_LOG_FORMAT=yaml: expected text or json")
     );
 }
+
+/// `serve --check` loads everything and reports every problem, as
+/// `nginx -t` does, without listening.
+#[test]
+fn check_reports_every_problem_and_passes_a_good_configuration() {
+    let (cert, key) = pem_identity("check");
+    let dir = temp_dir("check");
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let not_wasm = dir.join("guest.wasm");
+    std::fs::write(&not_wasm, "not wasm").unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let err = serve_fails(&[
+        "--check",
+        "--cert",
+        cert,
+        "--key",
+        cert,
+        "--client-ca",
+        garbage.to_str().unwrap(),
+        "--ticket-keys",
+        "/nonexistent/ticket.key",
+        "--guest",
+        not_wasm.to_str().unwrap(),
+    ]);
+    for problem in [
+        "--cert",
+        "--client-ca",
+        "no certificate in",
+        "--ticket-keys /nonexistent/ticket.key",
+        "the guest, in a worker",
+        "4 problem(s) found",
+    ] {
+        assert!(err.contains(problem), "{problem}: {err}");
+    }
+    let out = Command::new(keyferry())
+        .args([
+            "serve",
+            "--check",
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the configuration is good"));
+}

@@ -93,6 +93,12 @@ pub(crate) struct ServeArgs {
     /// Seconds a client may take to finish its handshake.
     #[arg(long, default_value_t = 10)]
     pub(crate) handshake_timeout: u64,
+    /// Load and check everything (certificates and keys, client CA,
+    /// ticket keys, the guest in a confined worker) without listening,
+    /// print every problem found, and exit 0 if there is none, as `nginx
+    /// -t` does.
+    #[arg(long)]
+    pub(crate) check: bool,
     /// Serve Prometheus metrics (OpenMetrics text) at
     /// http://ADDR:PORT/metrics, on a listener of their own; a bare PORT
     /// listens on 127.0.0.1. Handshakes by version, suite and outcome,
@@ -116,6 +122,9 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     // worker included) can read this one's memory, and no core file holds
     // the key.
     keyferry_server::confine::protect_key_holder().context("making the key holder non-dumpable")?;
+    if args.check {
+        return check_configuration(&args);
+    }
     // The built-in responder speaks HTTP/1.1 only: do not let ALPN promise
     // a client anything else.
     if args.plane.guest.is_none()
@@ -213,22 +222,7 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("finding this binary to start workers")?,
         },
-        args: {
-            let mut a: Vec<std::ffi::OsString> = vec!["worker".into()];
-            if let Some((uid, gid)) = lookup_user(&args.user)? {
-                a.extend(["--uid".into(), uid.to_string().into()]);
-                a.extend(["--gid".into(), gid.to_string().into()]);
-            }
-            a.extend([
-                "--max-connections".into(),
-                args.max_connections.to_string().into(),
-            ]);
-            for secret in args.key.iter().chain(&args.ticket_keys) {
-                a.extend(["--check-unreadable".into(), secret.into()]);
-            }
-            a.extend(args.plane.to_args());
-            a
-        },
+        args: worker_args(&args)?,
     };
     if workers > 0 {
         log_key_protection(&args.user);
@@ -331,6 +325,116 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         info!(accepted = metrics.accepted_total(), "stopped");
         Ok(())
     })
+}
+
+/// The arguments of `keyferry worker` for this server's workers.
+fn worker_args(args: &ServeArgs) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let mut a: Vec<std::ffi::OsString> = vec!["worker".into()];
+    if let Some((uid, gid)) = lookup_user(&args.user)? {
+        a.extend(["--uid".into(), uid.to_string().into()]);
+        a.extend(["--gid".into(), gid.to_string().into()]);
+    }
+    a.extend([
+        "--max-connections".into(),
+        args.max_connections.to_string().into(),
+    ]);
+    for secret in args.key.iter().chain(&args.ticket_keys) {
+        a.extend(["--check-unreadable".into(), secret.into()]);
+    }
+    a.extend(args.plane.to_args());
+    Ok(a)
+}
+
+/// `serve --check`, as `nginx -t` and `haproxy -c`: loads everything the
+/// server would (identities, client CA, ticket keys, the guest in a
+/// confined worker-to-be) without listening, and reports every problem,
+/// not only the first.
+fn check_configuration(args: &ServeArgs) -> anyhow::Result<()> {
+    let mut problems: Vec<String> = Vec::new();
+    if args.plane.guest.is_none()
+        && !args.plane.echo
+        && let Some(other) = args.tls.alpn.iter().find(|p| *p != "http/1.1")
+    {
+        problems.push(format!(
+            "--alpn {other}: the built-in HTTP responder speaks only http/1.1"
+        ));
+    }
+    if args.listen.rsplit_once(':').is_none() {
+        problems.push(format!("--listen {}: expected HOST:PORT", args.listen));
+    }
+    if args.cert.len() != args.key.len() {
+        problems.push(format!(
+            "{} --cert and {} --key: give each certificate its key, in the same order",
+            args.cert.len(),
+            args.key.len()
+        ));
+    }
+    let mut identities = Vec::new();
+    for (cert, key) in args.cert.iter().zip(&args.key) {
+        match Identity::from_pem_files(cert, key) {
+            Ok(identity) => identities.push(identity),
+            Err(e) => problems.push(format!(
+                "--cert {} --key {}: {e}",
+                cert.display(),
+                key.display()
+            )),
+        }
+    }
+    if !identities.is_empty()
+        && let Err(e) = Identities::new(&identities)
+    {
+        problems.push(format!("the identities together: {e}"));
+    }
+    if let Some(path) = &args.client_ca
+        && let Err(e) = tls::roots_from_pem_file(path)
+    {
+        problems.push(format!("--client-ca {}: {e}", path.display()));
+    }
+    if let Some(path) = &args.ticket_keys
+        && let Err(e) = keyferry_server::tickets::TicketKeys::from_file(path)
+    {
+        problems.push(format!("--ticket-keys {}: {e}", path.display()));
+    }
+    if let Some(spec) = &args.metrics
+        && keyferry_server::scrape::metrics_address(spec).is_none()
+    {
+        problems.push(format!("--metrics {spec}: expected PORT or ADDR:PORT"));
+    }
+    let in_process = args.workers == Some(0);
+    if args.shared_instances.is_some() && !in_process {
+        problems.push("--shared-instances needs --workers 0".to_string());
+    }
+    if in_process {
+        let loaded = GuestEngine::new(
+            args.plane
+                .sandbox
+                .config()
+                .with_pooling(pool_slots(args.max_connections)),
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|engine| args.plane.component(&engine))
+        .and_then(|component| Ok(component.instantiate()?));
+        if let Err(e) = loaded {
+            problems.push(format!("the guest: {e:#}"));
+        }
+    } else {
+        match worker_args(args) {
+            Ok(worker) => {
+                if let Err(e) = check_guest(&worker) {
+                    problems.push(format!("the guest, in a worker: {e:#}"));
+                }
+            }
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    if problems.is_empty() {
+        println!("keyferry: the configuration is good");
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("keyferry: {problem}");
+    }
+    bail!("{} problem(s) found", problems.len())
 }
 
 /// Runs this binary as a worker with `--check` (the workers' own
