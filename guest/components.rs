@@ -174,6 +174,14 @@ fn profile_dir() -> String {
     }
 }
 
+/// Cargo's home, where registry sources are unpacked.
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent"))
+}
+
 fn cargo(root: &Path, extra: &[&str]) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let profile = profile();
@@ -200,10 +208,17 @@ fn cargo(root: &Path, extra: &[&str]) {
         // KEYFERRY_PERF_MAP=1) and trap backtraces then name guest code.
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         // wasmtime supports the SIMD proposal; let LLVM and the crypto
-        // crates use 128-bit vectors.
+        // crates use 128-bit vectors. Source paths in panic locations are
+        // written without this machine's cargo home or checkout, so the
+        // components are the same bytes wherever they are built with the
+        // same toolchain (the shipped ones are checked against a rebuild).
         .env(
             "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
-            "-Ctarget-feature=+simd128",
+            format!(
+                "-Ctarget-feature=+simd128 --remap-path-prefix={}=/cargo --remap-path-prefix={}=/keyferry",
+                cargo_home().display(),
+                root.display()
+            ),
         );
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",

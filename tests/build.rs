@@ -1,6 +1,9 @@
 //! Builds the test plugins from `guest/examples`: `uppercase_plugin` (a
-//! plugin on the guest library) and `misbehaving_plugin` (traps, loops and
-//! memory hogs on request).
+//! plugin on the guest library), `misbehaving_plugin` (traps, loops and
+//! memory hogs on request) and `hostile_plugin`. Also rebuilds the
+//! components the library and the CLI ship as committed artifacts
+//! (`host/components`, `host/cli/components`), which `tests/artifacts.rs`
+//! compares with them byte for byte.
 
 #[path = "../guest/components.rs"]
 mod components;
@@ -15,4 +18,10 @@ fn main() {
         &[],
         &["uppercase_plugin", "misbehaving_plugin", "hostile_plugin"],
     );
+    // The shipped components, built as they were for the artifacts: the
+    // reference component for both worlds, and the CLI's applications
+    // without std (fewer imports, cheaper instances).
+    components::library(&root, &[], "keyferry_guest");
+    components::library(&root, &["host-keys"], "keyferry_guest_host_keys");
+    components::examples(&root, &["component-runtime"], &["http_app", "echo_app"]);
 }

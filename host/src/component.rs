@@ -18,14 +18,15 @@ use crate::instance::{Exports, FullExports, GuestInstance};
 use crate::store::{StoreState, arm, classify};
 
 /// The reference component (`dataplane` world): its connections hand their
-/// plaintext to the host. Built by this crate's build script.
-pub const REFERENCE_COMPONENT: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/keyferry_guest.wasm"));
+/// plaintext to the host. Shipped prebuilt (`host/components`), as the
+/// WASI adapter crate ships its adapter, so an embedder's build compiles
+/// nothing for wasm; the tests rebuild it and check the bytes.
+pub const REFERENCE_COMPONENT: &[u8] = include_bytes!("../components/keyferry_guest.wasm");
 
 /// The reference component built for the `dataplane-host-keys` world, for
 /// host-resident keys.
 pub const REFERENCE_COMPONENT_HOST_KEYS: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/keyferry_guest_host_keys.wasm"));
+    include_bytes!("../components/keyferry_guest_host_keys.wasm");
 
 /// A compiled, type-checked guest component.
 #[derive(Clone)]

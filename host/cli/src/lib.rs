@@ -9,13 +9,14 @@ pub mod charts;
 pub mod serve_bench;
 
 /// The built-in application components `keyferry serve` runs, built from
-/// `guest/examples` by this crate's build script.
+/// `guest/examples` and shipped prebuilt (`host/cli/components`); the
+/// tests rebuild them and check the bytes.
 pub mod apps {
     /// The HTTP/1.1 responder that reports the connection's TLS facts
     /// from inside the sandbox (`keyferry serve`'s default).
-    pub const HTTP_RESPONDER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/http_app.wasm"));
+    pub const HTTP_RESPONDER: &[u8] = include_bytes!("../components/http_app.wasm");
     /// Echo (`keyferry serve --echo`).
-    pub const ECHO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_app.wasm"));
+    pub const ECHO: &[u8] = include_bytes!("../components/echo_app.wasm");
 
     #[cfg(test)]
     mod tests {
