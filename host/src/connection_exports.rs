@@ -2,8 +2,8 @@
 //! without a type check per instance.
 //!
 //! `bindgen!`'s loader (`GuestIndices::load`) type-checks every export of
-//! every instance: about 1.9 us of the ~16 us an instance costs `serve`
-//! to make, for an answer that cannot change, since every instance of a
+//! every instance, a noticeable share of what an instance costs `serve` to
+//! make (PERF.md), for an answer that cannot change, since every instance of a
 //! [`GuestComponent`](crate::component::GuestComponent) comes from one
 //! `InstancePre` and so has the same export types. Here the check runs
 //! once per component, on its first instance ([`ConnectionIndices::load`]),

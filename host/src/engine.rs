@@ -99,19 +99,17 @@ pub(crate) fn engine_error(context: &'static str) -> impl FnOnce(wasmtime::Error
 /// Bytes of a pooled memory kept resident between instances when Linux's
 /// `PAGEMAP_SCAN` is not available (before 6.7, other systems): wasmtime
 /// then rewrites this much of the low memory with memset whatever was
-/// touched. About what a fresh instance touches. Measured side by side on
-/// instantiate in a loop: 32-34 us with 128 KiB, 37 us with none, 45 us
-/// with 1 MiB (the memset then costs more than the faults it saves).
+/// touched. About what a fresh instance touches: keeping less resident
+/// costs more in page faults than it saves in memset, keeping more costs
+/// more in memset than it saves in faults (PERF.md has the figures).
 const KEEP_RESIDENT: usize = 128 << 10;
 
 /// With `PAGEMAP_SCAN`, wasmtime rewrites only the pages an instance
 /// dirtied, up to this many bytes, and hands back only the rest: a
 /// connection's instance touches well under this, so a slot is reset
 /// with no `madvise` (and no TLB shootdown) and the next instance takes
-/// no page faults. Measured with `wrk -H 'Connection: close'` on `serve
-/// --workers 0`, server CPU per connection: 292-350 us with the 128 KiB
-/// memset, 278-286 us with the scan at 128 KiB, 257-270 us at 1 and
-/// 4 MiB; minor faults per connection 7.3 before, 0.1 after.
+/// no page faults (server CPU per new connection went down, and minor
+/// faults per connection to almost none; PERF.md has the figures).
 const KEEP_RESIDENT_SCANNED: usize = 1 << 20;
 
 impl GuestEngine {

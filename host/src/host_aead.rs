@@ -2,10 +2,9 @@
 //! links, wiped when the key is dropped.
 //!
 //! Host-resident keys are the fast path for AES-GCM (Wasm has no AES
-//! instructions), so the host's AEAD is what bounds it. On this project's
-//! machine ring seals 16 KiB AES-128-GCM records at about 7 GB/s,
-//! RustCrypto's `aes-gcm` (the guest's crate, with AES-NI and CLMUL) at
-//! about 2.5 GB/s, and ring's ChaCha20-Poly1305 at about 2.6 GB/s.
+//! instructions), so the host's AEAD is what bounds it, and ring's
+//! assembly is several times faster than RustCrypto's `aes-gcm` (the
+//! guest's crate) natively (PERF.md has the figures).
 //!
 //! It is also the blob AEAD of every keyferry process ([`install_blob_aead`]):
 //! the handoff seals and opens two blobs per connection, and ring does one

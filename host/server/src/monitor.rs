@@ -818,8 +818,8 @@ async fn connection(
     };
     match hand_over(&worker, instance, handoff, &stream, peer, handed, metrics).await {
         // At debug: the worker logs the connection's one line when it
-        // ends. A second line per connection at info was about 2% of the
-        // server's CPU under `Connection: close` load (a DWARF profile).
+        // ends. A second line per connection at info was a measurable
+        // share of the server's CPU under `Connection: close` load.
         Ok(()) => {
             debug!(%peer, connection_id = id, worker_pid = worker.pid, "connection handed to a worker")
         }
