@@ -43,23 +43,28 @@ fn two_servers_share_a_port_with_reuse_port() {
     );
 }
 
-#[test]
-fn a_proxy_v2_header_gives_the_log_the_client_address() {
-    let server = Server::start(&["--echo", "--proxy-protocol"]);
+/// A TLS client behind a PROXY v2 header that says it is `client`.
+fn proxied_client(
+    server: &Server,
+    client: std::net::SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut sock = TcpStream::connect(server.addr()).unwrap();
     sock.set_read_timeout(Some(PATIENCE)).unwrap();
-    let client = "203.0.113.9:4444".parse().unwrap();
-    sock.write_all(&keyferry_server::proxy::header(
-        client,
-        sock.peer_addr().unwrap(),
-    ))
-    .unwrap();
+    let header = keyferry_server::proxy::header(client, sock.peer_addr().unwrap());
+    sock.write_all(&header).unwrap();
     let config = keyferry::tls::TlsOptions::default()
         .client_config(keyferry::tls::ServerVerification::DangerousNone)
         .unwrap();
     let conn =
         rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    rustls::StreamOwned::new(conn, sock)
+}
+
+#[test]
+fn a_proxy_v2_header_gives_the_log_the_client_address() {
+    let server = Server::start(&["--echo", "--proxy-protocol"]);
+    let client = "203.0.113.9:4444".parse().unwrap();
+    let mut tls = proxied_client(&server, client);
     write_all(&mut tls, b"behind a balancer");
     assert_eq!(read_exact(&mut tls, 17), b"behind a balancer");
     drop(tls);
@@ -85,19 +90,7 @@ fn proxy_headers_are_believed_only_from_the_balancers() {
     elsewhere.stderr.wait_for("this peer is not one; closed");
     // The loopback network is: the header is believed.
     let trusted = Server::start(&["--echo", "--proxy-protocol", "--proxy-from", "127.0.0.0/8"]);
-    let mut sock = TcpStream::connect(trusted.addr()).unwrap();
-    sock.set_read_timeout(Some(PATIENCE)).unwrap();
-    sock.write_all(&keyferry_server::proxy::header(
-        client,
-        sock.peer_addr().unwrap(),
-    ))
-    .unwrap();
-    let config = keyferry::tls::TlsOptions::default()
-        .client_config(keyferry::tls::ServerVerification::DangerousNone)
-        .unwrap();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = proxied_client(&trusted, client);
     write_all(&mut tls, b"from a balancer");
     assert_eq!(read_exact(&mut tls, 15), b"from a balancer");
     drop(tls);

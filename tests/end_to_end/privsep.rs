@@ -34,6 +34,19 @@ fn workers(server: &Server, n: usize) -> Vec<u32> {
     }
 }
 
+/// A client that completes its handshake, with `request` sent along, and
+/// whose connection the handshake process has handed to a worker (the
+/// hand-over line is logged at debug).
+fn handed_over(server: &Server, request: &[u8]) -> Client {
+    let mut c = rustls_client(&server.addr());
+    c.conn.writer().write_all(request).unwrap();
+    while c.conn.is_handshaking() {
+        c.conn.complete_io(&mut c.sock).unwrap();
+    }
+    server.stderr.wait_for("handed to a worker");
+    c
+}
+
 /// The pid of the worker the handshake process gave `client` to.
 fn worker_of(server: &Server, client: &Client) -> u32 {
     let port = client.sock.local_addr().unwrap().port();
@@ -292,12 +305,7 @@ fn the_channel_carries_no_private_key_bytes() {
     );
     // A handshake; the connection goes to the recording worker (which will
     // never answer, so the client is dropped).
-    let mut c = rustls_client(&server.addr());
-    c.conn.writer().write_all(b"secret request").unwrap();
-    while c.conn.is_handshaking() {
-        c.conn.complete_io(&mut c.sock).unwrap();
-    }
-    server.stderr.wait_for("handed to a worker");
+    let _c = handed_over(&server, b"secret request");
     let start = Instant::now();
     let recorded = loop {
         let bytes = std::fs::read(&capture).unwrap_or_default();
@@ -567,12 +575,7 @@ fn a_worker_that_stops_reading_cannot_wedge_the_key_holder() {
     );
     // One connection in the silent worker's hands: the only place under
     // the cap.
-    let mut held = rustls_client(&server.addr());
-    held.conn.writer().write_all(b"never answered").unwrap();
-    while held.conn.is_handshaking() {
-        held.conn.complete_io(&mut held.sock).unwrap();
-    }
-    server.stderr.wait_for("handed to a worker");
+    let held = handed_over(&server, b"never answered");
     let holder = server.child.id();
     let baseline = descriptors(holder);
     let addr = server.addr();
