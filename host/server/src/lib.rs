@@ -11,11 +11,13 @@
 //!   (session-ticket keys a fleet shares), [`certificate`] (a self-signed
 //!   certificate for a server started without one);
 //! - [`ready`] (guest instances made and keyed ahead of their
-//!   connections), [`transport`] (byte-stream loops), [`server`] (the
-//!   accept loop in one process);
+//!   connections), [`transport`] (byte-stream loops), [`front`] (accept,
+//!   admission, the client's address and the handshake, for both
+//!   placements), [`server`] (connections served in this process);
 //! - the process split: [`channel`] (the protocol between the two sides),
 //!   [`worker`] (the unprivileged data-plane side), [`monitor`] (the
-//!   handshake process that holds the key and supervises workers), and
+//!   handshake process that holds the key and supervises workers, relaying
+//!   their standard error), and
 //!   [`confine`] (what keeps the key from the workers without root).
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
@@ -24,10 +26,12 @@ pub mod certificate;
 pub mod channel;
 pub mod confine;
 pub mod ending;
+pub mod front;
 pub mod metrics;
 pub mod monitor;
 pub mod proxy;
 pub mod ready;
+mod relay;
 pub mod scrape;
 pub mod server;
 pub mod tickets;

@@ -17,21 +17,17 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::ending::ConnectionOutcome;
+use crate::front::{accept, admit, client_address, server_handshake};
 use crate::metrics::Metrics;
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
-    SessionControl, SessionHandle, Sessions, Timeouts, guest_call, handshake_async,
-    new_connection_id, refuse_unattached, serve_attached,
+    SessionControl, SessionHandle, Sessions, Timeouts, guest_call, new_connection_id,
+    refuse_unattached, serve_attached,
 };
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
-use keyferry::error::{HandshakeError, Result};
-use keyferry::handshake::{Handoff, Handshake};
+use keyferry::error::Result;
 use keyferry::instance::GuestInstance;
-
-/// How long a client that arrives at the connection cap waits for an idle
-/// connection to make room before it is closed.
-pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
 /// How connections share guest instances (DESIGN section 7).
 #[derive(Clone)]
@@ -337,113 +333,4 @@ async fn session(
         instances.retire(guest);
     }
     metrics.connection_ended(&ConnectionOutcome::from(&summary));
-}
-
-/// The client's address: the TCP peer, or what the PROXY v2 header in front
-/// of the connection says. `None` (and a log line) if the header is bad.
-pub(crate) async fn client_address(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    proxy_protocol: Option<&crate::proxy::TrustedSources>,
-    timeout: Duration,
-) -> Option<SocketAddr> {
-    let Some(trusted) = proxy_protocol else {
-        return Some(peer);
-    };
-    if !trusted.allows(peer.ip()) {
-        info!(%peer, "PROXY header expected from a trusted balancer; this peer is not one; closed");
-        return None;
-    }
-    match tokio::time::timeout(timeout, crate::proxy::read_header(stream)).await {
-        Ok(Ok(crate::proxy::Proxied::Client(client))) => Some(client),
-        Ok(Ok(crate::proxy::Proxied::Local)) => Some(peer),
-        Ok(Err(e)) => {
-            info!(%peer, error = %e, "PROXY header refused");
-            None
-        }
-        Err(_) => {
-            info!(%peer, "no PROXY header in time");
-            None
-        }
-    }
-}
-
-/// The next accepted connection, or `None` once `shutdown` fires. A failed
-/// accept (out of descriptors, say) is logged and retried after a pause
-/// that lets sessions end.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    shutdown: &mut watch::Receiver<bool>,
-    metrics: &Metrics,
-) -> Option<(TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => {
-                    metrics.accepted();
-                    return Some(a);
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => return None,
-        }
-    }
-}
-
-/// A place under the connection cap for `peer`: at once if there is one;
-/// at the cap, after `shed` closed the longest-idle keep-alive connection
-/// (never a busy one) and its place came back within [`ADMISSION_WAIT`].
-/// `None` (logged) if no place came: the caller closes the client.
-pub(crate) async fn admit(
-    permits: &Arc<Semaphore>,
-    shed: impl Future<Output = bool>,
-    metrics: &Metrics,
-    peer: SocketAddr,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    if let Ok(permit) = permits.clone().try_acquire_owned() {
-        return Some(permit);
-    }
-    // The shed connection is counted when it ends (ending "shed").
-    shed.await;
-    match tokio::time::timeout(ADMISSION_WAIT, permits.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => Some(permit),
-        _ => {
-            metrics.refused_at_cap();
-            info!(%peer, "at the connection cap and nothing idle to close; closed");
-            None
-        }
-    }
-}
-
-/// Runs a server handshake over `stream` within `timeout`; a failure is
-/// counted and logged (the peer already got rustls's alert) and gives
-/// `None`.
-pub(crate) async fn server_handshake(
-    stream: &mut TcpStream,
-    tls: &Arc<ServerConfig>,
-    id: u64,
-    timeout: Duration,
-    peer: SocketAddr,
-    metrics: &Metrics,
-) -> Option<Handoff> {
-    let handoff = match Handshake::server(tls, id) {
-        Ok(hs) => tokio::time::timeout(timeout, handshake_async(stream, hs))
-            .await
-            .unwrap_or_else(|_| Err(HandshakeError::TimedOut.into())),
-        Err(e) => Err(e),
-    };
-    match handoff {
-        Ok(h) => {
-            metrics.handshake_completed(&h.facts);
-            Some(h)
-        }
-        Err(e) => {
-            metrics.handshake_failed(&e);
-            info!(%peer, error = %e, "handshake failed");
-            None
-        }
-    }
 }

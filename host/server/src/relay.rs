@@ -1,0 +1,112 @@
+//! A worker's standard error, relayed into the handshake process's log:
+//! line by line, each tagged with the worker and its pid, so nothing a
+//! worker writes can pass for a line of the handshake process.
+
+use tracing::{debug, info, warn};
+
+/// The longest line of a worker's standard error relayed as one log line;
+/// the rest of a longer line is cut.
+const RELAYED_LINE: usize = 4096;
+
+/// Relays a worker's standard error as this process's log lines, each
+/// tagged with the worker and its pid, at the level the worker's line
+/// names (info if none). Control characters are shown escaped and a line
+/// is cut at [`RELAYED_LINE`] bytes, so a worker can neither forge a line
+/// of this process nor make one without end.
+pub(crate) async fn relay_stderr(stderr: tokio::process::ChildStderr, index: usize, pid: u32) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(RELAYED_LINE as u64);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') && line.len() >= RELAYED_LINE {
+            // Skip the rest of an overlong line, a buffer at a time.
+            loop {
+                let Ok(buffered) = reader.fill_buf().await else {
+                    return;
+                };
+                if buffered.is_empty() {
+                    break;
+                }
+                match buffered.iter().position(|b| *b == b'\n') {
+                    Some(end) => {
+                        reader.consume(end + 1);
+                        break;
+                    }
+                    None => {
+                        let all = buffered.len();
+                        reader.consume(all);
+                    }
+                }
+            }
+        }
+        let text = relayed_text(&line);
+        match worker_line_level(&text) {
+            tracing::Level::ERROR => tracing::error!(worker = index, pid, "{text}"),
+            tracing::Level::WARN => warn!(worker = index, pid, "{text}"),
+            tracing::Level::DEBUG => debug!(worker = index, pid, "{text}"),
+            tracing::Level::TRACE => tracing::trace!(worker = index, pid, "{text}"),
+            _ => info!(worker = index, pid, "{text}"),
+        }
+    }
+}
+
+/// A worker's line as text to log: without its line end, invalid UTF-8
+/// replaced, and control characters (escape sequences, carriage returns)
+/// shown escaped.
+fn relayed_text(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    String::from_utf8_lossy(line)
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() && c != '\t' {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// The level a worker's text log line names in its first words (the
+/// worker logs as this process does), info if it names none.
+fn worker_line_level(text: &str) -> tracing::Level {
+    let head: String = text.chars().take(48).collect();
+    [
+        (" ERROR ", tracing::Level::ERROR),
+        (" WARN ", tracing::Level::WARN),
+        (" DEBUG ", tracing::Level::DEBUG),
+        (" TRACE ", tracing::Level::TRACE),
+        ("\"level\":\"ERROR\"", tracing::Level::ERROR),
+        ("\"level\":\"WARN\"", tracing::Level::WARN),
+        ("\"level\":\"DEBUG\"", tracing::Level::DEBUG),
+    ]
+    .into_iter()
+    .find(|(word, _)| head.contains(word))
+    .map_or(tracing::Level::INFO, |(_, level)| level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relayed_line_cannot_pass_for_another() {
+        assert_eq!(
+            relayed_text(b"one\rTIME  INFO keyferry: forged\x1b[2K\n"),
+            "one\\rTIME  INFO keyferry: forged\\u{1b}[2K"
+        );
+        assert_eq!(relayed_text(b"bad \xff utf-8"), "bad \u{fffd} utf-8");
+        assert_eq!(
+            worker_line_level("2026-12-06T10:19:09Z  WARN keyferry: x"),
+            tracing::Level::WARN
+        );
+        assert_eq!(worker_line_level("no level here"), tracing::Level::INFO);
+    }
+}
