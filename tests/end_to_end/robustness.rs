@@ -199,6 +199,16 @@ fn sigterm_closes_every_connection_with_close_notify_and_exits() {
     assert_eq!(read_exact(&mut c, 9), b"idle soon");
     let workers = keyferry_tests::process::children(server.child.id());
     assert!(!workers.is_empty(), "a worker runs");
+    // systemd's default stop signals every process of the service: a
+    // worker leaves its stop to the handshake process, and keeps serving.
+    for pid in &workers {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    write_all(&mut c, b"still here");
+    assert_eq!(read_exact(&mut c, 10), b"still here");
     let status = server.signal("TERM");
     assert!(
         status.success(),

@@ -85,9 +85,11 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    // Ctrl-C (and a hangup) reach the whole process group: the handshake
-    // process tells workers when to stop and reloads what it holds, so a
-    // worker ignores both signals itself.
+    // Ctrl-C and a hangup reach the whole process group, and systemd's
+    // default stop sends SIGTERM to every process of the service: the
+    // handshake process tells workers when to stop (they then close their
+    // sessions with close_notify) and reloads what it holds, so a worker
+    // ignores all three itself.
     runtime.block_on(async move {
         tokio::spawn(async {
             loop {
@@ -96,10 +98,11 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
                 }
             }
         });
-        if let Ok(mut hangups) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            tokio::spawn(async move { while hangups.recv().await.is_some() {} });
+        use tokio::signal::unix::{SignalKind, signal};
+        for kind in [SignalKind::hangup(), SignalKind::terminate()] {
+            if let Ok(mut ignored) = signal(kind) {
+                tokio::spawn(async move { while ignored.recv().await.is_some() {} });
+            }
         }
         // On the runtime's thread, with the sessions it spawns, rather than
         // on this one: a hand-over then wakes no other thread.
