@@ -239,3 +239,12 @@ fn check_reports_every_problem_and_passes_a_good_configuration() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("the configuration is good"));
 }
+
+/// `--log-level` overrides KEYFERRY_LOG, in serve and in its workers.
+#[test]
+fn log_level_reaches_the_workers() {
+    let server = Server::start(&["--log-level", "debug", "--workers", "1", "--echo"]);
+    // A worker's own debug line, relayed by the handshake process.
+    let log = server.stderr.wait_for("pagemap scan for instance reset");
+    assert!(log.contains("worker=0"), "{log}");
+}

@@ -23,6 +23,11 @@ use commands::worker::WorkerArgs;
 #[derive(Parser)]
 #[command(name = "keyferry", version, about, propagate_version = true)]
 struct Cli {
+    /// Log level (error, warn, info, debug, trace) for keyferry's own
+    /// lines, or a full `tracing` filter; overrides KEYFERRY_LOG. `serve`
+    /// passes it to its workers.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,9 +106,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::new(log_directives(
-        std::env::var("KEYFERRY_LOG").ok().as_deref(),
-    ));
+    let cli = Cli::parse();
+    let setting = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("KEYFERRY_LOG").ok());
+    let filter = tracing_subscriber::EnvFilter::new(log_directives(setting.as_deref()));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -124,7 +132,7 @@ fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if e.chain().any(|c| {
@@ -176,7 +184,7 @@ fn log_directives(setting: Option<&str>) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => commands::serve::serve_command(*args),
+        Command::Serve(args) => commands::serve::serve_command(*args, cli.log_level.as_deref()),
         Command::Connect(args) => commands::connect::connect_command(args),
         Command::SelfCheck => {
             let engine = GuestEngine::new(SandboxConfig::default())?;

@@ -117,7 +117,7 @@ pub(crate) struct ServeArgs {
     pub(crate) plane: PlaneArgs,
 }
 
-pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow::Result<()> {
     // Before the key is read: from here on, no process of this uid (a
     // worker included) can read this one's memory, and no core file holds
     // the key.
@@ -222,7 +222,13 @@ pub(crate) fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("finding this binary to start workers")?,
         },
-        args: worker_args(&args)?,
+        args: {
+            let mut a = worker_args(&args)?;
+            if let Some(level) = log_level {
+                a.extend(["--log-level".into(), level.into()]);
+            }
+            a
+        },
     };
     if workers > 0 {
         log_key_protection(&args.user);
