@@ -248,3 +248,41 @@ fn log_level_reaches_the_workers() {
     let log = server.stderr.wait_for("pagemap scan for instance reset");
     assert!(log.contains("worker=0"), "{log}");
 }
+
+/// Without --cert the certificate made at start is written out (never its
+/// key) for clients to pin, and the built-in responder advertises http/1.1
+/// in ALPN.
+#[test]
+fn the_certificate_made_at_start_can_be_pinned() {
+    let server = Server::start(&[]);
+    let log = server
+        .stderr
+        .wait_for("self-signed certificate written for clients to pin");
+    let line = log
+        .lines()
+        .find(|l| l.contains("self-signed certificate written"))
+        .unwrap();
+    let path = line
+        .split("path=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let pem = std::fs::read_to_string(&path).unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE") && !pem.contains("PRIVATE KEY"));
+    let out = Command::new("curl")
+        .args(["-sv", "--cacert", &path, &server.url("/pinned")])
+        .output()
+        .unwrap();
+    let (body, verbose) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{verbose}");
+    assert!(body.contains("request: GET /pinned"), "{body}");
+    assert!(
+        verbose.contains("ALPN: server accepted http/1.1"),
+        "{verbose}"
+    );
+}

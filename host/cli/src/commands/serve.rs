@@ -158,16 +158,26 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
         .cloned()
         .zip(args.key.iter().cloned())
         .collect();
+    // A certificate made at start is written out (the certificate, never
+    // its key) once the port is known, for clients to pin.
+    let mut made_certificate = None;
     let identities = if files.is_empty() {
-        vec![keyferry_server::certificate::self_signed(&[
+        let (identity, pem) = keyferry_server::certificate::self_signed_with_pem(&[
             "localhost".to_string(),
             listen_host,
-        ])?]
+        ])?;
+        made_certificate = Some(pem);
+        vec![identity]
     } else {
         load_identities(&files)?
     };
     let identities = Arc::new(Identities::new(&identities)?);
     let mut options = args.tls.options();
+    // The built-in responder speaks HTTP/1.1: say so in ALPN, as nginx
+    // does, unless told otherwise.
+    if args.plane.guest.is_none() && !args.plane.echo && args.tls.alpn.is_empty() {
+        options = options.with_alpn(&[b"http/1.1"]);
+    }
     if let Some(path) = &args.client_ca {
         let roots = tls::roots_from_pem_file(path)?;
         options = match args.client_auth {
@@ -265,6 +275,16 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
         let local = listener.local_addr()?;
         let fingerprint = identities.fingerprints().join(",");
         info!(address = %local, fingerprint = %fingerprint, application, workers, "listening");
+        if let Some(pem) = &made_certificate {
+            let path = std::env::temp_dir().join(format!("keyferry-{}.pem", local.port()));
+            match std::fs::write(&path, pem) {
+                Ok(()) => info!(
+                    path = %path.display(),
+                    "self-signed certificate written for clients to pin (curl --cacert)"
+                ),
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot write the self-signed certificate"),
+            }
+        }
         println!("keyferry serving on https://{local}/ (certificate SHA-256 {fingerprint})");
         tokio::spawn(reload.on_sighup(hangups));
         let (tx, rx) = tokio::sync::watch::channel(false);
