@@ -8,6 +8,44 @@ use tracing::{debug, info, warn};
 /// the rest of a longer line is cut.
 const RELAYED_LINE: usize = 4096;
 
+/// Lines a second one worker's standard error may put in the log, with as
+/// many again in a burst: far above one line per connection at the rates a
+/// worker serves, and a bound on what a compromised worker can write to
+/// the operator's disk. Lines past it are dropped and counted.
+const RELAYED_PER_SECOND: f64 = 20_000.0;
+
+/// A token bucket of log lines.
+struct Budget {
+    tokens: f64,
+    last: std::time::Instant,
+    dropped: u64,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            tokens: RELAYED_PER_SECOND,
+            last: std::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more line may go out at `now`; when lines were dropped
+    /// before it, how many (once).
+    fn take(&mut self, now: std::time::Instant) -> (bool, Option<u64>) {
+        let refill = now.duration_since(self.last).as_secs_f64() * RELAYED_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(RELAYED_PER_SECOND);
+        self.last = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return (false, None);
+        }
+        self.tokens -= 1.0;
+        let dropped = std::mem::take(&mut self.dropped);
+        (true, (dropped > 0).then_some(dropped))
+    }
+}
+
 /// Relays a worker's standard error as this process's log lines, each
 /// tagged with the worker and its pid, at the level the worker's line
 /// names (info if none). Control characters are shown escaped and a line
@@ -17,6 +55,7 @@ pub(crate) async fn relay_stderr(stderr: tokio::process::ChildStderr, index: usi
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut reader = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
+    let mut budget = Budget::new();
     loop {
         line.clear();
         let mut limited = (&mut reader).take(RELAYED_LINE as u64);
@@ -44,6 +83,16 @@ pub(crate) async fn relay_stderr(stderr: tokio::process::ChildStderr, index: usi
                     }
                 }
             }
+        }
+        let (relay, dropped) = budget.take(std::time::Instant::now());
+        if let Some(dropped) = dropped {
+            warn!(
+                worker = index,
+                pid, dropped, "a worker wrote lines faster than they are relayed; dropped"
+            );
+        }
+        if !relay {
+            continue;
         }
         let text = relayed_text(&line);
         match worker_line_level(&text) {
@@ -95,6 +144,25 @@ fn worker_line_level(text: &str) -> tracing::Level {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_is_cut_to_the_budget_and_counted() {
+        let mut budget = Budget::new();
+        let start = budget.last;
+        // Three seconds' worth of lines in one instant: the burst goes out.
+        let sent = (0..3 * RELAYED_PER_SECOND as u64)
+            .filter(|_| budget.take(start).0)
+            .count();
+        assert_eq!(sent, RELAYED_PER_SECOND as usize);
+        assert_eq!(budget.dropped, 2 * RELAYED_PER_SECOND as u64);
+        // A millisecond later, 20 lines' worth has come back; the first
+        // says how many were dropped, once.
+        let later = start + std::time::Duration::from_millis(1);
+        let (relayed, dropped) = budget.take(later);
+        assert!(relayed);
+        assert_eq!(dropped, Some(2 * RELAYED_PER_SECOND as u64));
+        assert_eq!(budget.take(later), (true, None));
+    }
 
     #[test]
     fn a_relayed_line_cannot_pass_for_another() {
