@@ -204,6 +204,10 @@ pub enum HandshakeError {
     /// The peer closed the transport before the handshake completed.
     #[error("peer closed the transport during the handshake")]
     PeerClosed,
+    /// The peer closed the transport without sending a byte: a TCP health
+    /// check (HAProxy's, a load balancer's) or a port scan.
+    #[error("peer closed the transport without sending anything")]
+    PeerSilent,
     /// The peer did not finish in time.
     #[error("timed out")]
     TimedOut,

@@ -286,3 +286,29 @@ fn the_certificate_made_at_start_can_be_pinned() {
         "{verbose}"
     );
 }
+
+/// A TCP health check (connect, close) is not a failed handshake worth an
+/// info line each time; a peer that sends something and leaves still is.
+#[test]
+fn health_checks_are_not_logged_as_failed_handshakes() {
+    let server = Server::start(&["--echo", "--workers", "0"]);
+    for _ in 0..3 {
+        drop(std::net::TcpStream::connect(server.addr()).unwrap());
+    }
+    let mut c = keyferry_tests::process::rustls_client(&server.addr());
+    keyferry_tests::process::write_all(&mut c, b"after the checks");
+    assert_eq!(
+        keyferry_tests::process::read_exact(&mut c, 16),
+        b"after the checks"
+    );
+    drop(c);
+    let log = server.stderr.wait_for(" connection ");
+    assert!(!log.contains("handshake failed"), "{log}");
+    // Bytes, then nothing: still a failed handshake, at info.
+    let mut half = std::net::TcpStream::connect(server.addr()).unwrap();
+    std::io::Write::write_all(&mut half, &[22, 3, 1, 0, 200, 1]).unwrap();
+    drop(half);
+    server
+        .stderr
+        .wait_for("peer closed the transport during the handshake");
+}

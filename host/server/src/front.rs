@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyferry::error::HandshakeError;
+use keyferry::error::{Error, HandshakeError};
 use keyferry::handshake::{Handoff, Handshake};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::transport::handshake_async;
@@ -124,7 +124,13 @@ pub(crate) async fn server_handshake(
         }
         Err(e) => {
             metrics.handshake_failed(&e);
-            info!(%peer, error = %e, "handshake failed");
+            // A TCP health check connects and closes every few seconds:
+            // at debug, not one info line each.
+            if matches!(e, Error::Handshake(HandshakeError::PeerSilent)) {
+                debug!(%peer, error = %e, "handshake failed");
+            } else {
+                info!(%peer, error = %e, "handshake failed");
+            }
             None
         }
     }

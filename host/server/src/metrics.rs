@@ -197,7 +197,9 @@ impl Metrics {
     pub(crate) fn handshake_failed(&self, error: &Error) {
         let outcome = match error {
             Error::Handshake(HandshakeError::TimedOut) => "timed_out",
-            Error::Handshake(HandshakeError::PeerClosed) => "peer_closed",
+            Error::Handshake(HandshakeError::PeerClosed | HandshakeError::PeerSilent) => {
+                "peer_closed"
+            }
             Error::Io(_) => "transport_error",
             _ => "failed",
         };

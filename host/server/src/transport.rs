@@ -154,6 +154,7 @@ pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(
     mut hs: Handshake,
 ) -> Result<Handoff> {
     let mut buf = vec![0u8; IDLE_READ];
+    let mut heard = false;
     loop {
         let progress = hs.advance();
         let out = hs.take_outgoing();
@@ -166,8 +167,14 @@ pub async fn handshake_async<S: AsyncRead + AsyncWrite + Unpin>(
             Progress::NeedInput => {
                 let n = stream.read(&mut buf).await?;
                 if n == 0 {
-                    return Err(HandshakeError::PeerClosed.into());
+                    return Err(if heard {
+                        HandshakeError::PeerClosed
+                    } else {
+                        HandshakeError::PeerSilent
+                    }
+                    .into());
                 }
+                heard = true;
                 hs.feed(&buf[..n])?;
                 grow_after_full_read(&mut buf, n);
             }
