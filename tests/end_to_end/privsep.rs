@@ -475,9 +475,9 @@ fn workers_never_run_as_root() {
     assert!(text.contains("a worker never runs as uid 0"), "{text}");
 }
 
-/// A forged worker program: the first start runs `first` (with the
-/// channel on standard input), every later start the real worker.
-fn forged_worker(name: &str, first: &str) -> std::path::PathBuf {
+/// A forged worker program: the first `starts` starts run `forged` (with
+/// the channel on standard input), every later start the real worker.
+fn forged_worker(name: &str, starts: u32, forged: &str) -> std::path::PathBuf {
     let dir = temp_dir(name);
     let counter = dir.join("runs");
     let script = dir.join("forged-worker.sh");
@@ -486,7 +486,7 @@ fn forged_worker(name: &str, first: &str) -> std::path::PathBuf {
         format!(
             "#!/bin/sh\n\
              n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n\
-             if [ $n -eq 1 ]; then {first}; fi\n\
+             if [ $n -le {starts} ]; then {forged}; fi\n\
              exec {keyferry} \"$@\"\n",
             counter = counter.display(),
             keyferry = keyferry().display(),
@@ -501,6 +501,7 @@ fn forged_worker(name: &str, first: &str) -> std::path::PathBuf {
 fn a_worker_that_sends_an_empty_datagram_is_cut_off() {
     let script = forged_worker(
         "empty-datagram",
+        1,
         "exec python3 -c \"import socket, time; \
          s = socket.socket(fileno=0); s.send(b''); time.sleep(60)\"",
     );
@@ -521,25 +522,13 @@ fn a_worker_that_sends_an_empty_datagram_is_cut_off() {
 
 #[test]
 fn a_worker_that_publishes_another_workers_key_is_cut_off() {
-    let dir = temp_dir("stolen-key");
-    let counter = dir.join("runs");
-    let script = dir.join("forged-worker.sh");
     // The first two starts (one per worker) publish the same key; the
     // second to arrive is cut off. Later starts are the real worker.
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n\
-             if [ $n -le 2 ]; then printf '\\004{key}' >&0; exec sleep 60; fi\n\
-             exec {keyferry} \"$@\"\n",
-            counter = counter.display(),
-            keyferry = keyferry().display(),
-            key = "\\011".repeat(32),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = forged_worker(
+        "stolen-key",
+        2,
+        &format!("printf '\\004{}' >&0; exec sleep 60", "\\011".repeat(32)),
+    );
     let server = Server::start(&[
         "--workers",
         "2",
@@ -555,6 +544,7 @@ fn a_worker_that_stops_reading_cannot_wedge_the_key_holder() {
     // Publishes a key and one ready instance, then never reads again.
     let script = forged_worker(
         "stops-reading",
+        1,
         &format!(
             "printf '\\004{key}' >&0; printf '\\001\\001\\000\\000\\000\\001' >&0; exec sleep 3600",
             key = "\\011".repeat(32)
