@@ -207,33 +207,23 @@ fn a_killed_worker_loses_only_its_own_connections() {
 
 #[test]
 fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
-    let dir = temp_dir("forged-worker");
-    let counter = dir.join("runs");
-    let script = dir.join("forged-worker.sh");
     // The first five starts misbehave on the channel (standard input), each
     // its own way; from the sixth on the real worker runs.
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n\
-             case $n in\n\
-             1) printf 'not a frame at all' >&0; sleep 30 ;;\n\
-             2) printf '\\002\\000\\000\\000\\000\\000\\000\\000\\052\\001\\000{zeros}' >&0; sleep 30 ;;\n\
-             3) dd if=/dev/zero bs=700000 count=1 >&0 2>/dev/null; sleep 30 ;;\n\
-             4) printf '\\001\\001\\000\\000\\000\\001' >&0; sleep 30 ;;\n\
-             5) printf '\\004{key}' >&0; printf '\\004{key}' >&0; sleep 30 ;;\n\
-             *) exec {keyferry} \"$@\" ;;\n\
-             esac\n",
-            counter = counter.display(),
-            keyferry = keyferry().display(),
+    let script = worker_script(
+        "forged-worker",
+        &format!(
+            "case $n in\n\
+             1) printf 'not a frame at all' >&0; sleep 30; exit ;;\n\
+             2) printf '\\002\\000\\000\\000\\000\\000\\000\\000\\052\\001\\000{zeros}' >&0; sleep 30; exit ;;\n\
+             3) dd if=/dev/zero bs=700000 count=1 >&0 2>/dev/null; sleep 30; exit ;;\n\
+             4) printf '\\001\\001\\000\\000\\000\\001' >&0; sleep 30; exit ;;\n\
+             5) printf '\\004{key}' >&0; printf '\\004{key}' >&0; sleep 30; exit ;;\n\
+             esac",
             key = "\\011".repeat(32),
             // A whole Done frame's report: bytes in, bytes out, attach time.
             zeros = "\\000".repeat(24),
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let mut server = Server::start(&[
         "--workers",
         "1",
@@ -475,9 +465,9 @@ fn workers_never_run_as_root() {
     assert!(text.contains("a worker never runs as uid 0"), "{text}");
 }
 
-/// A forged worker program: the first `starts` starts run `forged` (with
-/// the channel on standard input), every later start the real worker.
-fn forged_worker(name: &str, starts: u32, forged: &str) -> std::path::PathBuf {
+/// A forged worker program: a shell script that counts its starts in `$n`
+/// and runs `dispatch`, then (unless `dispatch` left) the real worker.
+fn worker_script(name: &str, dispatch: &str) -> std::path::PathBuf {
     let dir = temp_dir(name);
     let counter = dir.join("runs");
     let script = dir.join("forged-worker.sh");
@@ -486,7 +476,7 @@ fn forged_worker(name: &str, starts: u32, forged: &str) -> std::path::PathBuf {
         format!(
             "#!/bin/sh\n\
              n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n\
-             if [ $n -le {starts} ]; then {forged}; fi\n\
+             {dispatch}\n\
              exec {keyferry} \"$@\"\n",
             counter = counter.display(),
             keyferry = keyferry().display(),
@@ -495,6 +485,12 @@ fn forged_worker(name: &str, starts: u32, forged: &str) -> std::path::PathBuf {
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
+}
+
+/// The first `starts` starts run `forged` (with the channel on standard
+/// input), every later start the real worker.
+fn forged_worker(name: &str, starts: u32, forged: &str) -> std::path::PathBuf {
+    worker_script(name, &format!("if [ $n -le {starts} ]; then {forged}; fi"))
 }
 
 #[test]
