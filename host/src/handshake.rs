@@ -293,7 +293,7 @@ impl Handshake {
     /// Otherwise (a resumed TLS 1.2 handshake, say) only rustls holds the
     /// key, so it is shown the header with its length at the most a record
     /// field holds, which it refuses with its own `decode_error` alert.
-    fn refuse_oversize(&mut self) -> Result<Progress> {
+    fn refuse_oversize(&mut self) -> Result<()> {
         if let Some(alert) = self.our_alert(RECORD_OVERFLOW) {
             self.outgoing.extend_from_slice(&alert);
             return Err(HandshakeError::RecordOverflow.into());
@@ -301,7 +301,7 @@ impl Handshake {
         let header = self.exposed;
         self.incoming[header + 3..header + HEADER_LEN].copy_from_slice(&[0xff, 0xff]);
         self.exposed += HEADER_LEN;
-        Ok(Progress::NeedInput)
+        Ok(())
     }
 
     /// A fatal alert protected as a TLS 1.3 server's first record under its
@@ -418,10 +418,9 @@ impl Handshake {
             return;
         }
         if let Some(alert) = self.outgoing.rchunks_exact_mut(ALERT_RECORD_LEN).next()
-            && alert[..ALERT_RECORD_LEN - 1] == RECORD_OVERFLOW_ALERT[..ALERT_RECORD_LEN - 1]
-            && alert[ALERT_RECORD_LEN - 1] == CERTIFICATE_REQUIRED
+            && *alert == alert_record(CERTIFICATE_REQUIRED)
         {
-            alert[ALERT_RECORD_LEN - 1] = HANDSHAKE_FAILURE;
+            alert.copy_from_slice(&alert_record(HANDSHAKE_FAILURE));
         }
     }
 
@@ -650,8 +649,6 @@ const HANDSHAKE_FAILURE: u8 = 40;
 const ALERT_RECORD_LEN: usize = HEADER_LEN + 2;
 const UNEXPECTED_MESSAGE: u8 = 10;
 const RECORD_OVERFLOW: u8 = 22;
-/// A fatal `record_overflow` alert in the clear.
-const RECORD_OVERFLOW_ALERT: [u8; ALERT_RECORD_LEN] = alert_record(RECORD_OVERFLOW);
 
 /// A fatal alert in the clear: type alert, legacy version TLS 1.2, length
 /// 2, level fatal, then the description.
