@@ -11,7 +11,7 @@ use keyferry::error::{Error, HandshakeError};
 use keyferry::handshake::{Handoff, Handshake};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
@@ -75,27 +75,74 @@ pub(crate) async fn accept(
     }
 }
 
-/// A place under the connection cap for `peer`: at once if there is one;
-/// at the cap, after `shed` closed the longest-idle keep-alive connection
-/// (never a busy one) and its place came back within [`ADMISSION_WAIT`].
-/// `None` (logged) if no place came: the caller closes the client.
-pub(crate) async fn admit(
-    permits: &Arc<Semaphore>,
-    shed: impl Future<Output = bool>,
-    metrics: &Metrics,
-    peer: SocketAddr,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    if let Ok(permit) = permits.clone().try_acquire_owned() {
-        return Some(permit);
+/// The connection cap, the same for both placements: places for
+/// connections, and places for the clients waiting at the cap for one.
+#[derive(Clone)]
+pub(crate) struct Cap {
+    places: Arc<Semaphore>,
+    queue: Arc<Semaphore>,
+}
+
+/// A client's place in the queue at the cap, held until it is admitted or
+/// closed.
+pub(crate) struct Queued {
+    places: Arc<Semaphore>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Cap {
+    /// At most `max_connections` connections (at least one), and as many
+    /// clients waiting for a place.
+    pub(crate) fn new(max_connections: usize) -> Self {
+        let max = max_connections.max(1);
+        Self {
+            places: Arc::new(Semaphore::new(max)),
+            queue: Arc::new(Semaphore::new(max)),
+        }
     }
-    // The shed connection is counted when it ends (ending "shed").
-    shed.await;
-    match tokio::time::timeout(ADMISSION_WAIT, permits.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => Some(permit),
-        _ => {
-            metrics.refused_at_cap();
-            info!(%peer, "at the connection cap and nothing idle to close; closed");
-            None
+
+    /// A place in the queue for `peer`, taken as it is accepted; `None`
+    /// (counted and logged) when the queue is full: the caller closes the
+    /// client at once.
+    pub(crate) fn queue(&self, metrics: &Metrics, peer: SocketAddr) -> Option<Queued> {
+        match self.queue.clone().try_acquire_owned() {
+            Ok(place) => Some(Queued {
+                places: self.places.clone(),
+                _place: place,
+            }),
+            Err(_) => {
+                metrics.refused_at_cap();
+                info!(%peer, "at the connection cap with a full queue; closed");
+                None
+            }
+        }
+    }
+}
+
+impl Queued {
+    /// A place under the connection cap for `peer`: at once if there is
+    /// one; at the cap, after `shed` closed the longest-idle keep-alive
+    /// connection (never a busy one) and its place came back within
+    /// [`ADMISSION_WAIT`]. `None` (logged) if no place came: the caller
+    /// closes the client. The queue place is given back either way.
+    pub(crate) async fn admit(
+        self,
+        shed: impl Future<Output = bool>,
+        metrics: &Metrics,
+        peer: SocketAddr,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.places.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        // The shed connection is counted when it ends (ending "shed").
+        shed.await;
+        match tokio::time::timeout(ADMISSION_WAIT, self.places.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                metrics.refused_at_cap();
+                info!(%peer, "at the connection cap and nothing idle to close; closed");
+                None
+            }
         }
     }
 }

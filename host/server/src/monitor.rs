@@ -30,13 +30,13 @@ use keyferry_guest::blob::SessionSender;
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
 use crate::ending::ConnectionOutcome;
 use crate::ending::EndingKind;
-use crate::front::{ADMISSION_WAIT, accept, admit, client_address, server_handshake};
+use crate::front::{ADMISSION_WAIT, Cap, accept, client_address, server_handshake};
 use crate::metrics::Metrics;
 use crate::transport::new_connection_id;
 use keyferry::error::Result;
@@ -417,25 +417,18 @@ pub async fn serve(
             stop.clone(),
         ));
     }
-    let cap = options.max_connections.max(1);
-    let permits = Arc::new(Semaphore::new(cap));
-    // Clients waiting at the cap for room, as in the single-process
-    // server: beyond this many, a new client is closed at once.
-    let waiting = Arc::new(Semaphore::new(cap));
+    let cap = Cap::new(options.max_connections);
     let mut tasks = tokio::task::JoinSet::new();
     while let Some((stream, peer)) = accept(&listener, &mut accepting, &metrics).await {
-        let (options, pool, permits) = (options.clone(), pool.clone(), permits.clone());
-        let Ok(waiter) = waiting.clone().try_acquire_owned() else {
-            metrics.refused_at_cap();
-            info!(%peer, "at the connection cap with a full queue; closed");
+        let (options, pool) = (options.clone(), pool.clone());
+        let Some(queued) = cap.queue(&metrics, peer) else {
             continue;
         };
         tasks.spawn(async move {
             let metrics = &options.metrics;
-            let Some(permit) = admit(&permits, pool.shed_one(), metrics, peer).await else {
+            let Some(permit) = queued.admit(pool.shed_one(), metrics, peer).await else {
                 return;
             };
-            drop(waiter);
             connection(stream, peer, &options, &pool, permit).await;
         });
         while tasks.try_join_next().is_some() {}
@@ -837,6 +830,7 @@ fn assignment_frame(
 mod tests {
     use super::*;
     use crate::channel::ConnectionReport;
+    use tokio::sync::Semaphore;
 
     /// A worker that stops reading its channel is cut off by the first send
     /// that finds no room, never waited for.

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::ending::ConnectionOutcome;
-use crate::front::{accept, admit, client_address, server_handshake};
+use crate::front::{Cap, accept, client_address, server_handshake};
 use crate::metrics::Metrics;
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
@@ -165,11 +165,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let metrics = options.metrics.clone();
-    let cap = options.max_connections.max(1);
-    let permits = Arc::new(Semaphore::new(cap));
-    // Clients waiting at the cap for room; beyond this many, a new client
-    // is closed at once.
-    let waiting = Arc::new(Semaphore::new(cap));
+    let cap = Cap::new(options.max_connections);
     let sessions = Arc::new(Sessions::default());
     let epoch = Instant::now();
     let ready = ReadyInstances::new(
@@ -182,21 +178,17 @@ pub async fn serve(
         let options = options.clone();
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
-        let permits = permits.clone();
         let sessions = sessions.clone();
         let ready = ready.clone();
-        let Ok(waiter) = waiting.clone().try_acquire_owned() else {
-            metrics.refused_at_cap();
-            info!(%peer, "at the connection cap with a full queue; closed");
+        let Some(queued) = cap.queue(&metrics, peer) else {
             continue;
         };
         tasks.spawn(async move {
             let shed = async { sessions.shed_longest_idle() };
-            let Some(permit) = admit(&permits, shed, &metrics, peer).await else {
+            let Some(permit) = queued.admit(shed, &metrics, peer).await else {
                 let _ = stream.shutdown().await;
                 return;
             };
-            drop(waiter);
             let shared = ServerContext {
                 options: &options,
                 metrics: &metrics,
