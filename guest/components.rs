@@ -36,6 +36,7 @@ pub fn rerun_if_guest_changed(root: &Path) {
         "guest/examples",
         "guest/Cargo.toml",
         "guest/components.rs",
+        "guest/http-driver",
         "wit",
         "Cargo.lock",
         "Cargo.toml",
@@ -92,6 +93,27 @@ pub fn library(root: &Path, features: &[&str], name: &str) -> PathBuf {
             .join("keyferry_guest.wasm"),
         name,
     )
+}
+
+/// Builds the two parts keyferry composes with a stock `wasi:http`
+/// component (DESIGN section 9): the front (the guest library with
+/// `http-front` and without the reference component) and the driver
+/// (`guest/http-driver`), copied to `OUT_DIR/keyferry_http_front.wasm` and
+/// `OUT_DIR/keyferry_http_driver.wasm`.
+pub fn http_parts(root: &Path) -> [PathBuf; 2] {
+    let _lock = lock_target_dir();
+    cargo(
+        root,
+        &["--lib", "--no-default-features", "--features", "http-front"],
+    );
+    let dir = target_dir().join(TARGET).join(profile_dir());
+    let front = copy_out(&dir.join("keyferry_guest.wasm"), "keyferry_http_front");
+    cargo(root, &["--package", "keyferry-http-driver", "--lib"]);
+    let driver = copy_out(
+        &dir.join("keyferry_http_driver.wasm"),
+        "keyferry_http_driver",
+    );
+    [front, driver]
 }
 
 /// Builds application components from `guest/examples` (without the
@@ -183,6 +205,16 @@ fn cargo_home() -> PathBuf {
 }
 
 fn cargo(root: &Path, extra: &[&str]) {
+    let extra: Vec<&str> = if extra.contains(&"--package") {
+        extra.to_vec()
+    } else {
+        ["--package", "keyferry-guest"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect()
+    };
+    let extra = &extra[..];
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let profile = profile();
     let mut cmd = Command::new(cargo);
@@ -190,8 +222,6 @@ fn cargo(root: &Path, extra: &[&str]) {
         .args([
             "build",
             "--locked",
-            "--package",
-            "keyferry-guest",
             "--target",
             TARGET,
             "--profile",

@@ -24,4 +24,6 @@ fn main() {
     components::library(&root, &[], "keyferry_guest");
     components::library(&root, &["host-keys"], "keyferry_guest_host_keys");
     components::examples(&root, &["component-runtime"], &["http_app", "echo_app"]);
+    // The front and the driver a stock wasi:http component is composed with.
+    components::http_parts(&root);
 }

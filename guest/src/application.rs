@@ -8,7 +8,9 @@
 //! application, and the WIT `tls-connection` resource is a thin shell over
 //! it.
 
+use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 use zeroize::Zeroizing;
 
 use crate::connection::{Closed, Connection, Event, Facts, Output};
@@ -44,7 +46,21 @@ pub trait Application: 'static {
     fn is_idle(&self) -> bool {
         true
     }
+
+    /// A connection of this application was attached. An application that
+    /// drives its connection itself (the `wasi:http` front pulls its
+    /// ciphertext through the host's transport) keeps the session here;
+    /// others need not.
+    fn attached(_session: &SharedSession<Self>)
+    where
+        Self: Sized,
+    {
+    }
 }
+
+/// A session as the `tls-connection` resource holds it: `None` once the
+/// connection was exported or the resource dropped.
+pub type SharedSession<A> = Rc<RefCell<Option<Session<A>>>>;
 
 /// An application's answer to one step.
 #[derive(Default)]
@@ -157,6 +173,12 @@ impl<A> Session<A> {
     /// The application.
     pub fn application(&self) -> &A {
         &self.app
+    }
+
+    /// The connection and the application, for an application that drives
+    /// its connection itself.
+    pub fn parts_mut(&mut self) -> (&mut Connection, &mut A) {
+        (&mut self.conn, &mut self.app)
     }
 }
 

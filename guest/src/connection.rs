@@ -247,6 +247,20 @@ impl Connection {
         Ok(out)
     }
 
+    /// `plaintext` (one record's worth at most) and close_notify, sealed
+    /// at the next sequence numbers without spending them
+    /// ([`TrafficKey::seal_ahead`]): what to send instead of anything else
+    /// if the application fails.
+    pub fn seal_ahead_and_close(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        if self.write_closed || plaintext.len() > MAX_PLAINTEXT {
+            return Err(Error::InvalidArgument("nothing can be sealed ahead"));
+        }
+        self.seal.seal_ahead(&[
+            (ContentType::ApplicationData, plaintext),
+            (ContentType::Alert, &[1, CLOSE_NOTIFY]),
+        ])
+    }
+
     /// Sends close_notify; no more data can be sent after it.
     pub fn close(&mut self) -> Result<Vec<u8>> {
         if self.write_closed {

@@ -131,11 +131,11 @@ mod host_keys {
 }
 
 /// A `tls-connection` handle. `None` once exported.
-pub struct ConnectionResource<A>(RefCell<Option<Session<A>>>);
+pub struct ConnectionResource<A>(crate::application::SharedSession<A>);
 
 impl<A> Drop for ConnectionResource<A> {
     fn drop(&mut self) {
-        if let Some(session) = self.0.get_mut().take() {
+        if let Some(session) = self.0.borrow_mut().take() {
             with_instance(|i| i.release_connection(session.connection()));
         }
     }
@@ -175,9 +175,9 @@ impl<A: Application> GuestTlsConnection for ConnectionResource<A> {
         facts: wit::Facts,
     ) -> Result<TlsConnectionHandle, wit::Error> {
         let conn = with_instance(|i| i.attach_connection(&seal_blob, &open_blob, facts.into()))?;
-        Ok(TlsConnectionHandle::new(Self(RefCell::new(Some(
-            Session::<A>::new(conn),
-        )))))
+        let session = alloc::rc::Rc::new(RefCell::new(Some(Session::<A>::new(conn))));
+        A::attached(&session);
+        Ok(TlsConnectionHandle::new(Self(session)))
     }
 
     fn start(&self) -> wconn::Output {

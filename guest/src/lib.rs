@@ -46,6 +46,7 @@ pub mod cipher;
 pub mod connection;
 pub mod error;
 pub mod framing;
+pub mod front;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod ghash_simd128;
 pub mod http;
@@ -79,11 +80,18 @@ pub mod exports;
     reason = "generated code"
 )]
 pub mod bindings {
-    #[cfg(not(feature = "reference-component"))]
+    #[cfg(not(any(feature = "reference-component", feature = "http-front")))]
     wit_bindgen::generate!({
         path: "../wit",
         world: "application-plugin",
         pub_export_macro: true,
+    });
+    #[cfg(all(feature = "http-front", not(feature = "reference-component")))]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "http-front",
+        pub_export_macro: true,
+        generate_all,
     });
     #[cfg(all(feature = "reference-component", not(feature = "host-keys")))]
     wit_bindgen::generate!({

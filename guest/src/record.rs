@@ -476,6 +476,38 @@ impl TrafficKey {
         Ok(out)
     }
 
+    /// Seals `records` at the next sequence numbers and then puts the
+    /// sequence back, so the key is where it was. For a response kept in
+    /// reserve (a 500 a host sends if the application fails before it
+    /// writes anything): the records and whatever is sent instead share
+    /// nonces, so the caller must make sure at most one of them is ever
+    /// sent. Refused for a host-resident key (its sequence lives in the key
+    /// service) and near the key's limit (no KeyUpdate is sealed ahead).
+    pub fn seal_ahead(&mut self, records: &[(ContentType, &[u8])]) -> Result<Vec<u8>> {
+        self.usable(Direction::Seal)?;
+        if !matches!(self.residency, Residency::Software { .. })
+            || self.sequence.saturating_add(records.len() as u64)
+                >= self.auto_update_limit.saturating_sub(1)
+        {
+            return Err(Error::InvalidArgument(
+                "records cannot be sealed ahead with this key",
+            ));
+        }
+        let saved = self.sequence;
+        let mut out = Vec::new();
+        let mut sealed = Ok(());
+        for (content_type, payload) in records {
+            sealed = check_sendable(*content_type, payload).and_then(|()| {
+                self.seal_into(&mut out, Sealed::Returned, *content_type, payload, 0)
+            });
+            if sealed.is_err() {
+                break;
+            }
+        }
+        self.sequence = saved;
+        sealed.map(|()| out)
+    }
+
     /// Seals a KeyUpdate message, then moves to the next generation.
     pub fn send_key_update(&mut self, request_update: bool) -> Result<Vec<u8>> {
         self.usable(Direction::Seal)?;

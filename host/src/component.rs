@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::{Component, InstancePre};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 
 use crate::bindings::DataplaneHostKeysIndices;
+use crate::compose::{self, ComponentKind};
 use crate::connection_exports::ConnectionIndices;
 use crate::engine::{GuestEngine, engine_error};
 use crate::error::Result;
@@ -35,14 +36,27 @@ pub struct GuestComponent {
     pre: InstancePre<StoreState>,
     connection: ConnectionIndices,
     full: Option<Arc<DataplaneHostKeysIndices>>,
+    /// `keyferry:dataplane/http-driver`'s `serve`, for a composed
+    /// `wasi:http` component.
+    http: Option<ComponentExportIndex>,
+    kind: ComponentKind,
 }
 
 impl GuestComponent {
-    /// Compiles a component (a `.wasm` component binary) and checks that it
-    /// exports `keyferry:dataplane/connection`.
+    /// Compiles a component (a `.wasm` component binary). It either
+    /// exports `keyferry:dataplane/connection` (an application component)
+    /// or is a stock `wasi:http` component (it exports
+    /// `wasi:http/incoming-handler@0.2.x`), which is first composed with
+    /// keyferry's front and driver ([`crate::compose`]).
     pub fn new(engine: &GuestEngine, wasm: &[u8]) -> Result<Self> {
-        let component =
-            Component::new(engine.wasmtime(), wasm).map_err(engine_error("compiling"))?;
+        let kind = compose::kind_of(wasm)?;
+        let component = match kind {
+            ComponentKind::Application => Component::new(engine.wasmtime(), wasm),
+            ComponentKind::WasiHttp => {
+                Component::new(engine.wasmtime(), &compose::compose_wasi_http(wasm)?[..])
+            }
+        }
+        .map_err(engine_error("compiling"))?;
         Self::prepare(engine, component)
     }
 
@@ -90,21 +104,49 @@ impl GuestComponent {
             "the component does not export keyferry:dataplane/connection",
         ))?;
         let full = DataplaneHostKeysIndices::new(&pre).ok().map(Arc::new);
+        let http = pre
+            .component()
+            .get_export_index(None, compose::HTTP_DRIVER_INTERFACE)
+            .and_then(|interface| pre.component().get_export_index(Some(&interface), "serve"));
         Ok(Self {
             engine: engine.clone(),
             pre,
             connection,
             full,
+            kind: if http.is_some() {
+                ComponentKind::WasiHttp
+            } else {
+                ComponentKind::Application
+            },
+            http,
         })
+    }
+
+    /// What the component is: an application component, or a composed
+    /// stock `wasi:http` component.
+    pub fn kind(&self) -> ComponentKind {
+        self.kind
     }
 
     /// A fresh instance in its own store: its own memory, its own exchange
     /// key, its own registry of imported blobs. A trap poisons only it.
     pub fn instantiate(&self) -> Result<GuestInstance> {
-        let mut store = self.engine.new_store();
+        let memories = match self.kind {
+            ComponentKind::Application => 1,
+            ComponentKind::WasiHttp => 3,
+        };
+        let mut store = self.engine.new_store(memories);
         let bound = self.engine.config().execution_bound();
         arm(&mut store, bound)?;
         let instance = self.pre.instantiate(&mut store).map_err(classify)?;
+        let http = match &self.http {
+            Some(index) => Some(
+                instance
+                    .get_typed_func::<(), ()>(&mut store, index)
+                    .map_err(engine_error("the type of http-driver's serve"))?,
+            ),
+            None => None,
+        };
         let connection = self
             .connection
             .load(&mut store, &instance)
@@ -113,7 +155,15 @@ impl GuestComponent {
             Some(indices) => FullExports::Unloaded(indices.clone(), instance),
             None => FullExports::Absent,
         };
-        let guest = GuestInstance::new(store, Exports { connection, full }, bound)?;
+        let guest = GuestInstance::new(
+            store,
+            Exports {
+                connection,
+                full,
+                http,
+            },
+            bound,
+        )?;
         // Pre-keyed: the instance gets its wrapping secret now, off the
         // path of the connection it will serve.
         guest.prepare_wrapping()?;

@@ -193,7 +193,7 @@ mod tests {
     }
 
     fn armed_store(engine: &GuestEngine) -> wasmtime::Store<StoreState> {
-        let mut store = engine.new_store();
+        let mut store = engine.new_store(1);
         crate::store::arm(&mut store, engine.config().execution_bound()).unwrap();
         store
     }

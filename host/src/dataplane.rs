@@ -151,6 +151,26 @@ impl DataPlane {
         &self.guest
     }
 
+    /// Whether the connection's component is a composed `wasi:http`
+    /// component, which drives its connection itself
+    /// ([`DataPlane::serve_http`]) instead of being fed ciphertext.
+    pub fn is_http(&self) -> bool {
+        self.guest.serves_http()
+    }
+
+    /// Serves the connection with a composed `wasi:http` component until
+    /// it ends. Blocks: the guest pulls ciphertext from `transport` and
+    /// writes records to it, and waits in it. Send what [`DataPlane::new`]
+    /// delivered first. A guest failure is the error; the outcome says
+    /// whether the guest's reserve 500 went out.
+    pub fn serve_http(
+        &mut self,
+        transport: Box<dyn crate::http_serve::Transport>,
+        limits: crate::http_serve::HttpLimits,
+    ) -> (Result<()>, crate::http_serve::HttpOutcome) {
+        self.guest.serve_http(transport, limits)
+    }
+
     fn handle(&self) -> Result<ResourceAny> {
         self.conn
             .ok_or_else(|| GuestError::InvalidResult("connection already moved").into())

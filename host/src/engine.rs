@@ -26,6 +26,7 @@ pub struct SandboxConfig {
     memory_limit: usize,
     execution: ExecutionBound,
     pooling: Option<u32>,
+    env: Arc<Vec<(String, String)>>,
 }
 
 impl Default for SandboxConfig {
@@ -34,6 +35,7 @@ impl Default for SandboxConfig {
             memory_limit: 64 << 20,
             execution: ExecutionBound::Deadline(Duration::from_secs(1)),
             pooling: None,
+            env: Arc::default(),
         }
     }
 }
@@ -55,6 +57,13 @@ impl SandboxConfig {
     /// pooling allocator), which makes instantiation much cheaper.
     pub fn with_pooling(mut self, max_instances: u32) -> Self {
         self.pooling = Some(max_instances);
+        self
+    }
+
+    /// The environment a guest's `wasi:cli/environment` returns (empty by
+    /// default: a guest sees none of the host's).
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = Arc::new(env);
         self
     }
 
@@ -134,9 +143,11 @@ impl GuestEngine {
         }
         if let Some(max) = config.pooling {
             let mut pool = PoolingAllocationConfig::new();
+            // A composed wasi:http component has three memories (front,
+            // tenant, driver); the others have one.
             pool.total_component_instances(max)
                 .total_core_instances(max.saturating_mul(8))
-                .total_memories(max.saturating_mul(2))
+                .total_memories(max.saturating_mul(3))
                 .total_tables(max.saturating_mul(4))
                 .max_memory_size(config.memory_limit)
                 .max_unused_warm_slots(max.min(64))
@@ -160,6 +171,8 @@ impl GuestEngine {
             .map_err(engine_error("linking the key service"))?;
         types::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(engine_error("linking the types interface"))?;
+        crate::http_serve::add_to_linker(&mut linker)
+            .map_err(engine_error("linking the HTTP transport"))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         if matches!(config.execution, ExecutionBound::Deadline(_)) {
             let weak = engine.weak();
@@ -205,15 +218,16 @@ impl GuestEngine {
         &self.shared.linker
     }
 
-    pub(crate) fn new_store(&self) -> Store<StoreState> {
+    pub(crate) fn new_store(&self, memories: usize) -> Store<StoreState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.shared.config.memory_limit)
             // The memory cap is per linear memory; a component built by
             // wasm-component-ld has one, so allow one and the cap is the
-            // instance's total. Tables are bounded too.
+            // instance's total. A composed wasi:http component has one
+            // per part (`memories`). Tables are bounded too.
             .instances(64)
             .tables(64)
-            .memories(1)
+            .memories(memories)
             .table_elements(100_000)
             .build();
         static NEXT_STORE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -224,6 +238,8 @@ impl GuestEngine {
             limits: Limits(limits, 0),
             keys: self.shared.keys.clone(),
             held: Default::default(),
+            env: self.shared.config.env.clone(),
+            http: None,
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -244,6 +260,6 @@ mod tests {
     #[test]
     fn a_guest_hands_over_no_more_than_its_memory_per_call() {
         let engine = GuestEngine::new(SandboxConfig::default().with_memory_limit(8 << 20)).unwrap();
-        assert_eq!(engine.new_store().hostcall_fuel(), 8 << 20);
+        assert_eq!(engine.new_store(1).hostcall_fuel(), 8 << 20);
     }
 }

@@ -34,6 +34,10 @@ pub enum Error {
     /// The transport failed.
     #[error("transport: {0}")]
     Io(#[from] std::io::Error),
+    /// The component cannot be served: not a component, the wrong world,
+    /// or an import a served `wasi:http` component cannot have.
+    #[error(transparent)]
+    Compose(#[from] crate::compose::ComposeError),
 }
 
 /// A guest that broke the WIT contract's promises or lacks an export. The

@@ -94,6 +94,8 @@ pub use keyferry_guest::record::TrafficKeyState;
 pub(crate) struct Exports {
     pub(crate) connection: ConnectionExports,
     pub(crate) full: FullExports,
+    /// A composed `wasi:http` component's `serve`.
+    pub(crate) http: Option<wasmtime::component::TypedFunc<(), ()>>,
 }
 
 /// The key-level interfaces (`keys`, `primitives`, `self-check`) of one
@@ -385,6 +387,49 @@ impl GuestInstance {
             .lock()
             .map_err(|_| SandboxError::Poisoned)?
             .call(|s, e| f(s, &e.connection))
+    }
+
+    /// Whether this is an instance of a composed `wasi:http` component.
+    pub fn serves_http(&self) -> bool {
+        self.sandbox
+            .lock()
+            .map(|mut s| s.parts_mut().1.http.is_some())
+            .unwrap_or(false)
+    }
+
+    /// Serves the attached connection of a composed `wasi:http` component
+    /// over `state`'s transport, until it ends. On a failure, the 500 the
+    /// guest sealed in reserve goes out if nothing was written since.
+    pub(crate) fn serve_http(
+        &self,
+        transport: Box<dyn crate::http_serve::Transport>,
+        limits: crate::http_serve::HttpLimits,
+    ) -> (Result<()>, crate::http_serve::HttpOutcome) {
+        let mut sandbox = match self.sandbox.lock() {
+            Ok(s) => s,
+            Err(_) => {
+                let state =
+                    crate::http_serve::HttpState::new(transport, limits, ExecutionBound::Fuel(0));
+                return (Err(SandboxError::Poisoned.into()), state.finish(false));
+            }
+        };
+        let state = crate::http_serve::HttpState::new(transport, limits, sandbox.bound());
+        sandbox.parts_mut().0.data_mut().http = Some(Box::new(state));
+        let result = sandbox.call(|store, exports| match &exports.http {
+            Some(serve) => serve.call(store, ()),
+            None => Err(wasmtime::format_err!(
+                "the component is not a composed wasi:http component"
+            )),
+        });
+        let state = sandbox
+            .parts_mut()
+            .0
+            .data_mut()
+            .http
+            .take()
+            .expect("put there above");
+        let outcome = state.finish(result.is_err());
+        (result, outcome)
     }
 
     /// Calls the reference component's key-level exports.

@@ -42,6 +42,7 @@
 #[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
 mod bindings;
 pub mod component;
+pub mod compose;
 mod connection_exports;
 pub mod dataplane;
 pub mod engine;
@@ -49,6 +50,7 @@ pub mod error;
 pub mod export;
 pub mod handshake;
 mod host_aead;
+pub mod http_serve;
 pub mod instance;
 mod key_service;
 pub mod keystore;

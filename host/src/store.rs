@@ -40,6 +40,10 @@ pub(crate) struct StoreState {
     pub(crate) keys: Arc<HostKeyStore>,
     /// Records the key service holds for the call in progress.
     pub(crate) held: HeldRecords,
+    /// What `wasi:cli/environment` returns.
+    pub(crate) env: Arc<Vec<(String, String)>>,
+    /// The connection a composed `wasi:http` component is serving.
+    pub(crate) http: Option<Box<crate::http_serve::HttpState>>,
 }
 
 /// Records that stay in the host while a guest works on them: those a
@@ -117,7 +121,13 @@ impl ResourceLimiter for Limits {
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
+            ctx: self.wasi.get_or_insert_with(|| {
+                let mut builder = WasiCtx::builder();
+                for (key, value) in self.env.iter() {
+                    builder.env(key, value);
+                }
+                builder.build()
+            }),
             table: &mut self.table,
         }
     }
@@ -142,6 +152,10 @@ impl<E> Sandboxed<E> {
             bound,
             poisoned: false,
         }
+    }
+
+    pub(crate) fn bound(&self) -> ExecutionBound {
+        self.bound
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {

@@ -27,6 +27,7 @@ pub mod channel;
 pub mod confine;
 pub mod ending;
 pub mod front;
+mod http_transport;
 pub mod metrics;
 pub mod monitor;
 pub mod proxy;

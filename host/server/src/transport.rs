@@ -58,7 +58,7 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    fn set_idle(&self, epoch: Instant, idle: bool) {
+    pub(crate) fn set_idle(&self, epoch: Instant, idle: bool) {
         let ms = if idle {
             u64::try_from(epoch.elapsed().as_millis())
                 .unwrap_or(u64::MAX)
@@ -212,7 +212,7 @@ pub(crate) async fn refuse_unattached<S: AsyncWrite + Unpin>(
 /// long the guest took to be ready after the handshake, and `started` when
 /// the connection began. Returns the summary, and the guest instance for
 /// its owner to retire or keep.
-pub(crate) async fn serve_attached<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn serve_attached<S: AsyncRead + AsyncWrite + std::os::fd::AsFd + Unpin>(
     stream: &mut S,
     mut plane: DataPlane,
     first: Delivery,
@@ -222,7 +222,15 @@ pub(crate) async fn serve_attached<S: AsyncRead + AsyncWrite + Unpin>(
     (ready, started): (Duration, Instant),
 ) -> (SessionSummary, keyferry::GuestInstance) {
     let facts = plane.facts().clone();
-    let mut summary = run_session(stream, &mut plane, first, control).await;
+    let mut summary = if plane.is_http() {
+        let limits = keyferry::http_serve::HttpLimits::default();
+        let (summary, served) =
+            crate::http_transport::serve_http(stream, plane, first, control, peer, limits).await;
+        plane = served;
+        summary
+    } else {
+        run_session(stream, &mut plane, first, control).await
+    };
     summary.bytes_in += read_with_handshake;
     let guest = plane.guest().clone();
     let resumed = plane.resumed();

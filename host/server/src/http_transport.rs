@@ -1,0 +1,253 @@
+//! A connection served by a composed `wasi:http` component: the socket
+//! as the guest's blocking [`Transport`], with the server's timeouts,
+//! shutdown and shedding, on a thread of its own while the guest drives
+//! the connection (DESIGN section 9).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyferry::dataplane::{DataPlane, Delivery};
+use keyferry::http_serve::{HttpLimits, Output, Transport, TransportError};
+use rustix::event::{PollFd, PollFlags};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::ending::{Ending, SessionSummary};
+use crate::transport::SessionControl;
+
+/// How often a waiting transport looks at shutdown and shedding.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Lines a connection's component may print per second; the rest are
+/// counted and dropped (a component must not flood the log).
+const PRINT_BUDGET: u32 = 100;
+
+/// The socket, as a served component's guest sees it.
+struct SocketTransport {
+    fd: OwnedFd,
+    control: SessionControl,
+    peer: String,
+    /// Why the transport ended the connection, for the log line.
+    ending: Arc<Mutex<Option<Ending>>>,
+    printed: (Instant, u32, u64),
+}
+
+impl SocketTransport {
+    fn end(&self, ending: Ending, error: TransportError) -> TransportError {
+        let mut slot = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(ending);
+        error
+    }
+
+    /// Waits for `flags` on the socket until `deadline`: true when ready,
+    /// false at the deadline.
+    fn poll_until(
+        &mut self,
+        flags: PollFlags,
+        deadline: Instant,
+        idle: bool,
+    ) -> Result<bool, TransportError> {
+        if idle {
+            self.control.handle.set_idle(self.control.epoch, true);
+        }
+        let result = loop {
+            if *self.control.shutdown.borrow() {
+                break Err(self.end(Ending::Shutdown, TransportError::Shutdown));
+            }
+            if idle && self.control.handle.idle_since_ms().is_none() {
+                // The server claimed this idle connection to make room.
+                break Err(self.end(Ending::Shed, TransportError::Shutdown));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() && !flags.is_empty() {
+                break Ok(false);
+            }
+            let slice = left.min(CHECK_EVERY);
+            if flags.is_empty() {
+                std::thread::sleep(slice);
+                if Instant::now() >= deadline {
+                    break Ok(false);
+                }
+                continue;
+            }
+            let timeout = rustix::time::Timespec {
+                tv_sec: slice.as_secs() as i64,
+                tv_nsec: i64::from(slice.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&self.fd, flags)];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                Ok(_) => break Ok(true),
+                Err(e) => {
+                    break Err(self.end(Ending::Transport(e.to_string()), TransportError::Closed));
+                }
+            }
+        };
+        if idle {
+            self.control.handle.set_idle(self.control.epoch, false);
+        }
+        result
+    }
+}
+
+impl Transport for SocketTransport {
+    fn read(&mut self, buf: &mut [u8], idle: bool) -> Result<usize, TransportError> {
+        let (timeout, ending) = if idle {
+            (self.control.timeouts.keepalive, Ending::KeepaliveTimeout)
+        } else {
+            (self.control.timeouts.request, Ending::RequestTimeout)
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            match rustix::io::read(&self.fd, &mut *buf) {
+                Ok(n) => return Ok(n),
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(self.end(Ending::Transport(e.to_string()), TransportError::Closed));
+                }
+            }
+            if !self.poll_until(PollFlags::IN, deadline, idle)? {
+                return Err(self.end(ending, TransportError::Timeout));
+            }
+        }
+    }
+
+    fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), TransportError> {
+        let deadline = Instant::now() + self.control.timeouts.write;
+        while !bytes.is_empty() {
+            match rustix::io::write(&self.fd, bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
+                    if !self.poll_until(PollFlags::OUT, deadline, false)? {
+                        return Err(self.end(Ending::WriteTimeout, TransportError::Timeout));
+                    }
+                }
+                Err(e) => {
+                    return Err(self.end(Ending::Transport(e.to_string()), TransportError::Closed));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, readable: bool, until: Option<Instant>) -> Result<bool, TransportError> {
+        // A request in progress: a handler's sleep or its wait for the
+        // body is bounded by the request timeout.
+        let cap = Instant::now() + self.control.timeouts.request;
+        let deadline = until.map_or(cap, |u| u.min(cap));
+        let flags = if readable {
+            PollFlags::IN
+        } else {
+            PollFlags::empty()
+        };
+        if self.poll_until(flags, deadline, false)? {
+            return Ok(true);
+        }
+        match until {
+            Some(u) if u <= cap => Ok(false),
+            _ => Err(self.end(Ending::RequestTimeout, TransportError::Timeout)),
+        }
+    }
+
+    fn print(&mut self, output: Output, line: &[u8]) {
+        let (since, count, dropped) = &mut self.printed;
+        if since.elapsed() >= Duration::from_secs(1) {
+            if *dropped > 0 {
+                tracing::warn!(peer = %self.peer, dropped = *dropped, "component output over its budget was dropped");
+            }
+            *since = Instant::now();
+            *count = 0;
+            *dropped = 0;
+        }
+        if *count >= PRINT_BUDGET {
+            *dropped += 1;
+            return;
+        }
+        *count += 1;
+        let text: String = String::from_utf8_lossy(line)
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .take(4096)
+            .collect();
+        let stream = match output {
+            Output::Stdout => "stdout",
+            Output::Stderr => "stderr",
+        };
+        tracing::info!(target: "keyferry::component", peer = %self.peer, stream, "{text}");
+    }
+}
+
+/// Serves a connection attached to a composed `wasi:http` component: what
+/// the handoff delivered goes out, then the guest drives the connection on
+/// a blocking thread until it ends.
+pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
+    stream: &mut S,
+    mut plane: DataPlane,
+    first: Delivery,
+    control: SessionControl,
+    peer: &str,
+    limits: HttpLimits,
+) -> (SessionSummary, DataPlane) {
+    let started = Instant::now();
+    let mut summary = SessionSummary {
+        bytes_in: 0,
+        bytes_out: 0,
+        ending: Ending::Clean,
+        duration: Duration::ZERO,
+    };
+    if !first.to_send.is_empty() {
+        if let Err(e) = stream.write_all(&first.to_send).await {
+            summary.ending = Ending::Transport(e.to_string());
+            return (summary, plane);
+        }
+        summary.bytes_out += first.to_send.len() as u64;
+    }
+    if first.done {
+        summary.ending = first.closed.map_or(Ending::Clean, Ending::Peer);
+        return (summary, plane);
+    }
+    let fd = match rustix::io::fcntl_dupfd_cloexec(stream.as_fd(), 0) {
+        Ok(fd) => fd,
+        Err(e) => {
+            summary.ending = Ending::Transport(e.to_string());
+            return (summary, plane);
+        }
+    };
+    let ending = Arc::new(Mutex::new(None));
+    let transport = SocketTransport {
+        fd,
+        control,
+        peer: peer.to_string(),
+        ending: ending.clone(),
+        printed: (Instant::now(), 0, 0),
+    };
+    let served = tokio::task::spawn_blocking(move || {
+        let (result, outcome) = plane.serve_http(Box::new(transport), limits);
+        (plane, result, outcome)
+    })
+    .await;
+    let (plane, result, outcome) = match served {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    summary.bytes_in += outcome.bytes_in;
+    summary.bytes_out += outcome.bytes_out;
+    summary.ending = match result {
+        Err(e) => Ending::GuestFailed {
+            reason: if outcome.fault_response_sent {
+                format!("{e} (answered 500)")
+            } else {
+                e.to_string()
+            },
+            trap: e.trap(),
+        },
+        Ok(()) => ending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(Ending::Clean),
+    };
+    let _ = stream.shutdown().await;
+    summary.duration = started.elapsed();
+    (summary, plane)
+}

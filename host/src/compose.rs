@@ -1,0 +1,277 @@
+//! Stock `wasi:http` components, made servable (DESIGN section 9).
+//!
+//! A component that exports `wasi:http/incoming-handler@0.2.x` is composed
+//! at load time with two parts keyferry ships: the front (the record
+//! layer, an HTTP/1.1 codec, and the `wasi:http/types` and `wasi:io`
+//! interfaces the tenant imports) and the driver (which calls the tenant's
+//! handler with the front's requests). The result exports
+//! `keyferry:dataplane/connection` like any application component, plus
+//! `keyferry:dataplane/http-driver`; the tenant is not modified.
+//!
+//! The tenant's imports that carry plaintext are wired to the front, so
+//! request and response bytes stay in the sandbox. The rest (randomness,
+//! the wall clock, the environment, exit) come from the host. An import
+//! that is neither is refused here, by name, before anything runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use sha2::{Digest, Sha256};
+use wac_graph::types::{Package, are_semver_compatible};
+use wac_graph::{CompositionGraph, EncodeOptions};
+
+/// The front of a served `wasi:http` component: the guest library built
+/// with `http-front` (shipped prebuilt, as the reference component is).
+pub const HTTP_FRONT: &[u8] = include_bytes!("../components/keyferry_http_front.wasm");
+
+/// The driver of a served `wasi:http` component (`guest/http-driver`).
+pub const HTTP_DRIVER: &[u8] = include_bytes!("../components/keyferry_http_driver.wasm");
+
+/// The interface every keyferry application component exports.
+pub const CONNECTION: &str = "keyferry:dataplane/connection@0.1.0";
+
+/// The interface the host calls to serve a composed `wasi:http` component.
+pub const HTTP_DRIVER_INTERFACE: &str = "keyferry:dataplane/http-driver@0.1.0";
+
+/// What a component is, judged by its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentKind {
+    /// A keyferry application component (`keyferry:dataplane/connection`).
+    Application,
+    /// A stock `wasi:http` component (`wasi:http/incoming-handler@0.2.x`).
+    WasiHttp,
+}
+
+/// Why a component cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComposeError {
+    /// The bytes are not a WebAssembly component (a core module, or not
+    /// Wasm at all).
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    /// The component exports neither `keyferry:dataplane/connection` nor
+    /// `wasi:http/incoming-handler@0.2.x`.
+    #[error(
+        "the component exports neither keyferry:dataplane/connection nor wasi:http/incoming-handler@0.2.x (it exports: {exports})"
+    )]
+    WrongWorld {
+        /// What it does export, comma-separated.
+        exports: String,
+    },
+    /// The component imports an interface a served component cannot have.
+    #[error(
+        "the component imports {import}, which a served wasi:http component cannot use: {reason}"
+    )]
+    UnsupportedImport {
+        /// The import's name, e.g. `wasi:sockets/tcp@0.2.0`.
+        import: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The composition failed (a type that does not match, for one).
+    #[error("composing the component with keyferry's front failed: {0}")]
+    Composition(String),
+}
+
+/// Imports the host provides to a served component: none of them carries
+/// plaintext or a `wasi:io` type.
+const FROM_HOST: &[&str] = &[
+    "wasi:random/random@0.2",
+    "wasi:random/insecure@0.2",
+    "wasi:random/insecure-seed@0.2",
+    "wasi:clocks/wall-clock@0.2",
+    "wasi:cli/environment@0.2",
+    "wasi:cli/exit@0.2",
+    "wasi:cli/terminal-input@0.2",
+    "wasi:cli/terminal-output@0.2",
+    "wasi:cli/terminal-stdin@0.2",
+    "wasi:cli/terminal-stdout@0.2",
+    "wasi:cli/terminal-stderr@0.2",
+];
+
+/// Whether `name` (`pkg/iface@version`) is one of `prefixes` (`pkg/iface@major.minor`).
+fn listed(name: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| name.starts_with(p))
+}
+
+/// What a component is, from its exports. Parses the component; compiles
+/// nothing.
+pub fn kind_of(wasm: &[u8]) -> Result<ComponentKind, ComposeError> {
+    let mut graph = CompositionGraph::new();
+    let package = Package::from_bytes("keyferry:probe", None, wasm.to_vec(), graph.types_mut())
+        .map_err(|e| ComposeError::NotAComponent(format!("{e:#}")))?;
+    let world = &graph.types()[package.ty()];
+    if world.exports.contains_key(CONNECTION) {
+        return Ok(ComponentKind::Application);
+    }
+    if world
+        .exports
+        .keys()
+        .any(|e| e.starts_with("wasi:http/incoming-handler@0.2."))
+    {
+        return Ok(ComponentKind::WasiHttp);
+    }
+    Err(ComposeError::WrongWorld {
+        exports: if world.exports.is_empty() {
+            "nothing".into()
+        } else {
+            world.exports.keys().cloned().collect::<Vec<_>>().join(", ")
+        },
+    })
+}
+
+/// Compositions already made in this process, by the tenant's SHA-256: a
+/// component is composed once however many engines load it.
+fn cache() -> &'static Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>> {
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+/// Composes a stock `wasi:http` component (the tenant) with the front and
+/// the driver. Cached by the tenant's hash.
+pub fn compose_wasi_http(tenant: &[u8]) -> Result<Arc<Vec<u8>>, ComposeError> {
+    let hash: [u8; 32] = Sha256::digest(tenant).into();
+    if let Some(done) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
+        return Ok(done.clone());
+    }
+    let composed = Arc::new(compose(tenant)?);
+    cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(hash, composed.clone());
+    Ok(composed)
+}
+
+fn compose(tenant: &[u8]) -> Result<Vec<u8>, ComposeError> {
+    let failed = |e: &dyn std::fmt::Display| ComposeError::Composition(e.to_string());
+    let mut graph = CompositionGraph::new();
+    let load = |graph: &mut CompositionGraph, name: &str, bytes: &[u8]| {
+        Package::from_bytes(name, None, bytes.to_vec(), graph.types_mut())
+    };
+    let front =
+        load(&mut graph, "keyferry:front", HTTP_FRONT).map_err(|e| failed(&format!("{e:#}")))?;
+    let tenant = load(&mut graph, "keyferry:tenant", tenant)
+        .map_err(|e| ComposeError::NotAComponent(format!("{e:#}")))?;
+    let driver =
+        load(&mut graph, "keyferry:driver", HTTP_DRIVER).map_err(|e| failed(&format!("{e:#}")))?;
+    let names = |p: &Package, imports: bool| -> Vec<String> {
+        let world = &graph.types()[p.ty()];
+        let map = if imports {
+            &world.imports
+        } else {
+            &world.exports
+        };
+        map.keys().cloned().collect()
+    };
+    let front_exports = names(&front, false);
+    let tenant_imports = names(&tenant, true);
+    let tenant_exports = names(&tenant, false);
+    let driver_imports = names(&driver, true);
+    let handler = tenant_exports
+        .iter()
+        .find(|e| e.starts_with("wasi:http/incoming-handler@0.2."))
+        .cloned()
+        .ok_or_else(|| ComposeError::WrongWorld {
+            exports: tenant_exports.join(", "),
+        })?;
+    let from_front = |import: &str| {
+        front_exports
+            .iter()
+            .find(|e| are_semver_compatible(e, import))
+            .cloned()
+    };
+    for import in &tenant_imports {
+        if from_front(import).is_none() && !listed(import, FROM_HOST) {
+            return Err(ComposeError::UnsupportedImport {
+                import: import.clone(),
+                reason: refusal(import),
+            });
+        }
+    }
+    let front = graph.register_package(front).map_err(|e| failed(&e))?;
+    let tenant = graph.register_package(tenant).map_err(|e| failed(&e))?;
+    let driver = graph.register_package(driver).map_err(|e| failed(&e))?;
+    let (front, tenant, driver) = (
+        graph.instantiate(front),
+        graph.instantiate(tenant),
+        graph.instantiate(driver),
+    );
+    for import in &tenant_imports {
+        if let Some(export) = from_front(import) {
+            let alias = graph
+                .alias_instance_export(front, &export)
+                .map_err(|e| failed(&e))?;
+            graph
+                .set_instantiation_argument(tenant, import, alias)
+                .map_err(|e| failed(&e))?;
+        }
+    }
+    for import in &driver_imports {
+        let (instance, export) = if import.starts_with("wasi:http/incoming-handler@") {
+            (tenant, Some(handler.clone()))
+        } else {
+            (front, from_front(import))
+        };
+        let Some(export) = export else { continue };
+        let alias = graph
+            .alias_instance_export(instance, &export)
+            .map_err(|e| failed(&e))?;
+        graph
+            .set_instantiation_argument(driver, import, alias)
+            .map_err(|e| failed(&e))?;
+    }
+    let connection = graph
+        .alias_instance_export(front, CONNECTION)
+        .map_err(|e| failed(&e))?;
+    graph
+        .export(connection, CONNECTION)
+        .map_err(|e| failed(&e))?;
+    let serve = graph
+        .alias_instance_export(driver, HTTP_DRIVER_INTERFACE)
+        .map_err(|e| failed(&e))?;
+    graph
+        .export(serve, HTTP_DRIVER_INTERFACE)
+        .map_err(|e| failed(&e))?;
+    graph
+        .encode(EncodeOptions {
+            define_components: true,
+            validate: true,
+            processor: None,
+        })
+        .map_err(|e| failed(&e))
+}
+
+/// Why an import cannot be given to a served component.
+fn refusal(import: &str) -> &'static str {
+    if import.starts_with("wasi:sockets/") {
+        "a served component gets no sockets (its only connection is the client's, which keyferry terminates)"
+    } else if import.starts_with("wasi:http/") {
+        "keyferry provides wasi:http types and a refusing outgoing-handler at 0.2.x only"
+    } else if import.starts_with("wasi:") {
+        "keyferry does not provide this WASI interface to served components"
+    } else {
+        "it is not a WASI interface keyferry provides"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_parts_are_components_of_their_kind() {
+        assert_eq!(kind_of(HTTP_FRONT), Ok(ComponentKind::Application));
+        assert!(matches!(
+            kind_of(HTTP_DRIVER),
+            Err(ComposeError::WrongWorld { .. })
+        ));
+        assert!(matches!(
+            kind_of(b"\0asm\x01\0\0\0"),
+            Err(ComposeError::NotAComponent(_))
+        ));
+        assert!(matches!(
+            kind_of(b"junk"),
+            Err(ComposeError::NotAComponent(_))
+        ));
+    }
+}

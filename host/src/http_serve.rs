@@ -1,0 +1,275 @@
+//! Serving a connection with a composed `wasi:http` component
+//! ([`crate::compose`]): the `keyferry:dataplane/transport` import, through
+//! which the guest pulls ciphertext and pushes records, and the one call
+//! that serves the connection.
+//!
+//! A `wasi:http` 0.2 handler is a plain call that may wait for the request
+//! body or a timer in the middle, so the guest drives the connection: the
+//! host's part is a byte stream ([`Transport`]) it blocks on. Everything
+//! that crosses here is ciphertext, a length or a time; request and
+//! response bytes stay in the guest (DESIGN section 9). What the component
+//! prints is the exception, as with any host: it goes to the embedder's
+//! log through [`Transport::print`].
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreContextMut;
+use wasmtime::component::{ComponentType, Lift, Linker, Lower};
+
+use crate::store::{EPOCH_TICK, ExecutionBound, StoreState};
+
+/// Why the transport could not do what the guest asked.
+#[derive(ComponentType, Lift, Lower, Debug, Clone, Copy, PartialEq, Eq)]
+#[component(enum)]
+#[repr(u8)]
+pub enum TransportError {
+    /// The peer closed or reset the connection.
+    #[component(name = "closed")]
+    Closed,
+    /// The peer sent or read nothing for the timeout that applies.
+    #[component(name = "timeout")]
+    Timeout,
+    /// The server is shutting down, or closed the connection to make room.
+    #[component(name = "shutdown")]
+    Shutdown,
+}
+
+/// Which of the component's outputs a line came from.
+#[derive(ComponentType, Lift, Lower, Debug, Clone, Copy, PartialEq, Eq)]
+#[component(enum)]
+#[repr(u8)]
+pub enum Output {
+    /// Standard output.
+    #[component(name = "stdout")]
+    Stdout,
+    /// Standard error.
+    #[component(name = "stderr")]
+    Stderr,
+}
+
+/// The limits the guest's HTTP codec enforces.
+#[derive(ComponentType, Lift, Lower, Debug, Clone, Copy, PartialEq, Eq)]
+#[component(record)]
+pub struct HttpLimits {
+    /// Largest request head (request line and headers): 431 past it.
+    #[component(name = "max-head")]
+    pub max_head: u32,
+    /// Largest request body: 413 past it.
+    #[component(name = "max-body")]
+    pub max_body: u64,
+}
+
+impl Default for HttpLimits {
+    /// nginx's header buffers (4 x 8 KiB), and 1 GiB of body.
+    fn default() -> Self {
+        Self {
+            max_head: 32 << 10,
+            max_body: 1 << 30,
+        }
+    }
+}
+
+/// The byte stream under a served connection, as the embedder provides
+/// it. Calls block: the guest waits in them. The timeouts (keep-alive,
+/// request, write) and the server's shutdown are the implementation's to
+/// apply, and to report as [`TransportError`].
+pub trait Transport: Send {
+    /// Reads ciphertext into `buf`, waiting for at least one byte; 0 is
+    /// EOF. `idle`: no request is in progress (the keep-alive timeout
+    /// applies, and a server may close the connection to make room).
+    fn read(&mut self, buf: &mut [u8], idle: bool) -> Result<usize, TransportError>;
+
+    /// Writes all of `bytes`.
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), TransportError>;
+
+    /// Waits until bytes can be read (when `readable`) or until `until`,
+    /// whichever comes first; true when bytes can be read. A guest that
+    /// waits here is in the middle of a request (a handler sleeping, or
+    /// waiting for a body): the request timeout bounds it.
+    fn wait(&mut self, readable: bool, until: Option<Instant>) -> Result<bool, TransportError>;
+
+    /// A line the component printed to `output`.
+    fn print(&mut self, output: Output, line: &[u8]);
+}
+
+/// What the host keeps for a connection being served.
+pub(crate) struct HttpState {
+    transport: Box<dyn Transport>,
+    limits: HttpLimits,
+    /// Records to send if the guest fails before its next write.
+    armed: Option<Vec<u8>>,
+    bound: ExecutionBound,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// How a served connection went.
+#[derive(Debug)]
+pub struct HttpOutcome {
+    /// Ciphertext bytes read from the peer.
+    pub bytes_in: u64,
+    /// Ciphertext bytes written to the peer.
+    pub bytes_out: u64,
+    /// The guest failed, and the host sent the 500 the guest had sealed in
+    /// reserve (nothing else had gone out since).
+    pub fault_response_sent: bool,
+}
+
+/// The origin of the guest's monotonic clock, shared by every store.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    u64::try_from(origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+const INTERFACE: &str = "keyferry:dataplane/transport@0.1.0";
+
+/// The longest single read the guest may ask for.
+const MAX_READ: usize = 256 << 10;
+
+/// Adds `keyferry:dataplane/transport` to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    let mut i = linker.root();
+    let mut i = i.instance(INTERFACE)?;
+    i.func_wrap(
+        "limits",
+        |mut cx: StoreContextMut<'_, StoreState>, (): ()| {
+            Ok((state(&mut cx).map(|s| s.limits).unwrap_or_default(),))
+        },
+    )?;
+    i.func_wrap(
+        "read",
+        |mut cx: StoreContextMut<'_, StoreState>, (max, idle): (u32, bool)| {
+            let result = match state(&mut cx) {
+                None => Err(TransportError::Closed),
+                Some(s) => {
+                    let mut buf = vec![0u8; (max as usize).clamp(1, MAX_READ)];
+                    s.transport.read(&mut buf, idle).map(|n| {
+                        buf.truncate(n);
+                        s.bytes_in += n as u64;
+                        buf
+                    })
+                }
+            };
+            rearm(&mut cx);
+            Ok((result,))
+        },
+    )?;
+    i.func_wrap(
+        "write",
+        |mut cx: StoreContextMut<'_, StoreState>, (ciphertext,): (Vec<u8>,)| {
+            let result = match state(&mut cx) {
+                None => Err(TransportError::Closed),
+                Some(s) => {
+                    // The reserve's sequence numbers are spent by this
+                    // write: it may never go out now.
+                    s.armed = None;
+                    s.transport.write_all(&ciphertext).map(|()| {
+                        s.bytes_out += ciphertext.len() as u64;
+                    })
+                }
+            };
+            rearm(&mut cx);
+            Ok((result,))
+        },
+    )?;
+    i.func_wrap(
+        "wait",
+        |mut cx: StoreContextMut<'_, StoreState>, (readable, deadline): (bool, Option<u64>)| {
+            let result = match state(&mut cx) {
+                None => Err(TransportError::Closed),
+                Some(s) => {
+                    let until = deadline.map(|ns| origin() + Duration::from_nanos(ns));
+                    s.transport.wait(readable, until)
+                }
+            };
+            rearm(&mut cx);
+            Ok((result,))
+        },
+    )?;
+    i.func_wrap("now", |_: StoreContextMut<'_, StoreState>, (): ()| {
+        Ok((now_ns(),))
+    })?;
+    i.func_wrap(
+        "arm-fault-response",
+        |mut cx: StoreContextMut<'_, StoreState>, (records,): (Vec<u8>,)| {
+            // Whole records, checked as every record a guest hands over is.
+            if let Some(s) = state(&mut cx)
+                && keyferry_guest::framing::count_records(&records).is_some()
+            {
+                s.armed = Some(records);
+            }
+            Ok(())
+        },
+    )?;
+    i.func_wrap(
+        "print",
+        |mut cx: StoreContextMut<'_, StoreState>, (output, line): (Output, Vec<u8>)| {
+            if let Some(s) = state(&mut cx) {
+                s.transport.print(output, &line);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+fn state<'a>(cx: &'a mut StoreContextMut<'_, StoreState>) -> Option<&'a mut HttpState> {
+    cx.data_mut().http.as_deref_mut()
+}
+
+/// Gives the guest its whole execution bound again after a host call that
+/// may have waited: the bound limits computing between waits, not how
+/// long a connection lasts.
+fn rearm(cx: &mut StoreContextMut<'_, StoreState>) {
+    let Some(bound) = cx.data().http.as_ref().map(|s| s.bound) else {
+        return;
+    };
+    match bound {
+        ExecutionBound::Fuel(fuel) => {
+            let _ = cx.set_fuel(fuel);
+        }
+        ExecutionBound::Deadline(limit) => {
+            let ticks = (limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+            cx.set_epoch_deadline(ticks);
+        }
+    }
+}
+
+impl HttpState {
+    pub(crate) fn new(
+        transport: Box<dyn Transport>,
+        limits: HttpLimits,
+        bound: ExecutionBound,
+    ) -> Self {
+        Self {
+            transport,
+            limits,
+            armed: None,
+            bound,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// After the serve call: on a failure, the reserve goes out if nothing
+    /// was written since it was sealed.
+    pub(crate) fn finish(mut self, failed: bool) -> HttpOutcome {
+        let mut fault_response_sent = false;
+        if failed && let Some(records) = self.armed.take() {
+            fault_response_sent = self.transport.write_all(&records).is_ok();
+            if fault_response_sent {
+                self.bytes_out += records.len() as u64;
+            }
+        }
+        HttpOutcome {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            fault_response_sent,
+        }
+    }
+}
