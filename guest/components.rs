@@ -37,6 +37,7 @@ pub fn rerun_if_guest_changed(root: &Path) {
         "guest/Cargo.toml",
         "guest/components.rs",
         "guest/http-driver",
+        "tests/tenants",
         "wit",
         "Cargo.lock",
         "Cargo.toml",
@@ -114,6 +115,46 @@ pub fn http_parts(root: &Path) -> [PathBuf; 2] {
         "keyferry_http_driver",
     );
     [front, driver]
+}
+
+/// Builds the stock `wasi:http` components the tests serve
+/// (`tests/tenants`, two workspaces with their own locks), and copies each
+/// to `OUT_DIR/<name>.wasm`: `plain_tenant`, `wstd_example`, `api_proxy`,
+/// `api_proxy_streaming`.
+pub fn tenants(root: &Path) -> Vec<PathBuf> {
+    let _lock = lock_target_dir();
+    cargo(
+        root,
+        &[
+            "--manifest-path",
+            "tests/tenants/Cargo.toml",
+            "--package",
+            "plain-tenant",
+            "--package",
+            "wstd-example",
+            "--package",
+            "api-proxy-streaming",
+        ],
+    );
+    cargo(
+        root,
+        &[
+            "--manifest-path",
+            "tests/tenants/api-proxy/Cargo.toml",
+            "--package",
+            "api-proxy",
+        ],
+    );
+    let dir = target_dir().join(TARGET).join(profile_dir());
+    [
+        "plain_tenant",
+        "wstd_example",
+        "api_proxy",
+        "api_proxy_streaming",
+    ]
+    .iter()
+    .map(|n| copy_out(&dir.join(format!("{n}.wasm")), n))
+    .collect()
 }
 
 /// Builds application components from `guest/examples` (without the

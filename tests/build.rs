@@ -26,4 +26,6 @@ fn main() {
     components::examples(&root, &["component-runtime"], &["http_app", "echo_app"]);
     // The front and the driver a stock wasi:http component is composed with.
     components::http_parts(&root);
+    // Stock wasi:http components from other toolchains, served unmodified.
+    components::tenants(&root);
 }

@@ -166,9 +166,8 @@ impl DataPlane {
     pub fn serve_http(
         &mut self,
         transport: Box<dyn crate::http_serve::Transport>,
-        limits: crate::http_serve::HttpLimits,
     ) -> (Result<()>, crate::http_serve::HttpOutcome) {
-        self.guest.serve_http(transport, limits)
+        self.guest.serve_http(transport)
     }
 
     fn handle(&self) -> Result<ResourceAny> {

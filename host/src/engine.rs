@@ -4,6 +4,7 @@
 //! a guest that loops or allocates without end traps instead of taking the
 //! host with it. One [`GuestEngine`] serves many components and instances.
 
+use crate::http_serve::HttpLimits;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -27,6 +28,7 @@ pub struct SandboxConfig {
     execution: ExecutionBound,
     pooling: Option<u32>,
     env: Arc<Vec<(String, String)>>,
+    http: HttpLimits,
 }
 
 impl Default for SandboxConfig {
@@ -36,6 +38,7 @@ impl Default for SandboxConfig {
             execution: ExecutionBound::Deadline(Duration::from_secs(1)),
             pooling: None,
             env: Arc::default(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -65,6 +68,18 @@ impl SandboxConfig {
     pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
         self.env = Arc::new(env);
         self
+    }
+
+    /// What a served `wasi:http` component's HTTP codec accepts (the
+    /// largest request head and body).
+    pub fn with_http_limits(mut self, limits: HttpLimits) -> Self {
+        self.http = limits;
+        self
+    }
+
+    /// The HTTP codec's limits.
+    pub fn http_limits(&self) -> HttpLimits {
+        self.http
     }
 
     /// The memory limit in bytes.
@@ -239,6 +254,7 @@ impl GuestEngine {
             keys: self.shared.keys.clone(),
             held: Default::default(),
             env: self.shared.config.env.clone(),
+            http_limits: self.shared.config.http,
             http: None,
         };
         let mut store = Store::new(&self.shared.engine, state);

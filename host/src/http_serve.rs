@@ -96,7 +96,6 @@ pub trait Transport: Send {
 /// What the host keeps for a connection being served.
 pub(crate) struct HttpState {
     transport: Box<dyn Transport>,
-    limits: HttpLimits,
     /// Records to send if the guest fails before its next write.
     armed: Option<Vec<u8>>,
     bound: ExecutionBound,
@@ -135,12 +134,9 @@ const MAX_READ: usize = 256 << 10;
 pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     let mut i = linker.root();
     let mut i = i.instance(INTERFACE)?;
-    i.func_wrap(
-        "limits",
-        |mut cx: StoreContextMut<'_, StoreState>, (): ()| {
-            Ok((state(&mut cx).map(|s| s.limits).unwrap_or_default(),))
-        },
-    )?;
+    i.func_wrap("limits", |cx: StoreContextMut<'_, StoreState>, (): ()| {
+        Ok((cx.data().http_limits,))
+    })?;
     i.func_wrap(
         "read",
         |mut cx: StoreContextMut<'_, StoreState>, (max, idle): (u32, bool)| {
@@ -241,14 +237,9 @@ fn rearm(cx: &mut StoreContextMut<'_, StoreState>) {
 }
 
 impl HttpState {
-    pub(crate) fn new(
-        transport: Box<dyn Transport>,
-        limits: HttpLimits,
-        bound: ExecutionBound,
-    ) -> Self {
+    pub(crate) fn new(transport: Box<dyn Transport>, bound: ExecutionBound) -> Self {
         Self {
             transport,
-            limits,
             armed: None,
             bound,
             bytes_in: 0,

@@ -403,17 +403,15 @@ impl GuestInstance {
     pub(crate) fn serve_http(
         &self,
         transport: Box<dyn crate::http_serve::Transport>,
-        limits: crate::http_serve::HttpLimits,
     ) -> (Result<()>, crate::http_serve::HttpOutcome) {
         let mut sandbox = match self.sandbox.lock() {
             Ok(s) => s,
             Err(_) => {
-                let state =
-                    crate::http_serve::HttpState::new(transport, limits, ExecutionBound::Fuel(0));
+                let state = crate::http_serve::HttpState::new(transport, ExecutionBound::Fuel(0));
                 return (Err(SandboxError::Poisoned.into()), state.finish(false));
             }
         };
-        let state = crate::http_serve::HttpState::new(transport, limits, sandbox.bound());
+        let state = crate::http_serve::HttpState::new(transport, sandbox.bound());
         sandbox.parts_mut().0.data_mut().http = Some(Box::new(state));
         let result = sandbox.call(|store, exports| match &exports.http {
             Some(serve) => serve.call(store, ()),

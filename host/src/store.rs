@@ -42,6 +42,8 @@ pub(crate) struct StoreState {
     pub(crate) held: HeldRecords,
     /// What `wasi:cli/environment` returns.
     pub(crate) env: Arc<Vec<(String, String)>>,
+    /// What a composed `wasi:http` component's codec accepts.
+    pub(crate) http_limits: crate::http_serve::HttpLimits,
     /// The connection a composed `wasi:http` component is serving.
     pub(crate) http: Option<Box<crate::http_serve::HttpState>>,
 }

@@ -14,3 +14,4 @@ mod privsep;
 mod robustness;
 mod serve;
 mod soak;
+mod wasi_http;

@@ -69,6 +69,21 @@ pub mod plugins {
     pub const HOSTILE: &str = concat!(env!("OUT_DIR"), "/hostile_plugin.wasm");
 }
 
+/// Stock `wasi:http` components (`tests/tenants`), none written for
+/// keyferry, built by this crate's build script.
+pub mod tenants {
+    /// Plain generated bindings (the `wasip2` crate, wasi 0.2.12), with
+    /// routes that exercise a host: echo, sleep, faults.
+    pub const PLAIN: &str = concat!(env!("OUT_DIR"), "/plain_tenant.wasm");
+    /// wstd's own `http_server` example (the async Rust WASI SDK).
+    pub const WSTD: &str = concat!(env!("OUT_DIR"), "/wstd_example.wasm");
+    /// wasmtime's `p2_api_proxy` test program, at wasi 0.2.4.
+    pub const API_PROXY: &str = concat!(env!("OUT_DIR"), "/api_proxy.wasm");
+    /// wasmtime's `p2_api_proxy_streaming` test program (its own executor
+    /// over `wasi:io/poll`).
+    pub const API_PROXY_STREAMING: &str = concat!(env!("OUT_DIR"), "/api_proxy_streaming.wasm");
+}
+
 struct Identity {
     cert: CertificateDer<'static>,
     key: Vec<u8>,

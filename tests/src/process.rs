@@ -336,6 +336,55 @@ pub fn memory_contains(pid: u32, needles: &[&[u8]]) -> bool {
     false
 }
 
+/// Where in process `pid`'s readable memory `needle` occurs (through
+/// /proc/PID/mem, as root).
+pub fn memory_find(pid: u32, needle: &[u8]) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    let mut found = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        let chunk = 8 << 20;
+        let mut at = start;
+        while at < end {
+            let len = ((end - at) as usize).min(chunk) + needle.len();
+            let mut buf = vec![0u8; len];
+            let Ok(n) = mem.read_at(&mut buf, at) else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            let mut from = 0;
+            while let Some(i) = buf[from..n].iter().position(|b| *b == needle[0]) {
+                let i = from + i;
+                if buf[i..n].starts_with(needle) {
+                    found.push(at + i as u64);
+                }
+                from = i + 1;
+            }
+            at += chunk as u64;
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// The DER of the private key in a PEM file, and the raw 32-byte scalar
 /// inside it (an ECDSA P-256 key as rcgen makes them).
 pub fn private_key_bytes(pem: &std::path::Path) -> (Vec<u8>, Vec<u8>) {

@@ -118,6 +118,8 @@ pub(crate) struct Request {
     body_failed: bool,
     trailers: Option<Vec<Field>>,
     continue_due: bool,
+    /// Some of the response went out (not only queued).
+    on_wire: bool,
     keep_alive: bool,
     response: Response,
 }
@@ -171,6 +173,8 @@ impl Front {
     /// Pulls ciphertext once and runs it through the record layer. False
     /// when no more input can come.
     fn fill(&mut self, idle: bool) -> bool {
+        // What the tenant wrote goes out before waiting on the peer.
+        self.flush();
         if self.input_over {
             return false;
         }
@@ -221,6 +225,11 @@ impl Front {
         if self.broken {
             self.out.clear();
             return;
+        }
+        if let Some(request) = self.request.as_mut()
+            && request.response != Response::NotSet
+        {
+            request.on_wire = true;
         }
         let plaintext = core::mem::take(&mut self.out);
         let sealed = match self.session.borrow_mut().as_mut() {
@@ -329,6 +338,7 @@ impl Front {
             body_failed: false,
             trailers: None,
             continue_due,
+            on_wire: false,
             keep_alive,
             response: Response::NotSet,
             head,
@@ -516,12 +526,15 @@ impl Front {
     }
 
     /// `Expect: 100-continue`: the interim response, once, when the tenant
-    /// first waits for the body and has not answered yet.
+    /// first waits for the body, as nginx sends it when it starts reading
+    /// one. A final response already on the wire makes it moot; one only
+    /// queued goes out after it.
     fn send_continue(&mut self, request: &mut Request) {
         if request.continue_due {
             request.continue_due = false;
-            if request.response == Response::NotSet {
-                self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if !request.on_wire {
+                self.out
+                    .splice(0..0, b"HTTP/1.1 100 Continue\r\n\r\n".iter().copied());
                 self.flush();
             }
         }
@@ -557,6 +570,7 @@ impl Front {
 
     /// Waits for the peer (or until `deadline`) and takes what came.
     pub(crate) fn wait(&mut self, readable: bool, deadline: Option<u64>) {
+        self.flush();
         let readable = readable && !self.input_over;
         if !readable && deadline.is_none() {
             return;
@@ -566,10 +580,12 @@ impl Front {
                 self.fill(false);
             }
             Ok(false) => {}
-            Err(_) => {
-                self.input_over = true;
-                self.broken = true;
-            }
+            // The request timeout passed while the tenant waited (on a
+            // timer, or for a body the peer does not send), or the server
+            // is shutting down: the tenant is stopped where it waits. The
+            // host then sends the 500 sealed in reserve if nothing went out
+            // yet, and resets the connection otherwise.
+            Err(_) => panic!("the request timed out while the component waited"),
         }
     }
 
@@ -604,7 +620,6 @@ impl Front {
         if framing == ResponseFraming::Chunked || framing == ResponseFraming::Close {
             headers.retain(|(n, _)| n != "content-length");
         }
-        request.continue_due = false;
         request.response = Response::Sending {
             framing,
             written: 0,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyferry::dataplane::{DataPlane, Delivery};
-use keyferry::http_serve::{HttpLimits, Output, Transport, TransportError};
+use keyferry::http_serve::{Output, Transport, TransportError};
 use rustix::event::{PollFd, PollFlags};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -186,7 +186,6 @@ pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
     first: Delivery,
     control: SessionControl,
     peer: &str,
-    limits: HttpLimits,
 ) -> (SessionSummary, DataPlane) {
     let started = Instant::now();
     let mut summary = SessionSummary {
@@ -222,7 +221,7 @@ pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
         printed: (Instant::now(), 0, 0),
     };
     let served = tokio::task::spawn_blocking(move || {
-        let (result, outcome) = plane.serve_http(Box::new(transport), limits);
+        let (result, outcome) = plane.serve_http(Box::new(transport));
         (plane, result, outcome)
     })
     .await;
@@ -232,6 +231,10 @@ pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
     };
     summary.bytes_in += outcome.bytes_in;
     summary.bytes_out += outcome.bytes_out;
+    // A response cut off by a fault must not pass for a whole one: reset
+    // the connection (nginx does the same when an upstream fails
+    // mid-response), rather than close it as a short body would be.
+    let reset = result.is_err() && !outcome.fault_response_sent;
     summary.ending = match result {
         Err(e) => Ending::GuestFailed {
             reason: if outcome.fault_response_sent {
@@ -247,7 +250,11 @@ pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
             .take()
             .unwrap_or(Ending::Clean),
     };
-    let _ = stream.shutdown().await;
+    if reset {
+        let _ = rustix::net::sockopt::set_socket_linger(stream.as_fd(), Some(Duration::ZERO));
+    } else {
+        let _ = stream.shutdown().await;
+    }
     summary.duration = started.elapsed();
     (summary, plane)
 }

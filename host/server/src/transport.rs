@@ -223,9 +223,8 @@ pub(crate) async fn serve_attached<S: AsyncRead + AsyncWrite + std::os::fd::AsFd
 ) -> (SessionSummary, keyferry::GuestInstance) {
     let facts = plane.facts().clone();
     let mut summary = if plane.is_http() {
-        let limits = keyferry::http_serve::HttpLimits::default();
         let (summary, served) =
-            crate::http_transport::serve_http(stream, plane, first, control, peer, limits).await;
+            crate::http_transport::serve_http(stream, plane, first, control, peer).await;
         plane = served;
         summary
     } else {

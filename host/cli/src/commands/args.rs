@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use keyferry::http_serve::HttpLimits;
 use keyferry::tls::TlsOptions;
 use keyferry::{ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
 use keyferry_cli::apps;
@@ -25,6 +26,25 @@ pub(crate) struct SandboxArgs {
     /// deadline (at least 1).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) fuel: Option<u64>,
+    /// For a wasi:http component: the largest request body, in bytes
+    /// (413 past it).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub(crate) max_body: u64,
+    /// For a wasi:http component: the largest request head (request line
+    /// and headers), in bytes (431 past it).
+    #[arg(long, default_value_t = 32 << 10)]
+    pub(crate) max_head: u32,
+    /// An environment variable for the guest (`wasi:cli/environment`),
+    /// as KEY=VALUE; repeat for more. A guest sees none of serve's own.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub(crate) env: Vec<(String, String)>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
 }
 
 impl SandboxArgs {
@@ -36,6 +56,11 @@ impl SandboxArgs {
         SandboxConfig::default()
             .with_memory_limit(self.memory_mib << 20)
             .with_execution_bound(bound)
+            .with_env(self.env.clone())
+            .with_http_limits(HttpLimits {
+                max_head: self.max_head,
+                max_body: self.max_body,
+            })
     }
 }
 
@@ -70,9 +95,11 @@ impl TlsArgs {
 /// timeouts. `serve` uses these in-process or passes them to its workers.
 #[derive(Args)]
 pub(crate) struct PlaneArgs {
-    /// An application component (exporting keyferry:dataplane/connection,
-    /// e.g. built with keyferry_guest::export_application!) to run instead
-    /// of the built-in HTTP responder.
+    /// The application to serve instead of the built-in HTTP responder:
+    /// a stock wasi:http component (one that exports
+    /// wasi:http/incoming-handler@0.2.x, from any toolchain), or a keyferry
+    /// application component (exporting keyferry:dataplane/connection,
+    /// e.g. built with keyferry_guest::export_application!).
     #[arg(long)]
     pub(crate) guest: Option<PathBuf>,
     /// Echo instead of the HTTP responder.
@@ -155,8 +182,13 @@ impl PlaneArgs {
             ("--request-timeout", self.request_timeout),
             ("--write-timeout", self.write_timeout),
             ("--memory-mib", self.sandbox.memory_mib as u64),
+            ("--max-body", self.sandbox.max_body),
+            ("--max-head", u64::from(self.sandbox.max_head)),
         ] {
             args.extend([flag.into(), value.to_string().into()]);
+        }
+        for (key, value) in &self.sandbox.env {
+            args.extend(["--env".into(), format!("{key}={value}").into()]);
         }
         // One execution bound or the other: the worker refuses both.
         match self.sandbox.fuel {

@@ -4,7 +4,7 @@
 //!
 //! - `/` a short text; `/request` the request as the component sees it;
 //! - `/echo` streams the body back (chunked), with the request's trailers
-//!   as the response's; `/length?n=N` N bytes with Content-Length;
+//!   as the response's; `/upper` answers the body in upper case; `/length?n=N` N bytes with Content-Length;
 //! - `/sleep?ms=N` answers after N ms on the monotonic clock;
 //! - `/status?code=N`, `/env?name=K`, `/print`, `/fs`, `/outgoing`;
 //! - faults: `/trap`, `/loop`, `/memory`, `/exit`, `/noanswer`,
@@ -48,6 +48,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Plain {
                 text(out, 200, &s);
             }
             "/echo" => echo(request, out),
+            "/upper" => upper(request, out),
             "/length" => {
                 let n: usize = param("n").parse().unwrap_or(0);
                 let headers = Fields::from_list(&[("content-length".into(), n.to_string().into())])
@@ -152,6 +153,31 @@ fn write_all(stream: &OutputStream, mut data: &[u8]) {
         data = &data[n..];
     }
     stream.blocking_flush().expect("flush");
+}
+
+/// The request body back in upper case, with Content-Length: a response
+/// whose bytes differ from the request's.
+fn upper(request: IncomingRequest, out: ResponseOutparam) {
+    let body = request.consume().unwrap();
+    let input = body.stream().unwrap();
+    let mut all = Vec::new();
+    loop {
+        match input.blocking_read(64 * 1024) {
+            Ok(bytes) => all.extend(bytes),
+            Err(StreamError::Closed) => break,
+            Err(e) => panic!("request body failed: {e:?}"),
+        }
+    }
+    all.make_ascii_uppercase();
+    let headers =
+        Fields::from_list(&[("content-length".into(), all.len().to_string().into())]).unwrap();
+    let response = OutgoingResponse::new(headers);
+    let outgoing = response.body().unwrap();
+    ResponseOutparam::set(out, Ok(response));
+    let stream = outgoing.write().unwrap();
+    write_all(&stream, &all);
+    drop(stream);
+    OutgoingBody::finish(outgoing, None).unwrap();
 }
 
 /// Streams the request body back, and its trailers as the response's.
