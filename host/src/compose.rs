@@ -97,6 +97,19 @@ fn listed(name: &str, prefixes: &[&str]) -> bool {
 /// What a component is, from its exports. Parses the component; compiles
 /// nothing.
 pub fn kind_of(wasm: &[u8]) -> Result<ComponentKind, ComposeError> {
+    match wasm.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+        Some([0, b'a', b's', b'm', _, _, 0, 0]) => {
+            return Err(ComposeError::NotAComponent(
+                "a core WebAssembly module (build for wasm32-wasip2, or wrap it with `wasm-tools component new`)".into(),
+            ));
+        }
+        _ => {
+            return Err(ComposeError::NotAComponent(
+                "not WebAssembly at all (magic header not detected)".into(),
+            ));
+        }
+    }
     let mut graph = CompositionGraph::new();
     let package = Package::from_bytes("keyferry:probe", None, wasm.to_vec(), graph.types_mut())
         .map_err(|e| ComposeError::NotAComponent(format!("{e:#}")))?;
@@ -243,9 +256,7 @@ fn compose(tenant: &[u8]) -> Result<Vec<u8>, ComposeError> {
 
 /// Why an import cannot be given to a served component.
 fn refusal(import: &str) -> &'static str {
-    if import.starts_with("wasi:sockets/") {
-        "a served component gets no sockets (its only connection is the client's, which keyferry terminates)"
-    } else if import.starts_with("wasi:http/") {
+    if import.starts_with("wasi:http/") {
         "keyferry provides wasi:http types and a refusing outgoing-handler at 0.2.x only"
     } else if import.starts_with("wasi:") {
         "keyferry does not provide this WASI interface to served components"

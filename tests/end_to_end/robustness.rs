@@ -249,9 +249,12 @@ fn a_guest_that_cannot_run_fails_the_start() {
     let not_wasm = dir.join("not.wasm");
     std::fs::write(&not_wasm, b"-----BEGIN CERTIFICATE-----").unwrap();
     let missing = dir.join("missing.wasm");
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     for (guest, reason) in [
         (&not_wasm, "magic header not detected"),
         (&missing, "No such file or directory"),
+        (&core, "a core WebAssembly module"),
     ] {
         for workers in ["2", "0"] {
             let out = std::process::Command::new(keyferry_tests::process::keyferry())

@@ -388,6 +388,8 @@ fn the_components_imports_behave_as_a_host_should() {
         .unwrap();
     assert!(ms >= 1000, "{slept}");
     assert!(get(&server, "/fs").starts_with("cannot open /etc/passwd"));
+    let socket = get(&server, "/socket");
+    assert!(socket.starts_with("cannot connect:"), "{socket}");
     assert_eq!(
         get(&server, "/outgoing"),
         "refused: ErrorCode::HttpRequestDenied\n"

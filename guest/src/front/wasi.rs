@@ -445,16 +445,7 @@ impl stderr::Guest for Front {
 /// opening a file fails as it does for a path outside every preopen.
 pub(crate) enum NoDescriptor {}
 
-macro_rules! no_descriptor {
-    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
-        impl fs::GuestDescriptor for NoDescriptor {
-            $(#[allow(unused_variables, reason = "no descriptor exists to use them on")]
-            fn $name(&self, $($arg: $ty),*) -> $ret { match *self {} })*
-        }
-    };
-}
-
-no_descriptor! {
+super::sockets::uninhabited!(fs::GuestDescriptor => NoDescriptor {
     read_via_stream(offset: fs::Filesize) -> Result<streams::InputStream, fs::ErrorCode>;
     write_via_stream(offset: fs::Filesize) -> Result<streams::OutputStream, fs::ErrorCode>;
     append_via_stream() -> Result<streams::OutputStream, fs::ErrorCode>;
@@ -482,7 +473,7 @@ no_descriptor! {
     is_same_object(other: fs::DescriptorBorrow<'_>) -> bool;
     metadata_hash() -> Result<fs::MetadataHashValue, fs::ErrorCode>;
     metadata_hash_at(flags: fs::PathFlags, path: String) -> Result<fs::MetadataHashValue, fs::ErrorCode>;
-}
+});
 
 /// Never made, as [`NoDescriptor`].
 pub(crate) enum NoEntries {}

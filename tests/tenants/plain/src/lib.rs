@@ -6,7 +6,8 @@
 //! - `/echo` streams the body back (chunked), with the request's trailers
 //!   as the response's; `/upper` answers the body in upper case; `/length?n=N` N bytes with Content-Length;
 //! - `/sleep?ms=N` answers after N ms on the monotonic clock;
-//! - `/status?code=N`, `/env?name=K`, `/print`, `/fs`, `/outgoing`;
+//! - `/status?code=N`, `/env?name=K`, `/print`, `/fs`, `/socket`,
+//!   `/outgoing`;
 //! - faults: `/trap`, `/loop`, `/memory`, `/exit`, `/noanswer`,
 //!   `/trap-midway` (traps after the head and some body went out).
 
@@ -86,6 +87,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Plain {
                 &match std::fs::File::open("/etc/passwd") {
                     Ok(_) => "opened /etc/passwd\n".to_string(),
                     Err(e) => format!("cannot open /etc/passwd: {e}\n"),
+                },
+            ),
+            "/socket" => text(
+                out,
+                200,
+                &match std::net::TcpStream::connect("127.0.0.1:9") {
+                    Ok(_) => "connected\n".to_string(),
+                    Err(e) => format!("cannot connect: {e}\n"),
                 },
             ),
             "/outgoing" => {
