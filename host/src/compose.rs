@@ -133,10 +133,13 @@ pub fn kind_of(wasm: &[u8]) -> Result<ComponentKind, ComposeError> {
     })
 }
 
+/// Compositions made in this process, by the tenant's SHA-256.
+type Compositions = Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>>;
+
 /// Compositions already made in this process, by the tenant's SHA-256: a
 /// component is composed once however many engines load it.
-fn cache() -> &'static Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>> {
-    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>>> = OnceLock::new();
+fn cache() -> &'static Compositions {
+    static CACHE: OnceLock<Compositions> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
 }
 
