@@ -157,6 +157,78 @@ pub fn tenants(root: &Path) -> Vec<PathBuf> {
     .collect()
 }
 
+/// Builds the JavaScript `wasi:http` component the tests serve
+/// (`tests/tenants/js`) with componentize-js, installed from npm by its
+/// committed lock into `target/guest-components/js-tenant`, and copies it
+/// to `OUT_DIR/js_tenant.wasm`. Needs Node.js and npm.
+pub fn js_tenant(root: &Path) -> PathBuf {
+    let _lock = lock_target_dir();
+    let src = root.join("tests/tenants/js");
+    let work = target_dir().join("js-tenant");
+    let deps = work.join("wit/deps");
+    std::fs::create_dir_all(&deps).unwrap_or_else(|e| panic!("create {}: {e}", deps.display()));
+    for file in ["package.json", "package-lock.json", "app.js"] {
+        copy(&src.join(file), &work.join(file));
+    }
+    copy(&src.join("world.wit"), &work.join("wit/world.wit"));
+    // componentize-js 0.23.0's engine is built against wasi 0.2.10: the
+    // same WIT at that version (items added later are declared as of it;
+    // the engine imports none of them).
+    for package in std::fs::read_dir(root.join("wit/deps")).expect("wit/deps") {
+        let package = package.expect("wit/deps entry").path();
+        let to = deps.join(package.file_name().expect("a name"));
+        std::fs::create_dir_all(&to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+        for file in std::fs::read_dir(&package).expect("a WIT package") {
+            let file = file.expect("a WIT file").path();
+            let text = std::fs::read_to_string(&file).expect("read WIT");
+            let text = text
+                .replace("@0.2.12", "@0.2.10")
+                .replace("@since(version = 0.2.11)", "@since(version = 0.2.10)")
+                .replace("@since(version = 0.2.12)", "@since(version = 0.2.10)");
+            std::fs::write(to.join(file.file_name().expect("a name")), text).expect("write WIT");
+        }
+    }
+    let lock = std::fs::read(work.join("package-lock.json")).expect("the lock");
+    let installed = work.join("node_modules/.keyferry-lock");
+    if std::fs::read(&installed).ok().as_deref() != Some(&lock[..]) {
+        run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel", "error"])
+                .current_dir(&work),
+            "npm ci (install Node.js 20 and npm: apt-get install nodejs npm)",
+        );
+        std::fs::write(&installed, &lock).expect("mark the install");
+    }
+    run(
+        Command::new("node")
+            .args([
+                "node_modules/@bytecodealliance/componentize-js/src/cli.js",
+                "app.js",
+                "--wit",
+                "wit",
+                "--world-name",
+                "app",
+                "--out",
+                "app.wasm",
+            ])
+            .current_dir(&work),
+        "componentize-js",
+    );
+    copy_out(&work.join("app.wasm"), "js_tenant")
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("{what}: could not start it: {e}"));
+    assert!(status.success(), "{what} failed: {status}");
+}
+
 /// Builds application components from `guest/examples` (without the
 /// reference component's exports) with `features`, and copies each to
 /// `OUT_DIR/<name>.wasm`.

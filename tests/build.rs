@@ -28,4 +28,6 @@ fn main() {
     components::http_parts(&root);
     // Stock wasi:http components from other toolchains, served unmodified.
     components::tenants(&root);
+    // And one from another language: JavaScript, through componentize-js.
+    components::js_tenant(&root);
 }

@@ -11,10 +11,18 @@ use std::time::{Duration, Instant};
 use keyferry_tests::process::{Server, children, memory_find, rustls_client, temp_dir};
 use keyferry_tests::tenants;
 
+/// `serve --guest tenant`, once it can take a connection: workers
+/// compile the component after the listener is up (a large one, such as
+/// the JavaScript engine, takes seconds), and until one has an instance
+/// ready a client is closed.
 fn serve(tenant: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--guest", tenant];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    let server = Server::start(&args);
+    if !extra.windows(2).any(|w| w == ["--workers", "0"]) {
+        server.stderr.wait_for("worker ready");
+    }
+    server
 }
 
 /// curl's body, and whether it succeeded.
@@ -237,6 +245,12 @@ fn stock_components_from_three_toolchains_are_served_in_both_placements() {
         let streamed = get(&wstd, "/stream-body");
         assert_eq!(streamed.lines().count(), 5, "{streamed}");
 
+        // Another language: JavaScript through componentize-js.
+        let js = serve(tenants::JS, placement);
+        assert_eq!(get(&js, "/hi"), "hello from JavaScript, GET /hi\n");
+        let (ok, shouted) = curl(&["--data-binary", "from js", &js.url("/echo")]);
+        assert!(ok && shouted == "FROM JS", "{shouted}");
+
         // wasmtime's own test programs, one of them at wasi 0.2.4.
         let proxy = serve(tenants::API_PROXY, placement);
         assert_eq!(get(&proxy, "/"), "hello, world!");
@@ -254,7 +268,7 @@ fn stock_components_from_three_toolchains_are_served_in_both_placements() {
         ]);
         assert!(ok && echoed == big, "{} bytes back", echoed.len());
 
-        for server in [&plain, &wstd, &proxy, &streaming] {
+        for server in [&plain, &wstd, &js, &proxy, &streaming] {
             let log = server.stderr.wait_for("ending=close_notify");
             assert!(!log.contains("guest failed"), "{log}");
         }

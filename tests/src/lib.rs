@@ -79,6 +79,9 @@ pub mod tenants {
     pub const WSTD: &str = concat!(env!("OUT_DIR"), "/wstd_example.wasm");
     /// wasmtime's `p2_api_proxy` test program, at wasi 0.2.4.
     pub const API_PROXY: &str = concat!(env!("OUT_DIR"), "/api_proxy.wasm");
+    /// A JavaScript service worker (`fetch` event), componentized with
+    /// componentize-js (StarlingMonkey).
+    pub const JS: &str = concat!(env!("OUT_DIR"), "/js_tenant.wasm");
     /// wasmtime's `p2_api_proxy_streaming` test program (its own executor
     /// over `wasi:io/poll`).
     pub const API_PROXY_STREAMING: &str = concat!(env!("OUT_DIR"), "/api_proxy_streaming.wasm");
