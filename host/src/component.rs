@@ -142,7 +142,7 @@ impl GuestComponent {
         let http = match &self.http {
             Some(index) => Some(
                 instance
-                    .get_typed_func::<(), ()>(&mut store, index)
+                    .get_typed_func::<(), (bool,)>(&mut store, index)
                     .map_err(engine_error("the type of http-driver's serve"))?,
             ),
             None => None,
@@ -163,6 +163,7 @@ impl GuestComponent {
                 http,
             },
             bound,
+            Some(self.clone()),
         )?;
         // Pre-keyed: the instance gets its wrapping secret now, off the
         // path of the connection it will serve.

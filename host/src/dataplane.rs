@@ -161,13 +161,61 @@ impl DataPlane {
     /// Serves the connection with a composed `wasi:http` component until
     /// it ends. Blocks: the guest pulls ciphertext from `transport` and
     /// writes records to it, and waits in it. Send what [`DataPlane::new`]
-    /// delivered first. A guest failure is the error; the outcome says
+    /// delivered first. With `instance_per_request` (see
+    /// [`crate::http_serve::HttpConfig`]) each request after the first runs
+    /// in a fresh instance of the same component: the connection moves
+    /// between requests with its exact state, as [`DataPlane::migrate`]
+    /// moves it. A guest failure is the result's error; the outcome says
     /// whether the guest's reserve 500 went out.
     pub fn serve_http(
-        &mut self,
+        self,
         transport: Box<dyn crate::http_serve::Transport>,
-    ) -> (Result<()>, crate::http_serve::HttpOutcome) {
-        self.guest.serve_http(transport)
+    ) -> crate::http_serve::HttpServed {
+        use crate::http_serve::{HttpOutcome, HttpServed};
+        let mut plane = self;
+        let mut transport = transport;
+        let mut total = HttpOutcome {
+            bytes_in: 0,
+            bytes_out: 0,
+            fault_response_sent: false,
+            instances: 0,
+        };
+        loop {
+            let (result, outcome, back) = plane.guest.serve_http(transport);
+            transport = back;
+            total.bytes_in += outcome.bytes_in;
+            total.bytes_out += outcome.bytes_out;
+            total.fault_response_sent |= outcome.fault_response_sent;
+            total.instances += 1;
+            match result {
+                Ok(true) => {}
+                Ok(false) => {
+                    return HttpServed {
+                        plane: Some(plane),
+                        result: Ok(()),
+                        outcome: total,
+                    };
+                }
+                Err(e) => {
+                    return HttpServed {
+                        plane: Some(plane),
+                        result: Err(e),
+                        outcome: total,
+                    };
+                }
+            }
+            // Paused between requests: the next request in a fresh instance.
+            match plane.guest.sibling().and_then(|fresh| plane.migrate(fresh)) {
+                Ok(next) => plane = next,
+                Err(e) => {
+                    return HttpServed {
+                        plane: None,
+                        result: Err(e),
+                        outcome: total,
+                    };
+                }
+            }
+        }
     }
 
     fn handle(&self) -> Result<ResourceAny> {

@@ -4,7 +4,7 @@
 //! a guest that loops or allocates without end traps instead of taking the
 //! host with it. One [`GuestEngine`] serves many components and instances.
 
-use crate::http_serve::HttpLimits;
+use crate::http_serve::HttpConfig;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -28,7 +28,7 @@ pub struct SandboxConfig {
     execution: ExecutionBound,
     pooling: Option<u32>,
     env: Arc<Vec<(String, String)>>,
-    http: HttpLimits,
+    http: HttpConfig,
 }
 
 impl Default for SandboxConfig {
@@ -38,7 +38,7 @@ impl Default for SandboxConfig {
             execution: ExecutionBound::Deadline(Duration::from_secs(1)),
             pooling: None,
             env: Arc::default(),
-            http: HttpLimits::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -72,13 +72,13 @@ impl SandboxConfig {
 
     /// What a served `wasi:http` component's HTTP codec accepts (the
     /// largest request head and body).
-    pub fn with_http_limits(mut self, limits: HttpLimits) -> Self {
+    pub fn with_http(mut self, limits: HttpConfig) -> Self {
         self.http = limits;
         self
     }
 
     /// The HTTP codec's limits.
-    pub fn http_limits(&self) -> HttpLimits {
+    pub fn http_config(&self) -> HttpConfig {
         self.http
     }
 
@@ -254,7 +254,7 @@ impl GuestEngine {
             keys: self.shared.keys.clone(),
             held: Default::default(),
             env: self.shared.config.env.clone(),
-            http_limits: self.shared.config.http,
+            http_config: self.shared.config.http,
             http: None,
         };
         let mut store = Store::new(&self.shared.engine, state);

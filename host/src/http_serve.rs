@@ -48,24 +48,30 @@ pub enum Output {
     Stderr,
 }
 
-/// The limits the guest's HTTP codec enforces.
+/// How the guest's HTTP codec serves a connection.
 #[derive(ComponentType, Lift, Lower, Debug, Clone, Copy, PartialEq, Eq)]
 #[component(record)]
-pub struct HttpLimits {
+pub struct HttpConfig {
     /// Largest request head (request line and headers): 431 past it.
     #[component(name = "max-head")]
     pub max_head: u32,
     /// Largest request body: 413 past it.
     #[component(name = "max-body")]
     pub max_body: u64,
+    /// Each request after the first in a fresh instance, for components
+    /// that assume Spin's semantics (a new instance per request).
+    #[component(name = "instance-per-request")]
+    pub instance_per_request: bool,
 }
 
-impl Default for HttpLimits {
-    /// nginx's header buffers (4 x 8 KiB), and 1 GiB of body.
+impl Default for HttpConfig {
+    /// nginx's header buffers (4 x 8 KiB), 1 GiB of body, and an instance
+    /// per connection (its keep-alive requests).
     fn default() -> Self {
         Self {
             max_head: 32 << 10,
             max_body: 1 << 30,
+            instance_per_request: false,
         }
     }
 }
@@ -103,6 +109,19 @@ pub(crate) struct HttpState {
     bytes_out: u64,
 }
 
+/// A connection served by a composed `wasi:http` component
+/// ([`crate::DataPlane::serve_http`]).
+pub struct HttpServed {
+    /// The connection's plane once it ended, in the instance that served
+    /// it last; `None` if moving it to a fresh instance failed (the error
+    /// says why).
+    pub plane: Option<crate::DataPlane>,
+    /// A guest failure, or a failed move to a fresh instance.
+    pub result: crate::Result<()>,
+    /// Bytes, instances, and whether the reserve 500 went out.
+    pub outcome: HttpOutcome,
+}
+
 /// How a served connection went.
 #[derive(Debug)]
 pub struct HttpOutcome {
@@ -113,6 +132,9 @@ pub struct HttpOutcome {
     /// The guest failed, and the host sent the 500 the guest had sealed in
     /// reserve (nothing else had gone out since).
     pub fault_response_sent: bool,
+    /// Instances that served the connection (more than one with
+    /// `instance_per_request`).
+    pub instances: u32,
 }
 
 /// The origin of the guest's monotonic clock, shared by every store.
@@ -134,8 +156,8 @@ const MAX_READ: usize = 256 << 10;
 pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     let mut i = linker.root();
     let mut i = i.instance(INTERFACE)?;
-    i.func_wrap("limits", |cx: StoreContextMut<'_, StoreState>, (): ()| {
-        Ok((cx.data().http_limits,))
+    i.func_wrap("config", |cx: StoreContextMut<'_, StoreState>, (): ()| {
+        Ok((cx.data().http_config,))
     })?;
     i.func_wrap(
         "read",
@@ -249,7 +271,7 @@ impl HttpState {
 
     /// After the serve call: on a failure, the reserve goes out if nothing
     /// was written since it was sealed.
-    pub(crate) fn finish(mut self, failed: bool) -> HttpOutcome {
+    pub(crate) fn finish(mut self, failed: bool) -> (HttpOutcome, Box<dyn Transport>) {
         let mut fault_response_sent = false;
         if failed && let Some(records) = self.armed.take() {
             fault_response_sent = self.transport.write_all(&records).is_ok();
@@ -257,10 +279,12 @@ impl HttpState {
                 self.bytes_out += records.len() as u64;
             }
         }
-        HttpOutcome {
+        let outcome = HttpOutcome {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             fault_response_sent,
-        }
+            instances: 1,
+        };
+        (outcome, self.transport)
     }
 }

@@ -95,7 +95,7 @@ pub(crate) struct Exports {
     pub(crate) connection: ConnectionExports,
     pub(crate) full: FullExports,
     /// A composed `wasi:http` component's `serve`.
-    pub(crate) http: Option<wasmtime::component::TypedFunc<(), ()>>,
+    pub(crate) http: Option<wasmtime::component::TypedFunc<(), (bool,)>>,
 }
 
 /// The key-level interfaces (`keys`, `primitives`, `self-check`) of one
@@ -140,6 +140,8 @@ pub struct GuestInstance {
     sandbox: Arc<Mutex<Sandboxed<Exports>>>,
     id: u64,
     registration: Arc<Registration>,
+    /// The component it is an instance of, for a fresh sibling.
+    component: Option<crate::component::GuestComponent>,
 }
 
 /// The instance's keys for its current epoch (they rotate after many
@@ -201,6 +203,7 @@ impl GuestInstance {
         store: Store<StoreState>,
         exports: Exports,
         bound: ExecutionBound,
+        component: Option<crate::component::GuestComponent>,
     ) -> Result<Self> {
         let (id, keys) = (store.data().id, store.data().keys.clone());
         let sandbox = Sandboxed::new(store, exports, bound);
@@ -213,7 +216,18 @@ impl GuestInstance {
                 epoch: Mutex::new(Epoch::default()),
                 exchange_ids: Mutex::new(Vec::new()),
             }),
+            component,
         })
+    }
+
+    /// A fresh instance of the same component, in its own store.
+    pub(crate) fn sibling(&self) -> Result<Self> {
+        self.component
+            .as_ref()
+            .ok_or(GuestError::MissingExport(
+                "a component to make a fresh instance of",
+            ))?
+            .instantiate()
     }
 
     fn epoch(&self) -> std::sync::MutexGuard<'_, Epoch> {
@@ -400,21 +414,30 @@ impl GuestInstance {
     /// Serves the attached connection of a composed `wasi:http` component
     /// over `state`'s transport, until it ends. On a failure, the 500 the
     /// guest sealed in reserve goes out if nothing was written since.
+    #[allow(
+        clippy::type_complexity,
+        reason = "returned to one caller, which takes it apart"
+    )]
     pub(crate) fn serve_http(
         &self,
         transport: Box<dyn crate::http_serve::Transport>,
-    ) -> (Result<()>, crate::http_serve::HttpOutcome) {
+    ) -> (
+        Result<bool>,
+        crate::http_serve::HttpOutcome,
+        Box<dyn crate::http_serve::Transport>,
+    ) {
         let mut sandbox = match self.sandbox.lock() {
             Ok(s) => s,
             Err(_) => {
                 let state = crate::http_serve::HttpState::new(transport, ExecutionBound::Fuel(0));
-                return (Err(SandboxError::Poisoned.into()), state.finish(false));
+                let (outcome, transport) = state.finish(false);
+                return (Err(SandboxError::Poisoned.into()), outcome, transport);
             }
         };
         let state = crate::http_serve::HttpState::new(transport, sandbox.bound());
         sandbox.parts_mut().0.data_mut().http = Some(Box::new(state));
         let result = sandbox.call(|store, exports| match &exports.http {
-            Some(serve) => serve.call(store, ()),
+            Some(serve) => serve.call(store, ()).map(|(paused,)| paused),
             None => Err(wasmtime::format_err!(
                 "the component is not a composed wasi:http component"
             )),
@@ -426,8 +449,8 @@ impl GuestInstance {
             .http
             .take()
             .expect("put there above");
-        let outcome = state.finish(result.is_err());
-        (result, outcome)
+        let (outcome, transport) = state.finish(result.is_err());
+        (result, outcome, transport)
     }
 
     /// Calls the reference component's key-level exports.

@@ -43,7 +43,7 @@ pub(crate) struct StoreState {
     /// What `wasi:cli/environment` returns.
     pub(crate) env: Arc<Vec<(String, String)>>,
     /// What a composed `wasi:http` component's codec accepts.
-    pub(crate) http_limits: crate::http_serve::HttpLimits,
+    pub(crate) http_config: crate::http_serve::HttpConfig,
     /// The connection a composed `wasi:http` component is serving.
     pub(crate) http: Option<Box<crate::http_serve::HttpState>>,
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use keyferry_tests::process::{Server, children, memory_find, rustls_client, temp_dir};
+use keyferry_tests::process::{
+    Server, children, memory_find, rustls_client, sample, scrape, temp_dir,
+};
 use keyferry_tests::tenants;
 
 /// `serve --guest tenant`, once it can take a connection: workers
@@ -276,6 +278,41 @@ fn stock_components_from_three_toolchains_are_served_in_both_placements() {
 }
 
 #[test]
+fn an_instance_per_connection_or_per_request() {
+    let counts = |server: &Server| {
+        let mut client = Client::connect(server);
+        client.send(b"GET /count HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut seen = vec![client.response().body];
+        for _ in 0..2 {
+            client.send(b"GET /count HTTP/1.1\r\nHost: a\r\n\r\n");
+            seen.push(client.response().body);
+        }
+        // Pipelined requests stay with the instance that has them.
+        client
+            .send(b"GET /count HTTP/1.1\r\nHost: a\r\n\r\nGET /count HTTP/1.1\r\nHost: a\r\n\r\n");
+        seen.push(client.response().body);
+        seen.push(client.response().body);
+        seen.into_iter()
+            .map(|b| String::from_utf8(b).unwrap().trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    for placement in [&["--workers", "1"][..], &["--workers", "0"][..]] {
+        let per_connection = serve(tenants::PLAIN, placement);
+        assert_eq!(counts(&per_connection), ["1", "2", "3", "4", "5"]);
+        let mut args = placement.to_vec();
+        args.push("--instance-per-request");
+        let per_request = serve(tenants::PLAIN, &args);
+        assert_eq!(counts(&per_request), ["1", "1", "1", "1", "2"]);
+        // The async SDK's component too, through the same moves.
+        let wstd = serve(tenants::WSTD, &args);
+        let (ok, body) = curl(&[&wstd.url("/"), &wstd.url("/"), &wstd.url("/")]);
+        assert!(ok && body.matches("Hello").count() == 3, "{body}");
+        let log = per_request.stderr.wait_for("ending=close_notify");
+        assert!(!log.contains("guest failed"), "{log}");
+    }
+}
+
+#[test]
 fn bodies_stream_with_length_and_chunked_coding_and_trailers_both_ways() {
     let server = serve(tenants::PLAIN, &[]);
     let mut client = Client::connect(&server);
@@ -430,6 +467,8 @@ fn faults_end_only_their_connection() {
             "300",
             "--request-timeout",
             "2",
+            "--metrics",
+            "127.0.0.1:0",
         ],
     );
     let mut keeper = Client::connect(&server);
@@ -457,6 +496,31 @@ fn faults_end_only_their_connection() {
     let log = server.stderr.wait_for("execution deadline passed");
     assert!(log.contains("resource limit reached"), "{log}");
     assert!(log.matches("(answered 500)").count() >= 6, "{log}");
+    // Counted in the metrics by their trap (a worker reports a moment after
+    // its log line): the trap, loop, memory, exit, timeout and midway (the
+    // missing answer is the front's own 500, a clean ending).
+    let metrics = server.metrics_addr();
+    let started = Instant::now();
+    let samples = loop {
+        let samples = scrape(&metrics);
+        let failures = sample(
+            &samples,
+            "keyferry_connections_ended_total",
+            &[("ending", "guest_failure")],
+        );
+        if failures >= 6.0 {
+            break samples;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{samples:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let traps = |kind| sample(&samples, "keyferry_guest_traps_total", &[("kind", kind)]);
+    assert!(traps("deadline") >= 1.0, "the loop: {samples:?}");
+    assert!(traps("resource_limit") >= 1.0, "the memory: {samples:?}");
+    assert!(
+        traps("other") >= 4.0,
+        "trap, exit, the timeout, midway: {samples:?}"
+    );
 }
 
 #[test]

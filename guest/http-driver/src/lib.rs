@@ -22,11 +22,12 @@ mod component {
     struct Driver;
 
     impl exports::keyferry::dataplane::http_driver::Guest for Driver {
-        fn serve() {
+        fn serve() -> bool {
             while let Some((request, outparam)) = http_session::next_request() {
                 incoming_handler::handle(request, outparam);
                 http_session::handled();
             }
+            http_session::paused()
         }
     }
 

@@ -33,12 +33,16 @@ const DRAIN_LIMIT: u64 = 64 * 1024;
 /// front pulls through the record layer.
 pub(crate) struct HttpFront {
     received: Vec<u8>,
+    /// Paused between requests: the connection may move to a fresh
+    /// instance.
+    paused: bool,
 }
 
 impl Application for HttpFront {
     fn new(_: &Facts) -> Self {
         Self {
             received: Vec::new(),
+            paused: false,
         }
     }
 
@@ -49,9 +53,10 @@ impl Application for HttpFront {
     /// A peer that half-closes after its request still gets the response.
     fn peer_closed(&mut self, _: &mut Reply) {}
 
-    /// A served connection never moves: the tenant's state is here.
+    /// A connection moves only when the front paused it between requests
+    /// (`--instance-per-request`): otherwise the tenant's state is here.
     fn is_idle(&self) -> bool {
-        false
+        self.paused && self.received.is_empty()
     }
 
     fn attached(session: &SharedSession<Self>) {
@@ -127,7 +132,10 @@ pub(crate) struct Request {
 /// One connection.
 pub(crate) struct Front {
     session: SharedSession<HttpFront>,
-    limits: host::HttpLimits,
+    limits: host::HttpConfig,
+    /// Requests this instance has taken.
+    served: u32,
+    paused: bool,
     /// Plaintext from the peer that is not part of a decoded body yet: a
     /// head, body bytes, pipelined requests.
     inbuf: Vec<u8>,
@@ -145,7 +153,9 @@ impl Front {
     fn new(session: SharedSession<HttpFront>) -> Self {
         Self {
             session,
-            limits: host::limits(),
+            limits: host::config(),
+            served: 0,
+            paused: false,
             inbuf: Vec::new(),
             input_over: false,
             broken: false,
@@ -283,6 +293,21 @@ impl Front {
             self.close();
             return None;
         }
+        if self.limits.instance_per_request && self.served > 0 && self.inbuf.is_empty() {
+            // Between requests with nothing half received: pause, so the
+            // host moves the connection to a fresh instance for the next.
+            // Pipelined bytes already here stay with this instance.
+            self.flush();
+            let mut session = self.session.borrow_mut();
+            if let Some(session) = session.as_mut()
+                && session.connection().is_between_records()
+                && !self.broken
+            {
+                session.parts_mut().1.paused = true;
+                self.paused = true;
+                return None;
+            }
+        }
         let head = loop {
             match codec::parse_head(&self.inbuf, self.limits.max_head as usize) {
                 Ok(Some((head, used))) => {
@@ -322,6 +347,7 @@ impl Front {
         };
         let id = self.next_id;
         self.next_id += 1;
+        self.served += 1;
         let keep_alive = head.keep_alive() && !self.input_over;
         let continue_due = head.minor == 1 && head.lists("expect", "100-continue");
         self.request = Some(Request {
@@ -701,6 +727,11 @@ impl Front {
     /// Whether the response can take more bytes now.
     pub(crate) fn write_room(&self) -> usize {
         WRITE_BUFFER.saturating_sub(self.out.len()).max(1)
+    }
+
+    /// Whether the last `next_request` paused the connection.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// Whether the transport failed.

@@ -1103,4 +1103,8 @@ impl http_session::Guest for Front {
     fn handled() {
         with_front(|f| f.handled());
     }
+
+    fn paused() -> bool {
+        with_front(|f| f.is_paused())
+    }
 }

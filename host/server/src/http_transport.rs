@@ -182,11 +182,11 @@ impl Transport for SocketTransport {
 /// a blocking thread until it ends.
 pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
     stream: &mut S,
-    mut plane: DataPlane,
+    plane: DataPlane,
     first: Delivery,
     control: SessionControl,
     peer: &str,
-) -> (SessionSummary, DataPlane) {
+) -> (SessionSummary, Option<DataPlane>) {
     let started = Instant::now();
     let mut summary = SessionSummary {
         bytes_in: 0,
@@ -197,19 +197,19 @@ pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
     if !first.to_send.is_empty() {
         if let Err(e) = stream.write_all(&first.to_send).await {
             summary.ending = Ending::Transport(e.to_string());
-            return (summary, plane);
+            return (summary, Some(plane));
         }
         summary.bytes_out += first.to_send.len() as u64;
     }
     if first.done {
         summary.ending = first.closed.map_or(Ending::Clean, Ending::Peer);
-        return (summary, plane);
+        return (summary, Some(plane));
     }
     let fd = match rustix::io::fcntl_dupfd_cloexec(stream.as_fd(), 0) {
         Ok(fd) => fd,
         Err(e) => {
             summary.ending = Ending::Transport(e.to_string());
-            return (summary, plane);
+            return (summary, Some(plane));
         }
     };
     let ending = Arc::new(Mutex::new(None));
@@ -220,12 +220,12 @@ pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
         ending: ending.clone(),
         printed: (Instant::now(), 0, 0),
     };
-    let served = tokio::task::spawn_blocking(move || {
-        let (result, outcome) = plane.serve_http(Box::new(transport));
-        (plane, result, outcome)
-    })
-    .await;
-    let (plane, result, outcome) = match served {
+    let served = tokio::task::spawn_blocking(move || plane.serve_http(Box::new(transport))).await;
+    let keyferry::http_serve::HttpServed {
+        plane,
+        result,
+        outcome,
+    } = match served {
         Ok(done) => done,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };

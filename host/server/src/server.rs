@@ -322,7 +322,9 @@ async fn session(
     .await;
     // Its own instance is dropped with the next batch (`crate::ready`).
     if matches!(options.isolation, Isolation::PerConnection) {
-        instances.retire(guest);
+        if let Some(guest) = guest {
+            instances.retire(guest);
+        }
     }
     metrics.connection_ended(&ConnectionOutcome::from(&summary));
 }

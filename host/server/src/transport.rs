@@ -220,12 +220,22 @@ pub(crate) async fn serve_attached<S: AsyncRead + AsyncWrite + std::os::fd::AsFd
     peer: &str,
     read_with_handshake: u64,
     (ready, started): (Duration, Instant),
-) -> (SessionSummary, keyferry::GuestInstance) {
+) -> (SessionSummary, Option<keyferry::GuestInstance>) {
     let facts = plane.facts().clone();
     let mut summary = if plane.is_http() {
         let (summary, served) =
             crate::http_transport::serve_http(stream, plane, first, control, peer).await;
-        plane = served;
+        match served {
+            Some(served) => plane = served,
+            // The move to a fresh instance failed: the summary says why,
+            // and the old instance went with its connection.
+            None => {
+                let mut summary = summary;
+                summary.bytes_in += read_with_handshake;
+                log_session(peer, &facts, &summary, false, ready, started.elapsed());
+                return (summary, None);
+            }
+        }
         summary
     } else {
         run_session(stream, &mut plane, first, control).await
@@ -235,7 +245,7 @@ pub(crate) async fn serve_attached<S: AsyncRead + AsyncWrite + std::os::fd::AsFd
     let resumed = plane.resumed();
     drop(plane);
     log_session(peer, &facts, &summary, resumed, ready, started.elapsed());
-    (summary, guest)
+    (summary, Some(guest))
 }
 
 /// Sends [`PLAINTEXT_INTERNAL_ERROR`], waiting at most a second: the

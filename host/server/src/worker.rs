@@ -435,7 +435,9 @@ async fn serve(
     .await;
     shared.sessions.remove(a.connection_id);
     // Its instance is dropped with the next batch.
-    shared.retired.retire(guest);
+    if let Some(guest) = guest {
+        shared.retired.retire(guest);
+    }
     ConnectionReport {
         outcome: ConnectionOutcome::from(&summary),
         attach_us: Some(u64::try_from(ready.as_micros()).unwrap_or(u64::MAX - 1)),

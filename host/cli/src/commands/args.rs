@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use keyferry::http_serve::HttpLimits;
+use keyferry::http_serve::HttpConfig;
 use keyferry::tls::TlsOptions;
 use keyferry::{ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
 use keyferry_cli::apps;
@@ -34,6 +34,12 @@ pub(crate) struct SandboxArgs {
     /// and headers), in bytes (431 past it).
     #[arg(long, default_value_t = 32 << 10)]
     pub(crate) max_head: u32,
+    /// For a wasi:http component: each request after the first on a
+    /// connection runs in a fresh instance (the connection moves between
+    /// requests), for components that assume Spin's semantics. The
+    /// default is an instance per connection.
+    #[arg(long)]
+    pub(crate) instance_per_request: bool,
     /// An environment variable for the guest (`wasi:cli/environment`),
     /// as KEY=VALUE; repeat for more. A guest sees none of serve's own.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -57,9 +63,10 @@ impl SandboxArgs {
             .with_memory_limit(self.memory_mib << 20)
             .with_execution_bound(bound)
             .with_env(self.env.clone())
-            .with_http_limits(HttpLimits {
+            .with_http(HttpConfig {
                 max_head: self.max_head,
                 max_body: self.max_body,
+                instance_per_request: self.instance_per_request,
             })
     }
 }
@@ -186,6 +193,9 @@ impl PlaneArgs {
             ("--max-head", u64::from(self.sandbox.max_head)),
         ] {
             args.extend([flag.into(), value.to_string().into()]);
+        }
+        if self.sandbox.instance_per_request {
+            args.push("--instance-per-request".into());
         }
         for (key, value) in &self.sandbox.env {
             args.extend(["--env".into(), format!("{key}={value}").into()]);

@@ -6,6 +6,7 @@
 //! - `/echo` streams the body back (chunked), with the request's trailers
 //!   as the response's; `/upper` answers the body in upper case; `/length?n=N` N bytes with Content-Length;
 //! - `/sleep?ms=N` answers after N ms on the monotonic clock;
+//! - `/count` how many requests this instance has served;
 //! - `/status?code=N`, `/env?name=K`, `/print`, `/fs`, `/socket`,
 //!   `/outgoing`;
 //! - faults: `/trap`, `/loop`, `/memory`, `/exit`, `/noanswer`,
@@ -50,6 +51,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Plain {
             }
             "/echo" => echo(request, out),
             "/upper" => upper(request, out),
+            "/count" => {
+                // Requests this instance has served: 1, 2, 3 on one
+                // keep-alive connection, unless each gets a fresh instance.
+                static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                text(out, 200, &format!("{n}\n"));
+            }
             "/length" => {
                 let n: usize = param("n").parse().unwrap_or(0);
                 let headers = Fields::from_list(&[("content-length".into(), n.to_string().into())])
