@@ -166,7 +166,9 @@ impl DataPlane {
     /// in a fresh instance of the same component: the connection moves
     /// between requests with its exact state, as [`DataPlane::migrate`]
     /// moves it. A guest failure is the result's error; the outcome says
-    /// whether the guest's reserve 500 went out.
+    /// whether the guest's reserve 500 went out, and whether the connection
+    /// is only parked: idle between requests, to be served again (with the
+    /// returned transport) once the peer's bytes arrive.
     pub fn serve_http(
         self,
         transport: Box<dyn crate::http_serve::Transport>,
@@ -179,6 +181,7 @@ impl DataPlane {
             bytes_out: 0,
             fault_response_sent: false,
             instances: 0,
+            parked: false,
         };
         loop {
             let (result, outcome, back) = plane.guest.serve_http(transport);
@@ -187,10 +190,13 @@ impl DataPlane {
             total.bytes_out += outcome.bytes_out;
             total.fault_response_sent |= outcome.fault_response_sent;
             total.instances += 1;
+            total.parked = outcome.parked;
             match result {
-                Ok(true) => {}
-                Ok(false) => {
+                // Paused and not parked: moving to a fresh instance.
+                Ok(true) if !outcome.parked => {}
+                Ok(_) => {
                     return HttpServed {
+                        transport,
                         plane: Some(plane),
                         result: Ok(()),
                         outcome: total,
@@ -198,6 +204,7 @@ impl DataPlane {
                 }
                 Err(e) => {
                     return HttpServed {
+                        transport,
                         plane: Some(plane),
                         result: Err(e),
                         outcome: total,
@@ -209,6 +216,7 @@ impl DataPlane {
                 Ok(next) => plane = next,
                 Err(e) => {
                     return HttpServed {
+                        transport,
                         plane: None,
                         result: Err(e),
                         outcome: total,

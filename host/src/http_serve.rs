@@ -107,11 +107,15 @@ pub(crate) struct HttpState {
     bound: ExecutionBound,
     bytes_in: u64,
     bytes_out: u64,
+    /// The guest parked the connection (idle between requests).
+    parked: bool,
 }
 
 /// A connection served by a composed `wasi:http` component
-/// ([`crate::DataPlane::serve_http`]).
+/// ([`crate::DataPlane::serve_http`]), ended or parked.
 pub struct HttpServed {
+    /// The transport, for the next call when the connection is parked.
+    pub transport: Box<dyn Transport>,
     /// The connection's plane once it ended, in the instance that served
     /// it last; `None` if moving it to a fresh instance failed (the error
     /// says why).
@@ -135,6 +139,11 @@ pub struct HttpOutcome {
     /// Instances that served the connection (more than one with
     /// `instance_per_request`).
     pub instances: u32,
+    /// The connection is idle between requests and nothing is buffered:
+    /// call [`crate::DataPlane::serve_http`] again once the peer's bytes
+    /// arrive (or [`crate::DataPlane::close`] it), holding no thread
+    /// meanwhile.
+    pub parked: bool,
 }
 
 /// The origin of the guest's monotonic clock, shared by every store.
@@ -212,6 +221,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     i.func_wrap("now", |_: StoreContextMut<'_, StoreState>, (): ()| {
         Ok((now_ns(),))
     })?;
+    i.func_wrap("park", |mut cx: StoreContextMut<'_, StoreState>, (): ()| {
+        if let Some(s) = state(&mut cx) {
+            s.parked = true;
+        }
+        Ok(())
+    })?;
     i.func_wrap(
         "arm-fault-response",
         |mut cx: StoreContextMut<'_, StoreState>, (records,): (Vec<u8>,)| {
@@ -266,6 +281,7 @@ impl HttpState {
             bound,
             bytes_in: 0,
             bytes_out: 0,
+            parked: false,
         }
     }
 
@@ -284,6 +300,7 @@ impl HttpState {
             bytes_out: self.bytes_out,
             fault_response_sent,
             instances: 1,
+            parked: self.parked,
         };
         (outcome, self.transport)
     }

@@ -278,6 +278,48 @@ fn stock_components_from_three_toolchains_are_served_in_both_placements() {
 }
 
 #[test]
+fn idle_keep_alive_connections_hold_no_thread_and_time_out_with_close_notify() {
+    let server = serve(
+        tenants::PLAIN,
+        &["--workers", "1", "--keepalive-timeout", "3"],
+    );
+    let worker = children(server.child.id())[0];
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{worker}/task"))
+            .unwrap()
+            .count()
+    };
+    let before = threads();
+    let mut clients: Vec<Client> = (0..60)
+        .map(|_| {
+            let mut client = Client::connect(&server);
+            client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(client.response().status, 200);
+            client
+        })
+        .collect();
+    // Each connection is parked between requests: waited for on the
+    // worker's runtime, with no thread of its own.
+    let idle = threads();
+    assert!(
+        idle < before + 16,
+        "{idle} threads with 60 idle connections ({before} before)"
+    );
+    // A parked connection still serves its next request.
+    clients[7].send(b"GET /count HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(clients[7].response().body, b"1\n");
+    // The keep-alive timeout closes them with close_notify (a clean end
+    // of the TLS stream: rustls reads 0 bytes, not an unexpected EOF).
+    for client in &mut clients {
+        let mut byte = [0u8; 1];
+        let read = client.reader.stream.read(&mut byte);
+        assert!(matches!(read, Ok(0)), "{read:?}");
+    }
+    let log = server.stderr.wait_for("keep-alive timeout");
+    assert!(!log.contains("guest failed"), "{log}");
+}
+
+#[test]
 fn an_instance_per_connection_or_per_request() {
     let counts = |server: &Server| {
         let mut client = Client::connect(server);

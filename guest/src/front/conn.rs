@@ -287,6 +287,9 @@ impl Front {
     /// The next request's head, pulling input as needed; `None` when the
     /// connection is over.
     pub(crate) fn next_request(&mut self) -> Option<RequestId> {
+        // Called again after a park: the host saw the peer's bytes, so read
+        // them rather than park again.
+        let resumed = core::mem::take(&mut self.paused);
         self.absorb();
         self.finish_request();
         if self.broken {
@@ -316,6 +319,14 @@ impl Front {
                 }
                 Ok(None) => {
                     let idle = self.inbuf.iter().all(|b| *b == b'\r' || *b == b'\n');
+                    if idle && !self.input_over && !resumed {
+                        // Nothing to do until the peer sends: hand the
+                        // wait to the host, which holds no thread for it.
+                        self.flush();
+                        host::park();
+                        self.paused = true;
+                        return None;
+                    }
                     if !self.fill(idle) {
                         // EOF or timeout between requests: a clean end. A
                         // request cut off mid-head gets nothing, as nginx

@@ -531,6 +531,8 @@ fn start_keyferry_wasi_http(
     cert: &Path,
     key: &Path,
     component: &Path,
+    extra: &[&str],
+    name: &'static str,
 ) -> anyhow::Result<Target> {
     let port = free_port()?;
     let mut child = Command::new(exe)
@@ -542,6 +544,7 @@ fn start_keyferry_wasi_http(
             "--guest",
         ])
         .arg(component)
+        .args(extra)
         .arg("--cert")
         .arg(cert)
         .arg("--key")
@@ -554,7 +557,7 @@ fn start_keyferry_wasi_http(
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     wait_answering(port)?;
     Ok(Target {
-        name: "keyferry serve --guest (wasi:http)",
+        name,
         child,
         companion: None,
         port,
@@ -678,7 +681,22 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // user runs for it today. Both answer the component's own response.
     let baselines_end = targets.len();
     if let Some(component) = &options.wasi_http {
-        targets.push(start_keyferry_wasi_http(&exe, &cert, &key, component)?);
+        targets.push(start_keyferry_wasi_http(
+            &exe,
+            &cert,
+            &key,
+            component,
+            &[],
+            "keyferry --guest wasi:http (workers)",
+        )?);
+        targets.push(start_keyferry_wasi_http(
+            &exe,
+            &cert,
+            &key,
+            component,
+            &["--instance-per-request"],
+            "keyferry --guest wasi:http --instance-per-request",
+        )?);
         targets.push(start_wasmtime_behind_nginx(&dir, &cert, &key, component)?);
     }
     // Rounds, each measuring every server once, starting one server later
@@ -750,8 +768,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         ratios.push(ratio(1, other));
         ratios.push(ratio(2, other));
     }
-    if rows.len() == baselines_end + 2 {
-        ratios.push(ratio(baselines_end, baselines_end + 1));
+    if rows.len() == baselines_end + 3 {
+        ratios.push(ratio(baselines_end, baselines_end + 2));
+        ratios.push(ratio(baselines_end + 1, baselines_end + 2));
     }
     let report = Report {
         seconds: options.duration.as_secs(),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use keyferry::dataplane::{DataPlane, Delivery};
 use keyferry::http_serve::{Output, Transport, TransportError};
 use rustix::event::{PollFd, PollFlags};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::ending::{Ending, SessionSummary};
 use crate::transport::SessionControl;
@@ -177,11 +178,28 @@ impl Transport for SocketTransport {
     }
 }
 
+/// Why a parked connection's wait ended.
+enum Wake {
+    /// The peer sent bytes (or closed: the guest reads the EOF).
+    Bytes,
+    /// Nothing for the keep-alive timeout.
+    Timeout,
+    /// The server closed the idle connection to admit a client.
+    Shed,
+    /// The server is shutting down.
+    Shutdown,
+    /// The socket failed.
+    Failed(String),
+}
+
 /// Serves a connection attached to a composed `wasi:http` component: what
 /// the handoff delivered goes out, then the guest drives the connection on
-/// a blocking thread until it ends.
-pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
-    stream: &mut S,
+/// a blocking thread while a request is in progress. Between requests the
+/// guest parks the connection and the wait for the next one happens here,
+/// on the runtime, with no thread held: an idle keep-alive connection costs
+/// its instance's memory and nothing else.
+pub(crate) async fn serve_http(
+    stream: &mut TcpStream,
     plane: DataPlane,
     first: Delivery,
     control: SessionControl,
@@ -212,32 +230,80 @@ pub(crate) async fn serve_http<S: AsyncWrite + AsFd + Unpin>(
             return (summary, Some(plane));
         }
     };
+    let (mut shutdown, handle, epoch, keepalive) = (
+        control.shutdown.clone(),
+        control.handle.clone(),
+        control.epoch,
+        control.timeouts.keepalive,
+    );
     let ending = Arc::new(Mutex::new(None));
-    let transport = SocketTransport {
+    let mut transport: Box<dyn Transport> = Box::new(SocketTransport {
         fd,
         control,
         peer: peer.to_string(),
         ending: ending.clone(),
         printed: (Instant::now(), 0, 0),
+    });
+    let mut plane = plane;
+    let (plane, result, fault_response_sent) = loop {
+        let served = tokio::task::spawn_blocking(move || plane.serve_http(transport)).await;
+        let keyferry::http_serve::HttpServed {
+            transport: back,
+            plane: served_plane,
+            result,
+            outcome,
+        } = match served {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        transport = back;
+        summary.bytes_in += outcome.bytes_in;
+        summary.bytes_out += outcome.bytes_out;
+        let Some(served_plane) = served_plane else {
+            break (None, result, outcome.fault_response_sent);
+        };
+        if result.is_err() || !outcome.parked {
+            break (Some(served_plane), result, outcome.fault_response_sent);
+        }
+        plane = served_plane;
+        // Parked: wait for the next request here, holding no thread.
+        let mut probe = [0u8; 1];
+        handle.set_idle(epoch, true);
+        let wake = tokio::select! {
+            peeked = tokio::time::timeout(keepalive, stream.peek(&mut probe)) => match peeked {
+                Ok(Ok(_)) => Wake::Bytes,
+                Ok(Err(e)) => Wake::Failed(e.to_string()),
+                Err(_) => Wake::Timeout,
+            },
+            _ = handle.shed.notified() => Wake::Shed,
+            _ = shutdown.changed() => Wake::Shutdown,
+        };
+        handle.set_idle(epoch, false);
+        let ending = match wake {
+            Wake::Bytes => continue,
+            Wake::Timeout => Ending::KeepaliveTimeout,
+            Wake::Shed => Ending::Shed,
+            Wake::Shutdown => Ending::Shutdown,
+            Wake::Failed(e) => Ending::Transport(e),
+        };
+        // Closed while idle: close_notify, sealed in the guest.
+        summary.ending = ending;
+        if let Ok(closed) = crate::transport::guest_call(|| plane.close())
+            && stream.write_all(&closed.to_send).await.is_ok()
+        {
+            summary.bytes_out += closed.to_send.len() as u64;
+        }
+        let _ = stream.shutdown().await;
+        summary.duration = started.elapsed();
+        return (summary, Some(plane));
     };
-    let served = tokio::task::spawn_blocking(move || plane.serve_http(Box::new(transport))).await;
-    let keyferry::http_serve::HttpServed {
-        plane,
-        result,
-        outcome,
-    } = match served {
-        Ok(done) => done,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    };
-    summary.bytes_in += outcome.bytes_in;
-    summary.bytes_out += outcome.bytes_out;
     // A response cut off by a fault must not pass for a whole one: reset
     // the connection (nginx does the same when an upstream fails
     // mid-response), rather than close it as a short body would be.
-    let reset = result.is_err() && !outcome.fault_response_sent;
+    let reset = result.is_err() && !fault_response_sent;
     summary.ending = match result {
         Err(e) => Ending::GuestFailed {
-            reason: if outcome.fault_response_sent {
+            reason: if fault_response_sent {
                 format!("{e} (answered 500)")
             } else {
                 e.to_string()

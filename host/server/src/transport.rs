@@ -54,7 +54,7 @@ pub struct SessionHandle {
     /// Milliseconds since `epoch` when the session last became idle; 0
     /// while it is busy (mid-handshake, mid-record, mid-request, writing).
     idle_since_ms: AtomicU64,
-    shed: tokio::sync::Notify,
+    pub(crate) shed: tokio::sync::Notify,
 }
 
 impl SessionHandle {
@@ -212,8 +212,8 @@ pub(crate) async fn refuse_unattached<S: AsyncWrite + Unpin>(
 /// long the guest took to be ready after the handshake, and `started` when
 /// the connection began. Returns the summary, and the guest instance for
 /// its owner to retire or keep.
-pub(crate) async fn serve_attached<S: AsyncRead + AsyncWrite + std::os::fd::AsFd + Unpin>(
-    stream: &mut S,
+pub(crate) async fn serve_attached(
+    stream: &mut tokio::net::TcpStream,
     mut plane: DataPlane,
     first: Delivery,
     control: SessionControl,
