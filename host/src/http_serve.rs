@@ -161,6 +161,11 @@ const INTERFACE: &str = "keyferry:dataplane/transport@0.1.0";
 /// The longest single read the guest may ask for.
 const MAX_READ: usize = 256 << 10;
 
+thread_local! {
+    /// Where ciphertext is read before it is lifted into the guest.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Adds `keyferry:dataplane/transport` to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     let mut i = linker.root();
@@ -174,11 +179,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
             let result = match state(&mut cx) {
                 None => Err(TransportError::Closed),
                 Some(s) => {
-                    let mut buf = vec![0u8; (max as usize).clamp(1, MAX_READ)];
-                    s.transport.read(&mut buf, idle).map(|n| {
-                        buf.truncate(n);
-                        s.bytes_in += n as u64;
-                        buf
+                    // One buffer per thread: a fresh, zeroed 64 KiB for
+                    // every read of a short request is waste, and a buffer
+                    // per connection would stay with idle ones.
+                    let want = (max as usize).clamp(1, MAX_READ);
+                    READ_BUF.with_borrow_mut(|buf| {
+                        if buf.len() < want {
+                            buf.resize(want, 0);
+                        }
+                        s.transport.read(&mut buf[..want], idle).map(|n| {
+                            s.bytes_in += n as u64;
+                            buf[..n].to_vec()
+                        })
                     })
                 }
             };
