@@ -200,6 +200,13 @@ impl Client {
     fn closed(&mut self) -> bool {
         self.reader.buf.is_empty() && !self.reader.more()
     }
+
+    /// Whether the server ended the TLS stream with close_notify: rustls
+    /// reads 0 bytes then, and an error after a bare TCP close.
+    fn closed_with_close_notify(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        self.reader.buf.is_empty() && matches!(self.reader.stream.read(&mut byte), Ok(0))
+    }
 }
 
 #[test]
@@ -411,15 +418,43 @@ fn keep_alive_pipelining_head_close_and_continue_behave_as_nginx() {
     client.send(b"body");
     assert_eq!(client.response().body, b"body");
 
-    // Connection: close is honoured, and so is HTTP/1.0's default.
+    // A response the component gives no body: empty, and the connection
+    // goes on.
+    client.send(b"GET /nobody HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(client.response().status, 204);
+    assert_eq!(client.response().status, 200);
+
+    // Connection: close is honoured, and so is HTTP/1.0's default, both
+    // ending with close_notify (a whole response, not a cut-off one).
     client.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     let r = client.response();
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(client.closed(), "the server closes after Connection: close");
+    assert!(
+        client.closed_with_close_notify(),
+        "close_notify after Connection: close"
+    );
     let mut old = Client::connect(&server);
     old.send(b"GET / HTTP/1.0\r\n\r\n");
     assert_eq!(old.response().status, 200);
-    assert!(old.closed(), "HTTP/1.0 without keep-alive closes");
+    assert!(
+        old.closed_with_close_notify(),
+        "HTTP/1.0 without keep-alive closes"
+    );
+
+    // A target whose query holds a URL is origin form: the authority is
+    // the Host header's, the path whole.
+    let mut c = Client::connect(&server);
+    c.send(b"GET /request?next=https://evil.test/x HTTP/1.1\r\nHost: good.test\r\n\r\n");
+    let seen = String::from_utf8(c.response().body).unwrap();
+    assert!(seen.contains("authority=Some(\"good.test\")"), "{seen}");
+    assert!(
+        seen.contains("path=/request?next=https://evil.test/x"),
+        "{seen}"
+    );
+    // The absolute form names the authority itself.
+    c.send(b"GET https://other.test/request HTTP/1.1\r\nHost: good.test\r\n\r\n");
+    let seen = String::from_utf8(c.response().body).unwrap();
+    assert!(seen.contains("authority=Some(\"other.test\")"), "{seen}");
 }
 
 #[test]
@@ -437,6 +472,11 @@ fn malformed_oversize_and_too_large_requests_are_refused() {
     };
     assert_eq!(refused(b"GARBAGE\r\n\r\n".to_vec()), 400);
     assert_eq!(refused(b"GET / HTTP/1.1\r\n\r\n".to_vec()), 400, "no Host");
+    assert_eq!(
+        refused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec()),
+        400,
+        "two Hosts"
+    );
     assert_eq!(
         refused(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()),
         400
@@ -459,6 +499,22 @@ fn malformed_oversize_and_too_large_requests_are_refused() {
     }
     chunked.extend(b"0\r\n\r\n");
     assert_eq!(refused(chunked), 413);
+    // A body cut off by close_notify: the component's read fails (it
+    // traps, answered 500) instead of spinning on a stream that will
+    // never fill.
+    let mut cut = Client::connect(&server);
+    cut.send(b"POST /upper HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello");
+    cut.reader.stream.conn.send_close_notify();
+    cut.reader.stream.flush().unwrap();
+    assert_eq!(cut.response().status, 500);
+    // A final status of 1xx is the component's error.
+    assert_eq!(status(&server, "/status?code=150"), "500");
+    // A stream of empty lines before a request is skipped, and dropped as
+    // it comes.
+    let mut blank = Client::connect(&server);
+    blank.send(&b"\r\n".repeat(50_000));
+    blank.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(blank.response().status, 200);
     // The server carries on.
     assert_eq!(
         get(&server, "/"),

@@ -239,6 +239,22 @@ pub fn body_framing(head: &RequestHead, max_body: u64) -> Result<BodyFraming, Re
     }
 }
 
+/// The one length a response's `Content-Length` fields give (`None`
+/// without one); `Err` for values that do not parse or disagree.
+pub fn content_length(headers: &[Field]) -> Result<Option<u64>, ()> {
+    let mut length = None;
+    for (_, value) in headers.iter().filter(|(n, _)| n == "content-length") {
+        for part in value.split(|b| *b == b',').map(trim) {
+            let n = parse_decimal(part).ok_or(())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -639,6 +655,20 @@ mod tests {
             .unwrap();
         assert_eq!(out, b"0123");
         assert_eq!(used, 7);
+    }
+
+    #[test]
+    fn a_response_length_is_one_number() {
+        let f = |v: &[&str]| -> Vec<Field> {
+            v.iter()
+                .map(|v| ("content-length".into(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert_eq!(content_length(&f(&[])), Ok(None));
+        assert_eq!(content_length(&f(&["5"])), Ok(Some(5)));
+        assert_eq!(content_length(&f(&["5", "5, 5"])), Ok(Some(5)));
+        assert_eq!(content_length(&f(&["5", "100"])), Err(()));
+        assert_eq!(content_length(&f(&["+5"])), Err(()));
     }
 
     #[test]

@@ -141,8 +141,13 @@ pub(crate) struct Front {
     inbuf: Vec<u8>,
     /// No more input: EOF, close_notify, an alert or a transport failure.
     input_over: bool,
-    /// Nothing more can be sent: the connection ends.
+    /// Nothing more can be sent, or the last response failed: the
+    /// connection ends without close_notify, so a cut-off response is not
+    /// taken for a whole one.
     broken: bool,
+    /// The last response was whole and the connection ends after it
+    /// (`Connection: close`, HTTP/1.0, a body left unread): close_notify.
+    closing: bool,
     /// Plaintext of the response, not sealed yet.
     out: Vec<u8>,
     next_id: RequestId,
@@ -159,6 +164,7 @@ impl Front {
             inbuf: Vec::new(),
             input_over: false,
             broken: false,
+            closing: false,
             out: Vec::new(),
             next_id: 1,
             request: None,
@@ -289,10 +295,10 @@ impl Front {
     pub(crate) fn next_request(&mut self) -> Option<RequestId> {
         // Called again after a park: the host saw the peer's bytes, so read
         // them rather than park again.
-        let resumed = core::mem::take(&mut self.paused);
+        let mut resumed = core::mem::take(&mut self.paused);
         self.absorb();
         self.finish_request();
-        if self.broken {
+        if self.broken || self.closing {
             self.close();
             return None;
         }
@@ -312,6 +318,14 @@ impl Front {
             }
         }
         let head = loop {
+            // Empty lines before a request line are skipped (RFC 9112
+            // section 2.2), and dropped so a stream of them cannot grow.
+            let blank = self
+                .inbuf
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            self.inbuf.drain(..blank);
             match codec::parse_head(&self.inbuf, self.limits.max_head as usize) {
                 Ok(Some((head, used))) => {
                     self.inbuf.drain(..used);
@@ -327,7 +341,9 @@ impl Front {
                         self.paused = true;
                         return None;
                     }
-                    if !self.fill(idle) {
+                    let filled = self.fill(idle);
+                    resumed = false;
+                    if !filled {
                         // EOF or timeout between requests: a clean end. A
                         // request cut off mid-head gets nothing, as nginx
                         // does.
@@ -347,6 +363,10 @@ impl Front {
         };
         if head.minor == 1 && head.values("host").next().is_none() {
             self.refuse(Refusal::BadRequest("HTTP/1.1 request without Host"), false);
+            return None;
+        }
+        if head.values("host").count() > 1 {
+            self.refuse(Refusal::BadRequest("more than one Host"), false);
             return None;
         }
         let framing = match codec::body_framing(&head, self.limits.max_body) {
@@ -436,12 +456,18 @@ impl Front {
         let Some(mut request) = self.request.take() else {
             return;
         };
-        if !request.keep_alive || request.response != Response::Finished {
+        if request.response != Response::Finished {
             self.broken = true;
             return;
         }
+        // A body the client holds back for a 100 it never got will not
+        // come: close rather than wait to drain it.
+        if !request.keep_alive || (request.continue_due && !request.body_done) {
+            self.closing = true;
+            return;
+        }
         let mut drained = 0u64;
-        while !request.body_done && !request.body_failed && !self.broken {
+        while !request.body_done && !request.body_failed && !self.broken && !self.closing {
             request.body.clear();
             self.decode(&mut request, usize::MAX);
             drained += request.body.len() as u64;
@@ -449,11 +475,11 @@ impl Front {
                 break;
             }
             if drained > DRAIN_LIMIT || !self.fill(false) {
-                self.broken = true;
+                self.closing = true;
             }
         }
         if request.body_failed {
-            self.broken = true;
+            self.closing = true;
         }
     }
 
@@ -541,10 +567,17 @@ impl Front {
             if request.body_done {
                 return Err(true);
             }
+            self.send_continue(request);
+            if self.input_over {
+                // No more input can come, and what is left cannot complete
+                // the body: it was cut off.
+                request.body_failed = true;
+                request.keep_alive = false;
+                continue;
+            }
             if !blocking {
                 return Ok(Vec::new());
             }
-            self.send_continue(request);
             if !self.fill(false) {
                 // Cut off mid-body: what is left cannot complete it.
                 request.body_failed = true;
@@ -585,10 +618,13 @@ impl Front {
         if request.body.is_empty() {
             self.decode(&mut request, WRITE_BUFFER);
         }
-        let ready = !request.body.is_empty()
-            || request.body_done
-            || request.body_failed
-            || (self.input_over && self.inbuf.is_empty());
+        let ready =
+            !request.body.is_empty() || request.body_done || request.body_failed || self.input_over;
+        if !ready {
+            // Whoever waits for the body may be waiting for the client,
+            // which waits for our 100 Continue.
+            self.send_continue(&mut request);
+        }
         self.request = Some(request);
         ready
     }
@@ -606,17 +642,19 @@ impl Front {
     }
 
     /// Waits for the peer (or until `deadline`) and takes what came.
-    pub(crate) fn wait(&mut self, readable: bool, deadline: Option<u64>) {
+    /// False when there is nothing to wait for: the caller must not spin.
+    pub(crate) fn wait(&mut self, readable: bool, deadline: Option<u64>) -> bool {
         self.flush();
-        let readable = readable && !self.input_over;
+        let readable = readable && !self.input_over && !self.broken;
         if !readable && deadline.is_none() {
-            return;
+            return false;
         }
         match host::wait(readable, deadline) {
             Ok(true) => {
                 self.fill(false);
+                true
             }
-            Ok(false) => {}
+            Ok(false) => true,
             // The request timeout passed while the tenant waited (on a
             // timer, or for a body the peer does not send), or the server
             // is shutting down: the tenant is stopped where it waits. The
@@ -632,13 +670,14 @@ impl Front {
         let Some(request) = self.request.as_mut().filter(|r| r.id == id) else {
             return false;
         };
-        if request.response != Response::NotSet {
+        // A 1xx is not a final response, and lengths that disagree or do
+        // not parse cannot be sent: either is the tenant's error (500).
+        if request.response != Response::NotSet || !(200..=999).contains(&status) {
             return false;
         }
-        let length = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| core::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        let Ok(length) = codec::content_length(headers) else {
+            return false;
+        };
         let framing = if codec::bodiless(&request.head.method, status) {
             ResponseFraming::None
         } else if let Some(n) = length {
@@ -652,10 +691,12 @@ impl Front {
         // A body still unread when the answer starts: the connection is
         // kept only if it can be drained afterwards.
         let close = !request.keep_alive;
-        // Content-Length stays on a HEAD response: it describes the GET.
+        // One canonical Content-Length, whatever the tenant wrote; it
+        // stays on a HEAD response, where it describes the GET.
         let mut headers: Vec<Field> = headers.to_vec();
-        if framing == ResponseFraming::Chunked || framing == ResponseFraming::Close {
-            headers.retain(|(n, _)| n != "content-length");
+        headers.retain(|(n, _)| n != "content-length");
+        if let (Some(n), ResponseFraming::Length(_) | ResponseFraming::None) = (length, framing) {
+            headers.push(("content-length".into(), alloc::format!("{n}").into_bytes()));
         }
         request.response = Response::Sending {
             framing,

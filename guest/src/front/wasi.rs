@@ -105,14 +105,7 @@ impl poll::GuestPollable for Pollable {
 /// wait for (the peer is gone and no deadline is set): the caller must not
 /// spin.
 fn wait(readable: bool, deadline: Option<u64>) -> bool {
-    with_front(|f| {
-        let readable = readable && !f.is_broken();
-        if !readable && deadline.is_none() {
-            return false;
-        }
-        f.wait(readable, deadline);
-        true
-    })
+    with_front(|f| f.wait(readable, deadline))
 }
 
 impl poll::Guest for Front {
@@ -742,10 +735,15 @@ impl http::GuestResponseOutparam for ResponseOutparam {
         let entries = response.headers.borrow().entries.clone();
         let status = response.status.get();
         let set = with_front(|f| f.set_response(param.id, status, &entries));
-        let mut link = response.body.borrow_mut();
         if !set {
             return;
         }
+        if !response.body_taken.get() {
+            // Never asked for a body: the response has an empty one.
+            let _ = with_front(|f| f.finish_body(param.id, &[]));
+            return;
+        }
+        let mut link = response.body.borrow_mut();
         link.request = Some(param.id);
         let early = core::mem::take(&mut link.early);
         let finish = link.early_finish.take();
@@ -1072,14 +1070,26 @@ impl http_session::Guest for Front {
             .and_then(|(_, v)| String::from_utf8(v.clone()).ok());
         // Absolute form ("https://example.com/path"): the authority and the
         // path come from the target, which takes precedence over Host.
-        let (authority, path) = match target.split_once("://") {
-            Some((_, rest)) => match rest.find('/') {
-                Some(slash) => (
-                    Some(rest[..slash].to_string()),
-                    Some(rest[slash..].to_string()),
-                ),
-                None => (Some(rest.to_string()), Some("/".into())),
-            },
+        let scheme_end = ["http://", "https://"].iter().find_map(|scheme| {
+            target
+                .get(..scheme.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(scheme))
+                .then_some(scheme.len())
+        });
+        let (authority, path) = match scheme_end {
+            Some(end) => {
+                let rest = &target[end..];
+                match rest.find(['/', '?']) {
+                    Some(at) if rest.as_bytes()[at] == b'/' => {
+                        (Some(rest[..at].to_string()), Some(rest[at..].to_string()))
+                    }
+                    Some(at) => (
+                        Some(rest[..at].to_string()),
+                        Some(alloc::format!("/{}", &rest[at..])),
+                    ),
+                    None => (Some(rest.to_string()), Some("/".into())),
+                }
+            }
             None => (host.or(sni), Some(target)),
         };
         let headers = headers

@@ -52,7 +52,9 @@ impl SocketTransport {
             self.control.handle.set_idle(self.control.epoch, true);
         }
         let result = loop {
-            if *self.control.shutdown.borrow() {
+            // A request in progress is finished through a shutdown (the
+            // drain timeout bounds it); an idle wait ends at once.
+            if idle && *self.control.shutdown.borrow() {
                 break Err(self.end(Ending::Shutdown, TransportError::Shutdown));
             }
             if idle && self.control.handle.idle_since_ms().is_none() {

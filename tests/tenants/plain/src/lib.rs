@@ -127,6 +127,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Plain {
             }
             "/exit" => std::process::exit(3),
             "/noanswer" => drop(out),
+            "/nobody" => {
+                // A response whose body is never asked for: an empty one.
+                let response = OutgoingResponse::new(Fields::new());
+                response.set_status_code(204).unwrap();
+                ResponseOutparam::set(out, Ok(response));
+            }
             "/trap-midway" => {
                 let response = OutgoingResponse::new(Fields::new());
                 let body = response.body().unwrap();
