@@ -239,15 +239,19 @@ pub fn body_framing(head: &RequestHead, max_body: u64) -> Result<BodyFraming, Re
     }
 }
 
+/// `Content-Length` fields that do not parse as one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidLength;
+
 /// The one length a response's `Content-Length` fields give (`None`
-/// without one); `Err` for values that do not parse or disagree.
-pub fn content_length(headers: &[Field]) -> Result<Option<u64>, ()> {
+/// without one).
+pub fn content_length(headers: &[Field]) -> Result<Option<u64>, InvalidLength> {
     let mut length = None;
     for (_, value) in headers.iter().filter(|(n, _)| n == "content-length") {
         for part in value.split(|b| *b == b',').map(trim) {
-            let n = parse_decimal(part).ok_or(())?;
+            let n = parse_decimal(part).ok_or(InvalidLength)?;
             if length.is_some_and(|l| l != n) {
-                return Err(());
+                return Err(InvalidLength);
             }
             length = Some(n);
         }
@@ -667,8 +671,8 @@ mod tests {
         assert_eq!(content_length(&f(&[])), Ok(None));
         assert_eq!(content_length(&f(&["5"])), Ok(Some(5)));
         assert_eq!(content_length(&f(&["5", "5, 5"])), Ok(Some(5)));
-        assert_eq!(content_length(&f(&["5", "100"])), Err(()));
-        assert_eq!(content_length(&f(&["+5"])), Err(()));
+        assert_eq!(content_length(&f(&["5", "100"])), Err(InvalidLength));
+        assert_eq!(content_length(&f(&["+5"])), Err(InvalidLength));
     }
 
     #[test]

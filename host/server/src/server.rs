@@ -321,10 +321,10 @@ async fn session(
     )
     .await;
     // Its own instance is dropped with the next batch (`crate::ready`).
-    if matches!(options.isolation, Isolation::PerConnection) {
-        if let Some(guest) = guest {
-            instances.retire(guest);
-        }
+    if matches!(options.isolation, Isolation::PerConnection)
+        && let Some(guest) = guest
+    {
+        instances.retire(guest);
     }
     metrics.connection_ended(&ConnectionOutcome::from(&summary));
 }
