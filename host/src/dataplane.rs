@@ -181,7 +181,7 @@ impl DataPlane {
             bytes_out: 0,
             fault_response_sent: false,
             instances: 0,
-            parked: false,
+            parked: None,
         };
         loop {
             let (result, outcome, back) = plane.guest.serve_http(transport);
@@ -193,7 +193,7 @@ impl DataPlane {
             total.parked = outcome.parked;
             match result {
                 // Paused and not parked: moving to a fresh instance.
-                Ok(true) if !outcome.parked => {}
+                Ok(true) if outcome.parked.is_none() => {}
                 Ok(_) => {
                     return HttpServed {
                         transport,

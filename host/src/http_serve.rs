@@ -107,8 +107,21 @@ pub(crate) struct HttpState {
     bound: ExecutionBound,
     bytes_in: u64,
     bytes_out: u64,
-    /// The guest parked the connection (idle between requests).
-    parked: bool,
+    /// Where the guest parked the connection, if it did.
+    parked: Option<Parked>,
+}
+
+/// Where a connection was parked: what the wait for the peer's next bytes
+/// is bounded by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// Between requests: the keep-alive timeout; the server may close it
+    /// to make room.
+    Idle,
+    /// In the middle of a request head: the head must be whole within the
+    /// request timeout of its first byte (nginx's `client_header_timeout`),
+    /// however slowly its bytes come.
+    MidHead,
 }
 
 /// A connection served by a composed `wasi:http` component
@@ -139,11 +152,11 @@ pub struct HttpOutcome {
     /// Instances that served the connection (more than one with
     /// `instance_per_request`).
     pub instances: u32,
-    /// The connection is idle between requests and nothing is buffered:
-    /// call [`crate::DataPlane::serve_http`] again once the peer's bytes
-    /// arrive (or [`crate::DataPlane::close`] it), holding no thread
+    /// The guest waits for the peer's next bytes: call
+    /// [`crate::DataPlane::serve_http`] again once they arrive (or
+    /// [`crate::DataPlane::close`] the connection), holding no thread
     /// meanwhile.
-    pub parked: bool,
+    pub parked: Option<Parked>,
 }
 
 /// The origin of the guest's monotonic clock, shared by every store.
@@ -233,12 +246,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     i.func_wrap("now", |_: StoreContextMut<'_, StoreState>, (): ()| {
         Ok((now_ns(),))
     })?;
-    i.func_wrap("park", |mut cx: StoreContextMut<'_, StoreState>, (): ()| {
-        if let Some(s) = state(&mut cx) {
-            s.parked = true;
-        }
-        Ok(())
-    })?;
+    i.func_wrap(
+        "park",
+        |mut cx: StoreContextMut<'_, StoreState>, (idle,): (bool,)| {
+            if let Some(s) = state(&mut cx) {
+                s.parked = Some(if idle { Parked::Idle } else { Parked::MidHead });
+            }
+            Ok(())
+        },
+    )?;
     i.func_wrap(
         "arm-fault-response",
         |mut cx: StoreContextMut<'_, StoreState>, (records,): (Vec<u8>,)| {
@@ -293,7 +309,7 @@ impl HttpState {
             bound,
             bytes_in: 0,
             bytes_out: 0,
-            parked: false,
+            parked: None,
         }
     }
 

@@ -327,6 +327,79 @@ fn idle_keep_alive_connections_hold_no_thread_and_time_out_with_close_notify() {
 }
 
 #[test]
+fn a_head_trickled_byte_by_byte_holds_no_thread_and_meets_the_request_timeout() {
+    let server = serve(
+        tenants::PLAIN,
+        &["--workers", "1", "--request-timeout", "2"],
+    );
+    let worker = children(server.child.id())[0];
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{worker}/task"))
+            .unwrap()
+            .count()
+    };
+    let before = threads();
+    // Forty clients each start a head and add a header line a second,
+    // which would never finish: the slowloris attack.
+    let mut clients: Vec<Client> = (0..40)
+        .map(|_| {
+            let mut client = Client::connect(&server);
+            client.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
+            client
+        })
+        .collect();
+    let mut closed = vec![false; clients.len()];
+    for round in 0..10 {
+        std::thread::sleep(Duration::from_secs(1));
+        if round == 0 {
+            let during = threads();
+            assert!(
+                during < before + 16,
+                "{during} threads with 40 heads in progress ({before} before)"
+            );
+        }
+        for (client, closed) in clients.iter_mut().zip(closed.iter_mut()) {
+            if !*closed
+                && client
+                    .reader
+                    .stream
+                    .write_all(b"X-Slow: 1\r\n")
+                    .and_then(|()| client.reader.stream.flush())
+                    .is_err()
+            {
+                *closed = true;
+            }
+        }
+    }
+    // The head had to be whole 2 s after its first byte, however the bytes
+    // came: every client was closed long before its tenth line.
+    for client in &mut clients {
+        client
+            .reader
+            .stream
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let read = client.reader.stream.read(&mut byte);
+        // close_notify, or a reset if a late line hit the closed socket;
+        // not a read that timed out on a connection still open.
+        let open = matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        assert!(
+            matches!(read, Ok(0)) || (read.is_err() && !open),
+            "{read:?}"
+        );
+    }
+    let log = server.stderr.wait_for("request timeout");
+    assert!(!log.contains("guest failed"), "{log}");
+    // And a whole request is still served.
+    assert_eq!(
+        get(&server, "/"),
+        "hello from a stock wasi:http component\n"
+    );
+}
+
+#[test]
 fn an_instance_per_connection_or_per_request() {
     let counts = |server: &Server| {
         let mut client = Client::connect(server);

@@ -333,11 +333,12 @@ impl Front {
                 }
                 Ok(None) => {
                     let idle = self.inbuf.iter().all(|b| *b == b'\r' || *b == b'\n');
-                    if idle && !self.input_over && !resumed {
-                        // Nothing to do until the peer sends: hand the
+                    if !self.input_over && !resumed {
+                        // Nothing to do until the peer sends (the next
+                        // request, or the rest of this head): hand the
                         // wait to the host, which holds no thread for it.
                         self.flush();
-                        host::park();
+                        host::park(idle);
                         self.paused = true;
                         return None;
                     }

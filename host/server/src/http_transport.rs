@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyferry::dataplane::{DataPlane, Delivery};
-use keyferry::http_serve::{Output, Transport, TransportError};
+use keyferry::http_serve::{Output, Parked, Transport, TransportError};
 use rustix::event::{PollFd, PollFlags};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -184,7 +184,8 @@ impl Transport for SocketTransport {
 enum Wake {
     /// The peer sent bytes (or closed: the guest reads the EOF).
     Bytes,
-    /// Nothing for the keep-alive timeout.
+    /// Nothing for the keep-alive timeout, or the head not whole within
+    /// the request timeout.
     Timeout,
     /// The server closed the idle connection to admit a client.
     Shed,
@@ -232,12 +233,16 @@ pub(crate) async fn serve_http(
             return (summary, Some(plane));
         }
     };
-    let (mut shutdown, handle, epoch, keepalive) = (
+    let (mut shutdown, handle, epoch, keepalive, request_timeout) = (
         control.shutdown.clone(),
         control.handle.clone(),
         control.epoch,
         control.timeouts.keepalive,
+        control.timeouts.request,
     );
+    // When the request head in progress must be whole: set at the first
+    // wait in the middle of a head, cleared when a request is served.
+    let mut head_deadline: Option<tokio::time::Instant> = None;
     let ending = Arc::new(Mutex::new(None));
     let mut transport: Box<dyn Transport> = Box::new(SocketTransport {
         fd,
@@ -264,31 +269,46 @@ pub(crate) async fn serve_http(
         let Some(served_plane) = served_plane else {
             break (None, result, outcome.fault_response_sent);
         };
-        if result.is_err() || !outcome.parked {
-            break (Some(served_plane), result, outcome.fault_response_sent);
-        }
+        let parked = match outcome.parked {
+            Some(parked) if result.is_ok() => parked,
+            _ => break (Some(served_plane), result, outcome.fault_response_sent),
+        };
         plane = served_plane;
-        // Parked: wait for the next request here, holding no thread.
+        // Parked: wait for the peer's next bytes here, holding no thread.
+        let idle = parked == Parked::Idle;
+        if outcome.bytes_out > 0 {
+            // A response went out: the head waited for before was whole.
+            head_deadline = None;
+        }
+        let until = if idle {
+            head_deadline = None;
+            tokio::time::Instant::now() + keepalive
+        } else {
+            *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + request_timeout)
+        };
         let mut probe = [0u8; 1];
-        handle.set_idle(epoch, true);
+        if idle {
+            handle.set_idle(epoch, true);
+        }
         let wake = tokio::select! {
-            peeked = tokio::time::timeout(keepalive, stream.peek(&mut probe)) => match peeked {
+            peeked = tokio::time::timeout_at(until, stream.peek(&mut probe)) => match peeked {
                 Ok(Ok(_)) => Wake::Bytes,
                 Ok(Err(e)) => Wake::Failed(e.to_string()),
                 Err(_) => Wake::Timeout,
             },
-            _ = handle.shed.notified() => Wake::Shed,
-            _ = shutdown.changed() => Wake::Shutdown,
+            _ = handle.shed.notified(), if idle => Wake::Shed,
+            _ = shutdown.changed(), if idle => Wake::Shutdown,
         };
         handle.set_idle(epoch, false);
         let ending = match wake {
             Wake::Bytes => continue,
-            Wake::Timeout => Ending::KeepaliveTimeout,
+            Wake::Timeout if idle => Ending::KeepaliveTimeout,
+            Wake::Timeout => Ending::RequestTimeout,
             Wake::Shed => Ending::Shed,
             Wake::Shutdown => Ending::Shutdown,
             Wake::Failed(e) => Ending::Transport(e),
         };
-        // Closed while idle: close_notify, sealed in the guest.
+        // Closed while waiting: close_notify, sealed in the guest.
         summary.ending = ending;
         if let Ok(closed) = crate::transport::guest_call(|| plane.close())
             && stream.write_all(&closed.to_send).await.is_ok()
