@@ -323,10 +323,19 @@ impl Drop for OutputStream {
 
 impl streams::GuestOutputStream for OutputStream {
     fn check_write(&self) -> Result<u64, streams::StreamError> {
-        if let Self::Body(link) = self
-            && link.borrow().finished
-        {
-            return Err(streams::StreamError::Closed);
+        if let Self::Body(link) = self {
+            let link = link.borrow();
+            if link.finished {
+                return Err(streams::StreamError::Closed);
+            }
+            // Before the response is set its body waits here, and nothing
+            // can drain it: a full buffer is an error, not a wait (the
+            // stream's pollable is always ready, so waiting would spin).
+            if link.request.is_none() && link.early.len() >= conn::WRITE_BUFFER {
+                return Err(failed(
+                    "at most 64 KiB of a body can be written before response-outparam.set",
+                ));
+            }
         }
         Ok(self.room())
     }
