@@ -7,11 +7,14 @@
 //! against the extracted key before anything is sealed.
 //!
 //! Plaintext that rustls already decrypted is drained into the receive
-//! key's buffered plaintext so the guest delivers it exactly once.
+//! key's buffered plaintext, and bytes it never saw into its buffered
+//! ciphertext ([`ExportableConnection`]), so the guest delivers each exactly
+//! once.
 
-use std::io::Read;
+use std::io;
 use std::sync::Mutex;
 
+use keyferry_guest::framing::{self, Frame, HEADER_LEN, MAX_CIPHERTEXT};
 use keyferry_guest::record::TrafficKeyMaterial;
 use keyferry_guest::{AeadAlgorithm, Direction, ProtocolVersion};
 use rustls::{ConnectionTrafficSecrets, KeyLog, Side};
@@ -108,52 +111,194 @@ pub struct ConnectionKeys {
     pub aead: AeadAlgorithm,
 }
 
-/// Consumes a connection whose handshake is complete and returns its
-/// traffic keys with their exact state. rustls's copies are zeroized when
-/// the extracted secrets drop here.
+/// How many bytes [`ExportableConnection`] holds before it must be
+/// processed or exported: four records of the largest size, so a peer that
+/// sends after the handshake cannot grow it without bound.
+const INCOMING_LIMIT: usize = 4 * (HEADER_LEN + MAX_CIPHERTEXT);
+
+/// The longest record rustls takes, header included (TLS 1.2's limit:
+/// 2^14 + 2048 bytes of ciphertext).
+const RUSTLS_MAX_RECORD: usize = HEADER_LEN + (1 << 14) + 2048;
+
+/// How much one [`ExportableConnection::read_tls`] asks of its reader.
+const READ_CHUNK: usize = HEADER_LEN + MAX_CIPHERTEXT;
+
+/// A buffered rustls connection whose keys leave it with nothing lost.
 ///
-/// Dangerous: the result holds live key material. Seal it into blobs and
-/// drop it at once.
+/// rustls's buffered `Connection` keeps what it reads in a deframer it never
+/// shows, and `dangerous_extract_secrets` drops whatever that still holds:
+/// a record the peer sent right behind its Finished, or half of one, would
+/// vanish at export. This wrapper shows rustls one whole record at a time,
+/// and only while the handshake runs. Every byte after the record that
+/// completed it stays here, and [`Self::dangerous_export_keys`] hands it to
+/// the open key as buffered ciphertext, for the guest to open (application
+/// data, tickets, KeyUpdate and alerts alike). Plaintext rustls decrypted
+/// on the way (early data, or application data in the same record) goes as
+/// buffered plaintext. Each byte reaches the guest exactly once.
 ///
-/// The connection must have nothing left to write (flush it first), and
-/// must not have been fed bytes beyond the handshake that it has not yet
-/// processed: rustls discards those at extraction.
-pub fn dangerous_export_keys(
-    mut connection: rustls::Connection,
-    log: &SecretLog,
-    connection_id: u64,
-) -> Result<ConnectionKeys> {
-    if connection.is_handshaking() {
-        return Err(HandshakeError::Export("handshake not complete").into());
+/// [`crate::handshake::Handshake`] does the same sans-IO over rustls's
+/// unbuffered API; this is for embedders who already drive a buffered
+/// connection.
+pub struct ExportableConnection {
+    connection: rustls::Connection,
+    /// Bytes read and not yet shown to rustls: never more than one
+    /// partial record while the handshake runs, anything after it.
+    incoming: Vec<u8>,
+}
+
+impl ExportableConnection {
+    /// Wraps a connection that has not read anything yet.
+    pub fn new(connection: impl Into<rustls::Connection>) -> Self {
+        Self {
+            connection: connection.into(),
+            incoming: Vec::new(),
+        }
     }
-    if connection.wants_write() {
-        return Err(HandshakeError::Export("connection has unsent data; flush it first").into());
+
+    /// Reads TLS bytes from `rd` into this wrapper's buffer (not rustls's).
+    /// Fails once [`INCOMING_LIMIT`] bytes wait: call
+    /// [`Self::process_new_packets`], or export.
+    pub fn read_tls(&mut self, rd: &mut dyn io::Read) -> io::Result<usize> {
+        let room = INCOMING_LIMIT.saturating_sub(self.incoming.len());
+        if room == 0 {
+            return Err(io::Error::other(
+                "incoming buffer full: process the records or export the keys",
+            ));
+        }
+        let start = self.incoming.len();
+        self.incoming.resize(start + room.min(READ_CHUNK), 0);
+        let read = rd.read(&mut self.incoming[start..]);
+        self.incoming.truncate(start + *read.as_ref().unwrap_or(&0));
+        read
     }
-    let side = match &connection {
-        rustls::Connection::Client(_) => Side::Client,
-        rustls::Connection::Server(_) => Side::Server,
-    };
-    let version = match connection.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => ProtocolVersion::Tls13,
-        Some(rustls::ProtocolVersion::TLSv1_2) => ProtocolVersion::Tls12,
-        _ => return Err(HandshakeError::Export("unsupported protocol version").into()),
-    };
-    let mut plaintext = Zeroizing::new(Vec::new());
+
+    /// Shows rustls each whole record read so far, one at a time, while the
+    /// handshake runs; after it, records wait here for the export.
+    pub fn process_new_packets(&mut self) -> Result<rustls::IoState> {
+        while self.connection.is_handshaking() {
+            let len = match framing::next_record(&self.incoming) {
+                Frame::Incomplete => break,
+                Frame::Record(len) => len,
+                // Over TLS 1.3's limit: rustls judges it (its own limit is
+                // TLS 1.2's) once whole, or at once from the header when
+                // it is over that too, and ends the connection with its
+                // alert.
+                Frame::Oversize => {
+                    let declared = HEADER_LEN + framing::body_len(&self.incoming).unwrap_or(0);
+                    if declared > RUSTLS_MAX_RECORD {
+                        HEADER_LEN
+                    } else if self.incoming.len() >= declared {
+                        declared
+                    } else {
+                        break;
+                    }
+                }
+            };
+            let mut record = &self.incoming[..len];
+            while !record.is_empty() {
+                // rustls's deframer is empty before each record and takes
+                // one whole; it refuses only before reading anything.
+                if self.connection.read_tls(&mut record)? == 0 {
+                    break;
+                }
+            }
+            let shown = len - record.len();
+            self.incoming.drain(..shown);
+            self.connection
+                .process_new_packets()
+                .map_err(HandshakeError::Tls)?;
+            if shown < len {
+                break;
+            }
+        }
+        Ok(self
+            .connection
+            .process_new_packets()
+            .map_err(HandshakeError::Tls)?)
+    }
+
+    /// Writes what rustls has queued for the peer.
+    pub fn write_tls(&mut self, wr: &mut dyn io::Write) -> io::Result<usize> {
+        self.connection.write_tls(wr)
+    }
+
+    /// Whether rustls has bytes queued for the peer.
+    pub fn wants_write(&self) -> bool {
+        self.connection.wants_write()
+    }
+
+    /// Whether the handshake still runs.
+    pub fn is_handshaking(&self) -> bool {
+        self.connection.is_handshaking()
+    }
+
+    /// The connection, for its negotiated facts (ALPN, SNI, certificates).
+    pub fn connection(&self) -> &rustls::Connection {
+        &self.connection
+    }
+
+    /// Consumes the connection once its handshake is complete and returns
+    /// its traffic keys with their exact state. rustls's copies are
+    /// zeroized when the extracted secrets drop here.
+    ///
+    /// Dangerous: the result holds live key material. Seal it into blobs
+    /// and drop it at once.
+    ///
+    /// The connection must have nothing left to write: flush it first.
+    pub fn dangerous_export_keys(
+        self,
+        log: &SecretLog,
+        connection_id: u64,
+    ) -> Result<ConnectionKeys> {
+        let Self {
+            mut connection,
+            incoming,
+        } = self;
+        if connection.is_handshaking() {
+            return Err(HandshakeError::Export("handshake not complete").into());
+        }
+        if connection.wants_write() {
+            return Err(
+                HandshakeError::Export("connection has unsent data; flush it first").into(),
+            );
+        }
+        let side = match &connection {
+            rustls::Connection::Client(_) => Side::Client,
+            rustls::Connection::Server(_) => Side::Server,
+        };
+        let version = match connection.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => ProtocolVersion::Tls13,
+            Some(rustls::ProtocolVersion::TLSv1_2) => ProtocolVersion::Tls12,
+            _ => return Err(HandshakeError::Export("unsupported protocol version").into()),
+        };
+        let mut plaintext = Zeroizing::new(Vec::new());
+        if let rustls::Connection::Server(server) = &mut connection
+            && let Some(mut early) = server.early_data()
+        {
+            drain(&mut early, &mut plaintext)?;
+        }
+        drain(&mut connection.reader(), &mut plaintext)?;
+        let secrets = connection.dangerous_extract_secrets()?;
+        let mut keys = keys_from_secrets(side, version, secrets, log, connection_id)?;
+        keys.open.buffered_plaintext = plaintext;
+        keys.open.buffered_ciphertext = incoming;
+        Ok(keys)
+    }
+}
+
+/// Reads everything `reader` holds now into `into`.
+fn drain(reader: &mut dyn io::Read, into: &mut Zeroizing<Vec<u8>>) -> Result<()> {
     let mut chunk = Zeroizing::new([0u8; 4096]);
     loop {
-        match connection.reader().read(&mut chunk[..]) {
-            Ok(0) => break,
-            Ok(n) => plaintext.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+        match reader.read(&mut chunk[..]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => into.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(_) => {
                 return Err(HandshakeError::Export("reading buffered plaintext failed").into());
             }
         }
     }
-    let secrets = connection.dangerous_extract_secrets()?;
-    let mut keys = keys_from_secrets(side, version, secrets, log, connection_id)?;
-    keys.open.buffered_plaintext = plaintext;
-    Ok(keys)
 }
 
 /// Builds both directions' material from rustls's extracted secrets and the
@@ -243,4 +388,64 @@ fn material(
         HandshakeError::Export("logged traffic secret does not match the connection's key")
     })?;
     Ok(material)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::tls::{Identity, TlsOptions};
+
+    fn server() -> ExportableConnection {
+        let identity = Identity::self_signed(&["localhost".to_string()]).unwrap();
+        let config = TlsOptions::default().server_config(&identity).unwrap();
+        ExportableConnection::new(rustls::ServerConnection::new(Arc::new(config)).unwrap())
+    }
+
+    #[test]
+    fn a_record_not_yet_whole_stays_here() {
+        let mut s = server();
+        s.read_tls(&mut &[22, 3, 1, 0, 100, 1, 0][..]).unwrap();
+        s.process_new_packets().unwrap();
+        assert_eq!(s.incoming, [22, 3, 1, 0, 100, 1, 0]);
+        assert!(s.is_handshaking());
+    }
+
+    #[test]
+    fn records_over_the_limits_end_the_handshake_without_waiting() {
+        // Over every limit: refused from the header. Over TLS 1.3's but
+        // within rustls's: refused once whole.
+        for (length, body) in [(0xffff_usize, 0), (17_000, 17_000)] {
+            let mut s = server();
+            let mut record = vec![22, 3, 1, (length >> 8) as u8, length as u8];
+            record.resize(5 + body, 0);
+            let mut rest = &record[..];
+            while !rest.is_empty() {
+                s.read_tls(&mut rest).unwrap();
+            }
+            assert!(s.process_new_packets().is_err(), "length {length}");
+        }
+    }
+
+    #[test]
+    fn the_buffer_is_bounded() {
+        let mut s = server();
+        let flood = vec![23u8; INCOMING_LIMIT + 1];
+        let mut rest = &flood[..];
+        let mut read = 0;
+        while let Ok(n) = s.read_tls(&mut rest) {
+            read += n;
+        }
+        assert_eq!(read, INCOMING_LIMIT);
+    }
+
+    #[test]
+    fn keys_leave_only_a_finished_handshake() {
+        let log = SecretLog::new();
+        assert!(matches!(
+            server().dangerous_export_keys(&log, 1),
+            Err(crate::Error::Handshake(HandshakeError::Export(_)))
+        ));
+    }
 }

@@ -8,7 +8,7 @@ pub mod process;
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
-use keyferry::export::{ConnectionKeys, SecretLog, dangerous_export_keys};
+use keyferry::export::{ConnectionKeys, ExportableConnection, SecretLog};
 use keyferry::{
     ContentType, GuestComponent, GuestEngine, GuestInstance, SandboxConfig, TrafficKeyHandle,
 };
@@ -139,20 +139,6 @@ pub fn client_config(suite: Suite, log: Arc<SecretLog>) -> Arc<ClientConfig> {
     Arc::new(c)
 }
 
-/// Moves everything `from` wants to write into `to` and processes it.
-pub fn transfer(from: &mut Connection, to: &mut Connection) -> usize {
-    let mut buf = Vec::new();
-    while from.wants_write() {
-        from.write_tls(&mut buf).expect("write_tls");
-    }
-    let mut rest = &buf[..];
-    while !rest.is_empty() {
-        to.read_tls(&mut rest).expect("read_tls");
-        to.process_new_packets().expect("process_new_packets");
-    }
-    buf.len()
-}
-
 /// Which side of the connection the guest takes over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -174,7 +160,9 @@ pub struct Link {
 /// the link. The other side stays a live rustls connection.
 pub fn handshake_into(suite: Suite, role: Role, guest: GuestInstance) -> Link {
     let (keys, peer) = handshake_and_export(suite, role, 0xc0ffee);
-    Link::import(guest, keys.version, &keys.seal, &keys.open, peer)
+    let mut link = Link::import(guest, keys.version, &keys.seal, &keys.open, peer);
+    link.open_buffered_tickets();
+    link
 }
 
 impl Link {
@@ -205,7 +193,9 @@ impl Link {
     }
 }
 
-/// Handshakes in memory and exports `role`'s keys.
+/// Handshakes in memory and exports `role`'s keys. Whatever the peer sent
+/// after the exported side's handshake completed (a TLS 1.3 server's
+/// tickets, for a client) is in the open key's buffered ciphertext.
 pub fn handshake_and_export(
     suite: Suite,
     role: Role,
@@ -213,34 +203,42 @@ pub fn handshake_and_export(
 ) -> (ConnectionKeys, Connection) {
     let client_log = Arc::new(SecretLog::new());
     let server_log = Arc::new(SecretLog::new());
-    let mut client: Connection = rustls::ClientConnection::new(
+    let client = rustls::ClientConnection::new(
         client_config(suite, client_log.clone()),
         ServerName::try_from("localhost").expect("name"),
     )
-    .expect("client")
-    .into();
-    let mut server: Connection =
-        rustls::ServerConnection::new(server_config(suite, server_log.clone()))
-            .expect("server")
-            .into();
-    while client.is_handshaking()
-        || server.is_handshaking()
-        || client.wants_write()
-        || server.wants_write()
+    .expect("client");
+    let server =
+        rustls::ServerConnection::new(server_config(suite, server_log.clone())).expect("server");
+    let (mut ours, mut peer, log): (ExportableConnection, Connection, _) = match role {
+        Role::Client => (ExportableConnection::new(client), server.into(), client_log),
+        Role::Server => (ExportableConnection::new(server), client.into(), server_log),
+    };
+    while ours.is_handshaking() || peer.is_handshaking() || ours.wants_write() || peer.wants_write()
     {
-        transfer(&mut client, &mut server);
-        transfer(&mut server, &mut client);
+        let mut wire = Vec::new();
+        while ours.wants_write() {
+            ours.write_tls(&mut wire).expect("write_tls");
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            peer.read_tls(&mut rest).expect("read_tls");
+            peer.process_new_packets().expect("process_new_packets");
+        }
+        let mut wire = Vec::new();
+        while peer.wants_write() {
+            peer.write_tls(&mut wire).expect("write_tls");
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            ours.read_tls(&mut rest).expect("read_tls");
+            ours.process_new_packets().expect("process_new_packets");
+        }
     }
-    match role {
-        Role::Client => (
-            dangerous_export_keys(client, &client_log, connection_id).expect("export"),
-            server,
-        ),
-        Role::Server => (
-            dangerous_export_keys(server, &server_log, connection_id).expect("export"),
-            client,
-        ),
-    }
+    let keys = ours
+        .dangerous_export_keys(&log, connection_id)
+        .expect("export");
+    (keys, peer)
 }
 
 /// Splits wire bytes into whole records.
@@ -258,6 +256,22 @@ pub fn split_records(mut bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 impl Link {
+    /// Opens what the open key carried over from the handshake: a TLS 1.3
+    /// client's key carries the tickets the server sent behind its
+    /// Finished, which are all it may carry here.
+    pub fn open_buffered_tickets(&mut self) {
+        let (plaintext, ciphertext) = self.guest.take_buffered(&self.open).expect("buffered");
+        assert!(plaintext.is_empty(), "no application data was sent");
+        for record in split_records(&ciphertext) {
+            let (ty, payload) = self.guest.open(&self.open, &record).expect("open ticket");
+            assert_eq!(
+                (ty, payload.first()),
+                (ContentType::Handshake, Some(&4)),
+                "only NewSessionTickets follow the handshake"
+            );
+        }
+    }
+
     /// The guest seals `data` as application data; the peer reads it.
     pub fn guest_sends(&mut self, data: &[u8]) -> Vec<u8> {
         let mut wire = Vec::new();

@@ -454,3 +454,91 @@ fn an_oversize_record_during_the_handshake_gets_an_alert() {
         );
     }
 }
+
+#[test]
+fn a_buffered_rustls_connection_exports_the_bytes_it_has_not_processed() {
+    // rustls's buffered connection drops at extraction what its deframer
+    // still holds. `ExportableConnection` shows it nothing past the
+    // handshake, so the records the peer wrote as soon as its own handshake
+    // completed (behind its Finished, or behind a TLS 1.3 server's tickets)
+    // and a record cut short all reach the guest.
+    use keyferry::export::{ExportableConnection, SecretLog};
+    use keyferry_tests::{Link, client_config, server_config, split_records};
+
+    for suite in all_suites() {
+        for role in [Role::Client, Role::Server] {
+            let client_log = Arc::new(SecretLog::new());
+            let server_log = Arc::new(SecretLog::new());
+            let client = rustls::ClientConnection::new(
+                client_config(suite, client_log.clone()),
+                ServerName::try_from("localhost").unwrap(),
+            )
+            .unwrap();
+            let server =
+                rustls::ServerConnection::new(server_config(suite, server_log.clone())).unwrap();
+            let (mut ours, mut peer, log): (ExportableConnection, rustls::Connection, _) =
+                match role {
+                    Role::Client => (ExportableConnection::new(client), server.into(), client_log),
+                    Role::Server => (ExportableConnection::new(server), client.into(), server_log),
+                };
+            let data = pattern(40_000, 9);
+            let mut held_back = Vec::new();
+            while ours.is_handshaking() || ours.wants_write() || peer.wants_write() {
+                let mut wire = Vec::new();
+                while ours.wants_write() {
+                    ours.write_tls(&mut wire).unwrap();
+                }
+                let mut rest = &wire[..];
+                while !rest.is_empty() {
+                    peer.read_tls(&mut rest).unwrap();
+                    peer.process_new_packets().unwrap();
+                }
+                let writes_now = !peer.is_handshaking() && held_back.is_empty();
+                if writes_now {
+                    peer.writer().write_all(&data).unwrap();
+                }
+                let mut wire = Vec::new();
+                while peer.wants_write() {
+                    peer.write_tls(&mut wire).unwrap();
+                }
+                if writes_now {
+                    held_back = wire.split_off(wire.len() - 7);
+                }
+                let mut rest = &wire[..];
+                while !rest.is_empty() {
+                    ours.read_tls(&mut rest).unwrap();
+                    ours.process_new_packets().unwrap();
+                }
+            }
+            assert_eq!(held_back.len(), 7, "{} {role:?}", suite.name());
+            let keys = ours.dangerous_export_keys(&log, 11).unwrap();
+            let mut link = Link::import(guest(), keys.version, &keys.seal, &keys.open, peer);
+            drop(keys);
+            let (plaintext, mut ciphertext) = link.guest.take_buffered(&link.open).unwrap();
+            assert!(
+                plaintext.is_empty() && ciphertext.len() > data.len(),
+                "{} {role:?}: {} bytes of ciphertext buffered",
+                suite.name(),
+                ciphertext.len()
+            );
+            ciphertext.extend(held_back);
+            let mut got = Vec::new();
+            for record in split_records(&ciphertext) {
+                match link.guest.open(&link.open, &record).unwrap() {
+                    (keyferry::ContentType::ApplicationData, payload) => got.extend(payload),
+                    (keyferry::ContentType::Handshake, ticket) => assert_eq!(ticket[0], 4),
+                    (ty, _) => panic!("{ty:?}"),
+                }
+            }
+            assert!(
+                got == data,
+                "{} {role:?}: {} bytes",
+                suite.name(),
+                got.len()
+            );
+            // The guest's key is where the peer's is: it opens what comes next.
+            let (more, _) = link.peer_sends(b"next");
+            assert_eq!(more, b"next");
+        }
+    }
+}
