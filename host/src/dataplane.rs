@@ -158,6 +158,14 @@ impl DataPlane {
         self.guest.serves_http()
     }
 
+    /// Whether [`DataPlane::serve_http`] moves the connection to a fresh
+    /// instance after each request, instantiating in the middle of the
+    /// call: an embedder that serves on an async runtime's thread may
+    /// want such calls on a thread of their own.
+    pub fn instance_per_request(&self) -> bool {
+        self.guest.instance_per_request()
+    }
+
     /// Serves the connection with a composed `wasi:http` component until
     /// it ends. Blocks: the guest pulls ciphertext from `transport` and
     /// writes records to it, and waits in it. Send what [`DataPlane::new`]

@@ -411,6 +411,16 @@ impl GuestInstance {
             .unwrap_or(false)
     }
 
+    /// Whether each request after the first is served by a fresh instance
+    /// ([`crate::http_serve::HttpConfig::instance_per_request`]), made in
+    /// the middle of [`crate::DataPlane::serve_http`].
+    pub fn instance_per_request(&self) -> bool {
+        self.sandbox
+            .lock()
+            .map(|mut s| s.parts_mut().0.data().http_config.instance_per_request)
+            .unwrap_or(false)
+    }
+
     /// Serves the attached connection of a composed `wasi:http` component
     /// over `state`'s transport, until it ends. On a failure, the 500 the
     /// guest sealed in reserve goes out if nothing was written since.

@@ -1,7 +1,7 @@
 //! A connection served by a composed `wasi:http` component: the socket
 //! as the guest's blocking [`Transport`], with the server's timeouts,
-//! shutdown and shedding, on a thread of its own while the guest drives
-//! the connection (DESIGN section 9).
+//! shutdown and shedding, while the guest drives the connection (DESIGN
+//! section 9).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -51,45 +51,63 @@ impl SocketTransport {
         if idle {
             self.control.handle.set_idle(self.control.epoch, true);
         }
-        let result = loop {
-            // A request in progress is finished through a shutdown (the
-            // drain timeout bounds it); an idle wait ends at once.
-            if idle && *self.control.shutdown.borrow() {
-                break Err(self.end(Ending::Shutdown, TransportError::Shutdown));
-            }
-            if idle && self.control.handle.idle_since_ms().is_none() {
-                // The server claimed this idle connection to make room.
-                break Err(self.end(Ending::Shed, TransportError::Shutdown));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() && !flags.is_empty() {
-                break Ok(false);
-            }
-            let slice = left.min(CHECK_EVERY);
-            if flags.is_empty() {
-                std::thread::sleep(slice);
-                if Instant::now() >= deadline {
+        let result = off_the_runtime(|| {
+            loop {
+                // A request in progress is finished through a shutdown (the
+                // drain timeout bounds it); an idle wait ends at once.
+                if idle && *self.control.shutdown.borrow() {
+                    break Err(self.end(Ending::Shutdown, TransportError::Shutdown));
+                }
+                if idle && self.control.handle.idle_since_ms().is_none() {
+                    // The server claimed this idle connection to make room.
+                    break Err(self.end(Ending::Shed, TransportError::Shutdown));
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() && !flags.is_empty() {
                     break Ok(false);
                 }
-                continue;
-            }
-            let timeout = rustix::time::Timespec {
-                tv_sec: slice.as_secs() as i64,
-                tv_nsec: i64::from(slice.subsec_nanos()),
-            };
-            let mut fds = [PollFd::new(&self.fd, flags)];
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => {}
-                Ok(_) => break Ok(true),
-                Err(e) => {
-                    break Err(self.end(Ending::Transport(e.to_string()), TransportError::Closed));
+                let slice = left.min(CHECK_EVERY);
+                if flags.is_empty() {
+                    std::thread::sleep(slice);
+                    if Instant::now() >= deadline {
+                        break Ok(false);
+                    }
+                    continue;
+                }
+                let timeout = rustix::time::Timespec {
+                    tv_sec: slice.as_secs() as i64,
+                    tv_nsec: i64::from(slice.subsec_nanos()),
+                };
+                let mut fds = [PollFd::new(&self.fd, flags)];
+                match rustix::event::poll(&mut fds, Some(&timeout)) {
+                    Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                    Ok(_) => break Ok(true),
+                    Err(e) => {
+                        break Err(
+                            self.end(Ending::Transport(e.to_string()), TransportError::Closed)
+                        );
+                    }
                 }
             }
-        };
+        });
         if idle {
             self.control.handle.set_idle(self.control.epoch, false);
         }
         result
+    }
+}
+
+/// Runs a wait that blocks this thread. Guest calls run on a runtime
+/// thread ([`crate::transport::guest_call`]), so a guest that waits in the
+/// middle of a request (a handler's timer, a body still coming) hands the
+/// runtime's other connections to another thread first; a call that never
+/// waits costs no hand-off.
+fn off_the_runtime<R>(wait: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
     }
 }
 
@@ -196,8 +214,9 @@ enum Wake {
 }
 
 /// Serves a connection attached to a composed `wasi:http` component: what
-/// the handoff delivered goes out, then the guest drives the connection on
-/// a blocking thread while a request is in progress. Between requests the
+/// the handoff delivered goes out, then the guest drives the connection
+/// while a request is in progress, on the runtime's thread until it must
+/// wait in the middle of one. Between requests the
 /// guest parks the connection and the wait for the next one happens here,
 /// on the runtime, with no thread held: an idle keep-alive connection costs
 /// its instance's memory and nothing else.
@@ -253,16 +272,25 @@ pub(crate) async fn serve_http(
     });
     let mut plane = plane;
     let (plane, result, fault_response_sent) = loop {
-        let served = tokio::task::spawn_blocking(move || plane.serve_http(transport)).await;
+        // On this runtime thread, as every guest call: the request is
+        // usually here already, and a wait in the middle of one leaves the
+        // runtime to the other connections (`SocketTransport::poll_until`).
+        // Except when each request instantiates anew: that takes most of a
+        // millisecond, which the other connections would wait out.
+        let served = if plane.instance_per_request() {
+            match tokio::task::spawn_blocking(move || plane.serve_http(transport)).await {
+                Ok(done) => done,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        } else {
+            crate::transport::guest_call(|| plane.serve_http(transport))
+        };
         let keyferry::http_serve::HttpServed {
             transport: back,
             plane: served_plane,
             result,
             outcome,
-        } = match served {
-            Ok(done) => done,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+        } = served;
         transport = back;
         summary.bytes_in += outcome.bytes_in;
         summary.bytes_out += outcome.bytes_out;

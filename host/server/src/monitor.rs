@@ -325,6 +325,11 @@ impl Pool {
             .any(|other| !Arc::ptr_eq(other, worker) && other.lock().exchange == Some(*id))
     }
 
+    /// Whether a live worker has an instance ready.
+    fn any_ready(&self) -> bool {
+        self.live().iter().any(|w| !w.lock().ready.is_empty())
+    }
+
     /// Takes a ready instance, round-robin over the workers that have one.
     fn take_ready(&self) -> Option<(Arc<Worker>, u32)> {
         let live = self.live();
@@ -416,6 +421,23 @@ pub async fn serve(
             pool.clone(),
             stop.clone(),
         ));
+    }
+    // Until a worker has an instance ready, clients wait in the listen
+    // backlog rather than being taken and closed: each worker compiles the
+    // guest at start, which takes seconds for a large component.
+    let mut stopped = accepting.clone();
+    let first_ready = async {
+        loop {
+            let notified = pool.ready.notified();
+            if pool.any_ready() {
+                return;
+            }
+            notified.await;
+        }
+    };
+    tokio::select! {
+        () = first_ready => info!("a worker is ready; taking connections"),
+        _ = stopped.wait_for(|stop| *stop) => {}
     }
     let cap = Cap::new(options.max_connections);
     let mut tasks = tokio::task::JoinSet::new();
