@@ -247,6 +247,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
         Ok((now_ns(),))
     })?;
     i.func_wrap(
+        "unix-seconds",
+        |_: StoreContextMut<'_, StoreState>, (): ()| {
+            let seconds = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Ok((seconds,))
+        },
+    )?;
+    i.func_wrap(
         "park",
         |mut cx: StoreContextMut<'_, StoreState>, (idle,): (bool,)| {
             if let Some(s) = state(&mut cx) {

@@ -13,10 +13,30 @@ use keyferry_tests::process::{
 };
 use keyferry_tests::tenants;
 
-/// `serve --guest tenant`, once it can take a connection: workers
-/// compile the component after the listener is up (a large one, such as
-/// the JavaScript engine, takes seconds), and until one has an instance
-/// ready a client is closed.
+/// The response carries a Date (RFC 9110 section 6.6.1) in the
+/// IMF-fixdate form, which GNU date reads back, and it is the time now.
+fn assert_dated(r: &Response) {
+    let date = r.header("date").unwrap_or_else(|| panic!("no Date: {r:?}"));
+    assert!(date.len() == 29 && date.ends_with(" GMT"), "{date:?}");
+    let read = Command::new("date")
+        .args(["-u", "-d", date, "+%s"])
+        .output()
+        .expect("date");
+    let seconds: u64 = String::from_utf8_lossy(&read.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("GNU date cannot read {date:?}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(seconds.abs_diff(now) < 600, "{date:?} is not now");
+}
+
+/// `serve --guest tenant`, with a worker ready: workers compile the
+/// component after the listener is up (a large one, such as the
+/// JavaScript engine, takes seconds). Clients wait in the listen backlog
+/// meanwhile; waiting here keeps the compile out of each test's timeouts.
 fn serve(tenant: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--guest", tenant];
     args.extend_from_slice(extra);
@@ -254,8 +274,11 @@ fn stock_components_from_three_toolchains_are_served_in_both_placements() {
         let streamed = get(&wstd, "/stream-body");
         assert_eq!(streamed.lines().count(), 5, "{streamed}");
 
-        // Another language: JavaScript through componentize-js.
-        let js = serve(tenants::JS, placement);
+        // Another language: JavaScript through componentize-js. Its
+        // engine takes each worker seconds to compile; a client that
+        // connects as soon as the server says it serves waits in the
+        // listen backlog meanwhile, and is served (it was closed before).
+        let js = Server::start(&[&["--guest", tenants::JS][..], placement].concat());
         assert_eq!(get(&js, "/hi"), "hello from JavaScript, GET /hi\n");
         let (ok, shouted) = curl(&["--data-binary", "from js", &js.url("/echo")]);
         assert!(ok && shouted == "FROM JS", "{shouted}");
@@ -473,6 +496,7 @@ fn keep_alive_pipelining_head_close_and_continue_behave_as_nginx() {
     );
     let r = client.response();
     assert!(String::from_utf8_lossy(&r.body).contains("path=/request?n=1"));
+    assert_dated(&r);
     assert_eq!(client.response().body, b"abc");
     let head = client.reader.response(true).expect("HEAD answered");
     assert_eq!(head.status, 200);
@@ -541,6 +565,7 @@ fn malformed_oversize_and_too_large_requests_are_refused() {
         client.send(&request);
         let r = client.response();
         assert!(client.closed(), "closed after {}", r.status);
+        assert_dated(&r);
         r.status
     };
     assert_eq!(refused(b"GARBAGE\r\n\r\n".to_vec()), 400);

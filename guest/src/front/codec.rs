@@ -456,12 +456,15 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// The response head. `framing` decides Transfer-Encoding; `close` adds
-/// `Connection: close`.
+/// `Connection: close`; `now` (seconds since the Unix epoch) is the Date
+/// an origin server with a clock must send (RFC 9110 section 6.6.1), unless
+/// the component set its own.
 pub fn response_head(
     status: u16,
     headers: &[Field],
     framing: ResponseFraming,
     close: bool,
+    now: u64,
 ) -> Vec<u8> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
     for (name, value) in headers {
@@ -473,6 +476,11 @@ pub fn response_head(
         head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     }
+    if !headers.iter().any(|(name, _)| name == "date") {
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(&imf_fixdate(now));
+        head.extend_from_slice(b"\r\n");
+    }
     if framing == ResponseFraming::Chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -481,6 +489,43 @@ pub fn response_head(
     }
     head.extend_from_slice(b"\r\n");
     head
+}
+
+/// `unix_seconds` as an IMF-fixdate (RFC 9110 section 5.6.7), the form of
+/// the Date header: `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn imf_fixdate(unix_seconds: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = unix_seconds / 86_400;
+    let secs = unix_seconds % 86_400;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (a
+    // Thursday) in the proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    let two = |out: &mut [u8], at: usize, n: u64| {
+        out[at] = b'0' + (n / 10 % 10) as u8;
+        out[at + 1] = b'0' + (n % 10) as u8;
+    };
+    two(&mut out, 5, day);
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    two(&mut out, 12, year / 100);
+    two(&mut out, 14, year % 100);
+    two(&mut out, 17, secs / 3600);
+    two(&mut out, 20, secs / 60 % 60);
+    two(&mut out, 23, secs % 60);
+    out
 }
 
 /// A chunk of the chunked coding.
@@ -510,7 +555,7 @@ pub fn last_chunk(trailers: &[Field], out: &mut Vec<u8>) {
 
 /// A whole short response the codec answers by itself (errors, and the
 /// 500 kept in reserve): a text body and `Connection: close`.
-pub fn simple_response(status: u16, head_only: bool) -> Vec<u8> {
+pub fn simple_response(status: u16, head_only: bool, now: u64) -> Vec<u8> {
     let body = format!("{status} {}\n", reason(status));
     let headers = [
         ("content-type".into(), b"text/plain".to_vec()),
@@ -524,6 +569,7 @@ pub fn simple_response(status: u16, head_only: bool) -> Vec<u8> {
         &headers,
         ResponseFraming::Length(body.len() as u64),
         true,
+        now,
     );
     if !head_only {
         out.extend_from_slice(body.as_bytes());
@@ -685,14 +731,38 @@ mod tests {
             ],
             ResponseFraming::Chunked,
             true,
+            784_111_777,
         );
         assert_eq!(
             head,
-            b"HTTP/1.1 200 OK\r\nx: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            &b"HTTP/1.1 200 OK\r\nx: 1\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+               transfer-encoding: chunked\r\nconnection: close\r\n\r\n"[..]
         );
+        // The component's own Date stands.
+        let head = response_head(
+            204,
+            &[("date".into(), b"x".to_vec())],
+            ResponseFraming::None,
+            false,
+            0,
+        );
+        assert_eq!(head, b"HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n");
         let mut out = Vec::new();
         chunk(b"hello", &mut out);
         last_chunk(&[("x-t".into(), b"2".to_vec())], &mut out);
         assert_eq!(out, b"5\r\nhello\r\n0\r\nx-t: 2\r\n\r\n");
+    }
+
+    #[test]
+    fn dates_are_imf_fixdates() {
+        for (seconds, date) in [
+            (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+            (784_111_777, "Sun, 06 Nov 1994 08:49:37 GMT"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+            (1_798_761_599, "Thu, 31 Dec 2026 23:59:59 GMT"),
+            (4_107_542_400, "Mon, 01 Mar 2100 00:00:00 GMT"),
+        ] {
+            assert_eq!(&imf_fixdate(seconds), date.as_bytes(), "{seconds}");
+        }
     }
 }

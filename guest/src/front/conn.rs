@@ -286,7 +286,11 @@ impl Front {
 
     /// Answers a request the codec refused, and ends the connection.
     fn refuse(&mut self, refusal: Refusal, head_only: bool) {
-        self.queue(&codec::simple_response(refusal.status(), head_only));
+        self.queue(&codec::simple_response(
+            refusal.status(),
+            head_only,
+            host::unix_seconds(),
+        ));
         self.close();
     }
 
@@ -412,7 +416,7 @@ impl Front {
             .request
             .as_ref()
             .is_some_and(|r| r.head.method == "HEAD");
-        let response = codec::simple_response(500, head_only);
+        let response = codec::simple_response(500, head_only, host::unix_seconds());
         let sealed = self
             .session
             .borrow_mut()
@@ -434,7 +438,11 @@ impl Front {
                 // The tenant never answered: 500, as `wasmtime serve` does.
                 let head_only = request.head.method == "HEAD";
                 request.response = Response::Failed;
-                self.queue(&codec::simple_response(500, head_only));
+                self.queue(&codec::simple_response(
+                    500,
+                    head_only,
+                    host::unix_seconds(),
+                ));
                 self.close();
             }
             Response::Sending { .. } => {
@@ -591,7 +599,11 @@ impl Front {
     fn too_large_or_bad(&mut self, request: &mut Request) {
         if request.response == Response::NotSet && request.received > self.limits.max_body {
             request.response = Response::Failed;
-            self.queue(&codec::simple_response(413, request.head.method == "HEAD"));
+            self.queue(&codec::simple_response(
+                413,
+                request.head.method == "HEAD",
+                host::unix_seconds(),
+            ));
             self.close();
         }
     }
@@ -703,7 +715,7 @@ impl Front {
             framing,
             written: 0,
         };
-        let head = codec::response_head(status, &headers, framing, close);
+        let head = codec::response_head(status, &headers, framing, close, host::unix_seconds());
         self.queue(&head);
         true
     }
