@@ -312,3 +312,123 @@ fn health_checks_are_not_logged_as_failed_handshakes() {
         .stderr
         .wait_for("peer closed the transport during the handshake");
 }
+
+/// The datagrams `serve` sent to its `$NOTIFY_SOCKET`, read until one holds
+/// `wanted`.
+fn notified_until(socket: &std::os::unix::net::UnixDatagram, wanted: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {wanted:?} from serve ({e}); got {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if seen.last().is_some_and(|s| s.contains(wanted)) {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn systemd_activates_it_with_a_socket_and_hears_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::Stdio;
+
+    use keyferry_tests::process::{Captured, PATIENCE};
+
+    let dir = temp_dir("systemd");
+    let notify_path = dir.join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    // systemd's own tool: it listens, and on the first connection execs
+    // `serve` with the socket as descriptor 3 and LISTEN_PID/LISTEN_FDS
+    // set, as systemd does for a .socket unit. It takes no port 0, so a
+    // free port is found first, and another tried if something takes it
+    // in between.
+    let (mut child, stderr, port) = loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new("systemd-socket-activate")
+            .args(["-l", &format!("127.0.0.1:{port}")])
+            .args(["-E", &format!("NOTIFY_SOCKET={}", notify_path.display())])
+            .args(["-E", "KEYFERRY_LOG=info"])
+            .arg(keyferry())
+            // `--listen` is left at its default: the passed socket wins.
+            .args(["serve", "--workers", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate (systemd) is installed");
+        let stderr = Captured::spawn(child.stderr.take().unwrap());
+        let start = std::time::Instant::now();
+        while !stderr.text().contains("as 3.") && child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < PATIENCE, "{}", stderr.text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if child.try_wait().unwrap().is_none() {
+            break (child, stderr, port);
+        }
+    };
+    // The first client starts the server, and waits in the socket's
+    // backlog until a worker is ready.
+    let out = Command::new("curl")
+        .args(["-sSk", "--max-time", "120"])
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("request: GET /"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stderr.text()
+    );
+    let log = stderr.wait_for("serving the listening socket systemd passed");
+    assert!(
+        log.contains("a worker is ready; taking connections"),
+        "{log}"
+    );
+    let ready = notified_until(&notify, "READY=1");
+    assert_eq!(ready, ["READY=1\nSTATUS=serving"]);
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reload = notified_until(&notify, "READY=1");
+    assert!(
+        reload.len() == 2
+            && reload[0].starts_with("RELOADING=1\nMONOTONIC_USEC=")
+            && reload[0]["RELOADING=1\nMONOTONIC_USEC=".len()..]
+                .parse::<u64>()
+                .is_ok(),
+        "{reload:?}"
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        notified_until(&notify, "STOPPING=1"),
+        ["STOPPING=1\nSTATUS=draining"]
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < PATIENCE, "still running after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", stderr.text());
+}

@@ -278,8 +278,11 @@ fn stock_components_from_three_toolchains_are_served_in_both_placements() {
         // engine takes each worker seconds to compile; a client that
         // connects as soon as the server says it serves waits in the
         // listen backlog meanwhile, and is served (it was closed before).
+        // (A debug build on a busy machine compiles it for most of a
+        // minute: curl waits for up to three.)
         let js = Server::start(&[&["--guest", tenants::JS][..], placement].concat());
-        assert_eq!(get(&js, "/hi"), "hello from JavaScript, GET /hi\n");
+        let (ok, hi) = curl(&["--max-time", "180", &js.url("/hi")]);
+        assert!(ok && hi == "hello from JavaScript, GET /hi\n", "{hi}");
         let (ok, shouted) = curl(&["--data-binary", "from js", &js.url("/echo")]);
         assert!(ok && shouted == "FROM JS", "{shouted}");
 

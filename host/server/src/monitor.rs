@@ -74,6 +74,9 @@ pub struct MonitorOptions {
     /// Where connections, handshakes and endings are counted, the
     /// workers' included (they report each connection's end).
     pub metrics: Arc<Metrics>,
+    /// Called once, when the first worker has an instance ready and
+    /// connections start being taken (a service manager's readiness).
+    pub on_serving: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl MonitorOptions {
@@ -90,6 +93,7 @@ impl MonitorOptions {
             drain_timeout: Duration::from_secs(5),
             proxy_protocol: None,
             metrics: Arc::new(Metrics::new()),
+            on_serving: None,
         }
     }
 
@@ -127,6 +131,13 @@ impl MonitorOptions {
     /// Where connections are counted, the workers' reports included.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Calls `on_serving` once a worker is ready and connections are
+    /// taken: the moment to tell a service manager the server is ready.
+    pub fn with_on_serving(mut self, on_serving: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.on_serving = Some(on_serving);
         self
     }
 }
@@ -436,7 +447,12 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        () = first_ready => info!("a worker is ready; taking connections"),
+        () = first_ready => {
+            info!("a worker is ready; taking connections");
+            if let Some(on_serving) = &options.on_serving {
+                on_serving();
+            }
+        }
         _ = stopped.wait_for(|stop| *stop) => {}
     }
     let cap = Cap::new(options.max_connections);

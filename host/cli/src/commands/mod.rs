@@ -5,4 +5,5 @@ pub(crate) mod args;
 pub(crate) mod bench;
 pub(crate) mod connect;
 pub(crate) mod serve;
+pub(crate) mod systemd;
 pub(crate) mod worker;

@@ -269,9 +269,19 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
         // SIGHUP is caught before anything else, so a reload signal sent
         // as soon as the process exists never kills it.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-        let listener = bind(&args.listen, args.reuse_port)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = match super::systemd::activated_listener()
+            .context("taking the socket systemd passed")?
+        {
+            // Socket activation: systemd holds the listening socket, so it
+            // outlives restarts, and `--listen` does not apply.
+            Some(listener) => {
+                info!("serving the listening socket systemd passed (socket activation)");
+                tokio::net::TcpListener::from_std(listener)?
+            }
+            None => bind(&args.listen, args.reuse_port)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?,
+        };
         let local = listener.local_addr()?;
         let fingerprint = identities.fingerprints().join(",");
         info!(address = %local, fingerprint = %fingerprint, application, workers, "listening");
@@ -312,6 +322,7 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                 Err(_) => tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT"),
             };
             if let Some(signal) = signal {
+                super::systemd::stopping();
                 info!(signal, "no longer accepting connections");
                 let _ = tx.send(true);
             }
@@ -330,6 +341,9 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                 if let Some(trusted) = &proxy_protocol {
                     options = options.with_proxy_protocol(trusted.clone());
                 }
+                // The guest is compiled and every connection is served
+                // from here on.
+                super::systemd::ready();
                 // As a task on the runtime's threads, not on this one:
                 // what the accept loop spawns then starts on the same
                 // thread without waking another.
@@ -341,7 +355,10 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                     .with_max_connections(args.max_connections)
                     .with_handshake_timeout(timeouts.handshake)
                     .with_drain_timeout(Duration::from_secs(5))
-                    .with_metrics(metrics.clone());
+                    .with_metrics(metrics.clone())
+                    // Ready once a worker has compiled the guest and
+                    // connections are taken.
+                    .with_on_serving(Arc::new(super::systemd::ready));
                 if let Some(trusted) = &proxy_protocol {
                     options = options.with_proxy_protocol(trusted.clone());
                 }
@@ -577,6 +594,12 @@ impl Reload {
     }
 
     pub(crate) fn reload(&self) {
+        super::systemd::reloading();
+        self.reload_files();
+        super::systemd::ready();
+    }
+
+    fn reload_files(&self) {
         if self.files.is_empty() && self.ticket_keys.is_none() {
             info!("SIGHUP: nothing to reload (the certificate was made at start)");
             return;
