@@ -156,7 +156,7 @@ impl ExportableConnection {
     }
 
     /// Reads TLS bytes from `rd` into this wrapper's buffer (not rustls's).
-    /// Fails once [`INCOMING_LIMIT`] bytes wait: call
+    /// Fails once four whole records wait: call
     /// [`Self::process_new_packets`], or export.
     pub fn read_tls(&mut self, rd: &mut dyn io::Read) -> io::Result<usize> {
         let room = INCOMING_LIMIT.saturating_sub(self.incoming.len());

@@ -90,6 +90,12 @@ impl Identity {
         &self.chain
     }
 
+    /// When the leaf certificate expires (its notAfter), in seconds since
+    /// the Unix epoch; `None` if the parser cannot read it.
+    pub fn not_after(&self) -> Option<i64> {
+        crate::x509::not_after(&self.chain[0])
+    }
+
     fn check_key_matches(&self) -> Result<()> {
         self.certified().map(|_| ())
     }
@@ -137,6 +143,7 @@ struct Catalog {
     /// Lower-case name (or `*.suffix`) to indexes into `keys`, in order.
     names: HashMap<String, Vec<usize>>,
     fingerprints: Vec<String>,
+    not_after: Vec<Option<i64>>,
 }
 
 impl Catalog {
@@ -156,6 +163,7 @@ impl Catalog {
             keys,
             names,
             fingerprints: identities.iter().map(Identity::fingerprint).collect(),
+            not_after: identities.iter().map(Identity::not_after).collect(),
         })
     }
 
@@ -190,6 +198,19 @@ impl Identities {
     /// The leaf certificates' SHA-256 fingerprints, default first.
     pub fn fingerprints(&self) -> Vec<String> {
         self.catalog().fingerprints.clone()
+    }
+
+    /// Each leaf certificate's fingerprint and expiry (seconds since the
+    /// Unix epoch), default first; certificates the parser cannot read
+    /// are left out.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let catalog = self.catalog();
+        catalog
+            .fingerprints
+            .iter()
+            .zip(&catalog.not_after)
+            .filter_map(|(f, t)| Some((f.clone(), (*t)?)))
+            .collect()
     }
 
     fn catalog(&self) -> Arc<Catalog> {
@@ -568,6 +589,21 @@ mod tests {
         // A replacement that fails leaves the set in service.
         assert!(identities.replace(&[]).is_err());
         assert_eq!(served_to(&config, "a.example", true), c_cert);
+    }
+
+    #[test]
+    fn expiries_follow_the_certificates_in_service() {
+        // rcgen's certificates are valid until 4096-01-01.
+        const YEAR_4096: i64 = 67_090_118_400;
+        let a = Identity::self_signed(&["a.example".into()]).unwrap();
+        assert_eq!(a.not_after(), Some(YEAR_4096));
+        let fingerprint_a = a.fingerprint();
+        let identities = Identities::new(&[a]).unwrap();
+        assert_eq!(identities.expiries(), vec![(fingerprint_a, YEAR_4096)]);
+        let b = Identity::self_signed(&["b.example".into()]).unwrap();
+        let fingerprint_b = b.fingerprint();
+        identities.replace(&[b]).unwrap();
+        assert_eq!(identities.expiries(), vec![(fingerprint_b, YEAR_4096)]);
     }
 
     #[test]

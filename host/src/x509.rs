@@ -32,6 +32,13 @@ pub(crate) fn peer_certificate(der: &CertificateDer<'_>) -> PeerCertificate {
     }
 }
 
+/// When a DER certificate expires (notAfter), in seconds since the Unix
+/// epoch.
+pub(crate) fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// A distinguished name in RFC 4514 string form, attributes in the
 /// certificate's order: values are escaped, so a common name such as
 /// `alice, O=Admins` cannot pass for two attributes, and control

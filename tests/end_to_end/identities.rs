@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keyferry_tests::process::{Server, read_exact, rustls_client_named, temp_dir, write_all};
+use keyferry_tests::process::{
+    Server, read_exact, rustls_client_named, sample, scrape, temp_dir, write_all,
+};
 
 /// A self-signed certificate for `name` (subject CN=`name`), written to
 /// `dir`/`file`.pem and `file`.key.
@@ -114,7 +116,34 @@ fn sighup_serves_the_new_certificate_keeps_open_connections_and_survives_a_broke
         cert.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
     ]);
+    // The certificate in service, by fingerprint, and the reloads so far.
+    let in_service = || {
+        let samples = scrape(&server.metrics_addr());
+        let certificates: Vec<String> = samples
+            .iter()
+            .filter(|s| s.name == "keyferry_certificate_not_after_seconds")
+            .map(|s| s.labels["fingerprint"].clone())
+            .collect();
+        let reloads = |outcome| {
+            sample(
+                &samples,
+                "keyferry_config_reloads_total",
+                &[("outcome", outcome)],
+            )
+        };
+        let successful = sample(&samples, "keyferry_config_last_reload_successful", &[]);
+        (
+            certificates,
+            reloads("success"),
+            reloads("failure"),
+            successful,
+        )
+    };
+    let (at_start, ..) = in_service();
+    assert_eq!(at_start.len(), 1, "{at_start:?}");
     let mut before = connect(&server, Some("reload.test"));
     assert_eq!(leaf(&before), first);
     write_all(&mut before, b"before the reload");
@@ -128,6 +157,13 @@ fn sighup_serves_the_new_certificate_keeps_open_connections_and_survives_a_broke
     let second = leaf_pem_der(&cert);
     hangup(&server);
     server.stderr.wait_for("SIGHUP: reloaded");
+    let (reloaded, successes, failures, successful) = in_service();
+    assert!(
+        reloaded.len() == 1
+            && reloaded != at_start
+            && (successes, failures, successful) == (1.0, 0.0, 1.0),
+        "{reloaded:?} {successes} {failures} {successful}"
+    );
     let after = connect(&server, Some("reload.test"));
     assert_eq!(
         leaf(&after),
@@ -149,6 +185,8 @@ fn sighup_serves_the_new_certificate_keeps_open_connections_and_survives_a_broke
     );
     let again = connect(&server, Some("reload.test"));
     assert_eq!(leaf(&again), second);
+    // The metrics say it failed, and still show the certificate in service.
+    assert_eq!(in_service(), (reloaded, 1.0, 1.0, 0.0));
 }
 
 /// A CA (written to `dir`/ca.pem) and a client certificate it signed for

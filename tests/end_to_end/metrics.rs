@@ -146,6 +146,20 @@ fn a_known_mix_is_counted_exactly(workers: &str) {
         .collect();
     let expected_pools = workers.parse::<usize>().unwrap().max(1);
     assert_eq!(pools.len(), expected_pools, "{pools:?}");
+    // The build, the certificate made at start (rcgen's run to 4096), the
+    // configuration loaded at start, and the process serving the scrape.
+    assert_eq!(sample(&s, "keyferry_build_info", &[]), 1.0);
+    assert_eq!(
+        sample(&s, "keyferry_certificate_not_after_seconds", &[]),
+        67_090_118_400.0
+    );
+    assert_eq!(
+        sample(&s, "keyferry_config_last_reload_successful", &[]),
+        1.0
+    );
+    assert!(sample(&s, "process_cpu_seconds_total", &[]) > 0.0);
+    assert!(sample(&s, "process_open_fds", &[]) >= 3.0);
+    assert!(sample(&s, "process_resident_memory_bytes", &[]) > 1e6);
 }
 
 #[test]

@@ -11,13 +11,14 @@
 //! says otherwise. Nothing here is derived from key material or plaintext:
 //! counts, sizes, times and names that are already in the log line.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyferry_guest::connection::Facts;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -54,6 +55,21 @@ struct WorkerLabels {
     worker: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    fingerprint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 /// The counters, gauges and histogram of one server, and the registry that
 /// encodes them. Cheap to update from any task; share it in an `Arc`.
 pub struct Metrics {
@@ -68,6 +84,10 @@ pub struct Metrics {
     traps: Family<TrapLabels, Counter>,
     ready: Family<WorkerLabels, Gauge>,
     worker_restarts: Counter,
+    certificates: Family<CertificateLabels, Gauge>,
+    reload_successful: Gauge,
+    reload_success_time: Gauge,
+    reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,9 +97,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Every metric at zero, registered under the `keyferry_` prefix.
+    /// Every metric at zero, registered under the `keyferry_` prefix, and
+    /// the standard `process_*` metrics of this process.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("keyferry");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("keyferry");
         let accepted = Counter::default();
         let refused = Counter::default();
         let handshakes = Family::<HandshakeLabels, Counter>::default();
@@ -143,8 +165,51 @@ impl Metrics {
             "Worker processes that ended and were replaced",
             worker_restarts.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The keyferry version serving, as a label (always 1)",
+            build_info,
+        );
+        let certificates = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_not_after_seconds",
+            "When each certificate in service expires, in seconds since the Unix epoch, \
+             by the leaf's SHA-256 fingerprint",
+            certificates.clone(),
+        );
+        // As Prometheus names its own: the configuration loaded at start
+        // counts as a successful load.
+        let reload_successful = Gauge::default();
+        reload_successful.set(1);
+        let reload_success_time = Gauge::default();
+        reload_success_time.set(unix_seconds());
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "config_last_reload_successful",
+            "Whether the last SIGHUP reload succeeded (1), or failed and left the previous \
+             certificates and ticket keys in service (0)",
+            reload_successful.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (at start or on SIGHUP), \
+             in seconds since the Unix epoch",
+            reload_success_time.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "SIGHUP reloads, by outcome",
+            reloads.clone(),
+        );
+        root.register_collector(Box::new(ProcessCollector));
         Self {
-            registry,
+            registry: root,
             accepted,
             refused,
             handshakes,
@@ -155,7 +220,37 @@ impl Metrics {
             traps,
             ready,
             worker_restarts,
+            certificates,
+            reload_successful,
+            reload_success_time,
+            reloads,
         }
+    }
+
+    /// The certificates in service: each leaf's fingerprint and expiry
+    /// (`keyferry::tls::Identities::expiries`). Replaces the last set.
+    pub fn certificates(&self, expiries: &[(String, i64)]) {
+        self.certificates.clear();
+        for (fingerprint, not_after) in expiries {
+            self.certificates
+                .get_or_create(&CertificateLabels {
+                    fingerprint: fingerprint.clone(),
+                })
+                .set(*not_after);
+        }
+    }
+
+    /// A SIGHUP reload ended: `succeeded`, or left what was in service.
+    pub fn config_reloaded(&self, succeeded: bool) {
+        self.reload_successful.set(i64::from(succeeded));
+        if succeeded {
+            self.reload_success_time.set(unix_seconds());
+        }
+        self.reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: if succeeded { "success" } else { "failure" },
+            })
+            .inc();
     }
 
     /// The OpenMetrics text of every metric, as a scrape returns it.
@@ -273,6 +368,115 @@ impl Metrics {
     }
 }
 
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The `process_*` metrics every Prometheus client library exports, read
+/// from `/proc/self` at each scrape. With workers they describe the
+/// handshake process, which serves the scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// What `/proc/self/stat` says, in its units.
+struct ProcessStat {
+    /// User and system CPU time, clock ticks.
+    cpu_ticks: u64,
+    /// Start, clock ticks after boot.
+    start_ticks: u64,
+    virtual_bytes: u64,
+    resident_pages: u64,
+}
+
+impl ProcessStat {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name may hold spaces and parentheses: the fields
+        // are what follows its last ')', starting with the state (field 3).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        Some(Self {
+            cpu_ticks: field(14)? + field(15)?,
+            start_ticks: field(22)?,
+            virtual_bytes: field(23)?,
+            resident_pages: field(24)?,
+        })
+    }
+}
+
+/// When the system booted, in seconds since the Unix epoch.
+fn boot_time() -> Option<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+}
+
+fn encode_one(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let metric_encoder = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(metric_encoder)
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stat) = ProcessStat::read() else {
+            return Ok(());
+        };
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let page = rustix::param::page_size() as u64;
+        encode_one(
+            &mut encoder,
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            ConstCounter::new(stat.cpu_ticks as f64 / ticks),
+        )?;
+        encode_one(
+            &mut encoder,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            ConstGauge::new(stat.resident_pages.saturating_mul(page) as i64),
+        )?;
+        encode_one(
+            &mut encoder,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            ConstGauge::new(stat.virtual_bytes as i64),
+        )?;
+        if let Some(boot) = boot_time() {
+            encode_one(
+                &mut encoder,
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                ConstGauge::new(boot as f64 + stat.start_ticks as f64 / ticks),
+            )?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            encode_one(
+                &mut encoder,
+                "process_open_fds",
+                "Number of open file descriptors",
+                ConstGauge::new(fds.count() as i64),
+            )?;
+        }
+        if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+            encode_one(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                ConstGauge::new(i64::try_from(max).unwrap_or(i64::MAX)),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn trap_label(kind: TrapKind) -> &'static str {
     match kind {
         TrapKind::OutOfFuel => "out_of_fuel",
@@ -350,5 +554,61 @@ mod tests {
             Some(1.0)
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn build_certificates_reloads_and_the_process_are_described() {
+        let m = Metrics::new();
+        m.certificates(&[("AA:BB".into(), 1_800_000_000)]);
+        m.config_reloaded(false);
+        let text = m.encode();
+        let version = format!(
+            "keyferry_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(sample(&text, &version), Some(1.0));
+        assert_eq!(
+            sample(
+                &text,
+                "keyferry_certificate_not_after_seconds{fingerprint=\"AA:BB\"}"
+            ),
+            Some(1_800_000_000.0)
+        );
+        assert_eq!(
+            sample(&text, "keyferry_config_last_reload_successful"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "keyferry_config_reloads_total{outcome=\"failure\"}"),
+            Some(1.0)
+        );
+        // A new set replaces the old one.
+        m.certificates(&[("CC:DD".into(), 1_900_000_000)]);
+        m.config_reloaded(true);
+        let text = m.encode();
+        assert!(!text.contains("AA:BB"), "{text}");
+        assert_eq!(
+            sample(&text, "keyferry_config_last_reload_successful"),
+            Some(1.0)
+        );
+        let loaded = sample(
+            &text,
+            "keyferry_config_last_reload_success_timestamp_seconds",
+        );
+        assert!(loaded.is_some_and(|t| t > 1.7e9), "{text}");
+        // This process, read from /proc.
+        assert!(
+            sample(&text, "process_cpu_seconds_total").is_some(),
+            "{text}"
+        );
+        assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|b| b > 0.0));
+        assert!(sample(&text, "process_open_fds").is_some_and(|n| n >= 3.0));
+        assert!(sample(&text, "process_max_fds").is_some_and(|n| n >= 3.0));
+        let started = sample(&text, "process_start_time_seconds").unwrap();
+        let now = unix_seconds() as f64;
+        assert!(
+            started <= now + 1.0 && started > now - 86_400.0 * 365.0,
+            "{started}"
+        );
     }
 }

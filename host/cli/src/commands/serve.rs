@@ -195,10 +195,13 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
         options = options.with_ticket_keys(keys.clone());
     }
     let tls = Arc::new(options.server_config_for(identities.clone())?);
+    let metrics = Arc::new(Metrics::new());
+    metrics.certificates(&identities.expiries());
     let reload = Reload {
         identities: identities.clone(),
         files,
         ticket_keys: ticket_keys.zip(args.ticket_keys.clone()),
+        metrics: metrics.clone(),
     };
     let workers = match (args.workers, args.shared_instances) {
         (Some(n), None) => n,
@@ -261,7 +264,6 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
         ),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -580,6 +582,8 @@ pub(crate) struct Reload {
     pub(crate) identities: Arc<Identities>,
     pub(crate) files: Vec<(PathBuf, PathBuf)>,
     pub(crate) ticket_keys: Option<(Arc<keyferry_server::tickets::TicketKeys>, PathBuf)>,
+    /// Where each reload's outcome and the certificates in service show.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Reload {
@@ -614,8 +618,10 @@ impl Reload {
             }
             Ok(())
         });
+        self.metrics.config_reloaded(swapped.is_ok());
         match swapped {
             Ok(()) => {
+                self.metrics.certificates(&self.identities.expiries());
                 info!(fingerprint = %self.identities.fingerprints().join(","), "SIGHUP: reloaded");
             }
             Err(e) => warn!(
