@@ -160,6 +160,18 @@ fn a_known_mix_is_counted_exactly(workers: &str) {
     assert!(sample(&s, "process_cpu_seconds_total", &[]) > 0.0);
     assert!(sample(&s, "process_open_fds", &[]) >= 3.0);
     assert!(sample(&s, "process_resident_memory_bytes", &[]) > 1e6);
+    // Health: connections are being taken.
+    let mut health = TcpStream::connect(&metrics).unwrap();
+    health.set_read_timeout(Some(PATIENCE)).unwrap();
+    health
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    health.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nserving\n"),
+        "{answer}"
+    );
 }
 
 #[test]

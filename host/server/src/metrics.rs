@@ -70,6 +70,18 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// Whether the server takes connections, for `/healthz`
+/// ([`crate::scrape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serving {
+    /// Not yet: workers still compile the guest.
+    Starting,
+    /// Connections are taken.
+    Serving,
+    /// Draining at shutdown.
+    Stopping,
+}
+
 /// The counters, gauges and histogram of one server, and the registry that
 /// encodes them. Cheap to update from any task; share it in an `Arc`.
 pub struct Metrics {
@@ -88,6 +100,7 @@ pub struct Metrics {
     reload_successful: Gauge,
     reload_success_time: Gauge,
     reloads: Family<OutcomeLabels, Counter>,
+    serving: std::sync::atomic::AtomicU8,
 }
 
 impl Default for Metrics {
@@ -224,6 +237,28 @@ impl Metrics {
             reload_successful,
             reload_success_time,
             reloads,
+            serving: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    /// Where the server stands, for `/healthz`. The caller says when
+    /// connections start being taken and when draining begins.
+    pub fn set_serving(&self, serving: Serving) {
+        let code = match serving {
+            Serving::Starting => 0,
+            Serving::Serving => 1,
+            Serving::Stopping => 2,
+        };
+        self.serving
+            .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where the server stands.
+    pub fn serving(&self) -> Serving {
+        match self.serving.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Serving::Starting,
+            1 => Serving::Serving,
+            _ => Serving::Stopping,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The metrics listener: `GET /metrics` in OpenMetrics text, plain
-//! HTTP/1.1, one request per connection, for a Prometheus scraper. The
+//! HTTP/1.1, one request per connection, for a Prometheus scraper, and
+//! `GET /healthz` for health checks. The
 //! counters themselves are in [`crate::metrics`].
 
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::metrics::{CONTENT_TYPE, Metrics, Serving};
 
 /// The most a scrape request may send before its blank line.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -118,7 +119,20 @@ fn answer(line: &str, metrics: &Metrics) -> (&'static str, &'static str, String)
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => ("200 OK", CONTENT_TYPE, metrics.encode()),
         (_, "/metrics") => ("405 Method Not Allowed", TEXT, "GET /metrics\n".into()),
-        _ => ("404 Not Found", TEXT, "metrics are at /metrics\n".into()),
+        // For a load balancer's or an orchestrator's health check: 200
+        // while connections are taken, 503 before (workers still
+        // compiling the guest) and once draining.
+        ("GET" | "HEAD", "/healthz") => match metrics.serving() {
+            Serving::Serving => ("200 OK", TEXT, "serving\n".into()),
+            Serving::Starting => ("503 Service Unavailable", TEXT, "starting\n".into()),
+            Serving::Stopping => ("503 Service Unavailable", TEXT, "stopping\n".into()),
+        },
+        (_, "/healthz") => ("405 Method Not Allowed", TEXT, "GET /healthz\n".into()),
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "metrics are at /metrics, health at /healthz\n".into(),
+        ),
     }
 }
 
@@ -149,6 +163,24 @@ mod tests {
         assert_eq!(answer("GET /metrics", &m).0, "400 Bad Request");
         assert_eq!(answer("", &m).0, "400 Bad Request");
         assert_eq!(answer("GET /metrics SPDY/3", &m).0, "400 Bad Request");
+    }
+
+    #[test]
+    fn health_follows_the_server() {
+        let m = Metrics::new();
+        let health = |m: &Metrics| {
+            let (status, _, body) = answer("GET /healthz HTTP/1.1", m);
+            (status, body)
+        };
+        assert_eq!(health(&m), ("503 Service Unavailable", "starting\n".into()));
+        m.set_serving(Serving::Serving);
+        assert_eq!(health(&m), ("200 OK", "serving\n".into()));
+        m.set_serving(Serving::Stopping);
+        assert_eq!(health(&m), ("503 Service Unavailable", "stopping\n".into()));
+        assert_eq!(
+            answer("DELETE /healthz HTTP/1.1", &m).0,
+            "405 Method Not Allowed"
+        );
     }
 
     #[test]

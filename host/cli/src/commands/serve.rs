@@ -11,7 +11,7 @@ use clap::Args;
 use clap::builder::TypedValueParser as _;
 use keyferry::GuestEngine;
 use keyferry::tls::{self, Identities, Identity};
-use keyferry_server::metrics::Metrics;
+use keyferry_server::metrics::{Metrics, Serving};
 use keyferry_server::monitor::{MonitorOptions, WorkerCommand};
 use keyferry_server::server::{Isolation, ServerOptions, SharedPool, serve};
 use tracing::{info, warn};
@@ -315,6 +315,7 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
         // SIGINT (Ctrl-C) and SIGTERM (systemd, docker stop, Kubernetes)
         // both stop accepting and close what is open with close_notify.
         let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let stopping_metrics = metrics.clone();
         tokio::spawn(async move {
             let signal = match terminate {
                 Ok(mut terminate) => tokio::select! {
@@ -324,6 +325,7 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                 Err(_) => tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT"),
             };
             if let Some(signal) = signal {
+                stopping_metrics.set_serving(Serving::Stopping);
                 super::systemd::stopping();
                 info!(signal, "no longer accepting connections");
                 let _ = tx.send(true);
@@ -345,6 +347,7 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                 }
                 // The guest is compiled and every connection is served
                 // from here on.
+                metrics.set_serving(Serving::Serving);
                 super::systemd::ready();
                 // As a task on the runtime's threads, not on this one:
                 // what the accept loop spawns then starts on the same
@@ -360,7 +363,13 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                     .with_metrics(metrics.clone())
                     // Ready once a worker has compiled the guest and
                     // connections are taken.
-                    .with_on_serving(Arc::new(super::systemd::ready));
+                    .with_on_serving({
+                        let metrics = metrics.clone();
+                        Arc::new(move || {
+                            metrics.set_serving(Serving::Serving);
+                            super::systemd::ready();
+                        })
+                    });
                 if let Some(trusted) = &proxy_protocol {
                     options = options.with_proxy_protocol(trusted.clone());
                 }
