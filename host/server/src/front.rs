@@ -21,6 +21,111 @@ use crate::transport::handshake_async;
 /// connection to make room before it is closed.
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
+/// What the front of every connection needs, whichever process then
+/// serves it: [`FrontOptions::new`] with the TLS config, then `with_*`
+/// steps. [`crate::server::ServerOptions`] (this process) and
+/// [`crate::monitor::MonitorOptions`] (workers) each hold one. Fields are
+/// read freely; new ones come with defaults, so adding one breaks no
+/// caller.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct FrontOptions {
+    /// TLS settings (identity, versions, suites, ALPN).
+    pub tls: Arc<ServerConfig>,
+    /// Most connections served at once. At the cap, the longest-idle
+    /// connection is closed (with close_notify) to admit a new client; a
+    /// client that still cannot be admitted is closed promptly.
+    pub max_connections: usize,
+    /// How long a client may take to finish its handshake (and to send
+    /// its PROXY header).
+    pub handshake_timeout: Duration,
+    /// Every connection starts with a HAProxy PROXY v2 header (behind an
+    /// L4 load balancer), believed only from these sources; its client
+    /// address goes in the log. `None`: no header.
+    pub proxy_protocol: Option<Arc<crate::proxy::TrustedSources>>,
+    /// How long open connections may take to finish after shutdown starts.
+    pub drain_timeout: Duration,
+    /// Where connections, handshakes and endings are counted (see
+    /// [`crate::scrape::serve_metrics`] to publish them).
+    pub metrics: Arc<Metrics>,
+}
+
+impl FrontOptions {
+    /// Handshakes with `tls`: at most 512 connections, a 10 s handshake
+    /// timeout, no PROXY header, 5 s to drain, and fresh metrics.
+    pub fn new(tls: Arc<ServerConfig>) -> Self {
+        Self {
+            tls,
+            max_connections: 512,
+            handshake_timeout: Duration::from_secs(10),
+            proxy_protocol: None,
+            drain_timeout: Duration::from_secs(5),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Most connections served at once (at least one).
+    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections.max(1);
+        self
+    }
+
+    /// How long a client may take to finish its handshake.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Expect a PROXY v2 header on every connection, believed only from
+    /// `trusted`.
+    pub fn with_proxy_protocol(mut self, trusted: Arc<crate::proxy::TrustedSources>) -> Self {
+        self.proxy_protocol = Some(trusted);
+        self
+    }
+
+    /// How long open connections may take to finish after shutdown starts.
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Where connections are counted (share it with a metrics listener).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+/// The front of one connection, the same in both placements: the
+/// client's address (its PROXY v2 header, when one is expected) and the
+/// handshake, each within the handshake timeout. `None` (logged and
+/// counted) when either fails.
+pub(crate) async fn establish(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    front: &FrontOptions,
+) -> Option<(SocketAddr, Handoff)> {
+    let _ = stream.set_nodelay(true);
+    let peer = client_address(
+        stream,
+        peer,
+        front.proxy_protocol.as_deref(),
+        front.handshake_timeout,
+    )
+    .await?;
+    let handoff = server_handshake(
+        stream,
+        &front.tls,
+        id,
+        front.handshake_timeout,
+        peer,
+        &front.metrics,
+    )
+    .await?;
+    Some((peer, handoff))
+}
+
 /// The client's address: the TCP peer, or what the PROXY v2 header in front
 /// of the connection says. `None` (and a log line) if the header is bad.
 pub(crate) async fn client_address(

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use keyferry_guest::blob::SessionSender;
 use prometheus_client::metrics::gauge::Gauge;
-use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -36,7 +35,7 @@ use tracing::{debug, info, warn};
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
 use crate::ending::ConnectionOutcome;
 use crate::ending::EndingKind;
-use crate::front::{ADMISSION_WAIT, Cap, accept, client_address, server_handshake};
+use crate::front::{ADMISSION_WAIT, Cap, FrontOptions, accept, establish};
 use crate::metrics::Metrics;
 use crate::transport::new_connection_id;
 use keyferry::error::Result;
@@ -52,47 +51,32 @@ pub struct WorkerCommand {
 }
 
 /// Everything the handshake process needs: [`MonitorOptions::new`] with
-/// the TLS config and how to start a worker, then `with_*` steps.
+/// the front's options and how to start a worker, then `with_*` steps.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct MonitorOptions {
-    /// TLS settings (identity, versions, suites, ALPN).
-    pub tls: Arc<ServerConfig>,
+    /// TLS, the connection cap across all workers, PROXY, the handshake
+    /// timeout, how long workers may take to close their sessions at
+    /// shutdown, and where connections are counted (the workers report
+    /// each connection's end).
+    pub front: FrontOptions,
     /// How many workers to keep running.
     pub workers: usize,
     /// How to start one.
     pub command: WorkerCommand,
-    /// Most connections open at once across all workers.
-    pub max_connections: usize,
-    /// How long a client may take to finish its handshake.
-    pub handshake_timeout: Duration,
-    /// How long workers may take to close their sessions at shutdown.
-    pub drain_timeout: Duration,
-    /// Every connection starts with a HAProxy PROXY v2 header, believed
-    /// only from these sources. `None`: no header.
-    pub proxy_protocol: Option<Arc<crate::proxy::TrustedSources>>,
-    /// Where connections, handshakes and endings are counted, the
-    /// workers' included (they report each connection's end).
-    pub metrics: Arc<Metrics>,
     /// Called once, when the first worker has an instance ready and
     /// connections start being taken (a service manager's readiness).
     pub on_serving: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl MonitorOptions {
-    /// Hands connections made with `tls` to workers started by `command`:
-    /// one worker, at most 512 connections, a 10 s handshake timeout, no
-    /// PROXY header, 5 s to drain, and fresh metrics.
-    pub fn new(tls: Arc<ServerConfig>, command: WorkerCommand) -> Self {
+    /// Hands connections made behind `front` to one worker started by
+    /// `command`.
+    pub fn new(front: FrontOptions, command: WorkerCommand) -> Self {
         Self {
-            tls,
+            front,
             workers: 1,
             command,
-            max_connections: 512,
-            handshake_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(5),
-            proxy_protocol: None,
-            metrics: Arc::new(Metrics::new()),
             on_serving: None,
         }
     }
@@ -100,37 +84,6 @@ impl MonitorOptions {
     /// How many workers to keep running (at least one).
     pub fn with_workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
-        self
-    }
-
-    /// Most connections open at once across all workers (at least one).
-    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
-        self.max_connections = max_connections.max(1);
-        self
-    }
-
-    /// How long a client may take to finish its handshake.
-    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// How long workers may take to close their sessions at shutdown.
-    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
-        self.drain_timeout = drain_timeout;
-        self
-    }
-
-    /// Expect a PROXY v2 header on every connection, believed only from
-    /// `trusted`.
-    pub fn with_proxy_protocol(mut self, trusted: Arc<crate::proxy::TrustedSources>) -> Self {
-        self.proxy_protocol = Some(trusted);
-        self
-    }
-
-    /// Where connections are counted, the workers' reports included.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
         self
     }
 
@@ -402,7 +355,7 @@ pub async fn serve(
     options: MonitorOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let metrics = options.metrics.clone();
+    let metrics = options.front.metrics.clone();
     // Accepting stops at the caller's shutdown, or when a worker instance is
     // given up as a crash loop.
     let (give_up, mut gave_up) = watch::channel(false);
@@ -419,7 +372,7 @@ pub async fn serve(
         next: AtomicUsize::new(0),
         ready: Notify::new(),
         metrics: metrics.clone(),
-        drain_timeout: options.drain_timeout,
+        drain_timeout: options.front.drain_timeout,
         gave_up: Mutex::new(None),
         give_up,
     });
@@ -455,7 +408,7 @@ pub async fn serve(
         }
         _ = stopped.wait_for(|stop| *stop) => {}
     }
-    let cap = Cap::new(options.max_connections);
+    let cap = Cap::new(options.front.max_connections);
     let mut tasks = tokio::task::JoinSet::new();
     while let Some((stream, peer)) = accept(&listener, &mut accepting, &metrics).await {
         let (options, pool) = (options.clone(), pool.clone());
@@ -463,7 +416,7 @@ pub async fn serve(
             continue;
         };
         tasks.spawn(async move {
-            let metrics = &options.metrics;
+            let metrics = &options.front.metrics;
             let Some(permit) = queued.admit(pool.shed_one(), metrics, peer).await else {
                 return;
             };
@@ -481,7 +434,7 @@ pub async fn serve(
     }
     told.join_all().await;
     let drain = async { while supervisors.join_next().await.is_some() {} };
-    if tokio::time::timeout(options.drain_timeout + Duration::from_secs(2), drain)
+    if tokio::time::timeout(options.front.drain_timeout + Duration::from_secs(2), drain)
         .await
         .is_err()
     {
@@ -712,29 +665,9 @@ async fn connection(
     pool: &Pool,
     permit: OwnedSemaphorePermit,
 ) {
-    let metrics = &options.metrics;
-    let _ = stream.set_nodelay(true);
-    let Some(peer) = client_address(
-        &mut stream,
-        peer,
-        options.proxy_protocol.as_deref(),
-        options.handshake_timeout,
-    )
-    .await
-    else {
-        return;
-    };
+    let metrics = &options.front.metrics;
     let id = new_connection_id();
-    let Some(handoff) = server_handshake(
-        &mut stream,
-        &options.tls,
-        id,
-        options.handshake_timeout,
-        peer,
-        metrics,
-    )
-    .await
-    else {
+    let Some((peer, handoff)) = establish(&mut stream, peer, id, &options.front).await else {
         return;
     };
     let handshake_done = Instant::now();

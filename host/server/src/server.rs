@@ -8,16 +8,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::ending::ConnectionOutcome;
-use crate::front::{Cap, accept, client_address, server_handshake};
+use crate::front::{Cap, FrontOptions, accept, establish};
 use crate::metrics::Metrics;
 use crate::ready::{READY_INSTANCES, ReadyInstances};
 use crate::transport::{
@@ -73,49 +72,38 @@ impl SharedPool {
     }
 }
 
-/// Everything a server needs: [`ServerOptions::new`] with the TLS config
-/// and the application, then `with_*` steps for the rest. Fields are read
-/// freely; new ones come with defaults, so adding one breaks no caller.
+/// Everything a server needs: [`ServerOptions::new`] with the front's
+/// options and the application, then `with_*` steps for the rest. Fields
+/// are read freely; new ones come with defaults, so adding one breaks no
+/// caller.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ServerOptions {
-    /// TLS settings (identity, versions, suites, ALPN).
-    pub tls: Arc<ServerConfig>,
+    /// TLS, the connection cap, PROXY, the handshake and drain timeouts,
+    /// the metrics: what a worker-mode server has too.
+    pub front: FrontOptions,
     /// The compiled application component that serves each connection.
     pub component: GuestComponent,
     /// Instance per connection, or shared instances.
     pub isolation: Isolation,
-    /// Most connections served at once. At the cap, the longest-idle
-    /// connection is closed (with close_notify) to admit a new client; a
-    /// client that still cannot be admitted is closed promptly.
-    pub max_connections: usize,
-    /// Handshake, keep-alive, request and write timeouts.
+    /// Keep-alive, request and write timeouts (`timeouts.handshake` is
+    /// `front.handshake_timeout`).
     pub timeouts: Timeouts,
-    /// Every connection starts with a HAProxy PROXY v2 header (behind an
-    /// L4 load balancer), believed only from these sources; its client
-    /// address goes in the log. `None`: no header.
-    pub proxy_protocol: Option<Arc<crate::proxy::TrustedSources>>,
-    /// How long to wait for sessions to finish after shutdown starts.
-    pub drain_timeout: Duration,
-    /// Where connections, handshakes and endings are counted (see
-    /// [`crate::scrape::serve_metrics`] to publish them).
-    pub metrics: Arc<Metrics>,
 }
 
 impl ServerOptions {
-    /// Serves `component` with `tls`: an instance per connection, at most
-    /// 512 connections, nginx's timeouts ([`Timeouts::default`]), no PROXY
-    /// header, 5 s to drain, and fresh metrics.
-    pub fn new(tls: Arc<ServerConfig>, component: GuestComponent) -> Self {
+    /// Serves `component` behind `front`: an instance per connection and
+    /// nginx's timeouts ([`Timeouts::default`]).
+    pub fn new(front: FrontOptions, component: GuestComponent) -> Self {
+        let timeouts = Timeouts {
+            handshake: front.handshake_timeout,
+            ..Timeouts::default()
+        };
         Self {
-            tls,
+            front,
             component,
             isolation: Isolation::PerConnection,
-            max_connections: 512,
-            timeouts: Timeouts::default(),
-            proxy_protocol: None,
-            drain_timeout: Duration::from_secs(5),
-            metrics: Arc::new(Metrics::new()),
+            timeouts,
         }
     }
 
@@ -125,34 +113,11 @@ impl ServerOptions {
         self
     }
 
-    /// Most connections served at once (at least one).
-    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
-        self.max_connections = max_connections.max(1);
-        self
-    }
-
-    /// Handshake, keep-alive, request and write timeouts.
+    /// Handshake, keep-alive, request and write timeouts; the handshake
+    /// one becomes the front's.
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.front.handshake_timeout = timeouts.handshake;
         self.timeouts = timeouts;
-        self
-    }
-
-    /// Expect a PROXY v2 header on every connection, believed only from
-    /// `trusted`.
-    pub fn with_proxy_protocol(mut self, trusted: Arc<crate::proxy::TrustedSources>) -> Self {
-        self.proxy_protocol = Some(trusted);
-        self
-    }
-
-    /// How long to wait for sessions to finish after shutdown starts.
-    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
-        self.drain_timeout = drain_timeout;
-        self
-    }
-
-    /// Where connections are counted (share it with a metrics listener).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
         self
     }
 }
@@ -164,8 +129,8 @@ pub async fn serve(
     options: ServerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let metrics = options.metrics.clone();
-    let cap = Cap::new(options.max_connections);
+    let metrics = options.front.metrics.clone();
+    let cap = Cap::new(options.front.max_connections);
     let sessions = Arc::new(Sessions::default());
     let epoch = Instant::now();
     let ready = ReadyInstances::new(
@@ -210,7 +175,7 @@ pub async fn serve(
         "shutting down: close_notify to open connections"
     );
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(options.drain_timeout, drain)
+    if tokio::time::timeout(options.front.drain_timeout, drain)
         .await
         .is_err()
     {
@@ -257,27 +222,7 @@ async fn session(
         ..
     } = shared;
     let started = Instant::now();
-    let _ = stream.set_nodelay(true);
-    let Some(peer) = client_address(
-        stream,
-        peer,
-        options.proxy_protocol.as_deref(),
-        options.timeouts.handshake,
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(handoff) = server_handshake(
-        stream,
-        &options.tls,
-        id,
-        options.timeouts.handshake,
-        peer,
-        metrics,
-    )
-    .await
-    else {
+    let Some((peer, handoff)) = establish(stream, peer, id, &options.front).await else {
         return;
     };
     let handoff_done = Instant::now();

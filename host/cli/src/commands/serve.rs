@@ -11,6 +11,7 @@ use clap::Args;
 use clap::builder::TypedValueParser as _;
 use keyferry::GuestEngine;
 use keyferry::tls::{self, Identities, Identity};
+use keyferry_server::front::FrontOptions;
 use keyferry_server::metrics::{Metrics, Serving};
 use keyferry_server::monitor::{MonitorOptions, WorkerCommand};
 use keyferry_server::server::{Isolation, ServerOptions, SharedPool, serve};
@@ -331,20 +332,23 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                 let _ = tx.send(true);
             }
         });
+        // The front of every connection, the same in both placements.
+        let mut front = FrontOptions::new(tls)
+            .with_max_connections(args.max_connections)
+            .with_handshake_timeout(timeouts.handshake)
+            .with_drain_timeout(Duration::from_secs(5))
+            .with_metrics(metrics.clone());
+        if let Some(trusted) = &proxy_protocol {
+            front = front.with_proxy_protocol(trusted.clone());
+        }
         match in_process {
             Some(component) => {
-                let mut options = ServerOptions::new(tls, component)
-                    .with_max_connections(args.max_connections)
+                let options = ServerOptions::new(front, component)
                     .with_timeouts(timeouts)
                     .with_isolation(match args.shared_instances {
                         Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
                         None => Isolation::PerConnection,
-                    })
-                    .with_drain_timeout(Duration::from_secs(5))
-                    .with_metrics(metrics.clone());
-                if let Some(trusted) = &proxy_protocol {
-                    options = options.with_proxy_protocol(trusted.clone());
-                }
+                    });
                 // The guest is compiled and every connection is served
                 // from here on.
                 metrics.set_serving(Serving::Serving);
@@ -355,12 +359,8 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                 tokio::spawn(serve(listener, options, rx)).await??
             }
             None => {
-                let mut options = MonitorOptions::new(tls, worker_command)
+                let options = MonitorOptions::new(front, worker_command)
                     .with_workers(workers)
-                    .with_max_connections(args.max_connections)
-                    .with_handshake_timeout(timeouts.handshake)
-                    .with_drain_timeout(Duration::from_secs(5))
-                    .with_metrics(metrics.clone())
                     // Ready once a worker has compiled the guest and
                     // connections are taken.
                     .with_on_serving({
@@ -370,9 +370,6 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                             super::systemd::ready();
                         })
                     });
-                if let Some(trusted) = &proxy_protocol {
-                    options = options.with_proxy_protocol(trusted.clone());
-                }
                 tokio::spawn(keyferry_server::monitor::serve(listener, options, rx)).await??
             }
         };
