@@ -16,7 +16,7 @@ use crate::connection_exports::ConnectionIndices;
 use crate::engine::{GuestEngine, engine_error};
 use crate::error::Result;
 use crate::instance::{Exports, FullExports, GuestInstance};
-use crate::store::{StoreState, arm, classify};
+use crate::sandbox::{StoreState, arm, classify};
 
 /// The reference component (`dataplane` world): its connections hand their
 /// plaintext to the host. Shipped prebuilt (`host/components`), as the

@@ -31,7 +31,7 @@ use wasmtime::component::{
 use crate::bindings::exports::keyferry::dataplane::connection::{
     Error, ExchangeKey, Facts, Migrated, Output, TrafficKeyState,
 };
-use crate::store::StoreState;
+use crate::sandbox::StoreState;
 
 const INTERFACE: &str = "keyferry:dataplane/connection@0.1.0";
 
@@ -194,7 +194,7 @@ mod tests {
 
     fn armed_store(engine: &GuestEngine) -> wasmtime::Store<StoreState> {
         let mut store = engine.new_store(1);
-        crate::store::arm(&mut store, engine.config().execution_bound()).unwrap();
+        crate::sandbox::arm(&mut store, engine.config().execution_bound()).unwrap();
         store
     }
 

@@ -19,7 +19,7 @@ use wasmtime::{
 use crate::bindings::keyferry::dataplane::types;
 use crate::error::{Result, SandboxError};
 use crate::keystore::HostKeyStore;
-use crate::store::{EPOCH_TICK, ExecutionBound, Limits, StoreState};
+use crate::sandbox::{EPOCH_TICK, ExecutionBound, Limits, StoreState};
 
 /// Limits and engine settings for guests.
 #[derive(Clone, Debug)]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, Lower};
 
-use crate::store::{EPOCH_TICK, ExecutionBound, StoreState};
+use crate::sandbox::{EPOCH_TICK, ExecutionBound, StoreState};
 
 /// Why the transport could not do what the guest asked.
 #[derive(ComponentType, Lift, Lower, Debug, Clone, Copy, PartialEq, Eq)]

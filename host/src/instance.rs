@@ -19,7 +19,7 @@ use crate::connection_exports::ConnectionExports;
 use crate::engine::engine_error;
 use crate::error::{Error, GuestError, Result, SandboxError};
 use crate::keystore::HostKeyStore;
-use crate::store::{ExecutionBound, Sandboxed, StoreState};
+use crate::sandbox::{ExecutionBound, Sandboxed, StoreState};
 
 /// A guest instance's public exchange key: blobs for it are sealed to this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use keyferry_guest::record::HEADER_LEN;
 use wasmtime::component::{Linker, WasmList};
 
 use crate::bindings::keyferry::dataplane::types as wit;
-use crate::store::{HeldRecords, StoreState};
+use crate::sandbox::{HeldRecords, StoreState};
 
 /// The interface's name in the component model.
 const INTERFACE: &str = "keyferry:dataplane/key-service@0.1.0";

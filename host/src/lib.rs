@@ -54,7 +54,7 @@ pub mod http_serve;
 pub mod instance;
 mod key_service;
 pub mod keystore;
-mod store;
+mod sandbox;
 pub mod suites;
 pub mod tls;
 mod wasi_io;
@@ -75,4 +75,4 @@ pub use instance::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, T
 pub use keyferry_guest::record::TrafficKeyMaterial;
 pub use keyferry_guest::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
 pub use keystore::{HostKeyStore, KeyServiceTraffic};
-pub use store::ExecutionBound;
+pub use sandbox::ExecutionBound;

@@ -32,7 +32,7 @@ use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
 
 use crate::error::WouldBlock;
-use crate::store::StoreState;
+use crate::sandbox::StoreState;
 
 /// Replaces the `wasi:io/streams` and `wasi:io/poll` functions that
 /// `wasmtime_wasi::p2::add_to_linker_sync` linked with ones that never wait
