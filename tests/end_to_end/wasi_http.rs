@@ -653,6 +653,9 @@ fn the_components_imports_behave_as_a_host_should() {
             && l.contains("peer=")),
         "{log}"
     );
+    // The second of sleep was waiting, not computing: guest calls stay on
+    // their runtime thread.
+    assert!(!log.contains("a guest call ran long"), "{log}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! section 9).
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ struct SocketTransport {
     /// Why the transport ended the connection, for the log line.
     ending: Arc<Mutex<Option<Ending>>>,
     printed: (Instant, u32, u64),
+    /// Nanoseconds spent waiting on the peer or a timer, so far: not
+    /// computing, and the runtime's other connections were elsewhere.
+    waited: Arc<AtomicU64>,
 }
 
 impl SocketTransport {
@@ -51,6 +55,7 @@ impl SocketTransport {
         if idle {
             self.control.handle.set_idle(self.control.epoch, true);
         }
+        let waiting = Instant::now();
         let result = off_the_runtime(|| {
             loop {
                 // A request in progress is finished through a shutdown (the
@@ -90,6 +95,8 @@ impl SocketTransport {
                 }
             }
         });
+        let waited = u64::try_from(waiting.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waited.fetch_add(waited, Ordering::Relaxed);
         if idle {
             self.control.handle.set_idle(self.control.epoch, false);
         }
@@ -263,12 +270,14 @@ pub(crate) async fn serve_http(
     // wait in the middle of a head, cleared when a request is served.
     let mut head_deadline: Option<tokio::time::Instant> = None;
     let ending = Arc::new(Mutex::new(None));
+    let waited = Arc::new(AtomicU64::new(0));
     let mut transport: Box<dyn Transport> = Box::new(SocketTransport {
         fd,
         control,
         peer: peer.to_string(),
         ending: ending.clone(),
         printed: (Instant::now(), 0, 0),
+        waited: waited.clone(),
     });
     let mut plane = plane;
     let (plane, result, fault_response_sent) = loop {
@@ -283,7 +292,12 @@ pub(crate) async fn serve_http(
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         } else {
-            crate::transport::guest_call(|| plane.serve_http(transport))
+            crate::transport::guest_call_waiting(|| {
+                let before = waited.load(Ordering::Relaxed);
+                let served = plane.serve_http(transport);
+                let after = waited.load(Ordering::Relaxed);
+                (served, Duration::from_nanos(after.saturating_sub(before)))
+            })
         };
         let keyferry::http_serve::HttpServed {
             transport: back,

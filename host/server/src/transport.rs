@@ -286,14 +286,24 @@ static GUESTS_RUN_LONG: AtomicBool = AtomicBool::new(false);
 /// every later call (logged once): the other connections then move to
 /// another worker while a guest runs.
 pub fn guest_call<R>(call: impl FnOnce() -> R) -> R {
+    guest_call_waiting(|| (call(), Duration::ZERO))
+}
+
+/// [`guest_call`] for a call that may also wait in the middle, having
+/// handed the runtime's other connections to another thread first (a
+/// served `wasi:http` component waiting for a body or a timer): `call`
+/// returns how long it waited, and only the rest counts as computing
+/// towards [`INLINE_CALL_LIMIT`]. A slow upload is no reason to move
+/// every later call off its worker.
+pub(crate) fn guest_call_waiting<R>(call: impl FnOnce() -> (R, Duration)) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             if GUESTS_RUN_LONG.load(Ordering::Relaxed) {
-                return tokio::task::block_in_place(call);
+                return tokio::task::block_in_place(call).0;
             }
             let started = Instant::now();
-            let result = call();
-            let took = started.elapsed();
+            let (result, waited) = call();
+            let took = started.elapsed().saturating_sub(waited);
             if took > INLINE_CALL_LIMIT && !GUESTS_RUN_LONG.swap(true, Ordering::Relaxed) {
                 tracing::info!(
                     took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
@@ -302,7 +312,7 @@ pub fn guest_call<R>(call: impl FnOnce() -> R) -> R {
             }
             result
         }
-        _ => call(),
+        _ => call().0,
     }
 }
 
