@@ -34,7 +34,7 @@ fn at_the_cap_the_longest_idle_connection_makes_room() {
     echo(&mut fourth, b"the fourth client");
     server
         .stderr
-        .wait_for("closed while idle to admit a client at the cap");
+        .wait_for("detail=\"closed while idle to admit a client at the cap\"");
     // The first connection was the longest idle: close_notify, then EOF.
     let mut buf = [0u8; 16];
     assert_eq!(idle[0].read(&mut buf).expect("a clean close"), 0);
@@ -131,7 +131,7 @@ fn clients_that_never_read_cannot_hold_their_slots() {
     }
     server
         .stderr
-        .wait_for("write timeout (peer stopped reading)");
+        .wait_for("ending=write_timeout detail=\"peer stopped reading\"");
     for w in writers {
         w.join().unwrap();
     }

@@ -161,7 +161,9 @@ fn garbage_truncated_handshakes_and_oversize_records_are_contained() {
         Err(e) => assert!(e.to_string().contains("RecordOverflow"), "{e}"),
         Ok(n) => panic!("expected the server's record_overflow alert, read {n} bytes"),
     }
-    let log = server.stderr.wait_for("sent alert record_overflow");
+    let log = server
+        .stderr
+        .wait_for("ending=sent_alert detail=\"sent alert record_overflow\"");
     assert!(log.contains("handshake failed"), "{log}");
 
     // Everyone else is still served, by the same process.
@@ -186,7 +188,12 @@ fn ctrl_c_sends_close_notify_and_exits() {
         .read_to_end(&mut rest)
         .expect("a clean close_notify, not a reset or truncation");
     assert_eq!(n, 0);
-    assert!(server.stderr.text().contains("server shutdown"));
+    assert!(
+        server
+            .stderr
+            .text()
+            .contains("ending=shutdown detail=\"server shutdown\"")
+    );
 }
 
 /// systemd, `docker stop` and Kubernetes stop a service with SIGTERM: it

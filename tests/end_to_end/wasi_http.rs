@@ -348,7 +348,7 @@ fn idle_keep_alive_connections_hold_no_thread_and_time_out_with_close_notify() {
         let read = client.reader.stream.read(&mut byte);
         assert!(matches!(read, Ok(0)), "{read:?}");
     }
-    let log = server.stderr.wait_for("keep-alive timeout");
+    let log = server.stderr.wait_for("ending=keepalive_timeout");
     assert!(!log.contains("guest failed"), "{log}");
 }
 
@@ -416,7 +416,7 @@ fn a_head_trickled_byte_by_byte_holds_no_thread_and_meets_the_request_timeout() 
             "{read:?}"
         );
     }
-    let log = server.stderr.wait_for("request timeout");
+    let log = server.stderr.wait_for("ending=request_timeout");
     assert!(!log.contains("guest failed"), "{log}");
     // And a whole request is still served.
     assert_eq!(
@@ -653,9 +653,19 @@ fn the_components_imports_behave_as_a_host_should() {
             && l.contains("peer=")),
         "{log}"
     );
-    // The second of sleep was waiting, not computing: guest calls stay on
-    // their runtime thread.
-    assert!(!log.contains("a guest call ran long"), "{log}");
+    // The second of sleep was waiting, not computing: it is no reason to
+    // move guest calls off their runtime thread. (On a loaded machine a
+    // debug build's instantiation may pass the 50 ms limit first; then the
+    // switch is made once, for that, and this sees nothing.)
+    for line in log.lines().filter(|l| l.contains("a guest call ran long")) {
+        let took: u64 = line
+            .split("took_ms=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("no took_ms in {line}"));
+        assert!(took < 900, "the sleep counted as computing: {line}");
+    }
 }
 
 #[test]

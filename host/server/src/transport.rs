@@ -504,7 +504,10 @@ pub(crate) fn new_connection_id() -> u64 {
     NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed) | (u64::from(std::process::id()) << 40)
 }
 
-/// Writes the per-connection log line.
+/// Writes the per-connection log line. `ending` is the same word as the
+/// metrics' `ending` label; `detail`, quoted, says more where there is more
+/// to say (a value with spaces is always quoted, so the line splits on
+/// spaces between fields).
 fn log_session(
     peer: &str,
     facts: &Facts,
@@ -514,22 +517,21 @@ fn log_session(
     total: Duration,
 ) {
     let version = facts.version.name();
-    let ending = match &summary.ending {
-        Ending::Clean => "close_notify".to_string(),
-        Ending::Peer(Closed::Truncated) => "truncated (EOF without close_notify)".to_string(),
-        Ending::Peer(Closed::PeerAlert(d)) => format!("peer alert {d}"),
-        Ending::Peer(Closed::LocalAlert(a)) => format!("sent alert {a}"),
-        Ending::Peer(Closed::CloseNotify) => "close_notify".to_string(),
-        Ending::Shutdown => "server shutdown".to_string(),
-        Ending::Shed => "closed while idle to admit a client at the cap".to_string(),
-        Ending::KeepaliveTimeout => "keep-alive timeout".to_string(),
-        Ending::RequestTimeout => "request timeout (peer stalled mid-request)".to_string(),
-        Ending::WriteTimeout => "write timeout (peer stopped reading)".to_string(),
+    let detail: Option<String> = match &summary.ending {
+        Ending::Clean | Ending::Peer(Closed::CloseNotify) => None,
+        Ending::Peer(Closed::Truncated) => Some("EOF without close_notify".into()),
+        Ending::Peer(Closed::PeerAlert(d)) => Some(format!("peer alert {d}")),
+        Ending::Peer(Closed::LocalAlert(a)) => Some(format!("sent alert {a}")),
+        Ending::Shutdown => Some("server shutdown".into()),
+        Ending::Shed => Some("closed while idle to admit a client at the cap".into()),
+        Ending::KeepaliveTimeout => None,
+        Ending::RequestTimeout => Some("peer stalled mid-request".into()),
+        Ending::WriteTimeout => Some("peer stopped reading".into()),
         Ending::GuestFailed { reason: e, .. } => {
             tracing::warn!(peer, error = %e, "guest failed; its connection is closed, the server carries on");
-            format!("guest failed: {e}")
+            Some(format!("guest failed: {e}"))
         }
-        Ending::Transport(e) => format!("transport error: {e}"),
+        Ending::Transport(e) => Some(format!("transport error: {e}")),
     };
     tracing::info!(
         peer,
@@ -541,7 +543,8 @@ fn log_session(
         bytes_out = summary.bytes_out,
         handoff_us = handoff.as_micros() as u64,
         duration_ms = total.as_millis() as u64,
-        ending = %ending,
+        ending = %summary.ending.kind().as_str(),
+        detail = detail.as_deref(),
         "connection"
     );
 }
