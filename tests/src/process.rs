@@ -289,13 +289,19 @@ pub fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-/// Whether any readable mapping of process `pid` holds any of `needles`
-/// (read through /proc/PID/mem, which root may do for any process).
-pub fn memory_contains(pid: u32, needles: &[&[u8]]) -> bool {
+/// Walks every readable mapping of process `pid` (through /proc/PID/mem,
+/// which root may read for any process) in 8 MiB chunks that overlap by
+/// `overlap` bytes, so nothing that long is split between two chunks.
+/// `visit` gets each chunk and its address, and stops the walk with
+/// `ControlFlow::Break`.
+fn scan_memory(
+    pid: u32,
+    overlap: usize,
+    mut visit: impl FnMut(u64, &[u8]) -> std::ops::ControlFlow<()>,
+) {
     use std::os::unix::fs::FileExt;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
-    let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
@@ -311,75 +317,58 @@ pub fn memory_contains(pid: u32, needles: &[&[u8]]) -> bool {
         else {
             continue;
         };
-        // Read in chunks that overlap by a needle's length.
         let chunk = 8 << 20;
         let mut at = start;
         while at < end {
-            let len = ((end - at) as usize).min(chunk + longest);
+            let len = ((end - at) as usize).min(chunk + overlap);
             let mut buf = vec![0u8; len];
             let Ok(n) = mem.read_at(&mut buf, at) else {
                 break;
             };
-            let buf = &buf[..n];
-            if needles
-                .iter()
-                .any(|needle| buf.windows(needle.len()).any(|w| w == *needle))
-            {
-                return true;
-            }
             if n == 0 {
                 break;
+            }
+            if visit(at, &buf[..n]).is_break() {
+                return;
             }
             at += chunk as u64;
         }
     }
-    false
+}
+
+/// Whether any readable mapping of process `pid` holds any of `needles`
+/// (read through /proc/PID/mem, which root may do for any process).
+pub fn memory_contains(pid: u32, needles: &[&[u8]]) -> bool {
+    let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut found = false;
+    scan_memory(pid, longest, |_, buf| {
+        found = needles
+            .iter()
+            .any(|needle| buf.windows(needle.len()).any(|w| w == *needle));
+        if found {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    });
+    found
 }
 
 /// Where in process `pid`'s readable memory `needle` occurs (through
 /// /proc/PID/mem, as root).
 pub fn memory_find(pid: u32, needle: &[u8]) -> Vec<u64> {
-    use std::os::unix::fs::FileExt;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
     let mut found = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-        else {
-            continue;
-        };
-        let chunk = 8 << 20;
-        let mut at = start;
-        while at < end {
-            let len = ((end - at) as usize).min(chunk) + needle.len();
-            let mut buf = vec![0u8; len];
-            let Ok(n) = mem.read_at(&mut buf, at) else {
-                break;
-            };
-            if n == 0 {
-                break;
+    scan_memory(pid, needle.len(), |at, buf| {
+        let mut from = 0;
+        while let Some(i) = buf[from..].iter().position(|b| *b == needle[0]) {
+            let i = from + i;
+            if buf[i..].starts_with(needle) {
+                found.push(at + i as u64);
             }
-            let mut from = 0;
-            while let Some(i) = buf[from..n].iter().position(|b| *b == needle[0]) {
-                let i = from + i;
-                if buf[i..n].starts_with(needle) {
-                    found.push(at + i as u64);
-                }
-                from = i + 1;
-            }
-            at += chunk as u64;
+            from = i + 1;
         }
-    }
+        std::ops::ControlFlow::Continue(())
+    });
     found.sort();
     found.dedup();
     found
