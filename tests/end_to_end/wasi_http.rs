@@ -310,6 +310,13 @@ fn stock_components_from_three_toolchains_are_served_in_both_placements() {
     }
 }
 
+/// How many threads process `pid` runs now.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
 #[test]
 fn idle_keep_alive_connections_hold_no_thread_and_time_out_with_close_notify() {
     let server = serve(
@@ -317,11 +324,7 @@ fn idle_keep_alive_connections_hold_no_thread_and_time_out_with_close_notify() {
         &["--workers", "1", "--keepalive-timeout", "3"],
     );
     let worker = children(server.child.id())[0];
-    let threads = || {
-        std::fs::read_dir(format!("/proc/{worker}/task"))
-            .unwrap()
-            .count()
-    };
+    let threads = || threads_of(worker);
     let before = threads();
     let mut clients: Vec<Client> = (0..60)
         .map(|_| {
@@ -359,11 +362,7 @@ fn a_head_trickled_byte_by_byte_holds_no_thread_and_meets_the_request_timeout() 
         &["--workers", "1", "--request-timeout", "2"],
     );
     let worker = children(server.child.id())[0];
-    let threads = || {
-        std::fs::read_dir(format!("/proc/{worker}/task"))
-            .unwrap()
-            .count()
-    };
+    let threads = || threads_of(worker);
     let before = threads();
     // Forty clients each start a head and add a header line a second,
     // which would never finish: the slowloris attack.
