@@ -3,6 +3,7 @@
 //! suite, side by side in one run. wrk drives the load; each server runs as
 //! its own process so its memory per connection can be read from /proc.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -395,17 +396,18 @@ fn start_matched(
     bail!("could not match a baseline's response length to {want} bytes")
 }
 
-fn start_keyferry(
+/// `keyferry serve` on a free loopback port with TLS 1.3 only, the bench's
+/// certificate and `args`, once it has printed its start-up line.
+fn spawn_keyferry(
     exe: &Path,
     cert: &Path,
     key: &Path,
-    extra: &[&str],
-    name: &'static str,
-) -> anyhow::Result<Target> {
+    args: &[&OsStr],
+) -> anyhow::Result<(Child, u16)> {
     let port = free_port()?;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--tls13"])
-        .args(extra)
+        .args(args)
         .arg("--cert")
         .arg(cert)
         .arg("--key")
@@ -416,6 +418,18 @@ fn start_keyferry(
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    Ok((child, port))
+}
+
+fn start_keyferry(
+    exe: &Path,
+    cert: &Path,
+    key: &Path,
+    extra: &[&str],
+    name: &'static str,
+) -> anyhow::Result<Target> {
+    let args: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
+    let (child, port) = spawn_keyferry(exe, cert, key, &args)?;
     wait_listening(port)?;
     if !extra.contains(&"0") {
         // Workers announce their instances shortly after the listener is up.
@@ -534,27 +548,9 @@ fn start_keyferry_wasi_http(
     extra: &[&str],
     name: &'static str,
 ) -> anyhow::Result<Target> {
-    let port = free_port()?;
-    let mut child = Command::new(exe)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--tls13",
-            "--guest",
-        ])
-        .arg(component)
-        .args(extra)
-        .arg("--cert")
-        .arg(cert)
-        .arg("--key")
-        .arg(key)
-        .env("KEYFERRY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let mut args = vec![OsStr::new("--guest"), component.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    let (child, port) = spawn_keyferry(exe, cert, key, &args)?;
     wait_answering(port)?;
     Ok(Target {
         name,
