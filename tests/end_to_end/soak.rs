@@ -5,7 +5,7 @@
 //! grow. Ignored by default (minutes); run it with
 //!
 //! ```text
-//! KEYFERRY_SOAK_CONNECTIONS=100000 cargo test --release -p keyferry-cli \
+//! KEYFERRY_SOAK_CONNECTIONS=100000 cargo test --release -p keyferry-tests \
 //!     --test end_to_end soak -- --ignored --nocapture
 //! ```
 

@@ -1,6 +1,5 @@
 //! Running `keyferry` and the peers as processes, for the end-to-end tests
-//! (tests/end_to_end, a target of the `keyferry-cli` package so cargo
-//! builds the binary first).
+//! (tests/end_to_end).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -9,14 +8,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The `keyferry` binary cargo built for the running test: it sits beside
-/// the test executable's `deps` folder.
+/// The `keyferry` command as this package builds it for its end-to-end
+/// tests (`src/bin/keyferry-under-test.rs`, which is `keyferry_cli::main`):
+/// cargo puts it beside the test executable's `deps` folder.
 pub fn keyferry() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable");
     exe.parent()
         .and_then(std::path::Path::parent)
         .expect("tests run from target/<profile>/deps")
-        .join(format!("keyferry{}", std::env::consts::EXE_SUFFIX))
+        .join(format!(
+            "keyferry-under-test{}",
+            std::env::consts::EXE_SUFFIX
+        ))
 }
 
 /// How long to wait for a process to say something before failing the

@@ -1,12 +1,19 @@
-//! The `keyferry` command's parts that are not the command line itself:
-//! the built-in application components, and the benchmarks (shared by the
-//! `bench` commands and `cargo bench`) with their charts.
-#![forbid(unsafe_code)]
+//! The `keyferry` command. [`main`] is the whole program; the binary only
+//! calls it, as `wasmtime-cli`'s does. The library also holds the built-in
+//! application components and the benchmarks (shared by the `bench`
+//! commands and `cargo bench`) with their charts.
+// Denied, not forbidden: taking systemd's listening socket
+// (`commands::systemd`) is the one place that needs it.
+#![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
 pub mod bench;
 pub mod charts;
+mod command_line;
+mod commands;
 pub mod serve_bench;
+
+pub use command_line::main;
 
 /// The built-in application components `keyferry serve` runs, built from
 /// `guest/examples` and shipped prebuilt (`host/cli/components`); the

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::apps;
 use anyhow::Context;
 use clap::Args;
 use keyferry::http_serve::HttpConfig;
 use keyferry::tls::TlsOptions;
 use keyferry::{ExecutionBound, GuestComponent, GuestEngine, SandboxConfig};
-use keyferry_cli::apps;
 use keyferry_server::transport::Timeouts;
 
 #[derive(Args)]

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
+use crate::{bench, charts};
 use anyhow::Context;
 use clap::Args;
 use keyferry::{GuestEngine, SandboxConfig};
-use keyferry_cli::{bench, charts};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
