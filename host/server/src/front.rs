@@ -1,21 +1,24 @@
-//! The front of every connection, the same whichever process then serves
-//! it: accept, admission under the connection cap, the client's address
-//! (PROXY v2), and the handshake. [`crate::server`] then places the
-//! connection in this process, [`crate::monitor`] in a worker.
+//! Every connection's lifecycle: accept → admit → handshake → place → run
+//! → report. All of it but the placement is here, the same whichever
+//! process then serves the connection: [`crate::server`] places it in an
+//! instance of this process, [`crate::monitor`] in a worker's (see
+//! [`Placement`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyferry::error::{Error, HandshakeError};
 use keyferry::handshake::{Handoff, Handshake};
 use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::transport::handshake_async;
+use crate::transport::{handshake_async, new_connection_id};
 
 /// How long a client that arrives at the connection cap waits for an idle
 /// connection to make room before it is closed.
@@ -96,11 +99,99 @@ impl FrontOptions {
     }
 }
 
+/// A connection past its handshake, to be placed.
+pub(crate) struct Established {
+    pub(crate) stream: TcpStream,
+    /// The client: the TCP peer, or what its PROXY header said.
+    pub(crate) peer: SocketAddr,
+    pub(crate) id: u64,
+    pub(crate) handoff: Handoff,
+    /// When it was admitted: the connection line's duration runs from here.
+    pub(crate) admitted: Instant,
+    pub(crate) handshake_done: Instant,
+}
+
+/// Where connections run: in an instance of this process, or of a worker.
+/// The one step of the lifecycle the two placements do differently.
+pub(crate) trait Placement: Send + Sync + 'static {
+    /// Closes the longest-idle keep-alive connection (never a busy one) to
+    /// make room for a client at the cap; whether one was found. Polled
+    /// only at the cap.
+    fn shed(&self) -> impl Future<Output = bool> + Send + '_;
+
+    /// Places the connection in an instance, and runs and reports it, or
+    /// has its worker do so. `permit` is its place under the connection
+    /// cap, held until the connection ends.
+    fn place(
+        &self,
+        connection: Established,
+        permit: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + '_;
+}
+
+/// Accepts connections until `stop` fires, and runs each through
+/// [`serve_connection`] as a task of the set it returns, which the caller
+/// drains as its placement needs.
+pub(crate) async fn accept_all<P: Placement>(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+    front: &FrontOptions,
+    placement: &Arc<P>,
+) -> JoinSet<()> {
+    let cap = Cap::new(front.max_connections);
+    let front = Arc::new(front.clone());
+    let mut tasks = JoinSet::new();
+    while let Some((stream, peer)) = accept(listener, stop, &front.metrics).await {
+        let Some(queued) = cap.queue(&front.metrics, peer) else {
+            continue;
+        };
+        let (front, placement) = (front.clone(), placement.clone());
+        // Boxed: a connection's future is about 8 KB (the handshake, then
+        // the data plane), and tokio copies a task's future when it makes
+        // the task and again as the task moves through its stages; a box
+        // is copied as one pointer.
+        tasks.spawn(async move {
+            Box::pin(serve_connection(stream, peer, queued, &front, &*placement)).await;
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks
+}
+
+/// One connection, accepted and queued at the cap: admission, the
+/// client's address and the handshake, then its placement.
+async fn serve_connection<P: Placement>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    queued: Queued,
+    front: &FrontOptions,
+    placement: &P,
+) {
+    let Some(permit) = queued.admit(placement.shed(), &front.metrics, peer).await else {
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let admitted = Instant::now();
+    let id = new_connection_id();
+    let Some((peer, handoff)) = establish(&mut stream, peer, id, front).await else {
+        return;
+    };
+    let connection = Established {
+        stream,
+        peer,
+        id,
+        handoff,
+        admitted,
+        handshake_done: Instant::now(),
+    };
+    placement.place(connection, permit).await;
+}
+
 /// The front of one connection, the same in both placements: the
 /// client's address (its PROXY v2 header, when one is expected) and the
 /// handshake, each within the handshake timeout. `None` (logged and
 /// counted) when either fails.
-pub(crate) async fn establish(
+async fn establish(
     stream: &mut TcpStream,
     peer: SocketAddr,
     id: u64,
@@ -128,7 +219,7 @@ pub(crate) async fn establish(
 
 /// The client's address: the TCP peer, or what the PROXY v2 header in front
 /// of the connection says. `None` (and a log line) if the header is bad.
-pub(crate) async fn client_address(
+async fn client_address(
     stream: &mut TcpStream,
     peer: SocketAddr,
     proxy_protocol: Option<&crate::proxy::TrustedSources>,
@@ -158,7 +249,7 @@ pub(crate) async fn client_address(
 /// The next accepted connection, or `None` once `shutdown` fires. A failed
 /// accept (out of descriptors, say) is logged and retried after a pause
 /// that lets sessions end.
-pub(crate) async fn accept(
+async fn accept(
     listener: &TcpListener,
     shutdown: &mut watch::Receiver<bool>,
     metrics: &Metrics,
@@ -183,14 +274,14 @@ pub(crate) async fn accept(
 /// The connection cap, the same for both placements: places for
 /// connections, and places for the clients waiting at the cap for one.
 #[derive(Clone)]
-pub(crate) struct Cap {
+struct Cap {
     places: Arc<Semaphore>,
     queue: Arc<Semaphore>,
 }
 
 /// A client's place in the queue at the cap, held until it is admitted or
 /// closed.
-pub(crate) struct Queued {
+struct Queued {
     places: Arc<Semaphore>,
     _place: OwnedSemaphorePermit,
 }
@@ -198,7 +289,7 @@ pub(crate) struct Queued {
 impl Cap {
     /// At most `max_connections` connections (at least one), and as many
     /// clients waiting for a place.
-    pub(crate) fn new(max_connections: usize) -> Self {
+    fn new(max_connections: usize) -> Self {
         let max = max_connections.max(1);
         Self {
             places: Arc::new(Semaphore::new(max)),
@@ -209,7 +300,7 @@ impl Cap {
     /// A place in the queue for `peer`, taken as it is accepted; `None`
     /// (counted and logged) when the queue is full: the caller closes the
     /// client at once.
-    pub(crate) fn queue(&self, metrics: &Metrics, peer: SocketAddr) -> Option<Queued> {
+    fn queue(&self, metrics: &Metrics, peer: SocketAddr) -> Option<Queued> {
         match self.queue.clone().try_acquire_owned() {
             Ok(place) => Some(Queued {
                 places: self.places.clone(),
@@ -230,7 +321,7 @@ impl Queued {
     /// connection (never a busy one) and its place came back within
     /// [`ADMISSION_WAIT`]. `None` (logged) if no place came: the caller
     /// closes the client. The queue place is given back either way.
-    pub(crate) async fn admit(
+    async fn admit(
         self,
         shed: impl Future<Output = bool>,
         metrics: &Metrics,
@@ -255,7 +346,7 @@ impl Queued {
 /// Runs a server handshake over `stream` within `timeout`; a failure is
 /// counted and logged (the peer already got rustls's alert) and gives
 /// `None`.
-pub(crate) async fn server_handshake(
+async fn server_handshake(
     stream: &mut TcpStream,
     tls: &Arc<ServerConfig>,
     id: u64,

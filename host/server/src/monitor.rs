@@ -35,9 +35,8 @@ use tracing::{debug, info, warn};
 use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
 use crate::ending::ConnectionOutcome;
 use crate::ending::EndingKind;
-use crate::front::{ADMISSION_WAIT, Cap, FrontOptions, accept, establish};
+use crate::front::{ADMISSION_WAIT, Established, FrontOptions, Placement, accept_all};
 use crate::metrics::Metrics;
-use crate::transport::new_connection_id;
 use keyferry::error::Result;
 use keyferry::handshake::Handoff;
 
@@ -408,22 +407,7 @@ pub async fn serve(
         }
         _ = stopped.wait_for(|stop| *stop) => {}
     }
-    let cap = Cap::new(options.front.max_connections);
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Some((stream, peer)) = accept(&listener, &mut accepting, &metrics).await {
-        let (options, pool) = (options.clone(), pool.clone());
-        let Some(queued) = cap.queue(&metrics, peer) else {
-            continue;
-        };
-        tasks.spawn(async move {
-            let metrics = &options.front.metrics;
-            let Some(permit) = queued.admit(pool.shed_one(), metrics, peer).await else {
-                return;
-            };
-            connection(stream, peer, &options, &pool, permit).await;
-        });
-        while tasks.try_join_next().is_some() {}
-    }
+    let mut tasks = accept_all(&listener, &mut accepting, &options.front, &pool).await;
     info!("shutting down: workers close their connections with close_notify");
     let _ = stop_tx.send(true);
     // Each live worker is told once, each within a bound; one that does not
@@ -658,53 +642,58 @@ async fn kill_and_reap(child: &mut tokio::process::Child) {
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    options: &MonitorOptions,
-    pool: &Pool,
-    permit: OwnedSemaphorePermit,
-) {
-    let metrics = &options.front.metrics;
-    let id = new_connection_id();
-    let Some((peer, handoff)) = establish(&mut stream, peer, id, &options.front).await else {
-        return;
-    };
-    let handshake_done = Instant::now();
-    // A ready instance: usually waiting already; a worker being replaced
-    // may take a moment.
-    let deadline = Instant::now() + ADMISSION_WAIT;
-    let (worker, instance) = loop {
-        let notified = pool.ready.notified();
-        if let Some(ready) = pool.take_ready() {
-            break ready;
-        }
-        if tokio::time::timeout_at(deadline.into(), notified)
-            .await
-            .is_err()
-        {
-            metrics.connection_unserved(&ConnectionOutcome::unserved(None));
-            warn!(%peer, "no worker had an instance ready; closed");
-            return;
-        }
-    };
-    let handed = Handed {
-        _permit: permit,
-        handshake_done,
-        handing: Duration::ZERO,
-    };
-    match hand_over(&worker, instance, handoff, &stream, peer, handed, metrics).await {
-        // At debug: the worker logs the connection's one line when it
-        // ends. A second line per connection at info was a measurable
-        // share of the server's CPU under `Connection: close` load.
-        Ok(()) => {
-            debug!(%peer, connection_id = id, worker_pid = worker.pid, "connection handed to a worker")
-        }
-        Err(e) => {
-            warn!(%peer, worker_pid = worker.pid, error = %e, "could not hand the connection over")
-        }
+impl Placement for Pool {
+    async fn shed(&self) -> bool {
+        self.shed_one().await
     }
-    // Our copy of the socket closes here; the worker's stays open.
+
+    /// Hands the connection to a worker with an instance ready, which runs
+    /// it and reports it when it ends.
+    async fn place(&self, connection: Established, permit: OwnedSemaphorePermit) {
+        let Established {
+            stream,
+            peer,
+            id,
+            handoff,
+            handshake_done,
+            ..
+        } = connection;
+        let metrics = &self.metrics;
+        // A ready instance: usually waiting already; a worker being
+        // replaced may take a moment.
+        let deadline = Instant::now() + ADMISSION_WAIT;
+        let (worker, instance) = loop {
+            let notified = self.ready.notified();
+            if let Some(ready) = self.take_ready() {
+                break ready;
+            }
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                metrics.connection_unserved(&ConnectionOutcome::unserved(None));
+                warn!(%peer, "no worker had an instance ready; closed");
+                return;
+            }
+        };
+        let handed = Handed {
+            _permit: permit,
+            handshake_done,
+            handing: Duration::ZERO,
+        };
+        match hand_over(&worker, instance, handoff, &stream, peer, handed, metrics).await {
+            // At debug: the worker logs the connection's one line when it
+            // ends. A second line per connection at info was a measurable
+            // share of the server's CPU under `Connection: close` load.
+            Ok(()) => {
+                debug!(%peer, connection_id = id, worker_pid = worker.pid, "connection handed to a worker")
+            }
+            Err(e) => {
+                warn!(%peer, worker_pid = worker.pid, error = %e, "could not hand the connection over")
+            }
+        }
+        // Our copy of the socket closes here; the worker's stays open.
+    }
 }
 
 /// Seals the keys in the worker's blob session and sends it the

@@ -142,80 +142,218 @@ pub fn make_batch(
     Ok(made)
 }
 
-/// A few ready instances of one component, refilled in the background.
-pub struct ReadyInstances {
-    component: GuestComponent,
-    ready: Mutex<Vec<GuestInstance>>,
-    target: usize,
-    refilling: AtomicBool,
-    retired: Arc<Retired>,
-    /// How many are ready, for the metrics.
-    level: Gauge,
+/// When a pool of fresh instances makes more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refill {
+    /// On the tokio runtime, [`BATCH`] per poll, once `BATCH` were taken:
+    /// a server that runs its connections in this process.
+    Background,
+    /// Only when the owner calls [`InstancePool::refill_now`], the whole
+    /// shortfall in one run, each instance under a number the owner
+    /// announces: a worker, whose handshake process picks the instance
+    /// for each connection it hands over.
+    Announced,
 }
 
-impl ReadyInstances {
-    /// Keeps up to `target` instances of `component` ready, starting with
-    /// the first [`take`](Self::take), and `level` (a metrics gauge) at how
-    /// many are.
-    pub fn new(component: GuestComponent, target: usize, level: Gauge) -> Arc<Self> {
+/// The guest instances connections are placed in, in one process or in a
+/// worker: one type, so the policies (batches, slot reuse, poisoned
+/// instances, the ready gauge) are written once.
+///
+/// A pool holds either fresh instances, each serving one connection and
+/// then retired ([`InstancePool::fresh`]), or a few long-lived ones that
+/// connections share round-robin ([`InstancePool::shared`], DESIGN section
+/// 7).
+pub struct InstancePool {
+    component: GuestComponent,
+    /// How many fresh instances are ready, for the metrics; 0 for shared.
+    level: Gauge,
+    stock: Stock,
+}
+
+enum Stock {
+    Fresh(Fresh),
+    /// A poisoned instance is replaced on its next use; the connections
+    /// still attached to it keep their handle and end with its failure.
+    Shared {
+        instances: Vec<Mutex<Option<GuestInstance>>>,
+        next: AtomicU64,
+    },
+}
+
+struct Fresh {
+    ready: Mutex<Ready>,
+    target: usize,
+    refill: Refill,
+    refilling: AtomicBool,
+    retired: Arc<Retired>,
+}
+
+#[derive(Default)]
+struct Ready {
+    /// Each under the number it was announced with ([`Refill::Announced`]).
+    instances: Vec<(u32, GuestInstance)>,
+    last_number: u32,
+}
+
+impl InstancePool {
+    /// Keeps up to `target` fresh instances of `component` ready, refilled
+    /// as `refill` says, and `level` (a metrics gauge) at how many are.
+    /// A [`Refill::Background`] pool starts with the first
+    /// [`take`](Self::take); an announced one with the first
+    /// [`refill_now`](Self::refill_now).
+    pub fn fresh(
+        component: GuestComponent,
+        target: usize,
+        refill: Refill,
+        level: Gauge,
+    ) -> Arc<Self> {
         Arc::new(Self {
             component,
-            ready: Mutex::new(Vec::with_capacity(target)),
-            target,
-            refilling: AtomicBool::new(false),
-            retired: Arc::new(Retired::default()),
             level,
+            stock: Stock::Fresh(Fresh {
+                ready: Mutex::new(Ready {
+                    instances: Vec::with_capacity(target),
+                    last_number: 0,
+                }),
+                target,
+                refill,
+                refilling: AtomicBool::new(false),
+                retired: Arc::new(Retired::default()),
+            }),
         })
     }
 
-    /// An instance for one connection: a ready one if there is one, else
-    /// one made now. Starts a refill in the background once `BATCH` have
-    /// been taken (inside a tokio runtime; outside one, instances are made
-    /// on demand).
+    /// `instances` long-lived instances of `component` (at least one),
+    /// each made on its first use and shared by the connections placed
+    /// in it. Cheaper per connection (no instantiation, no key pair); a
+    /// guest failure ends every connection in that instance.
+    pub fn shared(component: GuestComponent, instances: usize, level: Gauge) -> Arc<Self> {
+        Arc::new(Self {
+            component,
+            level,
+            stock: Stock::Shared {
+                instances: (0..instances.max(1)).map(|_| Mutex::new(None)).collect(),
+                next: AtomicU64::new(0),
+            },
+        })
+    }
+
+    /// An instance for one connection. Fresh: a ready one if there is
+    /// one, else one made now; a [`Refill::Background`] pool starts a
+    /// refill once `BATCH` have been taken (inside a tokio runtime;
+    /// outside one, instances are made on demand). Shared: the next one in
+    /// turn, made afresh if it is not there yet or poisoned.
     pub fn take(self: &Arc<Self>) -> Result<GuestInstance> {
-        let (ready, left) = {
-            let mut ready = self.lock();
-            let one = ready.pop();
-            self.level.set(ready.len() as i64);
-            (one, ready.len())
+        let fresh = match &self.stock {
+            Stock::Fresh(fresh) => fresh,
+            Stock::Shared { instances, next } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize % instances.len();
+                let mut slot = instances[i].lock().unwrap_or_else(|e| e.into_inner());
+                return match slot.as_ref() {
+                    Some(instance) if !instance.is_poisoned() => Ok(instance.clone()),
+                    _ => {
+                        let instance = self.component.instantiate()?;
+                        *slot = Some(instance.clone());
+                        Ok(instance)
+                    }
+                };
+            }
         };
-        if left + BATCH.min(self.target) <= self.target {
-            self.refill();
+        let (ready, left) = {
+            let mut ready = fresh.lock();
+            let one = ready.instances.pop().map(|(_, instance)| instance);
+            self.level.set(ready.instances.len() as i64);
+            (one, ready.instances.len())
+        };
+        if fresh.refill == Refill::Background && left + BATCH.min(fresh.target) <= fresh.target {
+            self.refill_in_background(fresh);
         }
         match ready {
             Some(instance) if !instance.is_poisoned() => Ok(instance),
             _ => {
                 // Retired instances may hold the slots a pooled engine
                 // has left.
-                self.retired.drop_all();
+                fresh.retired.drop_all();
                 self.component.instantiate()
             }
         }
     }
 
-    /// Takes an instance whose connection has ended, to drop it with the
-    /// next refill (see [`Retired::retire`]).
+    /// The fresh instance announced as `number` by
+    /// [`refill_now`](Self::refill_now); `None` if no such instance is
+    /// ready (never announced, or already taken).
+    pub fn take_announced(&self, number: u32) -> Option<GuestInstance> {
+        let Stock::Fresh(fresh) = &self.stock else {
+            return None;
+        };
+        let mut ready = fresh.lock();
+        let i = ready.instances.iter().position(|(n, _)| *n == number)?;
+        let (_, instance) = ready.instances.swap_remove(i);
+        self.level.set(ready.instances.len() as i64);
+        Some(instance)
+    }
+
+    /// Refills a fresh pool when `BATCH` or more are missing: the whole
+    /// shortfall in one run, made and keyed (each its wrapping secret)
+    /// off the path of the connections they will serve, after the ended
+    /// connections' instances are dropped. Returns the new instances'
+    /// numbers, to announce; none if nothing was missing. Call it through
+    /// [`guest_call`](crate::transport::guest_call): it runs guests.
+    pub fn refill_now(&self) -> Result<Vec<u32>> {
+        let Stock::Fresh(fresh) = &self.stock else {
+            return Ok(Vec::new());
+        };
+        let ready = fresh.lock().instances.len();
+        if ready + BATCH > fresh.target {
+            return Ok(Vec::new());
+        }
+        self.fill(fresh, fresh.target - ready)
+    }
+
+    /// Takes an instance whose connection has ended. A fresh one is
+    /// dropped with the next refill (see [`Retired::retire`]); a shared
+    /// one stays in service.
     pub fn retire(&self, instance: GuestInstance) {
-        self.retired.retire(instance);
+        if let Stock::Fresh(fresh) = &self.stock {
+            fresh.retired.retire(instance);
+        }
     }
 
-    /// How many are ready now.
+    /// How many fresh instances are ready now (0 for a shared pool).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        match &self.stock {
+            Stock::Fresh(fresh) => fresh.lock().instances.len(),
+            Stock::Shared { .. } => 0,
+        }
     }
 
-    /// Whether none is ready now.
+    /// Whether no fresh instance is ready now.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// How many retired instances wait to be dropped.
     pub fn retired(&self) -> usize {
-        self.retired.len()
+        match &self.stock {
+            Stock::Fresh(fresh) => fresh.retired.len(),
+            Stock::Shared { .. } => 0,
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<GuestInstance>> {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    /// Makes up to `wanted` instances in one run and numbers them.
+    fn fill(&self, fresh: &Fresh, wanted: usize) -> Result<Vec<u32>> {
+        let made = make_batch(&self.component, &fresh.retired, wanted)?;
+        let mut ready = fresh.lock();
+        let mut numbers = Vec::with_capacity(made.len());
+        for instance in made {
+            ready.last_number = ready.last_number.wrapping_add(1);
+            numbers.push(ready.last_number);
+            let number = ready.last_number;
+            ready.instances.push((number, instance));
+        }
+        self.level.set(ready.instances.len() as i64);
+        Ok(numbers)
     }
 
     /// Refills on the runtime itself, [`BATCH`] instances per poll. An
@@ -224,36 +362,35 @@ impl ReadyInstances {
     /// a task that yields between batches holds a worker no longer than a
     /// few calls do. The blocking pool this used before cost a thread
     /// wake-up and context switches per connection, on the cores the
-    /// connections need: with `wrk -H 'Connection: close'` against `serve
-    /// --workers 0`, 2.75-2.88 context switches per connection with it,
-    /// 0.5-1.85 without, and more handshakes/s in each of four paired runs.
-    fn refill(self: &Arc<Self>) {
+    /// connections need (PERF.md has the measurement).
+    fn refill_in_background(self: &Arc<Self>, fresh: &Fresh) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.refilling.swap(true, Ordering::AcqRel) {
+        if fresh.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         runtime.spawn(async move {
+            let Stock::Fresh(fresh) = &this.stock else {
+                return;
+            };
             loop {
-                let wanted = this.target.saturating_sub(this.len()).min(BATCH);
-                if wanted == 0 {
+                let wanted = fresh.target.saturating_sub(this.len()).min(BATCH);
+                // The next connection makes its own and says why.
+                if wanted == 0 || this.fill(fresh, wanted).is_err() {
                     break;
-                }
-                match make_batch(&this.component, &this.retired, wanted) {
-                    Ok(made) => {
-                        let mut ready = this.lock();
-                        ready.extend(made);
-                        this.level.set(ready.len() as i64);
-                    }
-                    // The next connection makes its own and says why.
-                    Err(_) => break,
                 }
                 tokio::task::yield_now().await;
             }
-            this.refilling.store(false, Ordering::Release);
+            fresh.refilling.store(false, Ordering::Release);
         });
+    }
+}
+
+impl Fresh {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ready> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -276,7 +413,12 @@ mod tests {
         let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
         let component = GuestComponent::reference(&engine).unwrap();
         let level = Gauge::default();
-        let pool = ReadyInstances::new(component, READY_INSTANCES, level.clone());
+        let pool = InstancePool::fresh(
+            component,
+            READY_INSTANCES,
+            Refill::Background,
+            level.clone(),
+        );
         let first = pool.take().unwrap();
         // The refill runs in the background; wait for it.
         until(|| pool.len() == READY_INSTANCES).await;
@@ -298,7 +440,12 @@ mod tests {
     async fn retired_instances_go_with_the_next_refill_or_after_a_wait() {
         let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
         let component = GuestComponent::reference(&engine).unwrap();
-        let pool = ReadyInstances::new(component, READY_INSTANCES, Gauge::default());
+        let pool = InstancePool::fresh(
+            component,
+            READY_INSTANCES,
+            Refill::Background,
+            Gauge::default(),
+        );
         let first = pool.take().unwrap();
         until(|| pool.len() == READY_INSTANCES).await;
         pool.retire(first);
@@ -319,6 +466,59 @@ mod tests {
         assert_eq!(pool.retired(), BATCH);
         until(|| pool.retired() == 0).await;
         assert_eq!(pool.retired(), 0);
+    }
+
+    /// A worker's pool: nothing is made until asked, then the whole
+    /// shortfall at once, under numbers that are never reused while ready.
+    #[test]
+    fn an_announced_pool_refills_when_asked_under_new_numbers() {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        let component = GuestComponent::reference(&engine).unwrap();
+        let level = Gauge::default();
+        let pool =
+            InstancePool::fresh(component, READY_INSTANCES, Refill::Announced, level.clone());
+        assert!(pool.is_empty());
+        let first = pool.refill_now().unwrap();
+        assert_eq!(first, (1..=READY_INSTANCES as u32).collect::<Vec<_>>());
+        assert_eq!(level.get(), READY_INSTANCES as i64);
+        // Fewer than a batch missing: nothing is made.
+        let a = pool.take_announced(3).unwrap();
+        assert!(
+            pool.take_announced(3).is_none(),
+            "each number is handed out once"
+        );
+        assert!(pool.take_announced(99).is_none());
+        assert_eq!(pool.refill_now().unwrap(), Vec::<u32>::new());
+        let taken: Vec<_> = [1, 2, 4]
+            .iter()
+            .map(|&n| pool.take_announced(n).unwrap())
+            .collect();
+        assert_eq!(level.get(), (READY_INSTANCES - BATCH) as i64);
+        let next = pool.refill_now().unwrap();
+        let expected: Vec<u32> =
+            (READY_INSTANCES as u32 + 1..=(READY_INSTANCES + BATCH) as u32).collect();
+        assert_eq!(next, expected);
+        assert_eq!(pool.len(), READY_INSTANCES);
+        for guest in taken.into_iter().chain([a]) {
+            pool.retire(guest);
+        }
+        assert_eq!(pool.retired(), BATCH);
+    }
+
+    /// Shared instances are handed out in turn, each to many connections,
+    /// never retired, and replaced once poisoned.
+    #[test]
+    fn a_shared_pool_hands_its_instances_out_in_turn() {
+        let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
+        let component = GuestComponent::reference(&engine).unwrap();
+        let pool = InstancePool::shared(component, 2, Gauge::default());
+        let ids: Vec<_> = (0..5).map(|_| pool.take().unwrap().store_id()).collect();
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!([ids[2], ids[3], ids[4]], [ids[0], ids[1], ids[0]]);
+        pool.retire(pool.take().unwrap());
+        assert_eq!(pool.retired(), 0);
+        assert!(pool.take_announced(1).is_none());
+        assert_eq!(pool.refill_now().unwrap(), Vec::<u32>::new());
     }
 
     #[test]

@@ -5,71 +5,35 @@
 //! Each connection is its own tokio task with its own wasmtime store, so a
 //! guest that traps, loops or runs out of memory ends only its connection.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{info, warn};
 
 use crate::ending::ConnectionOutcome;
-use crate::front::{Cap, FrontOptions, accept, establish};
-use crate::metrics::Metrics;
-use crate::ready::{READY_INSTANCES, ReadyInstances};
+use crate::front::{Established, FrontOptions, Placement, accept_all};
+use crate::ready::{InstancePool, READY_INSTANCES, Refill};
 use crate::transport::{
-    SessionControl, SessionHandle, Sessions, Timeouts, guest_call, new_connection_id,
-    refuse_unattached, serve_attached,
+    SessionControl, SessionHandle, Sessions, Timeouts, guest_call, refuse_unattached,
+    serve_attached,
 };
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
 use keyferry::error::Result;
-use keyferry::instance::GuestInstance;
 
 /// How connections share guest instances (DESIGN section 7).
-#[derive(Clone)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isolation {
     /// A fresh instance per connection: the strongest isolation, and the
     /// default. A failing guest takes down only its own connection.
     PerConnection,
     /// A few long-lived instances, each serving many connections of one
     /// tenant. Cheaper per connection (no instantiation, no key pair); a
-    /// guest failure ends every connection in that instance.
-    Shared(Arc<SharedPool>),
-}
-
-/// The instances of [`Isolation::Shared`], used round-robin. A poisoned
-/// instance is replaced on its next use; the connections still attached
-/// to it keep their handle and end with its failure.
-pub struct SharedPool {
-    slots: Vec<Mutex<Option<GuestInstance>>>,
-    next: AtomicU64,
-}
-
-impl SharedPool {
-    /// `instances` shared instances (at least one), made on first use.
-    pub fn new(instances: usize) -> Self {
-        Self {
-            slots: (0..instances.max(1)).map(|_| Mutex::new(None)).collect(),
-            next: AtomicU64::new(0),
-        }
-    }
-
-    /// The next instance, made afresh if its slot is empty or poisoned.
-    pub fn instance(&self, component: &GuestComponent) -> Result<GuestInstance> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.slots.len();
-        let mut slot = self.slots[i].lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some(instance) if !instance.is_poisoned() => Ok(instance.clone()),
-            _ => {
-                let instance = component.instantiate()?;
-                *slot = Some(instance.clone());
-                Ok(instance)
-            }
-        }
-    }
+    /// guest failure ends every connection in that instance. Holds how
+    /// many instances (at least one).
+    Shared(usize),
 }
 
 /// Everything a server needs: [`ServerOptions::new`] with the front's
@@ -129,47 +93,26 @@ pub async fn serve(
     options: ServerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let metrics = options.front.metrics.clone();
-    let cap = Cap::new(options.front.max_connections);
-    let sessions = Arc::new(Sessions::default());
-    let epoch = Instant::now();
-    let ready = ReadyInstances::new(
-        options.component.clone(),
-        READY_INSTANCES,
-        metrics.ready_instances("in-process"),
-    );
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Some((mut stream, peer)) = accept(&listener, &mut shutdown, &metrics).await {
-        let options = options.clone();
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
-        let sessions = sessions.clone();
-        let ready = ready.clone();
-        let Some(queued) = cap.queue(&metrics, peer) else {
-            continue;
-        };
-        tasks.spawn(async move {
-            let shed = async { sessions.shed_longest_idle() };
-            let Some(permit) = queued.admit(shed, &metrics, peer).await else {
-                let _ = stream.shutdown().await;
-                return;
-            };
-            let shared = ServerContext {
-                options: &options,
-                metrics: &metrics,
-                sessions: &sessions,
-                ready: &ready,
-                epoch,
-            };
-            // Boxed: a connection's future is about 8 KB (the handshake,
-            // then the data plane), and tokio copies a task's future when
-            // it makes the task and again as the task moves through its
-            // stages; a box is copied as one pointer.
-            Box::pin(connection(stream, peer, shared, shutdown)).await;
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
+    let level = options.front.metrics.ready_instances("in-process");
+    let instances = match options.isolation {
+        Isolation::PerConnection => InstancePool::fresh(
+            options.component.clone(),
+            READY_INSTANCES,
+            Refill::Background,
+            level,
+        ),
+        Isolation::Shared(instances) => {
+            InstancePool::shared(options.component.clone(), instances, level)
+        }
+    };
+    let placement = Arc::new(InProcess {
+        options: options.clone(),
+        instances,
+        sessions: Sessions::default(),
+        epoch: Instant::now(),
+        shutdown: shutdown.clone(),
+    });
+    let mut tasks = accept_all(&listener, &mut shutdown, &options.front, &placement).await;
     info!(
         open = tasks.len(),
         "shutting down: close_notify to open connections"
@@ -184,92 +127,81 @@ pub async fn serve(
     Ok(())
 }
 
-/// What every connection of one server shares.
-#[derive(Clone, Copy)]
-struct ServerContext<'a> {
-    options: &'a ServerOptions,
-    metrics: &'a Metrics,
-    sessions: &'a Sessions,
-    ready: &'a Arc<ReadyInstances>,
+/// Connections placed in instances of this process.
+struct InProcess {
+    options: ServerOptions,
+    instances: Arc<InstancePool>,
+    sessions: Sessions,
+    /// When the server started: session instances keep time from it.
     epoch: Instant,
+    shutdown: watch::Receiver<bool>,
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    shared: ServerContext<'_>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let id = new_connection_id();
-    let handle = shared.sessions.insert(id);
-    session(&mut stream, peer, id, handle, shared, shutdown).await;
-    shared.sessions.remove(id);
-}
-
-async fn session(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    handle: Arc<SessionHandle>,
-    shared: ServerContext<'_>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let ServerContext {
-        options,
-        metrics,
-        ready: instances,
-        epoch,
-        ..
-    } = shared;
-    let started = Instant::now();
-    let Some((peer, handoff)) = establish(stream, peer, id, &options.front).await else {
-        return;
-    };
-    let handoff_done = Instant::now();
-    // Bytes the peer sent with its last handshake flight (data in the same
-    // write as its Finished) count as received after the handshake.
-    let read_with_handshake = (handoff.keys.open.buffered_ciphertext.len()
-        + handoff.keys.open.buffered_plaintext.len()) as u64;
-    let attached = guest_call(|| {
-        let guest = match &options.isolation {
-            Isolation::PerConnection => instances.take()?,
-            Isolation::Shared(pool) => pool.instance(&options.component)?,
-        };
-        DataPlane::new(guest, handoff)
-    });
-    let peer = peer.to_string();
-    let (plane, first) = match attached {
-        Ok(a) => a,
-        Err(e) => {
-            metrics.connection_unserved(&ConnectionOutcome::unserved(Some(&e)));
-            return refuse_unattached(stream, &peer, &e).await;
-        }
-    };
-    let ready = handoff_done.elapsed();
-    metrics.connection_opened();
-    metrics.handoff(ready);
-    let control = SessionControl {
-        shutdown,
-        handle,
-        epoch,
-        timeouts: options.timeouts,
-    };
-    let timing = (ready, started);
-    let (summary, guest) = serve_attached(
-        stream,
-        plane,
-        first,
-        control,
-        &peer,
-        read_with_handshake,
-        timing,
-    )
-    .await;
-    // Its own instance is dropped with the next batch (`crate::ready`).
-    if matches!(options.isolation, Isolation::PerConnection)
-        && let Some(guest) = guest
-    {
-        instances.retire(guest);
+impl Placement for InProcess {
+    async fn shed(&self) -> bool {
+        self.sessions.shed_longest_idle()
     }
-    metrics.connection_ended(&ConnectionOutcome::from(&summary));
+
+    async fn place(&self, connection: Established, permit: OwnedSemaphorePermit) {
+        let id = connection.id;
+        let handle = self.sessions.insert(id);
+        self.run(connection, handle).await;
+        self.sessions.remove(id);
+        drop(permit);
+    }
+}
+
+impl InProcess {
+    /// Attaches the connection to an instance, serves it, and reports it.
+    async fn run(&self, connection: Established, handle: Arc<SessionHandle>) {
+        let Established {
+            mut stream,
+            peer,
+            handoff,
+            admitted,
+            handshake_done,
+            ..
+        } = connection;
+        let metrics = &self.options.front.metrics;
+        let instances = &self.instances;
+        // Bytes the peer sent with its last handshake flight (data in the
+        // same write as its Finished) count as received after the
+        // handshake.
+        let read_with_handshake = (handoff.keys.open.buffered_ciphertext.len()
+            + handoff.keys.open.buffered_plaintext.len()) as u64;
+        let attached = guest_call(|| DataPlane::new(instances.take()?, handoff));
+        let peer = peer.to_string();
+        let (plane, first) = match attached {
+            Ok(a) => a,
+            Err(e) => {
+                metrics.connection_unserved(&ConnectionOutcome::unserved(Some(&e)));
+                return refuse_unattached(&mut stream, &peer, &e).await;
+            }
+        };
+        let ready = handshake_done.elapsed();
+        metrics.connection_opened();
+        metrics.handoff(ready);
+        let control = SessionControl {
+            shutdown: self.shutdown.clone(),
+            handle,
+            epoch: self.epoch,
+            timeouts: self.options.timeouts,
+        };
+        let (summary, guest) = serve_attached(
+            &mut stream,
+            plane,
+            first,
+            control,
+            &peer,
+            read_with_handshake,
+            (ready, admitted),
+        )
+        .await;
+        // Its own instance is dropped with the next batch; a shared one
+        // stays (`crate::ready`).
+        if let Some(guest) = guest {
+            instances.retire(guest);
+        }
+        metrics.connection_ended(&ConnectionOutcome::from(&summary));
+    }
 }

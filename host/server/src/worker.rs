@@ -9,11 +9,11 @@
 //! facts), one instance per connection, each blob wrapped again for its
 //! instance. It never handshakes.
 
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use rustix::thread::{CapabilitySet, CapabilitySets};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
@@ -23,7 +23,7 @@ use keyferry_guest::record::TrafficKeyMaterial;
 
 use crate::channel::{Assignment, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker};
 use crate::ending::ConnectionOutcome;
-use crate::ready::{BATCH, READY_INSTANCES, Retired, make_batch};
+use crate::ready::{InstancePool, READY_INSTANCES, Refill};
 use crate::transport::{SessionControl, Sessions, Timeouts, guest_call, serve_attached};
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
@@ -250,35 +250,22 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
     let (shutdown_tx, shutdown) = watch::channel(false);
     let shared = Arc::new(WorkerContext {
         sessions: Sessions::default(),
-        retired: Arc::new(Retired::default()),
+        instances: InstancePool::fresh(
+            options.component.clone(),
+            READY_INSTANCES,
+            Refill::Announced,
+            // Counted by the handshake process, from the announcements.
+            Gauge::default(),
+        ),
         epoch: Instant::now(),
         timeouts: options.timeouts,
     });
-    let mut ready: HashMap<u32, GuestInstance> = HashMap::new();
-    let mut next_slot = 0u32;
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
-        if ready.len() + BATCH <= READY_INSTANCES {
-            // Made and keyed (each its wrapping secret) off the path of the
-            // connections they will serve, a batch at a time, after the
-            // ended connections' instances are dropped; announced in one
-            // frame.
-            let made = guest_call(|| {
-                make_batch(
-                    &options.component,
-                    &shared.retired,
-                    READY_INSTANCES - ready.len(),
-                )
-            })?;
-            let mut instances = Vec::with_capacity(made.len());
-            for instance in made {
-                next_slot = next_slot.wrapping_add(1);
-                instances.push(next_slot);
-                ready.insert(next_slot, instance);
-            }
-            if !instances.is_empty() {
-                let _ = to_monitor.send(FromWorker::Ready { instances });
-            }
+        // Announced in one frame; the handshake process picks among them.
+        let instances = guest_call(|| shared.instances.refill_now())?;
+        if !instances.is_empty() {
+            let _ = to_monitor.send(FromWorker::Ready { instances });
         }
         let (frame, fd) = match channel.recv().await {
             Ok(f) => f,
@@ -297,7 +284,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 }
             }
             (Ok(ToWorker::Connection(mut assignment)), Some(socket)) => {
-                let Some(guest) = ready.remove(&assignment.instance) else {
+                let Some(guest) = shared.instances.take_announced(assignment.instance) else {
                     break Err(WorkerError::UnknownSlot(assignment.instance));
                 };
                 let Some(receiver) = session.as_mut() else {
@@ -349,8 +336,10 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
 /// What every connection a worker serves shares.
 struct WorkerContext {
     sessions: Sessions,
-    /// Instances whose connections have ended, dropped a batch at a time.
-    retired: Arc<Retired>,
+    /// Instances ready for the connections to come, announced to the
+    /// handshake process; those of ended connections are dropped a batch
+    /// at a time.
+    instances: Arc<InstancePool>,
     /// When the worker started: session instances keep time from it.
     epoch: Instant,
     timeouts: Timeouts,
@@ -436,7 +425,7 @@ async fn serve(
     shared.sessions.remove(a.connection_id);
     // Its instance is dropped with the next batch.
     if let Some(guest) = guest {
-        shared.retired.retire(guest);
+        shared.instances.retire(guest);
     }
     ConnectionReport {
         outcome: ConnectionOutcome::from(&summary),

@@ -14,7 +14,7 @@ use keyferry::tls::{self, Identities, Identity};
 use keyferry_server::front::FrontOptions;
 use keyferry_server::metrics::{Metrics, Serving};
 use keyferry_server::monitor::{MonitorOptions, WorkerCommand};
-use keyferry_server::server::{Isolation, ServerOptions, SharedPool, serve};
+use keyferry_server::server::{Isolation, ServerOptions, serve};
 use tracing::{info, warn};
 
 use super::args::{PlaneArgs, TlsArgs, pool_slots};
@@ -346,7 +346,7 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
                 let options = ServerOptions::new(front, component)
                     .with_timeouts(timeouts)
                     .with_isolation(match args.shared_instances {
-                        Some(n) => Isolation::Shared(Arc::new(SharedPool::new(n))),
+                        Some(n) => Isolation::Shared(n),
                         None => Isolation::PerConnection,
                     });
                 // The guest is compiled and every connection is served
