@@ -33,6 +33,8 @@ pub fn workspace_root(depth: usize) -> PathBuf {
 pub fn rerun_if_guest_changed(root: &Path) {
     for path in [
         "guest/src",
+        "guest/record",
+        "guest/simd",
         "guest/examples",
         "guest/Cargo.toml",
         "guest/components.rs",

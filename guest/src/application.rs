@@ -315,15 +315,17 @@ impl<A: Application> Session<A> {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::connection::Role;
+/// For an application's native tests: a session running it, and a client
+/// facing it, keyed with each other's keys.
+pub mod testing {
+    use super::{Application, Session};
+    use crate::connection::{Connection, Facts, Role};
     use crate::record::{TrafficKey, TrafficKeyMaterial};
     use crate::suite::{AeadAlgorithm, Direction, ProtocolVersion};
 
-    /// A server session running `A` and a client connection facing it.
-    pub(crate) fn pair<A: Application>() -> (Session<A>, Connection) {
+    /// A server session running `A` (started, with nothing sent) and a
+    /// client connection facing it, over TLS 1.3 with ChaCha20-Poly1305.
+    pub fn pair<A: Application>() -> (Session<A>, Connection) {
         let key = |direction, secret: u8| {
             let m = TrafficKeyMaterial::from_tls13_secret(
                 AeadAlgorithm::ChaCha20Poly1305,
@@ -360,6 +362,12 @@ pub(crate) mod tests {
         assert!(session.start().to_send.is_empty());
         (session, client)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::pair;
+    use super::*;
 
     #[test]
     fn echo_and_close_notify() {

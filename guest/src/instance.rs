@@ -168,7 +168,7 @@ impl Instance {
 
     /// Exports a MAC key, consuming it.
     pub fn export_mac_key(&mut self, key: MacKey, recipient: &[u8]) -> Result<Vec<u8>> {
-        if !key.exportable {
+        if !key.exportable() {
             return Err(Error::NotExportable);
         }
         blob::seal_mac_key(recipient, &key)
@@ -181,7 +181,7 @@ impl Instance {
     }
 }
 
-crate::local::instance_local! {
+keyferry_record::instance_local! {
     /// The keys of the component instance this code runs in.
     static LOCAL: RefCell<Option<Instance>> = const { RefCell::new(None) };
 }
@@ -236,9 +236,10 @@ impl Instance {
 }
 
 fn position(key: &TrafficKey) -> Position {
+    let state = key.state();
     Position {
-        generation: key.generation,
-        sequence: key.sequence,
+        generation: state.generation,
+        sequence: state.sequence,
     }
 }
 

@@ -1,24 +1,21 @@
-//! keyferry's sandboxed TLS record layer.
+//! keyferry's guest components, and the SDK to build your own.
 //!
-//! This crate is two things:
+//! - The reference data-plane **component** (built for `wasm32-wasip2`),
+//!   exporting the `keyferry:dataplane` WIT interfaces: traffic keys and
+//!   MAC keys imported from sealed blobs, record seal and open, KeyUpdate,
+//!   export and migration, and a self-check.
+//! - The **front** of a served wasi:http component (feature `http-front`):
+//!   the record layer, an HTTP/1.1 codec, and the interfaces the tenant
+//!   imports.
+//! - The **application SDK**: [`application::Application`] (what a
+//!   component does with the plaintext) and [`export_application!`] to
+//!   build a component of it, as `examples/` do.
 //!
-//! - the reference data-plane **component** (built for `wasm32-wasip2`),
-//!   exporting the `keyferry:dataplane` WIT interfaces: traffic keys and MAC
-//!   keys imported from sealed blobs, record seal and open, KeyUpdate,
-//!   export and migration, and a self-check;
-//! - a plain **Rust library** with the same logic, free of WIT, so it is
-//!   unit-tested natively, so the host seals blobs with the one
-//!   implementation of the format, and so plugin authors can build their own
-//!   components on it.
-//!
-//! The modules are named after what they hold: [`record`] (TLS 1.3 and TLS
-//! 1.2 AEAD records), [`keyschedule`] (HKDF-Expand-Label and KeyUpdate),
-//! [`mac`] (HMAC keys), [`blob`] (the sealed key blob format), [`registry`]
-//! (single use and rollback checks), [`instance`] (one guest's keys),
-//! [`framing`] (record boundaries), [`connection`] (a connection's data
-//! plane), [`application`] (what a component does with the plaintext, and
-//! [`export_application!`] to build a component), [`http`] (the built-in
-//! HTTP/1.1 responder).
+//! The record core itself (records, key schedule, blobs, a connection's
+//! data plane) is `keyferry-record`, re-exported here under the same
+//! module names so an application needs this crate only. The modules of
+//! this crate are [`instance`] (one guest's keys), [`registry`] (single use
+//! and rollback checks), [`application`] and [`selfcheck`].
 #![no_std]
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
@@ -31,38 +28,20 @@ extern crate alloc;
 #[cfg_attr(test, macro_use)]
 extern crate std;
 
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub mod aes_gcm_simd128;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub mod aes_simd128;
 pub mod application;
-pub mod blob;
-pub mod blob_aead;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub mod chacha20_simd128;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub mod chacha20poly1305_simd128;
-pub mod cipher;
-pub mod connection;
-pub mod error;
-pub mod framing;
 pub mod front;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub mod ghash_simd128;
-pub mod http;
 pub mod instance;
-pub mod key_service;
-pub mod keyschedule;
-mod local;
-pub mod mac;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub mod poly1305_simd128;
-mod random;
-pub mod record;
 pub mod registry;
 pub mod selfcheck;
-pub mod suite;
-mod wit_enum;
+
+pub use keyferry_record::{
+    AeadAlgorithm, Alert, BlobError, ContentType, Direction, Error, KeyServiceError, MacAlgorithm,
+    ProtocolVersion, Result, UnusableReason,
+};
+pub use keyferry_record::{
+    blob, blob_aead, cipher, connection, error, framing, key_service, keyschedule, mac, record,
+    suite,
+};
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -248,12 +227,3 @@ mod component_runtime {
         ptr
     }
 }
-
-#[cfg(test)]
-mod testutil;
-
-// Only for its `precomputed-tables` feature (see Cargo.toml).
-use curve25519_dalek as _;
-
-pub use error::{Alert, BlobError, Error, KeyServiceError, Result, UnusableReason};
-pub use suite::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};

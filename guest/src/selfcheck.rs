@@ -1,8 +1,6 @@
 //! The self-check: known-answer vectors and round trips, run inside the
 //! sandbox by the component's `self-check` export (and natively by tests).
 
-pub(crate) mod vectors;
-
 use crate::blob;
 use crate::cipher;
 use crate::error::{Alert, BlobError, Error, UnusableReason};
@@ -12,18 +10,9 @@ use crate::mac;
 use crate::record::{TrafficKey, TrafficKeyMaterial};
 use crate::suite::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
 use alloc::{format, string::String, string::ToString, vec, vec::Vec};
-use vectors as v;
+use keyferry_record::vectors as v;
 
-/// Decodes lowercase or uppercase hex.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub use keyferry_record::vectors::unhex;
 
 fn hex(s: &str) -> Vec<u8> {
     unhex(s).unwrap_or_default()

@@ -10,8 +10,8 @@
 //! handles the events the guest surfaces, such as a client's session
 //! tickets, and checks everything the guest returns.
 
-use keyferry_guest::connection::{Closed, Event, Facts};
-use keyferry_guest::framing::count_records;
+use keyferry_record::connection::{Closed, Event, Facts};
+use keyferry_record::framing::count_records;
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use wasmtime::component::ResourceAny;

@@ -1,7 +1,7 @@
 //! The host library's error type, in the rustls style: one
 //! `#[non_exhaustive]` enum whose variants hold typed detail.
 //!
-//! Guest-reported errors keep their typed form ([`keyferry_guest::Error`])
+//! Guest-reported errors keep their typed form ([`keyferry_record::Error`])
 //! so callers can match on the TLS alert to send. wasmtime's errors stay
 //! attached as the [`source`](std::error::Error::source). Nothing here
 //! carries key material: the guest's errors never hold any, and host-side
@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-pub use keyferry_guest::{Alert, BlobError, KeyServiceError, UnusableReason};
+pub use keyferry_record::{Alert, BlobError, KeyServiceError, UnusableReason};
 
 /// Every way the host library can fail.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +18,7 @@ pub enum Error {
     /// The record layer or blob format refused the operation (in the guest,
     /// or natively when the host seals a blob).
     #[error(transparent)]
-    Record(#[from] keyferry_guest::Error),
+    Record(#[from] keyferry_record::Error),
     /// A guest broke the WIT contract, or lacks what was asked of it.
     #[error(transparent)]
     Guest(#[from] GuestError),
@@ -274,7 +274,7 @@ impl Error {
     /// failure is one of the peer's records.
     pub fn alert(&self) -> Option<Alert> {
         match self {
-            Self::Record(keyferry_guest::Error::Alert(a)) => Some(*a),
+            Self::Record(keyferry_record::Error::Alert(a)) => Some(*a),
             _ => None,
         }
     }

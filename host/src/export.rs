@@ -14,9 +14,9 @@
 use std::io;
 use std::sync::Mutex;
 
-use keyferry_guest::framing::{self, Frame, HEADER_LEN, MAX_CIPHERTEXT};
-use keyferry_guest::record::TrafficKeyMaterial;
-use keyferry_guest::{AeadAlgorithm, Direction, ProtocolVersion};
+use keyferry_record::framing::{self, Frame, HEADER_LEN, MAX_CIPHERTEXT};
+use keyferry_record::record::TrafficKeyMaterial;
+use keyferry_record::{AeadAlgorithm, Direction, ProtocolVersion};
 use rustls::{ConnectionTrafficSecrets, KeyLog, Side};
 use zeroize::Zeroizing;
 

@@ -13,10 +13,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use keyferry_guest::ContentType;
-use keyferry_guest::connection::{Facts, Role};
-use keyferry_guest::framing::{self, Frame, HEADER_LEN, MAX_PLAINTEXT};
-use keyferry_guest::record::{TrafficKey, TrafficKeyMaterial};
+use keyferry_record::ContentType;
+use keyferry_record::connection::{Facts, Role};
+use keyferry_record::framing::{self, Frame, HEADER_LEN, MAX_PLAINTEXT};
+use keyferry_record::record::{TrafficKey, TrafficKeyMaterial};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
@@ -228,7 +228,7 @@ impl Handshake {
         };
         let opens = TrafficKeyMaterial::from_tls13_secret(
             aead,
-            keyferry_guest::Direction::Open,
+            keyferry_record::Direction::Open,
             &secret,
             0,
             self.connection_id,
@@ -317,7 +317,7 @@ impl Handshake {
         let secret = self.log.server_traffic_secret()?;
         let material = TrafficKeyMaterial::from_tls13_secret(
             aead,
-            keyferry_guest::Direction::Seal,
+            keyferry_record::Direction::Seal,
             &secret,
             0,
             self.connection_id,
@@ -584,8 +584,8 @@ fn facts(
     connection_id: u64,
 ) -> Result<Facts> {
     let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => keyferry_guest::ProtocolVersion::Tls13,
-        Some(rustls::ProtocolVersion::TLSv1_2) => keyferry_guest::ProtocolVersion::Tls12,
+        Some(rustls::ProtocolVersion::TLSv1_3) => keyferry_record::ProtocolVersion::Tls13,
+        Some(rustls::ProtocolVersion::TLSv1_2) => keyferry_record::ProtocolVersion::Tls12,
         _ => return Err(HandshakeError::Export("unsupported protocol version").into()),
     };
     let suite = conn
@@ -630,8 +630,8 @@ impl ResolvesServerCert for SniSlot {
 }
 
 /// The AEAD of a TLS 1.3 suite.
-fn tls13_aead(suite: rustls::SupportedCipherSuite) -> Option<keyferry_guest::AeadAlgorithm> {
-    use keyferry_guest::AeadAlgorithm;
+fn tls13_aead(suite: rustls::SupportedCipherSuite) -> Option<keyferry_record::AeadAlgorithm> {
+    use keyferry_record::AeadAlgorithm;
     match suite.suite() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => Some(AeadAlgorithm::Aes128Gcm),
         rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => Some(AeadAlgorithm::Aes256Gcm),

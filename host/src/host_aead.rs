@@ -18,9 +18,9 @@
 
 use std::mem::MaybeUninit;
 
-use keyferry_guest::AeadAlgorithm;
-use keyferry_guest::blob_aead::{self, BlobAead, Failed};
-use keyferry_guest::cipher::{NONCE_LEN, TAG_LEN};
+use keyferry_record::AeadAlgorithm;
+use keyferry_record::blob_aead::{self, BlobAead, Failed};
+use keyferry_record::cipher::{NONCE_LEN, TAG_LEN};
 use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag};
 
 /// A keyed AEAD, wiped on drop. No `Clone`, no `Debug`.
@@ -199,7 +199,7 @@ mod tests {
         ] {
             let key: Vec<u8> = (0..key_len).map(|i| i as u8 * 7 + 1).collect();
             let host = HostAead::new(algorithm, &key).unwrap();
-            let guest = keyferry_guest::cipher::RecordCipher::new(algorithm, &key).unwrap();
+            let guest = keyferry_record::cipher::RecordCipher::new(algorithm, &key).unwrap();
             let nonce = [9u8; NONCE_LEN];
             for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 1000, 16 * 1024 + 1] {
                 let plain: Vec<u8> = (0..len).map(|i| (i * 31 + 1) as u8).collect();

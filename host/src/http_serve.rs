@@ -269,7 +269,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
         |mut cx: StoreContextMut<'_, StoreState>, (records,): (Vec<u8>,)| {
             // Whole records, checked as every record a guest hands over is.
             if let Some(s) = state(&mut cx)
-                && keyferry_guest::framing::count_records(&records).is_some()
+                && keyferry_record::framing::count_records(&records).is_some()
             {
                 s.armed = Some(records);
             }

@@ -7,10 +7,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use keyferry_guest::blob::{self, PUBLIC_KEY_LEN, WrappingSecret};
-use keyferry_guest::framing::count_records;
-use keyferry_guest::record::{HEADER_LEN, MAX_PLAINTEXT, TrafficKeyMaterial};
-use keyferry_guest::{AeadAlgorithm, ContentType, MacAlgorithm};
+use keyferry_record::blob::{self, PUBLIC_KEY_LEN, WrappingSecret};
+use keyferry_record::framing::count_records;
+use keyferry_record::record::{HEADER_LEN, MAX_PLAINTEXT, TrafficKeyMaterial};
+use keyferry_record::{AeadAlgorithm, ContentType, MacAlgorithm};
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
@@ -87,7 +87,7 @@ pub struct MacKeyHandle {
     instance: u64,
 }
 
-pub use keyferry_guest::record::TrafficKeyState;
+pub use keyferry_record::record::TrafficKeyState;
 
 /// What an instance exports: every component's `connection`, and the
 /// reference component's key-level interfaces.
@@ -315,7 +315,7 @@ impl GuestInstance {
     /// instance a fresh wrapping secret first if its epoch has none yet.
     fn wrap(
         &self,
-        wrap: impl FnOnce(&WrappingSecret) -> keyferry_guest::Result<Vec<u8>>,
+        wrap: impl FnOnce(&WrappingSecret) -> keyferry_record::Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
         let mut epoch = self.epoch();
         self.ensure_wrapping(&mut epoch)?;
@@ -388,7 +388,7 @@ impl GuestInstance {
     }
 
     /// Seals a MAC key to this instance.
-    pub fn seal_mac_key(&self, key: &keyferry_guest::mac::MacKey) -> Result<Vec<u8>> {
+    pub fn seal_mac_key(&self, key: &keyferry_record::mac::MacKey) -> Result<Vec<u8>> {
         self.wrap(|secret| blob::wrap_mac_key(secret, key))
     }
 
@@ -814,7 +814,7 @@ mod tests {
     fn material(secret: u8) -> TrafficKeyMaterial {
         TrafficKeyMaterial::from_tls13_secret(
             AeadAlgorithm::ChaCha20Poly1305,
-            keyferry_guest::Direction::Seal,
+            keyferry_record::Direction::Seal,
             &[secret; 32],
             0,
             u64::from(secret),

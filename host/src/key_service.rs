@@ -14,12 +14,13 @@
 //! change them under the AEAD. Every call counts what it read and returned
 //! ([`crate::HostKeyStore::traffic`]).
 
-use keyferry_guest::KeyServiceError;
-use keyferry_guest::framing::count_records;
-use keyferry_guest::key_service::KeyService;
-use keyferry_guest::record::HEADER_LEN;
+use keyferry_record::framing::count_records;
+use keyferry_record::key_service::KeyService;
+use keyferry_record::record::HEADER_LEN;
+use keyferry_record::{KeyPosition, KeyServiceError};
 use wasmtime::component::{Linker, WasmList};
 
+use crate::bindings::keyferry::dataplane::key_service::KeyPosition as WitPosition;
 use crate::bindings::keyferry::dataplane::types as wit;
 use crate::sandbox::{HeldRecords, StoreState};
 
@@ -34,21 +35,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     let mut instance = linker.instance(INTERFACE)?;
     instance.func_wrap(
         "seal-record",
-        |cx,
-         (key_ref, generation, sequence, aad, plaintext): (
-            u64,
-            u32,
-            u64,
-            WasmList<u8>,
-            WasmList<u8>,
-        )|
-         -> Reply<Vec<u8>> {
+        |cx, (at, aad, plaintext): (WitPosition, WasmList<u8>, WasmList<u8>)| -> Reply<Vec<u8>> {
             let state: &StoreState = cx.data();
             let (aad, plaintext) = (aad.as_le_slice(&cx), plaintext.as_le_slice(&cx));
             let sealed = state
                 .keys
                 .bound(state.id)
-                .seal_record(key_ref, generation, sequence, aad, plaintext);
+                .seal_record(at.into(), aad, plaintext);
             state.keys.count_traffic(
                 aad.len() + plaintext.len(),
                 sealed.as_ref().map_or(0, Vec::len),
@@ -59,10 +52,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     instance.func_wrap(
         "seal-payload",
         |cx,
-         (key_ref, generation, sequence, content_type, payload, padding): (
-            u64,
-            u32,
-            u64,
+         (at, content_type, payload, padding): (
+            WitPosition,
             wit::ContentType,
             WasmList<u8>,
             u16,
@@ -71,9 +62,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
             let state: &StoreState = cx.data();
             let payload = payload.as_le_slice(&cx);
             let sealed = state.keys.bound(state.id).seal_payload(
-                key_ref,
-                generation,
-                sequence,
+                at.into(),
                 content_type.into(),
                 payload,
                 usize::from(padding),
@@ -87,10 +76,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     instance.func_wrap(
         "seal-held",
         |mut cx,
-         (key_ref, generation, sequence, content_type, payload, padding): (
-            u64,
-            u32,
-            u64,
+         (at, content_type, payload, padding): (
+            WitPosition,
             wit::ContentType,
             WasmList<u8>,
             u16,
@@ -108,9 +95,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
                 let result = state.keys.seal_payload_into(
                     &mut sealed,
                     Some(state.id),
-                    key_ref,
-                    generation,
-                    sequence,
+                    at.into(),
                     content_type.into(),
                     payload,
                     usize::from(padding),
@@ -128,23 +113,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     )?;
     instance.func_wrap(
         "open-held",
-        |mut cx,
-         (key_ref, generation, sequence, aad): (u64, u32, u64, WasmList<u8>)|
-         -> Reply<Vec<u8>> {
+        |mut cx, (at, aad): (WitPosition, WasmList<u8>)| -> Reply<Vec<u8>> {
             // Single use: a second open in the same call finds nothing.
             let record = cx.data_mut().held.to_open.take();
             let state: &StoreState = cx.data();
             let opened = match record.as_deref().and_then(|r| r.get(HEADER_LEN..)) {
                 Some(body) => {
                     let aad = aad.as_le_slice(&cx);
-                    let opened = state.keys.open_from(
-                        Some(state.id),
-                        key_ref,
-                        generation,
-                        sequence,
-                        aad,
-                        body,
-                    );
+                    let opened = state.keys.open_from(Some(state.id), at.into(), aad, body);
                     state.keys.count_held(body.len());
                     state
                         .keys
@@ -158,21 +134,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     )?;
     instance.func_wrap(
         "open-record",
-        |cx,
-         (key_ref, generation, sequence, aad, body): (
-            u64,
-            u32,
-            u64,
-            WasmList<u8>,
-            WasmList<u8>,
-        )|
-         -> Reply<Vec<u8>> {
+        |cx, (at, aad, body): (WitPosition, WasmList<u8>, WasmList<u8>)| -> Reply<Vec<u8>> {
             let state: &StoreState = cx.data();
             let (aad, body) = (aad.as_le_slice(&cx), body.as_le_slice(&cx));
-            let opened = state
-                .keys
-                .bound(state.id)
-                .open_record(key_ref, generation, sequence, aad, body);
+            let opened = state.keys.bound(state.id).open_record(at.into(), aad, body);
             state
                 .keys
                 .count_traffic(aad.len() + body.len(), opened.as_ref().map_or(0, Vec::len));
@@ -188,4 +153,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
         },
     )?;
     Ok(())
+}
+
+impl From<WitPosition> for KeyPosition {
+    fn from(at: WitPosition) -> Self {
+        Self {
+            key_ref: at.key_ref,
+            generation: at.generation,
+            sequence: at.sequence,
+        }
+    }
 }

@@ -20,11 +20,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keyferry_guest::cipher::{NONCE_LEN, TAG_LEN};
-use keyferry_guest::key_service::KeyService;
-use keyferry_guest::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
-use keyferry_guest::record::{SealParams, TrafficKeyMaterial, explicit_nonce_len, xor_nonce};
-use keyferry_guest::{AeadAlgorithm, ContentType, Direction, KeyServiceError, ProtocolVersion};
+use keyferry_record::cipher::{NONCE_LEN, TAG_LEN};
+use keyferry_record::key_service::{KeyPosition, KeyService};
+use keyferry_record::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
+use keyferry_record::record::{SealParams, TrafficKeyMaterial, explicit_nonce_len, xor_nonce};
+use keyferry_record::{AeadAlgorithm, ContentType, Direction, KeyServiceError, ProtocolVersion};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -192,18 +192,16 @@ impl HostKeyStore {
     fn seal_from(
         &self,
         caller: Option<u64>,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        if plaintext.len() > keyferry_guest::record::MAX_INNER_PLAINTEXT || aad.len() > 13 {
+        if plaintext.len() > keyferry_record::record::MAX_INNER_PLAINTEXT || aad.len() > 13 {
             return Err(KeyServiceError::InvalidArgument);
         }
         let mut keys = self.lock();
-        let key = Self::seal_key(&mut keys, caller, key_ref, generation, sequence)?;
-        let nonce = xor_nonce(&key.iv, sequence);
+        let key = Self::seal_key(&mut keys, caller, at)?;
+        let nonce = xor_nonce(&key.iv, at.sequence);
         let explicit = explicit_nonce_len(key.version, key.aead);
         let mut body = Vec::with_capacity(explicit + plaintext.len() + TAG_LEN);
         body.extend_from_slice(&nonce[NONCE_LEN - explicit..]);
@@ -221,48 +219,27 @@ impl HostKeyStore {
     /// one buffer of the record's size: laid out by the record layer's own
     /// [`SealParams`], sealed in place. `caller` as for
     /// [`Self::seal_from`].
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the WIT function's arguments, plus the caller"
-    )]
     fn seal_payload_from(
         &self,
         caller: Option<u64>,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         content_type: ContentType,
         payload: &[u8],
         padding: usize,
     ) -> Result<Vec<u8>, KeyServiceError> {
         let mut record = Vec::new();
-        self.seal_payload_into(
-            &mut record,
-            caller,
-            key_ref,
-            generation,
-            sequence,
-            content_type,
-            payload,
-            padding,
-        )?;
+        self.seal_payload_into(&mut record, caller, at, content_type, payload, padding)?;
         Ok(record)
     }
 
     /// [`Self::seal_payload_from`], appending the record to `out` (the
     /// `seal-held` import's held records) and returning its length. On an
     /// error `out` is as it was.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the WIT function's arguments, plus the caller and the output"
-    )]
     pub(crate) fn seal_payload_into(
         &self,
         out: &mut Vec<u8>,
         caller: Option<u64>,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         content_type: ContentType,
         payload: &[u8],
         padding: usize,
@@ -272,19 +249,19 @@ impl HostKeyStore {
         // number. Only a holder learns how a key frames (anyone else gets
         // unknown-key, as from `seal_key`).
         let framing = keys
-            .get(&key_ref)
+            .get(&at.key_ref)
             .filter(|key| held_by(key, caller))
             .map(|key| SealParams {
                 version: key.version,
                 aead: key.aead,
                 iv: &[0; IV_LEN],
-                sequence,
+                sequence: at.sequence,
             })
             .ok_or(KeyServiceError::UnknownKey)?;
         let len = framing
             .record_len(payload.len(), padding)
             .map_err(|_| KeyServiceError::InvalidArgument)?;
-        let key = Self::seal_key(&mut keys, caller, key_ref, generation, sequence)?;
+        let key = Self::seal_key(&mut keys, caller, at)?;
         let start = out.len();
         let sealed = SealParams {
             iv: &key.iv,
@@ -293,7 +270,7 @@ impl HostKeyStore {
         .append(out, content_type, payload, padding, |nonce, aad, text| {
             key.cipher
                 .seal_in_place(nonce, aad, text)
-                .map_err(|_| keyferry_guest::Error::KeyService(KeyServiceError::InvalidArgument))
+                .map_err(|_| keyferry_record::Error::KeyService(KeyServiceError::InvalidArgument))
         });
         if sealed.is_err() || out.len() - start != len {
             out.truncate(start);
@@ -302,29 +279,27 @@ impl HostKeyStore {
         Ok(len)
     }
 
-    /// The seal key `key_ref`, if `caller` holds it at `generation` and may
-    /// seal at `sequence`; the sequence is then spent.
+    /// The seal key at `at`, if `caller` holds it at that generation and
+    /// may seal at that sequence; the sequence is then spent.
     fn seal_key(
         keys: &mut HashMap<u64, HostKey>,
         caller: Option<u64>,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
     ) -> Result<&HostKey, KeyServiceError> {
         let key = keys
-            .get_mut(&key_ref)
+            .get_mut(&at.key_ref)
             .filter(|key| held_by(key, caller))
             .ok_or(KeyServiceError::UnknownKey)?;
-        if key.direction != Direction::Seal || key.generation != generation {
+        if key.direction != Direction::Seal || key.generation != at.generation {
             return Err(KeyServiceError::UnknownKey);
         }
-        if sequence < key.next_seal || sequence == u64::MAX {
+        if at.sequence < key.next_seal || at.sequence == u64::MAX {
             return Err(KeyServiceError::SequenceReused);
         }
-        if key.aead.is_aes_gcm() && sequence >= AES_GCM_USAGE_LIMIT {
+        if key.aead.is_aes_gcm() && at.sequence >= AES_GCM_USAGE_LIMIT {
             return Err(KeyServiceError::Exhausted);
         }
-        key.next_seal = sequence + 1;
+        key.next_seal = at.sequence + 1;
         Ok(key)
     }
 
@@ -335,18 +310,16 @@ impl HostKeyStore {
     pub(crate) fn open_from(
         &self,
         caller: Option<u64>,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
         let keys = self.lock();
         let key = keys
-            .get(&key_ref)
+            .get(&at.key_ref)
             .filter(|key| held_by(key, caller))
             .ok_or(KeyServiceError::UnknownKey)?;
-        if key.direction != Direction::Open || key.generation != generation {
+        if key.direction != Direction::Open || key.generation != at.generation {
             return Err(KeyServiceError::UnknownKey);
         }
         let explicit = explicit_nonce_len(key.version, key.aead);
@@ -359,7 +332,7 @@ impl HostKeyStore {
             n[4..].copy_from_slice(&body[..explicit]);
             n
         } else {
-            xor_nonce(&key.iv, sequence)
+            xor_nonce(&key.iv, at.sequence)
         };
         let (text, tag) = body[explicit..].split_at(body.len() - explicit - TAG_LEN);
         let mut plain = text.to_vec();
@@ -459,48 +432,31 @@ pub(crate) struct Bound<'a> {
 impl KeyService for Bound<'_> {
     fn seal_record(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        let holder = Some(self.holder);
-        self.store
-            .seal_from(holder, key_ref, generation, sequence, aad, plaintext)
+        self.store.seal_from(Some(self.holder), at, aad, plaintext)
     }
 
     fn seal_payload(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         content_type: ContentType,
         payload: &[u8],
         padding: usize,
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.store.seal_payload_from(
-            Some(self.holder),
-            key_ref,
-            generation,
-            sequence,
-            content_type,
-            payload,
-            padding,
-        )
+        self.store
+            .seal_payload_from(Some(self.holder), at, content_type, payload, padding)
     }
 
     fn open_record(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        let holder = Some(self.holder);
-        self.store
-            .open_from(holder, key_ref, generation, sequence, aad, body)
+        self.store.open_from(Some(self.holder), at, aad, body)
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
@@ -513,44 +469,30 @@ impl KeyService for Bound<'_> {
 impl KeyService for HostKeyStore {
     fn seal_record(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.seal_from(None, key_ref, generation, sequence, aad, plaintext)
+        self.seal_from(None, at, aad, plaintext)
     }
 
     fn seal_payload(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         content_type: ContentType,
         payload: &[u8],
         padding: usize,
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.seal_payload_from(
-            None,
-            key_ref,
-            generation,
-            sequence,
-            content_type,
-            payload,
-            padding,
-        )
+        self.seal_payload_from(None, at, content_type, payload, padding)
     }
 
     fn open_record(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError> {
-        self.open_from(None, key_ref, generation, sequence, aad, body)
+        self.open_from(None, at, aad, body)
     }
 
     fn update(&self, key_ref: u64, generation: u32) -> Result<(), KeyServiceError> {
@@ -580,8 +522,17 @@ impl KeyService for HostKeyStore {
 
 #[cfg(test)]
 mod tests {
+    /// A position for the tests' calls.
+    pub(super) const fn at(key_ref: u64, generation: u32, sequence: u64) -> KeyPosition {
+        KeyPosition {
+            key_ref,
+            generation,
+            sequence,
+        }
+    }
+
     use super::*;
-    use keyferry_guest::record::{MAX_PLAINTEXT, TrafficKey};
+    use keyferry_record::record::{MAX_PLAINTEXT, TrafficKey};
 
     fn leak(store: HostKeyStore) -> &'static HostKeyStore {
         Box::leak(Box::new(store))
@@ -742,15 +693,15 @@ mod tests {
         let ct = ContentType::ApplicationData;
         for (payload, padding) in [(&b"x"[..], 1), (&[0; MAX_PLAINTEXT + 1][..], 0)] {
             assert_eq!(
-                store.seal_payload(key_ref, 0, 3, ct, payload, padding),
+                store.seal_payload(at(key_ref, 0, 3), ct, payload, padding),
                 Err(KeyServiceError::InvalidArgument)
             );
         }
-        let record = store.seal_payload(key_ref, 0, 3, ct, b"x", 0).unwrap();
+        let record = store.seal_payload(at(key_ref, 0, 3), ct, b"x", 0).unwrap();
         assert_eq!(record[..5], [23, 3, 3, 0, 8 + 1 + 16]);
         assert_eq!(record[5..13], xor_nonce(&[2; 12], 3)[4..]);
         assert_eq!(
-            store.seal_payload(key_ref, 0, 3, ct, b"x", 0),
+            store.seal_payload(at(key_ref, 0, 3), ct, b"x", 0),
             Err(KeyServiceError::SequenceReused)
         );
     }
@@ -768,25 +719,25 @@ mod tests {
         .unwrap();
         let key_ref = store.insert(m).unwrap().host_key_ref.unwrap();
         store
-            .seal_record(key_ref, 0, 10, &[23, 3, 3, 0, 20], b"abcd")
+            .seal_record(at(key_ref, 0, 10), &[23, 3, 3, 0, 20], b"abcd")
             .unwrap();
         assert_eq!(
-            store.seal_record(key_ref, 0, 10, &[23, 3, 3, 0, 20], b"abcd"),
+            store.seal_record(at(key_ref, 0, 10), &[23, 3, 3, 0, 20], b"abcd"),
             Err(KeyServiceError::SequenceReused)
         );
         assert_eq!(
-            store.seal_record(key_ref, 0, 9, &[23, 3, 3, 0, 20], b"abcd"),
+            store.seal_record(at(key_ref, 0, 9), &[23, 3, 3, 0, 20], b"abcd"),
             Err(KeyServiceError::SequenceReused)
         );
         assert_eq!(
-            store.seal_record(key_ref, 1, 11, &[23, 3, 3, 0, 20], b"abcd"),
+            store.seal_record(at(key_ref, 1, 11), &[23, 3, 3, 0, 20], b"abcd"),
             Err(KeyServiceError::UnknownKey)
         );
         store
-            .seal_record(key_ref, 0, 11, &[23, 3, 3, 0, 20], b"abcd")
+            .seal_record(at(key_ref, 0, 11), &[23, 3, 3, 0, 20], b"abcd")
             .unwrap();
         assert_eq!(
-            store.open_record(key_ref, 0, 0, &[], &[0; 32]),
+            store.open_record(at(key_ref, 0, 0), &[], &[0; 32]),
             Err(KeyServiceError::UnknownKey)
         );
     }
@@ -794,11 +745,12 @@ mod tests {
 
 #[cfg(test)]
 mod binding_tests {
-    use keyferry_guest::key_service::KeyService;
-    use keyferry_guest::record::TrafficKeyMaterial;
-    use keyferry_guest::{AeadAlgorithm, ContentType, Direction, KeyServiceError};
+    use keyferry_record::key_service::KeyService;
+    use keyferry_record::record::TrafficKeyMaterial;
+    use keyferry_record::{AeadAlgorithm, ContentType, Direction, KeyServiceError};
 
     use super::AES_GCM_USAGE_LIMIT;
+    use super::tests::at;
     use crate::{GuestComponent, GuestEngine, SandboxConfig};
 
     const AAD: [u8; 5] = [23, 3, 3, 0, 18];
@@ -833,13 +785,13 @@ mod binding_tests {
         assert_eq!(
             store
                 .bound(c.store_id())
-                .seal_record(key_ref, 0, 100, &AAD, b"x"),
+                .seal_record(at(key_ref, 0, 100), &AAD, b"x"),
             Err(KeyServiceError::UnknownKey)
         );
         let outsider = store.bound(c.store_id());
         for padding in [0, 1 << 15] {
             assert_eq!(
-                outsider.seal_payload(key_ref, 0, 100, ContentType::Alert, b"x", padding),
+                outsider.seal_payload(at(key_ref, 0, 100), ContentType::Alert, b"x", padding),
                 Err(KeyServiceError::UnknownKey)
             );
         }
@@ -854,7 +806,7 @@ mod binding_tests {
         assert_eq!(
             store
                 .bound(a.store_id())
-                .seal_record(key_ref, 0, u64::MAX - 1, &AAD, b"x"),
+                .seal_record(at(key_ref, 0, u64::MAX - 1), &AAD, b"x"),
             Err(KeyServiceError::UnknownKey)
         );
         assert_eq!(
@@ -868,14 +820,14 @@ mod binding_tests {
         }
         // An export to a recipient that is no instance here revokes it.
         let elsewhere = crate::ExchangeKey {
-            id: keyferry_guest::blob::key_id(&[9; 32]),
+            id: keyferry_record::blob::key_id(&[9; 32]),
             public_key: [9; 32],
         };
         b.export_traffic_key(moved, &elsewhere).unwrap();
         assert_eq!(
             store
                 .bound(b.store_id())
-                .seal_record(key_ref, 0, 1000, &AAD, b"x"),
+                .seal_record(at(key_ref, 0, 1000), &AAD, b"x"),
             Err(KeyServiceError::UnknownKey)
         );
         assert!(store.remove(key_ref));
@@ -894,10 +846,10 @@ mod binding_tests {
         .unwrap();
         let key_ref = store.insert(material).unwrap().host_key_ref.unwrap();
         store
-            .seal_record(key_ref, 0, AES_GCM_USAGE_LIMIT - 1, &AAD, b"x")
+            .seal_record(at(key_ref, 0, AES_GCM_USAGE_LIMIT - 1), &AAD, b"x")
             .expect("the last record under the limit");
         assert_eq!(
-            store.seal_record(key_ref, 0, AES_GCM_USAGE_LIMIT, &AAD, b"x"),
+            store.seal_record(at(key_ref, 0, AES_GCM_USAGE_LIMIT), &AAD, b"x"),
             Err(KeyServiceError::Exhausted)
         );
     }

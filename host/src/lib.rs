@@ -2,7 +2,7 @@
 //!
 //! The trusted host runs the TLS handshake with rustls and keeps the
 //! long-term private key. It exports each traffic key, with its exact
-//! state, as a sealed blob ([`keyferry_guest::blob`]), wipes its own copy,
+//! state, as a sealed blob ([`keyferry_record::blob`]), wipes its own copy,
 //! and hands the blob to a WebAssembly guest, which protects and opens
 //! records inside the sandbox. This is Windows Schannel's split
 //! (CryptExportKey / CryptImportKey of OPAQUEKEYBLOBs between the LSA and
@@ -72,7 +72,7 @@ pub use engine::{GuestEngine, SandboxConfig};
 pub use error::{Error, Result, TrapKind};
 pub use host_aead::install_blob_aead;
 pub use instance::{ExchangeKey, GuestInstance, MacKeyHandle, TrafficKeyHandle, TrafficKeyState};
-pub use keyferry_guest::record::TrafficKeyMaterial;
-pub use keyferry_guest::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
+pub use keyferry_record::record::TrafficKeyMaterial;
+pub use keyferry_record::{AeadAlgorithm, ContentType, Direction, MacAlgorithm, ProtocolVersion};
 pub use keystore::{HostKeyStore, KeyServiceTraffic};
 pub use sandbox::ExecutionBound;

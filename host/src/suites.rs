@@ -2,7 +2,7 @@
 //! speaks, its IANA name and the rustls suite that negotiates it. TLS
 //! configuration, the benchmarks and the tests all read it.
 
-use keyferry_guest::{AeadAlgorithm, ProtocolVersion};
+use keyferry_record::{AeadAlgorithm, ProtocolVersion};
 use rustls::SupportedCipherSuite;
 use rustls::crypto::ring::cipher_suite as cs;
 

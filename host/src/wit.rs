@@ -1,13 +1,13 @@
 //! Conversions between the one set of generated WIT types
 //! ([`crate::bindings`]) and the record layer's own types, which the
 //! library's API speaks. The value types' mappings come from
-//! [`keyferry_guest::wit_conversions!`], shared with the guest glue; only
+//! [`keyferry_record::wit_conversions!`], shared with the guest glue; only
 //! the error, whose host form differs, is mapped here.
 
 use crate::bindings::keyferry::dataplane::types as wit;
 use crate::error::{Error, GuestError};
 
-keyferry_guest::wit_conversions!(wit);
+keyferry_record::wit_conversions!(wit);
 
 /// A guest's text, made safe for a log line: no control characters (no
 /// forged lines), at most 200 characters.
@@ -17,7 +17,7 @@ pub(crate) fn guest_text(text: &str) -> String {
 
 impl From<wit::Error> for Error {
     fn from(e: wit::Error) -> Self {
-        use keyferry_guest::Error as G;
+        use keyferry_record::Error as G;
         Error::Record(match e {
             wit::Error::Blob(b) => G::Blob(b.into()),
             wit::Error::Alert(a) => G::Alert(a.into()),

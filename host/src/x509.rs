@@ -3,7 +3,7 @@
 //! verified (or the server's, on a client) is read; a certificate the
 //! parser refuses still gets its fingerprint.
 
-use keyferry_guest::connection::PeerCertificate;
+use keyferry_record::connection::PeerCertificate;
 use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 use x509_parser::objects::{oid_registry, oid2sn};

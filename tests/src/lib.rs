@@ -243,7 +243,7 @@ pub fn handshake_and_export(
 
 /// Splits wire bytes into whole records.
 pub fn split_records(mut bytes: &[u8]) -> Vec<Vec<u8>> {
-    use keyferry_guest::framing::{Frame, next_record};
+    use keyferry_record::framing::{Frame, next_record};
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let Frame::Record(len) = next_record(bytes) else {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use keyferry::dataplane::DataPlane;
 use keyferry::handshake::Handshake;
-use keyferry_guest::Alert;
-use keyferry_guest::connection::Closed;
+use keyferry_record::Alert;
+use keyferry_record::connection::Closed;
 use keyferry_tests::handoff::{configs, connect, drain, feed_peer, peer_to_plane, run};
 use keyferry_tests::{Role, all_suites, guest};
 use rustls::pki_types::ServerName;

@@ -122,6 +122,6 @@ fn guest_seals_tls13_padding_that_rustls_strips() {
         .seal(&link.seal, ContentType::ApplicationData, &[0; 16384], 1);
     assert_eq!(
         overflow.unwrap_err().alert(),
-        Some(keyferry_guest::Alert::RecordOverflow)
+        Some(keyferry_record::Alert::RecordOverflow)
     );
 }

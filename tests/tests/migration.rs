@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use keyferry::{AeadAlgorithm, ContentType, Error, ProtocolVersion};
-use keyferry_guest::{BlobError, Error as RecordError};
+use keyferry_record::{BlobError, Error as RecordError};
 use keyferry_tests::{
     Link, Role, all_suites, fixture, guest, guest_with_host_keys, handshake_and_export,
     handshake_into,
@@ -169,7 +169,7 @@ fn a_tampered_record_held_in_the_host_fails_and_ends_the_key() {
             matches!(
                 link.guest.open(&link.open, &wire),
                 Err(Error::Record(RecordError::Alert(
-                    keyferry_guest::Alert::BadRecordMac
+                    keyferry_record::Alert::BadRecordMac
                 )))
             ),
             "{ctx}"

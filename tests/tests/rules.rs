@@ -3,10 +3,10 @@
 //! says it should.
 
 use keyferry::{AeadAlgorithm, ContentType, Direction, Error, ProtocolVersion, TrafficKeyMaterial};
-use keyferry_guest::cipher::RecordCipher;
-use keyferry_guest::mac::MacKey;
-use keyferry_guest::record::xor_nonce;
-use keyferry_guest::{Alert, BlobError, Error as RecordError, MacAlgorithm, UnusableReason};
+use keyferry_record::cipher::RecordCipher;
+use keyferry_record::mac::MacKey;
+use keyferry_record::record::xor_nonce;
+use keyferry_record::{Alert, BlobError, Error as RecordError, MacAlgorithm, UnusableReason};
 use keyferry_tests::guest;
 
 const SECRET: [u8; 32] = [0x42; 32];
@@ -122,7 +122,7 @@ fn tampered_truncated_and_misaddressed_blobs_are_refused() {
 
 #[test]
 fn version_1_blobs_sealed_with_hpke_still_import_once_and_only_where_addressed() {
-    use keyferry_guest::blob;
+    use keyferry_record::blob;
     let g = guest();
     let exchange = g.exchange_key().unwrap();
     let v1 =
@@ -172,14 +172,14 @@ fn inconsistent_state_is_refused() {
     m.iv[0] ^= 1; // no longer derives from the secret
     assert_eq!(blob_error(g.seal_traffic_key(&m)), BlobError::InvalidState);
     let recipient = g.exchange_key().unwrap().public_key;
-    let sealed = keyferry_guest::blob::seal_traffic_key(&recipient, &m).unwrap();
+    let sealed = keyferry_record::blob::seal_traffic_key(&recipient, &m).unwrap();
     assert_eq!(
         blob_error(g.import_traffic_key(&sealed)),
         BlobError::InvalidState
     );
     // The same material with its IV put back imports through both ways.
     m.iv[0] ^= 1;
-    g.import_traffic_key(&keyferry_guest::blob::seal_traffic_key(&recipient, &m).unwrap())
+    g.import_traffic_key(&keyferry_record::blob::seal_traffic_key(&recipient, &m).unwrap())
         .unwrap();
     let m = material(Direction::Open, 0, 1);
     g.import_traffic_key(&g.seal_traffic_key(&m).unwrap())

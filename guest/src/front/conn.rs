@@ -15,7 +15,7 @@ use super::codec::{
 use crate::application::{Application, Reply, SharedSession};
 use crate::bindings::keyferry::dataplane::transport as host;
 use crate::connection::Facts;
-use crate::local::instance_local;
+use keyferry_record::instance_local;
 
 /// The most ciphertext one read asks the host for: a few whole records.
 const READ_MAX: u32 = 64 * 1024;

@@ -18,9 +18,9 @@ use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Mutex, PoisonError};
 
-use keyferry_guest::ProtocolVersion;
-use keyferry_guest::blob::{ENC_LEN, PUBLIC_KEY_LEN};
-use keyferry_guest::connection::{Facts, PeerCertificate, Role};
+use keyferry_record::ProtocolVersion;
+use keyferry_record::blob::{ENC_LEN, PUBLIC_KEY_LEN};
+use keyferry_record::connection::{Facts, PeerCertificate, Role};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -216,7 +216,7 @@ impl FromWorker {
                     .map_err(|_| ChannelError::Truncated)?;
                 Self::Hello {
                     exchange: ExchangeKey {
-                        id: keyferry_guest::blob::key_id(&public_key),
+                        id: keyferry_record::blob::key_id(&public_key),
                         public_key,
                     },
                 }
@@ -761,7 +761,7 @@ mod tests {
 
         let hello = FromWorker::Hello {
             exchange: ExchangeKey {
-                id: keyferry_guest::blob::key_id(&[9; 32]),
+                id: keyferry_record::blob::key_id(&[9; 32]),
                 public_key: [9; 32],
             },
         };

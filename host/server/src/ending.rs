@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keyferry_guest::connection::Closed;
+use keyferry_record::connection::Closed;
 
 use keyferry::error::{Error, TrapKind};
 

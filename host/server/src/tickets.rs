@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::sync::RwLock;
 
-use keyferry_guest::AeadAlgorithm;
-use keyferry_guest::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
+use keyferry_record::AeadAlgorithm;
+use keyferry_record::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
 use rustls::server::ProducesTickets;
 
 use keyferry::error::{ConfigError, Result};

@@ -18,8 +18,8 @@ use rustix::thread::{CapabilitySet, CapabilitySets};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
-use keyferry_guest::blob::{ExchangeKeyPair, SessionReceiver};
-use keyferry_guest::record::TrafficKeyMaterial;
+use keyferry_record::blob::{ExchangeKeyPair, SessionReceiver};
+use keyferry_record::record::TrafficKeyMaterial;
 
 use crate::channel::{Assignment, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker};
 use crate::ending::ConnectionOutcome;

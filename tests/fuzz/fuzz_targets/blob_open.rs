@@ -9,8 +9,8 @@ use std::sync::{Mutex, OnceLock};
 
 use arbitrary::Arbitrary;
 use keyferry_fuzz::{material, suite};
-use keyferry_guest::Direction;
-use keyferry_guest::blob::{
+use keyferry_record::Direction;
+use keyferry_record::blob::{
     self, ExchangeKeyPair, Recipient, SessionReceiver, SessionSender, WrappingSecret,
 };
 use libfuzzer_sys::fuzz_target;
@@ -110,11 +110,11 @@ fuzz_target!(|input: Input| {
     let _ = blob::peek_header(&bytes);
     for r in recipients {
         if let Ok((_, m)) = blob::open_traffic_key(r, &bytes) {
-            let _ = keyferry_guest::record::TrafficKey::from_material(m, None);
+            let _ = keyferry_record::record::TrafficKey::from_material(m, None);
         }
         let _ = blob::open_mac_key(r, &bytes);
     }
     if let Ok((_, m)) = session().lock().unwrap().1.open_traffic_key(&bytes) {
-        let _ = keyferry_guest::record::TrafficKey::from_material(m, None);
+        let _ = keyferry_record::record::TrafficKey::from_material(m, None);
     }
 });

@@ -8,7 +8,7 @@
 
 use arbitrary::Arbitrary;
 use keyferry_fuzz::{server_and_peer, suite};
-use keyferry_guest::ContentType;
+use keyferry_record::ContentType;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -123,7 +123,7 @@ fuzz_target!(|input: Input| {
     // Everything the connection sent is well-formed records the peer's
     // key opens, in order, until an alert or a KeyUpdate it cannot follow.
     let mut rest = &to_peer[..];
-    while let keyferry_guest::framing::Frame::Record(n) = keyferry_guest::framing::next_record(rest)
+    while let keyferry_record::framing::Frame::Record(n) = keyferry_record::framing::next_record(rest)
     {
         let (record, tail) = rest.split_at(n);
         rest = tail;

@@ -3,11 +3,18 @@
 //! responses and that it hands the host nothing.
 #![no_main]
 
+extern crate alloc;
+
+// The responder is the `http_app` example's; it is included as the
+// example and its native tests include it.
+#[path = "../../../guest/examples/http_app/responder.rs"]
+mod responder;
+
 use keyferry_fuzz::facts;
-use keyferry_guest::ProtocolVersion;
 use keyferry_guest::application::{Application, Reply};
-use keyferry_guest::connection::Role;
-use keyferry_guest::http::HttpResponder;
+use keyferry_record::ProtocolVersion;
+use keyferry_record::connection::Role;
+use responder::HttpResponder;
 use libfuzzer_sys::fuzz_target;
 
 // The input is the piece size (0: whole) and the request bytes, so real

@@ -6,7 +6,7 @@
 
 use arbitrary::Arbitrary;
 use keyferry_fuzz::{key, suite, tls13_record};
-use keyferry_guest::{ContentType, Direction, ProtocolVersion};
+use keyferry_record::{ContentType, Direction, ProtocolVersion};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

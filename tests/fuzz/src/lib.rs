@@ -2,10 +2,10 @@
 //! the fuzzer's bytes reach the record layer's parsing behind the AEAD, not
 //! just the tag check in front of it.
 
-use keyferry_guest::cipher::RecordCipher;
-use keyferry_guest::connection::{Connection, Facts, Role};
-use keyferry_guest::record::{TrafficKey, TrafficKeyMaterial, xor_nonce};
-use keyferry_guest::{AeadAlgorithm, Direction, ProtocolVersion};
+use keyferry_record::cipher::RecordCipher;
+use keyferry_record::connection::{Connection, Facts, Role};
+use keyferry_record::record::{TrafficKey, TrafficKeyMaterial, xor_nonce};
+use keyferry_record::{AeadAlgorithm, Direction, ProtocolVersion};
 
 /// The six record protections the guest implements.
 pub const SUITES: [(ProtocolVersion, AeadAlgorithm); 6] = [

@@ -17,8 +17,8 @@ compile_error!(
 use std::hint::black_box;
 use std::time::Instant;
 
-use keyferry_guest::record::{TrafficKey, TrafficKeyMaterial};
-use keyferry_guest::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
+use keyferry_record::record::{TrafficKey, TrafficKeyMaterial};
+use keyferry_record::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
 
 /// The bench's own key material (`keyferry_cli::bench`): a fixed secret.
 fn material(

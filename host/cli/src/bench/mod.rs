@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyferry_guest::record::{TrafficKey, TrafficKeyMaterial};
-use keyferry_guest::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
+use keyferry_record::record::{TrafficKey, TrafficKeyMaterial};
+use keyferry_record::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, Connection, ServerConnection};
 
@@ -220,7 +220,7 @@ pub fn run_with(
     soft_aes: Option<&Path>,
     progress: &ProgressBar,
 ) -> Result<Report> {
-    if options.record_size == 0 || options.record_size > keyferry_guest::record::MAX_PLAINTEXT {
+    if options.record_size == 0 || options.record_size > keyferry_record::record::MAX_PLAINTEXT {
         bail!("record size must be 1..=16384");
     }
     let plain = GuestComponent::reference(engine)?;

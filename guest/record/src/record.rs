@@ -10,7 +10,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
 use crate::error::{Alert, BlobError, Error, KeyServiceError, Result, UnusableReason};
 use crate::framing;
-use crate::key_service::KeyService;
+use crate::key_service::{KeyPosition, KeyService};
 use crate::keyschedule::{IV_LEN, next_traffic_secret, traffic_key_and_iv};
 use crate::suite::{AeadAlgorithm, ContentType, Direction, ProtocolVersion};
 
@@ -293,8 +293,9 @@ impl TrafficKey {
         Ok(key)
     }
 
-    /// The exact material, for export. Consumes the key.
-    pub(crate) fn into_material(mut self) -> Result<TrafficKeyMaterial> {
+    /// The exact material, for export or migration: refused unless the
+    /// key was imported exportable. Consumes the key.
+    pub fn into_material(mut self) -> Result<TrafficKeyMaterial> {
         if !self.exportable {
             return Err(Error::NotExportable);
         }
@@ -333,6 +334,15 @@ impl TrafficKey {
             buffered_plaintext: core::mem::take(&mut self.buffered_plaintext),
             buffered_ciphertext: core::mem::take(&mut self.buffered_ciphertext),
         })
+    }
+
+    /// Where a host-resident key stands for the record at `sequence`.
+    fn position(&self, key_ref: u64, sequence: u64) -> KeyPosition {
+        KeyPosition {
+            key_ref,
+            generation: self.generation,
+            sequence,
+        }
     }
 
     /// The non-secret state.
@@ -563,14 +573,8 @@ impl TrafficKey {
                 // The host frames it (`SealParams`) and keeps it: the
                 // payload leaves this memory once and the record never
                 // enters it. The length is all there is to check here.
-                let len = service.seal_held(
-                    *key_ref,
-                    self.generation,
-                    seq,
-                    content_type,
-                    payload,
-                    padding,
-                )?;
+                let at = self.position(*key_ref, seq);
+                let len = service.seal_held(at, content_type, payload, padding)?;
                 if len == self.framing().record_len(payload.len(), padding)? {
                     Ok(())
                 } else {
@@ -581,14 +585,8 @@ impl TrafficKey {
                 // The host frames the record the same way (`SealParams`)
                 // and returns it whole, so the payload leaves this memory
                 // once and the record comes back once.
-                let record = service.seal_payload(
-                    *key_ref,
-                    self.generation,
-                    seq,
-                    content_type,
-                    payload,
-                    padding,
-                )?;
+                let at = self.position(*key_ref, seq);
+                let record = service.seal_payload(at, content_type, payload, padding)?;
                 self.check_sealed(&record, content_type, payload.len(), padding)?;
                 if out.is_empty() {
                     *out = record;
@@ -711,10 +709,11 @@ impl TrafficKey {
                     }
                     Residency::Host { key_ref, service } => {
                         let (aad, body) = record.split_at(HEADER_LEN);
+                        let at = self.position(*key_ref, seq);
                         let plain = if held {
-                            service.open_held(*key_ref, self.generation, seq, aad)
+                            service.open_held(at, aad)
                         } else {
-                            service.open_record(*key_ref, self.generation, seq, aad, body)
+                            service.open_record(at, aad, body)
                         }
                         .map_err(|_| Error::Alert(Alert::BadRecordMac))?;
                         if plain.len() != inner_len {
@@ -765,10 +764,11 @@ impl TrafficKey {
                     }
                     Residency::Host { key_ref, service } => {
                         let body = &record[HEADER_LEN..];
+                        let at = self.position(*key_ref, seq);
                         let plain = if held {
-                            service.open_held(*key_ref, self.generation, seq, &aad)
+                            service.open_held(at, &aad)
                         } else {
-                            service.open_record(*key_ref, self.generation, seq, &aad, body)
+                            service.open_record(at, &aad, body)
                         }
                         .map_err(|_| Error::Alert(Alert::BadRecordMac))?;
                         if plain.len() != text_len {
@@ -991,9 +991,7 @@ mod tests {
     impl KeyService for Confused {
         fn seal_record(
             &self,
-            _: u64,
-            _: u32,
-            _: u64,
+            _: KeyPosition,
             _: &[u8],
             _: &[u8],
         ) -> Result<Vec<u8>, KeyServiceError> {
@@ -1002,9 +1000,7 @@ mod tests {
 
         fn seal_payload(
             &self,
-            _: u64,
-            _: u32,
-            _: u64,
+            _: KeyPosition,
             _: ContentType,
             _: &[u8],
             _: usize,
@@ -1014,9 +1010,7 @@ mod tests {
 
         fn seal_held(
             &self,
-            _: u64,
-            _: u32,
-            _: u64,
+            _: KeyPosition,
             _: ContentType,
             _: &[u8],
             _: usize,
@@ -1026,16 +1020,14 @@ mod tests {
 
         fn open_record(
             &self,
-            _: u64,
-            _: u32,
-            _: u64,
+            _: KeyPosition,
             _: &[u8],
             _: &[u8],
         ) -> Result<Vec<u8>, KeyServiceError> {
             Err(KeyServiceError::AuthenticationFailed)
         }
 
-        fn open_held(&self, _: u64, _: u32, _: u64, _: &[u8]) -> Result<Vec<u8>, KeyServiceError> {
+        fn open_held(&self, _: KeyPosition, _: &[u8]) -> Result<Vec<u8>, KeyServiceError> {
             Ok(self.0.clone())
         }
 

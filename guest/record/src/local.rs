@@ -12,12 +12,12 @@ use core::cell::RefCell;
 // the `atomics` feature: refuse to build there rather than share a
 // `RefCell` between threads.
 #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
-compile_error!("keyferry-guest's per-instance statics assume wasm without threads");
+compile_error!("keyferry-record's per-instance statics assume wasm without threads");
 
 /// A `static` of one component instance: what `instance_local!` declares
-/// in wasm, with the part of `LocalKey`'s API this crate uses.
+/// in wasm, with the part of `LocalKey`'s API the guest crates use.
 #[cfg(target_arch = "wasm32")]
-pub(crate) struct InstanceLocal<T>(T);
+pub struct InstanceLocal<T>(T);
 
 // SAFETY: in wasm32-wasip2 there is one thread, so no value is ever shared
 // between threads; the interior mutability inside (a `RefCell`) is then
@@ -27,24 +27,30 @@ unsafe impl<T> Sync for InstanceLocal<T> {}
 
 #[cfg(target_arch = "wasm32")]
 impl<T> InstanceLocal<T> {
-    pub(crate) const fn new(value: T) -> Self {
+    /// A value for the instance's lifetime.
+    pub const fn new(value: T) -> Self {
         Self(value)
     }
 
-    pub(crate) fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
+    /// Runs `f` on the value, as `LocalKey::with`.
+    pub fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
         f(&self.0)
     }
 }
 
 #[cfg(target_arch = "wasm32")]
 impl<T> InstanceLocal<RefCell<T>> {
-    pub(crate) fn with_borrow_mut<R>(&'static self, f: impl FnOnce(&mut T) -> R) -> R {
+    /// Runs `f` on the value borrowed mutably, as
+    /// `LocalKey::with_borrow_mut`.
+    pub fn with_borrow_mut<R>(&'static self, f: impl FnOnce(&mut T) -> R) -> R {
         f(&mut self.0.borrow_mut())
     }
 }
 
 /// Declares a `static` that is one per component instance in wasm and one
 /// per thread natively. Its initializer must be `const`.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! instance_local {
     ($(#[$meta:meta])* static $name:ident: $ty:ty = const { $init:expr };) => {
         #[cfg(not(target_arch = "wasm32"))]
@@ -57,4 +63,3 @@ macro_rules! instance_local {
         static $name: $crate::local::InstanceLocal<$ty> = $crate::local::InstanceLocal::new($init);
     };
 }
-pub(crate) use instance_local;

@@ -1,11 +1,13 @@
 //! The built-in HTTP/1.1 responder: it answers every request (keep-alive,
 //! pipelining) with a report of the connection's TLS facts as seen from
 //! inside the sandbox, so `curl` shows that the response was made there.
-//! `keyferry serve` runs it by default, as a component of its own.
+//! `keyferry serve` runs it by default, as a component of its own (this
+//! example); its tests run natively (`guest/tests/http_responder.rs`), and
+//! the `http` fuzz target drives it.
 
-use crate::application::{Application, Reply};
-use crate::connection::{Facts, Role};
 use alloc::{format, string::String, vec::Vec};
+use keyferry_guest::application::{Application, Reply};
+use keyferry_guest::connection::{Facts, Role};
 
 /// The largest request head the responder buffers (431 past it).
 const MAX_HEAD: usize = 16 * 1024;
@@ -303,8 +305,8 @@ mod tests {
     use alloc::string::ToString;
 
     use super::*;
-    use crate::application::tests::pair;
-    use crate::connection::Closed;
+    use keyferry_guest::application::testing::pair;
+    use keyferry_guest::connection::Closed;
 
     #[test]
     fn http_keep_alive_and_pipelining() {
@@ -346,11 +348,11 @@ mod tests {
     fn the_facts_report_names_every_fact() {
         let mut facts = Facts {
             role: Role::Server,
-            version: crate::ProtocolVersion::Tls13,
+            version: keyferry_guest::ProtocolVersion::Tls13,
             suite: "TLS_AES_128_GCM_SHA256".into(),
             server_name: Some("a.example".into()),
             alpn: Some(b"h2".to_vec()),
-            peer_certificate: Some(crate::connection::PeerCertificate {
+            peer_certificate: Some(keyferry_guest::connection::PeerCertificate {
                 subject: "CN=alice".into(),
                 issuer: "CN=ca".into(),
                 serial: "01:02".into(),

@@ -47,7 +47,7 @@ pub struct Failed;
 pub struct CrateAead;
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-type Cipher = crate::chacha20poly1305_simd128::ChaCha20Poly1305;
+type Cipher = keyferry_simd::chacha20poly1305_simd128::ChaCha20Poly1305;
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 type Cipher = chacha20poly1305::ChaCha20Poly1305;
 

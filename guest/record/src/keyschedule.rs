@@ -109,16 +109,10 @@ mod tests {
     /// TLS_AES_128_GCM_SHA256 write key and IV derived from it.
     #[test]
     fn rfc8448_server_application_key() {
-        let secret = unhex(crate::selfcheck::vectors::RFC8448_SERVER_AP_SECRET);
+        let secret = unhex(crate::vectors::RFC8448_SERVER_AP_SECRET);
         let (key, iv) = traffic_key_and_iv(AeadAlgorithm::Aes128Gcm, &secret).unwrap();
-        assert_eq!(
-            &key[..],
-            &unhex(crate::selfcheck::vectors::RFC8448_SERVER_AP_KEY)[..]
-        );
-        assert_eq!(
-            &iv[..],
-            &unhex(crate::selfcheck::vectors::RFC8448_SERVER_AP_IV)[..]
-        );
+        assert_eq!(&key[..], &unhex(crate::vectors::RFC8448_SERVER_AP_KEY)[..]);
+        assert_eq!(&iv[..], &unhex(crate::vectors::RFC8448_SERVER_AP_IV)[..]);
     }
 
     #[test]

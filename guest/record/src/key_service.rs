@@ -8,15 +8,25 @@ use crate::error::KeyServiceError;
 use crate::suite::ContentType;
 use alloc::vec::Vec;
 
+/// Which host-resident key, at which record: what every sealing and
+/// opening call names (the WIT `key-position`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyPosition {
+    /// The capability the key's blob carried.
+    pub key_ref: u64,
+    /// The KeyUpdate generation the caller holds the key at.
+    pub generation: u32,
+    /// The record's sequence number.
+    pub sequence: u64,
+}
+
 /// A store of host-resident traffic keys.
 pub trait KeyService: Sync {
     /// Seals one record body. `aad` is the record's additional data; the
     /// result is what follows the header (explicit nonce, ciphertext, tag).
     fn seal_record(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError>;
@@ -28,9 +38,7 @@ pub trait KeyService: Sync {
     /// first and the body copied behind a header after.
     fn seal_payload(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         content_type: ContentType,
         payload: &[u8],
         padding: usize,
@@ -44,9 +52,7 @@ pub trait KeyService: Sync {
     /// no boundary to save a crossing of.
     fn seal_held(
         &self,
-        _key_ref: u64,
-        _generation: u32,
-        _sequence: u64,
+        _at: KeyPosition,
         _content_type: ContentType,
         _payload: &[u8],
         _padding: usize,
@@ -57,22 +63,14 @@ pub trait KeyService: Sync {
     /// Opens the body of the record the service holds for the current
     /// call (the `open-held` import), with `aad`. A service that holds no
     /// records refuses, as for [`Self::seal_held`].
-    fn open_held(
-        &self,
-        _key_ref: u64,
-        _generation: u32,
-        _sequence: u64,
-        _aad: &[u8],
-    ) -> Result<Vec<u8>, KeyServiceError> {
+    fn open_held(&self, _at: KeyPosition, _aad: &[u8]) -> Result<Vec<u8>, KeyServiceError> {
         Err(KeyServiceError::InvalidArgument)
     }
 
     /// Opens one record body (everything after the header).
     fn open_record(
         &self,
-        key_ref: u64,
-        generation: u32,
-        sequence: u64,
+        at: KeyPosition,
         aad: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, KeyServiceError>;

@@ -3,5 +3,5 @@
 use alloc::vec::Vec;
 
 pub(crate) fn unhex(s: &str) -> Vec<u8> {
-    crate::selfcheck::unhex(s).expect("test vector is valid hex")
+    crate::vectors::unhex(s).expect("test vector is valid hex")
 }

@@ -6,15 +6,15 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-use crate::aes_gcm_simd128::{Aes128Gcm, Aes256Gcm};
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-use crate::chacha20poly1305_simd128::ChaCha20Poly1305;
 use aes_gcm::aead::{AeadInOut, KeyInit, Nonce, Tag};
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 use chacha20poly1305::ChaCha20Poly1305;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use keyferry_simd::aes_gcm_simd128::{Aes128Gcm, Aes256Gcm};
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use keyferry_simd::chacha20poly1305_simd128::ChaCha20Poly1305;
 
 use crate::error::{Alert, Error, Result};
 use crate::suite::AeadAlgorithm;

@@ -3,4 +3,8 @@
 #![cfg(target_arch = "wasm32")]
 #![no_std]
 
-keyferry_guest::export_application!(keyferry_guest::http::HttpResponder);
+extern crate alloc;
+
+mod responder;
+
+keyferry_guest::export_application!(responder::HttpResponder);
