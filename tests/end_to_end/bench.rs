@@ -98,7 +98,7 @@ fn bench_writes_its_table_a_chart_and_json() {
 /// guest's, in the table and the JSON.
 #[test]
 fn bench_compares_the_guests_aes_gcm_with_software_aes_natively() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("soft-aes");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/cli/soft-aes");
     let built = Command::new(env!("CARGO"))
         .args(["build", "--release", "--locked", "--quiet"])
         .current_dir(&dir)

@@ -5,7 +5,9 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use keyferry_tests::process::{PATIENCE, Server, read_exact, rustls_client, write_all};
+use keyferry_tests::process::{
+    PATIENCE, Server, has_fields, read_exact, relayed, rustls_client, write_all,
+};
 
 fn echo(c: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, text: &[u8]) {
     write_all(c, text);
@@ -32,9 +34,16 @@ fn at_the_cap_the_longest_idle_connection_makes_room() {
     // to make room, not this client left hanging at TCP connect.
     let mut fourth = rustls_client(&server.addr());
     echo(&mut fourth, b"the fourth client");
-    server
-        .stderr
-        .wait_for("detail=\"closed while idle to admit a client at the cap\"");
+    server.stderr.wait_for_event(|e| {
+        has_fields(
+            e,
+            &[
+                ("message", "connection"),
+                ("ending", "shed"),
+                ("detail", "closed while idle to admit a client at the cap"),
+            ],
+        ) && relayed(e)
+    });
     // The first connection was the longest idle: close_notify, then EOF.
     let mut buf = [0u8; 16];
     assert_eq!(idle[0].read(&mut buf).expect("a clean close"), 0);
@@ -129,9 +138,16 @@ fn clients_that_never_read_cannot_hold_their_slots() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    server
-        .stderr
-        .wait_for("ending=write_timeout detail=\"peer stopped reading\"");
+    server.stderr.wait_for_event(|e| {
+        has_fields(
+            e,
+            &[
+                ("message", "connection"),
+                ("ending", "write_timeout"),
+                ("detail", "peer stopped reading"),
+            ],
+        ) && relayed(e)
+    });
     for w in writers {
         w.join().unwrap();
     }

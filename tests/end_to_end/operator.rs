@@ -2,7 +2,9 @@
 
 use std::process::Command;
 
-use keyferry_tests::process::{Server, keyferry, pem_identity, temp_dir};
+use keyferry_tests::process::{
+    PATIENCE, Server, children, keyferry, message, pem_identity, relayed, temp_dir,
+};
 
 fn serve_fails(args: &[&str]) -> String {
     let out = Command::new(keyferry())
@@ -103,11 +105,16 @@ fn listen_takes_a_host_name() {
     assert_eq!(keyferry_tests::process::read_exact(&mut c, 7), b"by name");
 }
 
+/// The JSON log is one object per line, the workers' events included: the
+/// handshake process relays each worker object whole, with the worker's own
+/// fields at the top level (so `ending` is read the same way from either
+/// process) and `worker`, `pid` and `relayed: true` set by the relay. Its
+/// own events never carry `relayed`, so a worker's cannot pass for them.
 #[test]
-fn json_logs_are_one_object_per_line_with_the_connection_fields() {
-    let server = keyferry_tests::process::Server::start_with_env(
+fn json_logs_relay_worker_events_as_one_object_tagged_by_the_relay() {
+    let server = Server::start_with_env(
         "127.0.0.1:0",
-        &["--workers", "0"],
+        &["--workers", "1"],
         &[("KEYFERRY_LOG_FORMAT", "json")],
     );
     let out = Command::new("curl")
@@ -115,15 +122,18 @@ fn json_logs_are_one_object_per_line_with_the_connection_fields() {
         .output()
         .expect("run curl");
     assert!(out.status.success());
-    let log = server.stderr.wait_for("close_notify");
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect();
-    let connection = lines
-        .iter()
-        .find(|l| l["ending"] == "close_notify")
-        .unwrap_or_else(|| panic!("no per-connection line in {log}"));
+    let connection = server
+        .stderr
+        .wait_for_fields(&[("message", "connection"), ("ending", "close_notify")]);
+    // Every line is a JSON object, the relayed ones too (the last line may
+    // still be half written: only whole lines are read).
+    let log = server.stderr.text();
+    let whole = log.rfind('\n').map_or("", |end| &log[..end]);
+    for line in whole.lines() {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}\n{log}"));
+        assert!(parsed.is_object(), "{line:?}");
+    }
     for field in [
         "peer",
         "suite",
@@ -132,6 +142,7 @@ fn json_logs_are_one_object_per_line_with_the_connection_fields() {
         "handoff_us",
         "level",
         "timestamp",
+        "target",
     ] {
         assert!(
             connection.get(field).is_some(),
@@ -139,6 +150,86 @@ fn json_logs_are_one_object_per_line_with_the_connection_fields() {
         );
     }
     assert_eq!(connection["suite"], "TLS_CHACHA20_POLY1305_SHA256");
+    assert!(connection["bytes_in"].is_u64(), "{connection}");
+    // The worker's own target, not the relay's.
+    assert_eq!(
+        connection["target"], "keyferry_server::transport",
+        "{connection}"
+    );
+    // Tagged by the relay: the worker's index, and the pid of one of this
+    // server's children.
+    assert!(relayed(&connection), "{connection}");
+    assert_eq!(connection["worker"].as_u64(), Some(0), "{connection}");
+    let pid = connection["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no numeric pid: {connection}"));
+    let workers = children(server.child.id());
+    assert!(
+        workers.contains(&pid),
+        "pid {pid} is not a worker of this server ({workers:?}): {connection}"
+    );
+    // The handshake process's own events carry no `relayed` at all, and
+    // every event that does is tagged whole.
+    let events = server.stderr.events();
+    for e in &events {
+        if let Some(v) = e.get("relayed") {
+            assert!(
+                *v == true && e["worker"].is_u64() && e["pid"].is_u64(),
+                "a relayed event not tagged by the relay: {e}"
+            );
+        }
+    }
+    for own in ["listening", "worker started", "worker ready"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| message(e) == own && e.get("relayed").is_none()),
+            "no {own:?} event of the handshake process itself in {log}"
+        );
+    }
+}
+
+/// The text log, as operators read it: a worker's line is relayed as a
+/// line of the handshake process ending with the worker's index and pid.
+#[test]
+fn text_logs_tag_each_worker_line_with_its_worker_and_pid() {
+    let server = Server::start_with_env(
+        "127.0.0.1:0",
+        &["--workers", "1"],
+        &[("KEYFERRY_LOG_FORMAT", "text")],
+    );
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "30", &server.url("/text")])
+        .output()
+        .expect("run curl");
+    assert!(out.status.success());
+    // A whole line: the relay's tags come after the worker's fields.
+    let start = std::time::Instant::now();
+    let line = loop {
+        let log = server.stderr.text();
+        if let Some(line) = log
+            .split_inclusive('\n')
+            .find(|l| l.ends_with('\n') && l.contains("ending=close_notify"))
+        {
+            break line.trim_end().to_string();
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "no per-connection line; log:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!line.starts_with('{'), "text, not JSON: {line}");
+    assert!(line.contains("keyferry_server::relay"), "{line}");
+    assert!(line.contains(" worker=0 pid="), "{line}");
+    let pid: u32 = line
+        .rsplit_once(" pid=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"));
+    let workers = children(server.child.id());
+    assert!(workers.contains(&pid), "{pid} not in {workers:?}: {line}");
 }
 
 /// With JSON logs, a fatal error is a JSON line too, and a format that is
@@ -244,9 +335,13 @@ fn check_reports_every_problem_and_passes_a_good_configuration() {
 #[test]
 fn log_level_reaches_the_workers() {
     let server = Server::start(&["--log-level", "debug", "--workers", "1", "--echo"]);
-    // A worker's own debug line, relayed by the handshake process.
-    let log = server.stderr.wait_for("pagemap scan for instance reset");
-    assert!(log.contains("worker=0"), "{log}");
+    // A worker's own debug line, relayed by the handshake process at the
+    // worker's level, and tagged with the worker.
+    let scan = server
+        .stderr
+        .wait_for_event(|e| message(e) == "pagemap scan for instance reset" && relayed(e));
+    assert_eq!(scan["worker"].as_u64(), Some(0), "{scan}");
+    assert_eq!(scan["level"], "DEBUG", "{scan}");
 }
 
 /// Without --cert the certificate made at start is written out (never its
@@ -255,19 +350,13 @@ fn log_level_reaches_the_workers() {
 #[test]
 fn the_certificate_made_at_start_can_be_pinned() {
     let server = Server::start(&[]);
-    let log = server
-        .stderr
-        .wait_for("self-signed certificate written for clients to pin");
-    let line = log
-        .lines()
-        .find(|l| l.contains("self-signed certificate written"))
-        .unwrap();
-    let path = line
-        .split("path=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .trim_matches('"')
+    let written = server.stderr.wait_for_event(|e| {
+        message(e) == "self-signed certificate written for clients to pin (curl --cacert)"
+            && !relayed(e)
+    });
+    let path = written["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no path: {written}"))
         .to_string();
     let pem = std::fs::read_to_string(&path).unwrap();
     assert!(pem.contains("BEGIN CERTIFICATE") && !pem.contains("PRIVATE KEY"));
@@ -302,15 +391,26 @@ fn health_checks_are_not_logged_as_failed_handshakes() {
         b"after the checks"
     );
     drop(c);
-    let log = server.stderr.wait_for(" connection ");
-    assert!(!log.contains("handshake failed"), "{log}");
+    server.stderr.wait_for_event(|e| message(e) == "connection");
+    assert!(
+        !server
+            .stderr
+            .events()
+            .iter()
+            .any(|e| message(e) == "handshake failed"),
+        "{}",
+        server.stderr.text()
+    );
     // Bytes, then nothing: still a failed handshake, at info.
     let mut half = std::net::TcpStream::connect(server.addr()).unwrap();
     std::io::Write::write_all(&mut half, &[22, 3, 1, 0, 200, 1]).unwrap();
     drop(half);
-    server
-        .stderr
-        .wait_for("peer closed the transport during the handshake");
+    server.stderr.wait_for_event(|e| {
+        message(e) == "handshake failed"
+            && e["error"].as_str().is_some_and(|error| {
+                error.contains("peer closed the transport during the handshake")
+            })
+    });
 }
 
 /// The datagrams `serve` sent to its `$NOTIFY_SOCKET`, read until one holds
@@ -334,7 +434,7 @@ fn systemd_activates_it_with_a_socket_and_hears_ready_reloading_and_stopping() {
     use std::os::unix::net::UnixDatagram;
     use std::process::Stdio;
 
-    use keyferry_tests::process::{Captured, PATIENCE};
+    use keyferry_tests::process::Captured;
 
     let dir = temp_dir("systemd");
     let notify_path = dir.join("notify");
@@ -355,6 +455,9 @@ fn systemd_activates_it_with_a_socket_and_hears_ready_reloading_and_stopping() {
             .args(["-l", &format!("127.0.0.1:{port}")])
             .args(["-E", &format!("NOTIFY_SOCKET={}", notify_path.display())])
             .args(["-E", "KEYFERRY_LOG=info"])
+            // The log format goes through -E as KEYFERRY_LOG does: JSON,
+            // read by its fields below.
+            .args(["-E", "KEYFERRY_LOG_FORMAT=json"])
             .arg(keyferry())
             // `--listen` is left at its default: the passed socket wins.
             .args(["serve", "--workers", "1"])
@@ -385,10 +488,19 @@ fn systemd_activates_it_with_a_socket_and_hears_ready_reloading_and_stopping() {
         String::from_utf8_lossy(&out.stderr),
         stderr.text()
     );
-    let log = stderr.wait_for("serving the listening socket systemd passed");
+    // keyferry's events; `events` skips systemd-socket-activate's own text
+    // lines on the same stderr.
+    stderr.wait_for_event(|e| {
+        message(e) == "serving the listening socket systemd passed (socket activation)"
+            && !relayed(e)
+    });
     assert!(
-        log.contains("a worker is ready; taking connections"),
-        "{log}"
+        stderr
+            .events()
+            .iter()
+            .any(|e| message(e) == "a worker is ready; taking connections" && !relayed(e)),
+        "{}",
+        stderr.text()
     );
     let ready = notified_until(&notify, "READY=1");
     assert_eq!(ready, ["READY=1\nSTATUS=serving"]);

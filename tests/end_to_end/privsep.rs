@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyferry_tests::process::{
-    PATIENCE, Server, children, keyferry, memory_contains, pem_identity, private_key_bytes,
-    read_exact, rustls_client, temp_dir, write_all,
+    PATIENCE, Server, children, has_fields, keyferry, memory_contains, message, pem_identity,
+    private_key_bytes, read_exact, relayed, rustls_client, temp_dir, write_all,
 };
+use serde_json::Value;
 
 type Client = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
 
@@ -20,47 +21,75 @@ fn echo(c: &mut Client, text: &[u8]) {
     assert_eq!(read_exact(c, text.len()), text);
 }
 
+/// Whether `e` is the handshake process's own `message` event (not a
+/// worker's, which the relay marks `relayed`).
+fn own(e: &Value, text: &str) -> bool {
+    message(e) == text && !relayed(e)
+}
+
+/// Whether `e` is the handshake process cutting a worker off for a
+/// protocol violation whose `violation` field contains `what`.
+fn cut_off_for(e: &Value, what: &str) -> bool {
+    own(e, "worker broke the protocol; cutting it off")
+        && e["violation"]
+            .as_str()
+            .is_some_and(|violation| violation.contains(what))
+}
+
 /// Waits until `server` has `n` workers running, each with instances
 /// ready, and returns their pids.
 fn workers(server: &Server, n: usize) -> Vec<u32> {
     let start = Instant::now();
     loop {
         let pids = children(server.child.id());
-        if pids.len() >= n && server.stderr.text().matches("worker ready").count() >= n {
+        let ready = server
+            .stderr
+            .events()
+            .iter()
+            .filter(|e| own(e, "worker ready"))
+            .count();
+        if pids.len() >= n && ready >= n {
             return pids;
         }
-        assert!(start.elapsed() < PATIENCE, "workers did not start");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "workers did not start; log:\n{}",
+            server.stderr.text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
+/// The handshake process's (debug) event of handing the connection from
+/// 127.0.0.1:`port` to a worker.
+fn hand_over_event(server: &Server, port: u16) -> Value {
+    let peer = format!("127.0.0.1:{port}");
+    server.stderr.wait_for_event(|e| {
+        own(e, "connection handed to a worker") && has_fields(e, &[("peer", peer.as_str())])
+    })
+}
+
 /// A client that completes its handshake, with `request` sent along, and
 /// whose connection the handshake process has handed to a worker (the
-/// hand-over line is logged at debug).
+/// hand-over event is logged at debug).
 fn handed_over(server: &Server, request: &[u8]) -> Client {
     let mut c = rustls_client(&server.addr());
     c.conn.writer().write_all(request).unwrap();
     while c.conn.is_handshaking() {
         c.conn.complete_io(&mut c.sock).unwrap();
     }
-    server.stderr.wait_for("handed to a worker");
+    hand_over_event(server, c.sock.local_addr().unwrap().port());
     c
 }
 
 /// The pid of the worker the handshake process gave `client` to.
 fn worker_of(server: &Server, client: &Client) -> u32 {
     let port = client.sock.local_addr().unwrap().port();
-    let needle = format!("peer=127.0.0.1:{port} ");
-    let log = server.stderr.wait_for(&needle);
-    let line = log
-        .lines()
-        .find(|l| l.contains(&needle) && l.contains("handed to a worker"))
-        .expect("the hand-over line");
-    line.split("worker_pid=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .expect("a worker pid")
+    let handed = hand_over_event(server, port);
+    handed["worker_pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or_else(|| panic!("a worker pid: {handed}"))
 }
 
 #[test]
@@ -197,7 +226,9 @@ fn a_killed_worker_loses_only_its_own_connections() {
             echo(c, &big);
         }
     }
-    server.stderr.wait_for("worker ended; starting another");
+    server
+        .stderr
+        .wait_for_event(|e| own(e, "worker ended; starting another"));
     // New connections are served, by the survivor and the replacement.
     for i in 0..4 {
         let mut c = rustls_client(&server.addr());
@@ -231,14 +262,22 @@ fn a_worker_that_breaks_the_protocol_is_cut_off_and_replaced() {
         "--worker-program",
         script.to_str().unwrap(),
     ]);
-    let log = server.stderr.wait_for("published its key twice");
+    server
+        .stderr
+        .wait_for_event(|e| cut_off_for(e, "published its key twice"));
+    // The four before it, each cut off for its own violation.
+    let events = server.stderr.events();
     for what in [
         "sent a malformed frame",
         "reported a connection it was never given",
         "frame too long",
         "announced an instance before publishing its key",
     ] {
-        assert!(log.contains(what), "{what}:\n{log}");
+        assert!(
+            events.iter().any(|e| cut_off_for(e, what)),
+            "{what}:\n{}",
+            server.stderr.text()
+        );
     }
     // The fourth worker is the real one: the server serves.
     let start = Instant::now();
@@ -390,7 +429,7 @@ fn without_root_the_key_is_out_of_reach_of_the_workers_uid() {
         "--key",
         key.to_str().unwrap(),
     ]);
-    let log = server.stderr.wait_for("worker ready");
+    server.stderr.wait_for_event(|e| own(e, "worker ready"));
     let mut c = rustls_client(&server.addr());
     echo(&mut c, b"served by a confined worker");
     let holder = server.child.id();
@@ -423,13 +462,22 @@ fn without_root_the_key_is_out_of_reach_of_the_workers_uid() {
         !same_uid_opens_memory_of(holder),
         "the same uid reads the key holder's memory"
     );
-    assert!(log.contains("key protection dumpable=false"), "{log}");
+    // Said at start, before any worker.
+    assert!(
+        server
+            .stderr
+            .events()
+            .iter()
+            .any(|e| own(e, "key protection") && e["dumpable"] == false),
+        "{}",
+        server.stderr.text()
+    );
     // The worker tried the key file after confining itself, and could not
     // open it.
     let tried = server
         .stderr
-        .wait_for("worker cannot open the key holder's file");
-    assert!(tried.contains(key.to_str().unwrap()), "{tried}");
+        .wait_for_event(|e| message(e) == "worker cannot open the key holder's file" && relayed(e));
+    assert_eq!(tried["file"], key.to_str().unwrap(), "{tried}");
     for pid in workers(&server, 1) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(status.contains("Seccomp:\t2"), "seccomp filter: {status}");
@@ -508,10 +556,11 @@ fn a_worker_that_sends_an_empty_datagram_is_cut_off() {
         "--worker-program",
         script.to_str().unwrap(),
     ]);
-    let log = server.stderr.wait_for("sent an empty frame");
-    assert!(log.contains("cutting it off"), "{log}");
+    server
+        .stderr
+        .wait_for_event(|e| cut_off_for(e, "sent an empty frame"));
     // Its replacement (the real worker) serves.
-    server.stderr.wait_for("worker ready");
+    server.stderr.wait_for_event(|e| own(e, "worker ready"));
     let mut c = rustls_client(&server.addr());
     echo(&mut c, b"served after the empty datagram");
 }
@@ -532,7 +581,9 @@ fn a_worker_that_publishes_another_workers_key_is_cut_off() {
         "--worker-program",
         script.to_str().unwrap(),
     ]);
-    server.stderr.wait_for("published another worker's key");
+    server
+        .stderr
+        .wait_for_event(|e| cut_off_for(e, "published another worker's key"));
 }
 
 #[test]
@@ -626,9 +677,11 @@ fn a_resumed_handshake_is_known_as_such_in_the_worker() {
         let _ = c.flush();
     }
     for (port, resumed) in ports.iter().zip([false, true]) {
-        let needle = format!("peer=\"127.0.0.1:{port}\"");
-        let log = server.stderr.wait_for(&needle);
-        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
-        assert!(line.contains(&format!("resumed={resumed}")), "{line}");
+        let peer = format!("127.0.0.1:{port}");
+        // The worker's own per-connection event.
+        let connection = server.stderr.wait_for_event(|e| {
+            has_fields(e, &[("message", "connection"), ("peer", peer.as_str())]) && relayed(e)
+        });
+        assert_eq!(connection["resumed"], resumed, "{connection}");
     }
 }

@@ -5,8 +5,34 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use keyferry_tests::process::{
-    PATIENCE, Server, read_exact, rustls_client, sample, scrape, write_all,
+    PATIENCE, Server, has_fields, message, read_exact, relayed, rustls_client, sample, scrape,
+    write_all,
 };
+use serde_json::Value;
+
+/// The message of the event a guest call that computed for long logs once.
+const LONG_GUEST_CALL: &str = "a guest call ran long; guest calls now leave their tokio worker \
+    to the other connections (block_in_place)";
+
+/// Whether `e` is a per-connection event that ended in a guest failure.
+fn guest_failure(e: &Value) -> bool {
+    has_fields(e, &[("message", "connection"), ("ending", "guest_failure")])
+}
+
+/// Whether the event's `detail` contains `text` (no `detail`, no match).
+fn detail_contains(e: &Value, text: &str) -> bool {
+    e["detail"].as_str().is_some_and(|d| d.contains(text))
+}
+
+/// Whether `e` is the handshake process's "handshake failed" event, with
+/// `reason` in its error.
+fn handshake_failed(e: &Value, reason: &str) -> bool {
+    message(e) == "handshake failed"
+        && !relayed(e)
+        && e["error"]
+            .as_str()
+            .is_some_and(|error| error.contains(reason))
+}
 
 fn echo_works(server: &Server, text: &[u8]) {
     let mut c = rustls_client(&server.addr());
@@ -61,7 +87,7 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
     assert_eq!(read_exact(&mut chatty, 5), b"print");
     write_all(&mut chatty, b"again");
     assert_eq!(read_exact(&mut chatty, 5), b"again");
-    for poison in ["trap", "loop", "grow", "sleep"] {
+    for (i, poison) in ["trap", "loop", "grow", "sleep"].into_iter().enumerate() {
         let mut c = rustls_client(&server.addr());
         write_all(&mut c, poison.as_bytes());
         let mut buf = [0u8; 64];
@@ -70,7 +96,11 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
             !matches!(result, Ok(n) if n > 0),
             "{poison}: the failing guest's connection must end, got {result:?}"
         );
-        server.stderr.wait_for("guest failed");
+        // This poison's own failure: one more than before it, each logged
+        // by a worker.
+        server
+            .stderr
+            .wait_for_events(i + 1, |e| guest_failure(e) && relayed(e));
         write_all(
             &mut healthy,
             poison.as_bytes().to_ascii_uppercase().as_slice(),
@@ -81,21 +111,31 @@ fn a_guest_that_traps_loops_or_hogs_memory_ends_only_its_connection() {
             "after {poison}"
         );
     }
-    // The sleeper's trap is the last one logged; wait for it (each
-    // "guest failed" above may match an earlier line).
-    let log = server.stderr.wait_for("may not wait on a clock");
+    // The sleeper's trap is the last one logged.
+    server.stderr.wait_for_event(|e| {
+        guest_failure(e) && relayed(e) && detail_contains(e, "may not wait on a clock")
+    });
+    let events = server.stderr.events();
+    let failures: Vec<&Value> = events.iter().filter(|e| guest_failure(e)).collect();
+    let log = server.stderr.text();
     assert!(
-        log.contains("deadline") || log.contains("execution"),
+        failures
+            .iter()
+            .any(|e| detail_contains(e, "deadline") || detail_contains(e, "execution")),
         "the loop hit its bound: {log}"
     );
     // Guest calls run on their tokio worker until one computes for long;
     // the loop did, so later calls leave the worker to the others.
     assert!(
-        log.contains("guest calls now leave their tokio worker"),
+        events
+            .iter()
+            .any(|e| message(e) == LONG_GUEST_CALL && relayed(e) && e["took_ms"].is_u64()),
         "{log}"
     );
     assert!(
-        log.contains("resource limit") || log.contains("trap"),
+        failures
+            .iter()
+            .any(|e| detail_contains(e, "resource limit") || detail_contains(e, "trap")),
         "{log}"
     );
     // The metrics count each failure by its trap (the worker reports it a
@@ -137,7 +177,9 @@ fn garbage_truncated_handshakes_and_oversize_records_are_contained() {
         .unwrap();
     let mut sink = Vec::new();
     let _ = raw.read_to_end(&mut sink);
-    server.stderr.wait_for("handshake failed");
+    server
+        .stderr
+        .wait_for_event(|e| message(e) == "handshake failed" && !relayed(e));
 
     // A peer that leaves mid-handshake: logged as such, and nothing else
     // is disturbed.
@@ -147,7 +189,7 @@ fn garbage_truncated_handshakes_and_oversize_records_are_contained() {
     drop(raw);
     server
         .stderr
-        .wait_for("peer closed the transport during the handshake");
+        .wait_for_event(|e| handshake_failed(e, "peer closed the transport during the handshake"));
 
     // An oversize record after a good handshake: record_overflow, closed.
     let mut c = rustls_client(&server.addr());
@@ -161,10 +203,25 @@ fn garbage_truncated_handshakes_and_oversize_records_are_contained() {
         Err(e) => assert!(e.to_string().contains("RecordOverflow"), "{e}"),
         Ok(n) => panic!("expected the server's record_overflow alert, read {n} bytes"),
     }
-    let log = server
-        .stderr
-        .wait_for("ending=sent_alert detail=\"sent alert record_overflow\"");
-    assert!(log.contains("handshake failed"), "{log}");
+    server.stderr.wait_for_event(|e| {
+        has_fields(
+            e,
+            &[
+                ("message", "connection"),
+                ("ending", "sent_alert"),
+                ("detail", "sent alert record_overflow"),
+            ],
+        ) && relayed(e)
+    });
+    assert!(
+        server
+            .stderr
+            .events()
+            .iter()
+            .any(|e| message(e) == "handshake failed" && !relayed(e)),
+        "{}",
+        server.stderr.text()
+    );
 
     // Everyone else is still served, by the same process.
     echo_works(&server, b"still serving");
@@ -188,12 +245,18 @@ fn ctrl_c_sends_close_notify_and_exits() {
         .read_to_end(&mut rest)
         .expect("a clean close_notify, not a reset or truncation");
     assert_eq!(n, 0);
-    assert!(
-        server
-            .stderr
-            .text()
-            .contains("ending=shutdown detail=\"server shutdown\"")
-    );
+    // Logged by the worker that held the connection (the capture may still
+    // be reading the last lines the server wrote before it exited).
+    server.stderr.wait_for_event(|e| {
+        has_fields(
+            e,
+            &[
+                ("message", "connection"),
+                ("ending", "shutdown"),
+                ("detail", "server shutdown"),
+            ],
+        ) && relayed(e)
+    });
 }
 
 /// systemd, `docker stop` and Kubernetes stop a service with SIGTERM: it
@@ -226,8 +289,11 @@ fn sigterm_closes_every_connection_with_close_notify_and_exits() {
         .read_to_end(&mut rest)
         .expect("a clean close_notify from the worker, not a reset");
     assert_eq!(n, 0);
-    let log = server.stderr.text();
-    assert!(log.contains("signal=\"SIGTERM\""), "{log}");
+    server.stderr.wait_for_event(|e| {
+        message(e) == "no longer accepting connections"
+            && !relayed(e)
+            && has_fields(e, &[("signal", "SIGTERM")])
+    });
     for pid in workers {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -243,7 +309,9 @@ fn sigterm_closes_every_connection_with_close_notify_and_exits() {
 #[test]
 fn fuel_bounds_guests_in_workers() {
     let server = Server::start(&["--echo", "--workers", "1", "--fuel", "100000000"]);
-    server.stderr.wait_for("worker ready");
+    server
+        .stderr
+        .wait_for_event(|e| message(e) == "worker ready" && !relayed(e));
     echo_works(&server, b"fuelled");
 }
 
@@ -298,8 +366,18 @@ fn a_worker_crash_loop_stops_the_server() {
         "--worker-program",
         script.to_str().unwrap(),
     ]);
-    let log = server.stderr.wait_for("workers crash in a loop; giving up");
-    assert!(log.contains("worker ended; starting another"), "{log}");
+    server
+        .stderr
+        .wait_for_event(|e| message(e) == "workers crash in a loop; giving up" && !relayed(e));
+    assert!(
+        server
+            .stderr
+            .events()
+            .iter()
+            .any(|e| message(e) == "worker ended; starting another" && !relayed(e)),
+        "{}",
+        server.stderr.text()
+    );
     let start = std::time::Instant::now();
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
@@ -309,7 +387,17 @@ fn a_worker_crash_loop_stops_the_server() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(!status.success(), "a crash loop is a failure: {status:?}");
-    server.stderr.wait_for("failed 10 times in a row");
+    // The fatal error, as a JSON event of the handshake process (the
+    // reason in its error or its causes).
+    server.stderr.wait_for_event(|e| {
+        message(e) == "fatal"
+            && !relayed(e)
+            && ["error", "causes"].into_iter().any(|field| {
+                e[field]
+                    .as_str()
+                    .is_some_and(|text| text.contains("failed 10 times in a row"))
+            })
+    });
 }
 
 #[test]
@@ -344,7 +432,10 @@ fn shared_instances_serve_many_connections_and_recover_from_a_trap() {
     write_all(&mut culprit, b"trap");
     let mut buf = [0u8; 16];
     assert!(!matches!(culprit.read(&mut buf), Ok(n) if n > 0));
-    server.stderr.wait_for("guest failed");
+    // Logged by this process itself (`--workers 0`).
+    server
+        .stderr
+        .wait_for_event(|e| guest_failure(e) && !relayed(e));
     write_all(&mut bystander, b"after");
     assert!(
         !matches!(bystander.read(&mut buf), Ok(n) if n > 0),

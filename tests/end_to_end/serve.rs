@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use keyferry_tests::process::{Captured, Server, pem_identity};
+use keyferry_tests::process::{Captured, Server, has_fields, pem_identity, relayed};
 
 fn curl(args: &[&str]) -> String {
     let out = Command::new("curl")
@@ -56,8 +56,18 @@ fn curl_gets_responses_made_inside_the_guest_over_tls13_and_tls12() {
         &format!("https://localhost:{}/sni", server.port),
     ]);
     assert!(body.contains("server_name: localhost"), "{body}");
-    let log = server.stderr.wait_for("ending=close_notify");
-    assert!(log.contains("suite=TLS_CHACHA20_POLY1305_SHA256"), "{log}");
+    // One per-connection event, from a worker, has both: a TLS 1.3
+    // connection closed cleanly, in the suite the server prefers.
+    server.stderr.wait_for_event(|e| {
+        has_fields(
+            e,
+            &[
+                ("message", "connection"),
+                ("ending", "close_notify"),
+                ("suite", "TLS_CHACHA20_POLY1305_SHA256"),
+            ],
+        ) && relayed(e)
+    });
 }
 
 #[test]
@@ -179,15 +189,23 @@ fn openssl_s_client_echo_in_every_tls13_suite_with_key_updates() {
         c.command("K");
         c.echo(&format!("{suite}-after-second-K"));
         drop(c);
-        // The server's per-connection line names the suite it served.
-        server.stderr.wait_for(&format!("suite={suite}"));
+        // The server's per-connection event names the suite it served.
+        server.stderr.wait_for_event(|e| {
+            has_fields(e, &[("message", "connection"), ("suite", suite)]) && relayed(e)
+        });
     }
-    let log = server.stderr.text();
-    let served: Vec<_> = log
-        .lines()
-        .filter(|l| l.contains(" connection ") && l.contains("version=\"TLSv1.3\""))
-        .collect();
-    assert_eq!(served.len(), 3, "one line per connection:\n{log}");
+    let served = server
+        .stderr
+        .events()
+        .into_iter()
+        .filter(|e| has_fields(e, &[("message", "connection"), ("version", "TLSv1.3")]))
+        .count();
+    assert_eq!(
+        served,
+        3,
+        "one event per connection:\n{}",
+        server.stderr.text()
+    );
 }
 
 #[test]
@@ -239,12 +257,11 @@ fn the_log_line_counts_data_sent_with_the_finished() {
         b"early bird"
     );
     drop(tls);
-    let log = server.stderr.wait_for("bytes_in=");
-    let bytes_in: u64 = log
-        .split("bytes_in=")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("a bytes_in field");
-    assert!(bytes_in >= 10, "the early data is counted: {log}");
+    let connection = server
+        .stderr
+        .wait_for_event(|e| has_fields(e, &[("message", "connection")]) && relayed(e));
+    let bytes_in = connection["bytes_in"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a numeric bytes_in field: {connection}"));
+    assert!(bytes_in >= 10, "the early data is counted: {connection}");
 }

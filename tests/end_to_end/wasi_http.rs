@@ -9,9 +9,35 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use keyferry_tests::process::{
-    Server, children, memory_find, rustls_client, sample, scrape, temp_dir,
+    Server, children, has_fields, memory_find, message, relayed, rustls_client, sample, scrape,
+    temp_dir,
 };
 use keyferry_tests::tenants;
+use serde_json::Value;
+
+/// The message of the event a guest call that computed for long logs once.
+const LONG_GUEST_CALL: &str = "a guest call ran long; guest calls now leave their tokio worker \
+    to the other connections (block_in_place)";
+
+/// Whether `e` is a per-connection event that ended in a guest failure.
+fn guest_failure(e: &Value) -> bool {
+    has_fields(e, &[("message", "connection"), ("ending", "guest_failure")])
+}
+
+/// Waits for a per-connection event that ended as `ending`, logged by a
+/// worker or, with `--workers 0` in `placement`, by the server itself;
+/// then checks that no connection so far ended in a guest failure.
+fn ended_without_guest_failures(server: &Server, ending: &str, placement: &[&str]) {
+    let in_workers = !placement.windows(2).any(|w| w == ["--workers", "0"]);
+    server.stderr.wait_for_event(|e| {
+        has_fields(e, &[("message", "connection"), ("ending", ending)]) && relayed(e) == in_workers
+    });
+    assert!(
+        !server.stderr.events().iter().any(guest_failure),
+        "{}",
+        server.stderr.text()
+    );
+}
 
 /// The response carries a Date (RFC 9110 section 6.6.1) in the
 /// IMF-fixdate form, which GNU date reads back, and it is the time now.
@@ -42,7 +68,9 @@ fn serve(tenant: &str, extra: &[&str]) -> Server {
     args.extend_from_slice(extra);
     let server = Server::start(&args);
     if !extra.windows(2).any(|w| w == ["--workers", "0"]) {
-        server.stderr.wait_for("worker ready");
+        server
+            .stderr
+            .wait_for_event(|e| message(e) == "worker ready" && !relayed(e));
     }
     server
 }
@@ -304,8 +332,7 @@ fn stock_components_from_three_toolchains_are_served_in_both_placements() {
         assert!(ok && echoed == big, "{} bytes back", echoed.len());
 
         for server in [&plain, &wstd, &js, &proxy, &streaming] {
-            let log = server.stderr.wait_for("ending=close_notify");
-            assert!(!log.contains("guest failed"), "{log}");
+            ended_without_guest_failures(server, "close_notify", placement);
         }
     }
 }
@@ -351,8 +378,7 @@ fn idle_keep_alive_connections_hold_no_thread_and_time_out_with_close_notify() {
         let read = client.reader.stream.read(&mut byte);
         assert!(matches!(read, Ok(0)), "{read:?}");
     }
-    let log = server.stderr.wait_for("ending=keepalive_timeout");
-    assert!(!log.contains("guest failed"), "{log}");
+    ended_without_guest_failures(&server, "keepalive_timeout", &["--workers", "1"]);
 }
 
 #[test]
@@ -415,8 +441,7 @@ fn a_head_trickled_byte_by_byte_holds_no_thread_and_meets_the_request_timeout() 
             "{read:?}"
         );
     }
-    let log = server.stderr.wait_for("ending=request_timeout");
-    assert!(!log.contains("guest failed"), "{log}");
+    ended_without_guest_failures(&server, "request_timeout", &["--workers", "1"]);
     // And a whole request is still served.
     assert_eq!(
         get(&server, "/"),
@@ -454,8 +479,7 @@ fn an_instance_per_connection_or_per_request() {
         let wstd = serve(tenants::WSTD, &args);
         let (ok, body) = curl(&[&wstd.url("/"), &wstd.url("/"), &wstd.url("/")]);
         assert!(ok && body.matches("Hello").count() == 3, "{body}");
-        let log = per_request.stderr.wait_for("ending=close_notify");
-        assert!(!log.contains("guest failed"), "{log}");
+        ended_without_guest_failures(&per_request, "close_notify", placement);
     }
 }
 
@@ -644,26 +668,39 @@ fn the_components_imports_behave_as_a_host_should() {
         "refused: ErrorCode::HttpRequestDenied\n"
     );
     assert_eq!(get(&server, "/print"), "printed\n");
-    let log = server.stderr.wait_for("a line on stderr");
-    assert!(log.contains("a line on stdout"), "{log}");
+    // The component's output, one event a line, from the worker that ran
+    // it, with the stream and the connection's peer.
+    let component = |e: &Value, stream: &str, line: &str| {
+        has_fields(
+            e,
+            &[
+                ("target", "keyferry::component"),
+                ("stream", stream),
+                ("message", line),
+            ],
+        ) && e["peer"].is_string()
+            && relayed(e)
+    };
+    server
+        .stderr
+        .wait_for_event(|e| component(e, "stderr", "a line on stderr"));
+    let events = server.stderr.events();
     assert!(
-        log.lines().any(|l| l.contains("a line on stderr")
-            && l.contains("stream=\"stderr\"")
-            && l.contains("peer=")),
-        "{log}"
+        events
+            .iter()
+            .any(|e| component(e, "stdout", "a line on stdout")),
+        "{}",
+        server.stderr.text()
     );
     // The second of sleep was waiting, not computing: it is no reason to
     // move guest calls off their runtime thread. (On a loaded machine a
     // debug build's instantiation may pass the 50 ms limit first; then the
     // switch is made once, for that, and this sees nothing.)
-    for line in log.lines().filter(|l| l.contains("a guest call ran long")) {
-        let took: u64 = line
-            .split("took_ms=")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or_else(|| panic!("no took_ms in {line}"));
-        assert!(took < 900, "the sleep counted as computing: {line}");
+    for e in events.iter().filter(|e| message(e) == LONG_GUEST_CALL) {
+        let took = e["took_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no numeric took_ms in {e}"));
+        assert!(took < 900, "the sleep counted as computing: {e}");
     }
 }
 
@@ -704,9 +741,26 @@ fn faults_end_only_their_connection() {
         200,
         "the other connection carries on"
     );
-    let log = server.stderr.wait_for("execution deadline passed");
-    assert!(log.contains("resource limit reached"), "{log}");
-    assert!(log.matches("(answered 500)").count() >= 6, "{log}");
+    // Each fault answered with a 500 is one per-connection event, from
+    // the worker, whose detail says so: the trap, loop, memory, exit and
+    // the request timeout (midway resets instead, and the missing answer
+    // is the front's own 500, a clean ending).
+    let answered = server.stderr.wait_for_events(5, |e| {
+        guest_failure(e)
+            && relayed(e)
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("(answered 500)"))
+    });
+    for cause in ["execution deadline passed", "resource limit reached"] {
+        assert!(
+            answered
+                .iter()
+                .any(|e| e["detail"].as_str().is_some_and(|d| d.contains(cause))),
+            "{cause}: {}",
+            server.stderr.text()
+        );
+    }
     // Counted in the metrics by their trap (a worker reports a moment after
     // its log line): the trap, loop, memory, exit, timeout and midway (the
     // missing answer is the front's own 500, a clean ending).
@@ -869,7 +923,9 @@ fn rss_kib(pid: u32) -> u64 {
 fn a_gigabyte_streams_through_while_worker_memory_stays_flat() {
     const TOTAL: u64 = 1 << 30;
     let server = serve(tenants::PLAIN, &["--workers", "1"]);
-    server.stderr.wait_for("worker confined");
+    server
+        .stderr
+        .wait_for_event(|e| message(e) == "worker confined" && relayed(e));
     let worker = children(server.child.id())[0];
     let mut stream = rustls_client(&server.addr());
     let done = Arc::new(AtomicBool::new(false));

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// The `keyferry` command as this package builds it for its end-to-end
 /// tests (`src/bin/keyferry-under-test.rs`, which is `keyferry_cli::main`):
 /// cargo puts it beside the test executable's `deps` folder.
@@ -50,7 +52,10 @@ impl Captured {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 
-    /// Waits until the output contains `needle`.
+    /// Waits until the output contains `needle`. For other programs' output
+    /// (openssl, curl, systemd's tools) and keyferry's text log format;
+    /// keyferry's own events are read with [`Captured::events`] and the
+    /// `wait_for_event*` functions, by their fields, not their wording.
     pub fn wait_for(&self, needle: &str) -> String {
         let start = Instant::now();
         loop {
@@ -65,9 +70,99 @@ impl Captured {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Each complete line that is a JSON object, in order: keyferry's log
+    /// events with `KEYFERRY_LOG_FORMAT=json` (the default of [`Server`]).
+    /// Other lines are skipped: another program writing to the same
+    /// stderr (systemd-socket-activate), or a last line still half written,
+    /// which is read whole on a later call.
+    pub fn events(&self) -> Vec<Value> {
+        let text = self.text();
+        let done = text.rfind('\n').map_or("", |end| &text[..end]);
+        done.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(Value::is_object)
+            .collect()
+    }
+
+    /// Waits until `n` events match `matches`, and returns every event that
+    /// matches (at least `n`, in log order). A wait on the condition, as
+    /// [`Captured::wait_for`] is, never a sleep; on timeout the test fails
+    /// with the whole log.
+    #[track_caller]
+    pub fn wait_for_events(&self, n: usize, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let found: Vec<Value> = self.events().into_iter().filter(|e| matches(e)).collect();
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "timed out waiting for {n} matching log events ({} so far); log:\n{}",
+                found.len(),
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the first event that matches `matches`, and returns it.
+    #[track_caller]
+    pub fn wait_for_event(&self, matches: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_events(1, matches).remove(0)
+    }
+
+    /// Waits for the first event with all of `fields`, as [`has_fields`]
+    /// compares them:
+    /// `wait_for_fields(&[("message", "connection"), ("ending", "close_notify")])`.
+    #[track_caller]
+    pub fn wait_for_fields(&self, fields: &[(&str, &str)]) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(found) = self.events().into_iter().find(|e| has_fields(e, fields)) {
+                return found;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "timed out waiting for a log event with {fields:?}; log:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
-/// A running `keyferry serve`.
+/// Whether event `e` has every one of `fields`. A string field compares as
+/// the string; any other by its JSON text, so numbers and booleans are
+/// written as JSON writes them: `("resumed", "true")`, `("worker", "0")`.
+/// A field the event lacks never matches (`detail` is left out when there
+/// is none).
+pub fn has_fields(e: &Value, fields: &[(&str, &str)]) -> bool {
+    fields.iter().all(|(k, v)| match e.get(*k) {
+        Some(Value::String(s)) => s == v,
+        Some(other) => serde_json::from_str::<Value>(v).is_ok_and(|want| *other == want),
+        None => false,
+    })
+}
+
+/// An event's `message` ("" if it has none): the fixed words of the event
+/// (`connection`, `worker ready`), which tests match whole.
+pub fn message(e: &Value) -> &str {
+    e["message"].as_str().unwrap_or("")
+}
+
+/// Whether the event is a worker's, relayed by the handshake process: the
+/// relay sets `relayed: true` (with `worker` and `pid`) on every worker
+/// object, and the handshake process's own events never carry `relayed`,
+/// so a worker cannot pass an event off as the handshake process's.
+pub fn relayed(e: &Value) -> bool {
+    e["relayed"] == true
+}
+
+/// A running `keyferry serve`. It logs JSON (`KEYFERRY_LOG_FORMAT=json`)
+/// unless a test asks for text, so tests read `stderr` by its events'
+/// fields ([`Captured::events`]) rather than by the log's wording.
 pub struct Server {
     pub child: Child,
     pub port: u16,
@@ -115,6 +210,9 @@ impl Server {
             .args(["--listen", address])
             .args(args)
             .env("KEYFERRY_LOG", "info")
+            // JSON, so tests read the log by its fields (`Captured::events`);
+            // set before `env`, which may ask for text instead.
+            .env("KEYFERRY_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -394,13 +492,15 @@ pub fn private_key_bytes(pem: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
 }
 
 impl Server {
-    /// The `--metrics` listener's address, as the server logged it.
+    /// The `--metrics` listener's address, as the server logged it: the
+    /// `address` field of its "metrics at http://ADDRESS/metrics" event.
     pub fn metrics_addr(&self) -> String {
-        let log = self.stderr.wait_for("metrics at http://");
-        log.split("metrics at http://")
-            .nth(1)
-            .and_then(|rest| rest.split("/metrics").next())
-            .expect("an address in the metrics line")
+        let event = self
+            .stderr
+            .wait_for_event(|e| message(e).starts_with("metrics at http://") && !relayed(e));
+        event["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address in the metrics event: {event}"))
             .to_string()
     }
 }

@@ -10,6 +10,7 @@ use crate::serve_bench;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keyferry::{GuestComponent, GuestEngine, SandboxConfig};
+use keyferry_server::monitor::LogFormat;
 
 use crate::commands::bench::BenchArgs;
 use crate::commands::connect::ConnectArgs;
@@ -138,7 +139,13 @@ pub fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    match run(cli) {
+    // `serve`'s workers log as this process does.
+    let format = if json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    match run(cli, format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if e.chain().any(|c| {
@@ -180,18 +187,18 @@ fn log_directives(setting: Option<&str>) -> String {
     match setting.map(str::trim) {
         Some(full) if full.contains('=') => full.to_string(),
         Some(level) if !level.is_empty() => {
-            format!(
-                "warn,rustls=error,keyferry={level},keyferry_cli={level},keyferry_guest={level}"
-            )
+            // A target directive matches by prefix: `keyferry` covers
+            // keyferry_server and keyferry_cli too.
+            format!("warn,rustls=error,keyferry={level}")
         }
         _ => "info,rustls=error".to_string(),
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, log_format: LogFormat) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            crate::commands::serve::serve_command(*args, cli.log_level.as_deref())
+            crate::commands::serve::serve_command(*args, cli.log_level.as_deref(), log_format)
         }
         Command::Connect(args) => crate::commands::connect::connect_command(args),
         Command::SelfCheck => {

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyferry_guest::blob::SessionSender;
+use keyferry_record::blob::SessionSender;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot, watch};
@@ -40,6 +40,8 @@ use crate::metrics::Metrics;
 use keyferry::error::Result;
 use keyferry::handshake::Handoff;
 
+pub use crate::relay::LogFormat;
+
 /// How to start a worker: this binary, in its worker mode.
 #[derive(Clone, Debug)]
 pub struct WorkerCommand {
@@ -47,6 +49,9 @@ pub struct WorkerCommand {
     pub program: PathBuf,
     /// Its arguments, selecting worker mode and the worker's settings.
     pub args: Vec<OsString>,
+    /// The format the worker logs in, this process's own: its lines are
+    /// relayed into this process's log in that format.
+    pub log_format: LogFormat,
 }
 
 /// Everything the handshake process needs: [`MonitorOptions::new`] with
@@ -515,6 +520,7 @@ async fn run_worker(
     let (ours, theirs) = crate::channel::pair()?;
     let mut child = tokio::process::Command::new(&command.program)
         .args(&command.args)
+        .env("KEYFERRY_LOG_FORMAT", command.log_format.as_str())
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())
         // Relayed line by line, tagged with the worker, so nothing a worker
@@ -524,7 +530,12 @@ async fn run_worker(
         .spawn()?;
     let pid = child.id().unwrap_or(0);
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(crate::relay::relay_stderr(stderr, index, pid));
+        tokio::spawn(crate::relay::relay_stderr(
+            stderr,
+            index,
+            pid,
+            command.log_format,
+        ));
     }
     let worker = Arc::new(Worker {
         pid,

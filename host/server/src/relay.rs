@@ -1,8 +1,37 @@
 //! A worker's standard error, relayed into the handshake process's log:
 //! line by line, each tagged with the worker and its pid, so nothing a
 //! worker writes can pass for a line of the handshake process.
+//!
+//! In text, a line becomes the message of one of this process's events.
+//! In JSON, a worker's line is an object with its own fields (`ending`,
+//! `peer`, ...), which log shippers and tests read as they read this
+//! process's: it goes out as one object of this log, with `worker`, `pid`
+//! and `relayed: true` set here.
 
+use serde_json::{Map, Value};
 use tracing::{debug, info, warn};
+
+/// How this process and its workers write their logs
+/// (`KEYFERRY_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The `KEYFERRY_LOG_FORMAT` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
 
 /// The longest line of a worker's standard error relayed as one log line;
 /// the rest of a longer line is cut.
@@ -50,8 +79,15 @@ impl Budget {
 /// tagged with the worker and its pid, at the level the worker's line
 /// names (info if none). Control characters are shown escaped and a line
 /// is cut at [`RELAYED_LINE`] bytes, so a worker can neither forge a line
-/// of this process nor make one without end.
-pub(crate) async fn relay_stderr(stderr: tokio::process::ChildStderr, index: usize, pid: u32) {
+/// of this process nor make one without end. In JSON, a line that is a
+/// JSON object goes out as one ([`relayed_object`]); any other line (a
+/// panic message, a line cut short) is relayed as text.
+pub(crate) async fn relay_stderr(
+    stderr: tokio::process::ChildStderr,
+    index: usize,
+    pid: u32,
+    format: LogFormat,
+) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut reader = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
@@ -94,6 +130,14 @@ pub(crate) async fn relay_stderr(stderr: tokio::process::ChildStderr, index: usi
         if !relay {
             continue;
         }
+        if format == LogFormat::Json
+            && let Some((level, object)) = relayed_object(&line, index, pid)
+        {
+            if level_enabled(level) {
+                write_line(&object);
+            }
+            continue;
+        }
         let text = relayed_text(&line);
         match worker_line_level(&text) {
             tracing::Level::ERROR => tracing::error!(worker = index, pid, "{text}"),
@@ -123,6 +167,64 @@ fn relayed_text(line: &[u8]) -> String {
         .collect()
 }
 
+/// A worker's JSON line as one line of this log: its `timestamp` and
+/// `level` first, as tracing writes them, then its own fields, and
+/// `worker`, `pid` and `relayed` set here. A worker's own values for those
+/// three are overwritten, and this process's events never carry
+/// `relayed`, so no worker line can pass for one of them. `None` if the
+/// line is not a JSON object. Written out again from the parsed value, so
+/// nothing the worker wrote can start a line of its own.
+fn relayed_object(line: &[u8], index: usize, pid: u32) -> Option<(tracing::Level, String)> {
+    let mut object: Map<String, Value> = serde_json::from_slice(line.trim_ascii_end()).ok()?;
+    let level = match object.get("level").and_then(Value::as_str) {
+        Some("ERROR") => tracing::Level::ERROR,
+        Some("WARN") => tracing::Level::WARN,
+        Some("DEBUG") => tracing::Level::DEBUG,
+        Some("TRACE") => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    object.insert("level".into(), level.as_str().into());
+    object.insert("worker".into(), index.into());
+    object.insert("pid".into(), pid.into());
+    object.insert("relayed".into(), true.into());
+    let mut out = String::with_capacity(line.len() + 48);
+    out.push('{');
+    let first: Vec<_> = ["timestamp", "level"]
+        .into_iter()
+        .filter_map(|key| object.remove_entry(key))
+        .collect();
+    for (n, (key, value)) in first.into_iter().chain(object).enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::from(key).to_string());
+        out.push(':');
+        out.push_str(&value.to_string());
+    }
+    out.push_str("}\n");
+    Some((level, out))
+}
+
+/// Whether this process logs lines of `level` from the relay (its log
+/// filter, as for the relay's text lines).
+fn level_enabled(level: tracing::Level) -> bool {
+    match level {
+        tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+        tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+        tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+        _ => tracing::enabled!(tracing::Level::TRACE),
+    }
+}
+
+/// One write under standard error's lock, as tracing writes its own
+/// events (a formatted buffer, then one `write_all`), so lines never
+/// interleave.
+fn write_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// The level a worker's text log line names in its first words (the
 /// worker logs as this process does), info if it names none.
 fn worker_line_level(text: &str) -> tracing::Level {
@@ -132,9 +234,6 @@ fn worker_line_level(text: &str) -> tracing::Level {
         (" WARN ", tracing::Level::WARN),
         (" DEBUG ", tracing::Level::DEBUG),
         (" TRACE ", tracing::Level::TRACE),
-        ("\"level\":\"ERROR\"", tracing::Level::ERROR),
-        ("\"level\":\"WARN\"", tracing::Level::WARN),
-        ("\"level\":\"DEBUG\"", tracing::Level::DEBUG),
     ]
     .into_iter()
     .find(|(word, _)| head.contains(word))
@@ -176,5 +275,36 @@ mod tests {
             tracing::Level::WARN
         );
         assert_eq!(worker_line_level("no level here"), tracing::Level::INFO);
+    }
+
+    #[test]
+    fn a_json_line_is_relayed_as_one_object_with_the_relay_s_tags() {
+        let line = br#"{"timestamp":"2026-12-06T10:19:09.123456Z","level":"WARN","message":"connection","ending":"truncated","worker":7,"pid":1,"relayed":false,"target":"keyferry_server::transport"}"#;
+        let (level, out) = relayed_object(line, 2, 4242).unwrap();
+        assert_eq!(level, tracing::Level::WARN);
+        assert!(out.starts_with(r#"{"timestamp":"2026-12-06T10:19:09.123456Z","level":"WARN","#));
+        assert!(out.ends_with("}\n") && out.matches('\n').count() == 1);
+        let object: Map<String, Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(object["ending"], "truncated");
+        assert_eq!(object["target"], "keyferry_server::transport");
+        // The worker's own tags are overwritten.
+        assert_eq!(object["worker"], 2);
+        assert_eq!(object["pid"], 4242);
+        assert_eq!(object["relayed"], true);
+    }
+
+    #[test]
+    fn a_line_that_is_no_json_object_is_left_to_the_text_relay() {
+        for line in [
+            &b"thread 'main' panicked at src/x.rs:1:1\n"[..],
+            b"[1, 2]\n",
+            b"{\"message\":\"cut sh",
+            b"{\"message\":\"a\x01\"}",
+        ] {
+            assert!(relayed_object(line, 0, 1).is_none(), "{line:?}");
+        }
+        // A level that is not a level's name is info.
+        let (level, _) = relayed_object(br#"{"level":5,"message":"x"}"#, 0, 1).unwrap();
+        assert_eq!(level, tracing::Level::INFO);
     }
 }

@@ -13,7 +13,7 @@ use keyferry::GuestEngine;
 use keyferry::tls::{self, Identities, Identity};
 use keyferry_server::front::FrontOptions;
 use keyferry_server::metrics::{Metrics, Serving};
-use keyferry_server::monitor::{MonitorOptions, WorkerCommand};
+use keyferry_server::monitor::{LogFormat, MonitorOptions, WorkerCommand};
 use keyferry_server::server::{Isolation, ServerOptions, serve};
 use tracing::{info, warn};
 
@@ -118,7 +118,11 @@ pub(crate) struct ServeArgs {
     pub(crate) plane: PlaneArgs,
 }
 
-pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn serve_command(
+    args: ServeArgs,
+    log_level: Option<&str>,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
     // Before the key is read: from here on, no process of this uid (a
     // worker included) can read this one's memory, and no core file holds
     // the key.
@@ -243,6 +247,7 @@ pub(crate) fn serve_command(args: ServeArgs, log_level: Option<&str>) -> anyhow:
             }
             a
         },
+        log_format,
     };
     if workers > 0 {
         log_key_protection(&args.user);
