@@ -12,10 +12,10 @@ use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 
 use crate::bindings::DataplaneHostKeysIndices;
 use crate::compose::{self, ComponentKind};
-use crate::connection_exports::ConnectionIndices;
+use crate::connection_funcs::ConnectionIndices;
 use crate::engine::{GuestEngine, engine_error};
 use crate::error::Result;
-use crate::instance::{Exports, FullExports, GuestInstance};
+use crate::instance::{GuestFuncs, GuestInstance, KeyLevelFuncs};
 use crate::sandbox::{StoreState, arm, classify};
 
 /// The reference component (`dataplane` world): its connections hand their
@@ -152,12 +152,12 @@ impl GuestComponent {
             .load(&mut store, &instance)
             .map_err(engine_error("loading the connection exports"))?;
         let full = match &self.full {
-            Some(indices) => FullExports::Unloaded(indices.clone(), instance),
-            None => FullExports::Absent,
+            Some(indices) => KeyLevelFuncs::Unloaded(indices.clone(), instance),
+            None => KeyLevelFuncs::Absent,
         };
         let guest = GuestInstance::new(
             store,
-            Exports {
+            GuestFuncs {
                 connection,
                 full,
                 http,

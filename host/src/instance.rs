@@ -15,7 +15,7 @@ use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 use crate::bindings::{DataplaneHostKeys, DataplaneHostKeysIndices};
-use crate::connection_exports::ConnectionExports;
+use crate::connection_funcs::ConnectionFuncs;
 use crate::engine::engine_error;
 use crate::error::{Error, GuestError, Result, SandboxError};
 use crate::keystore::HostKeyStore;
@@ -91,9 +91,9 @@ pub use keyferry_record::record::TrafficKeyState;
 
 /// What an instance exports: every component's `connection`, and the
 /// reference component's key-level interfaces.
-pub(crate) struct Exports {
-    pub(crate) connection: ConnectionExports,
-    pub(crate) full: FullExports,
+pub(crate) struct GuestFuncs {
+    pub(crate) connection: ConnectionFuncs,
+    pub(crate) full: KeyLevelFuncs,
     /// A composed `wasi:http` component's `serve`.
     pub(crate) http: Option<wasmtime::component::TypedFunc<(), (bool,)>>,
 }
@@ -101,10 +101,10 @@ pub(crate) struct Exports {
 /// The key-level interfaces (`keys`, `primitives`, `self-check`) of one
 /// instance, looked up on the first call that needs them. `bindgen!`'s
 /// loader type-checks every export of the world, `connection` included,
-/// and has no check-once form (`crate::connection_exports` is that for
+/// and has no check-once form (`crate::connection_funcs` is that for
 /// `connection`): an instance that only ever serves a connection, as
 /// `DataPlane` uses it, never pays for it.
-pub(crate) enum FullExports {
+pub(crate) enum KeyLevelFuncs {
     /// The component does not export them.
     Absent,
     /// Exported; not looked up in this instance yet. The indices are the
@@ -115,7 +115,7 @@ pub(crate) enum FullExports {
     Loaded(Box<DataplaneHostKeys>),
 }
 
-impl FullExports {
+impl KeyLevelFuncs {
     /// Looks the interfaces up if that has not happened yet. No guest code
     /// runs.
     fn load(&mut self, store: &mut Store<StoreState>) -> Result<()> {
@@ -137,7 +137,7 @@ impl FullExports {
 /// in. Calls are serialized; a trap poisons the instance for every handle.
 #[derive(Clone)]
 pub struct GuestInstance {
-    sandbox: Arc<Mutex<Sandboxed<Exports>>>,
+    sandbox: Arc<Mutex<Sandboxed<GuestFuncs>>>,
     id: u64,
     registration: Arc<Registration>,
     /// The component it is an instance of, for a fresh sibling.
@@ -201,7 +201,7 @@ impl Drop for Registration {
 impl GuestInstance {
     pub(crate) fn new(
         store: Store<StoreState>,
-        exports: Exports,
+        exports: GuestFuncs,
         bound: ExecutionBound,
         component: Option<crate::component::GuestComponent>,
     ) -> Result<Self> {
@@ -348,10 +348,10 @@ impl GuestInstance {
 
     /// Whether the key-level exports have been looked up in this instance.
     #[cfg(test)]
-    fn has_loaded_key_exports(&self) -> bool {
+    fn has_loaded_key_level_funcs(&self) -> bool {
         self.sandbox
             .lock()
-            .is_ok_and(|mut s| matches!(s.parts_mut().1.full, FullExports::Loaded(_)))
+            .is_ok_and(|mut s| matches!(s.parts_mut().1.full, KeyLevelFuncs::Loaded(_)))
     }
 
     /// Whether the instance has imported since it last reported its epoch.
@@ -395,7 +395,7 @@ impl GuestInstance {
     /// Calls the instance's `connection` export.
     pub(crate) fn call_connection<R>(
         &self,
-        f: impl FnOnce(&mut Store<StoreState>, &ConnectionExports) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<StoreState>, &ConnectionFuncs) -> wasmtime::Result<R>,
     ) -> Result<R> {
         self.sandbox
             .lock()
@@ -475,8 +475,8 @@ impl GuestInstance {
         let (store, exports) = sandbox.parts_mut();
         exports.full.load(store)?;
         let result = sandbox.call(|s, e| match &e.full {
-            FullExports::Loaded(full) => f(s, full).map(Some),
-            FullExports::Absent | FullExports::Unloaded(..) => Ok(None),
+            KeyLevelFuncs::Loaded(full) => f(s, full).map(Some),
+            KeyLevelFuncs::Absent | KeyLevelFuncs::Unloaded(..) => Ok(None),
         })?;
         result.ok_or_else(|| GuestError::MissingExport("keyferry:dataplane/keys").into())
     }
@@ -823,13 +823,13 @@ mod tests {
     }
 
     #[test]
-    fn key_level_exports_are_looked_up_on_the_first_call_that_needs_them() {
+    fn key_level_funcs_are_looked_up_on_the_first_call_that_needs_them() {
         let guest = reference_instance();
         // Instantiating and wrapping use `connection` alone.
         let blob = guest.seal_traffic_key(&material(1)).unwrap();
-        assert!(!guest.has_loaded_key_exports());
+        assert!(!guest.has_loaded_key_level_funcs());
         let key = guest.import_traffic_key(&blob).unwrap();
-        assert!(guest.has_loaded_key_exports());
+        assert!(guest.has_loaded_key_level_funcs());
         assert_eq!(guest.state(&key).unwrap().sequence, 0);
         guest.drop_traffic_key(key).unwrap();
     }

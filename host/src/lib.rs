@@ -43,7 +43,7 @@
 mod bindings;
 pub mod component;
 pub mod compose;
-mod connection_exports;
+mod connection_funcs;
 pub mod dataplane;
 pub mod engine;
 pub mod error;

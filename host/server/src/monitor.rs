@@ -354,7 +354,7 @@ impl Pool {
 /// Serves until `shutdown` becomes true with `options.workers` worker
 /// processes, then has every worker close its sessions with close_notify,
 /// and waits for them (up to the drain timeout).
-pub async fn serve(
+pub async fn run(
     listener: TcpListener,
     options: MonitorOptions,
     mut shutdown: watch::Receiver<bool>,

@@ -88,7 +88,7 @@ impl ServerOptions {
 
 /// Serves until `shutdown` becomes true, then sends close_notify on open
 /// connections and waits for them (up to the drain timeout).
-pub async fn serve(
+pub async fn run(
     listener: TcpListener,
     options: ServerOptions,
     mut shutdown: watch::Receiver<bool>,

@@ -298,12 +298,17 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {
                     let id = assignment.connection_id;
-                    // Boxed, as `server::serve` boxes its connections: the
-                    // task's future is then small, and tokio's copies of it
-                    // cheap.
-                    let report =
-                        Box::pin(serve((*assignment, keys), socket, guest, &shared, shutdown))
-                            .await;
+                    // Boxed, as `front::accept_all` boxes its connections:
+                    // the task's future is then small, and tokio's copies
+                    // of it cheap.
+                    let report = Box::pin(serve_connection(
+                        (*assignment, keys),
+                        socket,
+                        guest,
+                        &shared,
+                        shutdown,
+                    ))
+                    .await;
                     let _ = done.send(FromWorker::Done {
                         connection_id: id,
                         report,
@@ -358,7 +363,7 @@ fn open_pair(receiver: &mut SessionReceiver, a: &mut Assignment) -> Opened {
 /// A connection's two keys as its blobs opened, seal then open.
 type Opened = keyferry::Result<(TrafficKeyMaterial, TrafficKeyMaterial)>;
 
-async fn serve(
+async fn serve_connection(
     (a, keys): (Assignment, Opened),
     socket: OwnedFd,
     guest: GuestInstance,

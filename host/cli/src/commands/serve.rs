@@ -14,7 +14,7 @@ use keyferry::tls::{self, Identities, Identity};
 use keyferry_server::front::FrontOptions;
 use keyferry_server::metrics::{Metrics, Serving};
 use keyferry_server::monitor::{LogFormat, MonitorOptions, WorkerCommand};
-use keyferry_server::server::{Isolation, ServerOptions, serve};
+use keyferry_server::server::{Isolation, ServerOptions};
 use tracing::{info, warn};
 
 use super::args::{PlaneArgs, TlsArgs, pool_slots};
@@ -361,7 +361,7 @@ pub(crate) fn serve_command(
                 // As a task on the runtime's threads, not on this one:
                 // what the accept loop spawns then starts on the same
                 // thread without waking another.
-                tokio::spawn(serve(listener, options, rx)).await??
+                tokio::spawn(keyferry_server::server::run(listener, options, rx)).await??
             }
             None => {
                 let options = MonitorOptions::new(front, worker_command)
@@ -375,7 +375,7 @@ pub(crate) fn serve_command(
                             super::systemd::ready();
                         })
                     });
-                tokio::spawn(keyferry_server::monitor::serve(listener, options, rx)).await??
+                tokio::spawn(keyferry_server::monitor::run(listener, options, rx)).await??
             }
         };
         info!(accepted = metrics.accepted_total(), "stopped");

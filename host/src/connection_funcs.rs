@@ -37,7 +37,7 @@ const INTERFACE: &str = "keyferry:dataplane/connection@0.1.0";
 
 /// Declares each export once: its field, its export name, the method that
 /// calls it, and its parameter and result types.
-macro_rules! connection_exports {
+macro_rules! connection_funcs {
     ($(
         $(#[$doc:meta])*
         $field:ident = $name:literal,
@@ -52,7 +52,7 @@ macro_rules! connection_exports {
         }
 
         /// One instance's `connection` functions.
-        pub(crate) struct ConnectionExports {
+        pub(crate) struct ConnectionFuncs {
             $($field: Func,)*
         }
 
@@ -80,7 +80,7 @@ macro_rules! connection_exports {
                 &self,
                 mut store: impl AsContextMut<Data = StoreState>,
                 instance: &Instance,
-            ) -> wasmtime::Result<ConnectionExports> {
+            ) -> wasmtime::Result<ConnectionFuncs> {
                 let find = |store: &mut wasmtime::StoreContextMut<'_, StoreState>,
                             index: &ComponentExportIndex| {
                     instance
@@ -88,7 +88,7 @@ macro_rules! connection_exports {
                         .ok_or_else(|| wasmtime::format_err!("a `{INTERFACE}` export is not a function"))
                 };
                 let mut store = store.as_context_mut();
-                let exports = ConnectionExports {
+                let exports = ConnectionFuncs {
                     $($field: find(&mut store, &self.$field)?,)*
                 };
                 if !self.checked.load(Ordering::Acquire) {
@@ -103,7 +103,7 @@ macro_rules! connection_exports {
             }
         }
 
-        impl ConnectionExports {
+        impl ConnectionFuncs {
             $(
                 $(#[$doc])*
                 pub(crate) fn $call(
@@ -126,7 +126,7 @@ macro_rules! connection_exports {
     };
 }
 
-connection_exports! {
+connection_funcs! {
     /// The instance's X25519 exchange key (made on first use).
     instance_exchange_key = "instance-exchange-key",
     fn call_instance_exchange_key() -> ExchangeKey;
