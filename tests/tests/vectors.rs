@@ -279,7 +279,7 @@ fn chacha20_poly1305_in_the_guest_matches_rustcrypto_natively_on_100000_random_c
 }
 
 /// The guest's AES-GCM is its own eight-block `simd128` AES and counter
-/// mode (`guest/src/aes_simd128.rs`, `aes_gcm_simd128.rs`); natively it
+/// mode (`guest/simd/src/aes_simd128.rs`, `aes_gcm_simd128.rs`); natively it
 /// is RustCrypto's `aes-gcm`.
 #[test]
 fn aes_128_gcm_in_the_guest_matches_rustcrypto_natively_on_100000_random_cases() {

@@ -10,8 +10,6 @@ pub mod codec;
 #[cfg(all(target_arch = "wasm32", feature = "http-front"))]
 mod conn;
 #[cfg(all(target_arch = "wasm32", feature = "http-front"))]
-mod sockets;
-#[cfg(all(target_arch = "wasm32", feature = "http-front"))]
 mod wasi;
 
 #[cfg(all(target_arch = "wasm32", feature = "http-front"))]

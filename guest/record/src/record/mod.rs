@@ -5,7 +5,7 @@
 //! move to the next generation (KeyUpdate) without help from the host.
 
 use alloc::vec::Vec;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::cipher::{NONCE_LEN, RecordCipher, TAG_LEN};
 use crate::error::{Alert, BlobError, Error, KeyServiceError, Result, UnusableReason};
@@ -23,6 +23,13 @@ pub const TLS12_EXPLICIT_NONCE_LEN: usize = 8;
 /// Default automatic KeyUpdate point for AES-GCM: 2^24 records per
 /// generation, safely below the RFC 8446 section 5.5 limit of 2^24.5.
 pub const AES_GCM_RECORD_LIMIT: u64 = 1 << 24;
+
+mod layout;
+mod material;
+
+pub use layout::{SealParams, explicit_nonce_len, key_update_message, xor_nonce};
+use layout::{check_received, check_sendable, tls12_aad};
+pub use material::{TrafficKeyMaterial, TrafficKeyState};
 
 /// Where a traffic key's material lives.
 pub enum Residency {
@@ -64,149 +71,6 @@ pub struct TrafficKey {
     /// [`TrafficKey::fingerprint`], computed when the material changes
     /// (import, KeyUpdate) rather than on every import and release.
     fingerprint: [u8; 16],
-}
-
-/// The raw state a traffic key is made from: what the host exports from a
-/// handshake engine, and what a blob carries. Secret fields zeroize on drop;
-/// no `Debug` or `Clone`.
-pub struct TrafficKeyMaterial {
-    /// Record format.
-    pub version: ProtocolVersion,
-    /// Record AEAD.
-    pub aead: AeadAlgorithm,
-    /// Seal or open.
-    pub direction: Direction,
-    /// Key generation (TLS 1.3 KeyUpdates so far).
-    pub generation: u32,
-    /// Next record's sequence number.
-    pub sequence: u64,
-    /// Records per generation before an AES-GCM seal key updates itself
-    /// (TLS 1.3) or stops (TLS 1.2).
-    pub auto_update_limit: u64,
-    /// The AEAD key; empty for a host-resident key.
-    pub key: Zeroizing<Vec<u8>>,
-    /// The 12-byte IV; empty for a host-resident key.
-    pub iv: Zeroizing<Vec<u8>>,
-    /// The TLS 1.3 traffic secret; empty for TLS 1.2 and host-resident keys.
-    pub secret: Zeroizing<Vec<u8>>,
-    /// `Some(reference)` for a host-resident key.
-    pub host_key_ref: Option<u64>,
-    /// Whether the key may be exported again.
-    pub exportable: bool,
-    /// The connection the key belongs to.
-    pub connection_id: u64,
-    /// Plaintext already decrypted by the previous owner.
-    pub buffered_plaintext: Zeroizing<Vec<u8>>,
-    /// Ciphertext already received by the previous owner, not yet opened.
-    pub buffered_ciphertext: Vec<u8>,
-}
-
-impl TrafficKeyMaterial {
-    /// Material with the defaults a fresh handoff has: exportable, nothing
-    /// buffered, generation 0, the default AES-GCM limit.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "mirrors the raw state a handshake engine exports"
-    )]
-    pub fn new(
-        version: ProtocolVersion,
-        aead: AeadAlgorithm,
-        direction: Direction,
-        key: &[u8],
-        iv: &[u8],
-        secret: &[u8],
-        sequence: u64,
-        connection_id: u64,
-    ) -> Self {
-        Self {
-            version,
-            aead,
-            direction,
-            generation: 0,
-            sequence,
-            auto_update_limit: AES_GCM_RECORD_LIMIT,
-            key: Zeroizing::new(key.to_vec()),
-            iv: Zeroizing::new(iv.to_vec()),
-            secret: Zeroizing::new(secret.to_vec()),
-            host_key_ref: None,
-            exportable: true,
-            connection_id,
-            buffered_plaintext: Zeroizing::new(Vec::new()),
-            buffered_ciphertext: Vec::new(),
-        }
-    }
-}
-
-impl TrafficKeyMaterial {
-    /// Checks that a TLS 1.3 software key's secret has its hash's length
-    /// and that its key and IV are the ones the secret derives: material
-    /// that disagrees with itself is refused rather than half-working
-    /// until the first KeyUpdate. TLS 1.2 and host-resident material,
-    /// which carry no secret here, pass.
-    pub fn check_derivation(&self) -> Result<()> {
-        if self.version != ProtocolVersion::Tls13 || self.host_key_ref.is_some() {
-            return Ok(());
-        }
-        if self.secret.len() != self.aead.tls13_hash().output_len() {
-            return Err(Error::Blob(BlobError::InvalidState));
-        }
-        let (key, iv) = traffic_key_and_iv(self.aead, &self.secret)?;
-        let same = subtle::ConstantTimeEq::ct_eq(&key[..], &self.key[..])
-            & subtle::ConstantTimeEq::ct_eq(&iv[..], &self.iv[..]);
-        if bool::from(same) {
-            Ok(())
-        } else {
-            Err(Error::Blob(BlobError::InvalidState))
-        }
-    }
-
-    /// TLS 1.3 material from a traffic secret alone: the key and IV are
-    /// derived (RFC 8446 section 7.3).
-    pub fn from_tls13_secret(
-        aead: AeadAlgorithm,
-        direction: Direction,
-        secret: &[u8],
-        sequence: u64,
-        connection_id: u64,
-    ) -> Result<Self> {
-        let (key, iv) = traffic_key_and_iv(aead, secret)?;
-        Ok(Self::new(
-            ProtocolVersion::Tls13,
-            aead,
-            direction,
-            &key,
-            &iv,
-            secret,
-            sequence,
-            connection_id,
-        ))
-    }
-}
-
-/// A snapshot of the non-secret state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrafficKeyState {
-    /// Record format.
-    pub version: ProtocolVersion,
-    /// Record AEAD.
-    pub aead: AeadAlgorithm,
-    /// Seal or open.
-    pub direction: Direction,
-    /// Next sequence number in this generation.
-    pub sequence: u64,
-    /// KeyUpdates so far.
-    pub generation: u32,
-    /// Whether export is allowed.
-    pub exportable: bool,
-    /// Whether the material lives in the host.
-    pub host_resident: bool,
-    /// The host store's reference, for a host-resident key: the host moves
-    /// its grant when the key migrates.
-    pub host_key_ref: Option<u64>,
-    /// Owning connection.
-    pub connection_id: u64,
-    /// Automatic update (or stop) point for AES-GCM.
-    pub auto_update_limit: u64,
 }
 
 impl TrafficKey {
@@ -826,157 +690,6 @@ enum Sealed {
     Returned,
     /// Kept by the key service for its caller ([`KeyService::seal_held`]).
     Held,
-}
-
-/// A KeyUpdate handshake message (RFC 8446 section 4.6.3).
-pub fn key_update_message(request_update: bool) -> [u8; 5] {
-    [24, 0, 0, 1, request_update as u8]
-}
-
-/// RFC 8446 section 5.3: the per-record nonce is the IV XOR the sequence
-/// number, left-padded. rustls uses the same form for TLS 1.2 (the explicit
-/// nonce is its last 8 bytes), and RFC 7905 for TLS 1.2 ChaCha20.
-pub fn xor_nonce(iv: &[u8; IV_LEN], seq: u64) -> [u8; NONCE_LEN] {
-    let mut nonce = *iv;
-    for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
-        *n ^= s;
-    }
-    nonce
-}
-
-/// The explicit nonce a record body starts with: 8 bytes for TLS 1.2 GCM
-/// (RFC 5288), none for TLS 1.3 or TLS 1.2 ChaCha20-Poly1305 (RFC 7905).
-/// The record layer and the host key store frame and open bodies by it.
-pub fn explicit_nonce_len(version: ProtocolVersion, aead: AeadAlgorithm) -> usize {
-    match version {
-        ProtocolVersion::Tls12 if aead.is_aes_gcm() => TLS12_EXPLICIT_NONCE_LEN,
-        _ => 0,
-    }
-}
-
-/// What frames one record for sealing: the key's version, AEAD and IV, and
-/// the record's sequence number. The guest's software keys and the host key
-/// store both seal through it, so a record is laid out one way (RFC 8446
-/// section 5.2, RFC 5246 section 6.2.3.3, RFC 7905) whichever side holds
-/// the key; only the AEAD that fills it in differs.
-pub struct SealParams<'a> {
-    /// The key's protocol version.
-    pub version: ProtocolVersion,
-    /// The key's AEAD.
-    pub aead: AeadAlgorithm,
-    /// The key's record IV.
-    pub iv: &'a [u8; IV_LEN],
-    /// The record's sequence number.
-    pub sequence: u64,
-}
-
-impl SealParams<'_> {
-    /// The whole record's length, header to tag, or `record_overflow` if
-    /// `payload` and `padding` do not fit one record. TLS 1.2 has no
-    /// padding: any is refused.
-    pub fn record_len(&self, payload_len: usize, padding: usize) -> Result<usize> {
-        let body_len = match self.version {
-            ProtocolVersion::Tls13 => payload_len
-                .checked_add(1)
-                .and_then(|n| n.checked_add(padding))
-                .filter(|n| *n <= MAX_INNER_PLAINTEXT)
-                .map(|n| n + TAG_LEN),
-            ProtocolVersion::Tls12 if padding == 0 && payload_len <= MAX_PLAINTEXT => {
-                Some(payload_len + explicit_nonce_len(self.version, self.aead) + TAG_LEN)
-            }
-            ProtocolVersion::Tls12 => None,
-        };
-        body_len
-            .filter(|n| *n <= MAX_CIPHERTEXT)
-            .map(|n| HEADER_LEN + n)
-            .ok_or(Error::Alert(Alert::RecordOverflow))
-    }
-
-    /// Appends one sealed record to `out`: the header, a TLS 1.2 AES-GCM
-    /// explicit nonce, the text (TLS 1.3: `payload`, `content_type`, then
-    /// `padding` zero bytes; TLS 1.2: `payload`) encrypted in place by
-    /// `seal(nonce, aad, text)`, and the tag it returns. On an error `out`
-    /// is left as it was.
-    pub fn append(
-        &self,
-        out: &mut Vec<u8>,
-        content_type: ContentType,
-        payload: &[u8],
-        padding: usize,
-        seal: impl FnOnce(&[u8; NONCE_LEN], &[u8], &mut [u8]) -> Result<[u8; TAG_LEN]>,
-    ) -> Result<()> {
-        let len = self.record_len(payload.len(), padding)?;
-        let start = out.len();
-        out.reserve_exact(len);
-        let body_len = ((len - HEADER_LEN) as u16).to_be_bytes();
-        let nonce = xor_nonce(self.iv, self.sequence);
-        let sealed = match self.version {
-            ProtocolVersion::Tls13 => {
-                out.extend_from_slice(&[ContentType::ApplicationData.code(), 3, 3]);
-                out.extend_from_slice(&body_len);
-                out.extend_from_slice(payload);
-                out.push(content_type.code());
-                out.resize(start + len - TAG_LEN, 0);
-                let (header, text) = out[start..].split_at_mut(HEADER_LEN);
-                seal(&nonce, header, text)
-            }
-            ProtocolVersion::Tls12 => {
-                out.extend_from_slice(&[content_type.code(), 3, 3]);
-                out.extend_from_slice(&body_len);
-                let explicit = explicit_nonce_len(self.version, self.aead);
-                out.extend_from_slice(&nonce[NONCE_LEN - explicit..]);
-                let text_start = out.len();
-                out.extend_from_slice(payload);
-                let aad = tls12_aad(self.sequence, content_type.code(), [3, 3], payload.len());
-                seal(&nonce, &aad, &mut out[text_start..])
-            }
-        };
-        match sealed {
-            Ok(tag) => {
-                out.extend_from_slice(&tag);
-                Ok(())
-            }
-            Err(e) => {
-                // Nothing half-sealed (or still plain) stays behind.
-                out[start..].zeroize();
-                out.truncate(start);
-                Err(e)
-            }
-        }
-    }
-}
-
-/// RFC 5246 section 6.2.3.3: seq_num + type + version + length.
-fn tls12_aad(seq: u64, content_type: u8, version: [u8; 2], len: usize) -> [u8; 13] {
-    let mut aad = [0u8; 13];
-    aad[..8].copy_from_slice(&seq.to_be_bytes());
-    aad[8] = content_type;
-    aad[9..11].copy_from_slice(&version);
-    aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
-    aad
-}
-
-fn check_sendable(content_type: ContentType, payload: &[u8]) -> Result<()> {
-    if payload.len() > MAX_PLAINTEXT {
-        return Err(Error::Alert(Alert::RecordOverflow));
-    }
-    match content_type {
-        ContentType::ChangeCipherSpec => Err(Error::Alert(Alert::UnexpectedMessage)),
-        ContentType::Handshake | ContentType::Alert if payload.is_empty() => {
-            Err(Error::Alert(Alert::UnexpectedMessage))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn check_received(code: u8, payload: &[u8]) -> Result<ContentType> {
-    match ContentType::from_code(code) {
-        Some(ContentType::ApplicationData) => Ok(ContentType::ApplicationData),
-        Some(t @ (ContentType::Handshake | ContentType::Alert)) if !payload.is_empty() => Ok(t),
-        // A protected change_cipher_spec, an empty handshake or alert
-        // record, or a type TLS does not define.
-        _ => Err(Error::Alert(Alert::UnexpectedMessage)),
-    }
 }
 
 #[cfg(test)]

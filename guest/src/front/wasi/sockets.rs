@@ -8,23 +8,11 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::wasi::Front;
+use super::Front;
 use crate::bindings::exports::wasi::io::{poll, streams};
 use crate::bindings::exports::wasi::sockets::{
     instance_network, ip_name_lookup, network, tcp, tcp_create_socket, udp, udp_create_socket,
 };
-
-/// Implements a resource's trait for an uninhabited type: no value of it
-/// is ever made, so no method can be called.
-macro_rules! uninhabited {
-    ($trait:path => $ty:ident { $($name:ident($($arg:ident: $argty:ty),*) -> $ret:ty;)* }) => {
-        impl $trait for $ty {
-            $(#[allow(unused_variables, reason = "no value exists to use them on")]
-            fn $name(&self, $($arg: $argty),*) -> $ret { match *self {} })*
-        }
-    };
-}
-pub(crate) use uninhabited;
 
 type E = network::ErrorCode;
 
