@@ -5,19 +5,10 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use keyferry_tests::process::{
-    PATIENCE, Server, has_fields, message, read_exact, relayed, rustls_client, sample, scrape,
-    write_all,
+    LONG_GUEST_CALL, PATIENCE, Server, guest_failure, has_fields, message, read_exact, relayed,
+    rustls_client, sample, scrape, write_all,
 };
 use serde_json::Value;
-
-/// The message of the event a guest call that computed for long logs once.
-const LONG_GUEST_CALL: &str = "a guest call ran long; guest calls now leave their tokio worker \
-    to the other connections (block_in_place)";
-
-/// Whether `e` is a per-connection event that ended in a guest failure.
-fn guest_failure(e: &Value) -> bool {
-    has_fields(e, &[("message", "connection"), ("ending", "guest_failure")])
-}
 
 /// Whether the event's `detail` contains `text` (no `detail`, no match).
 fn detail_contains(e: &Value, text: &str) -> bool {

@@ -9,20 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use keyferry_tests::process::{
-    Server, children, has_fields, memory_find, message, relayed, rustls_client, sample, scrape,
-    temp_dir,
+    LONG_GUEST_CALL, Server, children, guest_failure, has_fields, memory_find, message, relayed,
+    rustls_client, sample, scrape, temp_dir,
 };
 use keyferry_tests::tenants;
 use serde_json::Value;
-
-/// The message of the event a guest call that computed for long logs once.
-const LONG_GUEST_CALL: &str = "a guest call ran long; guest calls now leave their tokio worker \
-    to the other connections (block_in_place)";
-
-/// Whether `e` is a per-connection event that ended in a guest failure.
-fn guest_failure(e: &Value) -> bool {
-    has_fields(e, &[("message", "connection"), ("ending", "guest_failure")])
-}
 
 /// Waits for a per-connection event that ended as `ending`, logged by a
 /// worker or, with `--workers 0` in `placement`, by the server itself;

@@ -133,6 +133,15 @@ impl Captured {
     }
 }
 
+/// The message of the event a guest call that computed for long logs once.
+pub const LONG_GUEST_CALL: &str = "a guest call ran long; guest calls now leave their tokio worker \
+    to the other connections (block_in_place)";
+
+/// Whether `e` is a per-connection event that ended in a guest failure.
+pub fn guest_failure(e: &Value) -> bool {
+    has_fields(e, &[("message", "connection"), ("ending", "guest_failure")])
+}
+
 /// Whether event `e` has every one of `fields`. A string field compares as
 /// the string; any other by its JSON text, so numbers and booleans are
 /// written as JSON writes them: `("resumed", "true")`, `("worker", "0")`.
