@@ -38,7 +38,6 @@ pub fn rerun_if_guest_changed(root: &Path) {
         "guest/examples",
         "guest/Cargo.toml",
         "guest/components.rs",
-        "guest/http-driver",
         "tests/tenants",
         "wit",
         "Cargo.lock",
@@ -98,25 +97,17 @@ pub fn library(root: &Path, features: &[&str], name: &str) -> PathBuf {
     )
 }
 
-/// Builds the two parts keyferry composes with a stock `wasi:http`
-/// component (DESIGN section 9): the front (the guest library with
-/// `http-front` and without the reference component) and the driver
-/// (`guest/http-driver`), copied to `OUT_DIR/keyferry_http_front.wasm` and
-/// `OUT_DIR/keyferry_http_driver.wasm`.
-pub fn http_parts(root: &Path) -> [PathBuf; 2] {
+/// Builds the front keyferry composes with a stock `wasi:http` component
+/// (DESIGN section 9): the guest library with `http-front` and without
+/// the reference component, copied to `OUT_DIR/keyferry_http_front.wasm`.
+pub fn http_front(root: &Path) -> PathBuf {
     let _lock = lock_target_dir();
     cargo(
         root,
         &["--lib", "--no-default-features", "--features", "http-front"],
     );
     let dir = target_dir().join(TARGET).join(profile_dir());
-    let front = copy_out(&dir.join("keyferry_guest.wasm"), "keyferry_http_front");
-    cargo(root, &["--package", "keyferry-http-driver", "--lib"]);
-    let driver = copy_out(
-        &dir.join("keyferry_http_driver.wasm"),
-        "keyferry_http_driver",
-    );
-    [front, driver]
+    copy_out(&dir.join("keyferry_guest.wasm"), "keyferry_http_front")
 }
 
 /// Builds the stock `wasi:http` components the tests serve

@@ -24,8 +24,8 @@ fn main() {
     components::library(&root, &[], "keyferry_guest");
     components::library(&root, &["host-keys"], "keyferry_guest_host_keys");
     components::examples(&root, &["component-runtime"], &["http_app", "echo_app"]);
-    // The front and the driver a stock wasi:http component is composed with.
-    components::http_parts(&root);
+    // The front a stock wasi:http component is composed with.
+    components::http_front(&root);
     // Stock wasi:http components from other toolchains, served unmodified.
     components::tenants(&root);
     // And one from another language: JavaScript, through componentize-js.

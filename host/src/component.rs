@@ -8,14 +8,16 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
+use wasmtime::Store;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre};
 
 use crate::bindings::DataplaneHostKeysIndices;
 use crate::compose::{self, ComponentKind};
 use crate::connection_funcs::ConnectionIndices;
 use crate::engine::{GuestEngine, engine_error};
 use crate::error::Result;
-use crate::instance::{GuestFuncs, GuestInstance, KeyLevelFuncs};
+use crate::instance::{GuestFuncs, GuestInstance, HttpFuncs, KeyLevelFuncs};
 use crate::sandbox::{StoreState, arm, classify};
 
 /// The reference component (`dataplane` world): its connections hand their
@@ -36,9 +38,9 @@ pub struct GuestComponent {
     pre: InstancePre<StoreState>,
     connection: ConnectionIndices,
     full: Option<Arc<DataplaneHostKeysIndices>>,
-    /// `keyferry:dataplane/http-driver`'s `serve`, for a composed
-    /// `wasi:http` component.
-    http: Option<ComponentExportIndex>,
+    /// The front's `http-session` and the tenant's handler, for a
+    /// composed `wasi:http` component.
+    http: Option<HttpIndices>,
     kind: ComponentKind,
 }
 
@@ -47,7 +49,7 @@ impl GuestComponent {
     /// exports `keyferry:dataplane/connection` (an application component)
     /// or is a stock `wasi:http` component (it exports
     /// `wasi:http/incoming-handler@0.2.x`), which is first composed with
-    /// keyferry's front and driver ([`crate::compose`]).
+    /// keyferry's front ([`crate::compose`]).
     pub fn new(engine: &GuestEngine, wasm: &[u8]) -> Result<Self> {
         let kind = compose::kind_of(wasm)?;
         let component = match kind {
@@ -104,10 +106,7 @@ impl GuestComponent {
             "the component does not export keyferry:dataplane/connection",
         ))?;
         let full = DataplaneHostKeysIndices::new(&pre).ok().map(Arc::new);
-        let http = pre
-            .component()
-            .get_export_index(None, compose::HTTP_DRIVER_INTERFACE)
-            .and_then(|interface| pre.component().get_export_index(Some(&interface), "serve"));
+        let http = HttpIndices::new(&pre, engine);
         Ok(Self {
             engine: engine.clone(),
             pre,
@@ -133,18 +132,14 @@ impl GuestComponent {
     pub fn instantiate(&self) -> Result<GuestInstance> {
         let memories = match self.kind {
             ComponentKind::Application => 1,
-            ComponentKind::WasiHttp => 3,
+            ComponentKind::WasiHttp => 2,
         };
         let mut store = self.engine.new_store(memories);
         let bound = self.engine.config().execution_bound();
         arm(&mut store, bound)?;
         let instance = self.pre.instantiate(&mut store).map_err(classify)?;
         let http = match &self.http {
-            Some(index) => Some(
-                instance
-                    .get_typed_func::<(), (bool,)>(&mut store, index)
-                    .map_err(engine_error("the type of http-driver's serve"))?,
-            ),
+            Some(indices) => Some(indices.load(&mut store, &instance)?),
             None => None,
         };
         let connection = self
@@ -223,5 +218,58 @@ mod tests {
                 "wasi:random/random@0.2.6"
             ]
         );
+    }
+}
+
+/// Where a composed `wasi:http` component's request path is: the front's
+/// `http-session` functions and the tenant's `handle`.
+#[derive(Clone)]
+struct HttpIndices {
+    next_request: ComponentExportIndex,
+    handled: ComponentExportIndex,
+    paused: ComponentExportIndex,
+    handle: ComponentExportIndex,
+}
+
+impl HttpIndices {
+    /// `None` unless the component exports both (an application
+    /// component exports neither).
+    fn new(pre: &InstancePre<StoreState>, engine: &GuestEngine) -> Option<Self> {
+        let component = pre.component();
+        let session = component.get_export_index(None, compose::HTTP_SESSION)?;
+        let handler = component
+            .component_type()
+            .exports(engine.wasmtime())
+            .find_map(|(name, item)| {
+                (name.starts_with(compose::INCOMING_HANDLER)
+                    && matches!(item.ty, ComponentItem::ComponentInstance(_)))
+                .then(|| name.to_string())
+            })?;
+        let handler = component.get_export_index(None, &handler)?;
+        Some(Self {
+            next_request: component.get_export_index(Some(&session), "next-request")?,
+            handled: component.get_export_index(Some(&session), "handled")?,
+            paused: component.get_export_index(Some(&session), "paused")?,
+            handle: component.get_export_index(Some(&handler), "handle")?,
+        })
+    }
+
+    /// The functions, type-checked, in `instance`.
+    fn load(&self, store: &mut Store<StoreState>, instance: &Instance) -> Result<HttpFuncs> {
+        let typed = |what: &'static str| engine_error(what);
+        Ok(HttpFuncs {
+            next_request: instance
+                .get_typed_func(&mut *store, self.next_request)
+                .map_err(typed("the type of http-session's next-request"))?,
+            handled: instance
+                .get_typed_func(&mut *store, self.handled)
+                .map_err(typed("the type of http-session's handled"))?,
+            paused: instance
+                .get_typed_func(&mut *store, self.paused)
+                .map_err(typed("the type of http-session's paused"))?,
+            handle: instance
+                .get_typed_func(&mut *store, self.handle)
+                .map_err(typed("the type of the tenant's incoming-handler handle"))?,
+        })
     }
 }

@@ -1,12 +1,19 @@
 //! Stock `wasi:http` components, made servable (DESIGN section 9).
 //!
 //! A component that exports `wasi:http/incoming-handler@0.2.x` is composed
-//! at load time with two parts keyferry ships: the front (the record
-//! layer, an HTTP/1.1 codec, and the `wasi:http/types` and `wasi:io`
-//! interfaces the tenant imports) and the driver (which calls the tenant's
-//! handler with the front's requests). The result exports
-//! `keyferry:dataplane/connection` like any application component, plus
-//! `keyferry:dataplane/http-driver`; the tenant is not modified.
+//! at load time with the front keyferry ships (the record layer, an
+//! HTTP/1.1 codec, and the `wasi:http/types` and `wasi:io` interfaces the
+//! tenant imports). The result exports `keyferry:dataplane/connection`
+//! like any application component, the front's
+//! `keyferry:dataplane/http-session`, and the tenant's handler; the host
+//! hands each request the front decodes to the handler
+//! ([`crate::GuestInstance`]). The tenant is not modified.
+//!
+//! The host drives the two itself because a composition cannot be cyclic
+//! (the tenant imports the front's `wasi:http/types`, so the front cannot
+//! import the tenant's handler), and a third component to call the
+//! handler cost every connection's instance three more core instances, a
+//! linear memory and a table.
 //!
 //! The tenant's imports that carry plaintext are wired to the front, so
 //! request and response bytes stay in the sandbox. The rest (randomness,
@@ -24,14 +31,16 @@ use wac_graph::{CompositionGraph, EncodeOptions};
 /// with `http-front` (shipped prebuilt, as the reference component is).
 pub const HTTP_FRONT: &[u8] = include_bytes!("../components/keyferry_http_front.wasm");
 
-/// The driver of a served `wasi:http` component (`guest/http-driver`).
-pub const HTTP_DRIVER: &[u8] = include_bytes!("../components/keyferry_http_driver.wasm");
-
 /// The interface every keyferry application component exports.
 pub const CONNECTION: &str = "keyferry:dataplane/connection@0.1.0";
 
-/// The interface the host calls to serve a composed `wasi:http` component.
-pub const HTTP_DRIVER_INTERFACE: &str = "keyferry:dataplane/http-driver@0.1.0";
+/// The front's interface the host calls for each request of a composed
+/// `wasi:http` component.
+pub const HTTP_SESSION: &str = "keyferry:dataplane/http-session@0.1.0";
+
+/// The tenant's export a composed `wasi:http` component serves with, at
+/// whichever 0.2.x version it was built.
+pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.";
 
 /// What a component is, judged by its exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +152,8 @@ fn cache() -> &'static Compositions {
     CACHE.get_or_init(Mutex::default)
 }
 
-/// Composes a stock `wasi:http` component (the tenant) with the front and
-/// the driver. Cached by the tenant's hash.
+/// Composes a stock `wasi:http` component (the tenant) with the front.
+/// Cached by the tenant's hash.
 pub fn compose_wasi_http(tenant: &[u8]) -> Result<Arc<Vec<u8>>, ComposeError> {
     let hash: [u8; 32] = Sha256::digest(tenant).into();
     if let Some(done) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
@@ -168,8 +177,6 @@ fn compose(tenant: &[u8]) -> Result<Vec<u8>, ComposeError> {
         load(&mut graph, "keyferry:front", HTTP_FRONT).map_err(|e| failed(&format!("{e:#}")))?;
     let tenant = load(&mut graph, "keyferry:tenant", tenant)
         .map_err(|e| ComposeError::NotAComponent(format!("{e:#}")))?;
-    let driver =
-        load(&mut graph, "keyferry:driver", HTTP_DRIVER).map_err(|e| failed(&format!("{e:#}")))?;
     let names = |p: &Package, imports: bool| -> Vec<String> {
         let world = &graph.types()[p.ty()];
         let map = if imports {
@@ -182,10 +189,9 @@ fn compose(tenant: &[u8]) -> Result<Vec<u8>, ComposeError> {
     let front_exports = names(&front, false);
     let tenant_imports = names(&tenant, true);
     let tenant_exports = names(&tenant, false);
-    let driver_imports = names(&driver, true);
     let handler = tenant_exports
         .iter()
-        .find(|e| e.starts_with("wasi:http/incoming-handler@0.2."))
+        .find(|e| e.starts_with(INCOMING_HANDLER))
         .cloned()
         .ok_or_else(|| ComposeError::WrongWorld {
             exports: tenant_exports.join(", "),
@@ -206,12 +212,11 @@ fn compose(tenant: &[u8]) -> Result<Vec<u8>, ComposeError> {
     }
     let front = graph.register_package(front).map_err(|e| failed(&e))?;
     let tenant = graph.register_package(tenant).map_err(|e| failed(&e))?;
-    let driver = graph.register_package(driver).map_err(|e| failed(&e))?;
-    let (front, tenant, driver) = (
-        graph.instantiate(front),
-        graph.instantiate(tenant),
-        graph.instantiate(driver),
-    );
+    let (front, tenant) = (graph.instantiate(front), graph.instantiate(tenant));
+    // The front's interfaces the tenant imports are exported too: the
+    // handler's type names their resources, and an export may only name
+    // resources the component exports.
+    let mut exported = Vec::new();
     for import in &tenant_imports {
         if let Some(export) = from_front(import) {
             let alias = graph
@@ -220,34 +225,22 @@ fn compose(tenant: &[u8]) -> Result<Vec<u8>, ComposeError> {
             graph
                 .set_instantiation_argument(tenant, import, alias)
                 .map_err(|e| failed(&e))?;
+            if !exported.contains(&export) {
+                graph.export(alias, &export).map_err(|e| failed(&e))?;
+                exported.push(export);
+            }
         }
     }
-    for import in &driver_imports {
-        let (instance, export) = if import.starts_with("wasi:http/incoming-handler@") {
-            (tenant, Some(handler.clone()))
-        } else {
-            (front, from_front(import))
-        };
-        let Some(export) = export else { continue };
+    for (instance, name) in [
+        (front, CONNECTION),
+        (front, HTTP_SESSION),
+        (tenant, handler.as_str()),
+    ] {
         let alias = graph
-            .alias_instance_export(instance, &export)
+            .alias_instance_export(instance, name)
             .map_err(|e| failed(&e))?;
-        graph
-            .set_instantiation_argument(driver, import, alias)
-            .map_err(|e| failed(&e))?;
+        graph.export(alias, name).map_err(|e| failed(&e))?;
     }
-    let connection = graph
-        .alias_instance_export(front, CONNECTION)
-        .map_err(|e| failed(&e))?;
-    graph
-        .export(connection, CONNECTION)
-        .map_err(|e| failed(&e))?;
-    let serve = graph
-        .alias_instance_export(driver, HTTP_DRIVER_INTERFACE)
-        .map_err(|e| failed(&e))?;
-    graph
-        .export(serve, HTTP_DRIVER_INTERFACE)
-        .map_err(|e| failed(&e))?;
     graph
         .encode(EncodeOptions {
             define_components: true,
@@ -275,10 +268,6 @@ mod tests {
     #[test]
     fn shipped_parts_are_components_of_their_kind() {
         assert_eq!(kind_of(HTTP_FRONT), Ok(ComponentKind::Application));
-        assert!(matches!(
-            kind_of(HTTP_DRIVER),
-            Err(ComposeError::WrongWorld { .. })
-        ));
         assert!(matches!(
             kind_of(b"\0asm\x01\0\0\0"),
             Err(ComposeError::NotAComponent(_))

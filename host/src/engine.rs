@@ -158,11 +158,11 @@ impl GuestEngine {
         }
         if let Some(max) = config.pooling {
             let mut pool = PoolingAllocationConfig::new();
-            // A composed wasi:http component has three memories (front,
-            // tenant, driver); the others have one.
+            // A composed wasi:http component has two memories (front and
+            // tenant); the others have one.
             pool.total_component_instances(max)
                 .total_core_instances(max.saturating_mul(8))
-                .total_memories(max.saturating_mul(3))
+                .total_memories(max.saturating_mul(2))
                 .total_tables(max.saturating_mul(4))
                 .max_memory_size(config.memory_limit)
                 .max_unused_warm_slots(max.min(64))

@@ -12,7 +12,7 @@ use keyferry_record::framing::count_records;
 use keyferry_record::record::{HEADER_LEN, MAX_PLAINTEXT, TrafficKeyMaterial};
 use keyferry_record::{AeadAlgorithm, ContentType, MacAlgorithm};
 use wasmtime::Store;
-use wasmtime::component::ResourceAny;
+use wasmtime::component::{ResourceAny, TypedFunc};
 
 use crate::bindings::{DataplaneHostKeys, DataplaneHostKeysIndices};
 use crate::connection_funcs::ConnectionFuncs;
@@ -94,8 +94,38 @@ pub use keyferry_record::record::TrafficKeyState;
 pub(crate) struct GuestFuncs {
     pub(crate) connection: ConnectionFuncs,
     pub(crate) full: KeyLevelFuncs,
-    /// A composed `wasi:http` component's `serve`.
-    pub(crate) http: Option<wasmtime::component::TypedFunc<(), (bool,)>>,
+    /// A composed `wasi:http` component's request path.
+    pub(crate) http: Option<HttpFuncs>,
+}
+
+/// A composed `wasi:http` component's request path: the front decodes
+/// each request (`next-request`), the tenant handles it, the front ends
+/// the response (`handled`). The host makes these calls, as `wasmtime
+/// serve` calls a handler; `paused` says whether the front stopped between
+/// requests for the connection to move to a fresh instance.
+pub(crate) struct HttpFuncs {
+    pub(crate) next_request: TypedFunc<(), (Option<(ResourceAny, ResourceAny)>,)>,
+    pub(crate) handled: TypedFunc<(), ()>,
+    pub(crate) paused: TypedFunc<(), (bool,)>,
+    pub(crate) handle: TypedFunc<(ResourceAny, ResourceAny), ()>,
+}
+
+impl HttpFuncs {
+    /// Serves requests until the front has none ready: true when it paused
+    /// the connection to go on in a fresh instance, false when it parked
+    /// it or the connection ended.
+    fn serve(&self, store: &mut Store<StoreState>) -> wasmtime::Result<bool> {
+        loop {
+            let (next,) = self.next_request.call(&mut *store, ())?;
+            let Some((request, response)) = next else {
+                break;
+            };
+            self.handle.call(&mut *store, (request, response))?;
+            self.handled.call(&mut *store, ())?;
+        }
+        let (paused,) = self.paused.call(&mut *store, ())?;
+        Ok(paused)
+    }
 }
 
 /// The key-level interfaces (`keys`, `primitives`, `self-check`) of one
@@ -447,7 +477,7 @@ impl GuestInstance {
         let state = crate::http_serve::HttpState::new(transport, sandbox.bound());
         sandbox.parts_mut().0.data_mut().http = Some(Box::new(state));
         let result = sandbox.call(|store, exports| match &exports.http {
-            Some(serve) => serve.call(store, ()).map(|(paused,)| paused),
+            Some(http) => http.serve(store),
             None => Err(wasmtime::format_err!(
                 "the component is not a composed wasi:http component"
             )),

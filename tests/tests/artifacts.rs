@@ -31,7 +31,6 @@ fn shipped_components_are_what_the_sources_build() {
         ("host/components", "keyferry_guest"),
         ("host/components", "keyferry_guest_host_keys"),
         ("host/components", "keyferry_http_front"),
-        ("host/components", "keyferry_http_driver"),
         ("host/cli/components", "http_app"),
         ("host/cli/components", "echo_app"),
     ] {

@@ -1,7 +1,8 @@
 //! The front of a served `wasi:http` component (DESIGN section 9): the
 //! record layer, an HTTP/1.1 server codec, and the `wasi:http/types` and
 //! `wasi:io` resources a stock component imports, all inside the sandbox.
-//! The host composes it with the tenant and a driver at load time.
+//! The host composes it with the tenant at load time, and hands each
+//! request it decodes to the tenant's handler.
 //!
 //! [`codec`] is plain Rust, tested natively. The connection state and the
 //! WIT glue exist only in the component (feature `http-front`).

@@ -1,5 +1,5 @@
 //! `wasi:http/types` over the request in progress, an outgoing handler
-//! that refuses, and `http-session`, which hands the driver each request.
+//! that refuses, and `http-session`, which hands the host each request.
 
 use alloc::rc::Rc;
 use alloc::string::{String, ToString};
