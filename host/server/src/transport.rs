@@ -200,7 +200,7 @@ pub(crate) async fn refuse_unattached<S: AsyncWrite + Unpin>(
     peer: &str,
     error: &keyferry::Error,
 ) {
-    tracing::warn!(peer, error = %error, "guest could not take the connection");
+    tracing::warn!(peer = %peer, error = %error, "guest could not take the connection");
     send_internal_error(stream).await;
 }
 
@@ -528,13 +528,13 @@ fn log_session(
         Ending::RequestTimeout => Some("peer stalled mid-request".into()),
         Ending::WriteTimeout => Some("peer stopped reading".into()),
         Ending::GuestFailed { reason: e, .. } => {
-            tracing::warn!(peer, error = %e, "guest failed; its connection is closed, the server carries on");
+            tracing::warn!(peer = %peer, error = %e, "guest failed; its connection is closed, the server carries on");
             Some(format!("guest failed: {e}"))
         }
         Ending::Transport(e) => Some(format!("transport error: {e}")),
     };
     tracing::info!(
-        peer,
+        peer = %peer,
         version,
         suite = %facts.suite,
         sni = facts.server_name.as_deref().unwrap_or("-"),
