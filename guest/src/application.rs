@@ -2,7 +2,7 @@
 //! connections' plaintext.
 //!
 //! A component implements [`Application`] and exports it with
-//! [`export_application!`](crate::export_application); the record layer,
+//! `export_application!` (in wasm); the record layer,
 //! KeyUpdate, alerts, close_notify and blob import come from this crate.
 //! [`Session`] is the one driver that joins a [`Connection`] and an
 //! application, and the WIT `tls-connection` resource is a thin shell over

@@ -8,7 +8,7 @@
 //!   the record layer, an HTTP/1.1 codec, and the interfaces the tenant
 //!   imports.
 //! - The **application SDK**: [`application::Application`] (what a
-//!   component does with the plaintext) and [`export_application!`] to
+//!   component does with the plaintext) and `export_application!` to
 //!   build a component of it, as `examples/` do.
 //!
 //! The record core itself (records, key schedule, blobs, a connection's

@@ -1,6 +1,6 @@
 //! keyferry's record AEADs for WebAssembly's `simd128`: AES-GCM
-//! ([`aes_gcm_simd128`]) and ChaCha20-Poly1305
-//! ([`chacha20poly1305_simd128`]), with RustCrypto's `aead` traits, so
+//! (`aes_gcm_simd128`) and ChaCha20-Poly1305
+//! (`chacha20poly1305_simd128`), with RustCrypto's `aead` traits, so
 //! `keyferry-record` takes them in place of RustCrypto's own in wasm.
 //!
 //! Why a crate of their own: RustCrypto's portable AES and GHASH, compiled

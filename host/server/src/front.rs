@@ -2,7 +2,7 @@
 //! → report. All of it but the placement is here, the same whichever
 //! process then serves the connection: [`crate::server`] places it in an
 //! instance of this process, [`crate::monitor`] in a worker's (see
-//! [`Placement`]).
+//! `Placement`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

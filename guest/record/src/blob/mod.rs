@@ -62,7 +62,7 @@
 //! already opened is refused, so a blob opens once. The worker opens the
 //! blob and wraps its contents for the instance it chose (format 2).
 //!
-//! The contents are the same in every format ([`contents`]). Each format
+//! The contents are the same in every format (`contents.rs`). Each format
 //! has its module: [`sealed`] (1), [`wrapped`] (2) and [`session`] (3).
 
 mod contents;
@@ -285,7 +285,7 @@ pub(super) fn unwrap_with(
     Ok(inner)
 }
 
-/// Public randomness, read ahead ([`crate::random`]): blob salts and blob
+/// Public randomness, read ahead (`random.rs`): blob salts and blob
 /// ids, which leave in the clear. Keys never come from this pool.
 pub(super) fn public_random(out: &mut [u8]) -> Result<()> {
     /// The host wraps or seals two blobs per connection (64 bytes), so one

@@ -42,7 +42,7 @@ pub struct WrappingSecret {
 
 impl WrappingSecret {
     /// A fresh secret from the system's randomness, read ahead for
-    /// several instances ([`crate::random`]).
+    /// several instances (`random.rs`).
     pub fn generate() -> Result<Self> {
         /// The host makes a secret per connection: sixteen per read of the
         /// system's randomness. A pool of its own, so public draws (salts,
