@@ -316,7 +316,8 @@ impl<A: Application> Session<A> {
 }
 
 /// For an application's native tests: a session running it, and a client
-/// facing it, keyed with each other's keys.
+/// facing it, keyed with each other's keys. The keys are constants: for
+/// tests only, never for a connection.
 pub mod testing {
     use super::{Application, Session};
     use crate::connection::{Connection, Facts, Role};

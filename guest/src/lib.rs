@@ -15,7 +15,8 @@
 //! data plane) is `keyferry-record`, re-exported here under the same
 //! module names so an application needs this crate only. The modules of
 //! this crate are [`instance`] (one guest's keys), [`registry`] (single use
-//! and rollback checks), [`application`] and [`selfcheck`].
+//! and rollback checks), [`application`], [`selfcheck`], [`front`] (the
+//! wasi:http front), and in wasm the WIT glue.
 #![no_std]
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]

@@ -7,10 +7,13 @@
 //! component, and the key-level ones on an instance's first call to them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre};
+use wasmtime::component::{
+    Component, ComponentExportIndex, Instance, InstancePre, ResourceAny, TypedFunc,
+};
 
 use crate::bindings::DataplaneHostKeysIndices;
 use crate::compose::{self, ComponentKind};
@@ -59,7 +62,16 @@ impl GuestComponent {
             }
         }
         .map_err(engine_error("compiling"))?;
-        Self::prepare(engine, component)
+        let prepared = Self::prepare(engine, component)?;
+        if prepared.kind != kind {
+            // A composition that lost its request path would serve as an
+            // application component and fail on every connection.
+            return Err(engine_error("loading the composed wasi:http component")(
+                wasmtime::format_err!("it exports no http-session or incoming-handler"),
+            )
+            .into());
+        }
+        Ok(prepared)
     }
 
     /// Compiles the reference component.
@@ -222,13 +234,16 @@ mod tests {
 }
 
 /// Where a composed `wasi:http` component's request path is: the front's
-/// `http-session` functions and the tenant's `handle`.
+/// `http-session` functions and the tenant's `handle`. Their types are
+/// checked on the first instance only, as `ConnectionIndices` does for
+/// `connection` (every instance of one `InstancePre` has the same types).
 #[derive(Clone)]
 struct HttpIndices {
     next_request: ComponentExportIndex,
     handled: ComponentExportIndex,
     paused: ComponentExportIndex,
     handle: ComponentExportIndex,
+    checked: Arc<AtomicBool>,
 }
 
 impl HttpIndices {
@@ -251,25 +266,56 @@ impl HttpIndices {
             handled: component.get_export_index(Some(&session), "handled")?,
             paused: component.get_export_index(Some(&session), "paused")?,
             handle: component.get_export_index(Some(&handler), "handle")?,
+            checked: Arc::default(),
         })
     }
 
-    /// The functions, type-checked, in `instance`.
+    /// The functions in `instance`: type-checked if no instance of this
+    /// component has been yet, only looked up after that.
+    #[allow(
+        unsafe_code,
+        reason = "TypedFunc::new_unchecked, after the same signature was checked on an instance of the same InstancePre"
+    )]
     fn load(&self, store: &mut Store<StoreState>, instance: &Instance) -> Result<HttpFuncs> {
-        let typed = |what: &'static str| engine_error(what);
-        Ok(HttpFuncs {
-            next_request: instance
-                .get_typed_func(&mut *store, self.next_request)
-                .map_err(typed("the type of http-session's next-request"))?,
-            handled: instance
-                .get_typed_func(&mut *store, self.handled)
-                .map_err(typed("the type of http-session's handled"))?,
-            paused: instance
-                .get_typed_func(&mut *store, self.paused)
-                .map_err(typed("the type of http-session's paused"))?,
-            handle: instance
-                .get_typed_func(&mut *store, self.handle)
-                .map_err(typed("the type of the tenant's incoming-handler handle"))?,
-        })
+        let mut find = |index: &ComponentExportIndex| {
+            instance.get_func(&mut *store, index).ok_or_else(|| {
+                engine_error("loading the wasi:http request path")(wasmtime::format_err!(
+                    "an export of it is not a function"
+                ))
+            })
+        };
+        let (next_request, handled, paused, handle) = (
+            find(&self.next_request)?,
+            find(&self.handled)?,
+            find(&self.paused)?,
+            find(&self.handle)?,
+        );
+        if !self.checked.load(Ordering::Acquire) {
+            let typed = |what: &'static str| engine_error(what);
+            next_request
+                .typed::<(), (Option<(ResourceAny, ResourceAny)>,)>(&*store)
+                .map_err(typed("the type of http-session's next-request"))?;
+            handled
+                .typed::<(), ()>(&*store)
+                .map_err(typed("the type of http-session's handled"))?;
+            paused
+                .typed::<(), (bool,)>(&*store)
+                .map_err(typed("the type of http-session's paused"))?;
+            handle
+                .typed::<(ResourceAny, ResourceAny), ()>(&*store)
+                .map_err(typed("the type of the tenant's incoming-handler handle"))?;
+            self.checked.store(true, Ordering::Release);
+        }
+        // SAFETY: these exact parameter and result types were checked
+        // above, on this instance or an earlier one of the same
+        // `InstancePre`, which fixes every export's type.
+        unsafe {
+            Ok(HttpFuncs {
+                next_request: TypedFunc::new_unchecked(next_request),
+                handled: TypedFunc::new_unchecked(handled),
+                paused: TypedFunc::new_unchecked(paused),
+                handle: TypedFunc::new_unchecked(handle),
+            })
+        }
     }
 }

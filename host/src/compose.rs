@@ -129,7 +129,7 @@ pub fn kind_of(wasm: &[u8]) -> Result<ComponentKind, ComposeError> {
     if world
         .exports
         .keys()
-        .any(|e| e.starts_with("wasi:http/incoming-handler@0.2."))
+        .any(|e| e.starts_with(INCOMING_HANDLER))
     {
         return Ok(ComponentKind::WasiHttp);
     }

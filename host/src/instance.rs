@@ -89,8 +89,9 @@ pub struct MacKeyHandle {
 
 pub use keyferry_record::record::TrafficKeyState;
 
-/// What an instance exports: every component's `connection`, and the
-/// reference component's key-level interfaces.
+/// What an instance exports: every component's `connection`, the
+/// reference component's key-level interfaces, and a composed `wasi:http`
+/// component's request path.
 pub(crate) struct GuestFuncs {
     pub(crate) connection: ConnectionFuncs,
     pub(crate) full: KeyLevelFuncs,

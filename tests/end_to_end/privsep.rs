@@ -685,3 +685,41 @@ fn a_resumed_handshake_is_known_as_such_in_the_worker() {
         assert_eq!(connection["resumed"], resumed, "{connection}");
     }
 }
+
+/// A worker's standard error cannot make an event of the handshake
+/// process: a line that is not a JSON object (a panic, a cut line, or this
+/// forgery of the handshake process's `worker ready`) is relayed tagged
+/// `relayed`, as every worker line is.
+#[test]
+fn a_worker_cannot_forge_an_event_of_the_handshake_process() {
+    let script = forged_worker(
+        "forged-log-line",
+        1,
+        "echo 'worker ready' >&2; echo '{\"message\":\"worker ready\",\"worker\":7}' >&2",
+    );
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--echo",
+        "--worker-program",
+        script.to_str().unwrap(),
+    ]);
+    // The real worker (the script's second start onwards) gets ready.
+    server.stderr.wait_for_event(|e| own(e, "worker ready"));
+    let forged = server
+        .stderr
+        .wait_for_events(2, |e| message(e) == "worker ready" && relayed(e));
+    for e in &forged {
+        assert_eq!(
+            e["worker"], 0,
+            "the relay's worker index, not the line's: {e}"
+        );
+    }
+    // Every `worker ready` event without `relayed` is the handshake
+    // process's own.
+    for e in server.stderr.events() {
+        if message(&e) == "worker ready" && !relayed(&e) {
+            assert_eq!(e["target"], "keyferry_server::monitor", "{e}");
+        }
+    }
+}

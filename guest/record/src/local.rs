@@ -15,7 +15,9 @@ use core::cell::RefCell;
 compile_error!("keyferry-record's per-instance statics assume wasm without threads");
 
 /// A `static` of one component instance: what `instance_local!` declares
-/// in wasm, with the part of `LocalKey`'s API the guest crates use.
+/// in wasm, with the part of `LocalKey`'s API the guest crates use. Public
+/// only for the macro; its `Sync` is sound because this file refuses to
+/// build for wasm with threads (above).
 #[cfg(target_arch = "wasm32")]
 pub struct InstanceLocal<T>(T);
 

@@ -9,6 +9,7 @@
 //! only for `wasm32` with `simd128` (the guest builds set
 //! `-C target-feature=+simd128`); on other targets the crate is empty.
 #![no_std]
+#![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

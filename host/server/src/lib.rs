@@ -10,10 +10,11 @@
 //!   (their HTTP listener), [`proxy`] (the PROXY v2 header), [`tickets`]
 //!   (session-ticket keys a fleet shares), [`certificate`] (a self-signed
 //!   certificate for a server started without one);
-//! - [`ready`] (guest instances made and keyed ahead of their
-//!   connections), [`transport`] (byte-stream loops), [`front`] (accept,
-//!   admission, the client's address and the handshake, for both
-//!   placements), [`server`] (connections served in this process);
+//! - [`ready`] (the instance pool both placements use: instances made
+//!   and keyed ahead of their connections, or shared ones), [`transport`]
+//!   (byte-stream loops), [`front`] (every connection's lifecycle but its
+//!   placement: accept, admission, the client's address and the
+//!   handshake), [`server`] (connections placed in this process);
 //! - the process split: [`channel`] (the protocol between the two sides),
 //!   [`worker`] (the unprivileged data-plane side), [`monitor`] (the
 //!   handshake process that holds the key and supervises workers, relaying

@@ -43,15 +43,35 @@ use keyferry::handshake::Handoff;
 pub use crate::relay::LogFormat;
 
 /// How to start a worker: this binary, in its worker mode.
+/// [`WorkerCommand::new`], then `with_*` steps.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WorkerCommand {
     /// The program (normally `std::env::current_exe()`).
     pub program: PathBuf,
     /// Its arguments, selecting worker mode and the worker's settings.
     pub args: Vec<OsString>,
     /// The format the worker logs in, this process's own: its lines are
-    /// relayed into this process's log in that format.
+    /// relayed into this process's log in that format. In JSON they are
+    /// written to standard error as whole objects (`relay_stderr`).
     pub log_format: LogFormat,
+}
+
+impl WorkerCommand {
+    /// Runs `program` with `args` (which select worker mode), logging text.
+    pub fn new(program: PathBuf, args: Vec<OsString>) -> Self {
+        Self {
+            program,
+            args,
+            log_format: LogFormat::default(),
+        }
+    }
+
+    /// The format workers log in: this process's own.
+    pub fn with_log_format(mut self, log_format: LogFormat) -> Self {
+        self.log_format = log_format;
+        self
+    }
 }
 
 /// Everything the handshake process needs: [`MonitorOptions::new`] with

@@ -246,7 +246,15 @@ impl InstancePool {
     /// turn, made afresh if it is not there yet or poisoned.
     pub fn take(self: &Arc<Self>) -> Result<GuestInstance> {
         let fresh = match &self.stock {
-            Stock::Fresh(fresh) => fresh,
+            Stock::Fresh(fresh) => {
+                // An announced pool's instances are taken by number: one
+                // taken here would be named later and be gone.
+                debug_assert!(
+                    fresh.refill != Refill::Announced,
+                    "take on an announced pool"
+                );
+                fresh
+            }
             Stock::Shared { instances, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize % instances.len();
                 let mut slot = instances[i].lock().unwrap_or_else(|e| e.into_inner());
@@ -292,6 +300,17 @@ impl InstancePool {
         let (_, instance) = ready.instances.swap_remove(i);
         self.level.set(ready.instances.len() as i64);
         Some(instance)
+    }
+
+    /// Whether [`refill_now`](Self::refill_now) would make any: `BATCH` or
+    /// more of a fresh pool's target are missing. Checked before
+    /// [`guest_call`](crate::transport::guest_call), which may hand the
+    /// runtime to another thread, is paid for nothing.
+    pub fn wants_refill(&self) -> bool {
+        match &self.stock {
+            Stock::Fresh(fresh) => fresh.lock().instances.len() + BATCH <= fresh.target,
+            Stock::Shared { .. } => false,
+        }
     }
 
     /// Refills a fresh pool when `BATCH` or more are missing: the whole
@@ -478,7 +497,9 @@ mod tests {
         let pool =
             InstancePool::fresh(component, READY_INSTANCES, Refill::Announced, level.clone());
         assert!(pool.is_empty());
+        assert!(pool.wants_refill());
         let first = pool.refill_now().unwrap();
+        assert!(!pool.wants_refill());
         assert_eq!(first, (1..=READY_INSTANCES as u32).collect::<Vec<_>>());
         assert_eq!(level.get(), READY_INSTANCES as i64);
         // Fewer than a batch missing: nothing is made.
@@ -506,7 +527,7 @@ mod tests {
     }
 
     /// Shared instances are handed out in turn, each to many connections,
-    /// never retired, and replaced once poisoned.
+    /// and never retired.
     #[test]
     fn a_shared_pool_hands_its_instances_out_in_turn() {
         let engine = GuestEngine::new(SandboxConfig::default()).unwrap();

@@ -139,12 +139,18 @@ pub(crate) async fn relay_stderr(
             continue;
         }
         let text = relayed_text(&line);
+        // `relayed`, as on a JSON worker line: a worker's text (a panic, a
+        // cut line, or a forgery) is never an event of this process.
         match worker_line_level(&text) {
-            tracing::Level::ERROR => tracing::error!(worker = index, pid, "{text}"),
-            tracing::Level::WARN => warn!(worker = index, pid, "{text}"),
-            tracing::Level::DEBUG => debug!(worker = index, pid, "{text}"),
-            tracing::Level::TRACE => tracing::trace!(worker = index, pid, "{text}"),
-            _ => info!(worker = index, pid, "{text}"),
+            tracing::Level::ERROR => {
+                tracing::error!(worker = index, pid, relayed = true, "{text}")
+            }
+            tracing::Level::WARN => warn!(worker = index, pid, relayed = true, "{text}"),
+            tracing::Level::DEBUG => debug!(worker = index, pid, relayed = true, "{text}"),
+            tracing::Level::TRACE => {
+                tracing::trace!(worker = index, pid, relayed = true, "{text}")
+            }
+            _ => info!(worker = index, pid, relayed = true, "{text}"),
         }
     }
 }

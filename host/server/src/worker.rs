@@ -263,9 +263,11 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
         // Announced in one frame; the handshake process picks among them.
-        let instances = guest_call(|| shared.instances.refill_now())?;
-        if !instances.is_empty() {
-            let _ = to_monitor.send(FromWorker::Ready { instances });
+        if shared.instances.wants_refill() {
+            let instances = guest_call(|| shared.instances.refill_now())?;
+            if !instances.is_empty() {
+                let _ = to_monitor.send(FromWorker::Ready { instances });
+            }
         }
         let (frame, fd) = match channel.recv().await {
             Ok(f) => f,

@@ -235,20 +235,15 @@ pub(crate) fn serve_command(
     } else {
         None
     };
-    let worker_command = WorkerCommand {
-        program: match &args.worker_program {
-            Some(p) => p.clone(),
-            None => std::env::current_exe().context("finding this binary to start workers")?,
-        },
-        args: {
-            let mut a = worker_args(&args)?;
-            if let Some(level) = log_level {
-                a.extend(["--log-level".into(), level.into()]);
-            }
-            a
-        },
-        log_format,
+    let program = match &args.worker_program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("finding this binary to start workers")?,
     };
+    let mut argv = worker_args(&args)?;
+    if let Some(level) = log_level {
+        argv.extend(["--log-level".into(), level.into()]);
+    }
+    let worker_command = WorkerCommand::new(program, argv).with_log_format(log_format);
     if workers > 0 {
         log_key_protection(&args.user);
         // This process never compiles guest code: a worker-to-be checks the
