@@ -252,15 +252,7 @@ pub(super) fn start_nginx(
             body = padded_body(body + 1).trim_end_matches('\n'),
         ),
     )?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("run nginx (apt-get install nginx-light)")?;
+    let child = spawn_nginx(&conf, dir)?;
     wait_listening(port)?;
     Ok(Target {
         name: "nginx 1.22 (OpenSSL)",
@@ -269,6 +261,20 @@ pub(super) fn start_nginx(
         port,
         response_bytes: 0,
     })
+}
+
+/// nginx in the foreground with the configuration `conf`, its paths under
+/// `dir`.
+fn spawn_nginx(conf: &Path, dir: &Path) -> anyhow::Result<Child> {
+    Command::new("nginx")
+        .arg("-c")
+        .arg(conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("run nginx (apt-get install nginx-light)")
 }
 
 /// Waits until the server on `port` answers `GET /` (a worker compiles a
@@ -358,15 +364,7 @@ pub(super) fn start_wasmtime_behind_nginx(
             key = key.display(),
         ),
     )?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("run nginx (apt-get install nginx-light)")?;
+    let child = spawn_nginx(&conf, dir)?;
     let target = Target {
         name: "nginx + wasmtime serve (wasi:http)",
         child,
