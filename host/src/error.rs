@@ -184,6 +184,22 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
     },
+    /// An OCSP response cannot be stapled.
+    #[error("OCSP response {}: {reason}", path.display())]
+    Ocsp {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate revocation list cannot be used.
+    #[error("CRL {}: {reason}", path.display())]
+    Crl {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A server needs at least one identity.
     #[error("no certificate to serve")]
     NoIdentity,
@@ -238,8 +254,25 @@ pub enum HandshakeError {
 /// names, such as `Other(OtherError(CaUsedAsEndEntity))`) said in words.
 fn tls_prose(e: &rustls::Error) -> String {
     use rustls::{CertificateError, Error as Tls};
-    let Tls::InvalidCertificate(CertificateError::Other(other)) = e else {
-        return e.to_string();
+    let other = match e {
+        Tls::InvalidCertificate(CertificateError::Other(other)) => other,
+        Tls::InvalidCertificate(CertificateError::Revoked) => {
+            return "invalid peer certificate: revoked (a --client-crl lists it)".into();
+        }
+        Tls::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {
+            return "invalid peer certificate: no CRL covers a certificate in its chain \
+                    (each CA in the chain needs its CRL)"
+                .into();
+        }
+        Tls::InvalidCertificate(
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. },
+        ) => {
+            return "invalid peer certificate: the CRL for its chain is past its nextUpdate \
+                    (replace it and send SIGHUP)"
+                .into();
+        }
+        _ => return e.to_string(),
     };
     let reason = match other.0.downcast_ref::<webpki::Error>() {
         Some(webpki::Error::CaUsedAsEndEntity) => {

@@ -54,6 +54,7 @@ pub mod http_serve;
 pub mod instance;
 mod key_service;
 pub mod keystore;
+pub mod ocsp;
 mod sandbox;
 pub mod suites;
 pub mod tls;

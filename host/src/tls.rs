@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{ConfigError, Result};
 use crate::export::SecretLog;
+use crate::ocsp::{EXPIRY_MARGIN, OcspStaple};
 use crate::suites;
 use rustls::server::ProducesTickets;
 
@@ -31,6 +33,8 @@ use rustls::server::ProducesTickets;
 pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    /// An OCSP response to staple, and until when.
+    staple: Option<(Vec<u8>, Option<SystemTime>)>,
 }
 
 impl Identity {
@@ -46,7 +50,11 @@ impl Identity {
             path: key.into(),
             what: "private key",
         })?;
-        let identity = Self { chain, key };
+        let identity = Self {
+            chain,
+            key,
+            staple: None,
+        };
         identity.check_key_matches()?;
         Ok(identity)
     }
@@ -64,7 +72,11 @@ impl Identity {
             }
             .into());
         }
-        let identity = Self { chain, key };
+        let identity = Self {
+            chain,
+            key,
+            staple: None,
+        };
         identity.check_key_matches()?;
         Ok(identity)
     }
@@ -94,6 +106,19 @@ impl Identity {
     /// the Unix epoch; `None` if the parser cannot read it.
     pub fn not_after(&self) -> Option<i64> {
         crate::x509::not_after(&self.chain[0])
+    }
+
+    /// Staples `response` to this identity's handshakes until its
+    /// nextUpdate (less a minute). It must be about this leaf, say `good`,
+    /// and be current.
+    pub fn staple(&mut self, response: &OcspStaple) -> Result<()> {
+        self.staple = Some(response.staple_for(&self.chain, SystemTime::now())?);
+        Ok(())
+    }
+
+    /// Whether `response` is about this identity's leaf certificate.
+    pub fn is_about(&self, response: &OcspStaple) -> bool {
+        response.is_for(&self.chain)
     }
 
     fn check_key_matches(&self) -> Result<()> {
@@ -140,6 +165,9 @@ pub struct Identities {
 
 struct Catalog {
     keys: Vec<Arc<CertifiedKey>>,
+    /// The same keys with their OCSP response, where one is stapled, and
+    /// when to stop stapling it.
+    stapled: Vec<Option<(Arc<CertifiedKey>, Option<SystemTime>)>>,
     /// Lower-case name (or `*.suffix`) to indexes into `keys`, in order.
     names: HashMap<String, Vec<usize>>,
     fingerprints: Vec<String>,
@@ -153,18 +181,37 @@ impl Catalog {
         }
         let mut names: HashMap<String, Vec<usize>> = HashMap::new();
         let mut keys = Vec::with_capacity(identities.len());
+        let mut stapled = Vec::with_capacity(identities.len());
         for (i, identity) in identities.iter().enumerate() {
-            keys.push(Arc::new(identity.certified()?));
+            let certified = identity.certified()?;
+            stapled.push(identity.staple.as_ref().map(|(response, until)| {
+                let mut with = certified.clone();
+                with.ocsp = Some(response.clone());
+                let until = until.map(|t| t.checked_sub(EXPIRY_MARGIN).unwrap_or(t));
+                (Arc::new(with), until)
+            }));
+            keys.push(Arc::new(certified));
             for name in identity.dns_names() {
                 names.entry(name).or_default().push(i);
             }
         }
         Ok(Self {
             keys,
+            stapled,
             names,
             fingerprints: identities.iter().map(Identity::fingerprint).collect(),
             not_after: identities.iter().map(Identity::not_after).collect(),
         })
+    }
+
+    /// The key to serve for identity `i`: with its OCSP response while the
+    /// response is current, without once it is not (a stale response is
+    /// worse than none: a client that requires stapling refuses it).
+    fn serve(&self, i: usize, now: SystemTime) -> Option<Arc<CertifiedKey>> {
+        match self.stapled.get(i)? {
+            Some((stapled, until)) if until.is_none_or(|t| now < t) => Some(stapled.clone()),
+            _ => self.keys.get(i).cloned(),
+        }
     }
 
     /// Indexes of the identities for `name`: exact, then wildcard.
@@ -244,8 +291,27 @@ impl ResolvesServerCert for Identities {
         let chosen = by_name
             .or_else(|| (0..catalog.keys.len()).find(can_sign))
             .unwrap_or(0);
-        catalog.keys.get(chosen).cloned()
+        catalog.serve(chosen, SystemTime::now())
     }
+}
+
+/// Staples each OCSP response to the identity it is about. A response
+/// about no identity, or one that cannot be stapled (not `good`, expired),
+/// is an error naming its file: an operator who gives one expects it
+/// served.
+pub fn attach_staples(identities: &mut [Identity], responses: &[OcspStaple]) -> Result<()> {
+    for response in responses {
+        let identity = identities
+            .iter_mut()
+            .find(|identity| identity.is_about(response))
+            .ok_or_else(|| ConfigError::Ocsp {
+                path: response.path().into(),
+                reason: "it is about none of the --cert certificates (serial number and issuer)"
+                    .into(),
+            })?;
+        identity.staple(response)?;
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -297,6 +363,7 @@ pub struct TlsOptions {
     alpn: Vec<Vec<u8>>,
     client_roots: Option<Arc<RootCertStore>>,
     client_optional: bool,
+    client_crls: Vec<CertificateRevocationListDer<'static>>,
     client_identity: Option<Arc<Identity>>,
     ticket_keys: Option<Arc<dyn ProducesTickets>>,
 }
@@ -311,6 +378,7 @@ impl Default for TlsOptions {
             alpn: Vec::new(),
             client_roots: None,
             client_optional: false,
+            client_crls: Vec::new(),
             client_identity: None,
             ticket_keys: None,
         }
@@ -349,6 +417,16 @@ impl TlsOptions {
     pub fn with_optional_client_verification(mut self, roots: RootCertStore) -> Self {
         self.client_roots = Some(Arc::new(roots));
         self.client_optional = true;
+        self
+    }
+
+    /// Server side, with client verification: refuse client certificates
+    /// these CRLs revoke. As OpenSSL's `X509_V_FLAG_CRL_CHECK_ALL` (nginx's
+    /// `ssl_crl`), every certificate of a client's chain needs its issuer's
+    /// CRL, and a CRL past its nextUpdate refuses every client it covers
+    /// until it is replaced.
+    pub fn with_client_crls(mut self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
+        self.client_crls = crls;
         self
     }
 
@@ -393,6 +471,11 @@ impl TlsOptions {
                 );
                 if self.client_optional {
                     verifier = verifier.allow_unauthenticated();
+                }
+                if !self.client_crls.is_empty() {
+                    verifier = verifier
+                        .with_crls(self.client_crls.iter().cloned())
+                        .enforce_revocation_expiration();
                 }
                 let verifier = verifier.build().map_err(ConfigError::ClientVerifier)?;
                 builder.with_client_cert_verifier(verifier)
@@ -448,6 +531,47 @@ pub fn roots_from_pem_file(path: &Path) -> Result<RootCertStore> {
         })?;
     }
     Ok(roots)
+}
+
+/// Reads certificate revocation lists: PEM (`X509 CRL` blocks, as `openssl
+/// ca -gencrl` writes them) or one DER CRL. Each is parsed as the verifier
+/// will, and one already past its nextUpdate is refused, so a stale file
+/// fails the start or the reload rather than every client.
+pub fn crls_from_file(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let bytes = read(path)?;
+    let fail = |reason: String| ConfigError::Crl {
+        path: path.into(),
+        reason,
+    };
+    let crls = if bytes.starts_with(&[0x30]) {
+        vec![CertificateRevocationListDer::from(bytes)]
+    } else {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| fail("malformed PEM".into()))?
+    };
+    if crls.is_empty() {
+        return Err(fail("no CRL in it (PEM X509 CRL, or DER)".into()).into());
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    for crl in &crls {
+        webpki::OwnedCertRevocationList::from_der(crl.as_ref())
+            .map_err(|e| fail(format!("not a CRL webpki reads ({e:?})")))?;
+        let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref())
+            .map_err(|_| fail("not a CRL x509-parser reads".into()))?;
+        if let Some(next) = parsed.next_update()
+            && next.timestamp() <= now as i64
+        {
+            return Err(fail(format!(
+                "expired (nextUpdate {next}); make a new one (openssl ca -gencrl)"
+            ))
+            .into());
+        }
+    }
+    Ok(crls)
 }
 
 /// A copy of `config` with a fresh secret log, for one connection.
@@ -528,7 +652,25 @@ mod tests {
         Identity {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            staple: None,
         }
+    }
+
+    #[test]
+    fn a_staple_is_served_until_its_next_update_less_the_margin_then_dropped() {
+        let now = SystemTime::now();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut identity = ca_identity();
+        identity.staple = Some((vec![0x30, 0x03, 0x0a, 0x01, 0x00], Some(now + hour)));
+        let mut forever = ca_identity();
+        forever.staple = Some((vec![0x30], None));
+        let catalog = Catalog::new(&[identity, forever, ca_identity()]).unwrap();
+        let stapled = |i, at| catalog.serve(i, at).unwrap().ocsp.clone();
+        assert_eq!(stapled(0, now), Some(vec![0x30, 0x03, 0x0a, 0x01, 0x00]));
+        assert_eq!(stapled(0, now + hour - EXPIRY_MARGIN / 2), None);
+        assert_eq!(stapled(0, now + 2 * hour), None);
+        assert_eq!(stapled(1, now + 1000 * hour), Some(vec![0x30]));
+        assert_eq!(stapled(2, now), None);
     }
 
     /// The leaf certificate a rustls client gets for `name` (None: no SNI).

@@ -180,8 +180,7 @@ fn sighup_serves_the_new_certificate_keeps_open_connections_and_survives_a_broke
     // A broken key: the reload fails and the new certificate stays.
     std::fs::write(&key, "not a key").unwrap();
     hangup(&server);
-    const RELOAD_FAILED: &str =
-        "SIGHUP: reload failed; still serving the previous certificates and ticket keys";
+    const RELOAD_FAILED: &str = "SIGHUP: reload failed; still serving the previous configuration";
     server
         .stderr
         .wait_for_event(|e| message(e) == RELOAD_FAILED && !relayed(e));

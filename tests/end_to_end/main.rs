@@ -11,6 +11,7 @@ mod limits;
 mod metrics;
 mod operator;
 mod privsep;
+mod revocation;
 mod robustness;
 mod serve;
 mod soak;

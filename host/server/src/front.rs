@@ -5,7 +5,7 @@
 //! `Placement`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use keyferry::error::{Error, HandshakeError};
@@ -33,8 +33,9 @@ pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct FrontOptions {
-    /// TLS settings (identity, versions, suites, ALPN).
-    pub tls: Arc<ServerConfig>,
+    /// TLS settings (identity, versions, suites, ALPN, client
+    /// verification), replaceable while serving.
+    pub tls: Arc<ServerTls>,
     /// Most connections served at once. At the cap, the longest-idle
     /// connection is closed (with close_notify) to admit a new client; a
     /// client that still cannot be admitted is closed promptly.
@@ -58,7 +59,7 @@ impl FrontOptions {
     /// timeout, no PROXY header, 5 s to drain, and fresh metrics.
     pub fn new(tls: Arc<ServerConfig>) -> Self {
         Self {
-            tls,
+            tls: Arc::new(ServerTls::new(tls)),
             max_connections: 512,
             handshake_timeout: Duration::from_secs(10),
             proxy_protocol: None,
@@ -96,6 +97,36 @@ impl FrontOptions {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+}
+
+/// The server config in service. A reload that changes what rustls's
+/// config holds by value (the client CAs and CRLs, inside its verifier)
+/// replaces it whole: handshakes that start afterwards use the new one,
+/// and those under way finish with the one they started with.
+pub struct ServerTls {
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Serves `config` until it is replaced.
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        Self {
+            current: RwLock::new(config),
+        }
+    }
+
+    /// The config a handshake starting now uses.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Serves `config` from the next handshake on.
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 }
 
@@ -207,7 +238,7 @@ async fn establish(
     .await?;
     let handoff = server_handshake(
         stream,
-        &front.tls,
+        &front.tls.current(),
         id,
         front.handshake_timeout,
         peer,

@@ -10,8 +10,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use clap::builder::TypedValueParser as _;
 use keyferry::GuestEngine;
-use keyferry::tls::{self, Identities, Identity};
-use keyferry_server::front::FrontOptions;
+use keyferry::ocsp::OcspStaple;
+use keyferry::tls::{self, Identities, Identity, TlsOptions};
+use keyferry_server::front::{FrontOptions, ServerTls};
 use keyferry_server::metrics::{Metrics, Serving};
 use keyferry_server::monitor::{LogFormat, MonitorOptions, WorkerCommand};
 use keyferry_server::server::{Isolation, ServerOptions};
@@ -50,6 +51,20 @@ pub(crate) struct ServeArgs {
     /// certificate's subject in the handshake facts.
     #[arg(long)]
     pub(crate) client_ca: Option<PathBuf>,
+    /// With --client-ca: refuse client certificates this CRL revokes (PEM
+    /// `X509 CRL` blocks as `openssl ca -gencrl` writes them, or DER;
+    /// repeat for several). As nginx's `ssl_crl`, every CA in a client's
+    /// chain needs its CRL, and a CRL past its nextUpdate refuses the
+    /// clients it covers. SIGHUP re-reads it, and --client-ca.
+    #[arg(long, value_name = "FILE", requires = "client_ca")]
+    pub(crate) client_crl: Vec<PathBuf>,
+    /// A DER OCSP response to staple (`openssl ocsp -respout`, fetched by
+    /// a cron job as for nginx's `ssl_stapling_file`); repeat for several.
+    /// Each goes to the --cert it is about (serial number and issuer). It
+    /// must say `good` and be current; it is stapled until a minute before
+    /// its nextUpdate, and SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub(crate) ocsp: Vec<PathBuf>,
     /// With --client-ca: `required` refuses clients without a certificate
     /// (certificate_required alert), `optional` serves them.
     #[arg(long, value_enum, default_value = "required", requires = "client_ca")]
@@ -174,7 +189,7 @@ pub(crate) fn serve_command(
         made_certificate = Some(pem);
         vec![identity]
     } else {
-        load_identities(&files)?
+        load_identities(&files, &args.ocsp)?
     };
     let identities = Arc::new(Identities::new(&identities)?);
     let mut options = args.tls.options();
@@ -182,13 +197,6 @@ pub(crate) fn serve_command(
     // does, unless told otherwise.
     if args.plane.guest.is_none() && !args.plane.echo && args.tls.alpn.is_empty() {
         options = options.with_alpn(&[b"http/1.1"]);
-    }
-    if let Some(path) = &args.client_ca {
-        let roots = tls::roots_from_pem_file(path)?;
-        options = match args.client_auth {
-            ClientAuth::Required => options.with_client_verification(roots),
-            ClientAuth::Optional => options.with_optional_client_verification(roots),
-        };
     }
     let ticket_keys = match &args.ticket_keys {
         Some(path) => Some(Arc::new(keyferry_server::tickets::TicketKeys::from_file(
@@ -199,13 +207,26 @@ pub(crate) fn serve_command(
     if let Some(keys) = &ticket_keys {
         options = options.with_ticket_keys(keys.clone());
     }
-    let tls = Arc::new(options.server_config_for(identities.clone())?);
+    let client = args.client_ca.clone().map(|ca| ClientFiles {
+        ca,
+        crls: args.client_crl.clone(),
+        auth: args.client_auth,
+    });
+    let client_verification = client.as_ref().map(ClientFiles::load).transpose()?;
+    let tls = Arc::new(ServerTls::new(Arc::new(
+        ClientFiles::apply(options.clone(), client_verification, args.client_auth)
+            .server_config_for(identities.clone())?,
+    )));
     let metrics = Arc::new(Metrics::new());
     metrics.certificates(&identities.expiries());
     let reload = Reload {
         identities: identities.clone(),
         files,
+        ocsp: args.ocsp.clone(),
         ticket_keys: ticket_keys.zip(args.ticket_keys.clone()),
+        client,
+        options,
+        tls: tls.clone(),
         metrics: metrics.clone(),
     };
     let workers = match (args.workers, args.shared_instances) {
@@ -333,7 +354,7 @@ pub(crate) fn serve_command(
             }
         });
         // The front of every connection, the same in both placements.
-        let mut front = FrontOptions::new(tls)
+        let mut front = FrontOptions::new(tls.current())
             .with_max_connections(args.max_connections)
             .with_handshake_timeout(timeouts.handshake)
             .with_drain_timeout(Duration::from_secs(5))
@@ -341,6 +362,8 @@ pub(crate) fn serve_command(
         if let Some(trusted) = &proxy_protocol {
             front = front.with_proxy_protocol(trusted.clone());
         }
+        // SIGHUP replaces the config this front reads.
+        front.tls = tls;
         match in_process {
             Some(component) => {
                 let options = ServerOptions::new(front, component)
@@ -421,6 +444,13 @@ fn check_configuration(args: &ServeArgs) -> anyhow::Result<()> {
         ));
     }
     let mut identities = Vec::new();
+    let mut staples = Vec::new();
+    for path in &args.ocsp {
+        match OcspStaple::from_file(path) {
+            Ok(staple) => staples.push(staple),
+            Err(e) => problems.push(format!("--ocsp {}: {e}", path.display())),
+        }
+    }
     for (cert, key) in args.cert.iter().zip(&args.key) {
         match Identity::from_pem_files(cert, key) {
             Ok(identity) => identities.push(identity),
@@ -431,6 +461,9 @@ fn check_configuration(args: &ServeArgs) -> anyhow::Result<()> {
             )),
         }
     }
+    if let Err(e) = tls::attach_staples(&mut identities, &staples) {
+        problems.push(format!("--ocsp: {e}"));
+    }
     if !identities.is_empty()
         && let Err(e) = Identities::new(&identities)
     {
@@ -440,6 +473,11 @@ fn check_configuration(args: &ServeArgs) -> anyhow::Result<()> {
         && let Err(e) = tls::roots_from_pem_file(path)
     {
         problems.push(format!("--client-ca {}: {e}", path.display()));
+    }
+    for path in &args.client_crl {
+        if let Err(e) = tls::crls_from_file(path) {
+            problems.push(format!("--client-crl {}: {e}", path.display()));
+        }
     }
     if let Some(path) = &args.ticket_keys
         && let Err(e) = keyferry_server::tickets::TicketKeys::from_file(path)
@@ -572,12 +610,63 @@ pub(crate) fn log_key_protection(user: &str) {
     }
 }
 
-/// Reads each certificate and key pair.
-pub(crate) fn load_identities(files: &[(PathBuf, PathBuf)]) -> keyferry::Result<Vec<Identity>> {
-    files
+/// Reads each certificate and key pair, and staples each OCSP response to
+/// the certificate it is about.
+pub(crate) fn load_identities(
+    files: &[(PathBuf, PathBuf)],
+    ocsp: &[PathBuf],
+) -> keyferry::Result<Vec<Identity>> {
+    let mut identities = files
         .iter()
         .map(|(cert, key)| Identity::from_pem_files(cert, key))
-        .collect()
+        .collect::<keyferry::Result<Vec<_>>>()?;
+    let staples = ocsp
+        .iter()
+        .map(|path| OcspStaple::from_file(path))
+        .collect::<keyferry::Result<Vec<_>>>()?;
+    tls::attach_staples(&mut identities, &staples)?;
+    Ok(identities)
+}
+
+/// Client verification's files: `--client-ca` and `--client-crl`, which
+/// SIGHUP re-reads too.
+pub(crate) struct ClientFiles {
+    pub(crate) ca: PathBuf,
+    pub(crate) crls: Vec<PathBuf>,
+    pub(crate) auth: ClientAuth,
+}
+
+/// Client verification's trust anchors and revocation lists, read.
+pub(crate) type ClientVerification = (
+    rustls::RootCertStore,
+    Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+);
+
+impl ClientFiles {
+    pub(crate) fn load(&self) -> keyferry::Result<ClientVerification> {
+        let roots = tls::roots_from_pem_file(&self.ca)?;
+        let mut crls = Vec::new();
+        for path in &self.crls {
+            crls.extend(tls::crls_from_file(path)?);
+        }
+        Ok((roots, crls))
+    }
+
+    /// `options` with client verification, if there is any.
+    pub(crate) fn apply(
+        options: TlsOptions,
+        verification: Option<ClientVerification>,
+        auth: ClientAuth,
+    ) -> TlsOptions {
+        let Some((roots, crls)) = verification else {
+            return options;
+        };
+        let options = options.with_client_crls(crls);
+        match auth {
+            ClientAuth::Required => options.with_client_verification(roots),
+            ClientAuth::Optional => options.with_optional_client_verification(roots),
+        }
+    }
 }
 
 /// What SIGHUP re-reads, as nginx's `-s reload` does: new handshakes use
@@ -587,7 +676,14 @@ pub(crate) fn load_identities(files: &[(PathBuf, PathBuf)]) -> keyferry::Result<
 pub(crate) struct Reload {
     pub(crate) identities: Arc<Identities>,
     pub(crate) files: Vec<(PathBuf, PathBuf)>,
+    pub(crate) ocsp: Vec<PathBuf>,
     pub(crate) ticket_keys: Option<(Arc<keyferry_server::tickets::TicketKeys>, PathBuf)>,
+    pub(crate) client: Option<ClientFiles>,
+    /// The TLS options without client verification, which a reload of
+    /// the client's files rebuilds the config from.
+    pub(crate) options: TlsOptions,
+    /// The config in service, replaced when the client's files change.
+    pub(crate) tls: Arc<ServerTls>,
     /// Where each reload's outcome and the certificates in service show.
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -610,17 +706,29 @@ impl Reload {
     }
 
     fn reload_files(&self) {
-        if self.files.is_empty() && self.ticket_keys.is_none() {
+        if self.files.is_empty() && self.ticket_keys.is_none() && self.client.is_none() {
             info!("SIGHUP: nothing to reload (the certificate was made at start)");
             return;
         }
         // Load everything first, then swap: all or nothing.
-        let swapped = self.load().and_then(|(identities, tickets)| {
+        let swapped = self.load().and_then(|(identities, tickets, client)| {
+            // Built before anything is swapped, so a config rustls refuses
+            // leaves everything in place.
+            let config = match (&self.client, client) {
+                (Some(files), Some(verification)) => Some(
+                    ClientFiles::apply(self.options.clone(), Some(verification), files.auth)
+                        .server_config_for(self.identities.clone())?,
+                ),
+                _ => None,
+            };
             if let Some(identities) = identities {
                 self.identities.replace(&identities)?;
             }
             if let (Some((keys, _)), Some(new)) = (&self.ticket_keys, tickets) {
                 keys.replace(new);
+            }
+            if let Some(config) = config {
+                self.tls.replace(Arc::new(config));
             }
             Ok(())
         });
@@ -632,7 +740,7 @@ impl Reload {
             }
             Err(e) => warn!(
                 error = %e,
-                "SIGHUP: reload failed; still serving the previous certificates and ticket keys"
+                "SIGHUP: reload failed; still serving the previous configuration"
             ),
         }
     }
@@ -640,23 +748,29 @@ impl Reload {
     /// Reads every file this reload covers.
     pub(crate) fn load(
         &self,
-    ) -> keyferry::Result<(
-        Option<Vec<Identity>>,
-        Option<keyferry_server::tickets::TicketKeys>,
-    )> {
+    ) -> keyferry::Result<Loaded> {
         let identities = if self.files.is_empty() {
             None
         } else {
-            Some(load_identities(&self.files)?)
+            Some(load_identities(&self.files, &self.ocsp)?)
         };
+        let client = self.client.as_ref().map(ClientFiles::load).transpose()?;
         let tickets = self
             .ticket_keys
             .as_ref()
             .map(|(_, path)| keyferry_server::tickets::TicketKeys::from_file(path))
             .transpose()?;
-        Ok((identities, tickets))
+        Ok((identities, tickets, client))
     }
 }
+
+/// What a reload read: identities, ticket keys and client verification,
+/// each `None` when not configured.
+pub(crate) type Loaded = (
+    Option<Vec<Identity>>,
+    Option<keyferry_server::tickets::TicketKeys>,
+    Option<ClientVerification>,
+);
 
 /// Binds the first address `listen` resolves to that binds, with
 /// SO_REUSEADDR (as tokio does) and, if asked, SO_REUSEPORT.
