@@ -6,6 +6,7 @@ mod alerts;
 mod bench;
 mod connect;
 mod fleet;
+mod forward;
 mod identities;
 mod limits;
 mod metrics;

@@ -37,6 +37,9 @@ use keyferry::instance::ExchangeKey;
 pub const MAX_FRAME: usize = 640 * 1024;
 /// Ready instances one worker may have announced and not yet been given.
 pub const MAX_READY: usize = 64;
+/// Most descriptors beside one frame: a connection's client socket, and
+/// with `--forward` its backend socket.
+pub const MAX_FDS: usize = 2;
 
 const READY: u8 = 1;
 const DONE: u8 = 2;
@@ -145,6 +148,19 @@ pub struct Assignment {
     pub seal_blob: Vec<u8>,
     /// The open key's blob, with whatever was read past the handshake.
     pub open_blob: Vec<u8>,
+    /// `--forward`: the backend's side.
+    pub backend: Backend,
+}
+
+/// A forwarded connection's backend, as the handshake process connected it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Not forwarded.
+    None,
+    /// Connected: its socket is the second descriptor beside the frame.
+    Connected,
+    /// The connect failed, for this reason: the worker sends close_notify.
+    Failed(String),
 }
 
 /// What the handshake process sends.
@@ -267,6 +283,14 @@ impl ToWorker {
                 put_facts(&mut w, &a.facts)?;
                 put(&mut w, &a.seal_blob)?;
                 put(&mut w, &a.open_blob)?;
+                match &a.backend {
+                    Backend::None => w.push(0),
+                    Backend::Connected => w.push(1),
+                    Backend::Failed(reason) => {
+                        w.push(2);
+                        put(&mut w, reason.as_bytes())?;
+                    }
+                }
             }
             Self::Session { encapsulated } => {
                 w.push(SESSION);
@@ -294,6 +318,12 @@ impl ToWorker {
                 facts: r.facts()?,
                 seal_blob: r.bytes()?.to_vec(),
                 open_blob: r.bytes()?.to_vec(),
+                backend: match r.u8()? {
+                    0 => Backend::None,
+                    1 => Backend::Connected,
+                    2 => Backend::Failed(r.string()?),
+                    _ => return Err(ChannelError::BadField("backend")),
+                },
             })),
             SESSION => Self::Session {
                 encapsulated: r
@@ -331,6 +361,7 @@ fn ending_code(ending: EndingKind) -> u8 {
         EndingKind::Transport => 11,
         EndingKind::Unserved => 12,
         EndingKind::WorkerExited => 13,
+        EndingKind::BackendError => 14,
     }
 }
 
@@ -349,6 +380,7 @@ fn ending_from_code(code: u8) -> Result<EndingKind, ChannelError> {
         11 => EndingKind::Transport,
         12 => EndingKind::Unserved,
         13 => EndingKind::WorkerExited,
+        14 => EndingKind::BackendError,
         _ => return Err(ChannelError::BadField("ending")),
     })
 }
@@ -600,18 +632,18 @@ impl Channel {
         })
     }
 
-    /// Sends one frame, with a descriptor beside it if `fd` is given.
-    pub async fn send(&self, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(), ChannelError> {
-        if frame.len() > MAX_FRAME {
+    /// Sends one frame, with the descriptors in `fds` beside it (at most
+    /// [`MAX_FDS`]).
+    pub async fn send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        if frame.len() > MAX_FRAME || fds.len() > MAX_FDS {
             return Err(ChannelError::TooLong);
         }
-        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
         loop {
             let mut guard = self.fd.ready(Interest::WRITABLE).await?;
             let sent = guard.try_io(|inner| {
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
                 let mut control = SendAncillaryBuffer::new(&mut space);
-                if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
                     return Err(std::io::Error::other("control buffer too small"));
                 }
                 rustix::net::sendmsg(
@@ -651,13 +683,14 @@ impl Channel {
         }
     }
 
-    /// Receives one frame and the descriptor that came with it, if any.
-    pub async fn recv(&self) -> Result<(Vec<u8>, Option<OwnedFd>), ChannelError> {
+    /// Receives one frame and the descriptors that came with it (at most
+    /// [`MAX_FDS`]; more is an error, and they are closed).
+    pub async fn recv(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), ChannelError> {
         loop {
             let mut guard = self.fd.ready(Interest::READABLE).await?;
             let got = guard.try_io(|inner| {
                 let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
                 let mut control = RecvAncillaryBuffer::new(&mut space);
                 let msg = rustix::net::recvmsg(
                     inner.get_ref(),
@@ -689,11 +722,13 @@ impl Channel {
                         ChannelError::Empty
                     });
                 }
-                Ok(Ok((frame, flags, mut fds))) => {
-                    if flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) || fds.len() > 1 {
+                Ok(Ok((frame, flags, fds))) => {
+                    if flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+                        || fds.len() > MAX_FDS
+                    {
                         return Err(ChannelError::TooLong);
                     }
-                    return Ok((frame, fds.pop()));
+                    return Ok((frame, fds));
                 }
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_would_block) => continue,
@@ -737,11 +772,19 @@ mod tests {
             facts: facts(),
             seal_blob: vec![1; 150],
             open_blob: vec![2; 300],
+            backend: Backend::Failed("connection refused".into()),
         }));
         let frame = assignment.encode().unwrap();
         assert_eq!(ToWorker::decode(&frame).unwrap(), assignment);
         for cut in 0..frame.len() {
             assert!(ToWorker::decode(&frame[..cut]).is_err(), "cut at {cut}");
+        }
+        for backend in [Backend::None, Backend::Connected] {
+            let mut a = assignment.clone();
+            if let ToWorker::Connection(c) = &mut a {
+                c.backend = backend;
+            }
+            assert_eq!(ToWorker::decode(&a.encode().unwrap()).unwrap(), a);
         }
         let mut long = frame.clone();
         long.push(0);
@@ -829,9 +872,10 @@ mod tests {
     #[test]
     fn ending_and_trap_codes_are_fixed() {
         let endings: Vec<u8> = EndingKind::ALL.iter().map(|e| ending_code(*e)).collect();
-        assert_eq!(endings, (1..=13).collect::<Vec<u8>>());
+        assert_eq!(endings, (1..=14).collect::<Vec<u8>>());
         assert_eq!(ending_code(EndingKind::CloseNotify), 1);
         assert_eq!(ending_code(EndingKind::WorkerExited), 13);
+        assert_eq!(ending_code(EndingKind::BackendError), 14);
         for e in EndingKind::ALL {
             assert_eq!(ending_from_code(ending_code(e)).unwrap(), e);
         }
@@ -840,12 +884,12 @@ mod tests {
         for t in TrapKind::ALL {
             assert_eq!(trap_from_code(trap_code(Some(t))).unwrap(), Some(t));
         }
-        assert!(ending_from_code(0).is_err() && ending_from_code(14).is_err());
+        assert!(ending_from_code(0).is_err() && ending_from_code(15).is_err());
         assert!(trap_from_code(6).is_err());
     }
 
     #[test]
-    fn a_descriptor_travels_beside_its_frame() {
+    fn descriptors_travel_beside_their_frame() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -854,18 +898,26 @@ mod tests {
             let (a, b) = pair().unwrap();
             let (a, b) = (Channel::new(a).unwrap(), Channel::new(b).unwrap());
             let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
-            a.send(b"frame", Some(x.as_fd())).await.unwrap();
-            let (frame, fd) = b.recv().await.unwrap();
+            a.send(b"frame", &[x.as_fd()]).await.unwrap();
+            let (frame, fds) = b.recv().await.unwrap();
             assert_eq!(frame, b"frame");
-            assert!(fd.is_some(), "the descriptor arrived");
-            a.send(b"plain", None).await.unwrap();
-            let (frame, fd) = b.recv().await.unwrap();
+            assert_eq!(fds.len(), 1, "the descriptor arrived");
+            let (z, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+            a.send(b"two", &[x.as_fd(), z.as_fd()]).await.unwrap();
+            let (frame, fds) = b.recv().await.unwrap();
+            assert_eq!((frame.as_slice(), fds.len()), (&b"two"[..], 2));
+            assert!(matches!(
+                a.send(b"three", &[x.as_fd(), z.as_fd(), x.as_fd()]).await,
+                Err(ChannelError::TooLong)
+            ));
+            a.send(b"plain", &[]).await.unwrap();
+            let (frame, fds) = b.recv().await.unwrap();
             assert_eq!(frame, b"plain");
-            assert!(fd.is_none());
+            assert!(fds.is_empty());
             // An empty datagram is not the end of the channel.
-            a.send(b"", None).await.unwrap();
+            a.send(b"", &[]).await.unwrap();
             assert!(matches!(b.recv().await, Err(ChannelError::Empty)));
-            a.send(b"after", None).await.unwrap();
+            a.send(b"after", &[]).await.unwrap();
             assert_eq!(b.recv().await.unwrap().0, b"after");
             drop(a);
             assert!(matches!(b.recv().await, Err(ChannelError::Closed)));

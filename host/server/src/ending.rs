@@ -35,6 +35,8 @@ pub enum Ending {
     },
     /// The transport failed, or the peer stayed silent or stopped reading.
     Transport(String),
+    /// `--forward`: the backend could not be reached, or failed.
+    Backend(String),
 }
 
 impl Ending {
@@ -53,6 +55,7 @@ impl Ending {
             Self::WriteTimeout => EndingKind::WriteTimeout,
             Self::GuestFailed { .. } => EndingKind::GuestFailed,
             Self::Transport(_) => EndingKind::Transport,
+            Self::Backend(_) => EndingKind::BackendError,
         }
     }
 
@@ -97,11 +100,13 @@ pub enum EndingKind {
     Unserved,
     /// Its worker process died while serving it.
     WorkerExited,
+    /// `--forward`: the backend could not be reached, or failed.
+    BackendError,
 }
 
 impl EndingKind {
     /// Every kind.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::CloseNotify,
         Self::Truncated,
         Self::PeerAlert,
@@ -115,6 +120,7 @@ impl EndingKind {
         Self::Transport,
         Self::Unserved,
         Self::WorkerExited,
+        Self::BackendError,
     ];
 
     /// The metrics label.
@@ -133,6 +139,7 @@ impl EndingKind {
             Self::Transport => "transport_error",
             Self::Unserved => "unserved",
             Self::WorkerExited => "worker_exited",
+            Self::BackendError => "backend_error",
         }
     }
 }
@@ -184,6 +191,35 @@ impl ConnectionOutcome {
             trap: error.and_then(Error::trap),
             bytes_in: 0,
             bytes_out: 0,
+        }
+    }
+}
+
+/// How a backend connect went, as `keyferry_backend_connects_total`
+/// counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// Connected.
+    Connected,
+    /// Refused or unreachable.
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+    /// The name did not resolve, or writing the PROXY header failed.
+    Error,
+}
+
+impl ConnectOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 4] = [Self::Connected, Self::Refused, Self::TimedOut, Self::Error];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Refused => "refused",
+            Self::TimedOut => "timed_out",
+            Self::Error => "error",
         }
     }
 }

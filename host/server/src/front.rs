@@ -52,6 +52,9 @@ pub struct FrontOptions {
     /// Where connections, handshakes and endings are counted (see
     /// [`crate::scrape::serve_metrics`] to publish them).
     pub metrics: Arc<Metrics>,
+    /// `--forward`: each connection's plaintext goes to this backend,
+    /// which this process connects to after the handshake.
+    pub forward: Option<Arc<crate::forward::Forward>>,
 }
 
 impl FrontOptions {
@@ -65,6 +68,7 @@ impl FrontOptions {
             proxy_protocol: None,
             drain_timeout: Duration::from_secs(5),
             metrics: Arc::new(Metrics::new()),
+            forward: None,
         }
     }
 
@@ -90,6 +94,14 @@ impl FrontOptions {
     /// How long open connections may take to finish after shutdown starts.
     pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
         self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Forward each connection's plaintext to a backend. The placement's
+    /// guest must hand its plaintext to the host (the reference
+    /// component).
+    pub fn with_forward(mut self, forward: Arc<crate::forward::Forward>) -> Self {
+        self.forward = Some(forward);
         self
     }
 
@@ -140,6 +152,8 @@ pub(crate) struct Established {
     /// When it was admitted: the connection line's duration runs from here.
     pub(crate) admitted: Instant,
     pub(crate) handshake_done: Instant,
+    /// With `--forward`, the backend's side.
+    pub(crate) upstream: Option<crate::forward::Upstream>,
 }
 
 /// Where connections run: in an instance of this process, or of a worker.
@@ -207,13 +221,29 @@ async fn serve_connection<P: Placement>(
     let Some((peer, handoff)) = establish(&mut stream, peer, id, front).await else {
         return;
     };
+    // The backend connect is not part of the handoff the metrics time.
+    let upstream = match &front.forward {
+        Some(forward) => {
+            let local = stream
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            Some(
+                forward
+                    .connect(peer, local, &handoff.facts, &front.metrics)
+                    .await,
+            )
+        }
+        None => None,
+    };
+    let handshake_done = Instant::now();
     let connection = Established {
         stream,
         peer,
         id,
         handoff,
         admitted,
-        handshake_done: Instant::now(),
+        handshake_done,
+        upstream,
     };
     placement.place(connection, permit).await;
 }

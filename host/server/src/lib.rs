@@ -12,7 +12,8 @@
 //!   certificate for a server started without one);
 //! - [`ready`] (the instance pool both placements use: instances made
 //!   and keyed ahead of their connections, or shared ones), [`transport`]
-//!   (byte-stream loops), [`front`] (every connection's lifecycle but its
+//!   (byte-stream loops), [`forward`] (`--forward`: the backend connect,
+//!   its PROXY header, and the relay), [`front`] (every connection's lifecycle but its
 //!   placement: accept, admission, the client's address and the
 //!   handshake), [`server`] (connections placed in this process);
 //! - the process split: [`channel`] (the protocol between the two sides),
@@ -27,6 +28,7 @@ pub mod certificate;
 pub mod channel;
 pub mod confine;
 pub mod ending;
+pub mod forward;
 pub mod front;
 mod http_transport;
 pub mod metrics;

@@ -100,6 +100,7 @@ pub struct Metrics {
     reload_successful: Gauge,
     reload_success_time: Gauge,
     reloads: Family<OutcomeLabels, Counter>,
+    backend_connects: Family<OutcomeLabels, Counter>,
     serving: std::sync::atomic::AtomicU8,
 }
 
@@ -220,6 +221,13 @@ impl Metrics {
             "SIGHUP reloads, by outcome",
             reloads.clone(),
         );
+        let backend_connects = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "backend_connects",
+            "--forward: connections to the backend, by outcome (connected, refused, \
+             timed_out, error)",
+            backend_connects.clone(),
+        );
         root.register_collector(Box::new(ProcessCollector));
         Self {
             registry: root,
@@ -237,8 +245,18 @@ impl Metrics {
             reload_successful,
             reload_success_time,
             reloads,
+            backend_connects,
             serving: std::sync::atomic::AtomicU8::new(0),
         }
+    }
+
+    /// Counts one backend connect of `--forward`.
+    pub fn backend_connect(&self, outcome: crate::ending::ConnectOutcome) {
+        self.backend_connects
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
     }
 
     /// Where the server stands, for `/healthz`. The caller says when

@@ -32,9 +32,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::channel::{Assignment, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
+use crate::channel::{Assignment, Backend, Channel, ChannelError, FromWorker, MAX_READY, ToWorker};
 use crate::ending::ConnectionOutcome;
 use crate::ending::EndingKind;
+use crate::forward::Upstream;
 use crate::front::{ADMISSION_WAIT, Established, FrontOptions, Placement, accept_all};
 use crate::metrics::Metrics;
 use keyferry::error::Result;
@@ -199,10 +200,10 @@ impl Worker {
     async fn send_bounded(
         &self,
         frame: &[u8],
-        fd: Option<std::os::fd::BorrowedFd<'_>>,
+        fds: &[std::os::fd::BorrowedFd<'_>],
         timeout: Duration,
     ) -> bool {
-        match tokio::time::timeout(timeout, self.channel.send(frame, fd)).await {
+        match tokio::time::timeout(timeout, self.channel.send(frame, fds)).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) | Err(_) => {
                 self.cut_off();
@@ -214,7 +215,7 @@ impl Worker {
     /// Sends a control frame (no descriptor) within [`CONTROL_SEND_TIMEOUT`].
     async fn send_control(&self, frame: &ToWorker) -> bool {
         match frame.encode() {
-            Ok(bytes) => self.send_bounded(&bytes, None, CONTROL_SEND_TIMEOUT).await,
+            Ok(bytes) => self.send_bounded(&bytes, &[], CONTROL_SEND_TIMEOUT).await,
             Err(_) => false,
         }
     }
@@ -516,7 +517,9 @@ async fn supervise(
 /// end), stops it.
 async fn drain_reports(worker: &Worker, metrics: &Metrics) {
     let drained = async {
-        while let Ok((frame, None)) = worker.channel.recv().await {
+        while let Ok((frame, fds)) = worker.channel.recv().await
+            && fds.is_empty()
+        {
             match FromWorker::decode(&frame) {
                 Ok(report @ FromWorker::Done { .. }) => {
                     if worker.apply(report, metrics).is_err() {
@@ -592,8 +595,8 @@ async fn run_worker(
             }
         };
         let violation = match received {
-            Ok((_, Some(_fd))) => "sent a descriptor".to_string(),
-            Ok((frame, None)) => match FromWorker::decode(&frame) {
+            Ok((_, fds)) if !fds.is_empty() => "sent a descriptor".to_string(),
+            Ok((frame, _)) => match FromWorker::decode(&frame) {
                 Ok(FromWorker::Hello { exchange })
                     if pool.published_by_another(&worker, &exchange.id) =>
                 {
@@ -687,6 +690,7 @@ impl Placement for Pool {
             id,
             handoff,
             handshake_done,
+            upstream,
             ..
         } = connection;
         let metrics = &self.metrics;
@@ -712,7 +716,11 @@ impl Placement for Pool {
             handshake_done,
             handing: Duration::ZERO,
         };
-        match hand_over(&worker, instance, handoff, &stream, peer, handed, metrics).await {
+        let sockets = Sockets {
+            client: &stream,
+            upstream: upstream.as_ref(),
+        };
+        match hand_over(&worker, instance, handoff, sockets, peer, handed, metrics).await {
             // At debug: the worker logs the connection's one line when it
             // ends. A second line per connection at info was a measurable
             // share of the server's CPU under `Connection: close` load.
@@ -734,14 +742,20 @@ async fn hand_over(
     worker: &Worker,
     instance: u32,
     handoff: Handoff,
-    stream: &TcpStream,
+    sockets: Sockets<'_>,
     peer: SocketAddr,
     mut handed: Handed,
     metrics: &Metrics,
 ) -> Result<()> {
+    let (backend, backend_fd) = match sockets.upstream {
+        None => (Backend::None, None),
+        Some(Upstream::Connected(b)) => (Backend::Connected, Some(b.as_fd())),
+        Some(Upstream::Failed(reason)) => (Backend::Failed(reason.clone()), None),
+    };
     // Held until the frame is sent: the worker opens blobs in order.
     let mut blobs = worker.blobs.lock().await;
-    let (connection_id, frame) = match assignment_frame(blobs.as_mut(), instance, handoff, peer) {
+    let sealed = assignment_frame(blobs.as_mut(), instance, handoff, peer, backend);
+    let (connection_id, frame) = match sealed {
         Ok(sealed) => sealed,
         Err(e) => {
             metrics.connection_unserved(&ConnectionOutcome::unserved(None));
@@ -770,15 +784,22 @@ async fn hand_over(
     // A worker that stops reading its channel would hold every connection
     // queued for it: it is cut off (its supervisor kills and replaces it,
     // and its connections' places come back).
-    if worker
-        .send_bounded(&frame, Some(stream.as_fd()), HAND_OVER_TIMEOUT)
-        .await
-    {
+    let fds: Vec<_> = std::iter::once(sockets.client.as_fd())
+        .chain(backend_fd)
+        .collect();
+    if worker.send_bounded(&frame, &fds, HAND_OVER_TIMEOUT).await {
         Ok(())
     } else {
         not_taken();
         Err(std::io::Error::other("the worker did not take the connection; cut off").into())
     }
+}
+
+/// The sockets a connection hands over: the client's, and with `--forward`
+/// the backend's (the worker can make none).
+struct Sockets<'a> {
+    client: &'a TcpStream,
+    upstream: Option<&'a Upstream>,
 }
 
 /// A connection's frame for a worker, its keys sealed in the worker's blob
@@ -788,6 +809,7 @@ fn assignment_frame(
     instance: u32,
     handoff: Handoff,
     peer: SocketAddr,
+    backend: Backend,
 ) -> Result<(u64, Vec<u8>)> {
     let Handoff {
         keys,
@@ -811,6 +833,7 @@ fn assignment_frame(
         facts,
         seal_blob,
         open_blob,
+        backend,
     }))
     .encode()
     .map_err(std::io::Error::other)?;
@@ -832,7 +855,7 @@ mod tests {
         let frame = vec![0u8; 60_000];
         let mut sent = 0;
         while worker
-            .send_bounded(&frame, None, Duration::from_millis(200))
+            .send_bounded(&frame, &[], Duration::from_millis(200))
             .await
         {
             sent += 1;
@@ -921,7 +944,7 @@ mod tests {
             },
         };
         let exited = Channel::new(theirs).unwrap();
-        exited.send(&done.encode(), None).await.unwrap();
+        exited.send(&done.encode(), &[]).await.unwrap();
         drop(exited);
         drain_reports(&worker, &metrics).await;
         let state = worker.lock();

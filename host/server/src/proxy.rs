@@ -177,9 +177,44 @@ impl TrustedSources {
     }
 }
 
+/// PP2_TYPE_ALPN: the negotiated application protocol.
+pub const PP2_TYPE_ALPN: u8 = 0x01;
+/// PP2_TYPE_AUTHORITY: the host name the client asked for (SNI).
+pub const PP2_TYPE_AUTHORITY: u8 = 0x02;
+/// PP2_TYPE_SSL: the client connected over TLS; sub-TLVs follow a client
+/// byte and a verify word.
+pub const PP2_TYPE_SSL: u8 = 0x20;
+/// PP2_SUBTYPE_SSL_VERSION: the TLS version (`TLSv1.3`).
+pub const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+/// PP2_SUBTYPE_SSL_CN: the client certificate's common name.
+pub const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+/// PP2_SUBTYPE_SSL_CIPHER: the cipher suite.
+pub const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+
 /// A version 2 PROXY header for `client` (TCP over IPv4 or IPv6) arriving at
 /// `server`; for tests and for chaining keyferry behind itself.
 pub fn header(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    header_with_tlvs(client, server, &[])
+}
+
+/// [`header`] with type-length-value fields after the addresses (PROXY
+/// protocol 2.2), as `--forward-proxy-protocol` writes them. A value too
+/// long for the header is cut to what fits.
+pub fn header_with_tlvs(client: SocketAddr, server: SocketAddr, tlvs: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut h = addresses(client, server);
+    for (kind, value) in tlvs {
+        let room = usize::from(u16::MAX) - (h.len() - 16) - 3;
+        let value = &value[..value.len().min(room)];
+        h.push(*kind);
+        h.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        h.extend_from_slice(value);
+    }
+    let block = u16::try_from(h.len() - 16).unwrap_or(u16::MAX);
+    h[14..16].copy_from_slice(&block.to_be_bytes());
+    h
+}
+
+fn addresses(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
     let mut h = SIGNATURE.to_vec();
     h.push(0x21);
     match (client, server) {
@@ -288,6 +323,25 @@ mod tests {
             read(&header(client6, server6)).unwrap(),
             Proxied::Client(client6)
         );
+    }
+
+    #[test]
+    fn tlvs_follow_the_addresses_and_the_length_counts_them() {
+        let client: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+        let server: SocketAddr = "10.0.0.1:443".parse().unwrap();
+        let tlvs = [
+            (PP2_TYPE_ALPN, b"h2".to_vec()),
+            (PP2_TYPE_AUTHORITY, b"example.com".to_vec()),
+        ];
+        let bytes = header_with_tlvs(client, server, &tlvs);
+        assert_eq!(u16::from_be_bytes([bytes[14], bytes[15]]), 12 + 5 + 14);
+        assert_eq!(&bytes[28..33], &[0x01, 0, 2, b'h', b'2']);
+        assert_eq!(&bytes[33..36], &[0x02, 0, 11]);
+        // keyferry's own reader takes it, TLVs and all.
+        assert_eq!(read(&bytes).unwrap(), Proxied::Client(client));
+        // A value too long for the header is cut to what fits.
+        let huge = header_with_tlvs(client, server, &[(PP2_TYPE_AUTHORITY, vec![b'a'; 70_000])]);
+        assert_eq!(huge.len(), 16 + usize::from(u16::MAX));
     }
 
     #[test]

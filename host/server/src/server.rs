@@ -160,6 +160,7 @@ impl InProcess {
             handoff,
             admitted,
             handshake_done,
+            upstream,
             ..
         } = connection;
         let metrics = &self.options.front.metrics;
@@ -190,7 +191,7 @@ impl InProcess {
         let (summary, guest) = serve_attached(
             &mut stream,
             plane,
-            first,
+            (first, upstream),
             control,
             &peer,
             read_with_handshake,

@@ -210,19 +210,22 @@ pub(crate) async fn refuse_unattached<S: AsyncWrite + Unpin>(
 /// connection's one log line is written. `read_with_handshake` counts the
 /// bytes the client sent with its last handshake flight; `ready` is how
 /// long the guest took to be ready after the handshake, and `started` when
-/// the connection began. Returns the summary, and the guest instance for
-/// its owner to retire or keep.
+/// the connection began. `first` is what attaching delivered, and
+/// `upstream` the backend's side of a forwarded connection. Returns the summary, and the guest instance for its owner
+/// to retire or keep.
 pub(crate) async fn serve_attached(
     stream: &mut tokio::net::TcpStream,
     mut plane: DataPlane,
-    first: Delivery,
+    (first, upstream): (Delivery, Option<crate::forward::Upstream>),
     control: SessionControl,
     peer: &str,
     read_with_handshake: u64,
     (ready, started): (Duration, Instant),
 ) -> (SessionSummary, Option<keyferry::GuestInstance>) {
     let facts = plane.facts().clone();
-    let mut summary = if plane.is_http() {
+    let mut summary = if let Some(upstream) = upstream {
+        crate::forward::relay(stream, upstream, &mut plane, first, control).await
+    } else if plane.is_http() {
         let (summary, served) =
             crate::http_transport::serve_http(stream, plane, first, control, peer).await;
         match served {
@@ -532,6 +535,7 @@ fn log_session(
             Some(format!("guest failed: {e}"))
         }
         Ending::Transport(e) => Some(format!("transport error: {e}")),
+        Ending::Backend(e) => Some(format!("backend: {e}")),
     };
     tracing::info!(
         peer = %peer,

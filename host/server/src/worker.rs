@@ -21,8 +21,11 @@ use tracing::warn;
 use keyferry_record::blob::{ExchangeKeyPair, SessionReceiver};
 use keyferry_record::record::TrafficKeyMaterial;
 
-use crate::channel::{Assignment, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker};
+use crate::channel::{
+    Assignment, Backend, Channel, ChannelError, ConnectionReport, FromWorker, ToWorker,
+};
 use crate::ending::ConnectionOutcome;
+use crate::forward::Upstream;
 use crate::ready::{InstancePool, READY_INSTANCES, Refill};
 use crate::transport::{SessionControl, Sessions, Timeouts, guest_call, serve_attached};
 use keyferry::component::GuestComponent;
@@ -231,7 +234,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
         let channel = channel.clone();
         tokio::spawn(async move {
             while let Some(frame) = outbox.recv().await {
-                if channel.send(&frame.encode(), None).await.is_err() {
+                if channel.send(&frame.encode(), &[]).await.is_err() {
                     break;
                 }
             }
@@ -269,13 +272,16 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                 let _ = to_monitor.send(FromWorker::Ready { instances });
             }
         }
-        let (frame, fd) = match channel.recv().await {
+        let (frame, mut fds) = match channel.recv().await {
             Ok(f) => f,
             Err(ChannelError::Closed) => break Ok(()),
             Err(e) => break Err(e.into()),
         };
-        match (ToWorker::decode(&frame), fd) {
-            (Ok(ToWorker::Session { encapsulated }), None) => {
+        // The client's socket, then the backend's when it was connected.
+        let backend_fd = (fds.len() == 2).then(|| fds.pop()).flatten();
+        let socket = fds.pop();
+        match (ToWorker::decode(&frame), socket) {
+            (Ok(ToWorker::Session { encapsulated }), None) if backend_fd.is_none() => {
                 if session.is_some() {
                     break Err(WorkerError::Session);
                 }
@@ -285,7 +291,9 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                     Err(e) => break Err(keyferry::Error::from(e).into()),
                 }
             }
-            (Ok(ToWorker::Connection(mut assignment)), Some(socket)) => {
+            (Ok(ToWorker::Connection(mut assignment)), Some(socket))
+                if backend_fd.is_some() == (assignment.backend == Backend::Connected) =>
+            {
                 let Some(guest) = shared.instances.take_announced(assignment.instance) else {
                     break Err(WorkerError::UnknownSlot(assignment.instance));
                 };
@@ -305,7 +313,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                     // of it cheap.
                     let report = Box::pin(serve_connection(
                         (*assignment, keys),
-                        socket,
+                        (socket, backend_fd),
                         guest,
                         &shared,
                         shutdown,
@@ -317,11 +325,11 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
                     });
                 });
             }
-            (Ok(ToWorker::ShedIdle), None) => {
+            (Ok(ToWorker::ShedIdle), None) if backend_fd.is_none() => {
                 let closed = shared.sessions.shed_longest_idle();
                 let _ = to_monitor.send(FromWorker::Shed { closed });
             }
-            (Ok(ToWorker::Shutdown), None) => break Ok(()),
+            (Ok(ToWorker::Shutdown), None) if backend_fd.is_none() => break Ok(()),
             (Ok(_), _) => break Err(ChannelError::Descriptor.into()),
             (Err(e), _) => break Err(e.into()),
         }
@@ -352,6 +360,13 @@ struct WorkerContext {
     timeouts: Timeouts,
 }
 
+/// A TCP socket handed over the channel, for tokio.
+fn tcp_stream(fd: OwnedFd) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = std::net::TcpStream::from(fd);
+    stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
 /// Opens a connection's two blobs from the handshake process. The blobs
 /// are spent either way.
 fn open_pair(receiver: &mut SessionReceiver, a: &mut Assignment) -> Opened {
@@ -367,7 +382,7 @@ type Opened = keyferry::Result<(TrafficKeyMaterial, TrafficKeyMaterial)>;
 
 async fn serve_connection(
     (a, keys): (Assignment, Opened),
-    socket: OwnedFd,
+    (socket, backend_fd): (OwnedFd, Option<OwnedFd>),
     guest: GuestInstance,
     shared: &WorkerContext,
     shutdown: watch::Receiver<bool>,
@@ -387,6 +402,15 @@ async fn serve_connection(
             warn!(peer = %a.peer, error = %e, "handed a socket tokio cannot use");
             return unserved(None);
         }
+    };
+    let upstream = match (&a.backend, backend_fd) {
+        (Backend::None, _) => None,
+        (Backend::Failed(reason), _) => Some(Upstream::Failed(reason.clone())),
+        (Backend::Connected, Some(fd)) => Some(match tcp_stream(fd) {
+            Ok(s) => Upstream::Connected(s),
+            Err(e) => Upstream::Failed(format!("handed a backend socket tokio cannot use: {e}")),
+        }),
+        (Backend::Connected, None) => Some(Upstream::Failed("no backend socket".into())),
     };
     // Wrapped again for the instance it goes to (blob format 2); the
     // material is wiped when the handoff drops.
@@ -422,7 +446,7 @@ async fn serve_connection(
     let (summary, guest) = serve_attached(
         &mut stream,
         plane,
-        first,
+        (first, upstream),
         control,
         &a.peer,
         a.read_with_handshake,

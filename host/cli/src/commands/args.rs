@@ -112,6 +112,12 @@ pub(crate) struct PlaneArgs {
     /// Echo instead of the HTTP responder.
     #[arg(long, conflicts_with = "guest")]
     pub(crate) echo: bool,
+    /// Forward each connection's plaintext to this backend (HOST:PORT) and
+    /// the backend's answer back, as stunnel and hitch do: TLS ends here,
+    /// and the plaintext leaves the sandbox for the backend. The handshake
+    /// process connects to it after each handshake.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["guest", "echo"])]
+    pub(crate) forward: Option<String>,
     /// Seconds an idle connection (between requests) stays open.
     #[arg(long, default_value_t = 75)]
     pub(crate) keepalive_timeout: u64,
@@ -154,14 +160,26 @@ impl PlaneArgs {
                 .with_context(|| format!("loading guest {}", path.display()))?,
             (Some(wasm), None) => GuestComponent::new(engine, wasm)?,
             (None, _) if self.echo => GuestComponent::new(engine, apps::ECHO)?,
+            // The record layer alone: the plaintext comes out to the host,
+            // which relays it to the backend.
+            (None, _) if self.forward.is_some() => {
+                GuestComponent::new(engine, keyferry::REFERENCE_COMPONENT)?
+            }
             (None, _) => GuestComponent::new(engine, apps::HTTP_RESPONDER)?,
         })
+    }
+
+    /// Whether the built-in HTTP/1.1 responder serves (no other
+    /// application, no forwarding): ALPN then offers only `http/1.1`.
+    pub(crate) fn is_builtin_http(&self) -> bool {
+        self.guest.is_none() && !self.echo && self.forward.is_none()
     }
 
     pub(crate) fn application(&self) -> &'static str {
         match (&self.guest, self.echo) {
             (Some(_), _) => "plugin",
             (None, true) => "echo",
+            (None, false) if self.forward.is_some() => "forward",
             (None, false) => "http",
         }
     }
@@ -183,6 +201,9 @@ impl PlaneArgs {
         }
         if self.echo {
             args.push("--echo".into());
+        }
+        if let Some(backend) = &self.forward {
+            args.extend(["--forward".into(), backend.into()]);
         }
         for (flag, value) in [
             ("--keepalive-timeout", self.keepalive_timeout),

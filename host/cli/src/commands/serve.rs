@@ -92,6 +92,18 @@ pub(crate) struct ServeArgs {
     /// port and the kernel spreads connections among them.
     #[arg(long)]
     pub(crate) reuse_port: bool,
+    /// With --forward: write a PROXY protocol v2 header to the backend
+    /// before the client's bytes, with the client's address and, as TLVs,
+    /// the ALPN, the SNI (authority), and the TLS version, suite and client
+    /// certificate's common name (hitch's write-proxy-v2).
+    #[arg(long, requires = "forward")]
+    pub(crate) forward_proxy_protocol: bool,
+    /// With --forward: seconds a backend connect may take. A backend that
+    /// refuses or does not answer ends the client's connection with
+    /// close_notify, logged and counted (keyferry_backend_connects_total).
+    #[arg(long, default_value_t = 5, requires = "forward",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) connect_timeout: u64,
     /// Session-ticket keys shared by a fleet: one or more 48-byte keys (a
     /// 16-byte name, a 32-byte key); the first issues tickets, all open
     /// them. Make one with `head -c 48 /dev/urandom > ticket.key`.
@@ -147,8 +159,7 @@ pub(crate) fn serve_command(
     }
     // The built-in responder speaks HTTP/1.1 only: do not let ALPN promise
     // a client anything else.
-    if args.plane.guest.is_none()
-        && !args.plane.echo
+    if args.plane.is_builtin_http()
         && let Some(other) = args.tls.alpn.iter().find(|p| *p != "http/1.1")
     {
         bail!(
@@ -195,7 +206,7 @@ pub(crate) fn serve_command(
     let mut options = args.tls.options();
     // The built-in responder speaks HTTP/1.1: say so in ALPN, as nginx
     // does, unless told otherwise.
-    if args.plane.guest.is_none() && !args.plane.echo && args.tls.alpn.is_empty() {
+    if args.plane.is_builtin_http() && args.tls.alpn.is_empty() {
         options = options.with_alpn(&[b"http/1.1"]);
     }
     let ticket_keys = match &args.ticket_keys {
@@ -362,6 +373,13 @@ pub(crate) fn serve_command(
         if let Some(trusted) = &proxy_protocol {
             front = front.with_proxy_protocol(trusted.clone());
         }
+        if let Some(backend) = &args.plane.forward {
+            front = front.with_forward(Arc::new(keyferry_server::forward::Forward {
+                backend: backend.clone(),
+                proxy_protocol: args.forward_proxy_protocol,
+                connect_timeout: Duration::from_secs(args.connect_timeout),
+            }));
+        }
         // SIGHUP replaces the config this front reads.
         front.tls = tls;
         match in_process {
@@ -425,8 +443,7 @@ fn worker_args(args: &ServeArgs) -> anyhow::Result<Vec<std::ffi::OsString>> {
 /// not only the first.
 fn check_configuration(args: &ServeArgs) -> anyhow::Result<()> {
     let mut problems: Vec<String> = Vec::new();
-    if args.plane.guest.is_none()
-        && !args.plane.echo
+    if args.plane.is_builtin_http()
         && let Some(other) = args.tls.alpn.iter().find(|p| *p != "http/1.1")
     {
         problems.push(format!(
@@ -746,9 +763,7 @@ impl Reload {
     }
 
     /// Reads every file this reload covers.
-    pub(crate) fn load(
-        &self,
-    ) -> keyferry::Result<Loaded> {
+    pub(crate) fn load(&self) -> keyferry::Result<Loaded> {
         let identities = if self.files.is_empty() {
             None
         } else {
