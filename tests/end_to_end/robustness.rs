@@ -295,6 +295,65 @@ fn sigterm_closes_every_connection_with_close_notify_and_exits() {
     }
 }
 
+/// At SIGTERM a request under way is answered, and only then is its
+/// connection closed (nginx's graceful stop); an idle connection is closed
+/// at once; one that never finishes its request is closed with
+/// close_notify at `--drain-timeout`. In workers and in one process.
+#[test]
+fn sigterm_answers_the_request_under_way_then_closes_and_bounds_the_rest() {
+    for workers in ["1", "0"] {
+        let mut server = Server::start(&["--workers", workers, "--drain-timeout", "3"]);
+        let mut busy = rustls_client(&server.addr());
+        write_all(&mut busy, b"GET /under-way HTTP/1.1\r\nHost: x\r\n");
+        let mut idle = rustls_client(&server.addr());
+        write_all(&mut idle, b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut stalled = rustls_client(&server.addr());
+        write_all(&mut stalled, b"GET /never-finished HTTP/1.1\r\n");
+        let mut first = [0u8; 12];
+        idle.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        let started = std::time::Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status();
+        server
+            .stderr
+            .wait_for_event(|e| message(e) == "no longer accepting connections" && !relayed(e));
+        // The idle connection gets close_notify (after the rest of its
+        // first response).
+        let mut rest = Vec::new();
+        idle.read_to_end(&mut rest)
+            .expect("close_notify on the idle connection");
+        // The one in the middle of its request finishes it and is
+        // answered, then closed.
+        std::thread::sleep(Duration::from_millis(300));
+        write_all(&mut busy, b"\r\n");
+        let mut answer = Vec::new();
+        busy.read_to_end(&mut answer)
+            .expect("the answer, then close_notify");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "workers {workers}: {answer}"
+        );
+        assert!(answer.contains("request: GET /under-way"), "{answer}");
+        // The one that never finishes is closed at the drain deadline,
+        // with close_notify.
+        let mut nothing = Vec::new();
+        stalled
+            .read_to_end(&mut nothing)
+            .expect("close_notify at the drain deadline");
+        assert!(nothing.is_empty());
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "closed at the deadline, not at once: {:?}",
+            started.elapsed()
+        );
+        let status = server.signal("TERM");
+        assert!(status.success(), "exits 0: {status:?}");
+    }
+}
+
 /// `--fuel` reaches the workers as their only execution bound (they were
 /// given `--deadline-ms` too, which they refuse, and never started).
 #[test]

@@ -162,7 +162,7 @@ const HIGH_WATER: usize = 256 * 1024;
 /// Each side may close first; the other direction carries on (the client's
 /// close_notify half-closes the backend, the backend's EOF sends
 /// close_notify). Nothing moving either way for the keep-alive timeout
-/// ends it, as does shutdown.
+/// ends it; at shutdown it carries on until the drain deadline.
 pub(crate) async fn relay(
     client: &mut TcpStream,
     upstream: Upstream,
@@ -191,8 +191,10 @@ pub(crate) async fn relay(
     let mut backend_open = backend.is_some();
     let mut backend_half_closed = false;
     let mut closing = false;
+    let mut draining: Option<tokio::time::Instant> = None;
     let mut step: keyferry::Result<Delivery> = Ok(first);
-    let (mut from_client, mut from_backend) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut from_client = vec![0u8; CHUNK];
+    let mut from_backend = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
     loop {
         match step {
             Ok(d) => {
@@ -328,7 +330,13 @@ pub(crate) async fn relay(
                 to_backend.clear();
                 Ok(Delivery::default())
             }
-            _ = control.shutdown.changed(), if !closing => {
+            // At shutdown a forwarded connection carries on, as HAProxy's
+            // soft stop lets them, until the drain deadline.
+            _ = control.shutdown.changed(), if !closing && draining.is_none() => {
+                draining = Some(control.drain_deadline());
+                Ok(Delivery::default())
+            }
+            () = crate::transport::sleep_until_some(draining), if !closing && draining.is_some() => {
                 summary.ending = Ending::Shutdown;
                 client_open = false;
                 backend_open = false;

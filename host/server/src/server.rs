@@ -187,6 +187,7 @@ impl InProcess {
             handle,
             epoch: self.epoch,
             timeouts: self.options.timeouts,
+            drain_timeout: self.options.front.drain_timeout,
         };
         let (summary, guest) = serve_attached(
             &mut stream,

@@ -101,6 +101,19 @@ pub struct SessionControl {
     pub epoch: Instant,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// After shutdown starts, how long a busy session may take to finish
+    /// what it is doing (an idle one closes at once); then it is closed
+    /// with close_notify, busy or not.
+    pub drain_timeout: Duration,
+}
+
+impl SessionControl {
+    /// When a session still busy at shutdown is closed: a little before
+    /// the server stops waiting for its sessions, so the close_notify
+    /// goes out rather than the task being dropped.
+    pub(crate) fn drain_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.drain_timeout.mul_f64(0.9)
+    }
 }
 
 /// Read buffer size: one maximal record and its header.
@@ -342,6 +355,9 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut step: Result<Delivery> = Ok(first);
     let mut eof = false;
     let mut closing = false;
+    // Set when shutdown starts while the session is busy: it finishes
+    // what it is doing, then closes, or is closed at this deadline.
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
         let d = match step {
             Ok(d) if !d.plaintext.is_empty() => {
@@ -370,13 +386,21 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 stream.flush().await
             };
             // A peer that never reads must not hold its place forever, nor
-            // keep the server from shutting down.
-            let written = tokio::select! {
-                w = tokio::time::timeout(control.timeouts.write, write) => w,
-                _ = control.shutdown.changed(), if !closing => {
-                    summary.ending = Ending::Shutdown;
-                    break;
+            // keep the server from shutting down past the drain deadline.
+            let write = tokio::time::timeout(control.timeouts.write, write);
+            tokio::pin!(write);
+            let written = loop {
+                tokio::select! {
+                    w = &mut write => break Some(w),
+                    _ = control.shutdown.changed(), if !closing && draining.is_none() => {
+                        draining = Some(control.drain_deadline());
+                    }
+                    () = sleep_until_some(draining), if !closing && draining.is_some() => break None,
                 }
+            };
+            let Some(written) = written else {
+                summary.ending = Ending::Shutdown;
+                break;
             };
             match written {
                 Ok(Ok(())) => summary.bytes_out += d.to_send.len() as u64,
@@ -403,6 +427,13 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 _ => Ending::Clean,
             };
             break;
+        }
+        if draining.is_some() && d.idle && !closing {
+            // The request in progress at shutdown is answered: close now.
+            summary.ending = Ending::Shutdown;
+            closing = true;
+            step = guest_call(|| plane.close());
+            continue;
         }
         handle.set_idle(control.epoch, d.idle);
         if d.idle && buf.len() > IDLE_READ {
@@ -447,7 +478,18 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 closing = true;
                 guest_call(|| plane.close())
             }
-            _ = control.shutdown.changed(), if !closing => {
+            _ = control.shutdown.changed(), if !closing && draining.is_none() => {
+                if d.idle {
+                    summary.ending = Ending::Shutdown;
+                    closing = true;
+                    guest_call(|| plane.close())
+                } else {
+                    draining = Some(control.drain_deadline());
+                    // Nothing new: the session carries on as it was.
+                    Ok(Delivery::default())
+                }
+            }
+            () = sleep_until_some(draining), if !closing && draining.is_some() => {
                 summary.ending = Ending::Shutdown;
                 closing = true;
                 guest_call(|| plane.close())
@@ -458,6 +500,14 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
     summary.duration = started.elapsed();
     summary
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(crate) async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The sessions a server (or a worker) is serving, so it can find the

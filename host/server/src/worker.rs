@@ -262,6 +262,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
         ),
         epoch: Instant::now(),
         timeouts: options.timeouts,
+        drain_timeout: options.drain_timeout,
     });
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
@@ -358,6 +359,7 @@ struct WorkerContext {
     /// When the worker started: session instances keep time from it.
     epoch: Instant,
     timeouts: Timeouts,
+    drain_timeout: Duration,
 }
 
 /// A TCP socket handed over the channel, for tokio.
@@ -442,6 +444,7 @@ async fn serve_connection(
         handle,
         epoch: shared.epoch,
         timeouts: shared.timeouts,
+        drain_timeout: shared.drain_timeout,
     };
     let (summary, guest) = serve_attached(
         &mut stream,

@@ -127,6 +127,12 @@ pub(crate) struct PlaneArgs {
     /// Seconds a write may wait for a client that does not read.
     #[arg(long, default_value_t = 60)]
     pub(crate) write_timeout: u64,
+    /// Seconds open connections get to finish after SIGTERM or SIGINT (or
+    /// a handover to a new process): an idle one is closed at once, one in
+    /// the middle of a request is answered and then closed, a forwarded one
+    /// carries on; at the deadline every one left gets close_notify.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) drain_timeout: u64,
     #[command(flatten)]
     pub(crate) sandbox: SandboxArgs,
 }
@@ -209,6 +215,7 @@ impl PlaneArgs {
             ("--keepalive-timeout", self.keepalive_timeout),
             ("--request-timeout", self.request_timeout),
             ("--write-timeout", self.write_timeout),
+            ("--drain-timeout", self.drain_timeout),
             ("--memory-mib", self.sandbox.memory_mib as u64),
             ("--max-body", self.sandbox.max_body),
             ("--max-head", u64::from(self.sandbox.max_head)),

@@ -368,7 +368,7 @@ pub(crate) fn serve_command(
         let mut front = FrontOptions::new(tls.current())
             .with_max_connections(args.max_connections)
             .with_handshake_timeout(timeouts.handshake)
-            .with_drain_timeout(Duration::from_secs(5))
+            .with_drain_timeout(Duration::from_secs(args.plane.drain_timeout))
             .with_metrics(metrics.clone());
         if let Some(trusted) = &proxy_protocol {
             front = front.with_proxy_protocol(trusted.clone());

@@ -75,7 +75,7 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let options = keyferry_server::worker::WorkerOptions::new(component)
         .with_timeouts(args.plane.timeouts(10))
-        .with_drain_timeout(Duration::from_secs(5));
+        .with_drain_timeout(Duration::from_secs(args.plane.drain_timeout));
     // One runtime thread: there is a worker process per core already, so
     // more threads would only hand connections' wakeups from one to
     // another. Multi-threaded all the same, so a guest call that computes
