@@ -1,9 +1,10 @@
 //! Clear errors for the operator's mistakes.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use keyferry_tests::process::{
-    PATIENCE, Server, children, keyferry, message, pem_identity, relayed, temp_dir,
+    PATIENCE, Server, children, has_fields, keyferry, message, pem_identity, relayed, temp_dir,
 };
 
 fn serve_fails(args: &[&str]) -> String {
@@ -543,4 +544,71 @@ fn systemd_activates_it_with_a_socket_and_hears_ready_reloading_and_stopping() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}\n{}", stderr.text());
+}
+
+/// A restart that drops nothing, without systemd: a second serve takes
+/// the first one's listening socket over `--handover-socket`, and the
+/// first drains and exits 0. wrk opens a new connection per request
+/// (`Connection: close`) throughout, and not one fails.
+#[test]
+fn a_restart_over_the_handover_socket_fails_no_request() {
+    let (cert, key) = pem_identity("handover");
+    let socket = cert.with_file_name("handover.sock");
+    let args = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--handover-socket",
+        socket.to_str().unwrap(),
+        "--workers",
+        "1",
+    ];
+    let mut old = Server::start(&args);
+    let url = old.url("/");
+    let wrk = std::process::Command::new("wrk")
+        .args(["-t1", "-c8", "-d8s", "-H", "Connection: close", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wrk (apt-get install wrk)");
+    std::thread::sleep(Duration::from_secs(2));
+    // Whatever --listen says, the new one serves the socket it was given.
+    let new = Server::start(&args);
+    assert_eq!(new.port, old.port);
+    new.stderr.wait_for_event(|e| {
+        message(e) == "took the listening socket from the running server (--handover-socket)"
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = old.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < PATIENCE, "the old server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the old server exits 0: {status:?}");
+    old.stderr.wait_for_event(|e| {
+        message(e) == "no longer accepting connections" && has_fields(e, &[("signal", "handover")])
+    });
+    let out = wrk.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    let requests: u64 = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count in:\n{report}"));
+    assert!(requests > 50, "{report}");
+    assert!(!report.contains("Socket errors"), "{report}");
+    assert!(!report.contains("Non-2xx"), "{report}");
+    // Both served some of them.
+    for server in [&old, &new] {
+        server
+            .stderr
+            .wait_for_event(|e| message(e) == "connection" && relayed(e));
+    }
+    // The socket file is the new server's now, for the next restart.
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
 }

@@ -4,6 +4,7 @@
 pub(crate) mod args;
 pub(crate) mod bench;
 pub(crate) mod connect;
+pub(crate) mod handover;
 pub(crate) mod serve;
 pub(crate) mod systemd;
 pub(crate) mod worker;

@@ -104,6 +104,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 5, requires = "forward",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) connect_timeout: u64,
+    /// A Unix socket for restarts that drop no connection: a new serve
+    /// started with the same PATH takes this one's listening socket over
+    /// it instead of binding its own, and once the new one serves this one
+    /// stops accepting, drains (--drain-timeout) and exits 0. Made with
+    /// mode 0600; only this server's user (or root) is given the listener.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) handover_socket: Option<PathBuf>,
     /// Session-ticket keys shared by a fleet: one or more 48-byte keys (a
     /// 16-byte name, a 32-byte key); the first issues tickets, all open
     /// them. Make one with `head -c 48 /dev/urandom > ticket.key`.
@@ -304,18 +311,41 @@ pub(crate) fn serve_command(
         // SIGHUP is caught before anything else, so a reload signal sent
         // as soon as the process exists never kills it.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-        let listener = match super::systemd::activated_listener()
-            .context("taking the socket systemd passed")?
-        {
+        // A restart: the running server hands its listening socket over.
+        let taken = match &args.handover_socket {
+            Some(path) => super::handover::take(path)?,
+            None => None,
+        };
+        let activated = match taken {
+            Some(_) => None,
+            None => super::systemd::activated_listener()
+                .context("taking the socket systemd passed")?,
+        };
+        let (listener, predecessor) = match (taken, activated) {
+            (Some(taken), _) => {
+                info!("took the listening socket from the running server (--handover-socket)");
+                let listener = taken.listener.try_clone()?;
+                (tokio::net::TcpListener::from_std(listener)?, Some(taken))
+            }
             // Socket activation: systemd holds the listening socket, so it
             // outlives restarts, and `--listen` does not apply.
-            Some(listener) => {
+            (None, Some(listener)) => {
                 info!("serving the listening socket systemd passed (socket activation)");
-                tokio::net::TcpListener::from_std(listener)?
+                (tokio::net::TcpListener::from_std(listener)?, None)
             }
-            None => bind(&args.listen, args.reuse_port)
-                .await
-                .with_context(|| format!("cannot listen on {}", args.listen))?,
+            (None, None) => (
+                bind(&args.listen, args.reuse_port)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.listen))?,
+                None,
+            ),
+        };
+        // Told once this server serves: the previous one then drains.
+        let predecessor = std::sync::Mutex::new(predecessor);
+        let serving = move || {
+            if let Some(taken) = predecessor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                taken.ready();
+            }
         };
         let local = listener.local_addr()?;
         let fingerprint = identities.fingerprints().join(",");
@@ -333,6 +363,20 @@ pub(crate) fn serve_command(
         println!("keyferry serving on https://{local}/ (certificate SHA-256 {fingerprint})");
         tokio::spawn(reload.on_sighup(hangups));
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let tx = Arc::new(tx);
+        // The next server takes the listener through here.
+        let _offer = match &args.handover_socket {
+            Some(path) => {
+                let (tx, metrics) = (tx.clone(), metrics.clone());
+                Some(super::handover::Offer::open(path, &listener, move || {
+                    metrics.set_serving(Serving::Stopping);
+                    super::systemd::stopping();
+                    info!(signal = "handover", "no longer accepting connections");
+                    let _ = tx.send(true);
+                })?)
+            }
+            None => None,
+        };
         if let Some(address) = metrics_address {
             let scrape = tokio::net::TcpListener::bind(address)
                 .await
@@ -394,6 +438,7 @@ pub(crate) fn serve_command(
                 // from here on.
                 metrics.set_serving(Serving::Serving);
                 super::systemd::ready();
+                serving();
                 // As a task on the runtime's threads, not on this one:
                 // what the accept loop spawns then starts on the same
                 // thread without waking another.
@@ -409,6 +454,7 @@ pub(crate) fn serve_command(
                         Arc::new(move || {
                             metrics.set_serving(Serving::Serving);
                             super::systemd::ready();
+                            serving();
                         })
                     });
                 tokio::spawn(keyferry_server::monitor::run(listener, options, rx)).await??

@@ -91,11 +91,17 @@ pub(crate) fn activated_listener() -> anyhow::Result<Option<std::net::TcpListene
     // one claim: nothing else in this process opened or owns it.
     #[allow(unsafe_code)]
     let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    listening_tcp(fd, "the socket systemd passed (ListenStream=ADDRESS:PORT)").map(Some)
+}
+
+/// `fd` as a listener, if it is a listening TCP socket; `what` names it
+/// in the error.
+pub(crate) fn listening_tcp(fd: OwnedFd, what: &str) -> anyhow::Result<std::net::TcpListener> {
     let listening = rustix::net::sockopt::socket_acceptconn(&fd)
-        .context("descriptor 3 from systemd is not a socket")?;
+        .with_context(|| format!("{what} is not a socket"))?;
     let family = rustix::net::getsockname(&fd)
         .map(|a| a.address_family())
-        .context("descriptor 3 from systemd has no address")?;
+        .with_context(|| format!("{what} has no address"))?;
     if !listening
         || rustix::net::sockopt::socket_type(&fd)? != rustix::net::SocketType::STREAM
         || !matches!(
@@ -103,14 +109,12 @@ pub(crate) fn activated_listener() -> anyhow::Result<Option<std::net::TcpListene
             rustix::net::AddressFamily::INET | rustix::net::AddressFamily::INET6
         )
     {
-        bail!(
-            "the socket systemd passed is not a listening TCP socket (ListenStream=ADDRESS:PORT)"
-        );
+        bail!("{what} is not a listening TCP socket");
     }
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
     let listener = std::net::TcpListener::from(fd);
     listener.set_nonblocking(true)?;
-    Ok(Some(listener))
+    Ok(listener)
 }
 
 #[cfg(test)]
