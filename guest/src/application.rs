@@ -9,6 +9,7 @@
 //! it.
 
 use alloc::rc::Rc;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use zeroize::Zeroizing;
@@ -62,12 +63,30 @@ pub trait Application: 'static {
 /// connection was exported or the resource dropped.
 pub type SharedSession<A> = Rc<RefCell<Option<Session<A>>>>;
 
+/// What an HTTP application says of a request it is done with, for the
+/// host's access log (`serve --access-log`): only the application knows
+/// where requests begin and end in the plaintext.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestSummary {
+    /// The method (`-` if the request line did not parse).
+    pub method: String,
+    /// The request target as sent (`-` if it did not parse).
+    pub target: String,
+    /// The response status code.
+    pub status: u16,
+    /// Request body bytes received.
+    pub received: u64,
+    /// Response body bytes sent.
+    pub sent: u64,
+}
+
 /// An application's answer to one step.
 #[derive(Default)]
 pub struct Reply {
     send: Vec<u8>,
     to_host: Zeroizing<Vec<u8>>,
     close: bool,
+    answered: Vec<RequestSummary>,
 }
 
 impl Reply {
@@ -102,6 +121,17 @@ impl Reply {
     /// Whether the application ended its side.
     pub fn closes(&self) -> bool {
         self.close
+    }
+
+    /// Reports a request this step answered (or refused), for the host's
+    /// access log.
+    pub fn answered(&mut self, request: RequestSummary) {
+        self.answered.push(request);
+    }
+
+    /// The requests reported so far.
+    pub fn requests(&self) -> &[RequestSummary] {
+        &self.answered
     }
 }
 
@@ -156,6 +186,8 @@ pub struct Step {
     /// A server may close such a connection (with close_notify) to make
     /// room, as HTTP servers close idle keep-alive connections.
     pub idle: bool,
+    /// Requests the application reported, for the host's access log.
+    pub answered: Vec<RequestSummary>,
 }
 
 /// One connection and its application.
@@ -291,8 +323,10 @@ impl<A: Application> Session<A> {
             send,
             to_host,
             close,
+            answered,
         } = reply;
         step.plaintext = to_host;
+        step.answered = answered;
         if !send.is_empty() {
             match self.conn.send(&send) {
                 Ok(wire) if step.to_send.is_empty() => step.to_send = wire,

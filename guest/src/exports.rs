@@ -21,6 +21,25 @@ use crate::instance::Instance;
 /// The exports of a component whose connections run `A`.
 pub struct Exports<A>(PhantomData<A>);
 
+/// Tells the host of a request the application is done with
+/// (`keyferry:dataplane/access-log`). The reference component's worlds do
+/// not import it (it runs under the stock wasmtime CLI, and its
+/// application hands its plaintext out): there it goes nowhere.
+pub(crate) fn report(request: crate::application::RequestSummary) {
+    #[cfg(not(feature = "reference-component"))]
+    crate::bindings::keyferry::dataplane::access_log::answered(
+        &crate::bindings::keyferry::dataplane::access_log::RequestSummary {
+            method: request.method,
+            target: request.target,
+            status: request.status,
+            received: request.received,
+            sent: request.sent,
+        },
+    );
+    #[cfg(feature = "reference-component")]
+    drop(request);
+}
+
 /// Runs `f` on this component instance's keys.
 pub(crate) fn with_instance<R>(f: impl FnOnce(&mut Instance) -> R) -> R {
     crate::instance::with_local(key_service(), f)
@@ -125,7 +144,13 @@ impl<A> Drop for ConnectionResource<A> {
 impl<A: Application> ConnectionResource<A> {
     fn step(&self, f: impl FnOnce(&mut Session<A>) -> Step) -> wconn::Output {
         match self.0.borrow_mut().as_mut() {
-            Some(session) => f(session).into(),
+            Some(session) => {
+                let mut step = f(session);
+                for request in core::mem::take(&mut step.answered) {
+                    report(request);
+                }
+                step.into()
+            }
             None => wconn::Output {
                 to_send: Vec::new(),
                 plaintext: Vec::new(),

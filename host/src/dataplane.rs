@@ -50,6 +50,9 @@ pub struct Delivery {
     pub tickets: usize,
     /// Post-handshake CertificateRequests seen (not supported: reported).
     pub certificate_requests: usize,
+    /// Requests the application reported answered in this step, for the
+    /// access log.
+    pub answered: Vec<crate::access_log::RequestSummary>,
 }
 
 /// A connection whose record layer and application run in a guest.
@@ -360,6 +363,7 @@ impl DataPlane {
             closed: out.closed.map(Into::into),
             done: out.done,
             idle: out.idle,
+            answered: self.guest.take_answered(),
             ..Delivery::default()
         };
         for event in out.events.into_iter().map(Event::from) {

@@ -188,6 +188,8 @@ impl GuestEngine {
             .map_err(engine_error("linking the types interface"))?;
         crate::http_serve::add_to_linker(&mut linker)
             .map_err(engine_error("linking the HTTP transport"))?;
+        crate::access_log::add_to_linker(&mut linker)
+            .map_err(engine_error("linking the access log"))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         if matches!(config.execution, ExecutionBound::Deadline(_)) {
             let weak = engine.weak();
@@ -256,6 +258,7 @@ impl GuestEngine {
             env: self.shared.config.env.clone(),
             http_config: self.shared.config.http,
             http: None,
+            answered: Vec::new(),
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limits);

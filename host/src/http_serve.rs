@@ -97,6 +97,10 @@ pub trait Transport: Send {
 
     /// A line the component printed to `output`.
     fn print(&mut self, output: Output, line: &[u8]);
+
+    /// The front answered a request (for the access log). Ignored unless
+    /// the transport logs requests.
+    fn answered(&mut self, _request: crate::access_log::RequestSummary) {}
 }
 
 /// What the host keeps for a connection being served.
@@ -311,6 +315,11 @@ fn rearm(cx: &mut StoreContextMut<'_, StoreState>) {
 }
 
 impl HttpState {
+    /// The front answered a request: its transport hears of it.
+    pub(crate) fn answered(&mut self, request: crate::access_log::RequestSummary) {
+        self.transport.answered(request);
+    }
+
     pub(crate) fn new(transport: Box<dyn Transport>, bound: ExecutionBound) -> Self {
         Self {
             transport,

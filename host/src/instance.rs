@@ -434,6 +434,15 @@ impl GuestInstance {
             .call(|s, e| f(s, &e.connection))
     }
 
+    /// The requests the application reported in the last call, for the
+    /// access log; empty for one that reports none.
+    pub(crate) fn take_answered(&self) -> Vec<crate::access_log::RequestSummary> {
+        self.sandbox.lock().map_or_else(
+            |_| Vec::new(),
+            |mut s| std::mem::take(&mut s.parts_mut().0.data_mut().answered),
+        )
+    }
+
     /// Whether this is an instance of a composed `wasi:http` component.
     pub fn serves_http(&self) -> bool {
         self.sandbox

@@ -40,6 +40,7 @@
     reason = "generated code"
 )]
 #[allow(unsafe_code, reason = "bindgen! expands to unsafe trait impls")]
+pub mod access_log;
 mod bindings;
 pub mod component;
 pub mod compose;

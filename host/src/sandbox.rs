@@ -46,6 +46,9 @@ pub(crate) struct StoreState {
     pub(crate) http_config: crate::http_serve::HttpConfig,
     /// The connection a composed `wasi:http` component is serving.
     pub(crate) http: Option<Box<crate::http_serve::HttpState>>,
+    /// Requests an application reported in the call in progress
+    /// (`keyferry:dataplane/access-log`), for [`crate::DataPlane`] to take.
+    pub(crate) answered: Vec<crate::access_log::RequestSummary>,
 }
 
 /// Records that stay in the host while a guest works on them: those a

@@ -2,6 +2,7 @@
 //! already use: curl, openssl s_client and s_server, and rustls clients.
 //! Every server here listens on 127.0.0.1 with a port the OS picks.
 
+mod access_log;
 mod alerts;
 mod bench;
 mod connect;

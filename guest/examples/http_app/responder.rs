@@ -6,7 +6,7 @@
 //! the `http` fuzz target drives it.
 
 use alloc::{format, string::String, vec::Vec};
-use keyferry_guest::application::{Application, Reply};
+use keyferry_guest::application::{Application, Reply, RequestSummary};
 use keyferry_guest::connection::{Facts, Role};
 
 /// The largest request head the responder buffers (431 past it).
@@ -34,7 +34,11 @@ impl Application for HttpResponder {
 
     fn receive(&mut self, plaintext: &[u8], reply: &mut Reply) {
         self.pending.extend_from_slice(plaintext);
-        let (responses, close) = self.serve_http();
+        let mut answered = Vec::new();
+        let (responses, close) = self.serve_http(&mut answered);
+        for request in answered {
+            reply.answered(request);
+        }
         reply.send(&responses);
         if close {
             reply.close();
@@ -47,14 +51,14 @@ impl Application for HttpResponder {
 }
 
 impl HttpResponder {
-    /// Answers every complete request in the buffer. Returns the responses
-    /// and whether to close afterwards.
-    fn serve_http(&mut self) -> (Vec<u8>, bool) {
+    /// Answers every complete request in the buffer, each reported in
+    /// `answered`. Returns the responses and whether to close afterwards.
+    fn serve_http(&mut self, answered: &mut Vec<RequestSummary>) -> (Vec<u8>, bool) {
         let mut responses = Vec::new();
         loop {
             let Some((head_end, body_start)) = head_end(&self.pending) else {
                 if self.pending.len() > MAX_HEAD {
-                    responses.extend(simple(431, "Request Header Fields Too Large"));
+                    refuse(&mut responses, answered, 431, ("-", "-"));
                     return (responses, true);
                 }
                 return (responses, false);
@@ -73,11 +77,11 @@ impl HttpResponder {
             let (Some(method), Some(target), Some(http_version), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                responses.extend(simple(400, "Bad Request"));
+                refuse(&mut responses, answered, 400, ("-", "-"));
                 return (responses, true);
             };
             if !http_version.starts_with("HTTP/1.") {
-                responses.extend(simple(400, "Bad Request"));
+                refuse(&mut responses, answered, 400, (method, target));
                 return (responses, true);
             }
             let mut content_length = 0usize;
@@ -85,7 +89,7 @@ impl HttpResponder {
             let mut close = http_version == "HTTP/1.0";
             for line in lines {
                 let Some((name, value)) = line.split_once(':') else {
-                    responses.extend(simple(400, "Bad Request"));
+                    refuse(&mut responses, answered, 400, (method, target));
                     return (responses, true);
                 };
                 let value = value.trim_ascii();
@@ -97,7 +101,7 @@ impl HttpResponder {
                             || value.is_empty()
                             || !value.bytes().all(|b| b.is_ascii_digit()) =>
                     {
-                        responses.extend(simple(400, "Bad Request"));
+                        refuse(&mut responses, answered, 400, (method, target));
                         return (responses, true);
                     }
                     Field::ContentLength => match value.parse::<usize>() {
@@ -106,16 +110,16 @@ impl HttpResponder {
                             content_length = n;
                         }
                         Ok(_) => {
-                            responses.extend(simple(413, "Content Too Large"));
+                            refuse(&mut responses, answered, 413, (method, target));
                             return (responses, true);
                         }
                         Err(_) => {
-                            responses.extend(simple(400, "Bad Request"));
+                            refuse(&mut responses, answered, 400, (method, target));
                             return (responses, true);
                         }
                     },
                     Field::TransferEncoding => {
-                        responses.extend(simple(501, "Not Implemented"));
+                        refuse(&mut responses, answered, 501, (method, target));
                         return (responses, true);
                     }
                     Field::Connection => {
@@ -147,6 +151,13 @@ impl HttpResponder {
             if send_body {
                 self.report(request, method, target, &mut responses);
             }
+            answered.push(RequestSummary {
+                method: method.into(),
+                target: target.into(),
+                status: 200,
+                received: content_length as u64,
+                sent: if send_body { body_len as u64 } else { 0 },
+            });
             drop(head);
             self.pending.drain(..total);
             self.requests = request;
@@ -290,6 +301,31 @@ fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
+/// Refuses a request with `status`, reporting it as `(method, target)`.
+fn refuse(
+    responses: &mut Vec<u8>,
+    answered: &mut Vec<RequestSummary>,
+    status: u16,
+    (method, target): (&str, &str),
+) {
+    let reason = match status {
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        _ => "Bad Request",
+    };
+    let response = simple(status, reason);
+    answered.push(RequestSummary {
+        method: method.into(),
+        target: target.into(),
+        status,
+        received: 0,
+        // The body: "STATUS REASON\n".
+        sent: (4 + reason.len() + 1) as u64,
+    });
+    responses.extend(response);
+}
+
 fn simple(status: u16, reason: &str) -> Vec<u8> {
     let body = format!("{status} {reason}\n");
     format!(
@@ -315,8 +351,21 @@ mod tests {
         let out = s.receive(&c.send(req).unwrap());
         assert!(!out.done);
         assert!(out.plaintext.is_empty(), "nothing reaches the host");
+        let answered: Vec<(&str, &str, u16)> = out
+            .answered
+            .iter()
+            .map(|r| (r.method.as_str(), r.target.as_str(), r.status))
+            .collect();
+        assert_eq!(answered, [("GET", "/a", 200), ("GET", "/b", 200)]);
         let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
         assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+        // Each report counts its own response's body.
+        let bodies: u64 = out.answered.iter().map(|r| r.sent).sum();
+        let heads = text.split("\r\n\r\n").count() - 1;
+        assert!(
+            heads == 2 && bodies > 0 && (bodies as usize) < text.len(),
+            "{bodies}"
+        );
         assert!(
             text.contains("request: GET /b") && text.contains("requests_on_connection: 2"),
             "{text}"
@@ -448,6 +497,17 @@ mod tests {
         assert!(out.done);
         let text = String::from_utf8(c.receive(&out.to_send).plaintext.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        assert_eq!(
+            out.answered,
+            [RequestSummary {
+                method: "-".into(),
+                target: "-".into(),
+                status: 400,
+                received: 0,
+                sent: body.len() as u64,
+            }]
+        );
     }
 
     #[test]

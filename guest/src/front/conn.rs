@@ -12,7 +12,7 @@ use core::cell::RefCell;
 use super::codec::{
     self, BodyFraming, ChunkedDecoder, Field, Refusal, RequestHead, ResponseFraming,
 };
-use crate::application::{Application, Reply, SharedSession};
+use crate::application::{Application, Reply, RequestSummary, SharedSession};
 use crate::bindings::keyferry::dataplane::transport as host;
 use crate::connection::Facts;
 use keyferry_record::instance_local;
@@ -127,6 +127,10 @@ pub(crate) struct Request {
     on_wire: bool,
     keep_alive: bool,
     response: Response,
+    /// The status the tenant set (0 until it does), and the body bytes it
+    /// wrote: for the access log.
+    status: u16,
+    sent: u64,
 }
 
 /// One connection.
@@ -285,13 +289,22 @@ impl Front {
     }
 
     /// Answers a request the codec refused, and ends the connection.
-    fn refuse(&mut self, refusal: Refusal, head_only: bool) {
-        self.queue(&codec::simple_response(
-            refusal.status(),
-            head_only,
-            host::unix_seconds(),
-        ));
+    /// `head` is the request's, if its head parsed.
+    fn refuse(&mut self, refusal: Refusal, head_only: bool, head: Option<&RequestHead>) {
+        let response = codec::simple_response(refusal.status(), head_only, host::unix_seconds());
+        let body = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |at| response.len() - at - 4);
+        self.queue(&response);
         self.close();
+        crate::exports::report(RequestSummary {
+            method: head.map_or_else(|| "-".into(), |h| h.method.clone()),
+            target: head.map_or_else(|| "-".into(), |h| h.target.clone()),
+            status: refusal.status(),
+            received: 0,
+            sent: body as u64,
+        });
     }
 
     /// The next request's head, pulling input as needed; `None` when the
@@ -361,23 +374,31 @@ impl Front {
                     }
                 }
                 Err(refusal) => {
-                    self.refuse(refusal, false);
+                    self.refuse(refusal, false, None);
                     return None;
                 }
             }
         };
         if head.minor == 1 && head.values("host").next().is_none() {
-            self.refuse(Refusal::BadRequest("HTTP/1.1 request without Host"), false);
+            self.refuse(
+                Refusal::BadRequest("HTTP/1.1 request without Host"),
+                false,
+                Some(&head),
+            );
             return None;
         }
         if head.values("host").count() > 1 {
-            self.refuse(Refusal::BadRequest("more than one Host"), false);
+            self.refuse(
+                Refusal::BadRequest("more than one Host"),
+                false,
+                Some(&head),
+            );
             return None;
         }
         let framing = match codec::body_framing(&head, self.limits.max_body) {
             Ok(f) => f,
             Err(refusal) => {
-                self.refuse(refusal, head.method == "HEAD");
+                self.refuse(refusal, head.method == "HEAD", Some(&head));
                 return None;
             }
         };
@@ -403,6 +424,8 @@ impl Front {
             on_wire: false,
             keep_alive,
             response: Response::NotSet,
+            status: 0,
+            sent: 0,
             head,
         });
         self.arm_fault_response();
@@ -433,6 +456,18 @@ impl Front {
         let Some(request) = self.request.as_mut() else {
             return;
         };
+        let status = if request.response == Response::NotSet {
+            500
+        } else {
+            request.status
+        };
+        crate::exports::report(RequestSummary {
+            method: request.head.method.clone(),
+            target: request.head.target.clone(),
+            status,
+            received: request.received,
+            sent: request.sent,
+        });
         match request.response {
             Response::NotSet => {
                 // The tenant never answered: 500, as `wasmtime serve` does.
@@ -715,6 +750,7 @@ impl Front {
             framing,
             written: 0,
         };
+        request.status = status;
         let head = codec::response_head(status, &headers, framing, close, host::unix_seconds());
         self.queue(&head);
         true
@@ -729,6 +765,7 @@ impl Front {
             return Err(());
         };
         let total = written + data.len() as u64;
+        request.sent = total;
         match framing {
             ResponseFraming::None => {}
             ResponseFraming::Length(n) if total > n => {

@@ -55,6 +55,9 @@ pub struct FrontOptions {
     /// `--forward`: each connection's plaintext goes to this backend,
     /// which this process connects to after the handshake.
     pub forward: Option<Arc<crate::forward::Forward>>,
+    /// `--access-log`, for the connections this process serves itself
+    /// (workers have their own, [`crate::worker::WorkerOptions`]).
+    pub access_log: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl FrontOptions {
@@ -69,7 +72,15 @@ impl FrontOptions {
             drain_timeout: Duration::from_secs(5),
             metrics: Arc::new(Metrics::new()),
             forward: None,
+            access_log: None,
         }
+    }
+
+    /// Logs each request the application reports, for connections served
+    /// in this process.
+    pub fn with_access_log(mut self, access_log: Arc<crate::access::AccessLog>) -> Self {
+        self.access_log = Some(access_log);
+        self
     }
 
     /// Most connections served at once (at least one).

@@ -35,6 +35,9 @@ struct SocketTransport {
     /// Nanoseconds spent waiting on the peer or a timer, so far: not
     /// computing, and the runtime's other connections were elsewhere.
     waited: Arc<AtomicU64>,
+    /// `--access-log`, and when the request in progress began: its first
+    /// bytes read after an idle wait, or the previous answer.
+    requests: Option<(crate::access::ConnectionLog, Instant)>,
 }
 
 impl SocketTransport {
@@ -128,7 +131,15 @@ impl Transport for SocketTransport {
         let deadline = Instant::now() + timeout;
         loop {
             match rustix::io::read(&self.fd, &mut *buf) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    if idle
+                        && n > 0
+                        && let Some((_, since)) = self.requests.as_mut()
+                    {
+                        *since = Instant::now();
+                    }
+                    return Ok(n);
+                }
                 Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
                 Err(e) => {
                     return Err(self.end(Ending::Transport(e.to_string()), TransportError::Closed));
@@ -174,6 +185,13 @@ impl Transport for SocketTransport {
         match until {
             Some(u) if u <= cap => Ok(false),
             _ => Err(self.end(Ending::RequestTimeout, TransportError::Timeout)),
+        }
+    }
+
+    fn answered(&mut self, request: keyferry::access_log::RequestSummary) {
+        if let Some((log, since)) = self.requests.as_mut() {
+            log.request(&request, since.elapsed());
+            *since = Instant::now();
         }
     }
 
@@ -233,6 +251,7 @@ pub(crate) async fn serve_http(
     first: Delivery,
     control: SessionControl,
     peer: &str,
+    requests: Option<crate::access::ConnectionLog>,
 ) -> (SessionSummary, Option<DataPlane>) {
     let started = Instant::now();
     let mut summary = SessionSummary {
@@ -278,6 +297,7 @@ pub(crate) async fn serve_http(
         ending: ending.clone(),
         printed: (Instant::now(), 0, 0),
         waited: waited.clone(),
+        requests: requests.map(|log| (log, started)),
     });
     let mut plane = plane;
     let (plane, result, fault_response_sent) = loop {

@@ -5,7 +5,7 @@
 //! plane in a guest ([`keyferry::DataPlane`]); this crate serves
 //! connections with it. The layers, bottom up (each module imports only
 //! those below it):
-//! - [`ending`] (how a connection ended: the set the log, the metrics and
+//! - [`access`] (the access log's lines), [`ending`] (how a connection ended: the set the log, the metrics and
 //!   a worker's report share), [`metrics`] (the counters) and [`scrape`]
 //!   (their HTTP listener), [`proxy`] (the PROXY v2 header), [`tickets`]
 //!   (session-ticket keys a fleet shares), [`certificate`] (a self-signed
@@ -24,6 +24,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, unused_qualifications)]
 
+pub mod access;
 pub mod certificate;
 pub mod channel;
 pub mod confine;

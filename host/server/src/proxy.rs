@@ -134,6 +134,13 @@ impl std::str::FromStr for Network {
     }
 }
 
+impl std::fmt::Display for Network {
+    /// CIDR notation, which [`Network`]'s `FromStr` reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
 impl Network {
     /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address
     /// counts as its IPv4 address).

@@ -188,6 +188,7 @@ impl InProcess {
             epoch: self.epoch,
             timeouts: self.options.timeouts,
             drain_timeout: self.options.front.drain_timeout,
+            access_log: self.options.front.access_log.clone(),
         };
         let (summary, guest) = serve_attached(
             &mut stream,

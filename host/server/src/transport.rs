@@ -105,6 +105,8 @@ pub struct SessionControl {
     /// what it is doing (an idle one closes at once); then it is closed
     /// with close_notify, busy or not.
     pub drain_timeout: Duration,
+    /// `--access-log`: a line per request the application reports.
+    pub access_log: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl SessionControl {
@@ -236,11 +238,15 @@ pub(crate) async fn serve_attached(
     (ready, started): (Duration, Instant),
 ) -> (SessionSummary, Option<keyferry::GuestInstance>) {
     let facts = plane.facts().clone();
+    let requests = control
+        .access_log
+        .as_ref()
+        .map(|log| log.connection(peer, &facts, plane.resumed()));
     let mut summary = if let Some(upstream) = upstream {
         crate::forward::relay(stream, upstream, &mut plane, first, control).await
     } else if plane.is_http() {
         let (summary, served) =
-            crate::http_transport::serve_http(stream, plane, first, control, peer).await;
+            crate::http_transport::serve_http(stream, plane, first, control, peer, requests).await;
         match served {
             Some(served) => plane = served,
             // The move to a fresh instance failed: the summary says why,
@@ -254,7 +260,7 @@ pub(crate) async fn serve_attached(
         }
         summary
     } else {
-        run_session(stream, &mut plane, first, control).await
+        run_session(stream, &mut plane, first, control, requests.as_ref()).await
     };
     summary.bytes_in += read_with_handshake;
     let guest = plane.guest().clone();
@@ -336,12 +342,14 @@ pub(crate) fn guest_call_waiting<R>(call: impl FnOnce() -> (R, Duration)) -> R {
 /// stream, until it ends, the peer leaves or stalls, the server sheds it or
 /// shuts down. `first` is what [`DataPlane::new`] delivered. A guest
 /// failure ends only this session (and, for a shared instance, the sessions
-/// sharing it).
+/// sharing it). With `requests`, each request the application reports is
+/// logged, timed from its first byte.
 pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     plane: &mut DataPlane,
     first: Delivery,
     mut control: SessionControl,
+    requests: Option<&crate::access::ConnectionLog>,
 ) -> SessionSummary {
     let started = Instant::now();
     let mut summary = SessionSummary {
@@ -358,6 +366,8 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     // Set when shutdown starts while the session is busy: it finishes
     // what it is doing, then closes, or is closed at this deadline.
     let mut draining: Option<tokio::time::Instant> = None;
+    // When the first byte of the request in progress arrived.
+    let mut request_since: Option<Instant> = None;
     loop {
         let d = match step {
             Ok(d) if !d.plaintext.is_empty() => {
@@ -380,6 +390,16 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 break;
             }
         };
+        if let Some(log) = requests
+            && !d.answered.is_empty()
+        {
+            let took = request_since.map_or(Duration::ZERO, |t| t.elapsed());
+            for request in &d.answered {
+                log.request(request, took);
+            }
+            // Pipelined bytes already here start the next one now.
+            request_since = (!d.idle).then(Instant::now);
+        }
         if !d.to_send.is_empty() {
             let write = async {
                 stream.write_all(&d.to_send).await?;
@@ -463,6 +483,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Ok(Ok(n)) => {
                         summary.bytes_in += n as u64;
+                        request_since.get_or_insert_with(Instant::now);
                         let step = guest_call(|| plane.receive(&buf[..n]));
                         grow_after_full_read(&mut buf, n);
                         step

@@ -199,6 +199,8 @@ pub struct WorkerOptions {
     pub timeouts: Timeouts,
     /// How long to wait for sessions after shutdown before leaving.
     pub drain_timeout: Duration,
+    /// `--access-log`: a line per request the application reports.
+    pub access_log: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl WorkerOptions {
@@ -208,7 +210,14 @@ impl WorkerOptions {
             component,
             timeouts: Timeouts::default(),
             drain_timeout: Duration::from_secs(5),
+            access_log: None,
         }
+    }
+
+    /// Logs each request the application reports.
+    pub fn with_access_log(mut self, access_log: Arc<crate::access::AccessLog>) -> Self {
+        self.access_log = Some(access_log);
+        self
     }
 
     /// Keep-alive, request and write timeouts.
@@ -263,6 +272,7 @@ pub async fn run(channel: OwnedFd, options: WorkerOptions) -> Result<(), WorkerE
         epoch: Instant::now(),
         timeouts: options.timeouts,
         drain_timeout: options.drain_timeout,
+        access_log: options.access_log.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
@@ -360,6 +370,7 @@ struct WorkerContext {
     epoch: Instant,
     timeouts: Timeouts,
     drain_timeout: Duration,
+    access_log: Option<Arc<crate::access::AccessLog>>,
 }
 
 /// A TCP socket handed over the channel, for tokio.
@@ -445,6 +456,7 @@ async fn serve_connection(
         epoch: shared.epoch,
         timeouts: shared.timeouts,
         drain_timeout: shared.drain_timeout,
+        access_log: shared.access_log.clone(),
     };
     let (summary, guest) = serve_attached(
         &mut stream,

@@ -2,6 +2,7 @@
 //! limits, the TLS versions and ALPN, and what runs the data plane.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::apps;
@@ -133,6 +134,18 @@ pub(crate) struct PlaneArgs {
     /// carries on; at the deadline every one left gets close_notify.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) drain_timeout: u64,
+    /// Log a line per request (`request`, target `keyferry::access`):
+    /// client, method, path, status, body bytes each way, duration, and the
+    /// connection's resumed flag, ALPN and client-certificate subject. The
+    /// HTTP application in the sandbox reports each request (the built-in
+    /// responder and served wasi:http components do).
+    #[arg(long)]
+    pub(crate) access_log: bool,
+    /// With --access-log: requests from this network (CIDR or one address;
+    /// repeatable), such as a load balancer's health checks, are logged at
+    /// debug rather than info.
+    #[arg(long, value_name = "CIDR", requires = "access_log")]
+    pub(crate) quiet_from: Vec<keyferry_server::proxy::Network>,
     #[command(flatten)]
     pub(crate) sandbox: SandboxArgs,
 }
@@ -175,6 +188,15 @@ impl PlaneArgs {
         })
     }
 
+    /// `--access-log`, if asked for.
+    pub(crate) fn access_log(&self) -> Option<Arc<keyferry_server::access::AccessLog>> {
+        self.access_log.then(|| {
+            Arc::new(keyferry_server::access::AccessLog::new(
+                self.quiet_from.clone(),
+            ))
+        })
+    }
+
     /// Whether the built-in HTTP/1.1 responder serves (no other
     /// application, no forwarding): ALPN then offers only `http/1.1`.
     pub(crate) fn is_builtin_http(&self) -> bool {
@@ -210,6 +232,12 @@ impl PlaneArgs {
         }
         if let Some(backend) = &self.forward {
             args.extend(["--forward".into(), backend.into()]);
+        }
+        if self.access_log {
+            args.push("--access-log".into());
+        }
+        for network in &self.quiet_from {
+            args.extend(["--quiet-from".into(), network.to_string().into()]);
         }
         for (flag, value) in [
             ("--keepalive-timeout", self.keepalive_timeout),

@@ -417,6 +417,9 @@ pub(crate) fn serve_command(
         if let Some(trusted) = &proxy_protocol {
             front = front.with_proxy_protocol(trusted.clone());
         }
+        if let Some(log) = args.plane.access_log() {
+            front = front.with_access_log(log);
+        }
         if let Some(backend) = &args.plane.forward {
             front = front.with_forward(Arc::new(keyferry_server::forward::Forward {
                 backend: backend.clone(),

@@ -73,9 +73,12 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
             .context("making an instance of the guest")?;
         return Ok(());
     }
-    let options = keyferry_server::worker::WorkerOptions::new(component)
+    let mut options = keyferry_server::worker::WorkerOptions::new(component)
         .with_timeouts(args.plane.timeouts(10))
         .with_drain_timeout(Duration::from_secs(args.plane.drain_timeout));
+    if let Some(log) = args.plane.access_log() {
+        options = options.with_access_log(log);
+    }
     // One runtime thread: there is a worker process per core already, so
     // more threads would only hand connections' wakeups from one to
     // another. Multi-threaded all the same, so a guest call that computes
