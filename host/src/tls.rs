@@ -141,13 +141,7 @@ impl Identity {
     /// The DNS names (SAN dNSName entries, wildcards as written) the leaf
     /// certificate is valid for, lower case.
     fn dns_names(&self) -> Vec<String> {
-        webpki::EndEntityCert::try_from(&self.chain[0])
-            .map(|cert| {
-                cert.valid_dns_names()
-                    .map(str::to_ascii_lowercase)
-                    .collect()
-            })
-            .unwrap_or_default()
+        dns_names(&self.chain[0])
     }
 }
 
@@ -161,7 +155,14 @@ impl Identity {
 /// afterwards use the new one; connections already made are untouched.
 pub struct Identities {
     current: RwLock<Arc<Catalog>>,
+    /// ACME TLS-ALPN-01 challenge certificates (RFC 8737), by the name
+    /// being validated: served only to a client that offers `acme-tls/1`
+    /// alone, as the validation server does.
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
+
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 struct Catalog {
     keys: Vec<Arc<CertifiedKey>>,
@@ -231,7 +232,57 @@ impl Identities {
     pub fn new(identities: &[Identity]) -> Result<Self> {
         Ok(Self {
             current: RwLock::new(Arc::new(Catalog::new(identities)?)),
+            challenges: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Answers ACME's TLS-ALPN-01 validation of `name` with `certificate`
+    /// (self-signed, carrying the acmeIdentifier extension) and its `key`,
+    /// until [`Identities::clear_acme_challenge`]. The pair is not checked
+    /// against each other as an [`Identity`] is: webpki refuses to parse a
+    /// certificate with that critical extension, and only the CA's
+    /// validator ever sees this one.
+    pub fn set_acme_challenge(
+        &self,
+        name: &str,
+        certificate: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<()> {
+        let signing = default_provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|_| ConfigError::UnsupportedKey)?;
+        let certified = Arc::new(CertifiedKey::new(vec![certificate], signing));
+        self.challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_ascii_lowercase(), certified);
+        Ok(())
+    }
+
+    /// Stops answering the validation of `name`.
+    pub fn clear_acme_challenge(&self, name: &str) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name.to_ascii_lowercase());
+    }
+
+    /// The challenge certificate for a client that offers only
+    /// `acme-tls/1` (RFC 8737 section 3), if one is set for its name.
+    fn acme_challenge(&self, hello: &ClientHello<'_>) -> Option<Option<Arc<CertifiedKey>>> {
+        let mut offered = hello.alpn()?;
+        if offered.next() != Some(ACME_TLS_ALPN) || offered.next().is_some() {
+            return None;
+        }
+        let name = hello.server_name()?.to_ascii_lowercase();
+        Some(
+            self.challenges
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&name)
+                .cloned(),
+        )
     }
 
     /// Serves `identities` from the next handshake on. On error the set in
@@ -278,6 +329,10 @@ impl core::fmt::Debug for Identities {
 
 impl ResolvesServerCert for Identities {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // An ACME validation gets its challenge certificate, or none.
+        if let Some(challenge) = self.acme_challenge(&hello) {
+            return challenge;
+        }
         let catalog = self.catalog();
         let schemes = hello.signature_schemes();
         let can_sign = |i: &usize| catalog.keys[*i].key.choose_scheme(schemes).is_some();
@@ -335,6 +390,18 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
             }
             .into()
         })
+}
+
+/// The DNS names (SAN dNSName entries, wildcards as written) a DER
+/// certificate is valid for, lower case; none if webpki cannot read it.
+pub fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    webpki::EndEntityCert::try_from(cert)
+        .map(|cert| {
+            cert.valid_dns_names()
+                .map(str::to_ascii_lowercase)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// SHA-256 of a DER certificate, colon-separated uppercase hex.
@@ -396,6 +463,11 @@ impl TlsOptions {
     pub fn with_suites(mut self, suites: &[SupportedCipherSuite]) -> Self {
         self.suites = suites.to_vec();
         self
+    }
+
+    /// The ALPN protocols set, in preference order.
+    pub fn alpn(&self) -> &[Vec<u8>] {
+        &self.alpn
     }
 
     /// ALPN protocols to offer (client) or accept (server), in preference order.

@@ -3,6 +3,7 @@
 //! Every server here listens on 127.0.0.1 with a port the OS picks.
 
 mod access_log;
+mod acme;
 mod alerts;
 mod bench;
 mod connect;

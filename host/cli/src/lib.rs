@@ -32,15 +32,21 @@ pub mod apps {
         /// Built without std (the guest crate's `component-runtime`): no
         /// WASI CLI or I/O imports, whose lowering would cost every
         /// instance two more core modules. A `println!` or a std
-        /// collection in the applications would bring them back.
+        /// collection in the applications would bring them back. The
+        /// access log's import is lowered beside randomness's, in the same
+        /// shim.
         #[test]
-        fn the_built_in_applications_import_only_randomness_and_types() {
+        fn the_built_in_applications_import_only_randomness_types_and_the_access_log() {
             let engine = GuestEngine::new(SandboxConfig::default()).unwrap();
             for wasm in [super::HTTP_RESPONDER, super::ECHO] {
                 let component = GuestComponent::new(&engine, wasm).unwrap();
                 assert_eq!(
                     component.imports(),
-                    ["keyferry:dataplane/types@0.1.0", "wasi:random/random@0.2.6"]
+                    [
+                        "keyferry:dataplane/access-log@0.1.0",
+                        "keyferry:dataplane/types@0.1.0",
+                        "wasi:random/random@0.2.6"
+                    ]
                 );
             }
         }

@@ -232,6 +232,14 @@ async fn serve_connection<P: Placement>(
     let Some((peer, handoff)) = establish(&mut stream, peer, id, front).await else {
         return;
     };
+    // An ACME TLS-ALPN-01 validation: the handshake was the answer, and
+    // the validation server closes (RFC 8737 section 3); nothing is served.
+    if handoff.facts.alpn.as_deref() == Some(keyferry::tls::ACME_TLS_ALPN) {
+        debug!(%peer, sni = handoff.facts.server_name.as_deref().unwrap_or("-"), "answered an ACME TLS-ALPN-01 validation");
+        drop(handoff);
+        let _ = stream.shutdown().await;
+        return;
+    }
     // The backend connect is not part of the handoff the metrics time.
     let upstream = match &front.forward {
         Some(forward) => {

@@ -38,6 +38,11 @@ struct SocketTransport {
     /// `--access-log`, and when the request in progress began: its first
     /// bytes read after an idle wait, or the previous answer.
     requests: Option<(crate::access::ConnectionLog, Instant)>,
+    /// Bytes came from the peer after the handshake: it has sent a
+    /// request. One that has not is not closed at shutdown while idle
+    /// (its first request may be on its way), as nginx serves a new
+    /// connection's first request through a graceful stop.
+    read_any: bool,
 }
 
 impl SocketTransport {
@@ -63,7 +68,7 @@ impl SocketTransport {
             loop {
                 // A request in progress is finished through a shutdown (the
                 // drain timeout bounds it); an idle wait ends at once.
-                if idle && *self.control.shutdown.borrow() {
+                if idle && self.read_any && *self.control.shutdown.borrow() {
                     break Err(self.end(Ending::Shutdown, TransportError::Shutdown));
                 }
                 if idle && self.control.handle.idle_since_ms().is_none() {
@@ -132,6 +137,7 @@ impl Transport for SocketTransport {
         loop {
             match rustix::io::read(&self.fd, &mut *buf) {
                 Ok(n) => {
+                    self.read_any |= n > 0;
                     if idle
                         && n > 0
                         && let Some((_, since)) = self.requests.as_mut()
@@ -278,6 +284,10 @@ pub(crate) async fn serve_http(
             return (summary, Some(plane));
         }
     };
+    let drain_timeout = control.drain_timeout;
+    // Set when shutdown finds a connection that has sent nothing yet: it
+    // gets until then for its first request.
+    let mut draining: Option<tokio::time::Instant> = None;
     let (mut shutdown, handle, epoch, keepalive, request_timeout) = (
         control.shutdown.clone(),
         control.handle.clone(),
@@ -298,6 +308,7 @@ pub(crate) async fn serve_http(
         printed: (Instant::now(), 0, 0),
         waited: waited.clone(),
         requests: requests.map(|log| (log, started)),
+        read_any: false,
     });
     let mut plane = plane;
     let (plane, result, fault_response_sent) = loop {
@@ -342,9 +353,17 @@ pub(crate) async fn serve_http(
             // A response went out: the head waited for before was whole.
             head_deadline = None;
         }
+        let fresh = summary.bytes_in == 0;
         let until = if idle {
             head_deadline = None;
-            tokio::time::Instant::now() + keepalive
+            let until = tokio::time::Instant::now() + keepalive;
+            if fresh && *shutdown.borrow() {
+                until.min(*draining.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + drain_timeout.mul_f64(0.9)
+                }))
+            } else {
+                until
+            }
         } else {
             *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + request_timeout)
         };
@@ -359,7 +378,8 @@ pub(crate) async fn serve_http(
                 Err(_) => Wake::Timeout,
             },
             _ = handle.shed.notified(), if idle => Wake::Shed,
-            _ = shutdown.changed(), if idle => Wake::Shutdown,
+            _ = shutdown.changed(), if idle && !fresh => Wake::Shutdown,
+            () = crate::transport::sleep_until_some(draining), if draining.is_some() => Wake::Shutdown,
         };
         handle.set_idle(epoch, false);
         let ending = match wake {

@@ -360,6 +360,11 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let handle = control.handle.clone();
     let mut buf = vec![0u8; IDLE_READ];
+    // Nothing has come from the peer since the handshake: its first
+    // request may be on its way, so shutdown does not close it as idle
+    // (nginx serves a new connection's first request through a graceful
+    // stop).
+    let mut fresh = first.to_send.is_empty();
     let mut step: Result<Delivery> = Ok(first);
     let mut eof = false;
     let mut closing = false;
@@ -483,6 +488,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Ok(Ok(n)) => {
                         summary.bytes_in += n as u64;
+                        fresh = false;
                         request_since.get_or_insert_with(Instant::now);
                         let step = guest_call(|| plane.receive(&buf[..n]));
                         grow_after_full_read(&mut buf, n);
@@ -500,7 +506,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 guest_call(|| plane.close())
             }
             _ = control.shutdown.changed(), if !closing && draining.is_none() => {
-                if d.idle {
+                if d.idle && !fresh {
                     summary.ending = Ending::Shutdown;
                     closing = true;
                     guest_call(|| plane.close())

@@ -104,6 +104,45 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 5, requires = "forward",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) connect_timeout: u64,
+    /// Obtain and renew the certificate from this ACME CA directory (RFC
+    /// 8555), e.g. https://acme-v02.api.letsencrypt.org/directory, with
+    /// the TLS-ALPN-01 challenge answered on the served port. Instead of
+    /// --cert/--key.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "acme_domain",
+        conflicts_with = "cert"
+    )]
+    pub(crate) acme_directory: Option<String>,
+    /// With --acme-directory: a name the certificate covers (repeatable;
+    /// each must resolve to this server for the CA).
+    #[arg(long, value_name = "NAME", requires = "acme_directory")]
+    pub(crate) acme_domain: Vec<String>,
+    /// With --acme-directory: a contact address for the account
+    /// (repeatable).
+    #[arg(long, value_name = "ADDRESS", requires = "acme_directory")]
+    pub(crate) acme_email: Vec<String>,
+    /// With --acme-directory: where the account key and the certificate
+    /// with its key are kept (mode 0700), so a restart serves the stored
+    /// certificate at once (default: $STATE_DIRECTORY, as systemd's
+    /// StateDirectory= sets it, else ./keyferry-acme).
+    #[arg(long, value_name = "DIR", requires = "acme_directory")]
+    pub(crate) acme_state: Option<PathBuf>,
+    /// With --acme-directory: trust this CA certificate for the ACME
+    /// server's own HTTPS (a test CA such as Pebble's); the system's roots
+    /// otherwise.
+    #[arg(long, value_name = "FILE", requires = "acme_directory")]
+    pub(crate) acme_ca: Option<PathBuf>,
+    /// With --acme-directory: renew this many days before the certificate
+    /// expires.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        default_value_t = 30,
+        requires = "acme_directory"
+    )]
+    pub(crate) acme_renew_days: u64,
     /// A Unix socket for restarts that drop no connection: a new serve
     /// started with the same PATH takes this one's listening socket over
     /// it instead of binding its own, and once the new one serves this one
@@ -199,7 +238,23 @@ pub(crate) fn serve_command(
     // A certificate made at start is written out (the certificate, never
     // its key) once the port is known, for clients to pin.
     let mut made_certificate = None;
-    let identities = if files.is_empty() {
+    let acme = acme_options(&args)?;
+    // With ACME: the stored certificate, or a stand-in until the first one
+    // is issued, and when to renew.
+    let mut acme_renew_at = None;
+    let identities = if let Some(acme) = &acme {
+        match acme.stored() {
+            Some(identity) => {
+                info!(fingerprint = %identity.fingerprint(), "ACME: serving the stored certificate");
+                acme_renew_at = Some(acme.renew_at(&identity));
+                vec![identity]
+            }
+            None => {
+                info!(domains = %acme.domains.join(","), "ACME: no certificate yet; serving a self-signed one until it is issued");
+                vec![keyferry_server::certificate::self_signed(&acme.domains)?]
+            }
+        }
+    } else if files.is_empty() {
         let (identity, pem) = keyferry_server::certificate::self_signed_with_pem(&[
             "localhost".to_string(),
             listen_host,
@@ -215,6 +270,20 @@ pub(crate) fn serve_command(
     // does, unless told otherwise.
     if args.plane.is_builtin_http() && args.tls.alpn.is_empty() {
         options = options.with_alpn(&[b"http/1.1"]);
+    }
+    if acme.is_some() {
+        // The CA's validation offers `acme-tls/1` alone; clients never
+        // negotiate it (the handshake process closes such a connection).
+        let mut alpn = options.alpn().to_vec();
+        if alpn.is_empty() {
+            bail!(
+                "--acme-directory answers TLS-ALPN-01, which needs ALPN: name the protocols \
+                 this server speaks with --alpn (the built-in responder offers http/1.1)"
+            );
+        }
+        alpn.push(tls::ACME_TLS_ALPN.to_vec());
+        let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+        options = options.with_alpn(&alpn);
     }
     let ticket_keys = match &args.ticket_keys {
         Some(path) => Some(Arc::new(keyferry_server::tickets::TicketKeys::from_file(
@@ -362,6 +431,14 @@ pub(crate) fn serve_command(
         }
         println!("keyferry serving on https://{local}/ (certificate SHA-256 {fingerprint})");
         tokio::spawn(reload.on_sighup(hangups));
+        if let Some(acme) = acme {
+            tokio::spawn(super::acme::keep_certificate(
+                acme,
+                identities.clone(),
+                metrics.clone(),
+                acme_renew_at,
+            ));
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         let tx = Arc::new(tx);
         // The next server takes the listener through here.
@@ -674,6 +751,28 @@ pub(crate) fn log_key_protection(user: &str) {
              the key file included when they share this uid"
         );
     }
+}
+
+/// `--acme-*`, with the state directory made (mode 0700).
+fn acme_options(args: &ServeArgs) -> anyhow::Result<Option<super::acme::AcmeOptions>> {
+    let Some(directory) = &args.acme_directory else {
+        return Ok(None);
+    };
+    let state = args.acme_state.clone().unwrap_or_else(|| {
+        std::env::var_os("STATE_DIRECTORY")
+            .map_or_else(|| PathBuf::from("keyferry-acme"), PathBuf::from)
+    });
+    std::fs::create_dir_all(&state).with_context(|| format!("--acme-state {}", state.display()))?;
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("--acme-state {}", state.display()))?;
+    Ok(Some(super::acme::AcmeOptions {
+        directory: directory.clone(),
+        domains: args.acme_domain.clone(),
+        email: args.acme_email.clone(),
+        state,
+        ca: args.acme_ca.clone(),
+        renew_before: Duration::from_secs(args.acme_renew_days.saturating_mul(86400)),
+    }))
 }
 
 /// Reads each certificate and key pair, and staples each OCSP response to
