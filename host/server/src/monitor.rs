@@ -434,6 +434,13 @@ pub async fn run(
         _ = stopped.wait_for(|stop| *stop) => {}
     }
     let mut tasks = accept_all(&listener, &mut accepting, &options.front, &pool).await;
+    // Connections accepted before the stop finish their handshake and are
+    // handed over first: a worker told to shut down takes no more, and a
+    // client whose handshake was under way would be closed unanswered
+    // (seen under load across a --handover-socket restart).
+    let handed = async { while tasks.join_next().await.is_some() {} };
+    let bound = options.front.handshake_timeout + ADMISSION_WAIT + Duration::from_secs(1);
+    let _ = tokio::time::timeout(bound, handed).await;
     info!("shutting down: workers close their connections with close_notify");
     let _ = stop_tx.send(true);
     // Each live worker is told once, each within a bound; one that does not

@@ -167,8 +167,9 @@ pub(crate) struct ServeArgs {
     /// Seconds a client may take to finish its handshake.
     #[arg(long, default_value_t = 10)]
     pub(crate) handshake_timeout: u64,
-    /// Load and check everything (certificates and keys, client CA,
-    /// ticket keys, the guest in a confined worker) without listening,
+    /// Load and check everything (certificates and keys, OCSP responses,
+    /// client CA and CRLs, ticket keys, the guest in a confined worker)
+    /// without listening,
     /// print every problem found, and exit 0 if there is none, as `nginx
     /// -t` does.
     #[arg(long)]
@@ -578,6 +579,13 @@ fn check_configuration(args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.listen.rsplit_once(':').is_none() {
         problems.push(format!("--listen {}: expected HOST:PORT", args.listen));
+    }
+    if let Some(backend) = &args.plane.forward
+        && !backend
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    {
+        problems.push(format!("--forward {backend}: expected HOST:PORT"));
     }
     if args.cert.len() != args.key.len() {
         problems.push(format!(
