@@ -137,16 +137,32 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     std::fs::write(&key, ck.signing_key.serialize_pem())?;
 
     // Keep KEYFERRY_ROWS in step with these: the first four are keyferry.
-    // One worker as well as the default (one per core): wrk runs on the
-    // same cores, so the default has more busy processes than cores here.
+    // The default (one worker per core) beside one per core but one: the
+    // handshake process needs a core under load too, and here wrk takes
+    // one as well.
+    let fewer = crate::commands::serve::default_workers()
+        .saturating_sub(1)
+        .max(1);
+    let per_core_args = ["--workers".to_string(), fewer.to_string()];
+    let per_core_label = format!("keyferry serve --workers {fewer} (one per core but one)");
     let mut targets = vec![
-        start_keyferry(&exe, &cert, &key, &[], "keyferry serve (workers, default)")?,
         start_keyferry(
             &exe,
             &cert,
             &key,
-            &["--workers", "1"],
-            "keyferry serve --workers 1",
+            &[],
+            // Leaked: a label for the whole run, as the others are.
+            String::leak(format!(
+                "keyferry serve (default: {} workers)",
+                crate::commands::serve::default_workers()
+            )),
+        )?,
+        start_keyferry(
+            &exe,
+            &cert,
+            &key,
+            &[per_core_args[0].as_str(), per_core_args[1].as_str()],
+            String::leak(per_core_label),
         )?,
         start_keyferry(
             &exe,
