@@ -161,7 +161,11 @@ async fn obtain(options: &AcmeOptions, identities: &Identities) -> anyhow::Resul
         .new_order(&NewOrder::new(&identifiers))
         .await
         .context("placing the order")?;
-    let mut answered = Vec::new();
+    // Challenge certificates are withdrawn however the order ends.
+    let mut answered = Answered {
+        identities,
+        names: Vec::new(),
+    };
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
         let mut authorization = authorization.context("fetching an authorization")?;
@@ -179,7 +183,7 @@ async fn obtain(options: &AcmeOptions, identities: &Identities) -> anyhow::Resul
         let digest = challenge.key_authorization().digest();
         let (certificate, key) = challenge_certificate(&name, digest.as_ref())?;
         identities.set_acme_challenge(&name, certificate, key)?;
-        answered.push(name);
+        answered.names.push(name);
         challenge
             .set_ready()
             .await
@@ -187,9 +191,7 @@ async fn obtain(options: &AcmeOptions, identities: &Identities) -> anyhow::Resul
     }
     let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
     let status = order.poll_ready(&retries).await;
-    for name in &answered {
-        identities.clear_acme_challenge(name);
-    }
+    drop(answered);
     match status.context("waiting for validation")? {
         OrderStatus::Ready => {}
         other => bail!("the order is {other:?} after validation"),
@@ -202,6 +204,21 @@ async fn obtain(options: &AcmeOptions, identities: &Identities) -> anyhow::Resul
     store(options, &chain_pem, &key_pem)?;
     Identity::from_pem_files(&options.certificate_path(), &options.key_path())
         .context("reading the issued certificate back")
+}
+
+/// The names whose TLS-ALPN-01 challenge is being answered: withdrawn
+/// when dropped, on success and on every error alike.
+struct Answered<'a> {
+    identities: &'a Identities,
+    names: Vec<String>,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            self.identities.clear_acme_challenge(name);
+        }
+    }
 }
 
 /// The account, from the state directory, or made and stored there.
