@@ -3,43 +3,17 @@
 //! own port, serves it without a restart, serves the stored one after a
 //! restart, and renews it while serving.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use keyferry_tests::process::{PATIENCE, Server, message, relayed, rustls_client_named, temp_dir};
-
-/// A process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < PATIENCE, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use keyferry_tests::process::{
+    Killed, Server, free_port, message, relayed, rustls_client_named, temp_dir, wait_for_port,
+};
 
 /// Pebble and its DNS (pebble-challtestsrv, which answers 127.0.0.1 for
 /// every name), validating TLS-ALPN-01 on `tls_port`. Returns them, the
 /// directory URL and the CA file its HTTPS is signed by.
-fn pebble(dir: &Path, tls_port: u16) -> (Running, Running, String, String) {
+fn pebble(dir: &Path, tls_port: u16) -> (Killed, Killed, String, String) {
     // Pebble's own HTTPS certificate, from a CA of ours.
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -83,7 +57,7 @@ fn pebble(dir: &Path, tls_port: u16) -> (Running, Running, String, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start pebble-challtestsrv (apt-get install pebble)");
-    let challtestsrv = Running(challtestsrv);
+    let challtestsrv = Killed(challtestsrv);
     let pebble = Command::new("pebble")
         .args(["-config", &path("pebble.json")])
         .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
@@ -94,7 +68,7 @@ fn pebble(dir: &Path, tls_port: u16) -> (Running, Running, String, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start pebble (apt-get install pebble)");
-    let pebble = Running(pebble);
+    let pebble = Killed(pebble);
     wait_for_port(acme_port);
     wait_for_port(management);
     // The root Pebble issues under (its management API serves it), for

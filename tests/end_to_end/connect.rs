@@ -5,15 +5,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use keyferry_tests::process::{Captured, Server, keyferry, pem_identity};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use keyferry_tests::process::{Captured, Server, free_port, keyferry, pem_identity};
 
 fn connect(addr: &str, args: &[&str], input: &[u8]) -> (Vec<u8>, String) {
     let mut child = Command::new(keyferry())

@@ -4,48 +4,16 @@
 //! the PROXY v2 header, and HAProxy reading that header.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use keyferry_tests::process::{
-    Server, has_fields, message, relayed, rustls_client, sample, scrape, temp_dir,
+    Killed, Server, free_port, has_fields, message, relayed, rustls_client, sample, scrape,
+    temp_dir, wait_for_port,
 };
 
-/// A backend process, killed when dropped.
-struct Backend(Child);
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A port nothing listens on (bound, then closed).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until `port` accepts connections.
-fn wait_for_port(port: u16) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `python3 -c program PORT`, listening once it accepts.
-fn python_backend(program: &str) -> (Backend, u16) {
+fn python_backend(program: &str) -> (Killed, u16) {
     let port = free_port();
     let child = Command::new("python3")
         .args(["-c", program, &port.to_string()])
@@ -53,11 +21,11 @@ fn python_backend(program: &str) -> (Backend, u16) {
         .spawn()
         .expect("start python3");
     wait_for_port(port);
-    (Backend(child), port)
+    (Killed(child), port)
 }
 
 /// Python's own HTTP server over `dir`.
-fn http_server(dir: &Path) -> (Backend, u16) {
+fn http_server(dir: &Path) -> (Killed, u16) {
     let port = free_port();
     let child = Command::new("python3")
         .args([
@@ -74,7 +42,7 @@ fn http_server(dir: &Path) -> (Backend, u16) {
         .spawn()
         .expect("start python3 -m http.server");
     wait_for_port(port);
-    (Backend(child), port)
+    (Killed(child), port)
 }
 
 fn curl(url: &str, extra: &[&str]) -> Result<Vec<u8>, String> {
@@ -323,7 +291,7 @@ fn haproxy_reads_the_proxy_v2_header_forward_proxy_protocol_writes() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start haproxy");
-    let _haproxy = Backend(haproxy);
+    let _haproxy = Killed(haproxy);
     wait_for_port(port);
     let server = Server::start(&[
         "--forward",

@@ -157,6 +157,19 @@ pub struct SessionSummary {
     pub duration: Duration,
 }
 
+impl SessionSummary {
+    /// A session that has just started: nothing moved yet, and clean
+    /// unless something else is found.
+    pub fn starting() -> Self {
+        Self {
+            bytes_in: 0,
+            bytes_out: 0,
+            ending: Ending::Clean,
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// How one served connection went, as `Metrics::connection_ended` counts
 /// it: from the session summary in one process, from the worker's report
 /// with workers.

@@ -171,12 +171,7 @@ pub(crate) async fn relay(
     mut control: SessionControl,
 ) -> SessionSummary {
     let started = Instant::now();
-    let mut summary = SessionSummary {
-        bytes_in: 0,
-        bytes_out: 0,
-        ending: Ending::Clean,
-        duration: Duration::ZERO,
-    };
+    let mut summary = SessionSummary::starting();
     let mut backend = match upstream {
         Upstream::Connected(stream) => Some(stream),
         Upstream::Failed(reason) => {

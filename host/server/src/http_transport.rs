@@ -260,12 +260,7 @@ pub(crate) async fn serve_http(
     requests: Option<crate::access::ConnectionLog>,
 ) -> (SessionSummary, Option<DataPlane>) {
     let started = Instant::now();
-    let mut summary = SessionSummary {
-        bytes_in: 0,
-        bytes_out: 0,
-        ending: Ending::Clean,
-        duration: Duration::ZERO,
-    };
+    let mut summary = SessionSummary::starting();
     if !first.to_send.is_empty() {
         if let Err(e) = stream.write_all(&first.to_send).await {
             summary.ending = Ending::Transport(e.to_string());

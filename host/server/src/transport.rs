@@ -352,12 +352,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     requests: Option<&crate::access::ConnectionLog>,
 ) -> SessionSummary {
     let started = Instant::now();
-    let mut summary = SessionSummary {
-        bytes_in: 0,
-        bytes_out: 0,
-        ending: Ending::Clean,
-        duration: Duration::ZERO,
-    };
+    let mut summary = SessionSummary::starting();
     let handle = control.handle.clone();
     let mut buf = vec![0u8; IDLE_READ];
     // Nothing has come from the peer since the handshake: its first
