@@ -12,7 +12,8 @@
 //!   certificate for a server started without one);
 //! - [`ready`] (the instance pool both placements use: instances made
 //!   and keyed ahead of their connections, or shared ones), [`transport`]
-//!   (byte-stream loops), [`forward`] (`--forward`: the backend connect,
+//!   (byte-stream loops), `session` (a connection attached to its guest:
+//!   which loop serves it, and its log line), [`forward`] (`--forward`: the backend connect,
 //!   its PROXY header, and the relay), [`front`] (every connection's lifecycle but its
 //!   placement: accept, admission, the client's address and the
 //!   handshake), [`server`] (connections placed in this process);
@@ -39,6 +40,7 @@ pub mod ready;
 mod relay;
 pub mod scrape;
 pub mod server;
+mod session;
 pub mod tickets;
 pub mod transport;
 pub mod worker;

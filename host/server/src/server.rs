@@ -15,10 +15,8 @@ use tracing::{info, warn};
 use crate::ending::ConnectionOutcome;
 use crate::front::{Established, FrontOptions, Placement, accept_all};
 use crate::ready::{InstancePool, READY_INSTANCES, Refill};
-use crate::transport::{
-    SessionControl, SessionHandle, Sessions, Timeouts, guest_call, refuse_unattached,
-    serve_attached,
-};
+use crate::session::{refuse_unattached, serve_attached};
+use crate::transport::{SessionControl, SessionHandle, Sessions, Timeouts, guest_call};
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
 use keyferry::error::Result;

@@ -27,7 +27,8 @@ use crate::channel::{
 use crate::ending::ConnectionOutcome;
 use crate::forward::Upstream;
 use crate::ready::{InstancePool, READY_INSTANCES, Refill};
-use crate::transport::{SessionControl, Sessions, Timeouts, guest_call, serve_attached};
+use crate::session::serve_attached;
+use crate::transport::{SessionControl, Sessions, Timeouts, guest_call};
 use keyferry::component::GuestComponent;
 use keyferry::dataplane::DataPlane;
 use keyferry::export::ConnectionKeys;
@@ -444,7 +445,7 @@ async fn serve_connection(
     let (plane, first) = match attached {
         Ok(p) => p,
         Err(e) => {
-            crate::transport::refuse_unattached(&mut stream, &a.peer, &e).await;
+            crate::session::refuse_unattached(&mut stream, &a.peer, &e).await;
             return unserved(Some(&e));
         }
     };
