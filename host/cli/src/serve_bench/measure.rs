@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::Options;
+use super::smaps;
 use super::targets::{Target, client_config, send_get};
 
 /// Memory of one process, KiB: (RSS, PSS) from `smaps_rollup`.
@@ -139,10 +140,28 @@ fn wrk(port: u16, options: &Options, close: bool) -> anyhow::Result<(f64, u64)> 
     Ok((rate, requests))
 }
 
+/// What an idle connection costs a server: its growth per connection.
+pub(super) struct IdleMemory {
+    /// Resident set size, KiB.
+    pub rss: f64,
+    /// Proportional set size, KiB.
+    pub pss: f64,
+    /// Private dirty KiB by kind of mapping, largest first.
+    pub by_kind: Vec<(smaps::Kind, f64)>,
+}
+
 /// Opens `n` TLS connections that each make one request and then stay idle,
-/// and returns how much the server's (RSS, PSS) grew per connection.
-pub(super) fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(f64, f64)> {
+/// and returns how much the server (its children and companion included)
+/// grew per connection.
+pub(super) fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<IdleMemory> {
     let config = client_config()?;
+    let pids = || {
+        let mut pids = tree(target.child.id());
+        if let Some(c) = &target.companion {
+            pids.extend(tree(c.id()));
+        }
+        pids
+    };
     let memory = || -> anyhow::Result<(u64, u64)> {
         let (rss, pss) = tree_memory_kib(target.child.id())?;
         let (crss, cpss) = match &target.companion {
@@ -151,6 +170,7 @@ pub(super) fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(
         };
         Ok((rss + crss, pss + cpss))
     };
+    let kinds_before = smaps::of_processes(&pids());
     let before = memory()?;
     let mut held = Vec::new();
     for _ in 0..n {
@@ -161,7 +181,12 @@ pub(super) fn memory_per_connection(target: &Target, n: u32) -> anyhow::Result<(
     }
     std::thread::sleep(Duration::from_millis(300));
     let after = memory()?;
+    let kinds_after = smaps::of_processes(&pids());
     drop(held);
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / f64::from(n);
-    Ok((per(after.0, before.0), per(after.1, before.1)))
+    Ok(IdleMemory {
+        rss: per(after.0, before.0),
+        pss: per(after.1, before.1),
+        by_kind: smaps::growth(&kinds_before, &kinds_after, n),
+    })
 }

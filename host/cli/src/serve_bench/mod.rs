@@ -10,6 +10,7 @@ use anyhow::Context;
 
 mod baseline;
 mod measure;
+mod smaps;
 mod targets;
 
 use crate::bench::median_of;
@@ -78,6 +79,10 @@ pub struct Row {
     /// The same in resident set size (RSS), which counts pages shared
     /// between mappings once per mapping.
     pub rss_kib_per_connection: f64,
+    /// Where the memory per idle connection goes: private dirty KiB per
+    /// connection by kind of mapping, largest first (PSS also counts a
+    /// share of pages other processes map, so the two totals differ).
+    pub kib_per_connection_by_kind: Vec<(smaps::Kind, f64)>,
     /// Server CPU time (user and system, the server and its children) per
     /// keep-alive request, µs: what a request costs whatever shares the
     /// cores, here wrk.
@@ -242,15 +247,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         progress.set_message(format!("{}: memory per idle connection", t.name));
-        let (rss, pss) = memory_per_connection(t, options.idle_connections)?;
+        let idle = memory_per_connection(t, options.idle_connections)?;
         progress.inc(1);
         let pick = |loads: &[Load], f: fn(&Load) -> f64| median_of(loads.iter().map(f).collect());
         rows.push(Row {
             server: t.name,
             requests_per_second: pick(&keepalive[i], |l| l.rate),
             handshakes_per_second: pick(&handshakes[i], |l| l.rate),
-            kib_per_connection: pss,
-            rss_kib_per_connection: rss,
+            kib_per_connection: idle.pss,
+            rss_kib_per_connection: idle.rss,
+            kib_per_connection_by_kind: idle.by_kind,
             cpu_us_per_request: pick(&keepalive[i], |l| l.cpu_us_per_request),
             cpu_us_per_connection: pick(&handshakes[i], |l| l.cpu_us_per_request),
             response_bytes: t.response_bytes,
@@ -353,6 +359,18 @@ impl std::fmt::Display for Report {
             f,
             "resp B: bytes of one response (status line, headers, body); the baselines' bodies are padded to keyferry's length"
         )?;
+        writeln!(
+            f,
+            "memory per idle connection by kind of mapping (private dirty KiB per connection):"
+        )?;
+        for r in &self.rows {
+            let kinds: Vec<String> = r
+                .kib_per_connection_by_kind
+                .iter()
+                .map(|(kind, kib)| format!("{} {kib:.1}", kind.label()))
+                .collect();
+            writeln!(f, "  {}: {}", r.server, kinds.join(", "))?;
+        }
         for r in &self.ratios {
             writeln!(
                 f,
@@ -450,6 +468,7 @@ mod tests {
             handshakes_per_second: h,
             kib_per_connection: m,
             rss_kib_per_connection: m + 1.0,
+            kib_per_connection_by_kind: vec![(smaps::Kind::Malloc, m / 10.0)],
             cpu_us_per_request: 1e6 / k,
             cpu_us_per_connection: 1e6 / h,
             response_bytes: 442,
@@ -474,6 +493,10 @@ mod tests {
         assert!(text.contains("requests 0.50x, handshakes 0.68x"), "{text}");
         assert!(text.contains("median of 3 rounds"), "{text}");
         assert!(text.contains(" 442\n"), "{text}");
+        assert!(
+            text.contains("  plain rustls + tokio server: malloc heap 3.0\n"),
+            "{text}"
+        );
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["rows"][1]["handshakes_per_second"], 3162.0);
         assert_eq!(json["ratios"][0]["against"], "plain rustls + tokio server");
