@@ -233,6 +233,59 @@ fn text_logs_tag_each_worker_line_with_its_worker_and_pid() {
     assert!(workers.contains(&pid), "{pid} not in {workers:?}: {line}");
 }
 
+/// `KEYFERRY_PERF_MAP=1` names the guest's compiled functions for `perf`
+/// in each worker's `/tmp/perf-PID.map`, with the worker still fully
+/// confined: the map is the one file it may write, and it still cannot
+/// open a private key.
+#[test]
+fn a_confined_worker_writes_its_perf_map_when_asked() {
+    let (cert, key) = pem_identity("perf-map");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = Server::start_with_env(
+        "127.0.0.1:0",
+        &["--workers", "1", "--cert", cert, "--key", key],
+        &[("KEYFERRY_PERF_MAP", "1")],
+    );
+    let confined = server
+        .stderr
+        .wait_for_event(|e| relayed(e) && message(e) == "worker confined");
+    assert!(
+        has_fields(&confined, &[("landlock", "full"), ("seccomp", "true")])
+            || has_fields(&confined, &[("landlock", "partial"), ("seccomp", "true")]),
+        "{confined}"
+    );
+    let pid = confined["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid in {confined}"));
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "30", &server.url("/")])
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "{out:?}");
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let text = std::fs::read_to_string(&map).unwrap_or_default();
+    let _ = std::fs::remove_file(&map);
+    // Each line is `ADDRESS SIZE NAME`, one per compiled function.
+    let functions = text
+        .lines()
+        .filter(|l| l.split_whitespace().count() >= 3)
+        .count();
+    assert!(
+        functions > 10,
+        "{} holds {functions} functions:\n{text}",
+        map.display()
+    );
+    assert!(
+        text.contains("keyferry"),
+        "no guest function names in {}",
+        map.display()
+    );
+    // Still no file but the map: the private key stays out of reach
+    // (the worker checks this itself at start and would have exited).
+    let workers = children(server.child.id());
+    assert!(workers.contains(&(pid as u32)), "{pid} not in {workers:?}");
+}
+
 /// With JSON logs, a fatal error is a JSON line too, and a format that is
 /// neither text nor json is refused rather than silently ignored.
 #[test]

@@ -8,7 +8,8 @@
 //! - a Landlock ruleset with no rules: no file can be opened, no TCP port
 //!   bound or connected, and no signal sent or abstract Unix socket reached
 //!   outside its own domain (so not to the key holder, even under the same
-//!   uid);
+//!   uid). A profiling run may keep one file writable, the perf map
+//!   ([`confine_worker_writing`]);
 //! - a seccomp filter (`seccompiler`) that refuses, with `EPERM`, what a
 //!   worker never needs and an escaped guest would reach for: debugging and
 //!   reading other processes, `execve`, file handles by number, new
@@ -140,7 +141,18 @@ pub fn landlock_abi() -> Option<u32> {
 /// before it starts any thread (Landlock binds the calling thread and the
 /// threads it starts later; seccomp is synchronised across threads).
 pub fn confine_worker() -> Result<Confinement, ConfineError> {
-    let landlock = apply_landlock()?;
+    confine_worker_writing(&[])
+}
+
+/// [`confine_worker`], except that the files in `writable`, which must
+/// exist, may still be written (not read, created or truncated): a
+/// profiling run's perf map (`KEYFERRY_PERF_MAP=1`), which wasmtime opens
+/// after the worker is shut in, when its engine is made. A path that does
+/// not exist gets no rule, so nothing more is allowed.
+pub fn confine_worker_writing(
+    writable: &[std::path::PathBuf],
+) -> Result<Confinement, ConfineError> {
+    let landlock = apply_landlock(writable)?;
     apply_seccomp()?;
     Ok(Confinement {
         landlock,
@@ -152,14 +164,15 @@ pub fn confine_worker() -> Result<Confinement, ConfineError> {
 /// support (best effort), and the outcome is reported.
 const LANDLOCK_ABI: ABI = ABI::V6;
 
-fn apply_landlock() -> Result<LandlockLevel, ConfineError> {
+fn apply_landlock(writable: &[std::path::PathBuf]) -> Result<LandlockLevel, ConfineError> {
     let status = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(LANDLOCK_ABI))?
         .handle_access(AccessNet::from_all(LANDLOCK_ABI))?
         .scope(Scope::from_all(LANDLOCK_ABI))?
         .create()?
-        // No rules: nothing beneath any path is allowed.
+        // No other rule: nothing beneath any path is allowed.
+        .add_rules(landlock::path_beneath_rules(writable, AccessFs::WriteFile))?
         .no_new_privs(true)
         .restrict_self()?;
     Ok(match status.ruleset {

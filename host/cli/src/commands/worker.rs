@@ -37,6 +37,28 @@ pub(crate) struct WorkerArgs {
     pub(crate) plane: PlaneArgs,
 }
 
+/// `KEYFERRY_PERF_MAP=1` has wasmtime name the guest's compiled functions
+/// for `perf` in `/tmp/perf-PID.map`. A confined worker may create no
+/// file, so it is made here, as the worker's user, and stays writable
+/// (that file alone) once Landlock is on.
+fn perf_map() -> anyhow::Result<Vec<PathBuf>> {
+    if std::env::var_os("KEYFERRY_PERF_MAP").is_none_or(|v| v != "1") {
+        return Ok(Vec::new());
+    }
+    let path = PathBuf::from(format!("/tmp/perf-{}.map", std::process::id()));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "creating the perf map {} (KEYFERRY_PERF_MAP=1)",
+                path.display()
+            )
+        })?;
+    Ok(vec![path])
+}
+
 /// `keyferry worker`: harden first, while this is the only thread, then
 /// serve what the handshake process hands over on standard input.
 pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
@@ -51,7 +73,8 @@ pub(crate) fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     // (Landlock), and what an escaped guest would reach for is refused
     // (seccomp). Before the engine, whose compiler starts threads.
     let wasm = args.plane.guest_bytes()?;
-    let confinement = keyferry_server::confine::confine_worker()
+    let writable = perf_map()?;
+    let confinement = keyferry_server::confine::confine_worker_writing(&writable)
         .map_err(keyferry_server::worker::WorkerError::from)?;
     info!(
         landlock = confinement.landlock.as_str(),
