@@ -239,6 +239,20 @@ fn text_logs_tag_each_worker_line_with_its_worker_and_pid() {
 /// open a private key.
 #[test]
 fn a_confined_worker_writes_its_perf_map_when_asked() {
+    let maps = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir("/tmp")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("perf-") && n.ends_with(".map"))
+            })
+            .collect()
+    };
+    let before = maps();
     let (cert, key) = pem_identity("perf-map");
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let server = Server::start_with_env(
@@ -264,7 +278,11 @@ fn a_confined_worker_writes_its_perf_map_when_asked() {
     assert!(out.status.success(), "{out:?}");
     let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
     let text = std::fs::read_to_string(&map).unwrap_or_default();
-    let _ = std::fs::remove_file(&map);
+    // This run's maps (the serving worker's, and the `--check` worker's
+    // that `serve` starts first) are not left in /tmp.
+    for made in maps().difference(&before) {
+        let _ = std::fs::remove_file(made);
+    }
     // Each line is `ADDRESS SIZE NAME`, one per compiled function.
     let functions = text
         .lines()
