@@ -111,7 +111,7 @@ impl Forward {
 /// The TLVs hitch's `write-proxy-v2` sends (PROXY protocol 2.2): the ALPN,
 /// the server name (authority), and the SSL TLV with the version and suite
 /// and, when one verified, the client certificate's common name.
-pub fn tls_tlvs(facts: &Facts) -> Vec<(u8, Vec<u8>)> {
+pub(crate) fn tls_tlvs(facts: &Facts) -> Vec<(u8, Vec<u8>)> {
     let mut tlvs = Vec::new();
     if let Some(alpn) = &facts.alpn {
         tlvs.push((crate::proxy::PP2_TYPE_ALPN, alpn.clone()));
